@@ -1,0 +1,236 @@
+/*
+ * The boundary between the Python control plane and the C core.
+ *
+ * This file is read twice: by the C compiler, and by cffi's cdef parser
+ * (native/build_native.py strips the preprocessor lines first). So it holds
+ * only plain declarations: integer #defines, enums, structs with explicit
+ * padding, and functions. Everything here is either
+ *   - immutable configuration tables that Python builds and publishes to the
+ *     workers with one atomic pointer swap (struct up_config), or
+ *   - the shared-memory statistics segment (struct up_shm_*), whose layout is
+ *     versioned and documented in docs/stats-layout.md, or
+ *   - the few calls Python makes: probe, create, setup, loop, free.
+ */
+#ifndef UPROXY_API_H
+#define UPROXY_API_H
+#include <stdint.h>
+#include <stddef.h>
+
+#define UP_ABI_VERSION 1
+
+/* ---- kernel features: detected by up_probe(), switchable off ---------- */
+#define UP_F_MULTISHOT_ACCEPT   1
+#define UP_F_BUF_RING           2
+#define UP_F_MULTISHOT_RECV     4
+#define UP_F_SINGLE_ISSUER      8
+#define UP_F_DEFER_TASKRUN      16
+#define UP_F_COOP_TASKRUN       32
+#define UP_F_REGISTERED_FILES   64
+#define UP_F_REGISTERED_RING    128
+#define UP_F_ALL                255
+
+struct up_probe_result {
+    uint32_t features;        /* UP_F_* that work on this kernel */
+    int32_t  setup_errno;     /* 0, or why a plain ring could not be created */
+    uint32_t nops;            /* opcodes the kernel knows (IORING_OP_LAST) */
+    uint8_t  op_supported[64];/* by IORING_OP_* number */
+};
+
+/* ---- configuration tables (immutable once published) ------------------ */
+#define UP_MODE_TCP  1
+#define UP_MODE_HTTP 2
+
+#define UP_BALANCE_ROUND_ROBIN 1
+#define UP_BALANCE_LEAST_CONN  2
+#define UP_BALANCE_P2C         3
+#define UP_BALANCE_HASH        4
+
+#define UP_FWD_BUFFERED 1
+#define UP_FWD_SPLICE   2
+
+#define UP_MAX_LISTENERS 64
+#define UP_MAX_WORKERS   256
+
+struct up_server {
+    uint8_t  addr[28];        /* struct sockaddr_in or sockaddr_in6 */
+    uint32_t addrlen;
+    uint32_t weight;
+    uint32_t cluster;
+    uint32_t pad[2];
+};
+
+/* Written only by the worker it belongs to; one cache line each. */
+struct up_server_wstate {
+    uint32_t active;          /* upstream connections open to this server */
+    int32_t  current_weight;  /* smooth weighted round robin */
+    uint32_t fails;           /* consecutive failures (passive health) */
+    uint32_t pad0;
+    uint64_t ejected_until_ms;
+    uint64_t pad[5];
+};
+
+struct up_cluster_wstate {
+    uint32_t rr_next;
+    uint32_t pad0;
+    uint64_t pad[7];
+};
+
+struct up_cluster {
+    uint32_t first_server;    /* index into up_config.servers */
+    uint32_t nservers;
+    uint32_t balance;         /* UP_BALANCE_* */
+    uint32_t connect_timeout_ms;
+    uint32_t max_attempts;    /* connect attempts before giving up */
+    uint32_t fail_threshold;  /* passive ejection after this many failures */
+    uint32_t eject_ms;        /* passive ejection cool-down */
+    uint32_t pad;
+    int64_t connect_timeout_ts[2]; /* the same as a __kernel_timespec, which
+                                      the kernel reads for IORING_OP_LINK_TIMEOUT */
+};
+
+struct up_listener {
+    uint32_t id;              /* stable across reloads while the socket lives */
+    uint32_t mode;            /* UP_MODE_* */
+    uint32_t cluster;
+    uint32_t forwarding;      /* UP_FWD_* for tcp mode */
+    uint32_t idle_timeout_ms;
+    uint32_t pad;
+    int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
+};
+
+struct up_config {
+    uint64_t generation;
+    uint32_t nworkers;
+    uint32_t nlisteners;
+    uint32_t nclusters;
+    uint32_t nservers;
+    struct up_listener *listeners;
+    struct up_cluster *clusters;
+    struct up_server *servers;
+    struct up_server_wstate *server_wstate;   /* [nworkers * nservers] */
+    struct up_cluster_wstate *cluster_wstate; /* [nworkers * nclusters] */
+    uint64_t *refs;           /* [nworkers * 8]: live sessions holding this table */
+    uint8_t *server_health;   /* [nservers]: 1 up, 0 down (active checks) */
+};
+
+/* What Python writes for the workers to read; one per process. */
+struct up_control {
+    uint64_t config;          /* struct up_config *, swapped atomically */
+    uint32_t stop;            /* 1: stop accepting, drain, then leave the loop */
+    uint32_t drain_timeout_ms;
+    uint64_t pad[6];
+};
+
+/* ---- shared-memory statistics segment (docs/stats-layout.md) ---------- */
+#define UP_SHM_MAGIC   0x48535958524f5055
+#define UP_SHM_VERSION 1
+#define UP_NCOUNTERS   64
+#define UP_NOPS        64
+
+enum up_counter {
+    UP_C_ACCEPTED,            /* client connections accepted */
+    UP_C_ACTIVE,              /* client connections open now (gauge) */
+    UP_C_CLOSED,              /* client connections closed */
+    UP_C_REJECTED,            /* accepted then closed at once: worker full */
+    UP_C_BYTES_FROM_CLIENTS,
+    UP_C_BYTES_TO_CLIENTS,
+    UP_C_BYTES_TO_UPSTREAMS,
+    UP_C_BYTES_FROM_UPSTREAMS,
+    UP_C_UPSTREAM_CONNECTS,   /* connect attempts */
+    UP_C_UPSTREAM_ACTIVE,     /* upstream connections open now (gauge) */
+    UP_C_ERR_CONNECT_REFUSED,
+    UP_C_ERR_CONNECT_TIMEOUT,
+    UP_C_ERR_CONNECT_OTHER,
+    UP_C_ERR_NO_SERVER,       /* every attempt failed or no server up */
+    UP_C_ERR_CLIENT_RESET,
+    UP_C_ERR_UPSTREAM_RESET,
+    UP_C_ERR_IDLE_TIMEOUT,
+    UP_C_ERR_ACCEPT,
+    UP_C_ERR_NOBUFS,          /* a receive waited for a free buffer */
+    UP_C_ERR_OTHER,
+    UP_C_SESSIONS_SPLICE,
+    UP_C_SESSIONS_BUFFERED,
+    UP_C_PIPES_IN_USE,        /* gauge */
+    UP_C_BUFFERS_IN_USE,      /* gauge */
+    UP_C_URING_SQES,
+    UP_C_URING_CQES,
+    UP_C_URING_ENTERS,
+    UP_C_URING_SQ_FULL,       /* extra submits because the SQ filled */
+    UP_C_ACCEPT_PAUSES,       /* accepting paused: limit or EMFILE */
+    UP_C_DRAIN_FORCED,        /* connections cut at the drain deadline */
+    UP_C__COUNT
+};
+
+enum up_worker_state {
+    UP_WS_NEW,
+    UP_WS_RUNNING,
+    UP_WS_DRAINING,
+    UP_WS_STOPPED,
+    UP_WS_FAILED
+};
+
+struct up_shm_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;     /* bytes before the first worker block */
+    uint32_t worker_size;     /* bytes per worker block */
+    uint32_t nworkers;
+    uint32_t ncounters;
+    uint32_t nops;
+    uint64_t pid;
+    uint64_t start_time_ms;   /* CLOCK_REALTIME */
+    uint64_t config_generation;
+    uint64_t reloads;
+    uint64_t reload_failures;
+    uint32_t features;        /* UP_F_* in use */
+    uint32_t abi;
+    uint64_t pad[2];
+};
+
+struct up_shm_worker {
+    uint64_t tid;
+    uint64_t cpu;
+    uint64_t state;           /* enum up_worker_state */
+    uint64_t heartbeat_ms;    /* CLOCK_MONOTONIC */
+    uint64_t config_generation;
+    uint64_t features;
+    uint64_t pad[2];
+    uint64_t c[64];           /* enum up_counter */
+    uint64_t ops[64];         /* SQEs submitted, by IORING_OP_* */
+};
+
+/* ---- worker --------------------------------------------------------- */
+struct up_worker_opts {
+    uint32_t index;
+    int32_t  cpu;             /* -1: do not pin */
+    uint32_t features;        /* UP_F_* to use (probe result minus disabled) */
+    uint32_t max_conns;       /* client connections */
+    uint32_t ring_entries;
+    uint32_t buf_size;
+    uint32_t buf_count;       /* power of two */
+    uint32_t pipe_count;
+    uint32_t pipe_size;
+    uint32_t iowq_max_workers;
+    int32_t  iowq_cpu;        /* -1: leave io-wq unpinned */
+    uint32_t queue_limit;     /* bytes buffered per direction before pausing */
+};
+
+struct up_worker;
+
+int up_probe(struct up_probe_result *out);
+struct up_worker *up_worker_new(const struct up_worker_opts *opts,
+                                struct up_control *ctl,
+                                struct up_shm_worker *shm);
+int up_worker_setup(struct up_worker *w);
+int up_worker_loop(struct up_worker *w);
+const char *up_worker_error(struct up_worker *w);
+void up_worker_free(struct up_worker *w);
+uint64_t up_now_ms(void);
+
+/* Publishing to the workers, with the memory ordering Python cannot state. */
+void up_control_publish(struct up_control *ctl, struct up_config *cfg);
+void up_control_stop(struct up_control *ctl, uint32_t drain_timeout_ms);
+uint64_t up_config_refs(const struct up_config *cfg);
+uint64_t up_worker_generation(const struct up_shm_worker *w);
+
+#endif

@@ -1,0 +1,143 @@
+/*
+ * Choosing an upstream server. Each worker keeps its own balancing state
+ * (cursor, weights, open connections) inside the configuration table, one
+ * cache line per server per worker, so no worker ever writes what another
+ * reads. The algorithm is a switch on the cluster's setting, not a
+ * function pointer.
+ */
+#include "worker.h"
+
+static inline struct up_server_wstate *
+wstate(struct worker *w, const struct up_config *cfg, uint32_t s)
+{
+    return &cfg->server_wstate[(size_t)w->o.index * cfg->nservers + s];
+}
+
+static bool usable(struct worker *w, const struct up_config *cfg, uint32_t s,
+                   uint32_t avoid)
+{
+    if (s == avoid || !cfg->server_health[s])
+        return false;
+    return wstate(w, cfg, s)->ejected_until_ms <= w->now_ms;
+}
+
+/* xorshift: p2c needs cheap, not good, randomness. */
+static uint32_t rnd(struct worker *w)
+{
+    uint32_t x = (uint32_t)w->rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    w->rng = x;
+    return x;
+}
+
+static int pick_rr(struct worker *w, const struct up_config *cfg,
+                   const struct up_cluster *cl, uint32_t avoid)
+{
+    /* Smooth weighted round robin: every server gains its weight, the
+     * richest is picked and pays the total. Equal weights reduce to plain
+     * rotation; unequal ones interleave instead of bursting. */
+    int best = -1;
+    int32_t total = 0;
+    for (uint32_t i = 0; i < cl->nservers; i++) {
+        uint32_t s = cl->first_server + i;
+        if (!usable(w, cfg, s, avoid))
+            continue;
+        struct up_server_wstate *ws = wstate(w, cfg, s);
+        ws->current_weight += (int32_t)cfg->servers[s].weight;
+        total += (int32_t)cfg->servers[s].weight;
+        if (best < 0 || ws->current_weight > wstate(w, cfg, (uint32_t)best)->current_weight)
+            best = (int)s;
+    }
+    if (best >= 0)
+        wstate(w, cfg, (uint32_t)best)->current_weight -= total;
+    return best;
+}
+
+static int pick_least(struct worker *w, const struct up_config *cfg,
+                      const struct up_cluster *cl, uint32_t avoid)
+{
+    /* Fewest open connections per unit of weight; ties go round the
+     * cluster from a moving start so equal servers share the load. */
+    struct up_cluster_wstate *cs =
+        &cfg->cluster_wstate[(size_t)w->o.index * cfg->nclusters + cfg->servers[cl->first_server].cluster];
+    int best = -1;
+    uint64_t best_score = 0;
+    for (uint32_t k = 0; k < cl->nservers; k++) {
+        uint32_t i = (cs->rr_next + k) % cl->nservers;
+        uint32_t s = cl->first_server + i;
+        if (!usable(w, cfg, s, avoid))
+            continue;
+        uint64_t score = ((uint64_t)wstate(w, cfg, s)->active << 16) /
+                         (cfg->servers[s].weight ? cfg->servers[s].weight : 1);
+        if (best < 0 || score < best_score) {
+            best = (int)s;
+            best_score = score;
+        }
+    }
+    cs->rr_next++;
+    return best;
+}
+
+static int pick_p2c(struct worker *w, const struct up_config *cfg,
+                    const struct up_cluster *cl, uint32_t avoid)
+{
+    int a = -1, b = -1;
+    for (int tries = 0; tries < 4 && b < 0; tries++) {
+        uint32_t s = cl->first_server + rnd(w) % cl->nservers;
+        if (!usable(w, cfg, s, avoid))
+            continue;
+        if (a < 0)
+            a = (int)s;
+        else if ((int)s != a)
+            b = (int)s;
+    }
+    if (a < 0)
+        return pick_least(w, cfg, cl, avoid);
+    if (b < 0)
+        return a;
+    return wstate(w, cfg, (uint32_t)a)->active <= wstate(w, cfg, (uint32_t)b)->active ? a : b;
+}
+
+int balance_pick(struct worker *w, const struct up_config *cfg, uint32_t cluster,
+                 uint32_t avoid)
+{
+    const struct up_cluster *cl = &cfg->clusters[cluster];
+    if (!cl->nservers)
+        return -1;
+    switch (cl->balance) {
+    case UP_BALANCE_LEAST_CONN:
+        return pick_least(w, cfg, cl, avoid);
+    case UP_BALANCE_P2C:
+        return pick_p2c(w, cfg, cl, avoid);
+    case UP_BALANCE_ROUND_ROBIN:
+    default:
+        return pick_rr(w, cfg, cl, avoid);
+    }
+}
+
+void balance_opened(struct worker *w, const struct up_config *cfg, uint32_t s)
+{
+    wstate(w, cfg, s)->active++;
+}
+
+void balance_closed(struct worker *w, const struct up_config *cfg, uint32_t s)
+{
+    wstate(w, cfg, s)->active--;
+}
+
+/* Passive health: consecutive failures eject a server for a cool-down. */
+void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, bool ok)
+{
+    struct up_server_wstate *ws = wstate(w, cfg, s);
+    const struct up_cluster *cl = &cfg->clusters[cfg->servers[s].cluster];
+    if (ok) {
+        ws->fails = 0;
+        return;
+    }
+    if (++ws->fails >= cl->fail_threshold && cl->fail_threshold) {
+        ws->ejected_until_ms = w->now_ms + cl->eject_ms;
+        ws->fails = 0;
+    }
+}

@@ -1,0 +1,121 @@
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "worker.h"
+
+static void *map(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void provide(struct worker *w, uint32_t bid, uint32_t n)
+{
+    struct bufpool *p = &w->bufs;
+    struct io_uring_sqe *s = sqe_get(w);
+    io_uring_prep_provide_buffers(s, buf_data(p, bid), (int)p->size, (int)n,
+                                  BUF_GROUP, (int)bid);
+    io_uring_sqe_set_data64(s, UD(OP_PROVIDE, 0));
+    count_op(w, s);
+}
+
+int bufpool_init(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    p->size = w->o.buf_size;
+    p->count = w->o.buf_count;
+    p->mem = map((size_t)p->size * p->count);
+    p->next = map(sizeof(uint32_t) * p->count);
+    p->len = map(sizeof(uint32_t) * p->count);
+    p->ret = map(sizeof(uint32_t) * p->count);
+    if (!p->mem || !p->next || !p->len || !p->ret) {
+        snprintf(w->err, sizeof w->err, "cannot map %u receive buffers of %u bytes",
+                 p->count, p->size);
+        return -ENOMEM;
+    }
+    p->ring_mode = w->features & UP_F_BUF_RING;
+    if (p->ring_mode) {
+        p->br_bytes = sizeof(struct io_uring_buf) * p->count;
+        p->br = map(p->br_bytes);
+        if (!p->br)
+            return -ENOMEM;
+        io_uring_buf_ring_init(p->br);
+        struct io_uring_buf_reg reg = {
+            .ring_addr = (uint64_t)(uintptr_t)p->br,
+            .ring_entries = p->count,
+            .bgid = BUF_GROUP,
+        };
+        int r = io_uring_register_buf_ring(&w->ring, &reg, 0);
+        if (r < 0) {
+            snprintf(w->err, sizeof w->err,
+                     "registering the buffer ring failed: %s", strerror(-r));
+            return r;
+        }
+        uint32_t mask = io_uring_buf_ring_mask(p->count);
+        for (uint32_t i = 0; i < p->count; i++)
+            io_uring_buf_ring_add(p->br, buf_data(p, i), p->size, (uint16_t)i,
+                                  mask, (int)i);
+        io_uring_buf_ring_advance(p->br, (int)p->count);
+    } else {
+        provide(w, 0, p->count);
+    }
+    p->free = p->count;
+    return 0;
+}
+
+/* Give a buffer back; it reaches the kernel at the next flush. */
+void bufpool_put(struct worker *w, uint32_t bid)
+{
+    struct bufpool *p = &w->bufs;
+    if (p->ring_mode) {
+        io_uring_buf_ring_add(p->br, buf_data(p, bid), p->size, (uint16_t)bid,
+                              io_uring_buf_ring_mask(p->count), (int)p->ring_adds);
+        p->ring_adds++;
+    } else {
+        p->ret[p->nret++] = bid;
+    }
+    p->free++;
+    w->c[UP_C_BUFFERS_IN_USE]--;
+}
+
+/* Once per loop turn, before the submit. */
+void bufpool_flush(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    if (p->ring_mode) {
+        if (p->ring_adds) {
+            io_uring_buf_ring_advance(p->br, (int)p->ring_adds);
+            p->ring_adds = 0;
+        }
+        return;
+    }
+    /* Runs of consecutive ids go back in one SQE. */
+    for (uint32_t i = 0; i < p->nret;) {
+        uint32_t j = i + 1;
+        while (j < p->nret && p->ret[j] == p->ret[j - 1] + 1)
+            j++;
+        provide(w, p->ret[i], j - i);
+        i = j;
+    }
+    p->nret = 0;
+}
+
+void bufpool_free(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    if (p->br) {
+        io_uring_unregister_buf_ring(&w->ring, BUF_GROUP);
+        munmap(p->br, p->br_bytes);
+    }
+    if (p->mem)
+        munmap(p->mem, (size_t)p->size * p->count);
+    if (p->next)
+        munmap(p->next, sizeof(uint32_t) * p->count);
+    if (p->len)
+        munmap(p->len, sizeof(uint32_t) * p->count);
+    if (p->ret)
+        munmap(p->ret, sizeof(uint32_t) * p->count);
+    memset(p, 0, sizeof *p);
+}

@@ -1,0 +1,42 @@
+/*
+ * Receive buffers handed to the kernel ahead of time (provided buffers),
+ * so an idle connection holds no buffer at all: the kernel picks one only
+ * when data arrives. With a buffer ring (5.19+) a buffer goes back with two
+ * stores; on 5.15 it goes back with an IORING_OP_PROVIDE_BUFFERS SQE.
+ * The pool also keeps, per buffer, the link and length that let a
+ * connection queue received buffers without any allocation.
+ */
+#ifndef UPROXY_BUFPOOL_H
+#define UPROXY_BUFPOOL_H
+#include <stdbool.h>
+#include <stdint.h>
+
+struct worker;
+
+#define BUF_GROUP 1
+
+struct bufpool {
+    uint8_t *mem;
+    uint32_t size, count;
+    uint32_t *next;           /* queue link per buffer */
+    uint32_t *len;            /* bytes of data per buffer */
+    struct io_uring_buf_ring *br;
+    size_t br_bytes;
+    uint32_t ring_adds;       /* ring mode: added, not yet published */
+    uint32_t *ret;            /* legacy mode: waiting to be provided again */
+    uint32_t nret;
+    uint32_t free;            /* buffers the kernel may pick */
+    bool ring_mode;
+};
+
+int bufpool_init(struct worker *w);
+void bufpool_put(struct worker *w, uint32_t bid);
+void bufpool_flush(struct worker *w);
+void bufpool_free(struct worker *w);
+
+static inline uint8_t *buf_data(const struct bufpool *p, uint32_t bid)
+{
+    return p->mem + (size_t)bid * p->size;
+}
+
+#endif

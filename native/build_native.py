@@ -1,0 +1,67 @@
+"""Builds uproxy's C core into the extension module uproxy._native.
+
+cffi's out-of-line API mode: the declarations in native/api.h are both the
+C header the core is compiled against and the cdef Python sees, so the two
+cannot drift apart. liburing is found with pkg-config.
+"""
+import os
+import re
+import shlex
+import subprocess
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Relative paths: setuptools refuses absolute ones in a build.
+SOURCES = sorted(
+    os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE) if f.endswith(".c")
+)
+CFLAGS = ["-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
+          "-fno-strict-aliasing"]
+
+
+def _pkg_config(*args):
+    try:
+        out = subprocess.run(["pkg-config", *args, "liburing"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(
+            "uproxy needs liburing 2.3 or newer and pkg-config to build its "
+            "C core: apt-get install liburing-dev pkg-config "
+            f"(pkg-config said: {getattr(e, 'stderr', e)})")
+    return shlex.split(out)
+
+
+def cdef_text():
+    """api.h minus what cffi's parser does not take: include guards,
+    includes and function-like macros."""
+    lines = []
+    with open(os.path.join(HERE, "api.h")) as f:
+        for line in f:
+            if re.match(r"\s*#\s*(ifndef|endif|include)", line):
+                continue
+            if re.match(r"\s*#\s*define\s+UPROXY_API_H", line):
+                continue
+            lines.append(line)
+    return "".join(lines)
+
+
+def _flags():
+    # Extra flags for sanitizer or instrumented builds come from the
+    # environment (scripts/setup --sanitize sets them).
+    return CFLAGS + shlex.split(os.environ.get("UPROXY_CFLAGS", ""))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(cdef_text())
+ffibuilder.set_source(
+    "uproxy._native",
+    '#include "api.h"\n',
+    sources=SOURCES,
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=_flags() + _pkg_config("--cflags"),
+    extra_link_args=_pkg_config("--libs") + shlex.split(os.environ.get("UPROXY_LDFLAGS", "")),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=os.path.join(HERE, "..", "build", "native"), verbose=True)

@@ -1,0 +1,114 @@
+/*
+ * The connection slab and the end of a connection's life. A connection is
+ * freed only when no SQE refers to it any more, because its index lives on
+ * in the user_data of every outstanding operation: closing means cancel
+ * what is outstanding, wait for the last completion, then close the fd.
+ */
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "worker.h"
+
+struct conn *conn_alloc(struct worker *w)
+{
+    if (!w->nfree)
+        return NULL;
+    struct conn *c = &w->conns[w->free_ids[--w->nfree]];
+    *c = (struct conn){
+        .kind = CK_FREE,
+        .fd = -1,
+        .peer = NIL,
+        .server = NIL,
+        .starved_next = NIL,
+        .tnext = NIL,
+        .tprev = NIL,
+        .x = { .head = NIL, .tail = NIL, .pipe = -1 },
+    };
+    return c;
+}
+
+static void conn_release(struct worker *w, struct conn *c)
+{
+    c->kind = CK_FREE;
+    c->state = CS_CLOSED;
+    w->free_ids[w->nfree++] = (uint32_t)(c - w->conns);
+}
+
+void conn_cancel_ops(struct worker *w, struct conn *c)
+{
+    uint32_t id = (uint32_t)(c - w->conns);
+    for (unsigned op = OP_CONNECT; op < OP__COUNT; op++) {
+        if (!(c->ops & (1u << op)) || op == OP_CANCEL || op == OP_CLOSE ||
+            op == OP_LINK_TIMEOUT)
+            continue;
+        struct io_uring_sqe *s = sqe_get(w);
+        io_uring_prep_cancel64(s, UD(op, id), 0);
+        io_uring_sqe_set_data64(s, UD(OP_CANCEL, id));
+        count_op(w, s);
+        c->inflight++;
+    }
+}
+
+void conn_cancel_ops_of(struct worker *w, struct conn *c, enum op op)
+{
+    struct io_uring_sqe *s = sqe_get(w);
+    uint32_t id = (uint32_t)(c - w->conns);
+    io_uring_prep_cancel64(s, UD(op, id), 0);
+    io_uring_sqe_set_data64(s, UD(OP_CANCEL, id));
+    count_op(w, s);
+    c->inflight++;
+}
+
+/* Begin closing: cancel what is outstanding. The fd is closed (with an RST
+ * if asked) once the last completion has come in conn_op_done(). */
+void conn_close(struct worker *w, struct conn *c, bool reset)
+{
+    if (c->state >= CS_CLOSING)
+        return;
+    if (reset)
+        c->flags |= C_RESET;
+    c->state = CS_CLOSING;
+    timer_cancel(w, c);
+    conn_cancel_ops(w, c);
+    conn_op_done(w, c, OP_NONE, false);
+}
+
+void conn_submit_close(struct worker *w, struct conn *c)
+{
+    if (c->fd < 0) {
+        conn_release(w, c);
+        return;
+    }
+    if (c->flags & C_RESET) {
+        struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    c->state = CS_CLOSED;
+    struct io_uring_sqe *s = sqe_for(w, c, OP_CLOSE);
+    io_uring_prep_close(s, c->fd);
+    count_op(w, s);
+    c->fd = -1;
+}
+
+/* Called after each final completion of c (and by conn_close). When a
+ * closing connection has nothing outstanding, its fd goes; when that close
+ * completes, its slot goes back to the slab. */
+void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more)
+{
+    (void)more;
+    if (op == OP_CLOSE) {
+        conn_release(w, c);
+        return;
+    }
+    if (c->state != CS_CLOSING || c->inflight)
+        return;
+    switch (c->kind) {
+    case CK_L4_CLIENT:
+    case CK_L4_UPSTREAM:
+        l4_try_finish(w, c);
+        break;
+    default:
+        conn_submit_close(w, c);
+        break;
+    }
+}

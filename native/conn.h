@@ -1,0 +1,68 @@
+/*
+ * A connection: one socket and the state the data path touches, nothing
+ * else (names, configuration and counters live elsewhere). Connections come
+ * from a per-worker slab sized at start; their index is what user_data
+ * carries, so a completion finds its connection with one array access.
+ */
+#ifndef UPROXY_CONN_H
+#define UPROXY_CONN_H
+#include <stdint.h>
+#include "api.h"
+
+#define NIL UINT32_MAX
+
+enum conn_kind {
+    CK_FREE,
+    CK_L4_CLIENT,
+    CK_L4_UPSTREAM,
+};
+
+enum conn_state {
+    CS_CONNECTING,    /* upstream: connect in flight; client: waiting for it */
+    CS_OPEN,
+    CS_CLOSING,       /* ops being cancelled; freed when none is left */
+    CS_CLOSED,        /* close submitted */
+};
+
+/* Data read from this connection's socket, on its way to the peer. */
+struct xfer {
+    uint32_t head, tail;      /* queue of buffer ids (NIL: empty) */
+    uint32_t queued;          /* bytes in the queue */
+    uint32_t off;             /* bytes of the head buffer already sent */
+    int32_t pipe;             /* splice: pipe index, or -1 for buffered */
+    uint32_t in_pipe;         /* splice: bytes in the pipe not yet sent */
+    uint32_t last_in;         /* splice: bytes the last splice-in moved */
+    uint8_t flags;            /* X_* */
+};
+
+#define X_EOF      1      /* the socket said FIN */
+#define X_SHUT     2      /* FIN passed on to the peer (shutdown done) */
+#define X_PAUSED   4      /* receive stopped: queue over its limit */
+#define X_STARVED  8      /* receive stopped: no free buffer */
+#define X_SHUTTING 16     /* shutdown in flight */
+
+struct conn {
+    uint8_t kind;             /* enum conn_kind */
+    uint8_t state;            /* enum conn_state */
+    uint8_t attempts;         /* upstream connect attempts so far */
+    uint8_t flags;            /* C_* */
+    uint16_t ops;             /* bit per enum op outstanding (for cancel) */
+    uint16_t inflight;        /* SQEs whose final CQE has not come */
+    int32_t fd;
+    uint32_t peer;            /* the other side of the session, or NIL */
+    uint32_t server;          /* upstream: global server index */
+    uint32_t starved_next;
+    const struct up_config *cfg;
+    uint64_t expires_ms;      /* idle deadline, 0 for none */
+    uint32_t tnext, tprev;    /* timer wheel links */
+    uint16_t tslot;           /* the wheel list this conn is on */
+    uint16_t listener;        /* index in cfg->listeners */
+    struct xfer x;
+};
+
+#define C_RESET      1    /* close with RST (SO_LINGER 0) */
+#define C_IN_WHEEL   2
+#define C_SESSION    4    /* holds a session's references (client side) */
+#define C_SERVER_REF 8    /* counted in its server's active count */
+
+#endif

@@ -1,0 +1,32 @@
+/*
+ * The control plane's side of the atomic hand-over: a new table is
+ * published with a release store, which pairs with the workers' acquire
+ * load at the top of each loop turn, so a worker that sees the pointer
+ * sees everything the table holds.
+ */
+#include "api.h"
+
+void up_control_publish(struct up_control *ctl, struct up_config *cfg)
+{
+    __atomic_store_n(&ctl->config, (uint64_t)(uintptr_t)cfg, __ATOMIC_RELEASE);
+}
+
+void up_control_stop(struct up_control *ctl, uint32_t drain_timeout_ms)
+{
+    __atomic_store_n(&ctl->drain_timeout_ms, drain_timeout_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&ctl->stop, 1u, __ATOMIC_RELEASE);
+}
+
+/* Sessions still holding cfg, over all workers. */
+uint64_t up_config_refs(const struct up_config *cfg)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < cfg->nworkers; i++)
+        n += __atomic_load_n(&cfg->refs[i * 8], __ATOMIC_ACQUIRE);
+    return n;
+}
+
+uint64_t up_worker_generation(const struct up_shm_worker *w)
+{
+    return __atomic_load_n(&w->config_generation, __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,31 @@
+/*
+ * Deadlines (idle timeouts, header timeouts, drain) on a hashed timing
+ * wheel. Nodes are links inside the connections themselves, so arming a
+ * timer never allocates. A deadline that moves later is only stored; the
+ * node is moved when its old slot comes round, which keeps the per-event
+ * cost of "this connection was active" to one store.
+ */
+#ifndef UPROXY_TIMER_H
+#define UPROXY_TIMER_H
+#include <stdint.h>
+
+#define WHEEL_SLOTS 1024
+#define TICK_MS 100
+
+struct worker;
+struct conn;
+
+struct wheel {
+    uint32_t slot[WHEEL_SLOTS + 1];   /* the last: deadlines moved later */
+    uint64_t done_tick;       /* every tick up to this one has been run */
+};
+
+void wheel_init(struct worker *w);
+/* Arm or re-arm c's deadline at c->expires_ms (earlier or later). */
+void timer_arm(struct worker *w, struct conn *c);
+void timer_cancel(struct worker *w, struct conn *c);
+/* Run every deadline that has passed; calls conn_expired() for each. */
+void wheel_run(struct worker *w);
+void conn_expired(struct worker *w, struct conn *c);
+
+#endif

@@ -1,0 +1,298 @@
+/*
+ * The worker: set-up in its own thread (the ring is single-issuer, so the
+ * thread that creates it must be the one that drives it), then the loop:
+ * read the control block, submit and wait in one io_uring_enter, run every
+ * completion, repeat. Everything a connection needs was allocated in
+ * up_worker_new(); the loop itself never allocates.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include "worker.h"
+
+uint64_t up_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct io_uring_sqe *sqe_get(struct worker *w)
+{
+    struct io_uring_sqe *s = io_uring_get_sqe(&w->ring);
+    if (s)
+        return s;
+    w->c[UP_C_URING_SQ_FULL]++;
+    w->c[UP_C_URING_ENTERS]++;
+    int r = io_uring_submit(&w->ring);
+    if (r > 0)
+        w->c[UP_C_URING_SQES] += (uint64_t)r;
+    s = io_uring_get_sqe(&w->ring);
+    if (!s) {
+        fprintf(stderr, "uproxy: worker %u: submission queue stuck full\n", w->o.index);
+        abort();
+    }
+    return s;
+}
+
+struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
+                                struct up_shm_worker *shm)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->o = *o;
+    w->ctl = ctl;
+    w->shm = shm;
+    w->c = shm->c;
+    w->features = o->features;
+    w->ring.ring_fd = -1;
+    w->nconns = 2 * o->max_conns + 64;
+    /* Mapped, not touched: memory is only committed as connections use
+     * their slots, so an idle worker costs little. */
+    w->conns = mmap(NULL, sizeof(struct conn) * w->nconns, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    w->free_ids = calloc(w->nconns, sizeof(uint32_t));
+    w->scratch = malloc(SCRATCH_SIZE);
+    if (w->conns == MAP_FAILED || !w->free_ids || !w->scratch) {
+        if (w->conns != MAP_FAILED)
+            munmap(w->conns, sizeof(struct conn) * w->nconns);
+        free(w->free_ids);
+        free(w->scratch);
+        free(w);
+        return NULL;
+    }
+    /* Lowest index on top: the slab is used from its start, keeping the
+     * touched part small. */
+    for (uint32_t i = 0; i < w->nconns; i++)
+        w->free_ids[i] = w->nconns - 1 - i;
+    w->nfree = w->nconns;
+    w->starved_head = NIL;
+    w->rng = 0x9e3779b9u ^ (o->index * 0x85ebca6bu) ^ 1u;
+    for (unsigned i = 0; i < UP_MAX_LISTENERS; i++)
+        w->acc[i].fd = -1;
+    return (struct up_worker *)w;
+}
+
+const char *up_worker_error(struct up_worker *uw)
+{
+    return ((struct worker *)uw)->err;
+}
+
+static void arm_tick(struct worker *w)
+{
+    struct io_uring_sqe *s = sqe_get(w);
+    io_uring_prep_timeout(s, &w->tick_ts, 0, 0);
+    io_uring_sqe_set_data64(s, UD(OP_TICK, 0));
+    count_op(w, s);
+    w->tick_armed = true;
+}
+
+static void apply_config(struct worker *w)
+{
+    const struct up_config *cfg =
+        (const struct up_config *)(uintptr_t)__atomic_load_n(&w->ctl->config, __ATOMIC_ACQUIRE);
+    if (cfg == w->cfg)
+        return;
+    w->cfg = cfg;
+    acceptors_sync(w);
+    /* Published after the switch: once every worker shows a generation,
+     * no new session will take a reference on an older table. */
+    __atomic_store_n(&w->shm->config_generation, cfg ? cfg->generation : 0, __ATOMIC_RELEASE);
+}
+
+/* In the worker's thread: a single-issuer ring refuses registrations
+ * from any other thread. */
+static void teardown(struct worker *w)
+{
+    if (w->ring.ring_fd <= 0)
+        return;
+    bufpool_free(w);
+    pipes_free(w);
+    io_uring_queue_exit(&w->ring);
+    w->ring.ring_fd = -1;
+}
+
+int up_worker_setup(struct up_worker *uw)
+{
+    struct worker *w = (struct worker *)uw;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);   /* signals are the control plane's */
+    if (w->o.cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(w->o.cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set)) {
+            snprintf(w->err, sizeof w->err, "cannot pin worker %u to CPU %d: %s",
+                     w->o.index, w->o.cpu, strerror(errno));
+            return -errno;
+        }
+    }
+    w->shm->tid = (uint64_t)gettid();
+    w->shm->cpu = (uint64_t)(int64_t)w->o.cpu;
+    w->now_ms = up_now_ms();
+    int r = ring_init(w);
+    if (r < 0)
+        goto fail;
+    if ((r = bufpool_init(w)) < 0)
+        goto fail;
+    if ((r = pipes_init(w)) < 0)
+        goto fail;
+    w->shm->features = w->features;
+    wheel_init(w);
+    w->tick_ts.tv_nsec = TICK_MS * 1000000L;
+    arm_tick(w);
+    apply_config(w);
+    __atomic_store_n(&w->shm->state, UP_WS_RUNNING, __ATOMIC_RELEASE);
+    return 0;
+fail:
+    teardown(w);
+    __atomic_store_n(&w->shm->state, UP_WS_FAILED, __ATOMIC_RELEASE);
+    return r;
+}
+
+static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    enum op op = (enum op)UD_OP(ud);
+    uint32_t idx = UD_IDX(ud);
+    switch (op) {
+    case OP_NONE:
+        return;
+    case OP_TICK:
+        w->tick_armed = false;
+        return;
+    case OP_ACCEPT:
+        on_accept(w, idx, cqe);
+        return;
+    case OP_PROVIDE:
+        if (cqe->res < 0)
+            w->c[UP_C_ERR_OTHER]++;
+        return;
+    default:
+        break;
+    }
+    struct conn *c = &w->conns[idx];
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        c->inflight--;
+        c->ops &= (uint16_t)~(1u << op);
+    }
+    switch (c->kind) {
+    case CK_L4_CLIENT:
+    case CK_L4_UPSTREAM:
+        l4_on_cqe(w, c, op, cqe);
+        break;
+    default:
+        break;
+    }
+    if (!more)
+        conn_op_done(w, c, op, more);
+}
+
+void conn_expired(struct worker *w, struct conn *c)
+{
+    switch (c->kind) {
+    case CK_L4_CLIENT:
+    case CK_L4_UPSTREAM:
+        l4_on_idle(w, c);
+        break;
+    default:
+        break;
+    }
+}
+
+/* At the drain deadline, whatever is still open is cut. */
+static void cut_everything(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->nconns; i++) {
+        struct conn *c = &w->conns[i];
+        if (c->kind == CK_FREE || c->state >= CS_CLOSING || !(c->flags & C_SESSION))
+            continue;
+        w->c[UP_C_DRAIN_FORCED]++;
+        switch (c->kind) {
+        case CK_L4_CLIENT:
+            l4_abort(w, c);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static bool control(struct worker *w)
+{
+    apply_config(w);
+    if (!w->stopping && __atomic_load_n(&w->ctl->stop, __ATOMIC_ACQUIRE)) {
+        w->stopping = true;
+        w->drain_deadline_ms = w->now_ms + w->ctl->drain_timeout_ms;
+        acceptors_stop(w);
+        __atomic_store_n(&w->shm->state, UP_WS_DRAINING, __ATOMIC_RELEASE);
+    }
+    if (w->stopping) {
+        if (w->now_ms >= w->drain_deadline_ms && w->clients)
+            cut_everything(w);
+        if (!w->clients && w->nfree == w->nconns && acceptors_idle(w))
+            return false;
+    } else {
+        acceptors_check(w);
+    }
+    return true;
+}
+
+int up_worker_loop(struct up_worker *uw)
+{
+    struct worker *w = (struct worker *)uw;
+    for (;;) {
+        w->now_ms = up_now_ms();
+        w->shm->heartbeat_ms = w->now_ms;
+        wheel_run(w);
+        if (!control(w))
+            break;
+        if (!w->tick_armed)
+            arm_tick(w);
+        bufpool_flush(w);
+        l4_resume_starved(w);
+        w->c[UP_C_URING_ENTERS]++;
+        int r = io_uring_submit_and_wait(&w->ring, 1);
+        if (r > 0)
+            w->c[UP_C_URING_SQES] += (uint64_t)r;
+        else if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
+            snprintf(w->err, sizeof w->err, "io_uring_enter failed: %s", strerror(-r));
+            teardown(w);
+            __atomic_store_n(&w->shm->state, UP_WS_FAILED, __ATOMIC_RELEASE);
+            return r;
+        }
+        w->now_ms = up_now_ms();
+        unsigned head, n = 0;
+        struct io_uring_cqe *cqe;
+        io_uring_for_each_cqe(&w->ring, head, cqe) {
+            dispatch(w, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&w->ring, n);
+        w->c[UP_C_URING_CQES] += n;
+    }
+    teardown(w);
+    __atomic_store_n(&w->shm->state, UP_WS_STOPPED, __ATOMIC_RELEASE);
+    return 0;
+}
+
+void up_worker_free(struct up_worker *uw)
+{
+    struct worker *w = (struct worker *)uw;
+    if (!w)
+        return;
+    munmap(w->conns, sizeof(struct conn) * w->nconns);
+    free(w->free_ids);
+    free(w->scratch);
+    free(w);
+}

@@ -1,0 +1,78 @@
+"""io_uring features uproxy uses when the kernel has them.
+
+Each can be switched off (``[proxy] disable_features`` or
+``UPROXY_DISABLE=a,b``); switching off the post-5.15 ones makes the worker
+take the same fallback paths it takes on a Linux 5.15 kernel.
+"""
+import os
+import platform
+import re
+
+# name -> (bit in native/api.h, the kernel that brought it)
+_TABLE = {
+    "multishot_accept": (1, "5.19"),
+    "buf_ring": (2, "5.19"),
+    "multishot_recv": (4, "6.0"),
+    "single_issuer": (8, "6.0"),
+    "defer_taskrun": (16, "6.1"),
+    "coop_taskrun": (32, "5.19"),
+    "registered_files": (64, "5.1"),
+    "registered_ring": (128, "5.18"),
+}
+FEATURES = tuple(_TABLE)
+# What a 5.15 kernel lacks: disabling these exercises its code paths.
+POST_5_15 = tuple(n for n, (_, v) in _TABLE.items()
+                  if tuple(map(int, v.split("."))) > (5, 15))
+MIN_KERNEL = (5, 15)
+
+
+def bit(name: str) -> int:
+    return _TABLE[name][0]
+
+
+def since(name: str) -> str:
+    return _TABLE[name][1]
+
+
+def names(mask: int) -> list:
+    return [n for n, (b, _) in _TABLE.items() if mask & b]
+
+
+def mask(names_) -> int:
+    m = 0
+    for n in names_:
+        m |= _TABLE[n][0]
+    return m
+
+
+def from_env(env=None) -> list:
+    """Feature names listed in UPROXY_DISABLE; 'post-5.15' stands for all
+    the features a 5.15 kernel lacks. Unknown names raise ValueError."""
+    raw = (env if env is not None else os.environ).get("UPROXY_DISABLE", "")
+    out = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        if part in ("post-5.15", "5.15"):
+            out.extend(POST_5_15)
+        elif part in _TABLE:
+            out.append(part)
+        else:
+            raise ValueError(f"UPROXY_DISABLE: {part!r} is not a feature; known: "
+                             f"{', '.join(FEATURES)} or post-5.15")
+    return out
+
+
+def kernel_version(release: str | None = None) -> tuple:
+    release = release or platform.release()
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def kernel_too_old(release: str | None = None) -> str | None:
+    """A sentence saying why this kernel cannot run uproxy, or None."""
+    release = release or platform.release()
+    v = kernel_version(release)
+    if v >= MIN_KERNEL:
+        return None
+    return (f"uproxy needs Linux {MIN_KERNEL[0]}.{MIN_KERNEL[1]} or newer for its io_uring "
+            f"data path; this kernel is {release}. Upgrade the kernel (Debian 12 ships 6.1, "
+            f"Ubuntu 22.04 ships 5.15), or test in the VM: scripts/vm-test.")

@@ -1,0 +1,294 @@
+"""The running proxy: workers, reloads, drain.
+
+Python's part is all control: it binds the listening sockets, builds the
+configuration tables, starts one pinned thread per worker (each of which
+goes into the C loop and stays there with the GIL released), swaps in new
+tables on reload, and stops the workers on SIGTERM. Nothing here runs per
+connection.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+
+from . import features as feat
+from . import shm
+from ._native import ffi, lib
+from .config import Config, ConfigError, load
+from .listeners import ListenerSockets
+from .tables import Tables
+
+log = logging.getLogger("uproxy")
+
+
+class StartError(Exception):
+    pass
+
+
+def probe() -> int:
+    res = ffi.new("struct up_probe_result *")
+    if lib.up_probe(res) < 0:
+        raise StartError(f"io_uring is not usable here: {os.strerror(res.setup_errno)}. "
+                         f"Check kernel.io_uring_disabled (sysctl), seccomp filters "
+                         f"(containers often block io_uring) and the kernel version.")
+    return res.features
+
+
+def allowed_cpus() -> list:
+    return sorted(os.sched_getaffinity(0))
+
+
+def raise_nofile(need: int) -> tuple:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, need
+
+
+class Worker:
+    def __init__(self, rt: "Runtime", index: int, cpu: int):
+        self.index, self.cpu = index, cpu
+        p = rt.cfg.proxy
+        o = ffi.new("struct up_worker_opts *")
+        o.index = index
+        o.cpu = cpu
+        o.features = rt.features
+        o.max_conns = rt.max_conns
+        o.ring_entries = p.ring_entries
+        o.buf_size = p.buffer_size
+        o.buf_count = p.buffers
+        o.pipe_count = p.pipes
+        o.pipe_size = p.pipe_size
+        o.iowq_max_workers = p.iowq_max_workers
+        o.iowq_cpu = cpu if p.iowq_cpu == "worker" else (-1 if p.iowq_cpu == "any" else int(p.iowq_cpu))
+        o.queue_limit = p.queue_limit
+        self.opts = o
+        self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index])
+        if self.ptr == ffi.NULL:
+            raise StartError(f"worker {index}: cannot allocate its connection slab "
+                             f"({p.max_connections} connections); lower max_connections")
+        self.ready = threading.Event()
+        self.error = None
+        self.result = None
+        self.thread = threading.Thread(target=self._run, name=f"uproxy-w{index}", daemon=True)
+
+    def _run(self):
+        r = lib.up_worker_setup(self.ptr)
+        if r < 0:
+            self.error = ffi.string(lib.up_worker_error(self.ptr)).decode() or os.strerror(-r)
+            self.ready.set()
+            return
+        self.ready.set()
+        self.result = lib.up_worker_loop(self.ptr)    # GIL released for the whole run
+        if self.result < 0:
+            self.error = ffi.string(lib.up_worker_error(self.ptr)).decode()
+
+    def free(self):
+        if self.ptr is not None:
+            lib.up_worker_free(self.ptr)
+            self.ptr = None
+
+
+class Runtime:
+    def __init__(self, config_path: str, workers: int | None = None):
+        self.config_path = config_path
+        self.workers_override = workers
+        self.cfg: Config | None = None
+        self.tables: list[Tables] = []      # newest last; older ones until released
+        self.sockets: dict = {}              # (host, port) -> ListenerSockets
+        self.generation = 0
+        self.workers: list[Worker] = []
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.events: list = []               # (time, text): recent notable events
+
+    # ---- start -------------------------------------------------------
+    def start(self):
+        why = feat.kernel_too_old()
+        if why:
+            raise StartError(why)
+        self.cfg = load(self.config_path)
+        p = self.cfg.proxy
+        probed = probe()
+        disabled = set(p.disable_features) | set(feat.from_env())
+        self.features = probed & ~feat.mask(disabled)
+        cpus = allowed_cpus()
+        n = self.workers_override or p.workers or len(cpus)
+        self.nworkers = n
+        # Like HAProxy's maxconn: fit the connection limit to the open-file
+        # limit, so a full worker pauses accepting instead of hitting EMFILE.
+        fixed = n * (2 * p.pipes + len(self.cfg.listeners) + 16) + 64
+        soft, _ = raise_nofile(fixed + n * 2 * p.max_connections)
+        fit = max(1, (soft - fixed) // (2 * n))
+        self.max_conns = min(p.max_connections, fit)
+        if self.max_conns < p.max_connections:
+            log.info("open-file limit %d allows %d client connections per worker "
+                     "(max_connections is %d); raise it with ulimit -n or LimitNOFILE= "
+                     "to use more", soft, self.max_conns, p.max_connections)
+        self.segment = shm.Segment(n, self.features)
+        self.control = ffi.new("struct up_control *")
+        try:
+            self._publish(self.cfg)
+            for i in range(n):
+                self.workers.append(Worker(self, i, cpus[i % len(cpus)]))
+            for w in self.workers:
+                w.thread.start()
+            for w in self.workers:
+                w.ready.wait()
+            failed = [w for w in self.workers if w.error]
+            if failed:
+                raise StartError(f"worker {failed[0].index} could not start: {failed[0].error}")
+        except BaseException:
+            self._abort_start()
+            raise
+        self.event(f"started generation {self.generation} with {n} workers")
+        return self
+
+    def _abort_start(self):
+        lib.up_control_stop(self.control, 0)
+        for w in self.workers:
+            if w.thread.is_alive():
+                w.thread.join(5)
+        for w in self.workers:
+            w.free()
+        self.workers = []
+        for s in self.sockets.values():
+            s.close()
+        self.sockets = {}
+        self.segment.close()
+
+    # ---- tables ----------------------------------------------------------
+    def _sockets_for(self, cfg: Config) -> dict:
+        """Listener name -> sockets, reusing what is already bound."""
+        out = {}
+        created = []
+        try:
+            for l in cfg.listeners:
+                key = (l.host, l.port)
+                s = self.sockets.get(key)
+                if s is None:
+                    s = ListenerSockets(l.host, l.port, l.backlog, self.nworkers)
+                    created.append(s)
+                    self.sockets[key] = s
+                out[l.name] = s
+        except Exception:
+            for s in created:
+                s.close()
+                self.sockets.pop(s.key, None)
+            raise
+        return out
+
+    def _publish(self, cfg: Config):
+        socks = self._sockets_for(cfg)
+        self.generation += 1
+        health = {}
+        t = Tables(cfg, self.generation, self.nworkers, socks, health)
+        self.tables.append(t)
+        self.cfg = cfg
+        lib.up_control_publish(self.control, t.ptr)
+        self.segment.header.config_generation = self.generation
+
+    def collect(self):
+        """Drop tables no worker and no session uses any more, and close
+        listening sockets that no remaining table names."""
+        if len(self.tables) < 2:
+            return
+        newest = self.tables[-1].generation
+        if any(lib.up_worker_generation(self.segment.workers[w.index]) < newest
+               for w in self.workers if w.thread.is_alive()):
+            return
+        keep = [t for t in self.tables[:-1] if t.refs_held()] + [self.tables[-1]]
+        self.tables = keep
+        live = {id(s) for t in self.tables for s in t.sockets.values()}
+        for key, s in list(self.sockets.items()):
+            if id(s) not in live:
+                s.close()
+                del self.sockets[key]
+
+    # ---- reload ------------------------------------------------------------
+    def reload(self) -> bool:
+        try:
+            cfg = load(self.config_path)
+            if (cfg.proxy.workers or self.nworkers) != self.nworkers and not self.workers_override:
+                log.warning("reload: [proxy] workers changed; that takes a restart, "
+                            "keeping %d workers", self.nworkers)
+            self._publish(cfg)
+        except (ConfigError, OSError, Exception) as e:
+            self.segment.header.reload_failures += 1
+            log.error("reload failed, still running generation %d: %s", self.generation, e)
+            self.event(f"reload failed: {e}")
+            return False
+        self.segment.header.reloads += 1
+        log.info("reloaded %s: generation %d", self.config_path, self.generation)
+        self.event(f"reloaded: generation {self.generation}")
+        return True
+
+    def event(self, text: str):
+        self.events.append((time.time(), text))
+        del self.events[:-50]
+
+    # ---- run and stop --------------------------------------------------
+    def install_signals(self):
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+
+    def serve(self, tick=None) -> int:
+        """Main thread: wait for signals, reload, collect; return the exit code."""
+        while not self.stop_requested.is_set():
+            self.stop_requested.wait(0.2)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            self.collect()
+            dead = [w for w in self.workers if not w.thread.is_alive()]
+            if dead and not self.stop_requested.is_set():
+                log.error("worker %d stopped unexpectedly: %s", dead[0].index,
+                          dead[0].error or "no error given")
+                self.stop()
+                return 1
+            if tick:
+                tick()
+        return self.stop()
+
+    def stop(self) -> int:
+        drain = self.cfg.proxy.drain_timeout_ms
+        lib.up_control_stop(self.control, drain)
+        # Each worker stops accepting at once; then close the listening
+        # sockets so new clients are refused rather than left queued.
+        deadline = time.monotonic() + drain / 1000 + 5
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0 and any(
+                shm.STATES.get(int(self.segment.workers[w.index].state)) == "running"
+                for w in self.workers if w.thread.is_alive()):
+            time.sleep(0.01)
+        for s in self.sockets.values():
+            s.close()
+        code = 0
+        for w in self.workers:
+            w.thread.join(max(0.1, deadline - time.monotonic()))
+            if w.thread.is_alive():
+                log.error("worker %d did not stop within the drain timeout", w.index)
+                code = 1
+            elif w.error:
+                log.error("worker %d: %s", w.index, w.error)
+                code = 1
+        for w in self.workers:
+            if not w.thread.is_alive():
+                w.free()
+        self.segment.close()
+        return code
+
+    def port_of(self, listener_name: str) -> int:
+        for l in self.cfg.listeners:
+            if l.name == listener_name:
+                return self.sockets[(l.host, l.port)].port
+        raise KeyError(listener_name)

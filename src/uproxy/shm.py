@@ -1,0 +1,183 @@
+"""The shared-memory statistics segment (layout: docs/stats-layout.md).
+
+The proxy creates ``/dev/shm/uproxy-<pid>.stats``; each worker writes only
+its own block, and any process may map the file read-only and take a
+snapshot (``uproxy stats``, ``uproxy top``, the admin endpoint) without
+touching the request path. The struct definitions come from the compiled
+core, so a reader and the writer built from the same source agree; a
+reader that finds another layout version says so instead of misreading.
+"""
+from __future__ import annotations
+
+import glob
+import mmap
+import os
+import time
+
+from ._native import ffi, lib
+
+COUNTERS = [name[len("UP_C_"):].lower()
+            for _, name in sorted(ffi.typeof("enum up_counter").elements.items())
+            if name != "UP_C__COUNT"]
+GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use"}
+STATES = {0: "new", 1: "running", 2: "draining", 3: "stopped", 4: "failed"}
+
+
+def run_dir() -> str:
+    return os.environ.get("UPROXY_RUN_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else "/tmp")
+
+
+def path_for(pid: int) -> str:
+    return os.path.join(run_dir(), f"uproxy-{pid}.stats")
+
+
+def _align(n, a=64):
+    return (n + a - 1) // a * a
+
+
+class LayoutError(Exception):
+    pass
+
+
+class Segment:
+    """Created by the proxy process (writer side)."""
+
+    def __init__(self, nworkers: int, features: int):
+        self.path = path_for(os.getpid())
+        self.header_size = _align(ffi.sizeof("struct up_shm_header"))
+        self.worker_size = _align(ffi.sizeof("struct up_shm_worker"))
+        size = self.header_size + nworkers * self.worker_size
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.buf = ffi.from_buffer(self.mm)
+        base = ffi.cast("char *", self.buf)
+        self.header = ffi.cast("struct up_shm_header *", base)
+        self.workers = [ffi.cast("struct up_shm_worker *", base + self.header_size + i * self.worker_size)
+                        for i in range(nworkers)]
+        h = self.header
+        h.version = lib.UP_SHM_VERSION
+        h.header_size = self.header_size
+        h.worker_size = self.worker_size
+        h.nworkers = nworkers
+        h.ncounters = lib.UP_NCOUNTERS
+        h.nops = lib.UP_NOPS
+        h.pid = os.getpid()
+        h.start_time_ms = int(time.time() * 1000)
+        h.features = features
+        h.abi = lib.UP_ABI_VERSION
+        h.magic = lib.UP_SHM_MAGIC      # last: a reader trusts nothing before it
+
+    def close(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def running_pids() -> list:
+    """PIDs of live proxies, from their segments (stale files are skipped)."""
+    pids = []
+    for p in glob.glob(os.path.join(run_dir(), "uproxy-*.stats")):
+        try:
+            pid = int(os.path.basename(p)[len("uproxy-"):-len(".stats")])
+        except ValueError:
+            continue
+        if os.path.exists(f"/proc/{pid}"):
+            pids.append(pid)
+    return sorted(pids)
+
+
+def find_pid(pid: int | None) -> int:
+    if pid is not None:
+        if not os.path.exists(path_for(pid)):
+            raise LookupError(f"no uproxy statistics for pid {pid} in {run_dir()} "
+                              f"(is it a running uproxy? is UPROXY_RUN_DIR the same?)")
+        return pid
+    pids = running_pids()
+    if not pids:
+        raise LookupError(f"no running uproxy found (looked for {run_dir()}/uproxy-*.stats); "
+                          f"start one with: uproxy run -c uproxy.toml")
+    if len(pids) > 1:
+        raise LookupError(f"several uproxy processes are running ({', '.join(map(str, pids))}); "
+                          f"choose one with --pid")
+    return pids[0]
+
+
+class Reader:
+    """Maps a running proxy's segment read-only."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        with open(path_for(pid), "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        self.buf = ffi.from_buffer(self.mm)
+        base = ffi.cast("char *", self.buf)
+        h = ffi.cast("struct up_shm_header *", base)
+        if len(self.mm) < ffi.sizeof("struct up_shm_header") or h.magic != lib.UP_SHM_MAGIC:
+            raise LayoutError(f"{path_for(pid)} is not a uproxy statistics segment")
+        if h.version != lib.UP_SHM_VERSION:
+            raise LayoutError(f"{path_for(pid)} has layout version {h.version}, this uproxy reads "
+                              f"version {lib.UP_SHM_VERSION}: use the uproxy that started pid {pid}")
+        self.header = h
+        self.workers = [ffi.cast("struct up_shm_worker *", base + h.header_size + i * h.worker_size)
+                        for i in range(h.nworkers)]
+
+    def snapshot(self) -> dict:
+        from . import features as feat
+        h = self.header
+        workers = []
+        for i, w in enumerate(self.workers):
+            workers.append({
+                "index": i,
+                "tid": int(w.tid),
+                "cpu": int(ffi.cast("int64_t", w.cpu)),
+                "state": STATES.get(int(w.state), str(int(w.state))),
+                "heartbeat_ms": int(w.heartbeat_ms),
+                "config_generation": int(w.config_generation),
+                "features": feat.names(int(w.features)),
+                "counters": {name: int(w.c[i]) for i, name in enumerate(COUNTERS)},
+                "ops": {op: int(w.ops[n]) for n, op in _opnames().items() if w.ops[n]},
+            })
+        total = {name: sum(w["counters"][name] for w in workers) for name in COUNTERS}
+        return {
+            "pid": int(h.pid),
+            "layout_version": int(h.version),
+            "start_time_ms": int(h.start_time_ms),
+            "uptime_s": round(time.time() - h.start_time_ms / 1000, 3),
+            "config_generation": int(h.config_generation),
+            "reloads": int(h.reloads),
+            "reload_failures": int(h.reload_failures),
+            "features": feat.names(int(h.features)),
+            "workers": workers,
+            "total": total,
+        }
+
+    def close(self):
+        del self.header, self.workers
+        self.buf = None
+        self.mm.close()
+
+
+_OPNAMES = None
+
+
+def _opnames() -> dict:
+    """IORING_OP_* numbers -> names, from the installed liburing headers'
+    order (stable kernel ABI)."""
+    global _OPNAMES
+    if _OPNAMES is None:
+        names = ["NOP", "READV", "WRITEV", "FSYNC", "READ_FIXED", "WRITE_FIXED", "POLL_ADD",
+                 "POLL_REMOVE", "SYNC_FILE_RANGE", "SENDMSG", "RECVMSG", "TIMEOUT",
+                 "TIMEOUT_REMOVE", "ACCEPT", "ASYNC_CANCEL", "LINK_TIMEOUT", "CONNECT",
+                 "FALLOCATE", "OPENAT", "CLOSE", "FILES_UPDATE", "STATX", "READ", "WRITE",
+                 "FADVISE", "MADVISE", "SEND", "RECV", "OPENAT2", "EPOLL_CTL", "SPLICE",
+                 "PROVIDE_BUFFERS", "REMOVE_BUFFERS", "TEE", "SHUTDOWN", "RENAMEAT",
+                 "UNLINKAT", "MKDIRAT", "SYMLINKAT", "LINKAT", "MSG_RING", "FSETXATTR",
+                 "SETXATTR", "FGETXATTR", "GETXATTR", "SOCKET", "URING_CMD", "SEND_ZC",
+                 "SENDMSG_ZC"]
+        _OPNAMES = {i: n.lower() for i, n in enumerate(names)}
+    return _OPNAMES

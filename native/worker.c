@@ -136,6 +136,9 @@ int up_worker_setup(struct up_worker *uw)
             return -errno;
         }
     }
+    char name[16];
+    snprintf(name, sizeof name, "uproxy-w%u", w->o.index);
+    pthread_setname_np(pthread_self(), name);
     w->shm->tid = (uint64_t)gettid();
     w->shm->cpu = (uint64_t)(int64_t)w->o.cpu;
     w->now_ms = up_now_ms();

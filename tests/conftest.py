@@ -1,0 +1,44 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from support import Proxy, Server, render_config  # noqa: E402
+
+# The io_uring feature profiles every data-path test runs under: all that
+# this kernel has, and what a Linux 5.15 kernel has.
+PROFILES = {"full": "", "5.15": "post-5.15"}
+
+
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(handle, **kw):
+        s = Server(handle, **kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def proxy_factory(tmp_path):
+    made = []
+
+    def make(listeners, clusters, proxy=None, profile="full", env=None, extra="", **kw):
+        env = dict(env or {})
+        if PROFILES.get(profile):
+            env["UPROXY_DISABLE"] = PROFILES[profile]
+        p = Proxy(tmp_path, render_config(proxy or {"workers": 2}, listeners, clusters, extra),
+                  env=env, **kw)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        if p.p.poll() is None:
+            code = p.stop()
+            assert code == 0, f"uproxy exited {code}:\n{p.output()}"

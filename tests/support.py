@@ -1,0 +1,235 @@
+"""Test helpers: real upstream servers on loopback and a real uproxy process."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port(host="127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pattern(seed: int, size: int, chunk=1 << 20):
+    """Deterministic pseudo-random bytes, in chunks, and their sha256."""
+    rng = random.Random(seed)
+    left = size
+    while left:
+        n = min(chunk, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def pattern_sha(seed: int, size: int) -> str:
+    h = hashlib.sha256()
+    for c in pattern(seed, size):
+        h.update(c)
+    return h.hexdigest()
+
+
+def recv_all_sha(sock, limit=None) -> tuple:
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        b = sock.recv(1 << 20)
+        if not b:
+            return n, h.hexdigest()
+        h.update(b)
+        n += len(b)
+
+
+# ---- upstream servers -------------------------------------------------------
+
+class Server:
+    """A threaded TCP server on 127.0.0.1 whose per-connection behaviour is
+    a function handle(conn, server). Records connections it saw."""
+
+    def __init__(self, handle, port=0, backlog=1024, accept=True):
+        self.handle = handle
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        self.results = []
+        self.errors = []
+        self.conns = []
+        self.lock = threading.Lock()
+        self.closed = False
+        if accept:
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                self.conns.append(c)
+            threading.Thread(target=self._run, args=(c,), daemon=True).start()
+
+    def _run(self, c):
+        try:
+            r = self.handle(c, self)
+            if r is not None:
+                with self.lock:
+                    self.results.append(r)
+        except Exception as e:  # recorded for the test to assert on
+            with self.lock:
+                self.errors.append(e)
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
+def echo(c, srv):
+    while True:
+        b = c.recv(65536)
+        if not b:
+            c.shutdown(socket.SHUT_WR)
+            return None
+        c.sendall(b)
+
+
+# ---- the proxy under test ---------------------------------------------------------
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def render_config(proxy: dict, listeners: list, clusters: list, extra: str = "") -> str:
+    out = ["[proxy]"] + [f"{k} = {toml_value(v)}" for k, v in proxy.items()]
+    for l in listeners:
+        out += ["", "[[listeners]]"] + [f"{k} = {toml_value(v)}" for k, v in l.items()
+                                        if not isinstance(v, list) or k != "routes"]
+        for r in l.get("routes", []):
+            out += ["", "[[listeners.routes]]"] + [f"{k} = {toml_value(v)}" for k, v in r.items()]
+    for c in clusters:
+        out += ["", "[[clusters]]"] + [f"{k} = {toml_value(v)}" for k, v in c.items()
+                                       if not isinstance(v, dict)]
+        for k, v in c.items():
+            if isinstance(v, dict):
+                out += [f"{k} = {toml_value(v)}"]
+    return "\n".join(out) + "\n" + extra
+
+
+class Proxy:
+    """`uproxy run` in its own process, as a user runs it."""
+
+    def __init__(self, tmp_path, config_text: str, env=None, args=(), wait=True):
+        self.path = os.path.join(str(tmp_path), f"uproxy-{time.monotonic_ns()}.toml")
+        with open(self.path, "w") as f:
+            f.write(config_text)
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.log_path = self.path + ".log"
+        self.log = open(self.log_path, "w+")
+        self.p = subprocess.Popen([sys.executable, "-m", "uproxy", "run", "-c", self.path, *args],
+                                  stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                  cwd=ROOT)
+        self.pid = self.p.pid
+        if wait:
+            self.wait_ready()
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def wait_ready(self, timeout=20):
+        def ready():
+            if self.p.poll() is not None:
+                raise RuntimeError(f"uproxy exited with {self.p.returncode}:\n{self.output()}")
+            try:
+                s = self.stats()
+            except Exception:
+                return False
+            return s["workers"] and all(w["state"] == "running" for w in s["workers"])
+        wait_for(ready, timeout, what="uproxy to start")
+
+    def stats(self) -> dict:
+        from uproxy import shm
+        r = shm.Reader(self.pid)
+        try:
+            return r.snapshot()
+        finally:
+            r.close()
+
+    def total(self, name) -> int:
+        return self.stats()["total"][name]
+
+    def reload(self):
+        os.kill(self.pid, signal.SIGHUP)
+
+    def stop(self, timeout=30) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+                raise AssertionError(f"uproxy did not stop within {timeout}s:\n{self.output()}")
+        self.log.close()
+        return self.p.returncode
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0

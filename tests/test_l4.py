@@ -1,0 +1,493 @@
+"""L4 TCP proxying through a real uproxy process, on 127.0.0.1.
+
+Every test runs under both io_uring profiles (all this kernel's features,
+and only what Linux 5.15 has) and both forwarding paths (splice and
+buffered), so the fallbacks are exercised on this kernel.
+"""
+import hashlib
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from conftest import PROFILES
+from uproxy.features import POST_5_15
+from support import echo, free_port, pattern, pattern_sha, recv_all_sha, wait_for
+
+pytestmark = pytest.mark.parametrize("profile", list(PROFILES))
+FORWARDING = ["splice", "buffered"]
+
+
+def tcp_proxy(proxy_factory, servers, profile, forwarding="splice", cluster=None, listener=None,
+              proxy=None):
+    port = free_port()
+    lst = {"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c",
+           "forwarding": forwarding}
+    lst.update(listener or {})
+    cl = {"name": "c", "servers": servers}
+    cl.update(cluster or {})
+    p = proxy_factory([lst], [cl], proxy=proxy, profile=profile)
+    p.port = port
+    used = set(p.stats()["workers"][0]["features"])
+    if profile == "5.15":
+        assert not used & set(POST_5_15), f"5.15 profile still uses {used & set(POST_5_15)}"
+    else:
+        assert set(POST_5_15) <= used
+    return p
+
+
+def connect(port, timeout=10):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return s
+
+
+def rst_close(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_echo_round_trips(proxy_factory, servers, profile, forwarding):
+    up = servers(echo)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        for i in range(50):
+            msg = f"hello {i} ".encode() * (i + 1)
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                got += s.recv(65536)
+            assert got == msg
+    t = p.stats()["total"]
+    assert t["accepted"] >= 1 and t["upstream_connects"] >= 1
+    assert t[f"sessions_{'splice' if forwarding == 'splice' else 'buffered'}"] == 1
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_256mib_each_way_at_once_intact(proxy_factory, servers, profile, forwarding):
+    size = 256 << 20
+
+    def upstream(c, srv):
+        # Send our stream while receiving the client's, both to the end.
+        def send():
+            for chunk in pattern(2, size):
+                c.sendall(chunk)
+            c.shutdown(socket.SHUT_WR)
+        t = threading.Thread(target=send)
+        t.start()
+        got = recv_all_sha(c)
+        t.join()
+        return got
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    s = connect(p.port, timeout=60)
+    result = {}
+
+    def send():
+        for chunk in pattern(1, size):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+    t = threading.Thread(target=send)
+    t.start()
+    result["client"] = recv_all_sha(s)
+    t.join()
+    s.close()
+    wait_for(lambda: up.results, 30, what="the upstream to finish")
+    assert result["client"] == (size, pattern_sha(2, size)), "upstream -> client stream damaged"
+    assert up.results[0] == (size, pattern_sha(1, size)), "client -> upstream stream damaged"
+
+
+class SelectorEcho:
+    """One thread echoing on many connections (1,000 threads would measure
+    Python, not the proxy)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.sock.setblocking(False)
+        self.addr = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.sock, selectors.EVENT_READ)
+        self.accepted = 0
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            for key, _ in self.sel.select(0.1):
+                if key.fileobj is self.sock:
+                    try:
+                        while True:
+                            c, _ = self.sock.accept()
+                            c.setblocking(False)
+                            self.sel.register(c, selectors.EVENT_READ)
+                            self.accepted += 1
+                    except BlockingIOError:
+                        pass
+                else:
+                    c = key.fileobj
+                    try:
+                        b = c.recv(65536)
+                    except (BlockingIOError, ConnectionError):
+                        b = None
+                    if b:
+                        c.sendall(b)
+                    elif b == b"" or b is None:
+                        self.sel.unregister(c)
+                        c.close()
+
+    def close(self):
+        self.stop = True
+        self.t.join()
+        self.sock.close()
+
+
+def test_1000_concurrent_connections(proxy_factory, profile):
+    up = SelectorEcho()
+    try:
+        p = tcp_proxy(proxy_factory, [up.addr], profile, "buffered")
+        socks = [connect(p.port) for _ in range(1000)]
+        wait_for(lambda: p.total("active") == 1000, 20, what="1000 active sessions")
+        for i, s in enumerate(socks):
+            s.sendall(b"conn %06d\n" % i)
+        for i, s in enumerate(socks):
+            got = b""
+            while len(got) < 12:
+                got += s.recv(100)
+            assert got == b"conn %06d\n" % i
+        for s in socks:
+            s.close()
+        wait_for(lambda: p.total("active") == 0, 20, what="sessions to close")
+        assert p.total("closed") >= 1000
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_half_close_client_first(proxy_factory, servers, profile, forwarding):
+    """The client's FIN reaches the upstream while the reply still flows."""
+    def upstream(c, srv):
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+        time.sleep(0.2)               # reply well after the client's FIN
+        c.sendall(b"reply to " + data)
+        c.shutdown(socket.SHUT_WR)
+        return data
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        s.sendall(b"question")
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+    assert got == b"reply to question"
+    wait_for(lambda: up.results, what="upstream result")
+    assert up.results == [b"question"]
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_half_close_upstream_first(proxy_factory, servers, profile, forwarding):
+    """The upstream's FIN reaches the client while the client keeps sending."""
+    def upstream(c, srv):
+        c.sendall(b"banner")
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+        return data
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        got = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            got += b
+        assert got == b"banner"
+        for i in range(10):                 # the other direction still flows
+            s.sendall(b"after-fin %d;" % i)
+            time.sleep(0.01)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""
+    wait_for(lambda: up.results, what="upstream result")
+    assert up.results[0] == b"".join(b"after-fin %d;" % i for i in range(10))
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_client_reset_reaches_upstream(proxy_factory, servers, profile, forwarding):
+    def upstream(c, srv):
+        c.settimeout(10)
+        try:
+            while c.recv(65536):
+                pass
+        except ConnectionResetError:
+            return "reset"
+        return "fin"
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    s = connect(p.port)
+    s.sendall(b"x" * 1000)
+    time.sleep(0.2)
+    rst_close(s)
+    wait_for(lambda: up.results, what="upstream to see the end")
+    assert up.results == ["reset"]
+    wait_for(lambda: p.total("err_client_reset") >= 1, what="client reset counted")
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_upstream_reset_reaches_client(proxy_factory, servers, profile, forwarding):
+    def upstream(c, srv):
+        c.sendall(b"hello")
+        time.sleep(0.2)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        assert s.recv(5) == b"hello"
+        with pytest.raises(ConnectionResetError):
+            while s.recv(65536):
+                pass
+    wait_for(lambda: p.total("err_upstream_reset") >= 1, what="upstream reset counted")
+
+
+def test_refused_server_is_skipped(proxy_factory, servers, profile):
+    up = servers(echo)
+    dead = f"127.0.0.1:{free_port()}"
+    p = tcp_proxy(proxy_factory, [dead, up.addr], profile,
+                  cluster={"fail_threshold": 0})
+    for i in range(6):
+        with connect(p.port) as s:
+            s.sendall(b"ping%d" % i)
+            assert s.recv(100) == b"ping%d" % i
+    t = p.stats()["total"]
+    assert t["err_connect_refused"] >= 3
+    assert t["err_no_server"] == 0
+
+
+def test_all_refused_closes_client(proxy_factory, profile):
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    p = tcp_proxy(proxy_factory, dead, profile)
+    with connect(p.port) as s:
+        t0 = time.monotonic()
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 3
+    t = p.stats()["total"]
+    assert t["err_connect_refused"] >= 2 and t["err_no_server"] >= 1
+
+
+def test_connect_timeout(proxy_factory, profile):
+    # A listener whose accept queue is full drops further SYNs: connects
+    # to it hang, as to a host that does not answer.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    time.sleep(0.2)
+    try:
+        p = tcp_proxy(proxy_factory, [f"127.0.0.1:{port}"], profile,
+                      cluster={"connect_timeout": "500ms", "max_attempts": 1})
+        with connect(p.port) as s:
+            t0 = time.monotonic()
+            try:
+                s.recv(10)
+            except ConnectionResetError:
+                pass
+            took = time.monotonic() - t0
+        assert 0.4 < took < 3, took
+        assert p.total("err_connect_timeout") >= 1
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_slow_upstream(proxy_factory, servers, profile, forwarding):
+    def upstream(c, srv):
+        for i in range(20):
+            c.sendall(b"%02d" % i)
+            time.sleep(0.02)
+        c.shutdown(socket.SHUT_WR)
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        got = b""
+        while True:
+            b = s.recv(100)
+            if not b:
+                break
+            got += b
+    assert got == b"".join(b"%02d" % i for i in range(20))
+
+
+@pytest.mark.parametrize("forwarding", FORWARDING)
+def test_upstream_dies_mid_session(proxy_factory, servers, profile, forwarding):
+    def upstream(c, srv):
+        c.sendall(b"partial")
+        time.sleep(0.1)
+        srv.close()                    # the whole server goes away
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
+    with connect(p.port) as s:
+        got = b""
+        try:
+            while True:
+                b = s.recv(100)
+                if not b:
+                    break
+                got += b
+        except ConnectionResetError:
+            pass
+        assert got == b"partial"
+    # The proxy lives on: a new client is refused an upstream, not hung.
+    with connect(p.port) as s:
+        try:
+            assert s.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    assert p.p.poll() is None
+
+
+def test_idle_timeout(proxy_factory, servers, profile):
+    up = servers(echo)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, listener={"idle_timeout": "1s"})
+    with connect(p.port) as s:
+        s.sendall(b"a")
+        assert s.recv(1) == b"a"
+        t0 = time.monotonic()
+        assert s.recv(1) == b""
+        took = time.monotonic() - t0
+    assert 0.8 < took < 2.5, took
+    assert p.total("err_idle_timeout") == 1
+
+
+def test_sigterm_drains_open_sessions(proxy_factory, servers, profile):
+    up = servers(echo)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, proxy={"workers": 2, "drain_timeout": "20s"})
+    s = connect(p.port)
+    s.sendall(b"before")
+    assert s.recv(6) == b"before"
+    p.p.terminate()
+    wait_for(lambda: all(w["state"] != "running" for w in p.stats()["workers"]),
+             what="workers to start draining")
+    # New clients are refused once the listening sockets close...
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", p.port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    wait_for(refused, 5, what="the listener to close")
+    # ...while the open session still works,
+    s.sendall(b"during")
+    assert s.recv(6) == b"during"
+    assert p.p.poll() is None
+    s.close()
+    # and the proxy leaves once it is done.
+    assert p.p.wait(10) == 0
+
+
+def test_drain_timeout_cuts_idle_sessions(proxy_factory, servers, profile):
+    up = servers(echo)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, proxy={"workers": 1, "drain_timeout": "1s"})
+    s = connect(p.port)
+    s.sendall(b"x")
+    assert s.recv(1) == b"x"
+    t0 = time.monotonic()
+    p.p.terminate()
+    assert p.p.wait(10) == 0
+    assert time.monotonic() - t0 < 4
+    assert s.recv(1) == b""
+    s.close()
+
+
+def test_connection_limit_per_worker(proxy_factory, servers, profile):
+    up = servers(echo)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, proxy={"workers": 1, "max_connections": 8})
+    socks = [connect(p.port) for _ in range(8)]
+    for s in socks:
+        s.sendall(b"k")
+        assert s.recv(1) == b"k"
+    extra = connect(p.port)          # completes in the kernel's backlog...
+    extra.settimeout(0.5)
+    extra.sendall(b"z")
+    with pytest.raises((socket.timeout, ConnectionResetError)):
+        extra.recv(1)                 # ...but is not served while full
+    socks.pop().close()
+    extra.settimeout(5)
+    try:
+        got = extra.recv(1)
+    except ConnectionResetError:
+        got = b"reset"
+    # Accepted once a slot frees: either served, or closed at once by a
+    # worker that was still full (never left hanging).
+    assert got in (b"z", b"", b"reset")
+    extra.close()
+    for s in socks:
+        s.close()
+
+
+def test_backpressure_keeps_memory_bounded(proxy_factory, servers, profile):
+    stop = threading.Event()
+
+    def upstream(c, srv):
+        stop.wait(30)                  # never reads
+
+    up = servers(upstream)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, "buffered")
+    rss0 = p.rss_kib()
+    s = connect(p.port)
+    s.setblocking(False)
+    sent = 0
+    chunk = b"b" * 65536
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            sent += s.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    grew = p.rss_kib() - rss0
+    stop.set()
+    s.close()
+    # The sender was stopped by TCP flow control after the proxy's queue
+    # limit (256 KiB) plus socket buffers, not after the proxy buffered it all.
+    assert sent < 64 << 20, sent
+    assert grew < 32 << 10, f"RSS grew by {grew} KiB"

@@ -56,7 +56,8 @@ struct up_server {
     uint32_t addrlen;
     uint32_t weight;
     uint32_t cluster;
-    uint32_t pad[2];
+    uint32_t stat_slot;       /* index of its up_shm_wserver block */
+    uint32_t pad;
 };
 
 /* Written only by the worker it belongs to; one cache line each. */
@@ -126,6 +127,9 @@ struct up_control {
 #define UP_SHM_VERSION 1
 #define UP_NCOUNTERS   64
 #define UP_NOPS        64
+#define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
+#define UP_MAX_SERVERS 1024   /* server statistics slots */
+#define UP_NEVENTS     64
 
 enum up_counter {
     UP_C_ACCEPTED,            /* client connections accepted */
@@ -158,6 +162,28 @@ enum up_counter {
     UP_C_URING_SQ_FULL,       /* extra submits because the SQ filled */
     UP_C_ACCEPT_PAUSES,       /* accepting paused: limit or EMFILE */
     UP_C_DRAIN_FORCED,        /* connections cut at the drain deadline */
+    /* HTTP */
+    UP_C_REQUESTS,            /* requests received from clients */
+    UP_C_RESP_1XX,            /* responses sent to clients, by class */
+    UP_C_RESP_2XX,
+    UP_C_RESP_3XX,
+    UP_C_RESP_4XX,
+    UP_C_RESP_5XX,
+    UP_C_ERR_BAD_REQUEST,     /* rejected by the parser (400/414/431/501) */
+    UP_C_ERR_HEADER_TIMEOUT,  /* 408: header section too slow */
+    UP_C_ERR_BAD_GATEWAY,     /* 502 sent: upstream failed or answered garbage */
+    UP_C_ERR_UNAVAILABLE,     /* 503 sent: no healthy server */
+    UP_C_ERR_GATEWAY_TIMEOUT, /* 504 sent */
+    UP_C_ERR_SHORT_BODY,      /* a body ended before its length */
+    UP_C_POOL_HITS,           /* requests sent on a pooled connection */
+    UP_C_POOL_MISSES,         /* requests that needed a new connection */
+    UP_C_POOL_IDLE,           /* idle pooled connections (gauge) */
+    UP_C_POOL_STALE,          /* pooled connections found closed by the upstream */
+    UP_C_RETRIES,             /* idempotent requests retried on a fresh connection */
+    UP_C_UPGRADES,            /* connections turned into tunnels (WebSocket) */
+    UP_C_LOG_WRITTEN,         /* access-log records written */
+    UP_C_LOG_DROPPED,         /* access-log records dropped: ring full */
+    UP_C_HEALTH_EJECTIONS,    /* passive ejections */
     UP_C__COUNT
 };
 
@@ -169,10 +195,12 @@ enum up_worker_state {
     UP_WS_FAILED
 };
 
+/* Segment: header, server names, events, worker blocks, then per-worker
+ * per-server blocks; offsets are in the header. */
 struct up_shm_header {
     uint64_t magic;
     uint32_t version;
-    uint32_t header_size;     /* bytes before the first worker block */
+    uint32_t header_size;
     uint32_t worker_size;     /* bytes per worker block */
     uint32_t nworkers;
     uint32_t ncounters;
@@ -184,7 +212,29 @@ struct up_shm_header {
     uint64_t reload_failures;
     uint32_t features;        /* UP_F_* in use */
     uint32_t abi;
-    uint64_t pad[2];
+    uint32_t max_servers;
+    uint32_t hist_buckets;
+    uint32_t servers_offset;  /* struct up_shm_server[max_servers] */
+    uint32_t events_offset;   /* struct up_shm_event[UP_NEVENTS] */
+    uint32_t workers_offset;  /* struct up_shm_worker[nworkers] */
+    uint32_t wservers_offset; /* struct up_shm_wserver[nworkers][max_servers] */
+    uint64_t events_written;  /* ring position: next event goes at this % UP_NEVENTS */
+    uint64_t pad[3];
+};
+
+/* Written by the control plane: what each server slot is. */
+struct up_shm_server {
+    char cluster[48];
+    char address[56];
+    uint32_t in_use;          /* 1 while the current configuration names it */
+    uint32_t health;          /* 0 down, 1 up, 2 not checked */
+    uint64_t generation;      /* configuration generation that last named it */
+    uint64_t pad;
+};
+
+struct up_shm_event {
+    uint64_t time_ms;         /* CLOCK_REALTIME; 0 while being written */
+    char text[120];
 };
 
 struct up_shm_worker {
@@ -197,6 +247,21 @@ struct up_shm_worker {
     uint64_t pad[2];
     uint64_t c[64];           /* enum up_counter */
     uint64_t ops[64];         /* SQEs submitted, by IORING_OP_* */
+    uint64_t hist_request[256];  /* HTTP: request start to response end, us */
+    uint64_t hist_upstream[256]; /* HTTP: request sent to response head, us */
+    uint64_t hist_connect[256];  /* upstream connect, us */
+};
+
+/* One worker's view of one server; 64 bytes, one writer. */
+struct up_shm_wserver {
+    uint64_t active;          /* upstream connections open (gauge) */
+    uint64_t in_flight;       /* requests or sessions in progress (gauge) */
+    uint64_t requests;        /* HTTP requests sent, or L4 sessions */
+    uint64_t connects;
+    uint64_t connect_errors;
+    uint64_t errors;          /* resets, timeouts, 5xx answers, bad responses */
+    uint64_t idle;            /* idle pooled connections (gauge) */
+    uint64_t reused;          /* requests sent on a reused connection */
 };
 
 /* ---- worker --------------------------------------------------------- */
@@ -220,7 +285,11 @@ struct up_worker;
 int up_probe(struct up_probe_result *out);
 struct up_worker *up_worker_new(const struct up_worker_opts *opts,
                                 struct up_control *ctl,
-                                struct up_shm_worker *shm);
+                                struct up_shm_worker *shm,
+                                struct up_shm_wserver *servers);
+/* Histogram bucket of a value in microseconds (for readers and tests). */
+uint32_t up_hist_bucket(uint64_t us);
+uint64_t up_hist_lower(uint32_t bucket);
 int up_worker_setup(struct up_worker *w);
 int up_worker_loop(struct up_worker *w);
 const char *up_worker_error(struct up_worker *w);

@@ -139,5 +139,6 @@ void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, b
     if (++ws->fails >= cl->fail_threshold && cl->fail_threshold) {
         ws->ejected_until_ms = w->now_ms + cl->eject_ms;
         ws->fails = 0;
+        w->c[UP_C_HEALTH_EJECTIONS]++;
     }
 }

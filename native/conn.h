@@ -54,6 +54,7 @@ struct conn {
     uint32_t starved_next;
     const struct up_config *cfg;
     uint64_t expires_ms;      /* idle deadline, 0 for none */
+    uint64_t t_us;            /* upstream: when the connect started */
     uint32_t tnext, tprev;    /* timer wheel links */
     uint16_t tslot;           /* the wheel list this conn is on */
     uint16_t listener;        /* index in cfg->listeners */
@@ -64,5 +65,6 @@ struct conn {
 #define C_IN_WHEEL   2
 #define C_SESSION    4    /* holds a session's references (client side) */
 #define C_SERVER_REF 8    /* counted in its server's active count */
+#define C_COUNTED    16   /* counted in its server's in_flight */
 
 #endif

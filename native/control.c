@@ -5,6 +5,7 @@
  * sees everything the table holds.
  */
 #include "api.h"
+#include "hist.h"
 
 void up_control_publish(struct up_control *ctl, struct up_config *cfg)
 {
@@ -29,4 +30,17 @@ uint64_t up_config_refs(const struct up_config *cfg)
 uint64_t up_worker_generation(const struct up_shm_worker *w)
 {
     return __atomic_load_n(&w->config_generation, __ATOMIC_ACQUIRE);
+}
+
+uint32_t up_hist_bucket(uint64_t us)
+{
+    return hist_bucket(us);
+}
+
+uint64_t up_hist_lower(uint32_t b)
+{
+    if (b < 8)
+        return b;
+    uint32_t e = b / 8 + 2, sub = b % 8;
+    return (uint64_t)(8 + sub) << (e - 3);
 }

@@ -67,6 +67,8 @@ static void fail_error(struct worker *w, struct conn *c, int res)
         cnt(w, is_client(c) ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_UPSTREAM_RESET, 1);
     else
         cnt(w, UP_C_ERR_OTHER, 1);
+    if (!is_client(c) && c->server != NIL)
+        srv_stats(w, c->cfg, c->server)->errors++;
     abort_session(w, c, false, true);
 }
 
@@ -338,6 +340,11 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid);
 static void upstream_gone(struct worker *w, struct conn *u)
 {
     if (u->flags & C_SERVER_REF) {
+        struct up_shm_wserver *st = srv_stats(w, u->cfg, u->server);
+        st->active--;
+        if (u->flags & C_COUNTED)
+            st->in_flight--;
+        u->flags &= ~C_COUNTED;
         balance_closed(w, u->cfg, u->server);
         u->flags &= ~C_SERVER_REF;
         w->c[UP_C_UPSTREAM_ACTIVE]--;
@@ -350,8 +357,13 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     int res = cqe->res;
     if (u->state != CS_CONNECTING)
         return;
+    struct up_shm_wserver *st = srv_stats(w, u->cfg, u->server);
     if (res == 0) {
+        hist_add(w->shm->hist_connect, now_us() - u->t_us);
         balance_result(w, u->cfg, u->server, true);
+        st->requests++;
+        st->in_flight++;
+        u->flags |= C_COUNTED;
         u->state = CS_OPEN;
         c->state = CS_OPEN;
         bool spliced = true;
@@ -363,6 +375,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     cnt(w, res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
            : res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT ? UP_C_ERR_CONNECT_TIMEOUT
            : UP_C_ERR_CONNECT_OTHER, 1);
+    st->connect_errors++;
     balance_result(w, u->cfg, u->server, false);
     upstream_gone(w, u);
     close(u->fd);
@@ -404,6 +417,10 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
     u->attempts++;
     u->flags |= C_SERVER_REF;
     balance_opened(w, cfg, u->server);
+    struct up_shm_wserver *st = srv_stats(w, cfg, u->server);
+    st->active++;
+    st->connects++;
+    u->t_us = now_us();
     w->c[UP_C_UPSTREAM_CONNECTS]++;
     w->c[UP_C_UPSTREAM_ACTIVE]++;
     const struct up_cluster *cl = &cfg->clusters[ci];

@@ -43,7 +43,7 @@ struct io_uring_sqe *sqe_get(struct worker *w)
 }
 
 struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
-                                struct up_shm_worker *shm)
+                                struct up_shm_worker *shm, struct up_shm_wserver *servers)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
@@ -52,6 +52,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->ctl = ctl;
     w->shm = shm;
     w->c = shm->c;
+    w->srv = servers;
     w->features = o->features;
     w->ring.ring_fd = -1;
     w->nconns = 2 * o->max_conns + 64;

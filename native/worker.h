@@ -13,6 +13,7 @@
 #include "bufpool.h"
 #include "pipes.h"
 #include "timer.h"
+#include "hist.h"
 
 /* What a completion is about: the top byte of user_data. The low 32 bits
  * name the connection (or the listener slot, for accepts). */
@@ -56,6 +57,7 @@ struct worker {
     struct up_control *ctl;
     struct up_shm_worker *shm;
     uint64_t *c;                    /* shm->c: this worker's counters */
+    struct up_shm_wserver *srv;     /* this worker's per-server blocks */
     const struct up_config *cfg;    /* the table new sessions use */
     uint64_t now_ms;
 
@@ -107,6 +109,13 @@ static inline void count_op(struct worker *w, const struct io_uring_sqe *s)
 static inline void cnt(struct worker *w, enum up_counter k, int64_t d)
 {
     w->c[k] += (uint64_t)d;
+}
+
+/* The statistics block of server s (global index in cfg). */
+static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up_config *cfg,
+                                               uint32_t s)
+{
+    return &w->srv[cfg->servers[s].stat_slot];
 }
 
 /* conn.c */

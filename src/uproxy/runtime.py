@@ -71,7 +71,8 @@ class Worker:
         o.iowq_cpu = cpu if p.iowq_cpu == "worker" else (-1 if p.iowq_cpu == "any" else int(p.iowq_cpu))
         o.queue_limit = p.queue_limit
         self.opts = o
-        self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index])
+        self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
+                                     rt.segment.wservers[index])
         if self.ptr == ffi.NULL:
             raise StartError(f"worker {index}: cannot allocate its connection slab "
                              f"({p.max_connections} connections); lower max_connections")
@@ -190,7 +191,12 @@ class Runtime:
         socks = self._sockets_for(cfg)
         self.generation += 1
         health = {}
-        t = Tables(cfg, self.generation, self.nworkers, socks, health)
+        slots = {}
+        for c in cfg.clusters.values():
+            for sv in c.servers:
+                slots[(c.name, sv.label)] = self.segment.server_slot(c.name, sv.label, self.generation)
+        self.segment.retire_servers(set(slots))
+        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots)
         self.tables.append(t)
         self.cfg = cfg
         lib.up_control_publish(self.control, t.ptr)
@@ -234,6 +240,7 @@ class Runtime:
     def event(self, text: str):
         self.events.append((time.time(), text))
         del self.events[:-50]
+        self.segment.event(text)
 
     # ---- run and stop --------------------------------------------------
     def install_signals(self):

@@ -14,12 +14,16 @@ import mmap
 import os
 import time
 
+from . import hist
 from ._native import ffi, lib
 
 COUNTERS = [name[len("UP_C_"):].lower()
             for _, name in sorted(ffi.typeof("enum up_counter").elements.items())
             if name != "UP_C__COUNT"]
-GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use"}
+GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use", "pool_idle"}
+HISTS = ("request", "upstream", "connect")
+WSERVER_FIELDS = ("active", "in_flight", "requests", "connects", "connect_errors", "errors",
+                  "idle", "reused")
 STATES = {0: "new", 1: "running", 2: "draining", 3: "stopped", 4: "failed"}
 
 
@@ -44,9 +48,14 @@ class Segment:
 
     def __init__(self, nworkers: int, features: int):
         self.path = path_for(os.getpid())
-        self.header_size = _align(ffi.sizeof("struct up_shm_header"))
+        hs = _align(ffi.sizeof("struct up_shm_header"))
+        servers_off = hs
+        events_off = servers_off + lib.UP_MAX_SERVERS * ffi.sizeof("struct up_shm_server")
+        workers_off = _align(events_off + lib.UP_NEVENTS * ffi.sizeof("struct up_shm_event"))
         self.worker_size = _align(ffi.sizeof("struct up_shm_worker"))
-        size = self.header_size + nworkers * self.worker_size
+        wservers_off = workers_off + nworkers * self.worker_size
+        row = lib.UP_MAX_SERVERS * ffi.sizeof("struct up_shm_wserver")
+        size = wservers_off + nworkers * row
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, size)
@@ -56,11 +65,15 @@ class Segment:
         self.buf = ffi.from_buffer(self.mm)
         base = ffi.cast("char *", self.buf)
         self.header = ffi.cast("struct up_shm_header *", base)
-        self.workers = [ffi.cast("struct up_shm_worker *", base + self.header_size + i * self.worker_size)
+        self.servers = ffi.cast("struct up_shm_server *", base + servers_off)
+        self.events = ffi.cast("struct up_shm_event *", base + events_off)
+        self.workers = [ffi.cast("struct up_shm_worker *", base + workers_off + i * self.worker_size)
                         for i in range(nworkers)]
+        self.wservers = [ffi.cast("struct up_shm_wserver *", base + wservers_off + i * row)
+                         for i in range(nworkers)]
         h = self.header
         h.version = lib.UP_SHM_VERSION
-        h.header_size = self.header_size
+        h.header_size = hs
         h.worker_size = self.worker_size
         h.nworkers = nworkers
         h.ncounters = lib.UP_NCOUNTERS
@@ -69,7 +82,53 @@ class Segment:
         h.start_time_ms = int(time.time() * 1000)
         h.features = features
         h.abi = lib.UP_ABI_VERSION
+        h.max_servers = lib.UP_MAX_SERVERS
+        h.hist_buckets = lib.UP_HIST_BUCKETS
+        h.servers_offset = servers_off
+        h.events_offset = events_off
+        h.workers_offset = workers_off
+        h.wservers_offset = wservers_off
         h.magic = lib.UP_SHM_MAGIC      # last: a reader trusts nothing before it
+        self.slots = {}                 # (cluster, address) -> server slot
+
+    def server_slot(self, cluster: str, address: str, generation: int) -> int:
+        """A stable slot per (cluster, address): counters carry on across
+        reloads for a server that stays."""
+        key = (cluster, address)
+        slot = self.slots.get(key)
+        if slot is None:
+            free = [i for i in range(lib.UP_MAX_SERVERS) if i not in set(self.slots.values())]
+            if not free:
+                raise ValueError(f"more than {lib.UP_MAX_SERVERS} distinct servers over this "
+                                 f"process's life; restart uproxy to reset server statistics")
+            slot = free[0]
+            self.slots[key] = slot
+            srv = self.servers[slot]
+            ffi.memmove(srv.cluster, cluster.encode()[:47], min(47, len(cluster.encode())))
+            ffi.memmove(srv.address, address.encode()[:55], min(55, len(address.encode())))
+            srv.health = 2
+        self.servers[slot].in_use = 1
+        self.servers[slot].generation = generation
+        return slot
+
+    def retire_servers(self, live: set):
+        for key, slot in self.slots.items():
+            if key not in live:
+                self.servers[slot].in_use = 0
+
+    def set_health(self, cluster: str, address: str, up: bool):
+        slot = self.slots.get((cluster, address))
+        if slot is not None:
+            self.servers[slot].health = 1 if up else 0
+
+    def event(self, text: str):
+        h = self.header
+        e = self.events[h.events_written % lib.UP_NEVENTS]
+        e.time_ms = 0
+        raw = text.encode()[:119]
+        ffi.memmove(e.text, raw + b"\0", len(raw) + 1)
+        e.time_ms = int(time.time() * 1000)
+        h.events_written += 1
 
     def close(self):
         try:
@@ -123,8 +182,13 @@ class Reader:
             raise LayoutError(f"{path_for(pid)} has layout version {h.version}, this uproxy reads "
                               f"version {lib.UP_SHM_VERSION}: use the uproxy that started pid {pid}")
         self.header = h
-        self.workers = [ffi.cast("struct up_shm_worker *", base + h.header_size + i * h.worker_size)
+        self.workers = [ffi.cast("struct up_shm_worker *", base + h.workers_offset + i * h.worker_size)
                         for i in range(h.nworkers)]
+        self.servers = ffi.cast("struct up_shm_server *", base + h.servers_offset)
+        self.events = ffi.cast("struct up_shm_event *", base + h.events_offset)
+        row = h.max_servers * ffi.sizeof("struct up_shm_wserver")
+        self.wservers = [ffi.cast("struct up_shm_wserver *", base + h.wservers_offset + i * row)
+                         for i in range(h.nworkers)]
 
     def snapshot(self) -> dict:
         from . import features as feat
@@ -141,8 +205,31 @@ class Reader:
                 "features": feat.names(int(w.features)),
                 "counters": {name: int(w.c[i]) for i, name in enumerate(COUNTERS)},
                 "ops": {op: int(w.ops[n]) for n, op in _opnames().items() if w.ops[n]},
+                "hist": {k: list(getattr(w, "hist_" + k)) for k in HISTS},
             })
         total = {name: sum(w["counters"][name] for w in workers) for name in COUNTERS}
+        merged = {k: hist.merge(w["hist"][k] for w in workers) for k in HISTS}
+        servers = []
+        for slot in range(h.max_servers):
+            sv = self.servers[slot]
+            if not sv.in_use and not sv.generation:
+                continue
+            per = [self.wservers[i][slot] for i in range(h.nworkers)]
+            servers.append({
+                "slot": slot,
+                "cluster": ffi.string(sv.cluster).decode(errors="replace"),
+                "address": ffi.string(sv.address).decode(errors="replace"),
+                "in_use": bool(sv.in_use),
+                "health": {0: "down", 1: "up"}.get(int(sv.health), "unchecked"),
+                **{f: sum(int(getattr(x, f)) for x in per) for f in WSERVER_FIELDS},
+            })
+        events = []
+        n = int(h.events_written)
+        for i in range(max(0, n - lib.UP_NEVENTS), n):
+            e = self.events[i % lib.UP_NEVENTS]
+            if e.time_ms:
+                events.append({"time_ms": int(e.time_ms),
+                               "text": ffi.string(e.text).decode(errors="replace")})
         return {
             "pid": int(h.pid),
             "layout_version": int(h.version),
@@ -154,10 +241,14 @@ class Reader:
             "features": feat.names(int(h.features)),
             "workers": workers,
             "total": total,
+            "latency": {k: hist.summary(v) for k, v in merged.items()},
+            "hist": merged,
+            "servers": servers,
+            "events": events,
         }
 
     def close(self):
-        del self.header, self.workers
+        del self.header, self.workers, self.servers, self.events, self.wservers
         self.buf = None
         self.mm.close()
 

@@ -29,8 +29,10 @@ def sockaddr(family, sa) -> bytes:
 
 
 class Tables:
-    def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict):
-        """sockets: listener name -> ListenerSockets; health: server label -> bool."""
+    def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
+                 slots: dict):
+        """sockets: listener name -> ListenerSockets; health: (cluster, server label) ->
+        bool; slots: (cluster, server label) -> statistics slot in the segment."""
         self.cfg = cfg
         self.generation = generation
         self.sockets = dict(sockets)
@@ -47,6 +49,7 @@ class Tables:
             c_servers[i].addrlen = len(raw)
             c_servers[i].weight = s.weight
             c_servers[i].cluster = ci
+            c_servers[i].stat_slot = slots[(clusters[ci].name, s.label)]
             self.server_labels.append((clusters[ci].name, s.label))
 
         c_clusters = ffi.new("struct up_cluster[]", max(1, len(clusters)))

@@ -32,17 +32,23 @@ def _pkg_config(*args):
     return shlex.split(out)
 
 
+# The headers Python sees: the core's API, and the HTTP/1.1 parser's (once
+# its implementation is in the tree).
+HEADERS = ["api.h"] + (["http1_api.h"] if os.path.exists(os.path.join(HERE, "http1.c")) else [])
+
+
 def cdef_text():
-    """api.h minus what cffi's parser does not take: include guards,
-    includes and function-like macros."""
+    """The API headers minus what cffi's parser does not take: include
+    guards and includes."""
     lines = []
-    with open(os.path.join(HERE, "api.h")) as f:
-        for line in f:
-            if re.match(r"\s*#\s*(ifndef|endif|include)", line):
-                continue
-            if re.match(r"\s*#\s*define\s+UPROXY_API_H", line):
-                continue
-            lines.append(line)
+    for name in HEADERS:
+        with open(os.path.join(HERE, name)) as f:
+            for line in f:
+                if re.match(r"\s*#\s*(ifndef|endif|include)", line):
+                    continue
+                if re.match(r"\s*#\s*define\s+UPROXY_\w+_H\b", line):
+                    continue
+                lines.append(line)
     return "".join(lines)
 
 
@@ -56,7 +62,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
     "uproxy._native",
-    '#include "api.h"\n',
+    "".join(f'#include "{h}"\n' for h in HEADERS),
     sources=SOURCES,
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=_flags() + _pkg_config("--cflags"),

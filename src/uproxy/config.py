@@ -81,11 +81,18 @@ class Proxy:
 
 
 @dataclass(frozen=True)
+class Admin:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     proxy: Proxy
     listeners: tuple
     clusters: dict = field(default_factory=dict)
+    admin: Admin | None = None
 
 
 # ---- small typed readers -------------------------------------------------
@@ -368,8 +375,28 @@ def parse(text: str, path: str = "<config>") -> Config:
         listeners.append(lst)
     if len(listeners) > 64:
         raise ConfigError(path, "listeners", "at most 64 listeners")
+    admin = _admin(path, top.get("admin"), binds)
     top.done()
-    return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters)
+    return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters,
+                  admin=admin)
+
+
+def _admin(path, raw, binds) -> Admin | None:
+    """[admin] bind = "127.0.0.1:9901": /metrics, /status and /health."""
+    if raw is None:
+        return None
+    r = _Reader(path, "admin", raw)
+    bind = r.str("bind", required=True)
+    try:
+        host, port = parse_hostport(bind, "bind")
+        ipaddress.ip_address(host)
+    except ValueError as e:
+        raise r.err("bind", str(e) if "port" in str(e) else
+                    f"{bind!r}: bind needs an IP address, not a name") from None
+    if (host, port) in binds:
+        raise r.err("bind", f"{bind} is also listener {binds[(host, port)]!r}'s address")
+    r.done()
+    return Admin(host=host, port=port)
 
 
 def load(path: str) -> Config:

@@ -151,6 +151,15 @@ class Runtime:
             self._abort_start()
             raise
         self.event(f"started generation {self.generation} with {n} workers")
+        self.admin = None
+        if self.cfg.admin:
+            from .admin import AdminServer      # /metrics, /status, /health
+            try:
+                self.admin = AdminServer(self, self.cfg.admin.host, self.cfg.admin.port)
+            except OSError as e:
+                self.stop()
+                raise StartError(f"cannot serve the admin endpoint on "
+                                 f"{self.cfg.admin.host}:{self.cfg.admin.port}: {e.strerror}")
         return self
 
     def _abort_start(self):
@@ -267,6 +276,9 @@ class Runtime:
         return self.stop()
 
     def stop(self) -> int:
+        if getattr(self, "admin", None):
+            self.admin.close()
+            self.admin = None
         drain = self.cfg.proxy.drain_timeout_ms
         lib.up_control_stop(self.control, drain)
         # Each worker stops accepting at once; then close the listening

@@ -1,0 +1,78 @@
+/*
+ * Scheduler, per worker thread: run-queue latency (woken or preempted ->
+ * running again), involuntary switches (preempted while runnable),
+ * voluntary ones (sleeping, mostly in io_uring_enter) and migrations.
+ *
+ * Raw tracepoints sched_wakeup, sched_wakeup_new, sched_switch and
+ * sched_migrate_task hand over struct task_struct pointers; the pid is read
+ * at the offset the running kernel's BTF gives (TASK_PID_OFF). In
+ * sched_switch, prev is the current task and args[0] says "preempted".
+ */
+BPF_HASH(wake_ts, u32, u64, 1024);
+
+static __always_inline int on_wakeup(const void *task)
+{
+    u32 pid = up_task_pid(task);
+    if (!workers.lookup(&pid))
+        return 0;
+    u64 ts = bpf_ktime_get_ns();
+    wake_ts.update(&pid, &ts);
+    return 0;
+}
+
+int sched_wakeup(struct bpf_raw_tracepoint_args *ctx)
+{
+    return on_wakeup((const void *)ctx->args[0]);
+}
+
+int sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
+{
+    return on_wakeup((const void *)ctx->args[0]);
+}
+
+int sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 preempt = ctx->args[0] & 1;
+    u32 prev = bpf_get_current_pid_tgid();
+    u32 *pi = workers.lookup(&prev);
+    if (pi) {
+        struct wstat *s = worker_stat(*pi);
+        if (s) {
+            if (preempt) {
+                ADD(s->invol, 1);
+                u64 ts = bpf_ktime_get_ns();
+                wake_ts.update(&prev, &ts);
+            } else {
+                ADD(s->vol, 1);
+            }
+        }
+    }
+    u32 next = up_task_pid((const void *)ctx->args[2]);
+    u32 *ni = workers.lookup(&next);
+    if (!ni)
+        return 0;
+    u64 *ts = wake_ts.lookup(&next);
+    if (!ts)
+        return 0;
+    u64 ns = bpf_ktime_get_ns() - *ts;
+    wake_ts.delete(&next);
+    struct wstat *s = worker_stat(*ni);
+    if (!s)
+        return 0;
+    ADD(s->rq_waits, 1);
+    ADD(s->rq_ns, ns);
+    hist_inc(s->hist_rq, ns);
+    return 0;
+}
+
+int sched_migrate(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 pid = up_task_pid((const void *)ctx->args[0]);
+    u32 *idx = workers.lookup(&pid);
+    if (!idx)
+        return 0;
+    struct wstat *s = worker_stat(*idx);
+    if (s)
+        ADD(s->migrations, 1);
+    return 0;
+}

@@ -1,0 +1,400 @@
+"""Loading the eBPF probes (bpf/*.c) with bcc, filtered to one proxy.
+
+Each probe set is one idea in one file of bpf/: io_uring ("uring"),
+scheduler ("sched"), softirq time ("softirq"), TCP ("tcp") and CPU counters
+("cpu"). The sets are compiled together into one program (one clang run)
+and attached one probe at a time, so a probe this kernel lacks costs only
+its own set; each set reports its status. Tracepoint records are built from
+this kernel's format files (tpformat), and the one struct offset needed
+(task_struct.pid) comes from its BTF (btf). Only tracepoints, raw
+tracepoints and perf events are used: no kprobes, no fentry.
+
+Everything the probes count lands in BPF maps that this process reads at
+the dashboard's interval; the proxy itself is not touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import platform
+import sys
+
+from . import btf, pmu as pmu_mod, tpformat
+
+SETS = ("uring", "sched", "softirq", "tcp", "cpu")
+
+# set -> (file, tracepoints [(category, event, fn)], raw tracepoints [(tp, fn)])
+_DEF = {
+    "uring": ("uring.c", [("io_uring", "io_uring_submit_req", "uring_submit"),
+                          ("io_uring", "io_uring_complete", "uring_complete"),
+                          ("io_uring", "io_uring_queue_async_work", "uring_punt")], []),
+    "sched": ("sched.c", [], [("sched_wakeup", "sched_wakeup"),
+                              ("sched_wakeup_new", "sched_wakeup_new"),
+                              ("sched_switch", "sched_switch"),
+                              ("sched_migrate_task", "sched_migrate")]),
+    "softirq": ("softirq.c", [], [("softirq_entry", "softirq_entry"),
+                                  ("softirq_exit", "softirq_exit")]),
+    "tcp": ("tcp.c", [("sock", "inet_sock_set_state", "tcp_state"),
+                      ("tcp", "tcp_probe", "tcp_rtt"),
+                      ("tcp", "tcp_retransmit_skb", "tcp_retrans")], []),
+    "cpu": ("cpu.c", [], [("sched_switch", "cpu_switch")]),
+}
+CPU_TICK_HZ = 20
+SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched",
+            "hrtimer", "rcu"]
+
+
+def bpf_dir() -> str:
+    env = os.environ.get("UPROXY_BPF_DIR")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(here, "bpf"),
+                 os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(here))), "bpf")):
+        if os.path.exists(os.path.join(cand, "common.h")):
+            return cand
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(here))), "bpf")
+
+
+def headers() -> dict:
+    """Kernel headers bcc compiles against: {"ok", "path", "why"}."""
+    rel = platform.release()
+    build = f"/lib/modules/{rel}/build"
+    source = f"/lib/modules/{rel}/source"
+    if os.path.exists("/sys/kernel/kheaders.tar.xz"):
+        return {"ok": True, "path": "/sys/kernel/kheaders.tar.xz", "why": "the kernel's own (CONFIG_IKHEADERS)"}
+    if not os.path.isdir(os.path.join(build, "include")):
+        return {"ok": False, "path": build,
+                "why": f"no kernel headers at {build}: run sudo scripts/setup (it installs "
+                       f"the distribution's nearest linux-headers and links them there)"}
+    kconfig = [p for p in (os.path.join(source, "include/linux/kconfig.h"),
+                           os.path.join(build, "include/linux/kconfig.h")) if os.path.exists(p)]
+    if not kconfig:
+        return {"ok": False, "path": build,
+                "why": f"{build} has no include/linux/kconfig.h and {source} is not the "
+                       f"matching -common headers: run sudo scripts/setup to relink them"}
+    real = os.path.realpath(build)
+    mine = os.path.basename(real).replace("linux-headers-", "")
+    note = "" if mine == rel else f" (headers of {mine}; probes read tracepoint formats and BTF, not struct layouts)"
+    return {"ok": True, "path": real, "why": f"{real}{note}"}
+
+
+def availability() -> dict:
+    """Can this process load the probes? {"ok", "why", "fix"}."""
+    if os.environ.get("UPROXY_NO_BPF"):
+        return {"ok": False, "why": "eBPF probes switched off (UPROXY_NO_BPF is set)",
+                "fix": "unset UPROXY_NO_BPF"}
+    if os.geteuid() != 0:
+        return {"ok": False, "why": "not root: loading eBPF probes needs root (CAP_BPF and CAP_PERFMON)",
+                "fix": "run it as root: sudo uproxy top"}
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:
+        return {"ok": False, "why": f"bcc is not importable ({e.__class__.__name__}: {e})",
+                "fix": "install Debian's python3-bpfcc and link it into the venv: sudo scripts/setup"}
+    h = headers()
+    if not h["ok"]:
+        return {"ok": False, "why": h["why"], "fix": "sudo scripts/setup"}
+    if not tpformat.mount_tracefs():
+        return {"ok": False, "why": "tracefs is not mounted and could not be mounted",
+                "fix": "mount -t tracefs nodev /sys/kernel/tracing"}
+    try:
+        btf.kernel()
+    except btf.BTFError as e:
+        return {"ok": False, "why": str(e), "fix": "a kernel built with CONFIG_DEBUG_INFO_BTF=y"}
+    return {"ok": True, "why": "", "fix": ""}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """bcc and clang print to fd 2; keep it off a dashboard's screen (the
+    text is kept for error messages)."""
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        box = {"text": ""}
+        try:
+            yield box
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode(errors="replace")[-4000:]
+
+
+def _lines(text: str, n=3) -> str:
+    keep = [l for l in text.splitlines() if "error" in l.lower() or "fail" in l.lower()]
+    return " | ".join((keep or text.splitlines() or [""])[-n:]).strip()
+
+
+class Probes:
+    """The probes of one proxy. `status` says per set: on / off / error and why."""
+
+    def __init__(self, pid: int, workers: list, lports=(), uports=(), sets=SETS, pmu=None):
+        self.pid = pid
+        self.workers = [(int(w["index"]), int(w["tid"])) for w in workers]
+        self.nw = max(1, len(self.workers))
+        self.lports, self.uports = sorted(set(lports)), sorted(set(uports))
+        self.sets = [s for s in SETS if s in sets]
+        self.pmu = pmu if pmu is not None else pmu_mod.detect()
+        self.events = pmu_mod.events(self.pmu["pmu"])
+        self.status = {s: {"state": "off", "why": "not requested"} for s in SETS}
+        self.objects = []        # (BPF object, [sets in it])
+        self._raw_fds = []       # raw tracepoint links we hold ourselves
+        self._load()
+
+    # ---- building the program ----------------------------------------------
+    def _defines(self) -> str:
+        out = [f"#define NW {self.nw}", f"#define TGID {self.pid}",
+               f"#define TASK_PID_OFF {btf.offset('task_struct', 'pid')}",
+               f"#define NEV {len(self.events)}",
+               "#include <uapi/linux/bpf_perf_event.h>"]
+        return "\n".join(out) + "\n"
+
+    def _source(self, sets) -> str:
+        d = bpf_dir()
+        parts = [self._defines()]
+        for s in sets:
+            for cat, ev, _ in _DEF[s][1]:
+                parts.append(tpformat.c_struct(cat, ev))
+        with open(os.path.join(d, "common.h")) as f:
+            parts.append(f.read())
+        for s in sets:
+            with open(os.path.join(d, _DEF[s][0])) as f:
+                text = f.read()
+            if s == "cpu":
+                ncpu = os.cpu_count() or 1
+                decl = "".join(f"BPF_PERF_ARRAY(ev{i}, {max(ncpu, 1) * 2});\n"
+                               for i in range(len(self.events)))
+                reads = "".join(
+                    f"if (ev{i}.perf_counter_value(BPF_F_CURRENT_CPU, &pv, sizeof(pv)) == 0) "
+                    f"vals[{i}] = pv.counter;\n    " for i in range(len(self.events)))
+                text = decl + text.replace("/*@READ_EVENTS@*/", reads)
+            parts.append(f"/* ---- {_DEF[s][0]} ---- */\n" + text)
+        return "\n".join(parts)
+
+    def _missing(self, s) -> str | None:
+        for cat, ev, _ in _DEF[s][1]:
+            if not tpformat.exists(cat, ev):
+                return f"tracepoint {cat}:{ev} is not in this kernel"
+        return None
+
+    def _compile(self, sets):
+        from bcc import BPF
+        with _quiet_stderr() as err:
+            try:
+                b = BPF(text=self._source(sets), cflags=["-w", "-Wno-everything"])
+            except Exception as e:
+                b, exc = None, e
+        if b is None:
+            raise RuntimeError(f"{exc}: {_lines(err['text'])}")
+        return b
+
+    def _load(self):
+        want = []
+        for s in self.sets:
+            why = self._missing(s)
+            if why:
+                self.status[s] = {"state": "error", "why": why}
+            else:
+                want.append(s)
+        if not want:
+            return
+        groups = []
+        try:
+            groups.append((self._compile(want), want))
+        except Exception as e:
+            first = str(e)
+            for s in want:       # find which set does not compile here
+                try:
+                    groups.append((self._compile([s]), [s]))
+                except Exception as e1:
+                    self.status[s] = {"state": "error", "why": f"does not compile: {e1}"}
+            if not groups:
+                self.status[want[0]]["why"] += f" (together: {first})"
+        for b, sets in groups:
+            self._fill_maps(b, sets)
+            live = []
+            for s in sets:
+                ok, why = self._attach(b, s)
+                self.status[s] = {"state": "on" if ok else "error", "why": why}
+                if ok:
+                    live.append(s)
+            if live:
+                self.objects.append((b, live))
+            else:
+                b.cleanup()
+
+    def _fill_maps(self, b, sets):
+        w = b["workers"]
+        for idx, tid in self.workers:
+            w[ct.c_uint32(tid)] = ct.c_uint32(idx)
+        if "tcp" in sets:
+            for p in self.lports:
+                b["lports"][ct.c_uint16(p)] = ct.c_uint8(1)
+            for p in self.uports:
+                b["uports"][ct.c_uint16(p)] = ct.c_uint8(1)
+
+    def _attach(self, b, s):
+        done = []
+        try:
+            with _quiet_stderr() as err:
+                for cat, ev, fn in _DEF[s][1]:
+                    b.attach_tracepoint(tp=f"{cat}:{ev}", fn_name=fn)
+                    done.append(("tp", f"{cat}:{ev}"))
+                for tp, fn in _DEF[s][2]:
+                    done.append(("raw", self._attach_raw(b, tp, fn)))
+                if s == "cpu":
+                    for i, (_, typ, cfg) in enumerate(self.events):
+                        b[f"ev{i}"].open_perf_event(typ, cfg)
+                    b.attach_perf_event(ev_type=pmu_mod.PERF_TYPE_SOFTWARE, ev_config=0,
+                                        fn_name="cpu_tick", sample_freq=CPU_TICK_HZ)
+                    done.append(("perf", None))
+        except Exception as e:
+            for kind, name in done:
+                with contextlib.suppress(Exception):
+                    if kind == "tp":
+                        b.detach_tracepoint(name)
+                    elif kind == "raw":
+                        os.close(name)
+                        self._raw_fds.remove(name)
+                    else:
+                        b.detach_perf_event(pmu_mod.PERF_TYPE_SOFTWARE, 0)
+            return False, f"{e}: {_lines(err['text'])}".rstrip(": ")
+        what = {"uring": "io_uring tracepoints", "sched": "sched raw tracepoints",
+                "softirq": "softirq raw tracepoints", "tcp": "sock/tcp tracepoints",
+                "cpu": ("hardware" if self.pmu["pmu"] else "software") + " perf events: "
+                       + ", ".join(n for n, _, _ in self.events)}[s]
+        return True, what
+
+    def _attach_raw(self, b, tp, fn) -> int:
+        """bcc keeps one program per raw tracepoint name; two sets (sched
+        and cpu) both want sched_switch, so the link fds are kept here."""
+        from bcc import BPF, lib
+        f = b.load_func(fn, BPF.RAW_TRACEPOINT)
+        fd = lib.bpf_attach_raw_tracepoint(f.fd, tp.encode())
+        if fd < 0:
+            raise RuntimeError(f"cannot attach raw tracepoint {tp}: {os.strerror(ct.get_errno() or 22)}")
+        self._raw_fds.append(fd)
+        return fd
+
+    # ---- reading ---------------------------------------------------------------
+    def on(self, s) -> bool:
+        return self.status.get(s, {}).get("state") == "on"
+
+    def read(self) -> dict:
+        """Cumulative values since the probes were attached."""
+        workers = [dict(_zero_worker(len(self.events))) for _ in range(self.nw)]
+        g = _zero_global()
+        softirq = {}
+        for b, sets in self.objects:
+            wt = b["wstats"]
+            for i in range(self.nw):
+                v = wt[ct.c_int(i)]
+                _add_worker(workers[i], v, len(self.events))
+            if "tcp" in sets:
+                _add_global(g, b["gstats"][ct.c_int(0)])
+            if "softirq" in sets:
+                t = b["softirq_ns"]
+                for vec in range(len(SOFTIRQS)):
+                    per_cpu = t[ct.c_int(vec)]
+                    for cpu, ns in enumerate(per_cpu):
+                        if ns:
+                            softirq.setdefault(cpu, {})
+                            softirq[cpu][SOFTIRQS[vec]] = softirq[cpu].get(SOFTIRQS[vec], 0) + int(ns)
+        return {"workers": workers, "tcp": g, "softirq_ns": softirq,
+                "events": [n for n, _, _ in self.events]}
+
+    def close(self):
+        for fd in self._raw_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._raw_fds = []
+        for b, _ in self.objects:
+            with contextlib.suppress(Exception):
+                b.cleanup()
+        self.objects = []
+
+
+_WSCALARS = ("uring_submits", "uring_completes", "uring_punts", "uring_lat_ns", "uring_timed",
+             "rq_waits", "rq_ns", "invol", "vol", "migrations", "pmu_ns")
+_GSCALARS = ("est_client", "est_upstream", "connects", "connect_failed", "ended_client",
+             "ended_upstream", "retrans_client", "retrans_upstream", "rtt_client", "rtt_upstream")
+_GHISTS = ("hist_connect", "hist_life_client", "hist_life_upstream", "hist_rtt_client",
+           "hist_rtt_upstream")
+
+
+def _zero_worker(nev):
+    d = {k: 0 for k in _WSCALARS}
+    d.update(pmu=[0] * nev, op_done=[0] * 64, op_lat_ns=[0] * 64, op_punts=[0] * 64,
+             hist_uring=[0] * 256, hist_rq=[0] * 256)
+    return d
+
+
+def _add_worker(d, v, nev):
+    for k in _WSCALARS:
+        d[k] += int(getattr(v, k))
+    for i in range(nev):
+        d["pmu"][i] += int(v.pmu[i])
+    for k in ("op_done", "op_lat_ns", "op_punts", "hist_uring", "hist_rq"):
+        arr = getattr(v, k)
+        acc = d[k]
+        for i, n in enumerate(arr):
+            if n:
+                acc[i] += int(n)
+
+
+def _zero_global():
+    d = {k: 0 for k in _GSCALARS}
+    d.update({k: [0] * 256 for k in _GHISTS})
+    return d
+
+
+def _add_global(d, v):
+    for k in _GSCALARS:
+        d[k] += int(getattr(v, k))
+    for k in _GHISTS:
+        arr = getattr(v, k)
+        for i, n in enumerate(arr):
+            if n:
+                d[k][i] += int(n)
+
+
+def listen_ports(pid: int) -> list:
+    """TCP ports the process listens on, from /proc/<pid>/fd and /proc/net/tcp{,6}."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                t = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if t.startswith("socket:["):
+                inodes.add(t[8:-1])
+    except OSError:
+        return []
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[3] == "0A" and p[9] in inodes:
+                        ports.add(int(p[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return sorted(ports)
+
+
+def upstream_ports(snapshot: dict) -> list:
+    out = set()
+    for s in snapshot.get("servers", []):
+        try:
+            out.add(int(s["address"].rsplit(":", 1)[1]))
+        except (ValueError, IndexError):
+            pass
+    return sorted(out)

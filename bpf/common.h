@@ -55,9 +55,9 @@ struct wstat {
     u64 vol;                /* went to sleep (waiting in io_uring_enter) */
     u64 migrations;
     /* CPU counters (cpu.c): deltas over the worker's time on a CPU */
-    u64 pmu[5];
+    u64 pmu[6];
     u64 pmu_ns;
-    u64 pad[4];
+    u64 pad[3];
     u64 op_done[64];        /* first completions, by IORING_OP_* */
     u64 op_lat_ns[64];
     u64 op_punts[64];

@@ -1,7 +1,7 @@
 /*
  * CPU counters per worker: perf events opened on every CPU (hardware
- * cycles, instructions, cache references and misses, branch misses where a
- * PMU exists; software cpu-clock and page-faults where none does) and read
+ * cycles, instructions, cache references and misses, branch instructions and
+ * misses where a PMU exists; software cpu-clock and page-faults where none does) and read
  * in BPF with bpf_perf_event_read_value at each context switch, so the
  * delta over a worker thread's time on a CPU is added to that worker.
  * A low-rate cpu-clock perf event (cpu_tick) also flushes a worker that
@@ -15,7 +15,7 @@ struct cpu_mark {
     u32 widx1;              /* worker index + 1 on this CPU now, or 0 */
     u32 pad;
     u64 ts;
-    u64 v[5];
+    u64 v[6];
 };
 BPF_PERCPU_ARRAY(cpu_marks, struct cpu_mark, 1);
 
@@ -47,7 +47,7 @@ int cpu_switch(struct bpf_raw_tracepoint_args *ctx)
     struct cpu_mark *m = cpu_marks.lookup(&z);
     if (!m)
         return 0;
-    u64 vals[5] = {};
+    u64 vals[6] = {};
     struct bpf_perf_event_value pv;
     /*@READ_EVENTS@*/
     u64 now = bpf_ktime_get_ns();
@@ -69,7 +69,7 @@ int cpu_tick(struct bpf_perf_event_data *ctx)
     struct cpu_mark *m = cpu_marks.lookup(&z);
     if (!m || !m->widx1)
         return 0;
-    u64 vals[5] = {};
+    u64 vals[6] = {};
     struct bpf_perf_event_value pv;
     /*@READ_EVENTS@*/
     u64 now = bpf_ktime_get_ns();

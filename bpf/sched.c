@@ -6,7 +6,8 @@
  * Raw tracepoints sched_wakeup, sched_wakeup_new, sched_switch and
  * sched_migrate_task hand over struct task_struct pointers; the pid is read
  * at the offset the running kernel's BTF gives (TASK_PID_OFF). In
- * sched_switch, prev is the current task and args[0] says "preempted".
+ * sched_switch, prev is the current task, args[0] says "preempted" and
+ * args[3] is prev's state.
  */
 BPF_HASH(wake_ts, u32, u64, 1024);
 
@@ -32,13 +33,21 @@ int sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 
 int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
+    /* Involuntary as the kernel counts it (nivcsw): preempted, or still
+     * runnable (woken before it got to sleep). prev_state is args[3] since
+     * Linux 5.18; before, only the preempt flag is known. */
     u64 preempt = ctx->args[0] & 1;
+#ifdef SWITCH_HAS_PREV_STATE
+    u64 runnable = preempt || ctx->args[3] == 0;
+#else
+    u64 runnable = preempt;
+#endif
     u32 prev = bpf_get_current_pid_tgid();
     u32 *pi = workers.lookup(&prev);
     if (pi) {
         struct wstat *s = worker_stat(*pi);
         if (s) {
-            if (preempt) {
+            if (runnable) {
                 ADD(s->invol, 1);
                 u64 ts = bpf_ktime_get_ns();
                 wake_ts.update(&prev, &ts);

@@ -17,7 +17,7 @@ PERF_TYPE_HARDWARE, PERF_TYPE_SOFTWARE = 0, 1
 
 # (name, type, config): the order is the order of wstat.pmu[] in bpf/cpu.c
 HARDWARE = [("cycles", 0, 0), ("instructions", 0, 1), ("cache_references", 0, 2),
-            ("cache_misses", 0, 3), ("branch_misses", 0, 5)]
+            ("cache_misses", 0, 3), ("branch_instructions", 0, 4), ("branch_misses", 0, 5)]
 SOFTWARE = [("cpu_clock_ns", 1, 0), ("page_faults", 1, 2)]
 
 _NR = {"x86_64": 298, "aarch64": 241, "riscv64": 241, "ppc64le": 319, "s390x": 331}

@@ -45,6 +45,11 @@ SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "
             "hrtimer", "rcu"]
 
 
+def _kver() -> tuple:
+    from ..features import kernel_version
+    return kernel_version()
+
+
 def bpf_dir() -> str:
     env = os.environ.get("UPROXY_BPF_DIR")
     if env:
@@ -151,6 +156,8 @@ class Probes:
         out = [f"#define NW {self.nw}", f"#define TGID {self.pid}",
                f"#define TASK_PID_OFF {btf.offset('task_struct', 'pid')}",
                f"#define NEV {len(self.events)}",
+               # sched_switch(preempt, prev, next, prev_state) since 5.18
+               "#define SWITCH_HAS_PREV_STATE 1" if _kver() >= (5, 18) else "",
                "#include <uapi/linux/bpf_perf_event.h>"]
         return "\n".join(out) + "\n"
 

@@ -1,0 +1,303 @@
+"""What `uproxy top` shows, as plain data: the core's segment, /proc and the
+eBPF probes, turned into per-interval rates and percentiles.
+
+`Collector.sample()` returns one view (a JSON-able dict); the dashboard
+draws it and `uproxy top --once --json` prints it. Every value that could
+not be measured is None (shown as "—"), never a zero that looks measured.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import platform
+import time
+
+from .. import __version__, hist, shm
+from . import pmu as pmu_mod
+from . import procstat
+
+HISTORY = 60        # sparkline points
+L7_COUNTERS = ("requests", "resp_1xx", "resp_2xx", "resp_3xx", "resp_4xx", "resp_5xx")
+
+
+def _us(v):
+    return None if v is None else round(v / 1000.0, 1)
+
+
+def _rate(new, old, dt):
+    if old is None or dt <= 0:
+        return None
+    return max(0.0, (new - old) / dt)
+
+
+def _ratio(a, b, scale=1.0, nd=3):
+    if a is None or not b:
+        return None
+    return round(scale * a / b, nd)
+
+
+class Collector:
+    """Samples one running proxy. use_bpf: None = when available."""
+
+    def __init__(self, pid: int, use_bpf: bool | None = None, sets=None):
+        from . import probes as probes_mod
+        self.pid = pid
+        self.reader = shm.Reader(pid)
+        self.pmu = pmu_mod.detect()
+        self.probes = None
+        avail = probes_mod.availability()
+        if use_bpf is False:
+            avail = {"ok": False, "why": "eBPF probes not requested", "fix": ""}
+        self.avail = avail
+        self.probe_error = None
+        snap = self.reader.snapshot()
+        if avail["ok"]:
+            try:
+                self.probes = probes_mod.Probes(
+                    pid, snap["workers"], probes_mod.listen_ports(pid),
+                    probes_mod.upstream_ports(snap), sets=sets or probes_mod.SETS, pmu=self.pmu)
+            except Exception as e:             # reported, never fatal to the dashboard
+                self.probe_error = f"{e.__class__.__name__}: {e}"
+        self.prev = None
+        self.history = collections.defaultdict(lambda: collections.deque(maxlen=HISTORY))
+
+    def close(self):
+        if self.probes:
+            self.probes.close()
+            self.probes = None
+        self.reader.close()
+
+    # ---- one raw sample ---------------------------------------------------------
+    def _raw(self):
+        snap = self.reader.snapshot()
+        threads = {w["tid"]: procstat.thread(self.pid, w["tid"]) for w in snap["workers"]}
+        return {"t": time.monotonic(), "snap": snap, "threads": threads,
+                "cpus": procstat.cpu_times(),
+                "bpf": self.probes.read() if self.probes else None}
+
+    def sample(self) -> dict:
+        raw = self._raw()
+        view = self._view(raw, self.prev)
+        self.prev = raw
+        return view
+
+    # ---- probe status --------------------------------------------------------------
+    def probe_status(self) -> dict:
+        sets = self.probes.status if self.probes else {}
+        on = [s for s, v in sets.items() if v["state"] == "on"]
+        if self.probes and on:
+            why = ""
+        elif self.probe_error:
+            why = f"the probes could not load: {self.probe_error}"
+        elif self.avail["ok"]:
+            why = "no probe set loaded: " + "; ".join(f"{s}: {v['why']}" for s, v in sets.items())
+        else:
+            why = self.avail["why"]
+        return {"available": bool(on), "why": why, "fix": "" if on else self.avail.get("fix", ""),
+                "sets": sets}
+
+    # ---- the view -------------------------------------------------------------------
+    def _view(self, cur, prev) -> dict:
+        snap = cur["snap"]
+        dt = (cur["t"] - prev["t"]) if prev else 0.0
+        psnap = prev["snap"] if prev else None
+        l7 = sum(snap["total"][c] for c in L7_COUNTERS) > 0
+        unit = "requests" if l7 else "sessions"
+        lat_hist = "request" if l7 else "connect"
+        pmu_on = bool(self.probes and self.probes.on("cpu"))
+        ev_names = cur["bpf"]["events"] if cur["bpf"] else []
+        cores = []
+        for w in snap["workers"]:
+            i = w["index"]
+            pw = psnap["workers"][i] if psnap else None
+            c, pc = w["counters"], (pw["counters"] if pw else None)
+
+            def d(name):
+                return (c[name] - pc[name]) if pc else None
+            units = d("requests") if l7 else d("accepted")
+            h = hist.delta(w["hist"][lat_hist], pw["hist"][lat_hist]) if pw else w["hist"][lat_hist]
+            lat = hist.summary(h)
+            ops = sum(w["ops"].values())
+            pops = sum(pw["ops"].values()) if pw else None
+            row = {
+                "index": i, "tid": w["tid"], "cpu": w["cpu"], "state": w["state"],
+                "rps": _rate(c["requests"] if l7 else c["accepted"],
+                             (pc["requests"] if l7 else pc["accepted"]) if pc else None, dt),
+                "active": c["active"],
+                "latency": lat_hist,
+                "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
+                "bytes_in_s": _rate(c["bytes_from_clients"] + c["bytes_from_upstreams"],
+                                    (pc["bytes_from_clients"] + pc["bytes_from_upstreams"]) if pc else None, dt),
+                "bytes_out_s": _rate(c["bytes_to_clients"] + c["bytes_to_upstreams"],
+                                     (pc["bytes_to_clients"] + pc["bytes_to_upstreams"]) if pc else None, dt),
+                "errors_s": _rate(_errors(c), _errors(pc) if pc else None, dt),
+                "uring_ops_s": _rate(ops, pops, dt),
+                "uring_enters_s": _rate(c["uring_enters"], pc["uring_enters"] if pc else None, dt),
+                "resp": {k: c[k] for k in L7_COUNTERS[1:]},
+            }
+            row.update(self._proc_cols(w, cur, prev, dt))
+            row.update(self._bpf_cols(i, w, cur, prev, dt, units, pmu_on, ev_names))
+            cores.append(row)
+        view = {
+            "version": __version__,
+            "pid": snap["pid"],
+            "uptime_s": snap["uptime_s"],
+            "kernel": platform.release(),
+            "workers": len(snap["workers"]),
+            "features": snap["features"],
+            "config_generation": snap["config_generation"],
+            "reloads": snap["reloads"],
+            "interval_s": round(dt, 3) if prev else None,
+            "unit": unit,
+            "latency": lat_hist,
+            "probes": self.probe_status(),
+            "pmu": {"present": self.pmu["pmu"], "why": self.pmu["why"],
+                    "events": ev_names, "note": "" if self.pmu["pmu"] else
+                    "no PMU on this host: hardware counters (IPC, cache and branch misses) "
+                    "cannot be measured; software counters shown instead"},
+            "cores": cores,
+            "total": self._total(cores, snap, psnap, dt, l7),
+            "upstreams": self._upstreams(snap, psnap, dt),
+            "tcp": self._tcp(cur, prev),
+            "events": snap["events"][-12:],
+        }
+        if prev:
+            self.history["rps"].append(view["total"]["rps"] or 0.0)
+            self.history["p99_us"].append(view["total"]["p99_us"] or 0.0)
+            for r in cores:
+                self.history[f"rps{r['index']}"].append(r["rps"] or 0.0)
+        view["history"] = {k: list(v) for k, v in self.history.items()}
+        return view
+
+    def _proc_cols(self, w, cur, prev, dt) -> dict:
+        t = cur["threads"].get(w["tid"])
+        pt = prev["threads"].get(w["tid"]) if prev else None
+        out = {"cpu_pct": None, "ctx_switches_s": None, "invol_switches_s": None,
+               "page_faults_s": None, "softirq_pct": None, "on_cpu": t["processor"] if t else None}
+        if t and pt and dt > 0:
+            out["cpu_pct"] = round(100 * (t["cpu_s"] - pt["cpu_s"]) / dt, 1)
+            out["ctx_switches_s"] = _rate(t["vol_switches"] + t["invol_switches"],
+                                          pt["vol_switches"] + pt["invol_switches"], dt)
+            out["invol_switches_s"] = _rate(t["invol_switches"], pt["invol_switches"], dt)
+            out["page_faults_s"] = _rate(t["page_faults"], pt["page_faults"], dt)
+        cpu = w["cpu"] if w["cpu"] >= 0 else (t["processor"] if t else -1)
+        c, pc = cur["cpus"].get(cpu), (prev["cpus"].get(cpu) if prev else None)
+        if c and pc and c["total_s"] > pc["total_s"]:
+            out["softirq_pct"] = round(100 * (c["softirq_s"] - pc["softirq_s"]) /
+                                       (c["total_s"] - pc["total_s"]), 1)
+            out["softirq_src"] = "/proc/stat"
+        return out
+
+    def _bpf_cols(self, i, w, cur, prev, dt, units, pmu_on, ev_names) -> dict:
+        keys = ("ipc", "cache_misses_per_unit", "branch_miss_pct", "uring_completes_s",
+                "uring_lat_p50_us", "uring_lat_p99_us", "iowq_punts_s", "runq_p99_us",
+                "invol_switches_bpf_s", "migrations_s", "cpu_clock_pct", "bpf_page_faults_s")
+        out = {k: None for k in keys}
+        out["uring_by_op"] = {}
+        b = cur["bpf"]
+        if not b or not prev or not prev["bpf"] or dt <= 0:
+            return out
+        x, px = b["workers"][i], prev["bpf"]["workers"][i]
+        P = self.probes
+        if P.on("uring"):
+            out["uring_completes_s"] = _rate(x["uring_completes"], px["uring_completes"], dt)
+            out["iowq_punts_s"] = _rate(x["uring_punts"], px["uring_punts"], dt)
+            s = hist.summary(hist.delta(x["hist_uring"], px["hist_uring"]))
+            out["uring_lat_p50_us"], out["uring_lat_p99_us"] = _us(s["p50_us"]), _us(s["p99_us"])
+            from .. import shm as _shm
+            names = _shm._opnames()
+            for op in range(64):
+                n = x["op_done"][op] - px["op_done"][op]
+                p = x["op_punts"][op] - px["op_punts"][op]
+                if n or p:
+                    ns = x["op_lat_ns"][op] - px["op_lat_ns"][op]
+                    out["uring_by_op"][names.get(op, str(op))] = {
+                        "completed_s": round(n / dt, 1), "punts_s": round(p / dt, 1),
+                        "mean_us": round(ns / n / 1000, 1) if n else None}
+        if P.on("sched"):
+            s = hist.summary(hist.delta(x["hist_rq"], px["hist_rq"]))
+            out["runq_p99_us"] = _us(s["p99_us"])
+            out["invol_switches_bpf_s"] = _rate(x["invol"], px["invol"], dt)
+            out["migrations_s"] = _rate(x["migrations"], px["migrations"], dt)
+        if P.on("softirq") and w["cpu"] >= 0:
+            cpu = w["cpu"]
+            ns = sum(b["softirq_ns"].get(cpu, {}).values())
+            pns = sum(prev["bpf"]["softirq_ns"].get(cpu, {}).values())
+            out["softirq_pct"] = round(100 * (ns - pns) / 1e9 / dt, 1)
+            out["softirq_src"] = "ebpf"
+        if pmu_on:
+            dv = {n: x["pmu"][k] - px["pmu"][k] for k, n in enumerate(ev_names)}
+            if self.pmu["pmu"]:
+                out["ipc"] = _ratio(dv.get("instructions"), dv.get("cycles"), nd=2)
+                out["cache_misses_per_unit"] = _ratio(dv.get("cache_misses"), units, nd=1)
+                out["branch_miss_pct"] = _ratio(dv.get("branch_misses"),
+                                                dv.get("branch_instructions"), 100, 2)
+            else:
+                out["cpu_clock_pct"] = round(100 * dv.get("cpu_clock_ns", 0) / 1e9 / dt, 1)
+                out["bpf_page_faults_s"] = round(dv.get("page_faults", 0) / dt, 1)
+            out["pmu_deltas"] = dv
+        return out
+
+    def _total(self, cores, snap, psnap, dt, l7) -> dict:
+        def s(k):
+            vals = [c[k] for c in cores if c.get(k) is not None]
+            return round(sum(vals), 1) if vals else None
+        lat_hist = "request" if l7 else "connect"
+        h = hist.delta(snap["hist"][lat_hist], psnap["hist"][lat_hist]) if psnap else snap["hist"][lat_hist]
+        lat = hist.summary(h)
+        t = snap["total"]
+        return {"rps": s("rps"), "active": t["active"], "accepted": t["accepted"],
+                "requests": t["requests"], "upstream_active": t["upstream_active"],
+                "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
+                "errors_s": s("errors_s"), "uring_ops_s": s("uring_ops_s"),
+                "iowq_punts_s": s("iowq_punts_s"), "cpu_pct": s("cpu_pct"),
+                "resp": {k: t[k] for k in L7_COUNTERS[1:]}}
+
+    def _upstreams(self, snap, psnap, dt) -> list:
+        prev = {s["slot"]: s for s in psnap["servers"]} if psnap else {}
+        out = []
+        for sv in snap["servers"]:
+            if not sv["in_use"]:
+                continue
+            p = prev.get(sv["slot"])
+            out.append({
+                "cluster": sv["cluster"], "address": sv["address"], "health": sv["health"],
+                "active": sv["active"], "in_flight": sv["in_flight"], "idle": sv["idle"],
+                "requests": sv["requests"],
+                "rps": _rate(sv["requests"], p["requests"] if p else None, dt),
+                "reuse_pct": _ratio(sv["reused"], sv["requests"], 100, 1),
+                "errors": sv["errors"], "connect_errors": sv["connect_errors"],
+            })
+        return out
+
+    def _tcp(self, cur, prev) -> dict | None:
+        if not (self.probes and self.probes.on("tcp") and cur["bpf"]):
+            return None
+        g = cur["bpf"]["tcp"]
+        pg = prev["bpf"]["tcp"] if prev and prev["bpf"] else None
+
+        def win(k):
+            return hist.delta(g[k], pg[k]) if pg else g[k]
+        out = {k: g[k] for k in ("est_client", "est_upstream", "connects", "connect_failed",
+                                 "retrans_client", "retrans_upstream")}
+        for k, name in (("hist_connect", "connect"), ("hist_rtt_client", "srtt_client"),
+                        ("hist_rtt_upstream", "srtt_upstream"), ("hist_life_client", "life_client"),
+                        ("hist_life_upstream", "life_upstream")):
+            s = hist.summary(win(k))
+            out[name] = {"count": s["count"], "p50_us": s["p50_us"], "p99_us": s["p99_us"]}
+        return out
+
+
+def _errors(c) -> int:
+    return sum(v for k, v in c.items() if k.startswith("err_"))
+
+
+def one_shot(pid: int, interval: float = 1.0, use_bpf: bool | None = None) -> dict:
+    """Two samples `interval` apart: one complete view with rates."""
+    col = Collector(pid, use_bpf=use_bpf)
+    try:
+        col.sample()
+        time.sleep(max(0.05, interval))
+        return col.sample()
+    finally:
+        col.close()

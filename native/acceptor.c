@@ -121,6 +121,9 @@ void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe)
                 l4_start(w, l, res);
                 break;
             }
+            /* Full: leave the next ones in the kernel's backlog. */
+            if (w->clients >= w->o.max_conns)
+                acceptors_pause(w, true);
         }
     } else if (res != -ECANCELED) {
         w->c[UP_C_ERR_ACCEPT]++;

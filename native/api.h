@@ -45,8 +45,9 @@ struct up_probe_result {
 #define UP_BALANCE_P2C         3
 #define UP_BALANCE_HASH        4
 
-#define UP_FWD_BUFFERED 1
-#define UP_FWD_SPLICE   2
+#define UP_FWD_BUFFERED     1   /* recv into provided buffers, send */
+#define UP_FWD_SPLICE       2   /* io_uring polls, the worker calls splice() */
+#define UP_FWD_SPLICE_IOWQ  3   /* IORING_OP_SPLICE, run on io-wq threads */
 
 #define UP_MAX_LISTENERS 64
 #define UP_MAX_WORKERS   256

@@ -8,6 +8,7 @@
  * reset on one side becomes a reset on the other.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -87,6 +88,13 @@ static void shutdown_peer(struct worker *w, struct conn *src)
     src->x.flags |= X_SHUTTING;
     struct io_uring_sqe *s = sqe_for(w, dst, OP_SHUTDOWN);
     io_uring_prep_shutdown(s, dst->fd, SHUT_WR);
+    count_op(w, s);
+}
+
+static void poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
+{
+    struct io_uring_sqe *s = sqe_for(w, c, op);
+    io_uring_prep_poll_add(s, c->fd, events);
     count_op(w, s);
 }
 
@@ -227,7 +235,74 @@ void l4_resume_starved(struct worker *w)
     }
 }
 
-/* ---- splice: socket -> pipe -> socket, run by io-wq ------------------ */
+/* ---- splice by the worker: io_uring says when, splice() moves -------- *
+ * io_uring runs every IORING_OP_SPLICE on an io-wq thread, and the hand-over
+ * (wake a thread, switch to it, switch back) cost more than the splice
+ * itself in our measurements (docs/l4.md). Here io_uring only polls; the
+ * worker moves the bytes with non-blocking splice() calls, on its own CPU. */
+
+/* Bytes one direction may move per wake-up before it yields to the others. */
+#define PUMP_BUDGET (4u << 20)
+
+static void pump(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    struct xfer *x = &src->x;
+    const struct pipepool *pp = &w->pipes;
+    int pr = pp->fds[2 * x->pipe], pw = pp->fds[2 * x->pipe + 1];
+    uint32_t moved = 0;
+    bool want_in = false;
+    if (src->state != CS_OPEN || dst->state != CS_OPEN)
+        return;
+    for (;;) {
+        if (x->in_pipe < pp->size && !(x->flags & X_EOF) && !want_in) {
+            ssize_t n = splice(src->fd, NULL, pw, NULL, pp->size - x->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                x->in_pipe += (uint32_t)n;
+                count_in(w, src, (uint32_t)n);
+            } else if (n == 0) {
+                x->flags |= X_EOF;
+            } else if (errno == EAGAIN) {
+                want_in = true;
+            } else {
+                fail_error(w, src, -errno);
+                return;
+            }
+        }
+        if (x->in_pipe) {
+            ssize_t m = splice(pr, NULL, dst->fd, NULL, x->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (m > 0) {
+                x->in_pipe -= (uint32_t)m;
+                moved += (uint32_t)m;
+                count_out(w, dst, (uint32_t)m);
+            } else if (m < 0 && errno != EAGAIN) {
+                fail_error(w, dst, -errno);
+                return;
+            }
+            if (x->in_pipe) {
+                /* The peer's send buffer is full: wait until it drains. */
+                touch(w, src);
+                poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
+                return;
+            }
+        }
+        if (x->flags & X_EOF) {
+            shutdown_peer(w, src);
+            return;
+        }
+        if (want_in || moved >= PUMP_BUDGET)
+            break;
+    }
+    if (moved)
+        touch(w, src);
+    /* Nothing more to read now, or this direction used its share of the
+     * turn: the poll completes at once if data is already waiting. */
+    poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+}
+
+/* ---- splice on io-wq: IORING_OP_SPLICE (forwarding = "splice_iowq") ---- */
 
 static void splice_chain(struct worker *w, struct conn *src)
 {
@@ -240,13 +315,6 @@ static void splice_chain(struct worker *w, struct conn *src)
     s->flags |= IOSQE_IO_HARDLINK;
     s = sqe_for(w, dst, OP_SPLICE_OUT);
     prep_splice_out(w, s, src->x.pipe, dst->fd, len);
-}
-
-static void poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
-{
-    struct io_uring_sqe *s = sqe_for(w, c, op);
-    io_uring_prep_poll_add(s, c->fd, events);
-    count_op(w, s);
 }
 
 /* What the direction src -> dst does next, once nothing is in flight. */
@@ -309,6 +377,11 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 {
     if (c->state != CS_OPEN || cqe->res == -ECANCELED)
         return;
+    if (listener_of(c)->forwarding == UP_FWD_SPLICE) {
+        /* POLL_IN: c's data is ready; POLL_OUT: c can take its peer's. */
+        pump(w, op == OP_POLL_IN ? c : peer_of(w, c));
+        return;
+    }
     if (op == OP_POLL_IN) {
         splice_chain(w, c);
     } else {
@@ -322,12 +395,17 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 
 static void start_direction(struct worker *w, struct conn *src, bool *spliced)
 {
-    if (listener_of(src)->forwarding == UP_FWD_SPLICE && w->pipes.count) {
+    uint32_t fwd = listener_of(src)->forwarding;
+    if (fwd != UP_FWD_BUFFERED && w->pipes.count) {
         int p = pipe_get(w);
         if (p >= 0) {
             src->x.pipe = p;
-            src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
-            splice_next(w, src);
+            if (fwd == UP_FWD_SPLICE) {
+                pump(w, src);
+            } else {
+                src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
+                splice_next(w, src);
+            }
             return;
         }
     }

@@ -331,7 +331,7 @@ def _listener(path, i, raw, clusters) -> Listener:
         raise r.err("cluster", f"no cluster named {cluster!r} (clusters: {known})")
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
-        forwarding=r.str("forwarding", "splice", choices=("splice", "buffered")),
+        forwarding=r.str("forwarding", "splice", choices=("splice", "splice_iowq", "buffered")),
         idle_timeout_ms=r.duration_ms("idle_timeout", 300000),
         backlog=r.int("backlog", 4096, lo=1, hi=65535),
     )

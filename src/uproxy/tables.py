@@ -16,7 +16,8 @@ from .config import Config
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C}
 MODE = {"tcp": lib.UP_MODE_TCP, "http": lib.UP_MODE_HTTP}
-FORWARDING = {"buffered": lib.UP_FWD_BUFFERED, "splice": lib.UP_FWD_SPLICE}
+FORWARDING = {"buffered": lib.UP_FWD_BUFFERED, "splice": lib.UP_FWD_SPLICE,
+              "splice_iowq": lib.UP_FWD_SPLICE_IOWQ}
 
 
 def sockaddr(family, sa) -> bytes:

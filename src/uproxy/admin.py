@@ -1,0 +1,208 @@
+"""The admin endpoint: /metrics (Prometheus), /status (JSON), /health.
+
+Served by a threaded http.server in a daemon thread of the proxy process,
+from the statistics segment read at request time (a custom prometheus-client
+Collector builds the families per scrape): nothing is added to the request
+path, and no counter is kept twice.
+
+    [admin]
+    bind = "127.0.0.1:9901"
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, InfoMetricFamily)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__, hist, shm
+
+log = logging.getLogger("uproxy")
+
+# Histogram bucket edges exported: every 8th bucket of the core's
+# log-linear histogram, i.e. the powers of two microseconds from 8 us. They
+# coincide with bucket boundaries, so each cumulative count is exact.
+EDGE_BUCKETS = list(range(8, hist.BUCKETS, 8))
+HIST_HELP = {
+    "request": "HTTP requests, first byte received to response sent",
+    "upstream": "HTTP, request sent upstream to response head received",
+    "connect": "Upstream connects, started to established",
+}
+
+
+def _labels(**kw):
+    return list(kw.keys()), list(kw.values())
+
+
+class SegmentCollector:
+    """prometheus-client Collector over a shm.Reader: everything is read at
+    scrape time from what the workers already write."""
+
+    def __init__(self, reader: shm.Reader):
+        self.reader = reader
+        self.lock = threading.Lock()
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return self.reader.snapshot()
+
+    def collect(self):
+        snap = self.snapshot()
+        info = InfoMetricFamily("uproxy", "uproxy build and process")
+        info.add_metric([], {"version": __version__, "pid": str(snap["pid"]),
+                             "features": ",".join(snap["features"])})
+        yield info
+        g = GaugeMetricFamily("uproxy_uptime_seconds", "Seconds since the proxy started")
+        g.add_metric([], snap["uptime_s"])
+        yield g
+        g = GaugeMetricFamily("uproxy_config_generation", "Configuration generation in force")
+        g.add_metric([], snap["config_generation"])
+        yield g
+        for name, key, doc in (("uproxy_reloads", "reloads", "Configuration reloads that took"),
+                               ("uproxy_reload_failures", "reload_failures", "Reloads refused")):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], snap[key])
+            yield c
+
+        running = GaugeMetricFamily("uproxy_worker_running", "1 while the worker runs its loop",
+                                    labels=["worker", "cpu"])
+        heartbeat = GaugeMetricFamily("uproxy_worker_state", "Worker state (one series per state, 1 = current)",
+                                      labels=["worker", "state"])
+        for w in snap["workers"]:
+            running.add_metric([str(w["index"]), str(w["cpu"])], 1 if w["state"] == "running" else 0)
+            heartbeat.add_metric([str(w["index"]), w["state"]], 1)
+        yield running
+        yield heartbeat
+
+        for name in shm.COUNTERS:
+            if name in shm.GAUGES:
+                fam = GaugeMetricFamily(f"uproxy_{name}", f"Core gauge {name}", labels=["worker"])
+            else:
+                fam = CounterMetricFamily(f"uproxy_{name}", f"Core counter {name}", labels=["worker"])
+            for w in snap["workers"]:
+                fam.add_metric([str(w["index"])], w["counters"][name])
+            yield fam
+
+        ops = CounterMetricFamily("uproxy_uring_ops", "io_uring SQEs submitted, by opcode",
+                                  labels=["worker", "op"])
+        for w in snap["workers"]:
+            for op, n in sorted(w["ops"].items()):
+                ops.add_metric([str(w["index"]), op], n)
+        yield ops
+
+        for kind, h in snap["hist"].items():
+            fam = HistogramMetricFamily(f"uproxy_{kind}_duration_seconds",
+                                        HIST_HELP.get(kind, kind) + " (all workers; no _sum: the "
+                                        "core keeps bucket counts only)")
+            buckets, acc, i = [], 0, 0
+            for edge in EDGE_BUCKETS:
+                while i < edge:
+                    acc += h[i]
+                    i += 1
+                buckets.append((_fmt_le(hist.lower(edge) / 1e6), acc))
+            buckets.append(("+Inf", sum(h)))
+            fam.add_metric([], buckets, sum_value=None)
+            yield fam
+
+        labels = ["cluster", "address"]
+        fields = {
+            "active": (GaugeMetricFamily, "Upstream connections open"),
+            "in_flight": (GaugeMetricFamily, "Requests or sessions in progress"),
+            "idle": (GaugeMetricFamily, "Idle pooled connections"),
+            "requests": (CounterMetricFamily, "HTTP requests sent, or L4 sessions"),
+            "connects": (CounterMetricFamily, "Connects started"),
+            "connect_errors": (CounterMetricFamily, "Connects that failed"),
+            "errors": (CounterMetricFamily, "Resets, timeouts, 5xx and bad responses"),
+            "reused": (CounterMetricFamily, "Requests sent on a reused connection"),
+        }
+        servers = [s for s in snap["servers"] if s["in_use"]]
+        for f, (cls, doc) in fields.items():
+            fam = cls(f"uproxy_server_{f}", doc, labels=labels)
+            for s in servers:
+                fam.add_metric([s["cluster"], s["address"]], s[f])
+            yield fam
+        fam = GaugeMetricFamily("uproxy_server_health", "Active health: 1 up, 0 down; "
+                                "absent while not checked", labels=labels)
+        for s in servers:
+            if s["health"] in ("up", "down"):
+                fam.add_metric([s["cluster"], s["address"]], 1 if s["health"] == "up" else 0)
+        yield fam
+
+
+def _fmt_le(v: float) -> str:
+    return repr(float(v))
+
+
+def health(snap: dict) -> tuple:
+    states = [w["state"] for w in snap["workers"]]
+    ok = bool(states) and all(s == "running" for s in states)
+    return (200 if ok else 503), {"status": "ok" if ok else "unavailable",
+                                  "workers": {str(w["index"]): w["state"] for w in snap["workers"]}}
+
+
+class AdminServer:
+    def __init__(self, runtime, host: str, port: int):
+        self.runtime = runtime
+        self.reader = shm.Reader(os.getpid())
+        self.collector = SegmentCollector(self.reader)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        admin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = f"uproxy-admin/{__version__}"
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt, *args):        # no access log on stderr
+                pass
+
+            def _send(self, code, body: bytes, ctype: str):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                try:
+                    if path == "/metrics":
+                        self._send(200, generate_latest(admin.registry), CONTENT_TYPE_LATEST)
+                    elif path == "/status":
+                        body = json.dumps(admin.collector.snapshot()).encode()
+                        self._send(200, body, "application/json")
+                    elif path == "/health":
+                        code, doc = health(admin.collector.snapshot())
+                        self._send(code, json.dumps(doc).encode() + b"\n", "application/json")
+                    elif path == "/":
+                        self._send(200, b"uproxy admin: /metrics /status /health\n", "text/plain")
+                    else:
+                        self._send(404, b"not found: try /metrics, /status or /health\n", "text/plain")
+                except BrokenPipeError:
+                    pass
+                except Exception as e:        # never take the proxy down
+                    log.error("admin: %s %s failed: %s", self.command, path, e)
+                    self._send(500, f"error: {e}\n".encode(), "text/plain")
+
+            do_HEAD = do_GET
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.host, self.port = self.httpd.server_address[:2]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name="uproxy-admin", daemon=True)
+        self.thread.start()
+        log.info("admin endpoint on http://%s:%d (/metrics /status /health)", host, self.port)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(2)
+        with self.collector.lock:
+            self.reader.close()

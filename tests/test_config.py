@@ -1,0 +1,153 @@
+"""One test per kind of configuration mistake: `uproxy check` names the
+file, the key path and the problem, and exits 2; `uproxy run` refuses the
+same way and starts nothing."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT, free_port
+
+GOOD = """
+[proxy]
+workers = 1
+
+[[listeners]]
+name = "db"
+bind = "127.0.0.1:{port}"
+mode = "tcp"
+cluster = "pg"
+
+[[clusters]]
+name = "pg"
+servers = ["127.0.0.1:5432", "127.0.0.1:5433"]
+balance = "round_robin"
+"""
+
+
+def uproxy(*args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "uproxy", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout)
+
+
+def check(tmp_path, text):
+    p = tmp_path / "uproxy.toml"
+    p.write_text(text)
+    r = uproxy("check", "-c", str(p))
+    return r.returncode, r.stdout + r.stderr, str(p)
+
+
+def good(**subst):
+    return GOOD.replace("{port}", str(subst.get("port", free_port())))
+
+
+def test_good_config_passes(tmp_path):
+    code, out, path = check(tmp_path, good())
+    assert code == 0, out
+    assert "ok" in out and "1 listeners" in out
+
+
+MISTAKES = [
+    # (what is wrong, how to break the good file, key path, words in the message)
+    ("not TOML", lambda t: t + "\n[[listeners\n", "", "not valid TOML"),
+    ("no listeners", lambda t: t.split("[[listeners]]")[0] + "[[clusters]]" + t.split("[[clusters]]")[1],
+     "listeners", "at least one"),
+    ("missing bind", lambda t: t.replace('bind = "127.0.0.1:', '# bind = "'), "listeners[0].bind", "is required"),
+    ("bind not host:port", lambda t: t.replace('bind = "127.0.0.1:', 'bind = "127.0.0.1;'),
+     "listeners[0].bind", "host:port"),
+    ("bind port out of range", lambda t: t.replace(':{p}"', ':70000"'), "listeners[0].bind", "between 1 and 65535"),
+    ("bind to a name", lambda t: t.replace('bind = "127.0.0.1:', 'bind = "localhost:'),
+     "listeners[0].bind", "IP address"),
+    ("unknown cluster", lambda t: t.replace('cluster = "pg"', 'cluster = "pgx"'),
+     "listeners[0].cluster", "no cluster named 'pgx'"),
+    ("unknown mode", lambda t: t.replace('mode = "tcp"', 'mode = "udp"'), "listeners[0].mode", "'tcp'"),
+    ("empty servers", lambda t: t.replace('servers = ["127.0.0.1:5432", "127.0.0.1:5433"]', "servers = []"),
+     "clusters[0].servers", "at least one server"),
+    ("server without port", lambda t: t.replace('"127.0.0.1:5433"', '"127.0.0.1"'),
+     "clusters[0].servers[1]", "host:port"),
+    ("unresolvable server", lambda t: t.replace('"127.0.0.1:5433"', '"no-such-host.invalid:80"'),
+     "clusters[0].servers[1]", "cannot resolve"),
+    ("unknown balance", lambda t: t.replace('"round_robin"', '"random"'), "clusters[0].balance", "not one of"),
+    ("typo in a key", lambda t: t.replace("balance =", "balanse ="), "clusters[0].balanse",
+     "did you mean 'balance'"),
+    ("unknown section", lambda t: t + "\n[proxyy]\nworkers = 2\n", "proxyy", "unknown key"),
+    ("wrong type", lambda t: t.replace("workers = 1", 'workers = "two"'), "proxy.workers", "integer"),
+    ("workers zero", lambda t: t.replace("workers = 1", "workers = 0"), "proxy.workers", "at least 1"),
+    ("bad duration", lambda t: t.replace('balance = "round_robin"', 'connect_timeout = "5 parsecs"'),
+     "clusters[0].connect_timeout", "duration"),
+    ("unknown feature", lambda t: t.replace("workers = 1", 'workers = 1\ndisable_features = ["multishot_acept"]'),
+     "proxy.disable_features[0]", "did you mean 'multishot_accept'"),
+    ("buffers not a power of two", lambda t: t.replace("workers = 1", "workers = 1\nbuffers = 1000"),
+     "proxy.buffers", "power of two"),
+    ("listeners as a table", lambda t: t.replace("[[listeners]]", "[listeners]"), "listeners",
+     "array of tables"),
+    ("duplicate cluster", lambda t: t + '\n[[clusters]]\nname = "pg"\nservers = ["127.0.0.1:1"]\n',
+     "clusters[1].name", "defined twice"),
+    ("duplicate listener bind", lambda t: t + '\n[[listeners]]\nname = "db2"\nbind = "127.0.0.1:{p}"\ncluster = "pg"\n',
+     "listeners[1].bind", "already bound"),
+    ("admin on a listener's address", lambda t: t + '\n[admin]\nbind = "127.0.0.1:{p}"\n',
+     "admin.bind", "also listener"),
+]
+
+
+@pytest.mark.parametrize("what,breaks,key,words", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_named(tmp_path, what, breaks, key, words):
+    port = free_port()
+    text = breaks(GOOD.replace("{port}", "{p}")).replace("{p}", str(port))
+    code, out, path = check(tmp_path, text)
+    assert code == 2, f"{what}: exit {code}\n{out}"
+    assert path in out, out
+    if key:
+        assert f": {key}: " in out, f"{what}: key path {key!r} not named in:\n{out}"
+    assert words in out, f"{what}: {words!r} not in:\n{out}"
+    assert "Traceback" not in out
+
+
+def test_missing_file(tmp_path):
+    r = uproxy("check", "-c", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "cannot read the file" in r.stderr
+
+
+def test_run_refuses_a_bad_config_and_starts_nothing(tmp_path):
+    p = tmp_path / "bad.toml"
+    port = free_port()
+    p.write_text(good(port=port).replace('cluster = "pg"', 'cluster = "nope"'))
+    r = uproxy("run", "-c", str(p))
+    assert r.returncode == 2
+    assert "listeners[0].cluster" in r.stderr
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_run_names_a_port_in_use(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    p = tmp_path / "busy.toml"
+    p.write_text(good(port=port))
+    try:
+        r = uproxy("run", "-c", str(p))
+    finally:
+        busy.close()
+    assert r.returncode == 1
+    assert f"127.0.0.1:{port}" in r.stderr and "in use" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_env_disable_unknown_feature(tmp_path):
+    p = tmp_path / "ok.toml"
+    p.write_text(good())
+    r = subprocess.run([sys.executable, "-m", "uproxy", "run", "-c", str(p)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=30, env={**os.environ, "UPROXY_DISABLE": "bogus"})
+    assert r.returncode == 1 and "UPROXY_DISABLE" in r.stderr and "bogus" in r.stderr
+
+
+def test_kernel_too_old_message():
+    from uproxy.features import kernel_too_old
+    assert kernel_too_old("6.1.0-27-amd64") is None
+    assert kernel_too_old("5.15.0-91-generic") is None
+    msg = kernel_too_old("5.10.0-28-amd64")
+    assert "5.15" in msg and "5.10.0-28-amd64" in msg and "Upgrade" in msg

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, InfoMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.samples import Sample
 
 from . import __version__, hist, shm
 
@@ -107,6 +108,8 @@ class SegmentCollector:
                 buckets.append((_fmt_le(hist.lower(edge) / 1e6), acc))
             buckets.append(("+Inf", sum(h)))
             fam.add_metric([], buckets, sum_value=None)
+            # _count without _sum: the core keeps counts per bucket, not a sum
+            fam.samples.append(Sample(f"uproxy_{kind}_duration_seconds_count", {}, sum(h)))
             yield fam
 
         labels = ["cluster", "address"]

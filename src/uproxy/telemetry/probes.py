@@ -193,7 +193,7 @@ class Probes:
         from bcc import BPF
         with _quiet_stderr() as err:
             try:
-                b = BPF(text=self._source(sets), cflags=["-w", "-Wno-everything"])
+                b = BPF(text=self._source(sets).encode(), cflags=["-w"])
             except Exception as e:
                 b, exc = None, e
         if b is None:
@@ -250,7 +250,7 @@ class Probes:
         try:
             with _quiet_stderr() as err:
                 for cat, ev, fn in _DEF[s][1]:
-                    b.attach_tracepoint(tp=f"{cat}:{ev}", fn_name=fn)
+                    b.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
                     done.append(("tp", f"{cat}:{ev}"))
                 for tp, fn in _DEF[s][2]:
                     done.append(("raw", self._attach_raw(b, tp, fn)))
@@ -258,13 +258,13 @@ class Probes:
                     for i, (_, typ, cfg) in enumerate(self.events):
                         b[f"ev{i}"].open_perf_event(typ, cfg)
                     b.attach_perf_event(ev_type=pmu_mod.PERF_TYPE_SOFTWARE, ev_config=0,
-                                        fn_name="cpu_tick", sample_freq=CPU_TICK_HZ)
+                                        fn_name=b"cpu_tick", sample_freq=CPU_TICK_HZ)
                     done.append(("perf", None))
         except Exception as e:
             for kind, name in done:
                 with contextlib.suppress(Exception):
                     if kind == "tp":
-                        b.detach_tracepoint(name)
+                        b.detach_tracepoint(name.encode())
                     elif kind == "raw":
                         os.close(name)
                         self._raw_fds.remove(name)
@@ -281,7 +281,7 @@ class Probes:
         """bcc keeps one program per raw tracepoint name; two sets (sched
         and cpu) both want sched_switch, so the link fds are kept here."""
         from bcc import BPF, lib
-        f = b.load_func(fn, BPF.RAW_TRACEPOINT)
+        f = b.load_func(fn.encode(), BPF.RAW_TRACEPOINT)
         fd = lib.bpf_attach_raw_tracepoint(f.fd, tp.encode())
         if fd < 0:
             raise RuntimeError(f"cannot attach raw tracepoint {tp}: {os.strerror(ct.get_errno() or 22)}")

@@ -1,0 +1,271 @@
+"""`uproxy doctor`: what this host offers uproxy, and what to do about what
+it lacks. Each check has a status — ok, warn or missing — and, when not ok,
+what to do. The exit code is 0 when uproxy can run here (warnings and
+missing extras such as eBPF or a PMU allowed) and 1 when it cannot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+
+from . import __version__
+from . import features as feat
+
+# io_uring opcodes the C core uses (IORING_OP_* names without the prefix)
+NEEDED_OPS = ("ACCEPT", "RECV", "SEND", "CONNECT", "CLOSE", "SHUTDOWN", "SPLICE", "POLL_ADD",
+              "TIMEOUT", "LINK_TIMEOUT", "ASYNC_CANCEL")
+SETUP_FLAGS = ("SINGLE_ISSUER", "DEFER_TASKRUN", "COOP_TASKRUN", "TASKRUN_FLAG", "SUBMIT_ALL",
+               "NO_SQARRAY")
+# flags that are only valid together with another
+_WITH = {"DEFER_TASKRUN": "SINGLE_ISSUER", "TASKRUN_FLAG": "COOP_TASKRUN"}
+
+
+def _check(name, status, detail, fix="", blocker=False, **extra):
+    d = {"name": name, "status": status, "detail": detail, "fix": fix, "blocker": blocker}
+    d.update(extra)
+    return d
+
+
+def check_kernel(release: str | None = None) -> dict:
+    release = release or platform.release()
+    why = feat.kernel_too_old(release)
+    if why:
+        return _check("kernel", "missing", f"Linux {release}: too old", why, blocker=True,
+                      release=release)
+    v = feat.kernel_version(release)
+    return _check("kernel", "ok", f"Linux {release} (uproxy needs {feat.MIN_KERNEL[0]}."
+                  f"{feat.MIN_KERNEL[1]}+)", release=release, version=list(v))
+
+
+def check_io_uring_disabled() -> dict:
+    path = "/proc/sys/kernel/io_uring_disabled"
+    try:
+        with open(path) as f:
+            v = int(f.read().strip())
+    except OSError:
+        return _check("io_uring_disabled", "ok", f"{path} absent (kernel before 6.6: io_uring is on)",
+                      value=None)
+    if v == 0:
+        return _check("io_uring_disabled", "ok", "kernel.io_uring_disabled = 0", value=0)
+    if v == 1:
+        priv = os.geteuid() == 0
+        return _check("io_uring_disabled", "warn" if priv else "missing",
+                      "kernel.io_uring_disabled = 1: only root or kernel.io_uring_group may "
+                      "create rings", "sysctl -w kernel.io_uring_disabled=0, or run uproxy as "
+                      "a member of kernel.io_uring_group", blocker=not priv, value=1)
+    return _check("io_uring_disabled", "missing", "kernel.io_uring_disabled = 2: io_uring is off",
+                  "sysctl -w kernel.io_uring_disabled=0", blocker=True, value=v)
+
+
+def _core_probe():
+    from ._native import ffi, lib
+    res = ffi.new("struct up_probe_result *")
+    r = lib.up_probe(res)
+    return r, res
+
+
+def check_io_uring() -> list:
+    """Opcodes and setup flags: python-liburing first, the C core's own
+    probe where liburing fails (it wants a recent kernel)."""
+    out = []
+    ops = flags = None
+    source = "python-liburing"
+    err = ""
+    try:
+        import liburing
+        probed = liburing.probe()
+        ops = {k[len("IORING_OP_"):]: bool(v) for k, v in probed.items()}
+        flags = {}
+        for name in SETUP_FLAGS:
+            flag = getattr(liburing, "IORING_SETUP_" + name, None)
+            if flag is None:
+                continue
+            if name in _WITH:
+                flag |= getattr(liburing, "IORING_SETUP_" + _WITH[name])
+            ring = liburing.Ring()
+            try:
+                liburing.io_uring_queue_init(8, ring, flag)
+                liburing.io_uring_queue_exit(ring)
+                flags[name] = True
+            except OSError:
+                flags[name] = False
+    except Exception as e:
+        err = f"{e.__class__.__name__}: {e}"
+        ops = flags = None
+    core_features = None
+    core_err = ""
+    try:
+        r, res = _core_probe()
+        if r < 0:
+            core_err = os.strerror(res.setup_errno) if res.setup_errno else "up_probe failed"
+        else:
+            core_features = feat.names(res.features)
+            if ops is None:
+                from .shm import _opnames
+                names = _opnames()
+                ops = {names.get(i, str(i)).upper(): bool(res.op_supported[i])
+                       for i in range(min(int(res.nops), 64))}
+                source = "uproxy C core (up_probe)" + (f"; python-liburing failed: {err}" if err else "")
+    except Exception as e:
+        core_err = f"{e.__class__.__name__}: {e}"
+    if ops is None:
+        out.append(_check("io_uring", "missing", f"io_uring cannot be probed: {err or core_err}",
+                          "check kernel.io_uring_disabled, seccomp filters (containers often "
+                          "block io_uring) and the kernel version", blocker=True, source=None))
+        return out
+    missing = [o for o in NEEDED_OPS if not ops.get(o)]
+    known = sum(1 for v in ops.values() if v)
+    if core_err:
+        out.append(_check("io_uring", "missing", f"the C core cannot create a ring: {core_err}",
+                          "check kernel.io_uring_disabled and seccomp filters", blocker=True,
+                          source=source, ops=ops))
+    elif missing:
+        out.append(_check("io_uring", "missing", f"opcodes missing: {', '.join(missing)}",
+                          "a newer kernel (5.15+ has all of them)", blocker=True, source=source,
+                          ops=ops))
+    else:
+        out.append(_check("io_uring", "ok", f"{known} opcodes, all {len(NEEDED_OPS)} that uproxy "
+                          f"uses (probed with {source.split(';')[0]})", source=source, ops=ops))
+    if flags is not None:
+        no = [k for k, v in flags.items() if not v]
+        out.append(_check("io_uring_setup_flags", "ok" if not no else "warn",
+                          "setup flags: " + ", ".join(f"{k}{'' if v else ' (no)'}" for k, v in flags.items()),
+                          "" if not no else "a newer kernel enables the faster paths; uproxy "
+                          "falls back without them", flags=flags, source="python-liburing"))
+    if core_features is not None:
+        lacking = [f for f in feat.FEATURES if f not in core_features]
+        out.append(_check("uproxy_features", "ok" if not lacking else "warn",
+                          "the C core will use: " + (", ".join(core_features) or "none")
+                          + (f"; not here: {', '.join(lacking)}" if lacking else ""),
+                          "" if not lacking else "these arrived in later kernels: " +
+                          ", ".join(f"{f} ({feat.since(f)})" for f in lacking),
+                          features=core_features, source="uproxy C core (up_probe)"))
+    return out
+
+
+def check_ebpf() -> list:
+    from .telemetry import btf, pmu, probes, tpformat
+    out = []
+    h = probes.headers()
+    out.append(_check("kernel_headers", "ok" if h["ok"] else "missing", h["why"],
+                      "" if h["ok"] else "sudo scripts/setup (installs the distribution's nearest "
+                      "linux-headers and links /lib/modules/$(uname -r)/build and source)",
+                      path=h["path"]))
+    try:
+        btf.kernel()
+        out.append(_check("btf", "ok", f"{btf.VMLINUX}: task_struct.pid at offset "
+                          f"{btf.offset('task_struct', 'pid')}"))
+    except Exception as e:
+        out.append(_check("btf", "missing", str(e), "a kernel with CONFIG_DEBUG_INFO_BTF=y"))
+    tfs = tpformat.tracefs() or (tpformat.mount_tracefs() if os.geteuid() == 0 else None)
+    out.append(_check("tracefs", "ok" if tfs else "missing",
+                      f"tracefs at {tfs}" if tfs else "tracefs is not mounted",
+                      "" if tfs else "mount -t tracefs nodev /sys/kernel/tracing (uproxy top "
+                      "does it when run as root)"))
+    a = probes.availability()
+    if not a["ok"]:
+        out.append(_check("ebpf", "missing", a["why"], a["fix"]))
+    else:
+        status, detail, fix = _try_bpf()
+        out.append(_check("ebpf", status, detail, fix))
+    p = pmu.detect()
+    out.append(_check("pmu", "ok" if p["pmu"] else "missing",
+                      "hardware PMU: " + p["why"] if p["pmu"] else "no PMU on this host: " + p["why"],
+                      "" if p["pmu"] else "nothing to do on this host: the dashboard shows software "
+                      "counters (cpu-clock, page faults, context switches, migrations) instead; "
+                      "on a VM, enable the virtual PMU (e.g. QEMU -cpu host, a vPMU-capable "
+                      "instance type)", present=p["pmu"]))
+    return out
+
+
+def _try_bpf():
+    """Compile and load a trivial program with bcc."""
+    from .telemetry.probes import _quiet_stderr
+    try:
+        from bcc import BPF
+        with _quiet_stderr() as err:
+            try:
+                b = BPF(text="int uproxy_doctor(struct bpf_raw_tracepoint_args *ctx) { return 0; }",
+                        cflags=["-w"])
+                b.load_func(b"uproxy_doctor", BPF.RAW_TRACEPOINT)
+                b.cleanup()
+                ok, exc = True, None
+            except Exception as e:
+                ok, exc = False, e
+        if ok:
+            return "ok", "bcc compiles and loads eBPF programs", ""
+        return "missing", f"bcc could not load a trivial program: {exc} {err['text'][-300:]}".strip(), \
+            "sudo scripts/setup (kernel headers, python3-bpfcc)"
+    except Exception as e:
+        return "missing", f"bcc: {e}", "sudo scripts/setup"
+
+
+def check_limits() -> list:
+    out = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    fmt = lambda v: "unlimited" if v == resource.RLIM_INFINITY else f"{v // 1024} KiB"  # noqa: E731
+    modern = feat.kernel_version() >= (5, 12)
+    low = soft != resource.RLIM_INFINITY and soft < 64 << 20
+    out.append(_check("memlock", "warn" if (low and not modern) else "ok",
+                      f"RLIMIT_MEMLOCK {fmt(soft)} (hard {fmt(hard)})"
+                      + ("; this kernel charges io_uring and BPF memory to the cgroup, not to "
+                         "memlock" if modern else ""),
+                      "raise it (ulimit -l unlimited, LimitMEMLOCK=infinity) for io_uring rings "
+                      "and BPF maps" if (low and not modern) else "",
+                      soft=None if soft == resource.RLIM_INFINITY else soft))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536
+    st = "ok" if hard >= want else "warn"
+    out.append(_check("open_files", st, f"RLIMIT_NOFILE {soft} (hard {hard}); uproxy raises the "
+                      f"soft limit to the hard one and fits max_connections to it",
+                      "" if st == "ok" else f"raise the hard limit to {want}+ (ulimit -Hn, "
+                      f"LimitNOFILE=) for more connections", soft=soft, hard=hard))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    out.append(_check("cpus", "ok", f"{cpus} CPUs allowed: one worker per CPU by default", cpus=cpus))
+    return out
+
+
+def collect() -> dict:
+    checks = [check_kernel()]
+    if not checks[0]["blocker"]:
+        checks.append(check_io_uring_disabled())
+        checks.extend(check_io_uring())
+    checks.extend(check_ebpf())
+    checks.extend(check_limits())
+    blockers = [c for c in checks if c["blocker"]]
+    return {"version": __version__, "kernel": platform.release(), "can_run": not blockers,
+            "checks": checks}
+
+
+_MARK = {"ok": "ok     ", "warn": "warn   ", "missing": "missing"}
+
+
+def render(doc: dict) -> str:
+    lines = [f"uproxy {doc['version']} doctor — Linux {doc['kernel']}", ""]
+    for c in doc["checks"]:
+        lines.append(f"  [{_MARK.get(c['status'], c['status'])}] {c['name']:<22} {c['detail']}")
+        if c["fix"] and c["status"] != "ok":
+            lines.append(f"  {'':9} {'':<22} -> {c['fix']}")
+    lines.append("")
+    if doc["can_run"]:
+        lines.append("uproxy can run on this host.")
+    else:
+        lines.append("uproxy cannot run on this host: " +
+                     "; ".join(c["detail"] for c in doc["checks"] if c["blocker"]))
+    return "\n".join(lines)
+
+
+def run(as_json: bool = False) -> int:
+    doc = collect()
+    if as_json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render(doc))
+    sys.stdout.flush()
+    return 0 if doc["can_run"] else 1

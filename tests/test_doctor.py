@@ -1,0 +1,79 @@
+"""uproxy doctor: human and JSON output, the too-old-kernel explanation."""
+import json
+import os
+import subprocess
+import sys
+
+from support import ROOT
+from uproxy import doctor, features
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "uproxy", "doctor", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_json_has_every_check_with_a_status():
+    r = _run("--json")
+    assert r.returncode in (0, 1), r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["can_run"] == (r.returncode == 0)
+    names = {c["name"]: c for c in doc["checks"]}
+    for key in ("kernel", "io_uring_disabled", "io_uring", "io_uring_setup_flags",
+                "uproxy_features", "kernel_headers", "btf", "tracefs", "ebpf", "pmu",
+                "memlock", "open_files"):
+        assert key in names, key
+    for c in doc["checks"]:
+        assert c["status"] in ("ok", "warn", "missing"), c
+        assert c["detail"]
+        if c["status"] != "ok":
+            assert c["fix"], f"{c['name']} is {c['status']} without saying what to do"
+    assert names["io_uring"]["source"].startswith(("python-liburing", "uproxy C core"))
+    assert isinstance(names["pmu"]["present"], bool)
+    assert names["kernel"]["release"] == os.uname().release
+    # this host runs uproxy (the rest of the test suite depends on it)
+    assert doc["can_run"] and r.returncode == 0
+
+
+def test_human_output_has_a_line_per_check():
+    r = _run()
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "doctor" in out.splitlines()[0]
+    for key in ("kernel", "io_uring", "kernel_headers", "ebpf", "pmu", "memlock", "open_files"):
+        assert any(l.split("]")[-1].split()[0] == key for l in out.splitlines() if "]" in l), key
+    assert "uproxy can run on this host." in out
+    pmu = [l for l in out.splitlines() if "] pmu " in l][0]
+    assert ("[ok" in pmu) or ("no PMU on this host" in pmu)
+
+
+def test_too_old_kernel_is_explained_and_blocks():
+    why = features.kernel_too_old("5.10.0-28-amd64")
+    assert why and "5.15" in why and "5.10.0-28-amd64" in why
+    c = doctor.check_kernel("5.10.0-28-amd64")
+    assert c["status"] == "missing" and c["blocker"] and c["fix"] == why
+    assert doctor.check_kernel("6.1.0-18-amd64")["status"] == "ok"
+    assert features.kernel_too_old("5.15.0-91-generic") is None
+
+
+def test_cannot_run_means_exit_1(monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "check_kernel",
+                        lambda release=None: doctor._check("kernel", "missing", "Linux 5.4: too old",
+                                                           features.kernel_too_old("5.4.0"),
+                                                           blocker=True))
+    assert doctor.run(as_json=False) == 1
+    out = capsys.readouterr().out
+    assert "uproxy cannot run on this host" in out and "Upgrade the kernel" in out
+
+
+def test_io_uring_falls_back_to_the_core_probe(monkeypatch):
+    import liburing
+
+    def broken():
+        raise OSError(22, "Invalid argument")
+    monkeypatch.setattr(liburing, "probe", broken)
+    checks = {c["name"]: c for c in doctor.check_io_uring()}
+    assert checks["io_uring"]["status"] == "ok"
+    assert checks["io_uring"]["source"].startswith("uproxy C core (up_probe)")
+    assert "python-liburing failed" in checks["io_uring"]["source"]
+    assert checks["io_uring"]["ops"]["ACCEPT"] is True

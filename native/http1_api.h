@@ -60,6 +60,7 @@ struct h1_header {
     uint32_t line_len;        /* ... including its CRLF */
 };
 
+/* A field left 0, or no struct at all (NULL), takes the default. */
 struct h1_limits {
     uint32_t max_head;        /* bytes of the head (default 16384): 431 */
     uint32_t max_target;      /* bytes of the request-target (default 8192): 414 */
@@ -67,9 +68,12 @@ struct h1_limits {
 };
 
 struct h1_request {
-    uint32_t head_len;        /* bytes of the head including the empty line */
+    uint32_t head_len;        /* bytes of the head including the empty line
+                                 (and the skipped bytes below) */
     uint32_t line_len;        /* bytes of the request line including CRLF */
-    uint32_t skip;            /* empty lines before the request line (ignored) */
+    uint32_t skip;            /* bytes of empty lines (CRLFs) before the
+                                 request line, ignored: the request line
+                                 starts at buf + skip */
     uint8_t method;           /* enum h1_method */
     uint8_t minor;            /* HTTP/1.<minor>: 0 or 1 */
     uint8_t body;             /* NONE, LENGTH or CHUNKED */

@@ -19,8 +19,12 @@ import ctypes as ct
 import os
 import platform
 import sys
+import warnings
 
 from . import btf, pmu as pmu_mod, tpformat
+
+# bcc 0.26 warns about str names where it wants bytes; the names are ASCII
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"bcc(\.|$)")
 
 SETS = ("uring", "sched", "softirq", "tcp", "cpu")
 
@@ -236,14 +240,14 @@ class Probes:
                 b.cleanup()
 
     def _fill_maps(self, b, sets):
-        w = b["workers"]
+        w = b[b"workers"]
         for idx, tid in self.workers:
             w[ct.c_uint32(tid)] = ct.c_uint32(idx)
         if "tcp" in sets:
             for p in self.lports:
-                b["lports"][ct.c_uint16(p)] = ct.c_uint8(1)
+                b[b"lports"][ct.c_uint16(p)] = ct.c_uint8(1)
             for p in self.uports:
-                b["uports"][ct.c_uint16(p)] = ct.c_uint8(1)
+                b[b"uports"][ct.c_uint16(p)] = ct.c_uint8(1)
 
     def _attach(self, b, s):
         done = []
@@ -256,7 +260,7 @@ class Probes:
                     done.append(("raw", self._attach_raw(b, tp, fn)))
                 if s == "cpu":
                     for i, (_, typ, cfg) in enumerate(self.events):
-                        b[f"ev{i}"].open_perf_event(typ, cfg)
+                        b[f"ev{i}".encode()].open_perf_event(typ, cfg)
                     b.attach_perf_event(ev_type=pmu_mod.PERF_TYPE_SOFTWARE, ev_config=0,
                                         fn_name=b"cpu_tick", sample_freq=CPU_TICK_HZ)
                     done.append(("perf", None))
@@ -298,14 +302,14 @@ class Probes:
         g = _zero_global()
         softirq = {}
         for b, sets in self.objects:
-            wt = b["wstats"]
+            wt = b[b"wstats"]
             for i in range(self.nw):
                 v = wt[ct.c_int(i)]
                 _add_worker(workers[i], v, len(self.events))
             if "tcp" in sets:
-                _add_global(g, b["gstats"][ct.c_int(0)])
+                _add_global(g, b[b"gstats"][ct.c_int(0)])
             if "softirq" in sets:
-                t = b["softirq_ns"]
+                t = b[b"softirq_ns"]
                 for vec in range(len(SOFTIRQS)):
                     per_cpu = t[ct.c_int(vec)]
                     for cpu, ns in enumerate(per_cpu):

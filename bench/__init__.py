@@ -1,0 +1,1 @@
+"""scripts/bench: uproxy against nginx, HAProxy, Traefik, Envoy and Caddy."""

@@ -1,0 +1,232 @@
+"""scripts/bench: uproxy against its peers, in interleaved rounds, then the
+gates of DESIGN.md section 3. See docs/benchmarks.md."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+from . import accounting, env, gates, report, workloads
+from .peers import ALL_WORKLOADS, StartError, all_contenders
+from .upstream import Upstream
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    p.add_argument("--quick", action="store_true",
+                   help="a check of about 2 minutes: 1 round, short runs, fewer idle connections")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
+    p.add_argument("--duration", type=float, help="seconds measured per run (default 5; --quick 2; wrk counts whole seconds)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 1; --quick 0.5)")
+    p.add_argument("--connections", type=int, default=64, help="client connections for HTTP runs (64)")
+    p.add_argument("--idle-conns", type=int, help="idle connections for the memory run (5000)")
+    p.add_argument("--rate-fraction", type=float, default=0.6,
+                   help="fixed-rate run at this fraction of nginx's http64 peak (0.6)")
+    p.add_argument("--only", help="comma-separated contenders (uproxy,nginx,...)")
+    p.add_argument("--workloads", help=f"comma-separated workloads ({','.join(ALL_WORKLOADS)})")
+    p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
+    p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
+    p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
+    p.add_argument("--requests", type=int, help="requests measured under callgrind (2000; --quick 300)")
+    p.add_argument("--noise-threshold", type=float, default=0.10,
+                   help="flag a run when other processes used more than this many CPUs on average (0.10)")
+    p.add_argument("--out", help="results directory (default bench-results/<time>)")
+    p.add_argument("--docs", dest="docs", action="store_true", default=None,
+                   help="write docs/benchmarks.md and docs/bench-*.png (default for full runs)")
+    p.add_argument("--no-docs", dest="docs", action="store_false")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a gate fails or is pending")
+    p.add_argument("--bench-venv", default=os.environ.get("UPROXY_BENCH_VENV",
+                                                          os.path.expanduser("~/.cache/uproxy/bench-venv")))
+    p.add_argument("--from-json", help="only re-render the report from a results.json")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.rounds = a.rounds or (1 if q else 3)
+    a.duration = a.duration or (2.0 if q else 5.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
+    a.idle_conns = a.idle_conns or 5000
+    a.requests = a.requests or (300 if q else 2000)
+    if a.docs is None:
+        a.docs = not q and not a.only and not a.workloads
+    return a
+
+
+def say(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.from_json:
+        with open(a.from_json) as f:
+            res = json.load(f)
+        report.write_all(res, os.path.dirname(os.path.abspath(a.from_json)), a.docs, a.bench_venv)
+        return 0
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = a.out or os.path.join(env.ROOT, "bench-results", stamp + ("-quick" if a.quick else ""))
+    os.makedirs(out, exist_ok=True)
+    run_dir = os.path.join(out, "run")
+    os.makedirs(run_dir, exist_ok=True)
+    os.chmod(out, 0o755)
+    os.chmod(run_dir, 0o755)
+    ctx = env.Ctx(a, run_dir)
+    nofile = env.raise_nofile()
+    # This process (and the idle connections it opens) stays off the proxy CPUs.
+    os.sched_setaffinity(0, ctx.load_cpus)
+    ctx.our_pids.add(os.getpid())
+
+    t_start = time.monotonic()
+    res = {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "quick": a.quick,
+        "settings": {k: v for k, v in vars(a).items() if k not in ("from_json",)},
+        "machine": env.machine(),
+        "cpus": {"proxy": ctx.proxy_cpus, "load": ctx.load_cpus},
+        "nofile": nofile,
+        "tools": {},
+        "contenders": {},
+        "rounds": [],
+        "missing": {},
+    }
+    say(f"results in {out}; proxy on CPU {ctx.proxy_cpus}, load and upstream on CPU {ctx.load_cpus}")
+    if len(ctx.load_cpus) == 0 or set(ctx.load_cpus) & set(ctx.proxy_cpus):
+        say("warning: the proxy shares CPUs with the load generator; per-request CPU stays comparable, "
+            "req/s does not")
+
+    # ---- tools ----------------------------------------------------------------
+    ctx.tools = {n: env.tool(n) for n in ("wrk", "iperf3", "valgrind", "callgrind_control", "perf", "gcc",
+                                          "nginx", "taskset")}
+    res["tools"] = {n: (v or None) for n, v in ctx.tools.items()}
+    if not ctx.tools["taskset"] or not ctx.tools["gcc"] or not ctx.tools["nginx"]:
+        say("error: taskset, gcc and nginx are needed (run scripts/setup --bench)")
+        return 2
+    ctx.loadgen = os.path.join(run_dir, "loadgen")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", ctx.loadgen,
+                    os.path.join(env.HERE, "loadgen.c")], check=True)
+    res["pmu"] = env.pmu()
+
+    # ---- contenders -------------------------------------------------------------
+    conts = all_contenders(ctx)
+    if a.only:
+        want = set(a.only.split(","))
+        unknown = want - {c.name for c in conts}
+        if unknown:
+            say(f"error: unknown contenders {sorted(unknown)}; known: {[c.name for c in conts]}")
+            return 2
+        conts = [c for c in conts if c.name in want]
+    wls = list(ALL_WORKLOADS)
+    if a.workloads:
+        wls = [w for w in a.workloads.split(",") if w]
+        bad = set(wls) - set(ALL_WORKLOADS)
+        if bad:
+            say(f"error: unknown workloads {sorted(bad)}; known: {list(ALL_WORKLOADS)}")
+            return 2
+    # nginx first: its http64 peak in round 1 sets the fixed rate.
+    conts.sort(key=lambda c: 0 if c.name == "nginx" else 1)
+    present = []
+    for c in conts:
+        why = c.missing()
+        info = {"label": c.label, "family": c.family, "tuning": c.tuning, "missing": why,
+                "version": "" if why else c.version(), "skipped": {}}
+        for w in ALL_WORKLOADS:
+            s = c.skip(w) if not why else why
+            if s:
+                info["skipped"][w] = s
+        res["contenders"][c.name] = info
+        if why:
+            res["missing"][c.name] = why
+            say(f"MISSING {c.name}: {why}")
+        else:
+            present.append(c)
+    for w, t in (("http64", "wrk"), ("http64k", "wrk"), ("newconn", "wrk"), ("l4_1", "iperf3"),
+                 ("l4_64", "iperf3")):
+        if not ctx.tools.get(t) and w in wls:
+            say(f"MISSING tool {t}: workload {w} cannot run (scripts/setup --bench)")
+            res["missing"][f"tool:{t}"] = f"{t} not installed; {w} not run"
+            wls.remove(w)
+    res["workloads"] = wls
+    # The fixed rate comes from nginx's http64 peak, or the first peer's.
+    refs = [c.name for c in present if c.name == "nginx"] + \
+        [c.name for c in present if c.family != "uproxy" and not c.skip("http64")]
+    ctx.rate_ref = refs[0] if refs else None
+
+    upstream = Upstream(ctx)
+    ctx.upstream = upstream
+    ctx.rate = None
+    try:
+        upstream.start()
+        res["upstream"] = {"http_port": ctx.upstream_port, "iperf_port": ctx.iperf_port,
+                           "nginx_workers": max(1, len(ctx.load_cpus))}
+        for rnd in range(1, a.rounds + 1):
+            say(f"round {rnd}/{a.rounds}")
+            rows = {}
+            for c in present:
+                todo = [w for w in wls if not c.skip(w)]
+                if not todo:
+                    continue
+                rows[c.name] = run_contender(ctx, c, rnd, todo, res)
+            res["rounds"].append(rows)
+        # ---- uproxy alone: instructions, cache misses, allocations, PMU ----
+        if not a.no_valgrind and (not a.only or "uproxy" in a.only.split(",")):
+            from . import valgrind
+            res["uproxy_profile"] = valgrind.profile(ctx, say)
+        else:
+            res["uproxy_profile"] = {"skipped": "--no-valgrind" if a.no_valgrind else "uproxy not selected"}
+    finally:
+        upstream.stop()
+    res["elapsed_s"] = time.monotonic() - t_start
+    res["summary"] = report.summarize(res, a.noise_threshold)
+    res["gates"] = gates.check(res)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    report.write_all(res, out, a.docs, a.bench_venv)
+    print(report.console(res))
+    say(f"done in {res['elapsed_s']:.0f}s; results: {out}/results.json")
+    if a.strict and any(g["status"] != "PASS" for g in res["gates"]):
+        return 1
+    return 0
+
+
+def run_contender(ctx, c, rnd, todo, res) -> dict:
+    rows = {}
+    t0 = time.monotonic()
+    try:
+        c.start(rnd)
+    except StartError as e:
+        say(f"  {c.name}: did not start: {e}")
+        for w in todo:
+            rows[w] = {"error": f"did not start: {str(e)[:500]}"}
+        return rows
+    try:
+        for w in todo:
+            if w == "rate" and ctx.rate is None:
+                rows[w] = {"error": "no fixed rate yet (nginx's http64 runs first)"}
+                continue
+            try:
+                r = workloads.RUNNERS[w](ctx, c)
+            except workloads.WorkloadError as e:
+                r = {"error": str(e)[:800]}
+            except Exception as e:  # keep the bench going; the row says what happened
+                r = {"error": f"{type(e).__name__}: {e}"[:800]}
+            rows[w] = r
+            say(f"  {c.name:15} {w:8} {report.short(w, r)}")
+            if w == "http64" and ctx.rate is None and r.get("rps") and c.name == ctx.rate_ref:
+                # The fixed rate: a fraction of nginx's keep-alive peak, measured
+                # first thing in round 1 (or of the first peer's, without nginx).
+                a = ctx.args
+                ctx.rate = a.rate_fraction * r["rps"]
+                res["rate"] = {"offered_rps": ctx.rate, "fraction": a.rate_fraction,
+                               "from": f"{c.label}'s http64 peak in round {rnd}"}
+                say(f"  fixed rate: {ctx.rate:.0f} req/s ({a.rate_fraction:.0%} of {c.name}'s {r['rps']:.0f})")
+            if c.proc is None or c.proc.poll() is not None:
+                say(f"  {c.name} is not running any more; its remaining workloads are skipped")
+                for w2 in todo[todo.index(w) + 1:]:
+                    rows[w2] = {"error": f"{c.name} exited during {w}"}
+                break
+    finally:
+        c.stop()
+    rows["_seconds"] = time.monotonic() - t0
+    return rows

@@ -1,0 +1,170 @@
+"""The contenders: one module per proxy. Each knows whether it is installed,
+renders its configuration into the run's directory, starts itself with one
+worker pinned to the proxy CPU(s), and names the pids whose CPU and memory
+are the proxy's.
+
+A contender is one (proxy, tuning) pair: nginx and nginx with larger
+buffers are two contenders, so that each appears as its own row.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+from .. import accounting
+
+HTTP_WORKLOADS = ("idle", "http64", "http64k", "rate", "newconn")
+L4_WORKLOADS = ("l4_1", "l4_64")
+ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StartError(Exception):
+    pass
+
+
+class Contender:
+    name = "?"            # row name, e.g. "nginx-bigbuf"
+    family = "?"          # proxy, e.g. "nginx"
+    label = "?"           # how the row reads in tables
+    tuning = ""           # one line: what differs from the defaults
+    # Workloads this contender runs, and the reason for the others.
+    workloads = ALL_WORKLOADS
+    skip_reasons: dict = {}
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.proc = None
+        self.pids = []
+        self.http_port = None
+        self.l4_port = None
+        self.dir = None
+        self.log_path = None
+
+    # ---- what the harness asks -------------------------------------------
+    def missing(self) -> str | None:
+        """None if installed, else why not (and how to get it)."""
+        return None
+
+    def version(self) -> str:
+        return ""
+
+    def skip(self, workload: str) -> str | None:
+        """None if the workload applies, else a sentence saying why not."""
+        if workload in self.skip_reasons:
+            return self.skip_reasons[workload]
+        if workload not in self.workloads:
+            return "not applicable"
+        return None
+
+    def http_base(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    # ---- life cycle --------------------------------------------------------
+    def render(self) -> list:
+        """Writes configuration files into self.dir; returns the argv."""
+        raise NotImplementedError
+
+    def env(self) -> dict:
+        return dict(os.environ)
+
+    def start(self, round_no: int):
+        self.dir = os.path.join(self.ctx.run_dir, f"r{round_no}-{self.name}")
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.http_port = free_port()
+        self.l4_port = free_port()
+        argv = self.render()
+        self.log_path = os.path.join(self.dir, "proxy.log")
+        log = open(self.log_path, "w")
+        cpus = ",".join(map(str, self.ctx.proxy_cpus))
+        self.proc = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.env(), cwd=self.dir, start_new_session=True)
+        log.close()
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        time.sleep(0.2)
+        self.pids = accounting.tree(self.proc.pid)
+
+    def output(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        last = ""
+        want_http = any(self.skip(w) is None for w in HTTP_WORKLOADS)
+        want_l4 = any(self.skip(w) is None for w in L4_WORKLOADS)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StartError(f"{self.name} exited with {self.proc.returncode}: {self.output()}")
+            ok = True
+            if want_http:
+                try:
+                    with urllib.request.urlopen(f"http://{self.http_base()}/64", timeout=1) as r:
+                        body = r.read()
+                        ok = r.status == 200 and len(body) == 64
+                        last = f"HTTP {r.status}, {len(body)} bytes"
+                except Exception as e:  # not up yet, or routes not loaded yet
+                    ok, last = False, str(e)
+            if ok and want_l4:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.l4_port), timeout=1):
+                        pass
+                except OSError as e:
+                    ok, last = False, f"L4 port: {e}"
+            if ok:
+                return
+            time.sleep(0.1)
+        raise StartError(f"{self.name} not ready after {timeout:.0f}s ({last}): {self.output()}")
+
+    def stop(self):
+        if not self.proc:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(5)
+        self.proc = None
+
+
+def write(path: str, text: str):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def all_contenders(ctx) -> list:
+    from . import caddy, envoy, haproxy, nginx, traefik, uproxy
+    return [
+        uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx),
+        nginx.Nginx(ctx), nginx.NginxBigbuf(ctx),
+        haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx),
+        traefik.Traefik(ctx), traefik.TraefikFast(ctx),
+        envoy.Envoy(ctx),
+        caddy.Caddy(ctx),
+    ]

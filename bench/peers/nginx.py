@@ -1,0 +1,121 @@
+"""nginx (Debian's package), as a reverse proxy with one worker.
+
+Tuning, from nginx's documentation: upstream keep-alive (an upstream block
+with `keepalive`, `proxy_http_version 1.1` and an empty Connection header),
+no access log, error log at `error`, generous keepalive_requests. The
+"bigbuf" contender also raises the proxy buffers (stock: one 4 KiB header
+buffer and 8 x 4 KiB body buffers, which costs nginx about half its 64 KiB
+throughput) and the stream module's proxy_buffer_size (stock 16 KiB).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from . import Contender, write
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def nginx_missing() -> str | None:
+    if not os.path.exists(NGINX):
+        return "nginx is not installed (Debian: apt-get install nginx, or scripts/setup --bench)"
+    return None
+
+
+def nginx_version() -> str:
+    try:
+        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr
+        return out.strip().split("/")[-1]
+    except OSError:
+        return ""
+
+
+def common_main(d: str, workers: int) -> str:
+    return f"""worker_processes {workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log error;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+"""
+
+
+def temp_paths(d: str) -> str:
+    return (f"  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n"
+            f"  fastcgi_temp_path {d}/tmp-fcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n"
+            f"  scgi_temp_path {d}/tmp-scgi;\n")
+
+
+class Nginx(Contender):
+    name = "nginx"
+    family = "nginx"
+    label = "nginx"
+    tuning = "upstream keepalive 256, proxy_http_version 1.1, access_log off; stock proxy buffers"
+    bigbuf = False
+    workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64")
+
+    def missing(self):
+        return nginx_missing()
+
+    def version(self):
+        return nginx_version()
+
+    def skip(self, workload):
+        if workload.startswith("l4") and not os.path.exists(STREAM_MODULE):
+            return "no stream module (Debian: apt-get install libnginx-mod-stream)"
+        return super().skip(workload)
+
+    def render(self):
+        d, c = self.dir, self.ctx
+        buffers = ("      proxy_buffer_size 64k;\n      proxy_buffers 4 64k;\n"
+                   "      proxy_busy_buffers_size 128k;\n") if self.bigbuf else ""
+        sbuf = "    proxy_buffer_size 256k;\n" if self.bigbuf else ""
+        stream = ""
+        if os.path.exists(STREAM_MODULE):
+            stream = f"""
+stream {{
+  server {{
+    listen 127.0.0.1:{self.l4_port} backlog=4096;
+    proxy_pass 127.0.0.1:{c.iperf_port};
+{sbuf}  }}
+}}
+"""
+        conf = (f"load_module {STREAM_MODULE};\n" if stream else "") + common_main(d, 1) + f"""
+http {{
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+{temp_paths(d)}
+  upstream up {{
+    server 127.0.0.1:{c.upstream_port};
+    keepalive 256;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{self.http_port} backlog=4096;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+{buffers}    }}
+  }}
+}}
+""" + stream
+        write(os.path.join(d, "nginx.conf"), conf)
+        return [NGINX, "-p", d, "-e", os.path.join(d, "error.log"), "-c", os.path.join(d, "nginx.conf")]
+
+
+class NginxBigbuf(Nginx):
+    name = "nginx-bigbuf"
+    label = "nginx, larger buffers"
+    tuning = ("as nginx, plus proxy_buffer_size 64k, proxy_buffers 4 64k, proxy_busy_buffers_size 128k; "
+              "stream proxy_buffer_size 256k")
+    bigbuf = True
+    workloads = ("http64k", "l4_1", "l4_64")
+    skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
+                    for w in ("idle", "http64", "rate", "newconn")}

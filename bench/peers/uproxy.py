@@ -1,0 +1,114 @@
+"""uproxy itself: `uproxy run -c FILE --workers 1`, pinned with taskset (the
+worker pins itself to an allowed CPU). Upstream keep-alive is uproxy's
+default. Two contenders: the default (splice forwarding for L4) and
+buffered forwarding (L4 only; the HTTP path is the same in both).
+
+HTTP listeners (`mode = "http"`) are detected with `uproxy check`: until the
+L7 core lands, the HTTP workloads read "not available yet".
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from . import Contender, free_port, write
+
+_HTTP_STATE: dict = {}
+
+
+class Uproxy(Contender):
+    name = "uproxy"
+    family = "uproxy"
+    label = "uproxy"
+    tuning = "defaults (splice forwarding for L4), --workers 1"
+    forwarding = "splice"
+
+    def binary(self):
+        return os.path.join(self.ctx.root, ".venv", "bin", "uproxy")
+
+    def missing(self):
+        if not os.access(self.binary(), os.X_OK):
+            return "uproxy is not built (run scripts/setup)"
+        return None
+
+    def version(self):
+        try:
+            r = subprocess.run([self.binary(), "--version"], capture_output=True, text=True, timeout=30)
+            v = r.stdout.strip().split()[-1]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            v = "?"
+        try:
+            rev = subprocess.run(["git", "-C", self.ctx.root, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", self.ctx.root, "status", "--porcelain", "--", "native", "src"],
+                                   capture_output=True, text=True).stdout.strip()
+            return f"{v} ({rev}{'+dirty' if dirty else ''})"
+        except OSError:
+            return v
+
+    def http_available(self) -> str | None:
+        """None if this build has HTTP listeners, else uproxy's own words."""
+        if "why" not in _HTTP_STATE:
+            d = self.ctx.run_dir
+            path = os.path.join(d, "uproxy-http-probe.toml")
+            write(path, self.config_text(free_port(), None, free_port(), with_http=True))
+            r = subprocess.run([self.binary(), "check", "-c", path], capture_output=True, text=True,
+                               timeout=60)
+            _HTTP_STATE["why"] = None if r.returncode == 0 else (
+                "not available yet: " + (r.stderr.strip().splitlines() or ["uproxy check failed"])[-1]
+                .split(": ")[-1])
+        return _HTTP_STATE["why"]
+
+    def skip(self, workload):
+        s = super().skip(workload)
+        if s:
+            return s
+        if workload in ("http64", "http64k", "rate", "newconn") and self.http_available():
+            return self.http_available()
+        return None
+
+    def idle_mode(self) -> str:
+        """The idle-memory workload runs on the HTTP listener, or on a tcp
+        listener in front of the same upstream while HTTP is not there."""
+        return "http" if not self.http_available() else "tcp"
+
+    def config_text(self, http_port, l4_port, l4http_port, with_http):
+        c = self.ctx
+        out = ["[proxy]", "workers = 1", "max_connections = 16384", ""]
+        if with_http:
+            out += ["[[listeners]]", 'name = "http"', f'bind = "127.0.0.1:{http_port}"',
+                    'mode = "http"', 'cluster = "up"', ""]
+        if l4_port:
+            out += ["[[listeners]]", 'name = "l4"', f'bind = "127.0.0.1:{l4_port}"', 'mode = "tcp"',
+                    'cluster = "iperf"', f'forwarding = "{self.forwarding}"', ""]
+        # A tcp listener in front of the HTTP upstream: the idle-memory,
+        # callgrind and allocation runs use it while HTTP is not available.
+        out += ["[[listeners]]", 'name = "l4http"', f'bind = "127.0.0.1:{l4http_port}"', 'mode = "tcp"',
+                'cluster = "up"', f'forwarding = "{self.forwarding}"', ""]
+        out += ["[[clusters]]", 'name = "up"', f'servers = ["127.0.0.1:{c.upstream_port}"]', ""]
+        out += ["[[clusters]]", 'name = "iperf"', f'servers = ["127.0.0.1:{c.iperf_port}"]', ""]
+        return "\n".join(out)
+
+    def render(self):
+        self.l4http_port = free_port()
+        with_http = not self.http_available()
+        path = os.path.join(self.dir, "uproxy.toml")
+        write(path, self.config_text(self.http_port, self.l4_port, self.l4http_port, with_http))
+        self.config_path = path
+        return [self.binary(), "run", "-c", path, "--workers", "1"]
+
+    def http_base(self):
+        # The readiness probe and the idle workload use this address.
+        if self.http_available():
+            return f"127.0.0.1:{self.l4http_port}"
+        return f"127.0.0.1:{self.http_port}"
+
+
+class UproxyBuffered(Uproxy):
+    name = "uproxy-buffered"
+    label = "uproxy, buffered"
+    tuning = 'as uproxy, with forwarding = "buffered" (recv/send through provided buffers)'
+    forwarding = "buffered"
+    workloads = ("l4_1", "l4_64")
+    skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
+                    for w in ("idle", "http64", "http64k", "rate", "newconn")}

@@ -1,0 +1,357 @@
+"""Summaries (medians, min-max, per-round ratios, noise flags), the console
+table, results.json's companions, docs/benchmarks.md and the PNG charts."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+
+from .workloads import METRICS, TITLES
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ORDER = ["uproxy", "uproxy-buffered", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
+         "envoy", "traefik", "traefik-fast", "caddy"]
+
+
+def _noisy(r, threshold):
+    n = r.get("noise")
+    if not n or not n.get("wall_s"):
+        return None
+    other = n["other_cpu_s"] / n["wall_s"]
+    why = []
+    if other > threshold:
+        why.append(f"other processes used {other:.2f} CPUs ({', '.join(n.get('other_top', [])[:3])})")
+    if n.get("steal_frac", 0) > 0.02:
+        why.append(f"steal {n['steal_frac']:.1%}")
+    return "; ".join(why) or None
+
+
+def summarize(res, threshold=0.10) -> dict:
+    out = {}
+    rounds = res["rounds"]
+    for w in res.get("workloads", []):
+        ws = out[w] = {}
+        for name, info in res["contenders"].items():
+            if info.get("missing"):
+                ws[name] = {"missing": info["missing"]}
+                continue
+            if w in info["skipped"]:
+                ws[name] = {"skipped": info["skipped"][w]}
+                continue
+            rs = [(i + 1, rd.get(name, {}).get(w)) for i, rd in enumerate(rounds)]
+            rs = [(i, r) for i, r in rs if r is not None]
+            entry = {"metrics": {}, "errors": [], "noisy": {}, "rounds": len(rs)}
+            for i, r in rs:
+                if "error" in r:
+                    entry["errors"].append(f"round {i}: {r['error']}")
+                    continue
+                nz = _noisy(r, threshold)
+                if nz:
+                    entry["noisy"][i] = nz
+                if r.get("errors"):
+                    entry.setdefault("request_errors", []).append(f"round {i}: {r.get('error_detail')}")
+            for key, _, _ in METRICS[w] + ([("mode", "", "")] if w == "idle" else []):
+                vals = [(i, r.get(key)) for i, r in rs if "error" not in r and r.get(key) is not None]
+                if key == "mode":
+                    if vals:
+                        entry["mode"] = vals[0][1]
+                    continue
+                if not vals:
+                    continue
+                v = [x for _, x in vals]
+                entry["metrics"][key] = {"median": statistics.median(v), "min": min(v), "max": max(v),
+                                         "n": len(v), "by_round": {i: x for i, x in vals}}
+            ws[name] = entry
+        # Per-round ratios against nginx (the reference peer) for the first metric.
+        key = METRICS[w][0][0]
+        ref = ws.get("nginx", {}).get("metrics", {}).get(key, {}).get("by_round")
+        if ref:
+            for name, e in ws.items():
+                m = e.get("metrics", {}).get(key)
+                if not m:
+                    continue
+                ratios = [m["by_round"][i] / ref[i] for i in m["by_round"] if ref.get(i)]
+                if ratios:
+                    e["ratio_vs_nginx"] = {"metric": key, "median": statistics.median(ratios),
+                                           "min": min(ratios), "max": max(ratios)}
+    return out
+
+
+def short(w, r) -> str:
+    if "error" in r:
+        return "ERROR " + r["error"][:200]
+    if w == "idle":
+        return (f"{r['kib_per_conn']:.2f} KiB/conn ({r['alive']}/{r['connections']} alive, "
+                f"RSS {r['rss_before_kib']}->{r['rss_after_kib']} KiB, mode {r['mode']})")
+    nz = r.get("noise", {})
+    tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
+    if w.startswith("l4"):
+        return f"{r['gbps']:.2f} Gbit/s, {r['cpu_s_per_gib']:.3f} CPU-s/GiB{tail}"
+    if w == "rate":
+        return (f"{r['achieved_rps']:.0f}/{r['offered_rps']:.0f} req/s, p50 {r['p50_ms']:.2f} p99 "
+                f"{r['p99_ms']:.2f} p99.9 {r['p999_ms']:.2f} ms, {r['cpu_us_per_req']:.1f} CPU-µs/req, "
+                f"errors {r['errors']}{tail}")
+    return (f"{r['rps']:.0f} req/s, {r['cpu_us_per_req']:.1f} CPU-µs/req, p99 {r['p99_ms']:.2f} ms, "
+            f"errors {r['errors']}{tail}")
+
+
+def _fmt(v, key):
+    if v is None:
+        return "–"
+    if key in ("rps", "achieved_rps"):
+        return f"{v:,.0f}"
+    if key == "cpu_s_per_gib":
+        return f"{v:.3f}"
+    if key in ("gbps", "kib_per_conn"):
+        return f"{v:.2f}"
+    if key.endswith("_ms"):
+        return f"{v:.2f}"
+    return f"{v:.1f}"
+
+
+def _cell(e, key, with_range=True):
+    m = e.get("metrics", {}).get(key)
+    if not m:
+        return None
+    s = _fmt(m["median"], key)
+    if with_range and m["n"] > 1:
+        s += f" ({_fmt(m['min'], key)}–{_fmt(m['max'], key)})"
+    return s
+
+
+def _ordered(names):
+    return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else 99)
+
+
+def tables(res, with_range=True) -> str:
+    """One markdown table per workload."""
+    out = []
+    summ = res["summary"]
+    for w in res.get("workloads", []):
+        ws = summ.get(w, {})
+        mets = METRICS[w]
+        out.append(f"### {TITLES[w]}\n")
+        if w == "rate" and res.get("rate"):
+            out.append(f"Offered: {res['rate']['offered_rps']:,.0f} req/s "
+                       f"({res['rate']['fraction']:.0%} of {res['rate']['from']}).\n")
+        head = ["contender"] + [label for _, label, _ in mets] + ["vs nginx", "notes"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for name in _ordered(ws):
+            e = ws[name]
+            label = res["contenders"][name]["label"]
+            if "missing" in e:
+                out.append(f"| {label} | " + " | ".join(["–"] * len(mets)) + f" | – | missing: {e['missing']} |")
+                continue
+            if "skipped" in e:
+                continue
+            cells = [_cell(e, k, with_range) or "–" for k, _, _ in mets]
+            r = e.get("ratio_vs_nginx")
+            ratio = f"{r['median']:.2f}x" if r else "–"
+            notes = []
+            if e.get("mode") == "tcp":
+                notes.append("tcp listener (HTTP not available yet)")
+            if e.get("noisy"):
+                notes.append(f"noisy rounds {sorted(e['noisy'])}")
+            if e.get("errors"):
+                notes.append("; ".join(x[:160] for x in e["errors"][:2]))
+            if e.get("request_errors"):
+                notes.append("request errors: " + "; ".join(e["request_errors"][:2])[:200])
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {' '.join(notes)} |")
+        skipped = [(n, ws[n]["skipped"]) for n in _ordered(ws) if "skipped" in ws[n]
+                   and not ws[n]["skipped"].startswith("same as")]
+        if skipped:
+            out.append("")
+            out.append("Not run: " + "; ".join(f"{res['contenders'][n]['label']}: {why}" for n, why in skipped)
+                       + ".")
+        out.append("")
+    return "\n".join(out)
+
+
+def profile_md(res) -> str:
+    p = res.get("uproxy_profile") or {}
+    if "skipped" in p:
+        return f"Not measured ({p['skipped']}).\n"
+    out = []
+    cg = p.get("callgrind", {})
+    if cg.get("error"):
+        out.append(f"- callgrind: could not run: {cg['error']}")
+    elif cg:
+        out.append(f"- Measured through: {cg['target']}; {cg['requests']:,} requests after "
+                   f"{cg['warmup']:,} of warm-up, worker thread only (valgrind {cg.get('valgrind', '')}).")
+        out.append(f"- Instructions per request: **{cg['ir_per_req']:,.0f}**")
+        out.append(f"- Simulated cache misses per request (callgrind --cache-sim=yes, cachegrind's model): "
+                   f"D1 {cg['d1_miss_per_req']:.1f}, LL {cg['ll_miss_per_req']:.2f}, I1 {cg['i1_miss_per_req']:.1f}")
+        out.append(f"- Other threads over the same window: {cg.get('other_threads', {})}")
+    al = p.get("allocations", {})
+    if al.get("error"):
+        out.append(f"- Allocations: could not measure: {al['error']}")
+    elif al:
+        out.append(f"- Heap allocations in the worker thread, LD_PRELOAD counter (tests/native/alloccount.c), "
+                   f"through {al['target']}: {al['a']} after warm-up + {al['n']:,} requests, {al['b']} after "
+                   f"warm-up + {al['n10']:,}: **{al['per_request']:.4f} per request** after warm-up.")
+    pm = p.get("perf", {})
+    if pm:
+        if pm.get("available"):
+            out.append(f"- perf (real PMU) per request: {pm.get('per_request')}")
+        else:
+            out.append(f"- Hardware counters (cycles, instructions, cache and branch misses): not measured: "
+                       f"{pm.get('why')}.")
+    return "\n".join(out) + "\n"
+
+
+def gates_md(res) -> str:
+    out = ["| gate | what | uproxy | bound (this run) | status |", "|---|---|---|---|---|"]
+    for g in res.get("gates", []):
+        out.append(f"| {g['id']} | {g['what']} | {g['value']} | {g['bound']} | **{g['status']}** |")
+    out.append("")
+    for g in res.get("gates", []):
+        if g.get("note"):
+            out.append(f"- {g['id']}: {g['note']}")
+    return "\n".join(out) + "\n"
+
+
+def contenders_md(res) -> str:
+    out = ["| contender | version | tuning | status |", "|---|---|---|---|"]
+    for name in _ordered(res["contenders"]):
+        c = res["contenders"][name]
+        st = f"missing: {c['missing']}" if c.get("missing") else "ran"
+        out.append(f"| {c['label']} | {c.get('version') or '–'} | {c['tuning']} | {st} |")
+    return "\n".join(out) + "\n"
+
+
+def noise_md(res) -> str:
+    lines = []
+    for rn, rd in enumerate(res["rounds"], 1):
+        for name, rows in rd.items():
+            for w, r in rows.items():
+                if not isinstance(r, dict) or "noise" not in r:
+                    continue
+                nz = _noisy(r, res["settings"].get("noise_threshold", 0.1))
+                if nz:
+                    lines.append(f"- round {rn}, {name}, {w}: {nz}")
+    loads = [r["noise"]["loadavg_start"] for rd in res["rounds"] for rows in rd.values()
+             for r in rows.values() if isinstance(r, dict) and "noise" in r]
+    steal = [r["noise"]["steal_frac"] for rd in res["rounds"] for rows in rd.values()
+             for r in rows.values() if isinstance(r, dict) and "noise" in r]
+    head = ""
+    if loads:
+        head = (f"Load average at run starts: {min(loads):.2f}–{max(loads):.2f}; steal "
+                f"{max(steal):.1%} at most. ")
+    if not lines:
+        return head + "No run was flagged noisy.\n"
+    return head + f"{len(lines)} runs flagged noisy (other processes' CPU above the threshold):\n\n" + \
+        "\n".join(lines[:40]) + ("\n- …" if len(lines) > 40 else "") + "\n"
+
+
+def headline_md(res) -> str:
+    """The short table for the README: CPU per request and the gates."""
+    s = res["summary"]
+    rows = ["| proxy | 64 B: CPU-µs/req | 64 KiB: CPU-µs/req | L4 1 stream: Gbit/s, CPU-s/GiB | idle KiB/conn |",
+            "|---|---|---|---|---|"]
+    fams = {}
+    for name, c in res["contenders"].items():
+        fams.setdefault(c["family"], []).append(name)
+
+    def best(w, names, key, low=True):
+        vals = []
+        for n in names:
+            m = s.get(w, {}).get(n, {}).get("metrics", {}).get(key)
+            if m:
+                vals.append((m["median"], n))
+        if not vals:
+            return None
+        return (min if low else max)(vals)
+
+    for fam in ["uproxy", "nginx", "haproxy", "envoy", "traefik", "caddy"]:
+        names = fams.get(fam)
+        if not names:
+            continue
+        label = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy",
+                 "traefik": "Traefik", "caddy": "Caddy"}[fam]
+        if all(res["contenders"][n].get("missing") for n in names):
+            rows.append(f"| {label} | missing | | | |")
+            continue
+        a = best("http64", names, "cpu_us_per_req")
+        b = best("http64k", names, "cpu_us_per_req")
+        g = best("l4_1", names, "gbps", low=False)
+        cpg = s.get("l4_1", {}).get(g[1], {}).get("metrics", {}).get("cpu_s_per_gib") if g else None
+        m = best("idle", names, "kib_per_conn")
+        na = "n/a yet" if fam == "uproxy" else "–"
+        c1 = f"{a[0]:.1f}" if a else na
+        c2 = f"{b[0]:.1f}" if b else na
+        c3 = f"{g[0]:.1f}, {cpg['median']:.2f}" if g and cpg else "–"
+        c4 = f"{m[0]:.2f}" if m else "–"
+        rows.append(f"| {label} | {c1} | {c2} | {c3} | {c4} |")
+    return "\n".join(rows) + "\n"
+
+
+def console(res) -> str:
+    out = ["", tables(res, with_range=True), "Gates (DESIGN.md §3):"]
+    for g in res.get("gates", []):
+        out.append(f"  {g['id']} {g['status']:7} {g['what']}: uproxy {g['value']} vs {g['bound']}")
+    return "\n".join(out)
+
+
+def write_all(res, out, docs, bench_venv):
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(document(res, png_prefix=""))
+    charts = _charts(res, out, bench_venv)
+    if docs:
+        ddir = os.path.join(ROOT, "docs")
+        os.makedirs(ddir, exist_ok=True)
+        with open(os.path.join(ddir, "benchmarks.md"), "w") as f:
+            f.write(document(res, png_prefix=""))
+        for c in charts:
+            src = os.path.join(out, c)
+            if os.path.exists(src):
+                with open(src, "rb") as a, open(os.path.join(ddir, c), "wb") as b:
+                    b.write(a.read())
+
+
+def _charts(res, out, bench_venv) -> list:
+    py = os.path.join(bench_venv, "bin", "python")
+    import json
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump(res, f, default=str)
+    if not os.access(py, os.X_OK):
+        res.setdefault("notes", []).append(f"no charts: {py} missing (matplotlib lives in the bench venv)")
+        return []
+    r = subprocess.run([py, "-m", "bench.charts", path, out], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT, "MPLBACKEND": "Agg"})
+    if r.returncode != 0:
+        res.setdefault("notes", []).append(f"charts failed: {r.stderr.strip()[-300:]}")
+        return []
+    return [l.strip() for l in r.stdout.splitlines() if l.strip().endswith(".png")]
+
+
+def document(res, png_prefix="") -> str:
+    with open(os.path.join(HERE, "doc_template.md")) as f:
+        tpl = f.read()
+    m = res["machine"]
+    st = res["settings"]
+    run = (f"{res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) of "
+           f"{st['duration']} s per run (+{st['warmup']} s warm-up), {st['connections']} connections, "
+           f"{st['idle_conns']:,} idle connections; {res.get('elapsed_s', 0) / 60:.1f} minutes in all. "
+           f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_mib']:,} MiB, Linux {m['kernel']}, "
+           f"{m['os']}{', ' + m['virtualization'] if m.get('virtualization') else ''}. Proxy on CPU "
+           f"{','.join(map(str, res['cpus']['proxy']))}; load generators and upstream on CPU "
+           f"{','.join(map(str, res['cpus']['load']))}.")
+    missing = "".join(f"- **{k}**: {v}\n" for k, v in res.get("missing", {}).items()) or "None.\n"
+    rep = {
+        "{{RUN}}": run,
+        "{{HEADLINE}}": headline_md(res),
+        "{{GATES}}": gates_md(res),
+        "{{CONTENDERS}}": contenders_md(res),
+        "{{MISSING}}": missing,
+        "{{TABLES}}": tables(res),
+        "{{PROFILE}}": profile_md(res),
+        "{{NOISE}}": noise_md(res),
+        "{{PNG}}": png_prefix,
+    }
+    for k, v in rep.items():
+        tpl = tpl.replace(k, v)
+    return tpl

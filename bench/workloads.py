@@ -1,0 +1,290 @@
+"""The workloads. Each runs against one started contender and returns a
+dict of figures plus the machine's noise over the run.
+
+  idle     5,000 idle client connections: KiB of proxy RSS per connection
+  http64   HTTP/1.1 keep-alive, 64 B responses, wrk: req/s, latency, CPU-us/req
+  http64k  same with 64 KiB responses
+  rate     constant offered rate (60% of nginx's http64 peak), the bench's
+           open-loop generator (loadgen.c): p50/p99/p99.9 from scheduled
+           send times, CPU-us/req
+  newconn  a new connection per request (wrk, "Connection: close")
+  l4_1     iperf3 through the TCP proxy, one stream: Gbit/s, CPU-s/GiB
+  l4_64    the same with 64 parallel streams
+
+The proxy's CPU is utime+stime of its processes (all threads) from /proc,
+sampled just before the load generator starts and just after it exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+from .accounting import Window, fd_count, rss_of
+
+WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_report.lua")
+
+
+class WorkloadError(Exception):
+    pass
+
+
+def _run(ctx, cont, argv, timeout):
+    win = Window(cont.pids, ctx.our_pids).start()
+    try:
+        p = subprocess.run(ctx.pinned(argv), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkloadError(f"{argv[0]} did not finish within {timeout:.0f}s")
+    w = win.stop()
+    if cont.proc is not None and cont.proc.poll() is not None:
+        raise WorkloadError(f"{cont.name} died during the run (exit {cont.proc.returncode}): "
+                            f"{cont.output()[-800:]}")
+    return p, w
+
+
+def _json_line(text, marker=None):
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if marker and line.startswith(marker):
+            line = line[len(marker):].strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def warm(ctx, cont, path, headers=()):
+    """wrk for the warm-up time when it is a second or more (wrk counts
+    whole seconds), else a burst of 1,000 requests from loadgen."""
+    if ctx.args.warmup >= 1:
+        wrk(ctx, cont, path, ctx.args.warmup, headers)
+        return
+    ka = "0" if headers else "1"
+    subprocess.run(ctx.pinned([ctx.loadgen, "-a", cont.http_base(), "-p", path, "-c",
+                               str(ctx.args.connections), "-n", "1000", "-k", ka]),
+                   capture_output=True, timeout=60)
+
+
+def wrk(ctx, cont, path, duration, headers=()):
+    a = ctx.args
+    duration = max(1, int(round(duration)))
+    argv = [ctx.tools["wrk"], "-t", "1", "-c", str(a.connections), "-d", f"{duration}s",
+            "--timeout", "5s", "-s", WRK_LUA]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(f"http://{cont.http_base()}{path}")
+    p, w = _run(ctx, cont, argv, duration + 30)
+    r = _json_line(p.stdout, "JSON")
+    if not r:
+        raise WorkloadError(f"wrk gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}"
+                            f"{p.stdout.strip()[-400:]}")
+    reqs = r["requests"]
+    errs = sum(r["errors"].values())
+    if reqs == 0:
+        raise WorkloadError(f"wrk completed no request: errors {r['errors']}")
+    secs = r["duration_us"] / 1e6
+    out = {
+        "requests": reqs,
+        "rps": reqs / secs,
+        "cpu_us_per_req": w["proxy_cpu_s"] * 1e6 / reqs,
+        "proxy_cpu_s": w["proxy_cpu_s"],
+        "proxy_cpu_util": w["proxy_cpu_s"] / secs,
+        "p50_ms": r["p50"] / 1000, "p99_ms": r["p99"] / 1000, "p999_ms": r["p999"] / 1000,
+        "errors": errs, "error_detail": r["errors"],
+        "bytes": r["bytes"],
+        "noise": w,
+    }
+    return out
+
+
+def http64(ctx, cont):
+    warm(ctx, cont, "/64")
+    return wrk(ctx, cont, "/64", ctx.args.duration)
+
+
+def http64k(ctx, cont):
+    warm(ctx, cont, "/64k")
+    r = wrk(ctx, cont, "/64k", ctx.args.duration)
+    r["gbps"] = r["bytes"] * 8 / (r["requests"] / r["rps"]) / 1e9
+    return r
+
+
+def newconn(ctx, cont):
+    warm(ctx, cont, "/64", headers=("Connection: close",))
+    return wrk(ctx, cont, "/64", ctx.args.duration, headers=("Connection: close",))
+
+
+def rate(ctx, cont):
+    a = ctx.args
+    if not ctx.rate:
+        raise WorkloadError("no offered rate: nginx's http64 peak was not measured")
+    argv = [ctx.loadgen, "-a", cont.http_base(), "-p", "/64", "-c", str(a.connections),
+            "-r", f"{ctx.rate:.0f}", "-d", str(a.duration), "-w", str(a.warmup)]
+    p, w = _run(ctx, cont, argv, a.duration + a.warmup + 30)
+    r = _json_line(p.stdout)
+    if not r:
+        raise WorkloadError(f"loadgen gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+    if r["requests"] == 0:
+        raise WorkloadError(f"loadgen completed no request: {r['errors']}")
+    wall = w["wall_s"]
+    # The CPU window covers warm-up and measurement; so does this count.
+    total_reqs = max(1, r["requests_total"])
+    lat = r["latency_us"]
+    return {
+        "offered_rps": ctx.rate,
+        "achieved_rps": r["rate_achieved"],
+        "requests": r["requests"],
+        "late_unanswered": r["late_unanswered"],
+        "cpu_us_per_req": w["proxy_cpu_s"] * 1e6 / total_reqs,
+        "proxy_cpu_s": w["proxy_cpu_s"],
+        "proxy_cpu_util": w["proxy_cpu_s"] / wall,
+        "p50_ms": lat["p50"] / 1000, "p99_ms": lat["p99"] / 1000, "p999_ms": lat["p99.9"] / 1000,
+        "max_ms": lat["max"] / 1000,
+        "errors": sum(r["errors"].values()), "error_detail": r["errors"],
+        "timer": r["timer"],
+        "noise": w,
+    }
+
+
+def _iperf(ctx, cont, streams):
+    a = ctx.args
+    argv = [ctx.tools["iperf3"], "-c", "127.0.0.1", "-p", str(cont.l4_port), "-t", str(a.duration),
+            "-J", "--connect-timeout", "5000"]
+    if streams > 1:
+        argv += ["-P", str(streams)]
+    last = ""
+    for attempt in range(2):
+        p, w = _run(ctx, cont, argv, a.duration + 30)
+        try:
+            r = json.loads(p.stdout)
+        except ValueError:
+            r = {"error": p.stdout[-300:] + p.stderr[-300:]}
+        if "error" not in r and r.get("end", {}).get("sum_received"):
+            break
+        last = r.get("error", "no result")
+        ctx.upstream.restart_iperf()
+        time.sleep(0.5)
+    else:
+        raise WorkloadError(f"iperf3: {last}")
+    rec = r["end"]["sum_received"]
+    nbytes, secs = rec["bytes"], rec["seconds"]
+    return {
+        "streams": streams,
+        "bytes": nbytes,
+        "gbps": nbytes * 8 / secs / 1e9,
+        "cpu_s_per_gib": w["proxy_cpu_s"] / (nbytes / 2 ** 30) if nbytes else None,
+        "proxy_cpu_s": w["proxy_cpu_s"],
+        "proxy_cpu_util": w["proxy_cpu_s"] / w["wall_s"],
+        "retransmits": r["end"].get("sum_sent", {}).get("retransmits"),
+        "noise": w,
+    }
+
+
+def l4_1(ctx, cont):
+    return _iperf(ctx, cont, 1)
+
+
+def l4_64(ctx, cont):
+    return _iperf(ctx, cont, 64)
+
+
+def idle(ctx, cont):
+    """N client connections opened and left idle; (RSS after - RSS before)/N.
+    Before: after a short warm-up (so that lazily built state exists).
+    The connections come from this process, pinned to the load CPUs."""
+    n = ctx.args.idle_conns
+    host, port = cont.http_base().rsplit(":", 1)
+    port = int(port)
+    # Warm-up: a few requests, so that first-use allocations are not counted.
+    p = subprocess.run(ctx.pinned([ctx.loadgen, "-a", cont.http_base(), "-p", "/64", "-c", "4",
+                                   "-n", "200"]), capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise WorkloadError(f"warm-up failed: {p.stderr.strip()[-300:]}")
+    time.sleep(0.5)
+    pids = cont.pids
+    rss0 = rss_of(pids)
+    fd0 = fd_count(pids)
+    socks = []
+    t0 = time.monotonic()
+    try:
+        for i in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect((host, port))
+            except BlockingIOError:
+                pass
+            socks.append(s)
+            if i % 500 == 499:
+                time.sleep(0.02)   # let the proxy accept as we go
+        # Wait until the proxy holds the connections (one fd each, at least).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and fd_count(pids) - fd0 < n:
+            time.sleep(0.1)
+        accepted = fd_count(pids) - fd0
+        time.sleep(1.0)           # let lazy per-connection work settle
+        rss1 = rss_of(pids)
+        # Still connected? (a proxy that closed them would look cheap)
+        alive = 0
+        for s in socks:
+            try:
+                if s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                continue
+            alive += 1
+    finally:
+        for s in socks:
+            s.close()
+    return {
+        "connections": n,
+        "alive": alive,
+        "fds_added": accepted,
+        "rss_before_kib": rss0,
+        "rss_after_kib": rss1,
+        "kib_per_conn": (rss1 - rss0) / n,
+        "seconds": time.monotonic() - t0,
+        "mode": getattr(cont, "idle_mode", lambda: "http")(),
+    }
+
+
+RUNNERS = {
+    "idle": idle,
+    "http64": http64,
+    "http64k": http64k,
+    "rate": rate,
+    "newconn": newconn,
+    "l4_1": l4_1,
+    "l4_64": l4_64,
+}
+
+# What each workload's headline figures are, and which way is better.
+METRICS = {
+    "idle": [("kib_per_conn", "KiB/conn", "low")],
+    "http64": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+               ("p50_ms", "p50 ms", "low"), ("p99_ms", "p99 ms", "low"), ("p999_ms", "p99.9 ms", "low")],
+    "http64k": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+                ("gbps", "Gbit/s", "high"), ("p99_ms", "p99 ms", "low")],
+    "rate": [("p50_ms", "p50 ms", "low"), ("p99_ms", "p99 ms", "low"), ("p999_ms", "p99.9 ms", "low"),
+             ("cpu_us_per_req", "CPU-µs/req", "low"), ("achieved_rps", "req/s achieved", "high")],
+    "newconn": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+                ("p99_ms", "p99 ms", "low")],
+    "l4_1": [("gbps", "Gbit/s", "high"), ("cpu_s_per_gib", "CPU-s/GiB", "low")],
+    "l4_64": [("gbps", "Gbit/s", "high"), ("cpu_s_per_gib", "CPU-s/GiB", "low")],
+}
+
+TITLES = {
+    "idle": "Memory per idle client connection",
+    "http64": "HTTP/1.1 keep-alive, 64 B responses",
+    "http64k": "HTTP/1.1 keep-alive, 64 KiB responses",
+    "rate": "Fixed offered rate (60% of nginx's peak), 64 B",
+    "newconn": "New connection per request, 64 B",
+    "l4_1": "L4 TCP, one stream (iperf3)",
+    "l4_64": "L4 TCP, 64 parallel streams (iperf3 -P 64)",
+}

@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "worker.h"
+#include "h1.h"
 
 #define EMFILE_BACKOFF_MS 200
 
@@ -116,6 +116,9 @@ void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe)
         } else {
             const struct up_listener *l = &w->cfg->listeners[a->cfg_index];
             switch (l->mode) {
+            case UP_MODE_HTTP:
+                h1_start(w, l, res);
+                break;
             case UP_MODE_TCP:
             default:
                 l4_start(w, l, res);

@@ -57,24 +57,35 @@ struct up_server {
     uint32_t addrlen;
     uint32_t weight;
     uint32_t cluster;
-    uint32_t stat_slot;       /* index of its up_shm_wserver block */
+    uint32_t stat_slot;       /* its statistics block, and its pool: stable
+                                 across reloads for the same cluster+address */
     uint32_t pad;
 };
 
-/* Written only by the worker it belongs to; one cache line each. */
+/* Written only by the worker it belongs to; one cache line each. Load
+ * (in-flight work per server) lives in the statistics segment instead,
+ * where it survives reloads. */
 struct up_server_wstate {
-    uint32_t active;          /* upstream connections open to this server */
     int32_t  current_weight;  /* smooth weighted round robin */
     uint32_t fails;           /* consecutive failures (passive health) */
-    uint32_t pad0;
     uint64_t ejected_until_ms;
-    uint64_t pad[5];
+    uint64_t pad[6];
 };
 
 struct up_cluster_wstate {
     uint32_t rr_next;
     uint32_t pad0;
     uint64_t pad[7];
+};
+
+#define UP_HASH_CLIENT_IP 1
+#define UP_HASH_HEADER    2
+
+/* A point on a consistent-hash ring: built by Python, searched by C. */
+struct up_ring_point {
+    uint64_t hash;
+    uint32_t server;          /* global server index */
+    uint32_t pad;
 };
 
 struct up_cluster {
@@ -85,18 +96,44 @@ struct up_cluster {
     uint32_t max_attempts;    /* connect attempts before giving up */
     uint32_t fail_threshold;  /* passive ejection after this many failures */
     uint32_t eject_ms;        /* passive ejection cool-down */
-    uint32_t pad;
+    uint32_t response_timeout_ms;  /* http: request sent -> response head */
     int64_t connect_timeout_ts[2]; /* the same as a __kernel_timespec, which
                                       the kernel reads for IORING_OP_LINK_TIMEOUT */
+    uint32_t pool_max_idle;   /* http: idle connections kept per server per worker */
+    uint32_t pool_idle_timeout_ms;
+    uint32_t max_requests;    /* http: per upstream connection, 0 = no limit */
+    uint32_t hash_kind;       /* UP_HASH_* for balance = hash */
+    uint32_t hash_header_off; /* header name in up_config.strings (lower case) */
+    uint32_t hash_header_len;
+    uint32_t nring;
+    uint32_t pad;
+    struct up_ring_point *ring;   /* sorted by hash */
+};
+
+#define UP_ROUTE_HOST_ANY    0
+#define UP_ROUTE_HOST_EXACT  1
+#define UP_ROUTE_HOST_SUFFIX 2   /* "*.example.com": the suffix ".example.com" */
+
+struct up_route {
+    uint32_t host_kind;
+    uint32_t host_off, host_len;  /* in up_config.strings, lower case */
+    uint32_t path_off, path_len;  /* prefix; empty matches everything */
+    uint32_t cluster;
 };
 
 struct up_listener {
     uint32_t id;              /* stable across reloads while the socket lives */
     uint32_t mode;            /* UP_MODE_* */
-    uint32_t cluster;
+    uint32_t cluster;         /* default cluster */
     uint32_t forwarding;      /* UP_FWD_* for tcp mode */
-    uint32_t idle_timeout_ms;
-    uint32_t pad;
+    uint32_t idle_timeout_ms; /* tcp: no bytes either way; http: no progress
+                                 while a request or response is under way */
+    uint32_t header_timeout_ms;    /* http: the request head must arrive in it (408) */
+    uint32_t keepalive_timeout_ms; /* http: an idle client connection is closed */
+    uint32_t max_head;        /* http: bytes of a request head (431) */
+    uint32_t max_target;      /* http: bytes of a request target (414) */
+    uint32_t nroutes;
+    struct up_route *routes;
     int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
 };
 
@@ -111,8 +148,9 @@ struct up_config {
     struct up_server *servers;
     struct up_server_wstate *server_wstate;   /* [nworkers * nservers] */
     struct up_cluster_wstate *cluster_wstate; /* [nworkers * nclusters] */
-    uint64_t *refs;           /* [nworkers * 8]: live sessions holding this table */
+    uint64_t *refs;           /* [nworkers * 8]: live work holding this table */
     uint8_t *server_health;   /* [nservers]: 1 up, 0 down (active checks) */
+    const char *strings;      /* host names, path prefixes, header names */
 };
 
 /* What Python writes for the workers to read; one per process. */
@@ -279,6 +317,7 @@ struct up_worker_opts {
     uint32_t iowq_max_workers;
     int32_t  iowq_cpu;        /* -1: leave io-wq unpinned */
     uint32_t queue_limit;     /* bytes buffered per direction before pausing */
+    uint32_t head_buffers;    /* http: buffers for heads that span receives */
 };
 
 struct up_worker;
@@ -288,6 +327,8 @@ struct up_worker *up_worker_new(const struct up_worker_opts *opts,
                                 struct up_control *ctl,
                                 struct up_shm_worker *shm,
                                 struct up_shm_wserver *servers);
+/* The consistent-hash function, shared with the Python ring builder. */
+uint64_t up_hash(const uint8_t *data, size_t len);
 /* Histogram bucket of a value in microseconds (for readers and tests). */
 uint32_t up_hist_bucket(uint64_t us);
 uint64_t up_hist_lower(uint32_t bucket);

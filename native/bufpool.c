@@ -26,11 +26,16 @@ int bufpool_init(struct worker *w)
     struct bufpool *p = &w->bufs;
     p->size = w->o.buf_size;
     p->count = w->o.buf_count;
+    p->hsize = HBUF_SIZE;
+    p->hcount = w->o.head_buffers;
+    uint32_t all = p->count + p->hcount;
     p->mem = map((size_t)p->size * p->count);
-    p->next = map(sizeof(uint32_t) * p->count);
-    p->len = map(sizeof(uint32_t) * p->count);
+    p->hmem = p->hcount ? map((size_t)p->hsize * p->hcount) : NULL;
+    p->hfree = p->hcount ? map(sizeof(uint32_t) * p->hcount) : NULL;
+    p->next = map(sizeof(uint32_t) * all);
+    p->len = map(sizeof(uint32_t) * all);
     p->ret = map(sizeof(uint32_t) * p->count);
-    if (!p->mem || !p->next || !p->len || !p->ret) {
+    if (!p->mem || !p->next || !p->len || !p->ret || (p->hcount && (!p->hmem || !p->hfree))) {
         snprintf(w->err, sizeof w->err, "cannot map %u receive buffers of %u bytes",
                  p->count, p->size);
         return -ENOMEM;
@@ -62,13 +67,27 @@ int bufpool_init(struct worker *w)
         provide(w, 0, p->count);
     }
     p->free = p->count;
+    for (uint32_t i = 0; i < p->hcount; i++)
+        p->hfree[p->nhfree++] = p->count + p->hcount - 1 - i;
     return 0;
+}
+
+uint32_t hbuf_get(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    if (!p->nhfree)
+        return NIL;
+    return p->hfree[--p->nhfree];
 }
 
 /* Give a buffer back; it reaches the kernel at the next flush. */
 void bufpool_put(struct worker *w, uint32_t bid)
 {
     struct bufpool *p = &w->bufs;
+    if (bid >= p->count) {
+        p->hfree[p->nhfree++] = bid;
+        return;
+    }
     if (p->ring_mode) {
         io_uring_buf_ring_add(p->br, buf_data(p, bid), p->size, (uint16_t)bid,
                               io_uring_buf_ring_mask(p->count), (int)p->ring_adds);
@@ -109,12 +128,17 @@ void bufpool_free(struct worker *w)
         io_uring_unregister_buf_ring(&w->ring, BUF_GROUP);
         munmap(p->br, p->br_bytes);
     }
+    uint32_t all = p->count + p->hcount;
     if (p->mem)
         munmap(p->mem, (size_t)p->size * p->count);
+    if (p->hmem)
+        munmap(p->hmem, (size_t)p->hsize * p->hcount);
+    if (p->hfree)
+        munmap(p->hfree, sizeof(uint32_t) * p->hcount);
     if (p->next)
-        munmap(p->next, sizeof(uint32_t) * p->count);
+        munmap(p->next, sizeof(uint32_t) * all);
     if (p->len)
-        munmap(p->len, sizeof(uint32_t) * p->count);
+        munmap(p->len, sizeof(uint32_t) * all);
     if (p->ret)
         munmap(p->ret, sizeof(uint32_t) * p->count);
     memset(p, 0, sizeof *p);

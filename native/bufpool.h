@@ -14,10 +14,18 @@
 struct worker;
 
 #define BUF_GROUP 1
+#define HBUF_SIZE 32768     /* the largest head uproxy accepts */
 
 struct bufpool {
     uint8_t *mem;
     uint32_t size, count;
+    /* Assembly buffers: ids count .. count+hcount-1, for HTTP heads that
+     * arrive in pieces. They hold a slow client to one buffer instead of
+     * one provided buffer per received piece. */
+    uint8_t *hmem;
+    uint32_t hsize, hcount;
+    uint32_t *hfree;
+    uint32_t nhfree;
     uint32_t *next;           /* queue link per buffer */
     uint32_t *len;            /* bytes of data per buffer */
     struct io_uring_buf_ring *br;
@@ -36,7 +44,17 @@ void bufpool_free(struct worker *w);
 
 static inline uint8_t *buf_data(const struct bufpool *p, uint32_t bid)
 {
+    if (bid >= p->count)
+        return p->hmem + (size_t)(bid - p->count) * p->hsize;
     return p->mem + (size_t)bid * p->size;
 }
+
+static inline uint32_t buf_cap(const struct bufpool *p, uint32_t bid)
+{
+    return bid >= p->count ? p->hsize : p->size;
+}
+
+/* An assembly buffer, or NIL when none is free. */
+uint32_t hbuf_get(struct worker *w);
 
 #endif

@@ -7,7 +7,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "worker.h"
+#include "h1.h"
 
 struct conn *conn_alloc(struct worker *w)
 {
@@ -23,6 +23,10 @@ struct conn *conn_alloc(struct worker *w)
         .tnext = NIL,
         .tprev = NIL,
         .x = { .head = NIL, .tail = NIL, .pipe = -1 },
+        .txn = NIL,
+        .slot = NIL,
+        .pnext = NIL,
+        .pprev = NIL,
     };
     return c;
 }
@@ -106,6 +110,10 @@ void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more)
     case CK_L4_CLIENT:
     case CK_L4_UPSTREAM:
         l4_try_finish(w, c);
+        break;
+    case CK_H1_CLIENT:
+    case CK_H1_UPSTREAM:
+        h1_try_finish(w, c);
         break;
     default:
         conn_submit_close(w, c);

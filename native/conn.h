@@ -15,6 +15,8 @@ enum conn_kind {
     CK_FREE,
     CK_L4_CLIENT,
     CK_L4_UPSTREAM,
+    CK_H1_CLIENT,
+    CK_H1_UPSTREAM,
 };
 
 enum conn_state {
@@ -44,21 +46,33 @@ struct xfer {
 struct conn {
     uint8_t kind;             /* enum conn_kind */
     uint8_t state;            /* enum conn_state */
-    uint8_t attempts;         /* upstream connect attempts so far */
-    uint8_t flags;            /* C_* */
+    uint16_t flags;           /* C_* */
     uint16_t ops;             /* bit per enum op outstanding (for cancel) */
     uint16_t inflight;        /* SQEs whose final CQE has not come */
+    uint8_t attempts;         /* upstream connect attempts so far */
     int32_t fd;
     uint32_t peer;            /* the other side of the session, or NIL */
     uint32_t server;          /* upstream: global server index */
     uint32_t starved_next;
-    const struct up_config *cfg;
-    uint64_t expires_ms;      /* idle deadline, 0 for none */
+    const struct up_config *cfg;  /* tcp: the table the session started with */
+    uint64_t expires_ms;      /* deadline, 0 for none; its meaning is the state's */
     uint64_t t_us;            /* upstream: when the connect started */
+    uint64_t hash_key;        /* balance = hash: the key's hash */
     uint32_t tnext, tprev;    /* timer wheel links */
     uint16_t tslot;           /* the wheel list this conn is on */
     uint16_t listener;        /* index in cfg->listeners */
-    struct xfer x;
+    struct xfer x;            /* tcp: bytes on their way to the peer;
+                                 http: bytes received, not yet released */
+    /* http */
+    uint32_t txn;             /* the transaction under way, or NIL */
+    uint32_t listener_id;     /* client: its listener, stable across reloads */
+    uint32_t slot;            /* upstream: its server's stat slot (and pool) */
+    uint32_t pnext, pprev;    /* upstream: idle pool links */
+    uint32_t nreq;            /* upstream: requests it carried */
+    uint8_t h1;               /* enum h1_conn_state */
+    uint8_t addr_len;         /* client: bytes in addr (4 or 16), 0 unknown */
+    uint16_t port;
+    uint8_t addr[16];         /* client: peer address, for X-Forwarded-For */
 };
 
 #define C_RESET      1    /* close with RST (SO_LINGER 0) */
@@ -66,5 +80,8 @@ struct conn {
 #define C_SESSION    4    /* holds a session's references (client side) */
 #define C_SERVER_REF 8    /* counted in its server's active count */
 #define C_COUNTED    16   /* counted in its server's in_flight */
+#define C_CFG_REF    32   /* holds a reference on cfg */
+#define C_POOLED     64   /* upstream: idle in the pool */
+#define C_DRAINING   128  /* client: closing after the response (lingering) */
 
 #endif

@@ -221,18 +221,9 @@ static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe
     send_next(w, src);
 }
 
-/* Once per loop turn: receives that stopped for want of a buffer start
- * again once buffers have come back. */
-void l4_resume_starved(struct worker *w)
+void l4_recv_arm(struct worker *w, struct conn *c)
 {
-    while (w->starved_head != NIL && w->bufs.free > w->bufs.count / 16) {
-        struct conn *c = &w->conns[w->starved_head];
-        w->starved_head = c->starved_next;
-        c->starved_next = NIL;
-        c->x.flags &= ~X_STARVED;
-        if (c->state == CS_OPEN)
-            recv_arm(w, c);
-    }
+    recv_arm(w, c);
 }
 
 /* ---- splice by the worker: io_uring says when, splice() moves -------- *
@@ -423,7 +414,6 @@ static void upstream_gone(struct worker *w, struct conn *u)
         if (u->flags & C_COUNTED)
             st->in_flight--;
         u->flags &= ~C_COUNTED;
-        balance_closed(w, u->cfg, u->server);
         u->flags &= ~C_SERVER_REF;
         w->c[UP_C_UPSTREAM_ACTIVE]--;
     }
@@ -440,8 +430,6 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         hist_add(w->shm->hist_connect, now_us() - u->t_us);
         balance_result(w, u->cfg, u->server, true);
         st->requests++;
-        st->in_flight++;
-        u->flags |= C_COUNTED;
         u->state = CS_OPEN;
         c->state = CS_OPEN;
         bool spliced = true;
@@ -472,9 +460,9 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
     struct conn *c = peer_of(w, u);
     const struct up_config *cfg = u->cfg;
     uint32_t ci = listener_of(c)->cluster;
-    int s = balance_pick(w, cfg, ci, avoid);
+    int s = balance_pick(w, cfg, ci, avoid, c->hash_key);
     if (s < 0 && avoid != NIL)
-        s = balance_pick(w, cfg, ci, NIL);   /* only the failed one is left */
+        s = balance_pick(w, cfg, ci, NIL, c->hash_key);   /* only the failed one is left */
     if (s < 0) {
         cnt(w, UP_C_ERR_NO_SERVER, 1);
         abort_session(w, c, false, false);
@@ -494,10 +482,11 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
     u->server = (uint32_t)s;
     u->attempts++;
     u->flags |= C_SERVER_REF;
-    balance_opened(w, cfg, u->server);
     struct up_shm_wserver *st = srv_stats(w, cfg, u->server);
     st->active++;
     st->connects++;
+    st->in_flight++;              /* the load least_conn and p2c weigh */
+    u->flags |= C_COUNTED;
     u->t_us = now_us();
     w->c[UP_C_UPSTREAM_CONNECTS]++;
     w->c[UP_C_UPSTREAM_ACTIVE]++;
@@ -589,6 +578,19 @@ void l4_try_finish(struct worker *w, struct conn *c)
         s->peer = NIL;
         conn_submit_close(w, s);
     }
+}
+
+/* Carry on as a tunnel a pair that another protocol set up (an HTTP
+ * upgrade): queued bytes first, then whatever arrives. */
+void l4_adopt(struct worker *w, struct conn *c)
+{
+    struct conn *u = peer_of(w, c);
+    c->state = u->state = CS_OPEN;
+    cnt(w, UP_C_SESSIONS_BUFFERED, 1);
+    send_next(w, c);
+    send_next(w, u);
+    recv_arm(w, c);
+    recv_arm(w, u);
 }
 
 void l4_on_idle(struct worker *w, struct conn *c)

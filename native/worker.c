@@ -15,7 +15,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-#include "worker.h"
+#include "h1.h"
 
 uint64_t up_now_ms(void)
 {
@@ -23,6 +23,8 @@ uint64_t up_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
+
+static void resume_starved(struct worker *w);
 
 struct io_uring_sqe *sqe_get(struct worker *w)
 {
@@ -62,14 +64,29 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     w->free_ids = calloc(w->nconns, sizeof(uint32_t));
     w->scratch = malloc(SCRATCH_SIZE);
-    if (w->conns == MAP_FAILED || !w->free_ids || !w->scratch) {
-        if (w->conns != MAP_FAILED)
-            munmap(w->conns, sizeof(struct conn) * w->nconns);
-        free(w->free_ids);
-        free(w->scratch);
-        free(w);
+    /* HTTP: one transaction per client connection at most. */
+    w->ntxns = o->max_conns;
+    w->txns = mmap(NULL, sizeof(struct txn) * w->ntxns, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    w->txn_free = calloc(w->ntxns, sizeof(uint32_t));
+    w->pool_head = malloc(sizeof(uint32_t) * UP_MAX_SERVERS);
+    w->pool_count = calloc(UP_MAX_SERVERS, sizeof(uint32_t));
+    w->req_scratch = malloc(sizeof(struct h1_request));
+    w->resp_scratch = malloc(sizeof(struct h1_response));
+    if (w->conns == MAP_FAILED || w->txns == MAP_FAILED || !w->free_ids || !w->scratch ||
+        !w->txn_free || !w->pool_head || !w->pool_count || !w->req_scratch || !w->resp_scratch) {
+        if (w->txns == MAP_FAILED)
+            w->txns = NULL;
+        if (w->conns == MAP_FAILED)
+            w->conns = NULL;
+        up_worker_free((struct up_worker *)w);
         return NULL;
     }
+    for (uint32_t i = 0; i < w->ntxns; i++)
+        w->txn_free[i] = w->ntxns - 1 - i;
+    w->ntxn_free = w->ntxns;
+    for (uint32_t i = 0; i < UP_MAX_SERVERS; i++)
+        w->pool_head[i] = NIL;
     /* Lowest index on top: the slab is used from its start, keeping the
      * touched part small. */
     for (uint32_t i = 0; i < w->nconns; i++)
@@ -195,6 +212,12 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
     case CK_L4_UPSTREAM:
         l4_on_cqe(w, c, op, cqe);
         break;
+    case CK_H1_CLIENT:
+        h1_client_cqe(w, c, op, cqe);
+        break;
+    case CK_H1_UPSTREAM:
+        h1_upstream_cqe(w, c, op, cqe);
+        break;
     default:
         break;
     }
@@ -204,10 +227,18 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 
 void conn_expired(struct worker *w, struct conn *c)
 {
+    if (c->state >= CS_CLOSING)
+        return;
     switch (c->kind) {
     case CK_L4_CLIENT:
     case CK_L4_UPSTREAM:
         l4_on_idle(w, c);
+        break;
+    case CK_H1_CLIENT:
+        h1_client_expired(w, c);
+        break;
+    case CK_H1_UPSTREAM:
+        h1_upstream_expired(w, c);
         break;
     default:
         break;
@@ -226,6 +257,14 @@ static void cut_everything(struct worker *w)
         case CK_L4_CLIENT:
             l4_abort(w, c);
             break;
+        case CK_H1_CLIENT: {
+            struct txn *t = txn_of(w, c);
+            if (t && c->h1 == H_TXN)
+                txn_abort(w, t, 0, false);
+            else
+                h1_client_close(w, c, false);
+            break;
+        }
         default:
             break;
         }
@@ -239,6 +278,7 @@ static bool control(struct worker *w)
         w->stopping = true;
         w->drain_deadline_ms = w->now_ms + w->ctl->drain_timeout_ms;
         acceptors_stop(w);
+        h1_stop_idle(w);
         __atomic_store_n(&w->shm->state, UP_WS_DRAINING, __ATOMIC_RELEASE);
     }
     if (w->stopping) {
@@ -264,7 +304,7 @@ int up_worker_loop(struct up_worker *uw)
         if (!w->tick_armed)
             arm_tick(w);
         bufpool_flush(w);
-        l4_resume_starved(w);
+        resume_starved(w);
         w->c[UP_C_URING_ENTERS]++;
         int r = io_uring_submit_and_wait(&w->ring, 1);
         if (r > 0)
@@ -295,8 +335,52 @@ void up_worker_free(struct up_worker *uw)
     struct worker *w = (struct worker *)uw;
     if (!w)
         return;
-    munmap(w->conns, sizeof(struct conn) * w->nconns);
+    if (w->conns)
+        munmap(w->conns, sizeof(struct conn) * w->nconns);
+    if (w->txns)
+        munmap(w->txns, sizeof(struct txn) * w->ntxns);
     free(w->free_ids);
     free(w->scratch);
+    free(w->txn_free);
+    free(w->pool_head);
+    free(w->pool_count);
+    free(w->req_scratch);
+    free(w->resp_scratch);
     free(w);
+}
+
+struct h1_request *w_req(struct worker *w)
+{
+    return w->req_scratch;
+}
+
+struct h1_response *w_resp(struct worker *w)
+{
+    return w->resp_scratch;
+}
+
+/* Once per loop turn: receives that stopped for want of a buffer start
+ * again once buffers have come back. */
+static void resume_starved(struct worker *w)
+{
+    while (w->starved_head != NIL && w->bufs.free > w->bufs.count / 16) {
+        struct conn *c = &w->conns[w->starved_head];
+        w->starved_head = c->starved_next;
+        c->starved_next = NIL;
+        c->x.flags &= ~X_STARVED;
+        if (c->state != CS_OPEN)
+            continue;
+        switch (c->kind) {
+        case CK_L4_CLIENT:
+        case CK_L4_UPSTREAM:
+            l4_recv_arm(w, c);
+            break;
+        case CK_H1_CLIENT:
+        case CK_H1_UPSTREAM:
+            h1_recv_arm(w, c);
+            break;
+        default:
+            break;
+        }
+    }
 }

@@ -42,6 +42,10 @@ enum op {
 #define UD_OP(ud) ((unsigned)((ud) >> 56))
 #define UD_IDX(ud) ((uint32_t)(ud))
 
+struct txn;
+struct h1_request;
+struct h1_response;
+
 struct acceptor {
     uint32_t listener_id;
     int fd;
@@ -79,6 +83,15 @@ struct worker {
     uint64_t rng;
     uint8_t *scratch;               /* SCRATCH_SIZE bytes, for draining */
     uint32_t starved_head;          /* conns waiting for a free buffer */
+
+    /* http */
+    struct txn *txns;               /* slab: one per client connection at most */
+    uint32_t *txn_free;
+    uint32_t ntxn_free, ntxns;
+    uint32_t *pool_head;            /* [UP_MAX_SERVERS]: idle upstream conns */
+    uint32_t *pool_count;
+    struct h1_request *req_scratch; /* parse results, one parse at a time */
+    struct h1_response *resp_scratch;
     bool stopping;
     uint64_t drain_deadline_ms;
     bool tick_armed;
@@ -135,10 +148,9 @@ void acceptors_stop(struct worker *w);
 bool acceptors_idle(struct worker *w);
 
 /* balance.c */
+/* key: the hash of the request's key, for balance = hash. */
 int balance_pick(struct worker *w, const struct up_config *cfg,
-                 uint32_t cluster, uint32_t avoid);
-void balance_opened(struct worker *w, const struct up_config *cfg, uint32_t s);
-void balance_closed(struct worker *w, const struct up_config *cfg, uint32_t s);
+                 uint32_t cluster, uint32_t avoid, uint64_t key);
 void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, bool ok);
 
 /* l4.c */
@@ -146,9 +158,10 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd);
 void l4_on_cqe(struct worker *w, struct conn *c, enum op op,
                struct io_uring_cqe *cqe);
 void l4_on_idle(struct worker *w, struct conn *c);
-void l4_resume_starved(struct worker *w);
 void l4_try_finish(struct worker *w, struct conn *c);
 void l4_abort(struct worker *w, struct conn *c);
+void l4_adopt(struct worker *w, struct conn *c);
+void l4_recv_arm(struct worker *w, struct conn *c);
 
 /* ring.c */
 int ring_init(struct worker *w);

@@ -38,6 +38,19 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Health:
+    """Active checks: an HTTP GET of path (or, for tcp clusters without a
+    path, a connect) every interval; rise successes bring a server up, fall
+    failures take it down."""
+    path: str | None = "/"
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    rise: int = 2
+    fall: int = 3
+    expect: str = "2xx"      # a status class "2xx", a code "200", or "2xx,3xx"
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     servers: tuple
@@ -46,6 +59,19 @@ class Cluster:
     max_attempts: int = 3
     fail_threshold: int = 3
     eject_ms: int = 10000
+    hash_key: str = "client_ip"          # or "header:Name"
+    response_timeout_ms: int = 60000
+    pool_max_idle: int = 64
+    pool_idle_timeout_ms: int = 60000
+    max_requests: int = 0
+    health: Health | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    cluster: str
+    host: str | None = None          # exact, or "*.example.com"
+    path_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,11 @@ class Listener:
     forwarding: str = "splice"
     idle_timeout_ms: int = 300000
     backlog: int = 4096
+    routes: tuple = ()
+    header_timeout_ms: int = 10000
+    keepalive_timeout_ms: int = 60000
+    max_header_size: int = 16384
+    max_target: int = 8192
 
     @property
     def bind(self) -> str:
@@ -78,6 +109,7 @@ class Proxy:
     queue_limit: int = 262144
     iowq_max_workers: int = 2
     iowq_cpu: str = "worker"
+    head_buffers: int = 512
 
 
 @dataclass(frozen=True)
@@ -268,6 +300,7 @@ def _proxy(path, raw) -> Proxy:
         queue_limit=r.size("queue_limit", 262144, 4096, 1 << 30),
         iowq_max_workers=r.int("iowq_max_workers", 2, lo=0, hi=1024),
         iowq_cpu=str(iowq_cpu),
+        head_buffers=r.int("head_buffers", 512, lo=0, hi=65536),
     )
     r.done()
     return p
@@ -299,18 +332,52 @@ def _cluster(path, i, raw) -> Cluster:
         raise r.err("servers", "needs at least one server, like [\"127.0.0.1:8080\"]")
     servers = tuple(_server(path, f"clusters[{i}].servers[{j}]", s)
                     for j, s in enumerate(raw_servers))
+    hash_key = r.str("hash_key", "client_ip")
+    if hash_key != "client_ip" and not re.match(r"^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$", hash_key):
+        raise r.err("hash_key", f"{hash_key!r} must be \"client_ip\" or \"header:Name\"")
     c = Cluster(
         name=name,
         servers=servers,
         balance=r.str("balance", "round_robin",
-                      choices=("round_robin", "least_conn", "p2c")),
+                      choices=("round_robin", "least_conn", "p2c", "hash")),
         connect_timeout_ms=r.duration_ms("connect_timeout", 5000, lo=1),
         max_attempts=r.int("max_attempts", min(3, len(servers) + 1), lo=1, hi=16),
         fail_threshold=r.int("fail_threshold", 3, lo=0, hi=1000),
         eject_ms=r.duration_ms("eject_time", 10000),
+        hash_key=hash_key,
+        response_timeout_ms=r.duration_ms("response_timeout", 60000, lo=1),
+        pool_max_idle=r.int("pool_max_idle", 64, lo=0, hi=100000),
+        pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
+        max_requests=r.int("max_requests", 0, lo=0),
+        health=_health(path, f"clusters[{i}].health", r.get("health")),
     )
     r.done()
     return c
+
+
+def _health(path, key, raw) -> Health | None:
+    if raw is None:
+        return None
+    r = _Reader(path, key, raw)
+    hpath = r.str("path", "/")
+    if hpath is not None and not hpath.startswith("/"):
+        raise r.err("path", f"{hpath!r} must start with /")
+    if r.get("tcp", False) is True:
+        hpath = None
+    expect = r.str("expect", "2xx")
+    for part in expect.split(","):
+        if not re.match(r"^\s*([1-5]xx|[1-5]\d\d)\s*$", part):
+            raise r.err("expect", f"{expect!r}: use status classes or codes like \"2xx\" or \"200,301\"")
+    h = Health(
+        path=hpath,
+        interval_ms=r.duration_ms("interval", 2000, lo=100),
+        timeout_ms=r.duration_ms("timeout", 1000, lo=10),
+        rise=r.int("rise", 2, lo=1, hi=100),
+        fall=r.int("fall", 3, lo=1, hi=100),
+        expect=expect,
+    )
+    r.done()
+    return h
 
 
 def _listener(path, i, raw, clusters) -> Listener:
@@ -326,17 +393,42 @@ def _listener(path, i, raw, clusters) -> Listener:
         raise r.err("bind", msg) from None
     mode = r.str("mode", "tcp", choices=("tcp", "http"))
     cluster = r.str("cluster", required=True)
-    if cluster not in clusters:
-        known = ", ".join(sorted(clusters)) or "none"
-        raise r.err("cluster", f"no cluster named {cluster!r} (clusters: {known})")
+
+    def known(c, key):
+        if c not in clusters:
+            names = ", ".join(sorted(clusters)) or "none"
+            raise ConfigError(path, key, f"no cluster named {c!r} (clusters: {names})")
+    known(cluster, f"listeners[{i}].cluster")
+    routes = []
+    raw_routes = r.list("routes")
+    if raw_routes and mode != "http":
+        raise r.err("routes", "routes need mode = \"http\"")
+    for j, raw in enumerate(raw_routes):
+        rr = _Reader(path, f"listeners[{i}].routes[{j}]", raw)
+        rc = rr.str("cluster", required=True)
+        known(rc, f"listeners[{i}].routes[{j}].cluster")
+        host_m = rr.str("host")
+        prefix = rr.str("path_prefix", "")
+        if host_m is None and not prefix:
+            raise rr.err("host", "a route needs a host, a path_prefix, or both")
+        if host_m is not None and not re.match(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", host_m):
+            raise rr.err("host", f"{host_m!r} is not a host name or \"*.domain\"")
+        if prefix and not prefix.startswith("/"):
+            raise rr.err("path_prefix", f"{prefix!r} must start with /")
+        rr.done()
+        routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix))
+    http = mode == "http"
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
         forwarding=r.str("forwarding", "splice", choices=("splice", "splice_iowq", "buffered")),
-        idle_timeout_ms=r.duration_ms("idle_timeout", 300000),
+        idle_timeout_ms=r.duration_ms("idle_timeout", 60000 if http else 300000),
         backlog=r.int("backlog", 4096, lo=1, hi=65535),
+        routes=tuple(routes),
+        header_timeout_ms=r.duration_ms("header_timeout", 10000, lo=1),
+        keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
+        max_header_size=r.size("max_header_size", 16384, 1024, 32768),
+        max_target=r.size("max_target", 8192, 256, 32768),
     )
-    if mode == "http":
-        raise r.err("mode", "\"http\" listeners are not available in this build yet; use \"tcp\"")
     r.done()
     return lst
 

@@ -70,6 +70,7 @@ class Worker:
         o.iowq_max_workers = p.iowq_max_workers
         o.iowq_cpu = cpu if p.iowq_cpu == "worker" else (-1 if p.iowq_cpu == "any" else int(p.iowq_cpu))
         o.queue_limit = p.queue_limit
+        o.head_buffers = p.head_buffers
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
                                      rt.segment.wservers[index])

@@ -14,7 +14,8 @@ from ._native import ffi, lib
 from .config import Config
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
-           "p2c": lib.UP_BALANCE_P2C}
+           "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
+RING_POINTS = 160       # points per unit of weight on a consistent-hash ring
 MODE = {"tcp": lib.UP_MODE_TCP, "http": lib.UP_MODE_HTTP}
 FORWARDING = {"buffered": lib.UP_FWD_BUFFERED, "splice": lib.UP_FWD_SPLICE,
               "splice_iowq": lib.UP_FWD_SPLICE_IOWQ}
@@ -27,6 +28,32 @@ def sockaddr(family, sa) -> bytes:
     return struct.pack("=H", socket.AF_INET6) + struct.pack("!H", sa[1]) + \
         struct.pack("=I", 0) + socket.inet_pton(socket.AF_INET6, sa[0].split("%")[0]) + \
         struct.pack("=I", sa[3] if len(sa) > 3 else 0)
+
+
+class Strings:
+    """Host names, path prefixes and header names, packed in one buffer the
+    C side reads by (offset, length)."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def add(self, text: str) -> tuple:
+        raw = text.encode()
+        off = len(self.data)
+        self.data += raw + b"\0"
+        return off, len(raw)
+
+
+def hash_ring(servers: list) -> list:
+    """(hash, server index) points, sorted: each server gets RING_POINTS
+    points per unit of weight, placed by the core's own hash function."""
+    points = []
+    for index, label, weight in servers:
+        for i in range(RING_POINTS * weight):
+            key = f"{label}#{i}".encode()
+            points.append((lib.up_hash(key, len(key)), index))
+    points.sort()
+    return points
 
 
 class Tables:
@@ -53,6 +80,7 @@ class Tables:
             c_servers[i].stat_slot = slots[(clusters[ci].name, s.label)]
             self.server_labels.append((clusters[ci].name, s.label))
 
+        strings = Strings()
         c_clusters = ffi.new("struct up_cluster[]", max(1, len(clusters)))
         first = 0
         for i, c in enumerate(clusters):
@@ -66,6 +94,24 @@ class Tables:
             cc.max_attempts = c.max_attempts
             cc.fail_threshold = c.fail_threshold
             cc.eject_ms = c.eject_ms
+            cc.response_timeout_ms = c.response_timeout_ms
+            cc.pool_max_idle = c.pool_max_idle
+            cc.pool_idle_timeout_ms = c.pool_idle_timeout_ms
+            cc.max_requests = c.max_requests
+            if c.hash_key.startswith("header:"):
+                cc.hash_kind = lib.UP_HASH_HEADER
+                cc.hash_header_off, cc.hash_header_len = strings.add(c.hash_key[7:].lower())
+            else:
+                cc.hash_kind = lib.UP_HASH_CLIENT_IP
+            if c.balance == "hash":
+                pts = hash_ring([(first + j, s.label, s.weight) for j, s in enumerate(c.servers)])
+                ring = ffi.new("struct up_ring_point[]", len(pts))
+                for k, (h, idx) in enumerate(pts):
+                    ring[k].hash = h
+                    ring[k].server = idx
+                keep.append(ring)
+                cc.ring = ring
+                cc.nring = len(pts)
             first += len(c.servers)
 
         c_listeners = ffi.new("struct up_listener[]", len(cfg.listeners))
@@ -77,8 +123,32 @@ class Tables:
             cl.id = socks.id
             cl.mode = MODE[l.mode]
             cl.cluster = cindex[l.cluster]
-            cl.forwarding = FORWARDING[l.forwarding]
+            # An upgraded HTTP connection becomes a tunnel whose first bytes
+            # are already in receive buffers: it is forwarded buffered.
+            cl.forwarding = FORWARDING[l.forwarding] if l.mode == "tcp" else lib.UP_FWD_BUFFERED
             cl.idle_timeout_ms = l.idle_timeout_ms
+            cl.header_timeout_ms = l.header_timeout_ms
+            cl.keepalive_timeout_ms = l.keepalive_timeout_ms
+            cl.max_head = l.max_header_size
+            cl.max_target = l.max_target
+            if l.routes:
+                routes = ffi.new("struct up_route[]", len(l.routes))
+                for k, rt in enumerate(l.routes):
+                    r = routes[k]
+                    r.cluster = cindex[rt.cluster]
+                    if rt.host is None:
+                        r.host_kind = lib.UP_ROUTE_HOST_ANY
+                    elif rt.host.startswith("*."):
+                        r.host_kind = lib.UP_ROUTE_HOST_SUFFIX
+                        r.host_off, r.host_len = strings.add(rt.host[1:])
+                    else:
+                        r.host_kind = lib.UP_ROUTE_HOST_EXACT
+                        r.host_off, r.host_len = strings.add(rt.host)
+                    if rt.path_prefix:
+                        r.path_off, r.path_len = strings.add(rt.path_prefix)
+                keep.append(routes)
+                cl.routes = routes
+                cl.nroutes = len(l.routes)
             cl.fds = fds
 
         n = max(1, len(servers))
@@ -102,6 +172,8 @@ class Tables:
         t.cluster_wstate = cwstate
         t.refs = self.refs
         t.server_health = self.health
+        self.strings = ffi.new("char[]", bytes(strings.data) + b"\0")
+        t.strings = self.strings
         self.ptr = t
         self._keep = keep + [c_servers, c_clusters, c_listeners, wstate, cwstate]
 

@@ -1,0 +1,139 @@
+/*
+ * A connection's queue of received bytes: provided buffers linked through
+ * the pool's per-buffer links, consumed from the front. A head that does
+ * not fit the first buffer is gathered into one assembly buffer (copying is
+ * the rare path), which then stands in the queue like any other buffer, so
+ * iovecs, cursors and releases never need to know the difference.
+ */
+#include <string.h>
+#include "h1.h"
+
+void q_push(struct worker *w, struct conn *c, uint32_t bid, uint32_t len)
+{
+    struct bufpool *p = &w->bufs;
+    struct xfer *x = &c->x;
+    p->len[bid] = len;
+    p->next[bid] = NIL;
+    if (x->tail == NIL) {
+        x->head = bid;
+        x->off = 0;
+    } else {
+        p->next[x->tail] = bid;
+    }
+    x->tail = bid;
+    x->queued += len;
+}
+
+/* Release every buffer before (bid, off); a buffer consumed to its end goes
+ * too. bid NIL releases nothing. */
+void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off)
+{
+    struct bufpool *p = &w->bufs;
+    struct xfer *x = &c->x;
+    if (bid == NIL || x->head == NIL)
+        return;
+    while (x->head != bid) {
+        uint32_t h = x->head;
+        x->queued -= p->len[h] - x->off;
+        x->head = p->next[h];
+        x->off = 0;
+        bufpool_put(w, h);
+        if (x->head == NIL) {          /* bid was not in the queue: a bug */
+            x->tail = NIL;
+            return;
+        }
+    }
+    x->queued -= off - x->off;
+    x->off = off;
+    if (off == p->len[bid]) {
+        x->head = p->next[bid];
+        x->off = 0;
+        if (x->head == NIL)
+            x->tail = NIL;
+        bufpool_put(w, bid);
+    }
+}
+
+void q_release_all(struct worker *w, struct conn *c)
+{
+    struct xfer *x = &c->x;
+    while (x->head != NIL) {
+        uint32_t h = x->head;
+        x->head = w->bufs.next[h];
+        bufpool_put(w, h);
+    }
+    x->tail = NIL;
+    x->off = 0;
+    x->queued = 0;
+}
+
+/* The bytes at the front of the queue that are contiguous in memory. */
+uint32_t q_contiguous(struct worker *w, struct conn *c, const uint8_t **p)
+{
+    struct xfer *x = &c->x;
+    if (x->head == NIL)
+        return 0;
+    *p = buf_data(&w->bufs, x->head) + x->off;
+    return w->bufs.len[x->head] - x->off;
+}
+
+/* Gather the whole queue into one assembly buffer (or grow the one at its
+ * front), releasing the provided buffers it came in: a head that arrives
+ * in pieces holds one assembly buffer, never one provided buffer per
+ * piece. 0 when done; -1 when no assembly buffer is free; -2 when the
+ * bytes exceed limit (a head too large). */
+int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
+{
+    struct bufpool *p = &w->bufs;
+    struct xfer *x = &c->x;
+    if (x->head == NIL || (x->head >= p->count && x->head == x->tail))
+        return 0;
+    if (x->queued > limit || x->queued > p->hsize)
+        return -2;
+    uint32_t a, h, off, fill;
+    uint8_t *dst;
+    if (x->head >= p->count) {
+        a = x->head;
+        dst = buf_data(p, a);
+        fill = p->len[a] - x->off;
+        memmove(dst, dst + x->off, fill);
+        h = p->next[a];
+        off = 0;
+    } else {
+        a = hbuf_get(w);
+        if (a == NIL)
+            return -1;
+        dst = buf_data(p, a);
+        fill = 0;
+        h = x->head;
+        off = x->off;
+    }
+    while (h != NIL) {
+        uint32_t n = p->len[h] - off, next = p->next[h];
+        memcpy(dst + fill, buf_data(p, h) + off, n);
+        fill += n;
+        bufpool_put(w, h);
+        h = next;
+        off = 0;
+    }
+    p->len[a] = fill;
+    p->next[a] = NIL;
+    x->head = x->tail = a;
+    x->off = 0;
+    x->queued = fill;
+    return 0;
+}
+
+/* Bytes in the queue from (bid, off) to its end; bid NIL means its front. */
+uint32_t q_bytes_after(struct worker *w, const struct conn *c, uint32_t bid, uint32_t off)
+{
+    const struct bufpool *p = &w->bufs;
+    if (bid == NIL) {
+        bid = c->x.head;
+        off = c->x.off;
+    }
+    uint32_t n = 0;
+    for (; bid != NIL; bid = p->next[bid], off = 0)
+        n += p->len[bid] - off;
+    return n;
+}

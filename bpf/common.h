@@ -93,6 +93,31 @@ static __always_inline struct wstat *worker_stat(u32 idx)
     return wstats.lookup(&idx);
 }
 
+/* The current thread's worker index + 1, or 0: a per-CPU cache of the last
+ * thread seen in front of the workers hash (a worker is pinned, so the
+ * cache almost always hits). */
+struct tid_cache {
+    u32 tid;
+    u32 idx1;
+};
+BPF_PERCPU_ARRAY(tid_cache, struct tid_cache, 1);
+
+static __always_inline u32 cur_worker1(void)
+{
+    u32 tid = bpf_get_current_pid_tgid();
+    int z = 0;
+    struct tid_cache *c = tid_cache.lookup(&z);
+    if (c && c->tid == tid && tid)
+        return c->idx1;
+    u32 *idx = workers.lookup(&tid);
+    u32 idx1 = idx ? *idx + 1 : 0;
+    if (c) {
+        c->tid = tid;
+        c->idx1 = idx1;
+    }
+    return idx1;
+}
+
 static __always_inline u32 up_task_pid(const void *task)
 {
     u32 pid = 0;

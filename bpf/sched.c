@@ -43,9 +43,9 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
     u64 runnable = preempt;
 #endif
     u32 prev = bpf_get_current_pid_tgid();
-    u32 *pi = workers.lookup(&prev);
-    if (pi) {
-        struct wstat *s = worker_stat(*pi);
+    u32 pw1 = cur_worker1();
+    if (pw1) {
+        struct wstat *s = worker_stat(pw1 - 1);
         if (s) {
             if (runnable) {
                 ADD(s->invol, 1);

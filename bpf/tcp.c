@@ -2,7 +2,7 @@
  * TCP of the proxy's connections: client connections established on its
  * listening ports, upstream connect latency (SYN sent by the proxy process
  * -> ESTABLISHED), connection lifetimes (time in ESTABLISHED), smoothed RTT
- * (tcp:tcp_probe, per received segment) and retransmits
+ * (tcp_probe, sampled) and retransmits
  * (tcp:tcp_retransmit_skb). Tracepoint sock:inet_sock_set_state.
  *
  * Filters: client side by the proxy's listening ports (lports); upstream
@@ -92,21 +92,41 @@ static __always_inline int side_of(u16 sport, u16 dport, u64 sk)
     return 0;
 }
 
-int tcp_rtt(struct tp_tcp_probe *a)
-{
-#ifdef HAVE_tcp_tcp_probe_skaddr
-    u64 sk = a->skaddr;
-#else
-    u64 sk = 0;
+/* tcp_probe fires for every segment received on an established socket:
+ * raw tracepoint (sk, skb), one segment in TCP_SAMPLE looked at, the port
+ * and srtt_us read at their BTF offsets (SK_NUM_OFF, SK_DPORT_OFF,
+ * TP_SRTT_OFF). */
+#ifndef TCP_SAMPLE
+#define TCP_SAMPLE 8
 #endif
-    int side = side_of(a->sport, a->dport, sk);
-    if (!side)
-        return 0;
+int tcp_rtt(struct bpf_raw_tracepoint_args *c)
+{
     int z = 0;
+    if (TCP_SAMPLE > 1 && bpf_get_prandom_u32() % TCP_SAMPLE)
+        return 0;
+    const char *sk = (const char *)c->args[0];
+    u16 sport = 0, dport_be = 0;
+    bpf_probe_read_kernel(&sport, sizeof(sport), sk + SK_NUM_OFF);
+    int side = 0;
+    if (lports.lookup(&sport)) {
+        side = SIDE_CLIENT;
+    } else {
+        bpf_probe_read_kernel(&dport_be, sizeof(dport_be), sk + SK_DPORT_OFF);
+        u16 dport = (dport_be >> 8) | (dport_be << 8);
+        if (!uports.lookup(&dport))
+            return 0;
+        u64 key = (u64)sk;
+        struct tsock *t = tsocks.lookup(&key);
+        if (!t || t->side != SIDE_UPSTREAM)
+            return 0;
+        side = SIDE_UPSTREAM;
+    }
     struct gstat *g = gstats.lookup(&z);
     if (!g)
         return 0;
-    u64 v = a->srtt;
+    u32 srtt8 = 0;
+    bpf_probe_read_kernel(&srtt8, sizeof(srtt8), sk + TP_SRTT_OFF);
+    u64 v = srtt8 >> 3;                 /* srtt_us is kept << 3 */
     if (side == SIDE_CLIENT) {
         ADD(g->rtt_client, 1);
         hist_inc(g->hist_rtt_client, v);

@@ -29,10 +29,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"bcc(\.|$
 SETS = ("uring", "sched", "softirq", "tcp", "cpu")
 
 # set -> (file, tracepoints [(category, event, fn)], raw tracepoints [(tp, fn)])
+_URING_TPS = [("io_uring", "io_uring_submit_req", "uring_submit"),
+              ("io_uring", "io_uring_complete", "uring_complete"),
+              ("io_uring", "io_uring_queue_async_work", "uring_punt")]
 _DEF = {
-    "uring": ("uring.c", [("io_uring", "io_uring_submit_req", "uring_submit"),
-                          ("io_uring", "io_uring_complete", "uring_complete"),
-                          ("io_uring", "io_uring_queue_async_work", "uring_punt")], []),
+    "uring": ("uring.c", _URING_TPS, []),
     "sched": ("sched.c", [], [("sched_wakeup", "sched_wakeup"),
                               ("sched_wakeup_new", "sched_wakeup_new"),
                               ("sched_switch", "sched_switch"),
@@ -40,10 +41,13 @@ _DEF = {
     "softirq": ("softirq.c", [], [("softirq_entry", "softirq_entry"),
                                   ("softirq_exit", "softirq_exit")]),
     "tcp": ("tcp.c", [("sock", "inet_sock_set_state", "tcp_state"),
-                      ("tcp", "tcp_probe", "tcp_rtt"),
-                      ("tcp", "tcp_retransmit_skb", "tcp_retrans")], []),
+                      ("tcp", "tcp_retransmit_skb", "tcp_retrans")],
+            [("tcp_probe", "tcp_rtt")]),
     "cpu": ("cpu.c", [], [("sched_switch", "cpu_switch")]),
 }
+# io_uring's tracepoints take (req) / (ctx, req, cqe) / (req, rw) since 6.0:
+# there they are attached raw, with io_kiocb offsets from BTF.
+_URING_RAW = [(ev, fn) for _, ev, fn in _URING_TPS]
 CPU_TICK_HZ = 20
 SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched",
             "hrtimer", "rcu"]
@@ -52,6 +56,15 @@ SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "
 def _kver() -> tuple:
     from ..features import kernel_version
     return kernel_version()
+
+
+def _has_offsets(*pairs) -> bool:
+    try:
+        for s, m in pairs:
+            btf.offset(s, m)
+        return True
+    except btf.BTFError:
+        return False
 
 
 def bpf_dir() -> str:
@@ -152,16 +165,30 @@ class Probes:
         self.events = pmu_mod.events(self.pmu["pmu"])
         self.status = {s: {"state": "off", "why": "not requested"} for s in SETS}
         self.objects = []        # (BPF object, [sets in it])
+        self.uring_raw = _kver() >= (6, 0) and _has_offsets(("io_kiocb", "ctx"), ("io_kiocb", "opcode"))
         self._raw_fds = []       # raw tracepoint links we hold ourselves
         self._load()
 
     # ---- building the program ----------------------------------------------
     def _defines(self) -> str:
-        out = [f"#define NW {self.nw}", f"#define TGID {self.pid}",
+        if self.uring_raw:
+            pre = [f"#define URING_RAW 1",
+                   f"#define IO_KIOCB_CTX_OFF {btf.offset('io_kiocb', 'ctx')}",
+                   f"#define IO_KIOCB_OPCODE_OFF {btf.offset('io_kiocb', 'opcode')}"]
+        else:
+            pre = []
+        # sampling: one io_uring request in URING_SAMPLE is timed, one TCP
+        # segment in TCP_SAMPLE has its RTT read (UPROXY_*_SAMPLE to change)
+        pre += [f"#define URING_SAMPLE {max(1, int(os.environ.get('UPROXY_URING_SAMPLE', 8)))}",
+                f"#define TCP_SAMPLE {max(1, int(os.environ.get('UPROXY_TCP_SAMPLE', 8)))}"]
+        out = pre + [f"#define NW {self.nw}", f"#define TGID {self.pid}",
                f"#define TASK_PID_OFF {btf.offset('task_struct', 'pid')}",
                f"#define NEV {len(self.events)}",
                # sched_switch(preempt, prev, next, prev_state) since 5.18
                "#define SWITCH_HAS_PREV_STATE 1" if _kver() >= (5, 18) else "",
+               f"#define SK_NUM_OFF {btf.offset('sock_common', 'skc_num')}",
+               f"#define SK_DPORT_OFF {btf.offset('sock_common', 'skc_dport')}",
+               f"#define TP_SRTT_OFF {btf.offset('tcp_sock', 'srtt_us')}",
                "#include <uapi/linux/bpf_perf_event.h>"]
         return "\n".join(out) + "\n"
 
@@ -169,6 +196,8 @@ class Probes:
         d = bpf_dir()
         parts = [self._defines()]
         for s in sets:
+            if s == "uring" and self.uring_raw:
+                continue
             for cat, ev, _ in _DEF[s][1]:
                 parts.append(tpformat.c_struct(cat, ev))
         with open(os.path.join(d, "common.h")) as f:
@@ -253,10 +282,13 @@ class Probes:
         done = []
         try:
             with _quiet_stderr() as err:
-                for cat, ev, fn in _DEF[s][1]:
+                tps, raws = _DEF[s][1], _DEF[s][2]
+                if s == "uring" and self.uring_raw:
+                    tps, raws = [], _URING_RAW
+                for cat, ev, fn in tps:
                     b.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
                     done.append(("tp", f"{cat}:{ev}"))
-                for tp, fn in _DEF[s][2]:
+                for tp, fn in raws:
                     done.append(("raw", self._attach_raw(b, tp, fn)))
                 if s == "cpu":
                     for i, (_, typ, cfg) in enumerate(self.events):
@@ -275,8 +307,8 @@ class Probes:
                     else:
                         b.detach_perf_event(pmu_mod.PERF_TYPE_SOFTWARE, 0)
             return False, f"{e}: {_lines(err['text'])}".rstrip(": ")
-        what = {"uring": "io_uring tracepoints", "sched": "sched raw tracepoints",
-                "softirq": "softirq raw tracepoints", "tcp": "sock/tcp tracepoints",
+        what = {"uring": "io_uring " + ("raw tracepoints" if self.uring_raw else "tracepoints"), "sched": "sched raw tracepoints",
+                "softirq": "softirq raw tracepoints", "tcp": "sock/tcp tracepoints, tcp_probe raw",
                 "cpu": ("hardware" if self.pmu["pmu"] else "software") + " perf events: "
                        + ", ".join(n for n, _, _ in self.events)}[s]
         return True, what
@@ -306,6 +338,10 @@ class Probes:
             for i in range(self.nw):
                 v = wt[ct.c_int(i)]
                 _add_worker(workers[i], v, len(self.events))
+            if "uring" in sets:
+                t = b[b"uring_cqes"]
+                for i in range(self.nw):
+                    workers[i]["uring_completes"] += sum(int(x) for x in t[ct.c_int(i)])
             if "tcp" in sets:
                 _add_global(g, b[b"gstats"][ct.c_int(0)])
             if "softirq" in sets:

@@ -49,6 +49,8 @@ _DEF = {
 # there they are attached raw, with io_kiocb offsets from BTF.
 _URING_RAW = [(ev, fn) for _, ev, fn in _URING_TPS]
 CPU_TICK_HZ = 20
+# What runs per packet or per io_uring operation: duty-cycled when asked.
+HOT = {"uring", "softirq", ("tcp", "tcp_probe")}
 SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched",
             "hrtimer", "rcu"]
 
@@ -155,7 +157,11 @@ def _lines(text: str, n=3) -> str:
 class Probes:
     """The probes of one proxy. `status` says per set: on / off / error and why."""
 
-    def __init__(self, pid: int, workers: list, lports=(), uports=(), sets=SETS, pmu=None):
+    def __init__(self, pid: int, workers: list, lports=(), uports=(), sets=SETS, pmu=None,
+                 duty: float = 1.0, period: float = 1.0):
+        """duty < 1: the per-packet and per-operation probes (io_uring,
+        tcp_probe, softirq) are attached for duty*period of every period
+        only, and rates are taken over the time they were attached."""
         self.pid = pid
         self.workers = [(int(w["index"]), int(w["tid"])) for w in workers]
         self.nw = max(1, len(self.workers))
@@ -167,6 +173,13 @@ class Probes:
         self.objects = []        # (BPF object, [sets in it])
         self.uring_raw = _kver() >= (6, 0) and _has_offsets(("io_kiocb", "ctx"), ("io_kiocb", "opcode"))
         self._raw_fds = []       # raw tracepoint links we hold ourselves
+        self.duty, self.period = max(0.01, min(1.0, duty)), max(0.05, period)
+        self._cycled = []        # [link]: {"set", "tp", "prog", "fd"}
+        self._on_ns = {s: 0 for s in SETS}      # time each set's cycled links were attached
+        self._on_since = None
+        self._lock = __import__("threading").Lock()
+        self._stop = __import__("threading").Event()
+        self._thread = None
         self._load()
 
     # ---- building the program ----------------------------------------------
@@ -267,6 +280,7 @@ class Probes:
                 self.objects.append((b, live))
             else:
                 b.cleanup()
+        self.start_cycling()
 
     def _fill_maps(self, b, sets):
         w = b[b"workers"]
@@ -289,7 +303,11 @@ class Probes:
                     b.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
                     done.append(("tp", f"{cat}:{ev}"))
                 for tp, fn in raws:
-                    done.append(("raw", self._attach_raw(b, tp, fn)))
+                    fd = self._attach_raw(b, tp, fn)
+                    done.append(("raw", fd))
+                    if self.duty < 1.0 and (s in HOT or (s, tp) in HOT):
+                        self._cycled.append({"set": s, "tp": tp, "prog": b.funcs[fn.encode()].fd,
+                                             "fd": fd})
                 if s == "cpu":
                     for i, (_, typ, cfg) in enumerate(self.events):
                         b[f"ev{i}".encode()].open_perf_event(typ, cfg)
@@ -297,6 +315,7 @@ class Probes:
                                         fn_name=b"cpu_tick", sample_freq=CPU_TICK_HZ)
                     done.append(("perf", None))
         except Exception as e:
+            self._cycled = [c for c in self._cycled if c["set"] != s]
             for kind, name in done:
                 with contextlib.suppress(Exception):
                     if kind == "tp":
@@ -312,6 +331,61 @@ class Probes:
                 "cpu": ("hardware" if self.pmu["pmu"] else "software") + " perf events: "
                        + ", ".join(n for n, _, _ in self.events)}[s]
         return True, what
+
+    def start_cycling(self):
+        """Begin the duty cycle (called once the sets are attached)."""
+        if not self._cycled or self._thread:
+            return
+        self._on_since = __import__("time").monotonic_ns()
+        self._thread = __import__("threading").Thread(target=self._cycle, name="uproxy-probe-duty",
+                                                      daemon=True)
+        self._thread.start()
+
+    def _set_links(self, on: bool):
+        from bcc import lib
+        import time as _t
+        with self._lock:
+            now = _t.monotonic_ns()
+            if not on and self._on_since is not None:
+                for s in {c["set"] for c in self._cycled}:
+                    self._on_ns[s] += now - self._on_since
+                self._on_since = None
+            for c in self._cycled:
+                if on and c["fd"] is None:
+                    fd = lib.bpf_attach_raw_tracepoint(c["prog"], c["tp"].encode())
+                    c["fd"] = fd if fd >= 0 else None
+                elif not on and c["fd"] is not None:
+                    if c["fd"] in self._raw_fds:
+                        self._raw_fds.remove(c["fd"])
+                    os.close(c["fd"])
+                    c["fd"] = None
+            if on:
+                self._on_since = now
+
+    def _cycle(self):
+        on_s = self.duty * self.period
+        # already attached: stay on for the first window
+        while not self._stop.wait(on_s):
+            self._set_links(False)
+            if self._stop.wait(self.period - on_s):
+                break
+            self._set_links(True)
+
+    def on_seconds(self) -> dict:
+        """Seconds each set's probes have been attached (all the time for
+        the sets that are not duty-cycled)."""
+        import time as _t
+        with self._lock:
+            now = _t.monotonic_ns()
+            extra = (now - self._on_since) if self._on_since is not None else 0
+            cycled = {c["set"] for c in self._cycled}
+            out = {}
+            for s in SETS:
+                if s in cycled:
+                    out[s] = (self._on_ns[s] + extra) / 1e9
+                else:
+                    out[s] = None
+            return out
 
     def _attach_raw(self, b, tp, fn) -> int:
         """bcc keeps one program per raw tracepoint name; two sets (sched
@@ -352,10 +426,36 @@ class Probes:
                         if ns:
                             softirq.setdefault(cpu, {})
                             softirq[cpu][SOFTIRQS[vec]] = softirq[cpu].get(SOFTIRQS[vec], 0) + int(ns)
-        return {"workers": workers, "tcp": g, "softirq_ns": softirq,
+        return {"workers": workers, "tcp": g, "softirq_ns": softirq, "on_s": self.on_seconds(),
                 "events": [n for n, _, _ in self.events]}
 
+    def prog_stats(self) -> dict:
+        """{program: (runs, ns)} from the kernel's own accounting
+        (/proc/self/fdinfo of each program; counts only while
+        kernel.bpf_stats_enabled is 1)."""
+        out = {}
+        for b, _ in self.objects:
+            for name, fn in getattr(b, "funcs", {}).items():
+                try:
+                    with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+                        info = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+                    runs, ns = int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+                except (OSError, ValueError):
+                    continue
+                key = name.decode() if isinstance(name, bytes) else name
+                r0, n0 = out.get(key, (0, 0))
+                out[key] = (r0 + runs, n0 + ns)
+        return out
+
     def close(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        with self._lock:
+            for c in self._cycled:
+                if c["fd"] is not None and c["fd"] not in self._raw_fds:
+                    os.close(c["fd"])
+                c["fd"] = None
         for fd in self._raw_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,8 +59,15 @@ def say(*args):
     print("bench:", *args, file=sys.stderr, flush=True)
 
 
+def _terminate(signum, frame):
+    # Unwind through the finally blocks, which stop every process started.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     if a.from_json:
         with open(a.from_json) as f:
             res = json.load(f)

@@ -82,8 +82,9 @@ def short(w, r) -> str:
     if "error" in r:
         return "ERROR " + r["error"][:200]
     if w == "idle":
-        return (f"{r['kib_per_conn']:.2f} KiB/conn ({r['alive']}/{r['connections']} alive, "
-                f"RSS {r['rss_before_kib']}->{r['rss_after_kib']} KiB, mode {r['mode']})")
+        return (f"{r['kib_per_conn']:.2f} KiB/conn after a request, {r['kib_per_conn_fresh']:.2f} fresh "
+                f"({r['answered']} answered, {r['alive']}/{r['connections']} alive, RSS {r['rss_before_kib']}"
+                f"->{r['rss_fresh_kib']}->{r['rss_after_kib']} KiB, mode {r['mode']})")
     nz = r.get("noise", {})
     tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
     if w.startswith("l4"):
@@ -103,7 +104,7 @@ def _fmt(v, key):
         return f"{v:,.0f}"
     if key == "cpu_s_per_gib":
         return f"{v:.3f}"
-    if key in ("gbps", "kib_per_conn"):
+    if key in ("gbps", "kib_per_conn", "kib_per_conn_fresh"):
         return f"{v:.2f}"
     if key.endswith("_ms"):
         return f"{v:.2f}"

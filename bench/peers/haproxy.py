@@ -39,10 +39,11 @@ class Haproxy(Contender):
 
     def render(self):
         c = self.ctx
-        # HAProxy needs about two descriptors per connection and refuses to
-        # start when it cannot raise its limit that far.
+        # HAProxy needs two descriptors per connection, plus two per pipe
+        # (maxpipes = maxconn/4) with splicing, and refuses to start when it
+        # cannot raise its limit that far. The same maxconn for both rows.
         import resource
-        maxconn = max(1000, min(20000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200) // 2))
+        maxconn = max(1000, min(20000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 300) // 3))
         splice = "  option splice-request\n  option splice-response\n" if self.splice else ""
         conf = f"""global
   nbthread 1

@@ -21,7 +21,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true",
                    help="a check of about 2 minutes: 1 round, short runs, fewer idle connections")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
-    p.add_argument("--duration", type=float, help="seconds measured per run (default 5; --quick 2; wrk counts whole seconds)")
+    p.add_argument("--duration", type=float, help="seconds measured per run (default 5; --quick 1; wrk counts whole seconds)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 1; --quick 0.5)")
     p.add_argument("--connections", type=int, default=64, help="client connections for HTTP runs (64)")
     p.add_argument("--idle-conns", type=int, help="idle connections for the memory run (5000)")
@@ -46,7 +46,7 @@ def parse_args(argv):
     a = p.parse_args(argv)
     q = a.quick
     a.rounds = a.rounds or (1 if q else 3)
-    a.duration = a.duration or (2.0 if q else 5.0)
+    a.duration = a.duration or (1.0 if q else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
     a.idle_conns = a.idle_conns or 5000
     a.requests = a.requests or (300 if q else 2000)

@@ -10,7 +10,7 @@ from .workloads import METRICS, TITLES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ORDER = ["uproxy", "uproxy-buffered", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
+ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
          "envoy", "traefik", "traefik-fast", "caddy"]
 
 

@@ -161,7 +161,7 @@ def write(path: str, text: str):
 def all_contenders(ctx) -> list:
     from . import caddy, envoy, haproxy, nginx, traefik, uproxy
     return [
-        uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx),
+        uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx), uproxy.UproxySpliceIowq(ctx),
         nginx.Nginx(ctx), nginx.NginxBigbuf(ctx),
         haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx),
         traefik.Traefik(ctx), traefik.TraefikFast(ctx),

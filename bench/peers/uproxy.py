@@ -51,7 +51,7 @@ class Uproxy(Contender):
         if "why" not in _HTTP_STATE:
             d = self.ctx.run_dir
             path = os.path.join(d, "uproxy-http-probe.toml")
-            write(path, self.config_text(free_port(), None, free_port(), with_http=True))
+            write(path, self.config_text(free_port(), None, free_port(), with_http=True, probe=True))
             r = subprocess.run([self.binary(), "check", "-c", path], capture_output=True, text=True,
                                timeout=60)
             _HTTP_STATE["why"] = None if r.returncode == 0 else (
@@ -72,8 +72,10 @@ class Uproxy(Contender):
         listener in front of the same upstream while HTTP is not there."""
         return "http" if not self.http_available() else "tcp"
 
-    def config_text(self, http_port, l4_port, l4http_port, with_http):
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False):
         c = self.ctx
+        up = 9 if probe else c.upstream_port          # the probe is only checked, never run
+        iperf = 9 if probe else c.iperf_port
         out = ["[proxy]", "workers = 1", "max_connections = 16384", ""]
         if with_http:
             out += ["[[listeners]]", 'name = "http"', f'bind = "127.0.0.1:{http_port}"',
@@ -85,8 +87,8 @@ class Uproxy(Contender):
         # callgrind and allocation runs use it while HTTP is not available.
         out += ["[[listeners]]", 'name = "l4http"', f'bind = "127.0.0.1:{l4http_port}"', 'mode = "tcp"',
                 'cluster = "up"', f'forwarding = "{self.forwarding}"', ""]
-        out += ["[[clusters]]", 'name = "up"', f'servers = ["127.0.0.1:{c.upstream_port}"]', ""]
-        out += ["[[clusters]]", 'name = "iperf"', f'servers = ["127.0.0.1:{c.iperf_port}"]', ""]
+        out += ["[[clusters]]", 'name = "up"', f'servers = ["127.0.0.1:{up}"]', ""]
+        out += ["[[clusters]]", 'name = "iperf"', f'servers = ["127.0.0.1:{iperf}"]', ""]
         return "\n".join(out)
 
     def render(self):
@@ -112,3 +114,10 @@ class UproxyBuffered(Uproxy):
     workloads = ("l4_1", "l4_64")
     skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
                     for w in ("idle", "http64", "http64k", "rate", "newconn")}
+
+
+class UproxySpliceIowq(UproxyBuffered):
+    name = "uproxy-splice-iowq"
+    label = "uproxy, splice_iowq"
+    tuning = 'as uproxy, with forwarding = "splice_iowq" (IORING_OP_SPLICE, run by io-wq threads)'
+    forwarding = "splice_iowq"

@@ -85,6 +85,17 @@ struct gstat {
 };
 
 BPF_HASH(workers, u32, u32, 1024);          /* worker TID -> worker index */
+/* Start (CLOCK_MONOTONIC ns) of the current attach window: the loader may
+ * attach the probes for part of each second only (duty cycle); a timestamp
+ * taken before the window began spans a detached gap and is dropped. */
+BPF_ARRAY(window, u64, 1);
+
+static __always_inline u64 window_start(void)
+{
+    int z = 0;
+    u64 *w = window.lookup(&z);
+    return w ? *w : 0;
+}
 BPF_ARRAY(wstats, struct wstat, NW);
 BPF_ARRAY(gstats, struct gstat, 1);
 

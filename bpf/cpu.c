@@ -21,8 +21,8 @@ BPF_PERCPU_ARRAY(cpu_marks, struct cpu_mark, 1);
 
 static __always_inline void cpu_account(struct cpu_mark *m, u64 *vals, u64 now)
 {
-    if (!m->widx1)
-        return;
+    if (!m->widx1 || m->ts < window_start())
+        return;             /* nothing marked in this attach window */
     struct wstat *s = worker_stat(m->widx1 - 1);
     if (!s)
         return;
@@ -47,13 +47,15 @@ int cpu_switch(struct bpf_raw_tracepoint_args *ctx)
     struct cpu_mark *m = cpu_marks.lookup(&z);
     if (!m)
         return 0;
+    u32 next = up_task_pid((const void *)ctx->args[2]);
+    u32 *ni = workers.lookup(&next);
+    if (!m->widx1 && !ni)
+        return 0;           /* neither side is a worker: read nothing */
     u64 vals[6] = {};
     struct bpf_perf_event_value pv;
     /*@READ_EVENTS@*/
     u64 now = bpf_ktime_get_ns();
     cpu_account(m, vals, now);
-    u32 next = up_task_pid((const void *)ctx->args[2]);
-    u32 *ni = workers.lookup(&next);
     if (ni) {
         m->widx1 = *ni + 1;
         cpu_mark_set(m, vals, now);

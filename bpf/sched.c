@@ -63,8 +63,11 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
     u64 *ts = wake_ts.lookup(&next);
     if (!ts)
         return 0;
-    u64 ns = bpf_ktime_get_ns() - *ts;
+    u64 t0 = *ts;
     wake_ts.delete(&next);
+    if (t0 < window_start())
+        return 0;           /* woken before this attach window */
+    u64 ns = bpf_ktime_get_ns() - t0;
     struct wstat *s = worker_stat(*ni);
     if (!s)
         return 0;

@@ -23,6 +23,10 @@ int softirq_exit(struct bpf_raw_tracepoint_args *ctx)
     u64 *t = softirq_start.lookup(&z);
     if (!t || !*t)
         return 0;
+    if (*t < window_start()) {
+        *t = 0;             /* entered before this attach window */
+        return 0;
+    }
     u32 vec = ctx->args[0] & 15;
     u64 *acc = softirq_ns.lookup(&vec);
     if (acc)

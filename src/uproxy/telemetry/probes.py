@@ -49,8 +49,10 @@ _DEF = {
 # there they are attached raw, with io_kiocb offsets from BTF.
 _URING_RAW = [(ev, fn) for _, ev, fn in _URING_TPS]
 CPU_TICK_HZ = 20
-# What runs per packet or per io_uring operation: duty-cycled when asked.
-HOT = {"uring", "softirq", ("tcp", "tcp_probe")}
+# What runs per packet, per io_uring operation or per context switch:
+# duty-cycled when asked (the per-connection TCP tracepoints stay on, they
+# keep the connection tracking whole).
+HOT = {"uring", "softirq", "sched", "cpu", ("tcp", "tcp_probe")}
 SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched",
             "hrtimer", "rcu"]
 
@@ -350,6 +352,8 @@ class Probes:
                 for s in {c["set"] for c in self._cycled}:
                     self._on_ns[s] += now - self._on_since
                 self._on_since = None
+            if on:
+                self._mark_window(_t.monotonic_ns())
             for c in self._cycled:
                 if on and c["fd"] is None:
                     fd = lib.bpf_attach_raw_tracepoint(c["prog"], c["tp"].encode())
@@ -361,6 +365,11 @@ class Probes:
                     c["fd"] = None
             if on:
                 self._on_since = now
+
+    def _mark_window(self, ns: int):
+        for b, _ in self.objects:
+            with contextlib.suppress(Exception):
+                b[b"window"][ct.c_int(0)] = ct.c_uint64(ns)
 
     def _cycle(self):
         on_s = self.duty * self.period

@@ -228,8 +228,9 @@ class Collector:
         if P.on("sched"):
             s = hist.summary(hist.delta(x["hist_rq"], px["hist_rq"]))
             out["runq_p99_us"] = _us(s["p99_us"])
-            out["invol_switches_bpf_s"] = _rate(x["invol"], px["invol"], dt)
-            out["migrations_s"] = _rate(x["migrations"], px["migrations"], dt)
+            sdt = on_dt("sched")
+            out["invol_switches_bpf_s"] = _rate(x["invol"], px["invol"], sdt)
+            out["migrations_s"] = _rate(x["migrations"], px["migrations"], sdt)
         if P.on("softirq") and w["cpu"] >= 0:
             cpu = w["cpu"]
             ns = sum(b["softirq_ns"].get(cpu, {}).values())
@@ -239,14 +240,18 @@ class Collector:
             out["softirq_src"] = "ebpf"
         if pmu_on:
             dv = {n: x["pmu"][k] - px["pmu"][k] for k, n in enumerate(ev_names)}
+            cdt = on_dt("cpu")
             if self.pmu["pmu"]:
                 out["ipc"] = _ratio(dv.get("instructions"), dv.get("cycles"), nd=2)
-                out["cache_misses_per_unit"] = _ratio(dv.get("cache_misses"), units, nd=1)
+                # counted while attached; requests over the whole interval
+                per_s = dv.get("cache_misses", 0) / cdt if cdt > 0 else None
+                out["cache_misses_per_unit"] = _ratio(per_s, units / dt if units else None, nd=1)
                 out["branch_miss_pct"] = _ratio(dv.get("branch_misses"),
                                                 dv.get("branch_instructions"), 100, 2)
             else:
-                out["cpu_clock_pct"] = round(100 * dv.get("cpu_clock_ns", 0) / 1e9 / dt, 1)
-                out["bpf_page_faults_s"] = round(dv.get("page_faults", 0) / dt, 1)
+                if cdt > 0:
+                    out["cpu_clock_pct"] = round(100 * dv.get("cpu_clock_ns", 0) / 1e9 / cdt, 1)
+                    out["bpf_page_faults_s"] = round(dv.get("page_faults", 0) / cdt, 1)
             out["pmu_deltas"] = dv
         return out
 

@@ -150,6 +150,8 @@ def tables(res, with_range=True) -> str:
             cells = [_cell(e, k, with_range) or "–" for k, _, _ in mets]
             r = e.get("ratio_vs_nginx")
             ratio = f"{r['median']:.2f}x" if r else "–"
+            if r and r["max"] - r["min"] > 0.005:
+                ratio += f" ({r['min']:.2f}–{r['max']:.2f})"
             notes = []
             if e.get("mode") == "tcp":
                 notes.append("tcp listener (HTTP not available yet)")
@@ -180,7 +182,7 @@ def profile_md(res) -> str:
         out.append(f"- callgrind: could not run: {cg['error']}")
     elif cg:
         out.append(f"- Measured through: {cg['target']}; {cg['requests']:,} requests after "
-                   f"{cg['warmup']:,} of warm-up, worker thread only (valgrind {cg.get('valgrind', '')}).")
+                   f"{cg['warmup']:,} of warm-up, worker thread only ({cg.get('valgrind', 'valgrind')}).")
         out.append(f"- Instructions per request: **{cg['ir_per_req']:,.0f}**")
         out.append(f"- Simulated cache misses per request (callgrind --cache-sim=yes, cachegrind's model): "
                    f"D1 {cg['d1_miss_per_req']:.1f}, LL {cg['ll_miss_per_req']:.2f}, I1 {cg['i1_miss_per_req']:.1f}")
@@ -334,8 +336,9 @@ def document(res, png_prefix="") -> str:
         tpl = f.read()
     m = res["machine"]
     st = res["settings"]
+    wu = (f"+{st['warmup']:g} s warm-up" if st["warmup"] >= 1 else "after a 1,000-request warm-up")
     run = (f"{res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) of "
-           f"{st['duration']} s per run (+{st['warmup']} s warm-up), {st['connections']} connections, "
+           f"{max(1, round(st['duration']))} s per run ({wu}), {st['connections']} connections, "
            f"{st['idle_conns']:,} idle connections; {res.get('elapsed_s', 0) / 60:.1f} minutes in all. "
            f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_mib']:,} MiB, Linux {m['kernel']}, "
            f"{m['os']}{', ' + m['virtualization'] if m.get('virtualization') else ''}. Proxy on CPU "
@@ -355,4 +358,9 @@ def document(res, png_prefix="") -> str:
     }
     for k, v in rep.items():
         tpl = tpl.replace(k, v)
+    if res.get("quick"):
+        banner = ("> **These figures come from `scripts/bench --quick`** (one round of 1-second runs): a check "
+                  "that the harness works, not a result. The figures that decide are those of a full "
+                  "`scripts/bench` on a quiet machine.\n\n")
+        tpl = tpl.replace("## Headline", banner + "## Headline", 1)
     return tpl

@@ -101,14 +101,25 @@ def wrk(ctx, cont, path, duration, headers=()):
     return out
 
 
+def _check_bytes(r, body):
+    """wrk counts every byte read: a response shorter than its body means
+    the proxy lost bytes (or the run ended mid-response, which a long run
+    makes negligible)."""
+    r["bytes_per_req"] = r["bytes"] / r["requests"]
+    if r["bytes_per_req"] < body:
+        r["errors"] += 1
+        r["error_detail"]["short_responses"] = f"{r['bytes_per_req']:.0f} bytes/request < {body}"
+    return r
+
+
 def http64(ctx, cont):
     warm(ctx, cont, "/64")
-    return wrk(ctx, cont, "/64", ctx.args.duration)
+    return _check_bytes(wrk(ctx, cont, "/64", ctx.args.duration), 64)
 
 
 def http64k(ctx, cont):
     warm(ctx, cont, "/64k")
-    r = wrk(ctx, cont, "/64k", ctx.args.duration)
+    r = _check_bytes(wrk(ctx, cont, "/64k", ctx.args.duration), 65536)
     r["gbps"] = r["bytes"] * 8 / (r["requests"] / r["rps"]) / 1e9
     return r
 

@@ -318,6 +318,8 @@ struct up_worker_opts {
     int32_t  iowq_cpu;        /* -1: leave io-wq unpinned */
     uint32_t queue_limit;     /* bytes buffered per direction before pausing */
     uint32_t head_buffers;    /* http: buffers for heads that span receives */
+    uint32_t wait_batch;      /* completions to wait for before waking (1: any) */
+    uint32_t wait_us;         /* ... or this long */
 };
 
 struct up_worker;

@@ -52,6 +52,11 @@ void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off)
             x->tail = NIL;
         bufpool_put(w, bid);
     }
+    /* Backpressure ends when the queue has drained to half its limit. */
+    if ((x->flags & X_PAUSED) && x->queued <= w->o.queue_limit / 2) {
+        x->flags &= ~X_PAUSED;
+        h1_recv_arm(w, c);
+    }
 }
 
 void q_release_all(struct worker *w, struct conn *c)

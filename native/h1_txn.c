@@ -426,7 +426,8 @@ void txn_req_pump(struct worker *w, struct txn *t)
     out_submit(w, &t->req, u);
 }
 
-/* Send what is ready toward the client. */
+/* Send what is ready toward the client; notice the end of the response,
+ * or its premature end. */
 void txn_resp_pump(struct worker *w, struct txn *t)
 {
     if (t->resp.active)
@@ -440,11 +441,21 @@ void txn_resp_pump(struct worker *w, struct txn *t)
             txn_abort(w, t, 502, false);
             return;
         }
+        if ((w->conns[t->up].x.flags & X_EOF) && t->resp_body == H1_BODY_CLOSE)
+            t->flags |= TF_RESP_DONE;   /* a close-delimited body ends with the close */
     }
     t->flags &= ~TF_RESP_ROUND;
     if (!t->resp.left) {
-        if (t->flags & TF_RESP_DONE)
-            txn_end(w, t);
+        if (t->flags & TF_RESP_DONE) {
+            if (!t->req.active)
+                txn_end(w, t);
+        } else if (t->up != NIL && (w->conns[t->up].x.flags & X_EOF) &&
+                   t->resp_body != H1_BODY_TUNNEL) {
+            /* The upstream closed before the body's end: the client is cut
+             * too, so it sees the response is incomplete. */
+            w->c[UP_C_ERR_SHORT_BODY]++;
+            txn_abort(w, t, 0, false);
+        }
         return;
     }
     t->flags |= TF_REPLIED;

@@ -241,14 +241,7 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
         return;
     }
     if (t->flags & TF_RESP_HEAD) {
-        if ((u->x.flags & X_EOF) && t->resp_body == H1_BODY_CLOSE)
-            t->flags |= TF_RESP_DONE;
         txn_resp_pump(w, t);
-        if ((u->x.flags & X_EOF) && !(t->flags & TF_RESP_DONE) && t->resp_body != H1_BODY_TUNNEL &&
-            !t->resp.active) {
-            w->c[UP_C_ERR_SHORT_BODY]++;
-            txn_abort(w, t, 0, false);
-        }
         return;
     }
     if (t->resp.active)

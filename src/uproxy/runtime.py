@@ -20,6 +20,7 @@ from . import shm
 from ._native import ffi, lib
 from .config import Config, ConfigError, load
 from .listeners import ListenerSockets
+from .health import HealthChecker
 from .tables import Tables
 
 log = logging.getLogger("uproxy")
@@ -71,6 +72,8 @@ class Worker:
         o.iowq_cpu = cpu if p.iowq_cpu == "worker" else (-1 if p.iowq_cpu == "any" else int(p.iowq_cpu))
         o.queue_limit = p.queue_limit
         o.head_buffers = p.head_buffers
+        o.wait_batch = int(os.environ.get("UPROXY_WAIT_BATCH", "1"))
+        o.wait_us = int(os.environ.get("UPROXY_WAIT_US", "50"))
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
                                      rt.segment.wservers[index])
@@ -110,6 +113,7 @@ class Runtime:
         self.workers: list[Worker] = []
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
+        self.wake = threading.Event()        # set by either signal: the main loop wakes at once
         self.events: list = []               # (time, text): recent notable events
 
     # ---- start -------------------------------------------------------
@@ -137,6 +141,8 @@ class Runtime:
                      "to use more", soft, self.max_conns, p.max_connections)
         self.segment = shm.Segment(n, self.features)
         self.control = ffi.new("struct up_control *")
+        self.health = HealthChecker(self)
+        self.health.configure(self.cfg)
         try:
             self._publish(self.cfg)
             for i in range(n):
@@ -152,6 +158,7 @@ class Runtime:
             self._abort_start()
             raise
         self.event(f"started generation {self.generation} with {n} workers")
+        self.health.start()
         self.admin = None
         if self.cfg.admin:
             from .admin import AdminServer      # /metrics, /status, /health
@@ -200,12 +207,15 @@ class Runtime:
     def _publish(self, cfg: Config):
         socks = self._sockets_for(cfg)
         self.generation += 1
-        health = {}
+        health = self.health.health_map()
         slots = {}
         for c in cfg.clusters.values():
             for sv in c.servers:
                 slots[(c.name, sv.label)] = self.segment.server_slot(c.name, sv.label, self.generation)
         self.segment.retire_servers(set(slots))
+        for key in slots:
+            if key in health:
+                self.segment.set_health(*key, health[key])
         t = Tables(cfg, self.generation, self.nworkers, socks, health, slots)
         self.tables.append(t)
         self.cfg = cfg
@@ -237,6 +247,7 @@ class Runtime:
                 log.warning("reload: [proxy] workers changed; that takes a restart, "
                             "keeping %d workers", self.nworkers)
             self._publish(cfg)
+            self.health.configure(cfg)
         except (ConfigError, OSError, Exception) as e:
             self.segment.header.reload_failures += 1
             log.error("reload failed, still running generation %d: %s", self.generation, e)
@@ -254,14 +265,22 @@ class Runtime:
 
     # ---- run and stop --------------------------------------------------
     def install_signals(self):
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        def stop(*_):
+            self.stop_requested.set()
+            self.wake.set()
+
+        def reload(*_):
+            self.reload_requested.set()
+            self.wake.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def serve(self, tick=None) -> int:
         """Main thread: wait for signals, reload, collect; return the exit code."""
         while not self.stop_requested.is_set():
-            self.stop_requested.wait(0.2)
+            self.wake.wait(0.2)
+            self.wake.clear()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
@@ -276,7 +295,18 @@ class Runtime:
                 tick()
         return self.stop()
 
+    def set_health(self, cluster: str, label: str, up: bool):
+        """Called by the health checker: one byte per table, read by the
+        workers without a lock."""
+        for t in self.tables:
+            for i, key in enumerate(t.server_labels):
+                if key == (cluster, label):
+                    t.health[i] = 1 if up else 0
+        self.segment.set_health(cluster, label, up)
+
     def stop(self) -> int:
+        if getattr(self, "health", None):
+            self.health.close()
         if getattr(self, "admin", None):
             self.admin.close()
             self.admin = None

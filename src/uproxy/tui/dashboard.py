@@ -124,6 +124,7 @@ def _cores(v, sort_key) -> Table:
     key = {"core": lambda r: r["index"], "rps": lambda r: -(r["rps"] or 0),
            "p99": lambda r: -(r["p99_us"] or 0), "cpu": lambda r: -(r["cpu_pct"] or 0)}[sort_key]
     rows.sort(key=key)
+    cpu_total = []
     for r in rows:
         state = "" if r["state"] == "running" else f" ({r['state']})"
         cells = [f"w{r['index']}{state}", str(r["cpu"]) if r["cpu"] >= 0 else DASH,
@@ -134,6 +135,8 @@ def _cores(v, sort_key) -> Table:
                       _num(r["branch_miss_pct"], 2)]
         else:
             cpu = r["cpu_clock_pct"] if r.get("cpu_clock_pct") is not None else r["cpu_pct"]
+            if cpu is not None:
+                cpu_total.append(cpu)
             cells += [_num(cpu, 1), _num(r["ctx_switches_s"]), _num(r["page_faults_s"])]
         cells += [_num(r["uring_ops_s"]), _us(r["uring_lat_p99_us"]), _num(r["iowq_punts_s"]),
                   _us(r["runq_p99_us"]), _num(r["softirq_pct"], 1)]
@@ -141,7 +144,7 @@ def _cores(v, sort_key) -> Table:
     tot = v["total"]
     cells = ["all", "", _num(tot["rps"]), _num(tot["active"]), _us(tot["p50_us"]),
              _us(tot["p99_us"]), _us(tot["p999_us"])]
-    cells += ["", "", ""] if pmu else [_num(tot["cpu_pct"], 1), "", ""]
+    cells += ["", "", ""] if pmu else [_num(sum(cpu_total) if cpu_total else None, 1), "", ""]
     cells += [_num(tot["uring_ops_s"]), "", _num(tot["iowq_punts_s"]), "", ""]
     t.add_row(*cells, style="bold")
     return t

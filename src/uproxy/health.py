@@ -1,0 +1,134 @@
+"""Active health checks: the control plane probes each server of a cluster
+that has a [clusters.health] table, and tells the workers which servers are
+up by writing one byte per server in the published table (the workers read
+it with a relaxed load; nothing is locked). Checks never run on the request
+path: they are a thread of the control plane.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("uproxy")
+
+
+def _expect_ok(expect: str, status: int) -> bool:
+    for part in expect.split(","):
+        part = part.strip()
+        if part.endswith("xx"):
+            if status // 100 == int(part[0]):
+                return True
+        elif status == int(part):
+            return True
+    return False
+
+
+def probe(address, host_label: str, health) -> tuple:
+    """One check: (ok, reason)."""
+    fam, sa = address
+    timeout = health.timeout_ms / 1000
+    try:
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(sa)
+            if health.path is None:
+                return True, "connect ok"
+            s.sendall(f"GET {health.path} HTTP/1.1\r\nHost: {host_label}\r\n"
+                      f"User-Agent: uproxy-health\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            deadline = time.monotonic() + timeout
+            while b"\r\n" not in data and len(data) < 4096:
+                s.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            line = data.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+                return False, f"not an HTTP response: {line[:60]!r}"
+            status = int(parts[1])
+            if not _expect_ok(health.expect, status):
+                return False, f"status {status}, expected {health.expect}"
+            return True, f"status {status}"
+    except socket.timeout:
+        return False, f"no answer within {health.timeout_ms} ms"
+    except OSError as e:
+        return False, e.strerror or str(e)
+
+
+class HealthChecker:
+    def __init__(self, runtime):
+        self.rt = runtime
+        self.state = {}      # (cluster, label) -> [up, successes, failures, next_due]
+        self.targets = []    # (cluster, label, address, health)
+        self.lock = threading.Lock()   # control plane only: checker thread vs reload
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="uproxy-health")
+        self.thread = threading.Thread(target=self._run, name="uproxy-health", daemon=True)
+
+    def configure(self, cfg):
+        targets = []
+        for c in cfg.clusters.values():
+            if c.health is None:
+                continue
+            for s in c.servers:
+                targets.append((c.name, s.label, s.address, c.health))
+        with self.lock:
+            keep = {(t[0], t[1]) for t in targets}
+            self.state = {k: v for k, v in self.state.items() if k in keep}
+            for cname, label, _, _ in targets:
+                self.state.setdefault((cname, label), [True, 0, 0, 0.0])
+            self.targets = targets
+
+    def health_map(self) -> dict:
+        with self.lock:
+            return {k: v[0] for k, v in self.state.items()}
+
+    def start(self):
+        if not self.thread.is_alive():
+            self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self):
+        while not self.stop.is_set():
+            now = time.monotonic()
+            with self.lock:
+                due = [t for t in self.targets if self.state[(t[0], t[1])][3] <= now]
+                for t in due:
+                    self.state[(t[0], t[1])][3] = now + t[3].interval_ms / 1000
+            futures = [(t, self.pool.submit(probe, t[2], t[1], t[3])) for t in due]
+            for t, f in futures:
+                try:
+                    ok, why = f.result()
+                except Exception as e:      # a bug in a check must not stop checking
+                    ok, why = False, repr(e)
+                self._record(t, ok, why)
+            self.stop.wait(0.05)
+
+    def _record(self, target, ok, why):
+        cname, label, _, h = target
+        with self.lock:
+            st = self.state.get((cname, label))
+            if st is None:
+                return
+            if ok:
+                st[1], st[2] = st[1] + 1, 0
+            else:
+                st[1], st[2] = 0, st[2] + 1
+            changed = None
+            if st[0] and st[2] >= h.fall:
+                st[0], changed = False, "down"
+            elif not st[0] and st[1] >= h.rise:
+                st[0], changed = True, "up"
+        if changed:
+            self.rt.set_health(cname, label, st[0])
+            text = f"server {label} in cluster {cname} is {changed}" + ("" if ok else f": {why}")
+            (log.warning if changed == "down" else log.info)("%s", text)
+            self.rt.event(text)

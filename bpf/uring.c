@@ -72,6 +72,12 @@ static __always_inline int on_complete(u64 req)
     struct inflight *f = uring_inflight.lookup(&k);
     if (!f || f->req != req)
         return 0;
+    if (f->ts < window_start()) {
+        /* timed before this attach window: its completion may have gone
+         * by unseen and the address been reused since */
+        f->req = 0;
+        return 0;
+    }
     u64 ns = bpf_ktime_get_ns() - f->ts;
     u32 op = f->op & 63;
     struct wstat *s = worker_stat(f->idx);

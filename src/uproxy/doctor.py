@@ -188,7 +188,7 @@ def _try_bpf():
         from bcc import BPF
         with _quiet_stderr() as err:
             try:
-                b = BPF(text="int uproxy_doctor(struct bpf_raw_tracepoint_args *ctx) { return 0; }",
+                b = BPF(text=b"int uproxy_doctor(struct bpf_raw_tracepoint_args *ctx) { return 0; }",
                         cflags=["-w"])
                 b.load_func(b"uproxy_doctor", BPF.RAW_TRACEPOINT)
                 b.cleanup()

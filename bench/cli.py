@@ -32,7 +32,7 @@ def parse_args(argv):
     p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
     p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
     p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
-    p.add_argument("--requests", type=int, help="requests measured under callgrind (2000; --quick 300)")
+    p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="flag a run when other processes used more than this many CPUs on average (0.10)")
     p.add_argument("--out", help="results directory (default bench-results/<time>)")
@@ -49,7 +49,7 @@ def parse_args(argv):
     a.duration = a.duration or (1.0 if q else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
     a.idle_conns = a.idle_conns or 5000
-    a.requests = a.requests or (300 if q else 2000)
+    a.requests = a.requests or (1000 if q else 2000)
     if a.docs is None:
         a.docs = not q and not a.only and not a.workloads
     return a

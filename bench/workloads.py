@@ -72,7 +72,10 @@ def warm(ctx, cont, path, headers=()):
 def wrk(ctx, cont, path, duration, headers=()):
     a = ctx.args
     duration = max(1, int(round(duration)))
-    argv = [ctx.tools["wrk"], "-t", "1", "-c", str(a.connections), "-d", f"{duration}s",
+    # One wrk thread per two load CPUs (one on a 2-CPU host): the upstream
+    # needs the others.
+    threads = max(1, min(a.connections, len(ctx.load_cpus) // 2))
+    argv = [ctx.tools["wrk"], "-t", str(threads), "-c", str(a.connections), "-d", f"{duration}s",
             "--timeout", "5s", "-s", WRK_LUA]
     for h in headers:
         argv += ["-H", h]

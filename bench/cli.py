@@ -166,10 +166,10 @@ def main(argv=None) -> int:
     n_timed = sum(1 for c in present for w in wls if not c.skip(w) and w != "idle")
     n_idle = sum(1 for c in present if "idle" in wls and not c.skip("idle"))
     n_starts = sum(1 for c in present if any(not c.skip(w) for w in wls))
-    per = max(1, round(a.duration)) + (max(1, round(a.warmup)) if a.warmup >= 1 else 0.25) + 0.35
-    est = a.rounds * (n_timed * per + n_idle * 4 + n_starts * 1.3) + 10 + \
+    per = max(1, round(a.duration)) + (max(1, round(a.warmup)) if a.warmup >= 1 else 0.25) + 0.2
+    est = a.rounds * (n_timed * per + n_idle * 3.5 + n_starts * 1.3) + 10 + \
         (0 if a.no_valgrind else 15 + a.requests / 60)
-    say(f"{len(present)} contenders, {len(wls)} workloads, {a.rounds} round(s): about {est / 60:.0f} minutes")
+    say(f"{len(present)} contenders, {len(wls)} workloads, {a.rounds} round(s): about {est / 60:.1f} minutes")
     res["estimate_s"] = est
 
     upstream = Upstream(ctx)

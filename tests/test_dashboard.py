@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -298,6 +299,7 @@ def test_run_dashboard_embedded(tmp_path, servers):
     t = Tmux(f"{sys.executable} -m uproxy run -c {cfg} --dashboard --interval 0.5",
              env={"UPROXY_NO_BPF": "1"})
     load = None
+    pid = None
     try:
         t.wait("per core", timeout=60)
         load = Load(port)
@@ -306,11 +308,14 @@ def test_run_dashboard_embedded(tmp_path, servers):
         pid = [q for q in shm.running_pids()
                if os.path.exists(f"/proc/{q}/cmdline") and str(cfg) in
                open(f"/proc/{q}/cmdline").read()][0]
-        os.kill(pid, __import__("signal").SIGHUP)        # the runtime's duties go on
+        os.kill(pid, signal.SIGHUP)        # the runtime's duties go on: a reload
         t.wait("reloaded: generation 2")
         t.keys("q")
         t.wait("EXITED 0")
     finally:
         if load:
             load.close()
+        # closing tmux sends SIGHUP, which the proxy takes as "reload": stop it
+        if pid and os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGTERM)
         t.close()

@@ -35,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="flag a run when other processes used more than this many CPUs on average (0.10)")
+    p.add_argument("--retry-noisy", type=int, default=0,
+                   help="run a run flagged noisy again, up to this many times, and keep the quietest (0)")
     p.add_argument("--out", help="results directory (default bench-results/<time>)")
     p.add_argument("--docs", dest="docs", action="store_true", default=None,
                    help="write docs/benchmarks.md and docs/bench-*.png (default for full runs)")
@@ -209,6 +211,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _other(r) -> float:
+    n = r.get("noise") or {}
+    return n.get("other_cpu_s", 0) / max(n.get("wall_s", 1), 1e-9)
+
+
 def run_contender(ctx, c, rnd, todo, res) -> dict:
     rows = {}
     t0 = time.monotonic()
@@ -224,12 +231,24 @@ def run_contender(ctx, c, rnd, todo, res) -> dict:
             if w == "rate" and ctx.rate is None:
                 rows[w] = {"error": "no fixed rate yet (nginx's http64 runs first)"}
                 continue
-            try:
-                r = workloads.RUNNERS[w](ctx, c)
-            except workloads.WorkloadError as e:
-                r = {"error": str(e)[:800]}
-            except Exception as e:  # keep the bench going; the row says what happened
-                r = {"error": f"{type(e).__name__}: {e}"[:800]}
+            r = None
+            for attempt in range(1 + ctx.args.retry_noisy):
+                try:
+                    r2 = workloads.RUNNERS[w](ctx, c)
+                except workloads.WorkloadError as e:
+                    r2 = {"error": str(e)[:800]}
+                except Exception as e:  # keep the bench going; the row says what happened
+                    r2 = {"error": f"{type(e).__name__}: {e}"[:800]}
+                # Of a noisy run and its retries, the quietest counts.
+                if r is None or ("error" in r and "error" not in r2) or \
+                        ("error" not in r2 and _other(r2) < _other(r)):
+                    r = r2
+                if "error" in r2 or not report._noisy(r2, ctx.args.noise_threshold) or \
+                        c.proc.poll() is not None or attempt == ctx.args.retry_noisy:
+                    break
+                say(f"  {c.name:15} {w:8} noisy ({report._noisy(r2, ctx.args.noise_threshold)[:80]}); again")
+            if attempt:
+                r["attempts"] = attempt + 1
             rows[w] = r
             say(f"  {c.name:15} {w:8} {report.short(w, r)}")
             if w == "http64" and ctx.rate is None and r.get("rps") and c.name == ctx.rate_ref:

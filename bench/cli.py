@@ -53,7 +53,7 @@ def parse_args(argv):
     a.idle_conns = a.idle_conns or 5000
     a.requests = a.requests or (1000 if q else 2000)
     if a.docs is None:
-        a.docs = not q and not a.only and not a.workloads
+        a.docs = not q and not a.only and not a.workloads and not a.from_json
     return a
 
 
@@ -100,6 +100,7 @@ def main(argv=None) -> int:
         "contenders": {},
         "rounds": [],
         "missing": {},
+        "uproxy_build_matches_tree": os.environ.get("UPROXY_BENCH_BUILD_FRESH") == "1",
     }
     say(f"results in {out}; proxy on CPU {ctx.proxy_cpus}, load and upstream on CPU {ctx.load_cpus}")
     if len(ctx.load_cpus) == 0 or set(ctx.load_cpus) & set(ctx.proxy_cpus):

@@ -290,6 +290,36 @@ def headline_md(res) -> str:
     return "\n".join(rows) + "\n"
 
 
+# DESIGN.md's anchors (a 2-core VM, medians of 5 interleaved rounds): the
+# harness should land in the same order of magnitude for the peers.
+ANCHORS = [
+    ("http64", "nginx", "cpu_us_per_req", 16.4), ("http64", "haproxy", "cpu_us_per_req", 17.0),
+    ("http64", "envoy", "cpu_us_per_req", 51.3), ("http64", "traefik", "cpu_us_per_req", 61.9),
+    ("http64", "caddy", "cpu_us_per_req", 84.7),
+    ("http64k", "nginx-bigbuf", "cpu_us_per_req", 39.2), ("http64k", "haproxy", "cpu_us_per_req", 47.7),
+    ("http64k", "envoy", "cpu_us_per_req", 73.2), ("http64k", "traefik", "cpu_us_per_req", 112),
+    ("l4_1", "nginx-bigbuf", "gbps", 16.1), ("l4_1", "nginx-bigbuf", "cpu_s_per_gib", 0.41),
+    ("l4_1", "haproxy-splice", "gbps", 15.5), ("l4_1", "haproxy-splice", "cpu_s_per_gib", 0.31),
+    ("l4_1", "envoy", "gbps", 15.1), ("l4_1", "envoy", "cpu_s_per_gib", 0.46),
+    ("l4_1", "traefik", "gbps", 11.0), ("l4_1", "traefik", "cpu_s_per_gib", 0.68),
+    ("idle", "nginx", "kib_per_conn", 0.57), ("idle", "haproxy", "kib_per_conn", 1.18),
+    ("idle", "envoy", "kib_per_conn", 16.1), ("idle", "traefik", "kib_per_conn", 28.6),
+]
+
+
+def anchors_md(res) -> str:
+    s = res["summary"]
+    out = ["| workload | contender | figure | anchor | this run | this run / anchor |", "|---|---|---|---|---|---|"]
+    labels = {k: lab for w in METRICS.values() for k, lab, _ in w}
+    for w, name, key, anchor in ANCHORS:
+        m = s.get(w, {}).get(name, {}).get("metrics", {}).get(key)
+        label = res["contenders"].get(name, {}).get("label", name)
+        got = _fmt(m["median"], key) if m else "–"
+        ratio = f"{m['median'] / anchor:.2f}" if m else "–"
+        out.append(f"| {w} | {label} | {labels.get(key, key)} | {anchor:g} | {got} | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
 def console(res) -> str:
     out = ["", tables(res, with_range=True), "Gates (DESIGN.md §3):"]
     for g in res.get("gates", []):
@@ -354,10 +384,14 @@ def document(res, png_prefix="") -> str:
         "{{TABLES}}": tables(res),
         "{{PROFILE}}": profile_md(res),
         "{{NOISE}}": noise_md(res),
+        "{{ANCHORS}}": anchors_md(res),
         "{{PNG}}": png_prefix,
     }
     for k, v in rep.items():
         tpl = tpl.replace(k, v)
+    if not res.get("uproxy_build_matches_tree", True):
+        tpl = tpl.replace("**This run:**", "**This run** (warning: uproxy's built C core did not match native/ "
+                          "in the tree; scripts/setup rebuilds it):", 1)
     if res.get("quick"):
         banner = ("> **These figures come from `scripts/bench --quick`** (one round of 1-second runs): a check "
                   "that the harness works, not a result. The figures that decide are those of a full "

@@ -119,7 +119,6 @@ def check(res) -> list:
 
     # G4: L4 one stream, Gbit/s and CPU-s/GiB.
     ug = _uproxy(s, "l4_1", "gbps", res, low=False)
-    uc = _uproxy(s, "l4_1", "cpu_s_per_gib", res)
     pg = _medians(s, "l4_1", "gbps", res)
     pc = _medians(s, "l4_1", "cpu_s_per_gib", res)
     f4 = 0.24 / 0.31

@@ -134,6 +134,8 @@ struct up_listener {
     uint32_t max_target;      /* http: bytes of a request target (414) */
     uint32_t nroutes;
     struct up_route *routes;
+    uint32_t access_log;      /* http: 1 to write access-log records */
+    uint32_t pad2;
     int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
 };
 
@@ -258,7 +260,9 @@ struct up_shm_header {
     uint32_t workers_offset;  /* struct up_shm_worker[nworkers] */
     uint32_t wservers_offset; /* struct up_shm_wserver[nworkers][max_servers] */
     uint64_t events_written;  /* ring position: next event goes at this % UP_NEVENTS */
-    uint64_t pad[3];
+    uint32_t logs_offset;     /* struct up_log_ring[nworkers] */
+    uint32_t log_records;     /* UP_LOG_RECORDS */
+    uint64_t pad[2];
 };
 
 /* Written by the control plane: what each server slot is. */
@@ -289,6 +293,40 @@ struct up_shm_worker {
     uint64_t hist_request[256];  /* HTTP: request start to response end, us */
     uint64_t hist_upstream[256]; /* HTTP: request sent to response head, us */
     uint64_t hist_connect[256];  /* upstream connect, us */
+};
+
+/* Access log: one ring per worker, written by the worker (head) and
+ * drained by the control plane (tail). A full ring drops the record and
+ * counts it; the worker never waits. */
+#define UP_LOG_RECORDS 4096
+
+struct up_log_rec {
+    uint64_t time_ms;         /* CLOCK_REALTIME when the response ended */
+    uint64_t bytes_in;        /* request bytes (head and body) */
+    uint64_t bytes_out;       /* response bytes sent */
+    uint32_t duration_us;
+    uint32_t listener_id;
+    uint16_t status;
+    uint16_t server_slot;     /* 0xffff: no upstream */
+    uint16_t port;            /* client port */
+    uint8_t addr_len;         /* 4 or 16 */
+    uint8_t minor;            /* HTTP/1.<minor> */
+    uint8_t addr[16];
+    uint16_t target_len;      /* the full length; the text is cut at 160 */
+    uint8_t method_len, host_len, ua_len, referer_len, pad[2];
+    char method[16];
+    char target[160];
+    char host[64];
+    char ua[96];
+    char referer[96];
+};
+
+struct up_log_ring {
+    uint64_t head;            /* records written (worker) */
+    uint64_t pad0[7];
+    uint64_t tail;            /* records consumed (control plane) */
+    uint64_t pad1[7];
+    struct up_log_rec recs[4096];
 };
 
 /* One worker's view of one server; 64 bytes, one writer. */
@@ -328,7 +366,8 @@ int up_probe(struct up_probe_result *out);
 struct up_worker *up_worker_new(const struct up_worker_opts *opts,
                                 struct up_control *ctl,
                                 struct up_shm_worker *shm,
-                                struct up_shm_wserver *servers);
+                                struct up_shm_wserver *servers,
+                                struct up_log_ring *log);
 /* The consistent-hash function, shared with the Python ring builder. */
 uint64_t up_hash(const uint8_t *data, size_t len);
 /* Histogram bucket of a value in microseconds (for readers and tests). */
@@ -345,5 +384,7 @@ void up_control_publish(struct up_control *ctl, struct up_config *cfg);
 void up_control_stop(struct up_control *ctl, uint32_t drain_timeout_ms);
 uint64_t up_config_refs(const struct up_config *cfg);
 uint64_t up_worker_generation(const struct up_shm_worker *w);
+uint64_t up_log_head(const struct up_log_ring *r);
+void up_log_consumed(struct up_log_ring *r, uint64_t tail);
 
 #endif

@@ -44,3 +44,16 @@ uint64_t up_hist_lower(uint32_t b)
     uint32_t e = b / 8 + 2, sub = b % 8;
     return (uint64_t)(8 + sub) << (e - 3);
 }
+
+/* The access-log ring's two ends, with the ordering the drain needs: the
+ * head is read with acquire (the records before it are complete), the tail
+ * is published with release (the worker may overwrite what it frees). */
+uint64_t up_log_head(const struct up_log_ring *r)
+{
+    return __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+}
+
+void up_log_consumed(struct up_log_ring *r, uint64_t tail)
+{
+    __atomic_store_n(&r->tail, tail, __ATOMIC_RELEASE);
+}

@@ -71,8 +71,10 @@ struct txn {
     uint64_t bytes_in, bytes_out;       /* request and response bytes */
     uint64_t hash_key;
     uint32_t idle_ms;                   /* the listener's idle_timeout */
-    uint32_t pad3;
+    uint8_t logging;                    /* lr is being filled */
+    uint8_t pad3[3];
     struct out req, resp;
+    struct up_log_rec lr;               /* access-log fields, copied at the start */
     char scratch[160];                  /* X-Forwarded-For's address and friends */
 };
 
@@ -103,6 +105,13 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 const char *h1_error_text(uint16_t status, uint32_t *len);
 void h1_count_status(struct worker *w, uint16_t status);
 void h1_tunnel(struct worker *w, struct txn *t);
+
+/* accesslog.c */
+void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,
+               const struct h1_request *r, const struct up_listener *l);
+void log_end(struct worker *w, struct txn *t, uint16_t status);
+void log_refused(struct worker *w, const struct conn *c, const struct up_listener *l,
+                 uint16_t status);
 
 /* h1_upstream.c */
 void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uring_cqe *cqe);

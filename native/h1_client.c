@@ -79,6 +79,8 @@ void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
     struct txn *t = txn_of(w, c);
     if (t)
         t->flags |= TF_ERROR_REPLY | TF_REPLIED;
+    else
+        log_refused(w, c, listener_for(w, c), status);
     c->h1 = H_LINGER;
     struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
     io_uring_prep_send(s, c->fd, text, len, MSG_NOSIGNAL | MSG_WAITALL);

@@ -254,7 +254,7 @@ static struct txn *txn_alloc(struct worker *w)
     if (!w->ntxn_free)
         return NULL;
     struct txn *t = &w->txns[w->txn_free[--w->ntxn_free]];
-    memset(t, 0, offsetof(struct txn, req));
+    memset(t, 0, offsetof(struct txn, req));   /* not the rounds nor lr: filled when used */
     out_reset(&t->req);
     out_reset(&t->resp);
     t->req.active = t->resp.active = 0;
@@ -371,6 +371,8 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->hash_key = hash_key(w, c, cfg, &cfg->clusters[t->cluster], base, r);
 
     t->idle_ms = l->idle_timeout_ms;
+    t->bytes_in = r->head_len;
+    log_begin(w, t, c, base, r, l);
     w->c[UP_C_REQUESTS]++;
     if (!txn_build_head(w, t, base, base_bid, base_off, r)) {
         h1_client_reply_error(w, c, 431);
@@ -592,6 +594,7 @@ void txn_end(struct worker *w, struct txn *t)
 {
     struct conn *c = &w->conns[t->client];
     hist_add(w->shm->hist_request, now_us() - t->t_start);
+    log_end(w, t, t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
         const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
@@ -681,6 +684,7 @@ void h1_count_status(struct worker *w, uint16_t status)
 void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_client)
 {
     struct conn *c = &w->conns[t->client];
+    log_end(w, t, status && !(t->flags & TF_REPLIED) ? status : t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
         h1_upstream_close(w, u, false);

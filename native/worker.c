@@ -45,7 +45,8 @@ struct io_uring_sqe *sqe_get(struct worker *w)
 }
 
 struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
-                                struct up_shm_worker *shm, struct up_shm_wserver *servers)
+                                struct up_shm_worker *shm, struct up_shm_wserver *servers,
+                                struct up_log_ring *log)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
@@ -55,6 +56,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->shm = shm;
     w->c = shm->c;
     w->srv = servers;
+    w->log = log;
     w->features = o->features;
     w->ring.ring_fd = -1;
     w->nconns = 2 * o->max_conns + 64;
@@ -298,6 +300,9 @@ int up_worker_loop(struct up_worker *uw)
     for (;;) {
         w->now_ms = up_now_ms();
         w->shm->heartbeat_ms = w->now_ms;
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME_COARSE, &rt);
+        w->real_ms = (uint64_t)rt.tv_sec * 1000 + (uint64_t)rt.tv_nsec / 1000000;
         wheel_run(w);
         if (!control(w))
             break;

@@ -100,6 +100,9 @@ class HttpUpstream:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            # As real servers do: without it, a head and a body written
+            # separately meet Nagle and the peer's delayed ACK (40 ms).
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.lock:
                 self.connections += 1
                 self.conns.append(c)
@@ -177,10 +180,15 @@ class HttpUpstream:
             hdrs.append(("Transfer-Encoding", "chunked"))
         if r.close:
             hdrs.append(("Connection", "close"))
-        head = f"HTTP/1.1 {r.status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs) + "\r\n"
-        c.sendall(head.encode())
+        head = (f"HTTP/1.1 {r.status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs)
+                + "\r\n").encode()
         if req.method == "HEAD" or r.status in (204, 304):
+            c.sendall(head)
             return
+        if r.stream is None and r.cut_after is None and not r.chunked:
+            c.sendall(head + body)
+            return
+        c.sendall(head)
         if r.stream is not None:
             r.stream(c)
             return

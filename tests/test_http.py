@@ -678,3 +678,32 @@ http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {root}; }} }}"""
     finally:
         ng.terminate()
         ng.wait(10)
+
+
+# ---- access log -------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["json", "combined"])
+def test_access_log(proxy_factory, tmp_path, fmt):
+    import json as _json
+    up = HttpUpstream(lambda req: Response(body=b"hello"))
+    path = tmp_path / f"access-{fmt}.log"
+    p = http_proxy(proxy_factory, [up.addr],
+                   listener={"access_log": str(path), "access_log_format": fmt})
+    r = httpx.get(p.url + "/page?q=1", headers={"User-Agent": "tester/1.0", "Referer": "http://r/"})
+    assert r.status_code == 200
+    raw(p.port, b"GET / HTTP/1.1\r\nHost : bad\r\n\r\n")         # a 400, logged too
+    wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= 2, 5, what="log lines")
+    lines = path.read_text().splitlines()
+    if fmt == "json":
+        ok, bad = (_json.loads(l) for l in lines[:2])
+        assert ok["method"] == "GET" and ok["target"] == "/page?q=1" and ok["status"] == 200
+        assert ok["client"] == "127.0.0.1" and ok["user_agent"] == "tester/1.0"
+        assert ok["referer"] == "http://r/" and ok["bytes_out"] == 5
+        assert ok["upstream"] == f"c/{up.addr}" and ok["duration_ms"] >= 0
+        assert bad["status"] == 400 and bad["upstream"] is None
+    else:
+        assert '"GET /page?q=1 HTTP/1.1" 200 5 "http://r/" "tester/1.0"' in lines[0]
+        assert lines[0].startswith("127.0.0.1 - - [")
+        assert '"-" 400 - "-" "-"' in lines[1]
+    assert p.total("log_written") == 2 and p.total("log_dropped") == 0
+    up.close()

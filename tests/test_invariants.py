@@ -130,3 +130,52 @@ def test_no_python_per_connection(tmp_path):
         p.terminate()
         p.wait(30)
         up.close()
+
+
+def _http_allocations_after(tmp_path, so, n_requests, profile_env):
+    from http_upstream import HttpUpstream
+    up = HttpUpstream()
+    port = free_port()
+    log = str(tmp_path / f"alloc-http-{n_requests}.log")
+    cfg = render_config({"workers": 1},
+                        [{"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                        [{"name": "c", "servers": [up.addr]}])
+    p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log, **profile_env})
+    try:
+        def burst(n, conns=4):
+            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
+            files = [s.makefile("rb") for s in socks]
+            for i in range(n):
+                s, f = socks[i % conns], files[i % conns]
+                s.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n" % i)
+                line = f.readline()
+                assert line.startswith(b"HTTP/1.1 200"), line
+                length = 0
+                while (h := f.readline()) != b"\r\n":
+                    if h.lower().startswith(b"content-length:"):
+                        length = int(h.split(b":")[1])
+                f.read(length)
+            for s in socks:
+                s.close()
+        burst(300)                       # warm-up: pool, rings, assembly buffers
+        burst(n_requests)
+        wait_for(lambda: p.total("active") == 0, what="connections to close")
+        tid = p.stats()["workers"][0]["tid"]
+    finally:
+        assert p.stop() == 0
+        up.close()
+    counts = dict(map(int, l.split()) for l in open(log))
+    return counts.get(tid, 0)
+
+
+@pytest.mark.parametrize("profile", ["full", "5.15"])
+def test_no_allocation_per_http_request(tmp_path, profile):
+    """Law 2 for L7: N and then 10N keep-alive requests through pooled
+    upstream connections; the worker's allocation count stays flat."""
+    so = _build_interposer(tmp_path)
+    env = {"UPROXY_DISABLE": "post-5.15"} if profile == "5.15" else {}
+    n = 200
+    a = _http_allocations_after(tmp_path, so, n, env)
+    b = _http_allocations_after(tmp_path, so, 10 * n, env)
+    assert a > 0
+    assert b - a <= 5, f"worker allocations grew with requests: {a} after {n}, {b} after {10 * n}"

@@ -89,6 +89,8 @@ class Listener:
     keepalive_timeout_ms: int = 60000
     max_header_size: int = 16384
     max_target: int = 8192
+    access_log: str | None = None        # "stdout", "stderr" or a file path
+    access_log_format: str = "json"      # or "combined"
 
     @property
     def bind(self) -> str:
@@ -428,7 +430,15 @@ def _listener(path, i, raw, clusters) -> Listener:
         keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
         max_target=r.size("max_target", 8192, 256, 32768),
+        access_log=r.str("access_log"),
+        access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
     )
+    if lst.access_log and mode != "http":
+        raise r.err("access_log", "access logs are written by mode = \"http\" listeners")
+    if lst.access_log and lst.access_log not in ("stdout", "stderr"):
+        d = os.path.dirname(os.path.abspath(lst.access_log))
+        if not os.path.isdir(d):
+            raise r.err("access_log", f"the directory {d} does not exist")
     r.done()
     return lst
 

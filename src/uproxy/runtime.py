@@ -20,6 +20,7 @@ from . import shm
 from ._native import ffi, lib
 from .config import Config, ConfigError, load
 from .listeners import ListenerSockets
+from .accesslog import AccessLog
 from .health import HealthChecker
 from .tables import Tables
 
@@ -76,7 +77,7 @@ class Worker:
         o.wait_us = int(os.environ.get("UPROXY_WAIT_US", "50"))
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
-                                     rt.segment.wservers[index])
+                                     rt.segment.wservers[index], rt.segment.log_rings[index])
         if self.ptr == ffi.NULL:
             raise StartError(f"worker {index}: cannot allocate its connection slab "
                              f"({p.max_connections} connections); lower max_connections")
@@ -143,6 +144,7 @@ class Runtime:
         self.control = ffi.new("struct up_control *")
         self.health = HealthChecker(self)
         self.health.configure(self.cfg)
+        self.access_log = AccessLog(self)
         try:
             self._publish(self.cfg)
             for i in range(n):
@@ -159,6 +161,7 @@ class Runtime:
             raise
         self.event(f"started generation {self.generation} with {n} workers")
         self.health.start()
+        self.access_log.start()
         self.admin = None
         if self.cfg.admin:
             from .admin import AdminServer      # /metrics, /status, /health
@@ -219,6 +222,8 @@ class Runtime:
         t = Tables(cfg, self.generation, self.nworkers, socks, health, slots)
         self.tables.append(t)
         self.cfg = cfg
+        if getattr(self, "access_log", None):
+            self.access_log.configure(t)     # before the workers can log for it
         lib.up_control_publish(self.control, t.ptr)
         self.segment.header.config_generation = self.generation
 
@@ -334,6 +339,8 @@ class Runtime:
         for w in self.workers:
             if not w.thread.is_alive():
                 w.free()
+        if getattr(self, "access_log", None):
+            self.access_log.close()
         self.segment.close()
         return code
 

@@ -55,7 +55,9 @@ class Segment:
         self.worker_size = _align(ffi.sizeof("struct up_shm_worker"))
         wservers_off = workers_off + nworkers * self.worker_size
         row = lib.UP_MAX_SERVERS * ffi.sizeof("struct up_shm_wserver")
-        size = wservers_off + nworkers * row
+        logs_off = _align(wservers_off + nworkers * row, 4096)
+        ring_size = _align(ffi.sizeof("struct up_log_ring"), 4096)
+        size = logs_off + nworkers * ring_size
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.ftruncate(fd, size)
@@ -71,6 +73,8 @@ class Segment:
                         for i in range(nworkers)]
         self.wservers = [ffi.cast("struct up_shm_wserver *", base + wservers_off + i * row)
                          for i in range(nworkers)]
+        self.log_rings = [ffi.cast("struct up_log_ring *", base + logs_off + i * ring_size)
+                          for i in range(nworkers)]
         h = self.header
         h.version = lib.UP_SHM_VERSION
         h.header_size = hs
@@ -88,6 +92,8 @@ class Segment:
         h.events_offset = events_off
         h.workers_offset = workers_off
         h.wservers_offset = wservers_off
+        h.logs_offset = logs_off
+        h.log_records = lib.UP_LOG_RECORDS
         h.magic = lib.UP_SHM_MAGIC      # last: a reader trusts nothing before it
         self.slots = {}                 # (cluster, address) -> server slot
 

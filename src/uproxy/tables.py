@@ -130,6 +130,7 @@ class Tables:
             cl.header_timeout_ms = l.header_timeout_ms
             cl.keepalive_timeout_ms = l.keepalive_timeout_ms
             cl.max_head = l.max_header_size
+            cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
             if l.routes:
                 routes = ffi.new("struct up_route[]", len(l.routes))

@@ -33,6 +33,9 @@ def bars(ax, res, workload, key, title, unit):
     colors = [COLORS.get(res["contenders"][n]["family"], "#7f7f7f") for n in names]
     y = range(len(names))
     ax.barh(list(y), med, xerr=[lo, hi], color=colors, capsize=3)
+    if min(med) > 0 and max(med) / min(med) > 50:
+        ax.set_xscale("log")     # latencies can span milliseconds to seconds
+        unit += ", log scale"
     ax.set_yticks(list(y))
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()

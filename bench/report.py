@@ -149,9 +149,9 @@ def tables(res, with_range=True) -> str:
                 continue
             cells = [_cell(e, k, with_range) or "–" for k, _, _ in mets]
             r = e.get("ratio_vs_nginx")
-            ratio = f"{r['median']:.2f}x" if r else "–"
+            ratio = f"{r['median']:.3g}x" if r else "–"
             if r and r["max"] - r["min"] > 0.005:
-                ratio += f" ({r['min']:.2f}–{r['max']:.2f})"
+                ratio += f" ({r['min']:.3g}–{r['max']:.3g})"
             notes = []
             if e.get("mode") == "tcp":
                 notes.append("tcp listener (HTTP not available yet)")

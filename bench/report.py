@@ -156,7 +156,8 @@ def tables(res, with_range=True) -> str:
             if e.get("mode") == "tcp":
                 notes.append("tcp listener (HTTP not available yet)")
             if e.get("noisy"):
-                notes.append(f"noisy rounds {sorted(e['noisy'])}")
+                notes.append("noisy round" + ("s " if len(e["noisy"]) > 1 else " ") +
+                             ", ".join(str(k) for k in sorted(e["noisy"], key=int)))
             if e.get("errors"):
                 notes.append("; ".join(x[:160] for x in e["errors"][:2]))
             if e.get("request_errors"):

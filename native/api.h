@@ -132,6 +132,8 @@ struct up_listener {
     uint32_t keepalive_timeout_ms; /* http: an idle client connection is closed */
     uint32_t max_head;        /* http: bytes of a request head (431) */
     uint32_t max_target;      /* http: bytes of a request target (414) */
+    uint32_t pad3;
+    uint64_t max_body;        /* http: bytes of a request body, 0 = no limit (413) */
     uint32_t nroutes;
     struct up_route *routes;
     uint32_t access_log;      /* http: 1 to write access-log records */

@@ -71,6 +71,8 @@ struct txn {
     uint64_t bytes_in, bytes_out;       /* request and response bytes */
     uint64_t hash_key;
     uint32_t idle_ms;                   /* the listener's idle_timeout */
+    uint64_t max_body;                  /* the listener's max_body_size (0: none) */
+    uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
     uint8_t logging;                    /* lr is being filled */
     uint8_t pad3[3];
     struct out req, resp;

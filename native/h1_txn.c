@@ -227,13 +227,18 @@ static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8
     return 0;
 }
 
+/* Returns -1 on bad framing (400), -3 past max_body_size (413). */
 static int add_req_body(struct worker *w, struct txn *t)
 {
     bool done = t->flags & TF_REQ_DONE;
+    uint64_t before = t->bytes_in;
     int r = add_body(w, &t->req, &w->conns[t->client], t->req_body, &t->req_left, &t->req_ck,
                      &t->req_bid, &t->req_off, &t->bytes_in, &done);
+    t->body_seen += t->bytes_in - before;
     if (done)
         t->flags |= TF_REQ_DONE;
+    if (r == 0 && t->max_body && t->body_seen > t->max_body)
+        return -3;            /* chunked: counted as it streams (framing bytes included) */
     return r;
 }
 
@@ -371,15 +376,26 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->hash_key = hash_key(w, c, cfg, &cfg->clusters[t->cluster], base, r);
 
     t->idle_ms = l->idle_timeout_ms;
+    t->max_body = l->max_body;
     t->bytes_in = r->head_len;
+    if (t->max_body && r->body == H1_BODY_LENGTH && r->content_length > t->max_body) {
+        /* Refused before a byte of it is read or forwarded. */
+        t->flags |= TF_CLIENT_CLOSE;
+        log_begin(w, t, c, base, r, l);
+        log_end(w, t, 413);
+        h1_client_reply_error(w, c, 413);
+        return;
+    }
     log_begin(w, t, c, base, r, l);
     w->c[UP_C_REQUESTS]++;
     if (!txn_build_head(w, t, base, base_bid, base_off, r)) {
         h1_client_reply_error(w, c, 431);
         return;
     }
-    if (add_req_body(w, t) < 0) {
-        h1_client_reply_error(w, c, 400);
+    int b = add_req_body(w, t);
+    if (b < 0) {
+        log_end(w, t, b == -3 ? 413 : 400);
+        h1_client_reply_error(w, c, b == -3 ? 413 : 400);
         return;
     }
     h1_upstream_assign(w, t);
@@ -413,8 +429,9 @@ void txn_req_pump(struct worker *w, struct txn *t)
         if (t->flags & TF_REQ_DONE)
             return;
         out_reset(&t->req);
-        if (add_req_body(w, t) < 0) {
-            txn_abort(w, t, 400, false);
+        int b = add_req_body(w, t);
+        if (b < 0) {
+            txn_abort(w, t, b == -3 ? 413 : 400, false);
             return;
         }
     }

@@ -151,3 +151,33 @@ def test_kernel_too_old_message():
     assert kernel_too_old("5.15.0-91-generic") is None
     msg = kernel_too_old("5.10.0-28-amd64")
     assert "5.15" in msg and "5.10.0-28-amd64" in msg and "Upgrade" in msg
+
+
+def test_unknown_user_is_named(tmp_path):
+    code, out, _ = check(tmp_path, good().replace("workers = 1", 'workers = 1\nuser = "no-such-user-x"'))
+    assert code == 2 and "proxy.user" in out and "no user named" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding port 80 and dropping privileges need root")
+def test_binds_a_privileged_port_then_runs_unprivileged(tmp_path):
+    import pwd
+    from support import Proxy, Server, echo
+    up = Server(echo)
+    # A privileged port that is free here.
+    port = next(p for p in range(700, 1000) if socket.socket().connect_ex(("127.0.0.1", p)) != 0)
+    cfg = (f'[proxy]\nworkers = 1\nuser = "nobody"\n\n[[listeners]]\nname = "l"\n'
+           f'bind = "127.0.0.1:{port}"\nmode = "tcp"\ncluster = "c"\n\n[[clusters]]\nname = "c"\n'
+           f'servers = ["{up.addr}"]\n')
+    p = Proxy(tmp_path, cfg)
+    try:
+        with open(f"/proc/{p.pid}/status") as f:
+            uids = next(l for l in f if l.startswith("Uid:")).split()[1:]
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert all(int(u) == nobody for u in uids), uids
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hi")
+            assert s.recv(2) == b"hi"
+        assert "dropped privileges to user nobody" in p.output()
+    finally:
+        assert p.stop() == 0
+        up.close()

@@ -707,3 +707,18 @@ def test_access_log(proxy_factory, tmp_path, fmt):
         assert '"-" 400 - "-" "-"' in lines[1]
     assert p.total("log_written") == 2 and p.total("log_dropped") == 0
     up.close()
+
+
+@both_profiles
+def test_bodies_over_the_limit_get_413(proxy_factory, profile):
+    up = HttpUpstream(lambda req: Response(body=b"took %d" % len(req.body)))
+    p = http_proxy(proxy_factory, [up.addr], profile, listener={"max_body_size": "1k"})
+    assert httpx.post(p.url + "/ok", content=b"x" * 1024).text == "took 1024"
+    out = raw(p.port, b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n" + b"x" * 1025)
+    assert out.startswith(b"HTTP/1.1 413")
+    chunked = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + \
+        b"".join(b"100\r\n" + b"y" * 256 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"
+    out = raw(p.port, chunked)
+    assert out.startswith(b"HTTP/1.1 413") or b"HTTP/1.1 200" not in out
+    assert [r.target for r in up.requests].count("/big") <= 1   # the CL one never reached it
+    up.close()

@@ -89,6 +89,7 @@ class Listener:
     keepalive_timeout_ms: int = 60000
     max_header_size: int = 16384
     max_target: int = 8192
+    max_body_size: int = 0               # 0: no limit
     access_log: str | None = None        # "stdout", "stderr" or a file path
     access_log_format: str = "json"      # or "combined"
 
@@ -112,6 +113,8 @@ class Proxy:
     iowq_max_workers: int = 2
     iowq_cpu: str = "worker"
     head_buffers: int = 512
+    user: str | None = None           # drop to this user after binding
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class Config:
 # ---- small typed readers -------------------------------------------------
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(k|kib|kb|m|mib|mb)?\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(k|kib|kb|m|mib|mb|g|gib|gb)?\s*$", re.I)
 
 
 class _Reader:
@@ -207,7 +210,7 @@ class _Reader:
             n = v
         elif isinstance(v, str) and (m := _SIZE.match(v)):
             unit = (m.group(2) or "").lower()[:1]
-            n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
+            n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
         else:
             raise self.err(name, f"{v!r} is not a size like 16384 or \"16k\"")
         if n < lo or n > hi:
@@ -303,7 +306,23 @@ def _proxy(path, raw) -> Proxy:
         iowq_max_workers=r.int("iowq_max_workers", 2, lo=0, hi=1024),
         iowq_cpu=str(iowq_cpu),
         head_buffers=r.int("head_buffers", 512, lo=0, hi=65536),
+        user=r.str("user"),
+        group=r.str("group"),
     )
+    if p.user is not None:
+        import pwd
+        try:
+            pwd.getpwnam(p.user)
+        except KeyError:
+            raise r.err("user", f"no user named {p.user!r} on this host") from None
+    if p.group is not None:
+        import grp
+        try:
+            grp.getgrnam(p.group)
+        except KeyError:
+            raise r.err("group", f"no group named {p.group!r} on this host") from None
+        if p.user is None:
+            raise r.err("group", "group needs user too")
     r.done()
     return p
 
@@ -430,6 +449,7 @@ def _listener(path, i, raw, clusters) -> Listener:
         keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
         max_target=r.size("max_target", 8192, 256, 32768),
+        max_body_size=r.size("max_body_size", 0, 0, 1 << 50),
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
     )

@@ -55,6 +55,24 @@ def raise_nofile(need: int) -> tuple:
     return soft, need
 
 
+def drop_privileges(user: str, group: str | None):
+    """setgroups, setgid, setuid: all threads (glibc applies set*id to every
+    thread; there are none yet anyway)."""
+    import grp
+    import pwd
+    pw = pwd.getpwnam(user)
+    gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+    if os.geteuid() != 0:
+        if os.geteuid() == pw.pw_uid:
+            return
+        raise StartError(f"[proxy] user = {user!r} needs uproxy to start as root "
+                         f"(it is running as uid {os.geteuid()})")
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(pw.pw_uid)
+    log.info("dropped privileges to user %s (uid %d, gid %d)", user, pw.pw_uid, gid)
+
+
 class Worker:
     def __init__(self, rt: "Runtime", index: int, cpu: int):
         self.index, self.cpu = index, cpu
@@ -140,6 +158,16 @@ class Runtime:
             log.info("open-file limit %d allows %d client connections per worker "
                      "(max_connections is %d); raise it with ulimit -n or LimitNOFILE= "
                      "to use more", soft, self.max_conns, p.max_connections)
+        # Bind first (ports below 1024 need root), then drop privileges,
+        # then make everything else as the unprivileged user.
+        self._sockets_for(self.cfg)
+        if p.user:
+            try:
+                drop_privileges(p.user, p.group)
+            except BaseException:
+                for s in self.sockets.values():
+                    s.close()
+                raise
         self.segment = shm.Segment(n, self.features)
         self.control = ffi.new("struct up_control *")
         self.health = HealthChecker(self)

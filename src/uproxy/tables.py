@@ -132,6 +132,7 @@ class Tables:
             cl.max_head = l.max_header_size
             cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
+            cl.max_body = l.max_body_size
             if l.routes:
                 routes = ffi.new("struct up_route[]", len(l.routes))
                 for k, rt in enumerate(l.routes):

@@ -1,0 +1,100 @@
+"""Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/).
+Run once when seeds change: python3 tests/fuzz/seeds.py. libFuzzer adds the
+inputs it finds to the same folders; seeds are named seed-*.
+
+The request and response harnesses take one leading byte that picks the
+limits (and, for responses, the request method); seeds use 0 (defaults,
+GET) and a few others."""
+import hashlib
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/7.88\r\nAccept: */*\r\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /api HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /api HTTP/1.1\r\nHost: a\r\nContent-Length: 005\r\n\r\nhello",
+    b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-Custom, Content-Length\r\nX-Custom: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"PUT /u HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
+    b"GET http://example.com/path HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"GET http://example.com:8080 HTTP/1.1\r\nHost: \r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTrailer: X\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nValue: caf\xc3\xa9\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n",
+]
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"HTTP/1.1 200 Connection established\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbad",
+    b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 999 Odd reason \xff\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HELLO THERE\r\n\r\n",
+]
+
+CHUNKED = [
+    b"0\r\n\r\n",
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"5;ext=1\r\nhello\r\n3 ; a = \"q\\\"x\" ; b\r\nabc\r\n0\r\nX-Trailer: yes\r\nY: z\r\n\r\n",
+    b"000000000000000000005\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n",
+    b"fffffffffffffff\r\n",
+    b"ffffffffffffffff\r\n",
+    b"5\nhello\n0\n\n",
+    b"5\r\nhelloXX0\r\n\r\n",
+    b"5 \r\nhello\r\n0\r\n\r\n",
+    b"0\r\n\r\nPOST /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"1\r\nA\r\n1\r\nB\r\n0\r\nT: 1\r\n\r\n",
+    b"0\r\n X: folded\r\n\r\n",
+    b"a\r\n0123456789\r\n0;last\r\n\r\n",
+]
+
+
+def write(target, items, prefixes):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    for item in items:
+        for pre in prefixes:
+            data = pre + item
+            name = "seed-" + hashlib.sha1(data).hexdigest()[:16]
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+
+
+if __name__ == "__main__":
+    write("request", REQUESTS, [b"\x00", b"\x01"])
+    write("response", RESPONSES, [b"\x00", b"\x01", b"\x02", b"\x04"])
+    write("chunked", CHUNKED, [b""])
+    print("seeds written")

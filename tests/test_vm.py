@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -110,33 +111,33 @@ def test_vm_kernel_5_10_is_refused(vm, record_property):
 
 # ---- Vagrantfile --------------------------------------------------------------
 
-def _vagrant():
-    """The vagrant command, installing Debian's package when it is missing;
-    None with the reason when it cannot be had."""
-    v = shutil.which("vagrant")
+def _have_or_install(cmd, pkg):
+    """The path of cmd, installing Debian's pkg for it when it is missing;
+    (None, the reason) when it cannot be had."""
+    v = shutil.which(cmd)
     if v:
         return v, None
     if os.environ.get("UPROXY_IN_VM"):
-        return None, "vagrant is not installed in the test VM (it has no network)"
+        return None, f"{cmd} is not installed in the test VM (it has no network)"
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "vagrant is not installed (apt-get install vagrant, as root)"
+        return None, f"{cmd} is not installed (apt-get install {pkg}, as root)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "vagrant"]
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", pkg]
     try:
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
-        return None, "installing Debian's vagrant package timed out"
-    v = shutil.which("vagrant")
+        return None, f"installing Debian's {pkg} package timed out"
+    v = shutil.which(cmd)
     if not v:
-        return None, f"Debian's vagrant package did not install: {(r.stderr or r.stdout)[-500:]}"
+        return None, f"Debian's {pkg} package did not install: {(r.stderr or r.stdout)[-500:]}"
     return v, None
 
 
 def test_vagrantfile_validates(tmp_path):
-    vagrant, why = _vagrant()
+    vagrant, why = _have_or_install("vagrant", "vagrant")
     if not vagrant:
         pytest.skip(why)
     # In a copy: vagrant writes .vagrant/ beside the Vagrantfile.
@@ -171,3 +172,84 @@ def test_vagrant_provision_scripts_are_valid_shell(tmp_path):
     assert liburing.count("sha256sum -c") == 2
     assert "liburing2_2.3-3_amd64.deb" in liburing and "liburing-dev_2.3-3_amd64.deb" in liburing
     assert "./scripts/setup --test" in setup
+
+
+def _ruby_constant(tmp_path, name):
+    ruby = shutil.which("ruby")
+    if not ruby:
+        pytest.skip("ruby is not installed (it comes with Debian's vagrant package)")
+    stub = tmp_path / "const.rb"
+    stub.write_text(f"module Vagrant\n  def self.configure(*) end\nend\nload ARGV[0]\nprint {name}\n")
+    r = subprocess.run([ruby, str(stub), str(ROOT / "Vagrantfile")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_vagrant_loopback_ports_reach_127_0_0_1(tmp_path):
+    """The Vagrantfile's port unit, run in a network namespace standing for
+    the guest: a server on 127.0.0.1:8080 there is reached through the
+    namespace's outward interface, as a forwarded port reaches a VM's NAT
+    interface. (Two namespaces of the test's own, a /30 between them.)"""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and ip (network namespaces)")
+    _, why = _have_or_install("iptables", "iptables")
+    if why:
+        pytest.skip(why)
+    text = _ruby_constant(tmp_path, "PORTS_SCRIPT")
+    m = re.search(r"<<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    assert m, text
+    script = tmp_path / "uproxy-loopback-ports"
+    script.write_text(m.group(1) + "\n")
+    sfx = f"{os.getpid() % 100000}"
+    g, h = f"upg{sfx}", f"uph{sfx}"
+
+    def ip(*a, check=True):
+        return subprocess.run(["ip", *a], capture_output=True, text=True, check=check)
+    srv = None
+    try:
+        ip("netns", "add", g)
+        ip("netns", "add", h)
+        ip("link", "add", "upv0", "netns", g, "type", "veth", "peer", "name", "upv1", "netns", h)
+        ip("-n", g, "addr", "add", "10.213.0.2/30", "dev", "upv0")
+        ip("-n", h, "addr", "add", "10.213.0.1/30", "dev", "upv1")
+        for ns, dev in ((g, "upv0"), (h, "upv1")):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", dev, "up")
+        ip("-n", g, "route", "add", "default", "via", "10.213.0.1")
+        srv = subprocess.Popen(["ip", "netns", "exec", g, sys.executable, "-c",
+                                "import socket\n"
+                                "s = socket.create_server(('127.0.0.1', 8080))\n"
+                                "while True:\n"
+                                "    c, _ = s.accept(); c.sendall(b'uproxy-demo'); c.close()\n"])
+
+        def fetch():
+            code = ("import socket,sys\n"
+                    "try:\n"
+                    "    c = socket.create_connection(('10.213.0.2', 8080), timeout=2)\n"
+                    "    print(c.recv(100).decode())\n"
+                    "except OSError as e:\n"
+                    "    print('error', e)\n")
+            return subprocess.run(["ip", "netns", "exec", h, sys.executable, "-c", code],
+                                  capture_output=True, text=True, timeout=30).stdout.strip()
+        deadline = time.monotonic() + 10
+        while subprocess.run(["ip", "netns", "exec", g, sys.executable, "-c",
+                              "import socket; socket.create_connection(('127.0.0.1', 8080), 1)"],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.1)
+        assert fetch().startswith("error"), "reachable before the unit ran"
+        for _ in range(2):       # idempotent: a second run adds nothing
+            r = subprocess.run(["ip", "netns", "exec", g, "sh", str(script)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+        rules = subprocess.run(["ip", "netns", "exec", g, "iptables", "-t", "nat", "-S",
+                                "PREROUTING"], capture_output=True, text=True).stdout
+        assert rules.count("DNAT") == 3, rules
+        assert fetch() == "uproxy-demo"
+    finally:
+        if srv:
+            srv.kill()
+            srv.wait()
+        ip("netns", "del", g, check=False)
+        ip("netns", "del", h, check=False)

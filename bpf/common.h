@@ -85,16 +85,26 @@ struct gstat {
 };
 
 BPF_HASH(workers, u32, u32, 1024);          /* worker TID -> worker index */
-/* Start (CLOCK_MONOTONIC ns) of the current attach window: the loader may
- * attach the probes for part of each second only (duty cycle); a timestamp
- * taken before the window began spans a detached gap and is dropped. */
-BPF_ARRAY(window, u64, 1);
+/* The duty cycle: the loader may attach the per-event probes for part of
+ * each period only. [1] is 1 while they are (being) detached or attached,
+ * and every cycled program returns at once then, so the time they count is
+ * exactly the window the loader measures; [0] is the start
+ * (CLOCK_MONOTONIC ns) of the current window: a timestamp taken before it
+ * spans a detached gap and is dropped. */
+BPF_ARRAY(window, u64, 2);                  /* [0] start, [1] 1 while detached */
 
 static __always_inline u64 window_start(void)
 {
     int z = 0;
     u64 *w = window.lookup(&z);
     return w ? *w : 0;
+}
+
+static __always_inline int detached(void)
+{
+    int one = 1;
+    u64 *d = window.lookup(&one);
+    return d && *d;
 }
 BPF_ARRAY(wstats, struct wstat, NW);
 BPF_ARRAY(gstats, struct gstat, 1);

@@ -4,8 +4,8 @@
  * misses where a PMU exists; software cpu-clock and page-faults where none does) and read
  * in BPF with bpf_perf_event_read_value at each context switch, so the
  * delta over a worker thread's time on a CPU is added to that worker.
- * A low-rate cpu-clock perf event (cpu_tick) also flushes a worker that
- * runs for long without switching.
+ * A cpu-clock perf event (cpu_tick, 100 Hz) also flushes, or starts, a
+ * worker that runs for long without switching.
  *
  * The loader defines NEV (events) and declares ev0..ev<NEV-1> as perf event
  * arrays; READ_EVENTS below is replaced by one read per event (bcc does not
@@ -43,6 +43,8 @@ static __always_inline void cpu_mark_set(struct cpu_mark *m, u64 *vals, u64 now)
 
 int cpu_switch(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (detached())
+        return 0;
     int z = 0;
     struct cpu_mark *m = cpu_marks.lookup(&z);
     if (!m)
@@ -69,13 +71,26 @@ int cpu_tick(struct bpf_perf_event_data *ctx)
 {
     int z = 0;
     struct cpu_mark *m = cpu_marks.lookup(&z);
-    if (!m || !m->widx1)
+    if (!m)
         return 0;
+    /* The switch probe may be detached (duty cycle): then nothing is
+     * counted, and a mark from before this attach window is stale. A worker
+     * that runs without switching is marked here, by the thread this tick
+     * interrupted. */
+    if (detached())
+        return 0;
+    u32 w1 = cur_worker1();
+    if (!w1) {
+        m->widx1 = 0;
+        return 0;
+    }
     u64 vals[6] = {};
     struct bpf_perf_event_value pv;
     /*@READ_EVENTS@*/
     u64 now = bpf_ktime_get_ns();
-    cpu_account(m, vals, now);
+    if (m->widx1 == w1)
+        cpu_account(m, vals, now);
+    m->widx1 = w1;
     cpu_mark_set(m, vals, now);
     return 0;
 }

@@ -13,6 +13,8 @@ BPF_HASH(wake_ts, u32, u64, 1024);
 
 static __always_inline int on_wakeup(const void *task)
 {
+    if (detached())
+        return 0;
     u32 pid = up_task_pid(task);
     if (!workers.lookup(&pid))
         return 0;
@@ -33,6 +35,8 @@ int sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 
 int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (detached())
+        return 0;
     /* Involuntary as the kernel counts it (nivcsw): preempted, or still
      * runnable (woken before it got to sleep). prev_state is args[3] since
      * Linux 5.18; before, only the preempt flag is known. */
@@ -79,6 +83,8 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 
 int sched_migrate(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (detached())
+        return 0;
     u32 pid = up_task_pid((const void *)ctx->args[0]);
     u32 *idx = workers.lookup(&pid);
     if (!idx)

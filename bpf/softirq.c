@@ -10,6 +10,8 @@ BPF_PERCPU_ARRAY(softirq_ns, u64, 16);
 
 int softirq_entry(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (detached())
+        return 0;
     int z = 0;
     u64 *t = softirq_start.lookup(&z);
     if (t)
@@ -19,6 +21,8 @@ int softirq_entry(struct bpf_raw_tracepoint_args *ctx)
 
 int softirq_exit(struct bpf_raw_tracepoint_args *ctx)
 {
+    if (detached())
+        return 0;
     int z = 0;
     u64 *t = softirq_start.lookup(&z);
     if (!t || !*t)

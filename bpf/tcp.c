@@ -101,6 +101,8 @@ static __always_inline int side_of(u16 sport, u16 dport, u64 sk)
 #endif
 int tcp_rtt(struct bpf_raw_tracepoint_args *c)
 {
+    if (detached())
+        return 0;
     int z = 0;
     if (TCP_SAMPLE > 1 && bpf_get_prandom_u32() % TCP_SAMPLE)
         return 0;

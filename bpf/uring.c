@@ -68,17 +68,24 @@ static __always_inline int on_complete(u64 req)
         if (n)
             *n += 1;
     }
+    if (!req)
+        return 0;           /* a CQE posted without a request (multishot
+                               accept and receive post these): not timed */
     u32 k = slot_of(req);
     struct inflight *f = uring_inflight.lookup(&k);
-    if (!f || f->req != req)
+    if (!f)
         return 0;
-    if (f->ts < window_start()) {
-        /* timed before this attach window: its completion may have gone
-         * by unseen and the address been reused since */
+    u64 ts = f->ts, now = bpf_ktime_get_ns();
+    if (f->req != req)
+        return 0;
+    if (ts < window_start() || ts > now) {
+        /* timed before this attach window (its completion may have gone by
+         * unseen and the address been reused), or the slot was being
+         * rewritten by another CPU: no sample */
         f->req = 0;
         return 0;
     }
-    u64 ns = bpf_ktime_get_ns() - f->ts;
+    u64 ns = now - ts;
     u32 op = f->op & 63;
     struct wstat *s = worker_stat(f->idx);
     f->req = 0;
@@ -129,7 +136,7 @@ static __always_inline u32 req_opcode(const void *req)
 
 int uring_submit(struct bpf_raw_tracepoint_args *c)      /* (struct io_kiocb *req) */
 {
-    if (!mine() || !sampled())
+    if (detached() || !mine() || !sampled())
         return 0;
     const void *req = (const void *)c->args[0];
     return on_submit(req_ctx(req), (u64)req, req_opcode(req));
@@ -137,14 +144,14 @@ int uring_submit(struct bpf_raw_tracepoint_args *c)      /* (struct io_kiocb *re
 
 int uring_complete(struct bpf_raw_tracepoint_args *c)    /* (ctx, req, cqe) */
 {
-    if (!mine())
+    if (detached() || !mine())
         return 0;
     return on_complete(c->args[1]);
 }
 
 int uring_punt(struct bpf_raw_tracepoint_args *c)        /* (struct io_kiocb *req, int rw) */
 {
-    if (!mine())
+    if (detached() || !mine())
         return 0;
     const void *req = (const void *)c->args[0];
     return on_punt(req_ctx(req), req_opcode(req));

@@ -48,7 +48,7 @@ _DEF = {
 # io_uring's tracepoints take (req) / (ctx, req, cqe) / (req, rw) since 6.0:
 # there they are attached raw, with io_kiocb offsets from BTF.
 _URING_RAW = [(ev, fn) for _, ev, fn in _URING_TPS]
-CPU_TICK_HZ = 20
+CPU_TICK_HZ = 100
 # What runs per packet, per io_uring operation or per context switch:
 # duty-cycled when asked (the per-connection TCP tracepoints stay on, they
 # keep the connection tracking whole).
@@ -160,7 +160,7 @@ class Probes:
     """The probes of one proxy. `status` says per set: on / off / error and why."""
 
     def __init__(self, pid: int, workers: list, lports=(), uports=(), sets=SETS, pmu=None,
-                 duty: float = 1.0, period: float = 1.0):
+                 duty: float = 1.0, period: float = 0.25):
         """duty < 1: the per-packet and per-operation probes (io_uring,
         tcp_probe, softirq) are attached for duty*period of every period
         only, and rates are taken over the time they were attached."""
@@ -346,32 +346,53 @@ class Probes:
         self._thread.start()
 
     def _set_links(self, on: bool):
-        from bcc import lib
+        """Open or close an attach window. The programs return at once while
+        the detached flag is set, so attaching happens behind the flag and the
+        window (what rates are divided by) opens after the last attach and
+        closes before the first detach. Closing a raw tracepoint waits for an
+        RCU grace period: the closes run in parallel threads."""
+        import threading as _th
         import time as _t
+        from bcc import lib
         with self._lock:
-            now = _t.monotonic_ns()
-            if not on and self._on_since is not None:
-                for s in {c["set"] for c in self._cycled}:
-                    self._on_ns[s] += now - self._on_since
-                self._on_since = None
             if on:
-                self._mark_window(_t.monotonic_ns())
-            for c in self._cycled:
-                if on and c["fd"] is None:
-                    fd = lib.bpf_attach_raw_tracepoint(c["prog"], c["tp"].encode())
-                    c["fd"] = fd if fd >= 0 else None
-                elif not on and c["fd"] is not None:
-                    if c["fd"] in self._raw_fds:
-                        self._raw_fds.remove(c["fd"])
-                    os.close(c["fd"])
-                    c["fd"] = None
-            if on:
+                for c in self._cycled:
+                    if c["fd"] is None:
+                        fd = lib.bpf_attach_raw_tracepoint(c["prog"], c["tp"].encode())
+                        c["fd"] = fd if fd >= 0 else None
+                now = _t.monotonic_ns()
+                self._mark_window(now)          # clears the detached flag
                 self._on_since = now
+                return
+            self._mark_detached(True)
+            now = _t.monotonic_ns()
+            if self._on_since is not None:
+                for st in {c["set"] for c in self._cycled}:
+                    self._on_ns[st] += now - self._on_since
+                self._on_since = None
+            closers = []
+            for c in self._cycled:
+                if c["fd"] is None:
+                    continue
+                if c["fd"] in self._raw_fds:
+                    self._raw_fds.remove(c["fd"])
+                th = _th.Thread(target=os.close, args=(c["fd"],), daemon=True)
+                th.start()
+                closers.append(th)
+                c["fd"] = None
+            for th in closers:
+                th.join()
 
     def _mark_window(self, ns: int):
         for b, _ in self.objects:
             with contextlib.suppress(Exception):
                 b[b"window"][ct.c_int(0)] = ct.c_uint64(ns)
+        self._mark_detached(False)
+
+    def _mark_detached(self, yes: bool):
+        for b, _ in self.objects:
+            with contextlib.suppress(Exception):
+                b[b"window"][ct.c_int(1)] = ct.c_uint64(1 if yes else 0)
 
     def _cycle(self):
         on_s = self.duty * self.period
@@ -390,13 +411,7 @@ class Probes:
             now = _t.monotonic_ns()
             extra = (now - self._on_since) if self._on_since is not None else 0
             cycled = {c["set"] for c in self._cycled}
-            out = {}
-            for s in SETS:
-                if s in cycled:
-                    out[s] = (self._on_ns[s] + extra) / 1e9
-                else:
-                    out[s] = None
-            return out
+            return {s: ((self._on_ns[s] + extra) / 1e9 if s in cycled else None) for s in SETS}
 
     def _attach_raw(self, b, tp, fn) -> int:
         """bcc keeps one program per raw tracepoint name; two sets (sched

@@ -43,8 +43,8 @@ static __always_inline void hist_inc(u64 *h, u64 v)
 
 struct wstat {
     /* io_uring (uring.c) */
-    u64 uring_submits;      /* SQEs the worker submitted */
-    u64 uring_completes;    /* CQEs posted to its ring (multishot counts each) */
+    u64 uring_submits;      /* unused: the core counts SQEs (ops[], uring_sqes) */
+    u64 uring_completes;    /* unused: CQEs are counted per CPU in uring_cqes */
     u64 uring_punts;        /* requests handed to io-wq worker threads */
     u64 uring_lat_ns;       /* sum of submit-to-first-completion times */
     u64 uring_timed;        /* requests in uring_lat_ns */

@@ -227,6 +227,7 @@ enum up_counter {
     UP_C_LOG_WRITTEN,         /* access-log records written */
     UP_C_LOG_DROPPED,         /* access-log records dropped: ring full */
     UP_C_HEALTH_EJECTIONS,    /* passive ejections */
+    UP_C_BODIES_SPLICED,      /* HTTP bodies moved by splice (request or response) */
     UP_C__COUNT
 };
 
@@ -358,6 +359,7 @@ struct up_worker_opts {
     int32_t  iowq_cpu;        /* -1: leave io-wq unpinned */
     uint32_t queue_limit;     /* bytes buffered per direction before pausing */
     uint32_t head_buffers;    /* http: buffers for heads that span receives */
+    uint32_t splice_min;      /* http: bodies with this much left go by splice (0: never) */
     uint32_t wait_batch;      /* completions to wait for before waking (1: any) */
     uint32_t wait_us;         /* ... or this long */
 };

@@ -34,8 +34,8 @@ int bufpool_init(struct worker *w)
     p->hfree = p->hcount ? map(sizeof(uint32_t) * p->hcount) : NULL;
     p->next = map(sizeof(uint32_t) * all);
     p->len = map(sizeof(uint32_t) * all);
-    p->ret = map(sizeof(uint32_t) * p->count);
-    if (!p->mem || !p->next || !p->len || !p->ret || (p->hcount && (!p->hmem || !p->hfree))) {
+    p->stack = map(sizeof(uint32_t) * p->count);
+    if (!p->mem || !p->next || !p->len || !p->stack || (p->hcount && (!p->hmem || !p->hfree))) {
         snprintf(w->err, sizeof w->err, "cannot map %u receive buffers of %u bytes",
                  p->count, p->size);
         return -ENOMEM;
@@ -58,15 +58,14 @@ int bufpool_init(struct worker *w)
                      "registering the buffer ring failed: %s", strerror(-r));
             return r;
         }
-        uint32_t mask = io_uring_buf_ring_mask(p->count);
-        for (uint32_t i = 0; i < p->count; i++)
-            io_uring_buf_ring_add(p->br, buf_data(p, i), p->size, (uint16_t)i,
-                                  mask, (int)i);
-        io_uring_buf_ring_advance(p->br, (int)p->count);
-    } else {
-        provide(w, 0, p->count);
     }
+    for (uint32_t i = 0; i < p->count; i++)
+        p->stack[p->nstack++] = p->count - 1 - i;
     p->free = p->count;
+    p->min_window = p->count < 64 ? p->count : 64;
+    p->window = p->min_window;
+    p->decay_ms = w->now_ms;
+    bufpool_flush(w);
     for (uint32_t i = 0; i < p->hcount; i++)
         p->hfree[p->nhfree++] = p->count + p->hcount - 1 - i;
     return 0;
@@ -80,7 +79,7 @@ uint32_t hbuf_get(struct worker *w)
     return p->hfree[--p->nhfree];
 }
 
-/* Give a buffer back; it reaches the kernel at the next flush. */
+/* Give a buffer back: on top of the stack, the next to go to the kernel. */
 void bufpool_put(struct worker *w, uint32_t bid)
 {
     struct bufpool *p = &w->bufs;
@@ -88,37 +87,59 @@ void bufpool_put(struct worker *w, uint32_t bid)
         p->hfree[p->nhfree++] = bid;
         return;
     }
-    if (p->ring_mode) {
-        io_uring_buf_ring_add(p->br, buf_data(p, bid), p->size, (uint16_t)bid,
-                              io_uring_buf_ring_mask(p->count), (int)p->ring_adds);
-        p->ring_adds++;
-    } else {
-        p->ret[p->nret++] = bid;
-    }
+    p->stack[p->nstack++] = bid;
     p->free++;
     w->c[UP_C_BUFFERS_IN_USE]--;
 }
 
-/* Once per loop turn, before the submit. */
+void bufpool_taken(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    p->free--;
+    p->in_kernel--;
+    w->c[UP_C_BUFFERS_IN_USE]++;
+}
+
+void bufpool_short(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    p->window = p->window * 2 > p->count ? p->count : p->window * 2;
+}
+
+/* Once per loop turn, before the submit: top the kernel's share up to the
+ * window, warmest buffers first. */
 void bufpool_flush(struct worker *w)
 {
     struct bufpool *p = &w->bufs;
+    if (w->now_ms - p->decay_ms >= 1000) {
+        p->decay_ms = w->now_ms;
+        uint32_t less = p->window - p->window / 8;
+        p->window = less < p->min_window ? p->min_window : less;
+    }
+    uint32_t n = 0;
     if (p->ring_mode) {
-        if (p->ring_adds) {
-            io_uring_buf_ring_advance(p->br, (int)p->ring_adds);
-            p->ring_adds = 0;
+        uint32_t mask = io_uring_buf_ring_mask(p->count);
+        while (p->in_kernel < p->window && p->nstack) {
+            uint32_t bid = p->stack[--p->nstack];
+            io_uring_buf_ring_add(p->br, buf_data(p, bid), p->size, (uint16_t)bid, mask, (int)n);
+            n++;
+            p->in_kernel++;
         }
+        if (n)
+            io_uring_buf_ring_advance(p->br, (int)n);
         return;
     }
-    /* Runs of consecutive ids go back in one SQE. */
-    for (uint32_t i = 0; i < p->nret;) {
-        uint32_t j = i + 1;
-        while (j < p->nret && p->ret[j] == p->ret[j - 1] + 1)
-            j++;
-        provide(w, p->ret[i], j - i);
-        i = j;
+    /* Legacy provided buffers: one SQE per run of consecutive ids. */
+    while (p->in_kernel < p->window && p->nstack) {
+        uint32_t bid = p->stack[--p->nstack], run = 1;
+        while (p->in_kernel + run < p->window && p->nstack &&
+               p->stack[p->nstack - 1] == bid + run) {
+            p->nstack--;
+            run++;
+        }
+        provide(w, bid, run);
+        p->in_kernel += run;
     }
-    p->nret = 0;
 }
 
 void bufpool_free(struct worker *w)
@@ -139,7 +160,7 @@ void bufpool_free(struct worker *w)
         munmap(p->next, sizeof(uint32_t) * all);
     if (p->len)
         munmap(p->len, sizeof(uint32_t) * all);
-    if (p->ret)
-        munmap(p->ret, sizeof(uint32_t) * p->count);
+    if (p->stack)
+        munmap(p->stack, sizeof(uint32_t) * p->count);
     memset(p, 0, sizeof *p);
 }

@@ -30,10 +30,19 @@ struct bufpool {
     uint32_t *len;            /* bytes of data per buffer */
     struct io_uring_buf_ring *br;
     size_t br_bytes;
-    uint32_t ring_adds;       /* ring mode: added, not yet published */
-    uint32_t *ret;            /* legacy mode: waiting to be provided again */
-    uint32_t nret;
-    uint32_t free;            /* buffers the kernel may pick */
+    /* Free buffers wait on a stack (last returned on top) and only `window`
+     * of them are handed to the kernel at a time. The kernel takes its
+     * buffers in the order they were given (FIFO): giving it all of them
+     * would cycle every receive through the whole pool, cold in the cache;
+     * a small window of the most recently used keeps receives warm. The
+     * window grows when receives run short and shrinks back slowly. */
+    uint32_t *stack;
+    uint32_t nstack;
+    uint32_t in_kernel;       /* handed to the kernel, not yet used */
+    uint32_t window;
+    uint32_t min_window;
+    uint64_t decay_ms;
+    uint32_t free;            /* in the kernel or on the stack */
     bool ring_mode;
 };
 
@@ -56,5 +65,9 @@ static inline uint32_t buf_cap(const struct bufpool *p, uint32_t bid)
 
 /* An assembly buffer, or NIL when none is free. */
 uint32_t hbuf_get(struct worker *w);
+/* A completion brought a buffer: it left the kernel's hands. */
+void bufpool_taken(struct worker *w);
+/* A receive found no buffer: hand the kernel more at a time. */
+void bufpool_short(struct worker *w);
 
 #endif

@@ -42,6 +42,7 @@ struct xfer {
 #define X_PAUSED   4      /* receive stopped: queue over its limit */
 #define X_STARVED  8      /* receive stopped: no free buffer */
 #define X_SHUTTING 16     /* shutdown in flight */
+#define X_HELD     32     /* receive held while a body switches to splice */
 
 struct conn {
     uint8_t kind;             /* enum conn_kind */

@@ -38,6 +38,16 @@ struct out {
     uint8_t active;
 };
 
+/* A body moved by splice (h1_splice.c), one per direction. */
+enum { BS_REQ, BS_RESP };
+enum { BS_OFF, BS_WANT, BS_ON };
+struct bsplice {
+    int32_t pipe;             /* from the worker's pool, or -1 */
+    uint32_t in_pipe;         /* bytes in the pipe not yet sent */
+    uint8_t state;            /* BS_OFF, BS_WANT (switching over), BS_ON */
+    uint8_t pad[7];
+};
+
 /* Transaction flags */
 #define TF_HEAD_SENT     1    /* the request head went out */
 #define TF_REQ_DONE      2    /* the whole request went out */
@@ -75,6 +85,7 @@ struct txn {
     uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
     uint8_t logging;                    /* lr is being filled */
     uint8_t pad3[3];
+    struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
     char scratch[160];                  /* X-Forwarded-For's address and friends */
@@ -107,6 +118,12 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 const char *h1_error_text(uint16_t status, uint32_t *len);
 void h1_count_status(struct worker *w, uint16_t status);
 void h1_tunnel(struct worker *w, struct txn *t);
+
+/* h1_splice.c */
+void splice_consider(struct worker *w, struct txn *t, int dir);
+void splice_progress(struct worker *w, struct txn *t);
+void splice_poll(struct worker *w, struct conn *c, enum op op);
+void splice_release(struct worker *w, struct txn *t);
 
 /* accesslog.c */
 void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,

@@ -185,8 +185,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     int res = cqe->res;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        w->bufs.free--;
-        w->c[UP_C_BUFFERS_IN_USE]++;
+        bufpool_taken(w);
         if (c->state != CS_OPEN || res <= 0 || c->h1 == H_LINGER) {
             bufpool_put(w, bid);       /* closing, or lingering: dropped */
         } else {
@@ -206,6 +205,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     } else if (res < 0 && res != -ECANCELED) {
         if (res == -ENOBUFS) {
             w->c[UP_C_ERR_NOBUFS]++;
+            bufpool_short(w);
             c->x.flags |= X_STARVED;
             c->starved_next = w->starved_head;
             w->starved_head = (uint32_t)(c - w->conns);
@@ -236,6 +236,8 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
             t->flags |= TF_CLIENT_CLOSE;
         }
         txn_req_pump(w, t);
+        if ((t = txn_of(w, c)) != NULL)    /* it may have ended meanwhile */
+            splice_progress(w, t);
         break;
     case H_LINGER:
         if (c->x.flags & X_EOF) {
@@ -267,6 +269,11 @@ void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring
         } else if (t) {
             txn_sent(w, t, &t->resp, c, cqe->res);
         }
+        break;
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        if (cqe->res != -ECANCELED)
+            splice_poll(w, c, op);
         break;
     case OP_SHUTDOWN:
         break;

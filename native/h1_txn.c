@@ -187,6 +187,7 @@ static uint32_t cur_avail(struct worker *w, const struct conn *q, uint32_t *bid,
 }
 
 /* Add the body bytes that have arrived to a round, following the framing.
+ * A round that fills up simply ends: the rest goes in the next one.
  * Returns -1 on malformed chunked framing. */
 static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8_t kind,
                     uint64_t *left, struct h1_chunked *ck, uint32_t *bid, uint32_t *off,
@@ -194,7 +195,7 @@ static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8
 {
     const uint8_t *p;
     uint32_t avail;
-    while (!*done && (avail = cur_avail(w, q, bid, off, &p)) > 0) {
+    while (!*done && o->n < OUT_IOV && (avail = cur_avail(w, q, bid, off, &p)) > 0) {
         uint32_t n;
         if (kind == H1_BODY_LENGTH) {
             n = *left < avail ? (uint32_t)*left : avail;
@@ -210,15 +211,7 @@ static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8
         } else {                      /* CLOSE: everything until EOF */
             n = avail;
         }
-        if (!out_push(o, p, n)) {
-            /* Round full: give the framing back what was not taken. */
-            if (kind == H1_BODY_LENGTH)
-                *left += n;
-            *done = false;
-            if (kind == H1_BODY_CHUNKED)
-                return -2;            /* cannot happen: rounds take 80 pieces */
-            break;
-        }
+        out_push(o, p, n);            /* room was checked above */
         *off += n;
         *bytes += n;
     }
@@ -265,11 +258,13 @@ static struct txn *txn_alloc(struct worker *w)
     t->req.active = t->resp.active = 0;
     t->up = t->server = NIL;
     t->req_bid = t->resp_bid = t->start_bid = NIL;
+    t->req_splice.pipe = t->resp_splice.pipe = -1;
     return t;
 }
 
 void txn_free(struct worker *w, struct txn *t)
 {
+    splice_release(w, t);
     if (t->cfg) {
         t->cfg->refs[w->o.index * 8]--;
         t->cfg = NULL;
@@ -398,6 +393,8 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
         h1_client_reply_error(w, c, b == -3 ? 413 : 400);
         return;
     }
+    if (!(t->flags & TF_REQ_DONE))
+        splice_consider(w, t, BS_REQ);
     h1_upstream_assign(w, t);
 }
 
@@ -527,6 +524,8 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         t->resp.rel_bid = t->resp_bid;
         t->resp.rel_off = t->resp_off;
     }
+    if (!(t->flags & TF_RESP_DONE))
+        splice_consider(w, t, BS_RESP);
     hist_add(w->shm->hist_upstream, now_us() - t->t_sent);
     w->c[r->status < 200 ? UP_C_RESP_1XX : r->status < 300 ? UP_C_RESP_2XX
          : r->status < 400 ? UP_C_RESP_3XX : r->status < 500 ? UP_C_RESP_4XX
@@ -586,6 +585,8 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
             return;
         }
         txn_resp_pump(w, t);
+        if (w->conns[t->client].txn == (uint32_t)(t - w->txns))
+            splice_progress(w, t);
         return;
     }
     /* Request round out. */
@@ -602,6 +603,8 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
         return;
     }
     txn_req_pump(w, t);
+    if (c->txn == (uint32_t)(t - w->txns))
+        splice_progress(w, t);
 }
 
 /* The response is out and the request is in: the upstream connection goes

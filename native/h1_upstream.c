@@ -12,7 +12,7 @@
 
 void h1_recv_arm(struct worker *w, struct conn *c)
 {
-    if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED)) ||
+    if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED | X_HELD)) ||
         (c->ops & (1u << OP_RECV)))
         return;
     struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
@@ -283,8 +283,7 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
     int res = cqe->res;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        w->bufs.free--;
-        w->c[UP_C_BUFFERS_IN_USE]++;
+        bufpool_taken(w);
         if (u->state != CS_OPEN || res <= 0) {
             bufpool_put(w, bid);
         } else {
@@ -308,6 +307,7 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
         switch (res) {
         case -ENOBUFS:
             w->c[UP_C_ERR_NOBUFS]++;
+            bufpool_short(w);
             u->x.flags |= X_STARVED;
             u->starved_next = w->starved_head;
             w->starved_head = (uint32_t)(u - w->conns);
@@ -333,6 +333,9 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
         h1_upstream_progress(w, u);
     if (!more)
         h1_recv_arm(w, u);
+    struct txn *t = txn_of(w, u);
+    if (t && u->state == CS_OPEN)
+        splice_progress(w, t);
 }
 
 void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uring_cqe *cqe)
@@ -350,6 +353,11 @@ void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uri
             txn_sent(w, t, &t->req, u, cqe->res);
         break;
     }
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        if (cqe->res != -ECANCELED)
+            splice_poll(w, u, op);
+        break;
     default:
         break;
     }

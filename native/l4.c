@@ -137,8 +137,7 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
     struct xfer *x = &src->x;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
         uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        w->bufs.free--;
-        w->c[UP_C_BUFFERS_IN_USE]++;
+        bufpool_taken(w);
         if (src->state != CS_OPEN || res <= 0) {
             bufpool_put(w, bid);
         } else {
@@ -176,6 +175,7 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
         case -ENOBUFS:
             /* Every buffer is taken: wait for one to come back. */
             w->c[UP_C_ERR_NOBUFS]++;
+            bufpool_short(w);
             x->flags |= X_STARVED;
             src->starved_next = w->starved_head;
             w->starved_head = (uint32_t)(src - w->conns);

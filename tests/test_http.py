@@ -722,3 +722,22 @@ def test_bodies_over_the_limit_get_413(proxy_factory, profile):
     assert out.startswith(b"HTTP/1.1 413") or b"HTTP/1.1 200" not in out
     assert [r.target for r in up.requests].count("/big") <= 1   # the CL one never reached it
     up.close()
+
+
+@both_profiles
+@pytest.mark.parametrize("splice_min", ["32k", 0])
+def test_large_bodies_by_splice_or_buffers(proxy_factory, profile, splice_min):
+    size = 3 << 20
+    body = b"".join(pattern(8, size))
+    up = HttpUpstream(lambda req: Response(body=body[::-1]))
+    p = http_proxy(proxy_factory, [up.addr], profile,
+                   proxy={"workers": 1, "body_splice_min": splice_min})
+    with httpx.Client(base_url=p.url) as c:
+        for _ in range(3):
+            r = c.post("/s", content=body)
+            assert r.status_code == 200 and r.content == body[::-1]
+        assert c.get("/after").status_code == 200       # keep-alive still in step
+    assert all(q.body == body for q in up.requests[:3])
+    spliced = p.total("bodies_spliced")
+    assert spliced == (7 if splice_min else 0), spliced   # 3 requests, 4 responses
+    up.close()

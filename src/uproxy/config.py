@@ -113,6 +113,7 @@ class Proxy:
     iowq_max_workers: int = 2
     iowq_cpu: str = "worker"
     head_buffers: int = 512
+    body_splice_min: int = 32768
     user: str | None = None           # drop to this user after binding
     group: str | None = None
 
@@ -306,6 +307,7 @@ def _proxy(path, raw) -> Proxy:
         iowq_max_workers=r.int("iowq_max_workers", 2, lo=0, hi=1024),
         iowq_cpu=str(iowq_cpu),
         head_buffers=r.int("head_buffers", 512, lo=0, hi=65536),
+        body_splice_min=r.size("body_splice_min", 32768, 0, 1 << 30),
         user=r.str("user"),
         group=r.str("group"),
     )

@@ -91,6 +91,7 @@ class Worker:
         o.iowq_cpu = cpu if p.iowq_cpu == "worker" else (-1 if p.iowq_cpu == "any" else int(p.iowq_cpu))
         o.queue_limit = p.queue_limit
         o.head_buffers = p.head_buffers
+        o.splice_min = p.body_splice_min
         o.wait_batch = int(os.environ.get("UPROXY_WAIT_BATCH", "1"))
         o.wait_us = int(os.environ.get("UPROXY_WAIT_US", "50"))
         self.opts = o

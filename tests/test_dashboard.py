@@ -216,6 +216,8 @@ class Tmux:
         env = dict({"COLUMNS": str(width), "LINES": str(height)}, **(env or {}))
         envs = " ".join(f"{k}={v}" for k, v in env.items())
         full = f"cd {ROOT} && env {envs} {cmd}; echo EXITED $?; sleep 30"
+        if "UPROXY_NO_BPF" not in env:
+            full = f"unset UPROXY_NO_BPF; {full}"
         subprocess.run(["tmux", "-L", self.sock, "new-session", "-d", "-s", self.name,
                         "-x", str(width), "-y", str(height), full], check=True)
 

@@ -190,6 +190,7 @@ def test_cpu_counters_and_softirq_with_software_events(l4):
 
 
 def test_status_explains_missing_root(monkeypatch):
+    monkeypatch.delenv("UPROXY_NO_BPF", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     a = probes.availability()
     assert not a["ok"] and "not root" in a["why"] and "sudo" in a["fix"]

@@ -183,7 +183,8 @@ class Proxy:
             self.wait_ready()
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:        # also after stop(), for failure messages
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 

@@ -73,7 +73,7 @@ void log_end(struct worker *w, struct txn *t, uint16_t status)
     t->logging = 0;
     struct up_log_rec *lr = &t->lr;
     lr->time_ms = w->real_ms;
-    lr->duration_us = (uint32_t)(now_us() - t->t_start);
+    lr->duration_us = (uint32_t)(w->now_us - t->t_start);
     lr->status = status;
     lr->bytes_in = t->bytes_in;
     lr->bytes_out = t->bytes_out;

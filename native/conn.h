@@ -41,7 +41,6 @@ struct xfer {
 #define X_SHUT     2      /* FIN passed on to the peer (shutdown done) */
 #define X_PAUSED   4      /* receive stopped: queue over its limit */
 #define X_STARVED  8      /* receive stopped: no free buffer */
-#define X_SHUTTING 16     /* shutdown in flight */
 #define X_HELD     32     /* receive held while a body switches to splice */
 
 struct conn {

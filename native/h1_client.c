@@ -25,8 +25,7 @@ static const struct up_listener *listener_for(struct worker *w, const struct con
 
 static void set_timer(struct worker *w, struct conn *c, uint32_t ms)
 {
-    c->expires_ms = ms ? w->now_ms + ms : 0;
-    timer_arm(w, c);
+    timer_set(w, c, ms ? w->now_ms + ms : 0);
 }
 
 void h1_start(struct worker *w, const struct up_listener *l, int fd)
@@ -104,9 +103,7 @@ void h1_finish(struct worker *w, struct conn *c)
         h1_client_close(w, c, false);
         return;
     }
-    struct io_uring_sqe *s = sqe_for(w, c, OP_SHUTDOWN);
-    io_uring_prep_shutdown(s, c->fd, SHUT_WR);
-    count_op(w, s);
+    shutdown(c->fd, SHUT_WR);    /* directly: io_uring would punt it to io-wq */
     set_timer(w, c, LINGER_MS);
     /* While an aborted upstream may still be reading them (peer set), the
      * queued bytes stay until both close together. */
@@ -274,8 +271,6 @@ void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring
     case OP_POLL_OUT:
         if (cqe->res != -ECANCELED)
             splice_poll(w, c, op);
-        break;
-    case OP_SHUTDOWN:
         break;
     default:
         break;

@@ -98,7 +98,7 @@ static void dial(struct worker *w, struct txn *t, struct conn *u)
     w->srv[u->slot].connects++;
     w->c[UP_C_UPSTREAM_CONNECTS]++;
     w->c[UP_C_UPSTREAM_ACTIVE]++;
-    u->t_us = now_us();
+    u->t_us = w->now_us;
     struct io_uring_sqe *q = sqe_for(w, u, OP_CONNECT);
     io_uring_prep_connect(q, fd, (const struct sockaddr *)sv->addr, sv->addrlen);
     count_op(w, q);
@@ -130,7 +130,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     if (u->state != CS_CONNECTING || !t)
         return;
     if (res == 0) {
-        hist_add(w->shm->hist_connect, now_us() - u->t_us);
+        hist_add(w->shm->hist_connect, w->now_us - u->t_us);
         balance_result(w, t->cfg, t->server, true);
         u->state = CS_OPEN;
         u->h1 = H_BUSY;

@@ -80,15 +80,20 @@ static void maybe_finish(struct worker *w, struct conn *c)
         abort_session(w, c, false, false);
 }
 
+/* Pass a FIN on. Called directly: io_uring would run IORING_OP_SHUTDOWN
+ * on an io-wq thread (tens of microseconds of hand-over for a call that
+ * takes one). */
 static void shutdown_peer(struct worker *w, struct conn *src)
 {
     struct conn *dst = peer_of(w, src);
-    if (src->x.flags & (X_SHUT | X_SHUTTING))
+    if (src->x.flags & X_SHUT)
         return;
-    src->x.flags |= X_SHUTTING;
-    struct io_uring_sqe *s = sqe_for(w, dst, OP_SHUTDOWN);
-    io_uring_prep_shutdown(s, dst->fd, SHUT_WR);
-    count_op(w, s);
+    src->x.flags |= X_SHUT;
+    if (shutdown(dst->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        fail_error(w, dst, -errno);
+        return;
+    }
+    maybe_finish(w, src);
 }
 
 static void poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
@@ -427,7 +432,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         return;
     struct up_shm_wserver *st = srv_stats(w, u->cfg, u->server);
     if (res == 0) {
-        hist_add(w->shm->hist_connect, now_us() - u->t_us);
+        hist_add(w->shm->hist_connect, w->now_us - u->t_us);
         balance_result(w, u->cfg, u->server, true);
         st->requests++;
         u->state = CS_OPEN;
@@ -487,7 +492,7 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
     st->connects++;
     st->in_flight++;              /* the load least_conn and p2c weigh */
     u->flags |= C_COUNTED;
-    u->t_us = now_us();
+    u->t_us = w->now_us;
     w->c[UP_C_UPSTREAM_CONNECTS]++;
     w->c[UP_C_UPSTREAM_ACTIVE]++;
     const struct up_cluster *cl = &cfg->clusters[ci];
@@ -626,17 +631,6 @@ void l4_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe
     case OP_POLL_OUT:
         on_poll(w, c, op, cqe);
         break;
-    case OP_SHUTDOWN: {
-        struct conn *src = peer_of(w, c);
-        if (c->state != CS_OPEN || !src)
-            break;
-        src->x.flags = (uint8_t)((src->x.flags & ~X_SHUTTING) | X_SHUT);
-        if (cqe->res < 0 && cqe->res != -ENOTCONN)
-            fail_error(w, c, cqe->res);
-        else
-            maybe_finish(w, c);
-        break;
-    }
     default:
         break;
     }

@@ -49,6 +49,16 @@ void timer_arm(struct worker *w, struct conn *c)
         link_node(w, c);
 }
 
+void timer_set(struct worker *w, struct conn *c, uint64_t expires_ms)
+{
+    if (expires_ms && (c->flags & C_IN_WHEEL) && expires_ms >= c->expires_ms) {
+        c->expires_ms = expires_ms;
+        return;
+    }
+    c->expires_ms = expires_ms;
+    timer_arm(w, c);
+}
+
 void timer_cancel(struct worker *w, struct conn *c)
 {
     c->expires_ms = 0;

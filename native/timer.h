@@ -24,6 +24,10 @@ void wheel_init(struct worker *w);
 /* Arm or re-arm c's deadline at c->expires_ms (earlier or later). */
 void timer_arm(struct worker *w, struct conn *c);
 void timer_cancel(struct worker *w, struct conn *c);
+/* Set c's deadline; one that only moves later is just stored (the wheel
+ * moves the node when its old slot comes round), so per-request deadline
+ * changes cost a store, not a relink. */
+void timer_set(struct worker *w, struct conn *c, uint64_t expires_ms);
 /* Run every deadline that has passed; calls conn_expired() for each. */
 void wheel_run(struct worker *w);
 void conn_expired(struct worker *w, struct conn *c);

@@ -24,6 +24,15 @@ uint64_t up_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Time is read once per loop turn, after the wait: everything that
+ * completes in one turn happened at the same moment as far as deadlines
+ * and latency histograms go (a turn is microseconds). */
+static void tick_clock(struct worker *w)
+{
+    w->now_us = now_us();
+    w->now_ms = w->now_us / 1000;
+}
+
 static void resume_starved(struct worker *w);
 
 struct io_uring_sqe *sqe_get(struct worker *w)
@@ -161,7 +170,7 @@ int up_worker_setup(struct up_worker *uw)
     pthread_setname_np(pthread_self(), name);
     w->shm->tid = (uint64_t)gettid();
     w->shm->cpu = (uint64_t)(int64_t)w->o.cpu;
-    w->now_ms = up_now_ms();
+    tick_clock(w);
     int r = ring_init(w);
     if (r < 0)
         goto fail;
@@ -298,7 +307,7 @@ int up_worker_loop(struct up_worker *uw)
 {
     struct worker *w = (struct worker *)uw;
     for (;;) {
-        w->now_ms = up_now_ms();
+        tick_clock(w);
         w->shm->heartbeat_ms = w->now_ms;
         struct timespec rt;
         clock_gettime(CLOCK_REALTIME_COARSE, &rt);
@@ -330,7 +339,7 @@ int up_worker_loop(struct up_worker *uw)
             __atomic_store_n(&w->shm->state, UP_WS_FAILED, __ATOMIC_RELEASE);
             return r;
         }
-        w->now_ms = up_now_ms();
+        tick_clock(w);
         unsigned head, n = 0;
         struct io_uring_cqe *cqe;
         io_uring_for_each_cqe(&w->ring, head, cqe) {

@@ -29,7 +29,6 @@ enum op {
     OP_SPLICE_OUT,    /* pipe -> peer socket */
     OP_POLL_IN,
     OP_POLL_OUT,
-    OP_SHUTDOWN,
     OP_CLOSE,
     OP_CANCEL,
     OP_PROVIDE,       /* legacy provided buffers handed back */
@@ -66,6 +65,7 @@ struct worker {
     uint64_t real_ms;               /* CLOCK_REALTIME, once per loop turn */
     const struct up_config *cfg;    /* the table new sessions use */
     uint64_t now_ms;
+    uint64_t now_us;                /* CLOCK_MONOTONIC, read once per loop turn */
 
     struct conn *conns;             /* slab: 2 per client connection */
     uint32_t nconns;

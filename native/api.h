@@ -360,8 +360,6 @@ struct up_worker_opts {
     uint32_t queue_limit;     /* bytes buffered per direction before pausing */
     uint32_t head_buffers;    /* http: buffers for heads that span receives */
     uint32_t splice_min;      /* http: bodies with this much left go by splice (0: never) */
-    uint32_t wait_batch;      /* completions to wait for before waking (1: any) */
-    uint32_t wait_us;         /* ... or this long */
 };
 
 struct up_worker;

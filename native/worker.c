@@ -320,17 +320,7 @@ int up_worker_loop(struct up_worker *uw)
         bufpool_flush(w);
         resume_starved(w);
         w->c[UP_C_URING_ENTERS]++;
-        int r;
-        if (w->o.wait_batch > 1) {
-            /* Sleep until several completions are ready (or wait_us has
-             * passed): fewer wake-ups per request under load, at most
-             * wait_us of added latency when it is quiet. */
-            struct io_uring_cqe *cqe;
-            struct __kernel_timespec ts = { .tv_nsec = (long long)w->o.wait_us * 1000 };
-            r = io_uring_submit_and_wait_timeout(&w->ring, &cqe, w->o.wait_batch, &ts, NULL);
-        } else {
-            r = io_uring_submit_and_wait(&w->ring, 1);
-        }
+        int r = io_uring_submit_and_wait(&w->ring, 1);
         if (r > 0)
             w->c[UP_C_URING_SQES] += (uint64_t)r;
         else if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {

@@ -92,8 +92,6 @@ class Worker:
         o.queue_limit = p.queue_limit
         o.head_buffers = p.head_buffers
         o.splice_min = p.body_splice_min
-        o.wait_batch = int(os.environ.get("UPROXY_WAIT_BATCH", "1"))
-        o.wait_us = int(os.environ.get("UPROXY_WAIT_US", "50"))
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
                                      rt.segment.wservers[index], rt.segment.log_rings[index])

@@ -88,7 +88,7 @@ struct txn {
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
-    char scratch[160];                  /* X-Forwarded-For's address and friends */
+    char scratch[1024];                 /* the header lines the proxy adds */
 };
 
 /* h1_client.c */

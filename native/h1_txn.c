@@ -15,7 +15,6 @@
 static const char S_XFF[] = "X-Forwarded-For: ";
 static const char S_XFP[] = "X-Forwarded-Proto: http\r\n";
 static const char S_XFH[] = "X-Forwarded-Host: ";
-static const char S_CRLF[] = "\r\n";
 static const char S_COMMA[] = ", ";
 static const char S_CONN_UPGRADE[] = "Connection: upgrade\r\n";
 static const char S_CONN_CLOSE[] = "Connection: close\r\n";
@@ -61,11 +60,18 @@ static void out_reset(struct out *o)
 
 static void out_submit(struct worker *w, struct out *o, struct conn *to)
 {
-    o->msg.msg_iov = &o->iov[o->first];
-    o->msg.msg_iovlen = (size_t)(o->n - o->first);
     o->active = 1;
     struct io_uring_sqe *s = sqe_for(w, to, OP_SEND);
-    io_uring_prep_sendmsg(s, to->fd, &o->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    if (o->n - o->first == 1) {
+        /* One piece (an unmodified response, or a body round): a plain
+         * send skips the msghdr and iovec import. */
+        io_uring_prep_send(s, to->fd, o->iov[o->first].iov_base, o->iov[o->first].iov_len,
+                           MSG_NOSIGNAL | MSG_WAITALL);
+    } else {
+        o->msg.msg_iov = &o->iov[o->first];
+        o->msg.msg_iovlen = (size_t)(o->n - o->first);
+        io_uring_prep_sendmsg(s, to->fd, &o->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    }
     count_op(w, s);
 }
 
@@ -115,7 +121,10 @@ static size_t format_addr(const struct conn *c, char *dst, size_t cap)
 
 /* The request head as the upstream sees it: the request line and kept
  * header lines by reference; hop-by-hop lines dropped; X-Forwarded-For
- * appended to, X-Forwarded-Proto and -Host set by the proxy. */
+ * appended to, X-Forwarded-Proto and -Host set by the proxy. The added
+ * lines are written into the transaction's scratch as one piece (a few
+ * dozen bytes), so the head goes out in three iovecs: kept lines, added
+ * lines, and the empty line with whatever body followed it. */
 static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
                            const struct h1_request *r)
 {
@@ -124,37 +133,50 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     bool upgrade = r->upgrade;
     bool ok = out_push(o, base + r->skip, r->line_len);
     uint16_t host = r->host;
+    size_t need = sizeof S_XFF + 48 + sizeof S_XFP + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
+        if (h->flags & H1_HF_XFF)
+            need += h->value_len + 2;
         if (h->flags & (H1_HF_XFF | H1_HF_XF_OTHER))
             continue;
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
-    char *ip = t->scratch;
-    size_t iplen = format_addr(c, ip, 64);
+    if (host != 0xffff)
+        need += sizeof S_XFH + r->h[host].value_len + 2;
+    if (need > sizeof t->scratch)
+        return false;                 /* only with forwarded values of hundreds of bytes */
+    char *sp = t->scratch;
+#define PUT(src, n) (memcpy(sp, (src), (n)), sp += (n))
+    char ip[64];
+    size_t iplen = format_addr(c, ip, sizeof ip);
     if (iplen) {
-        ok &= PUSH(o, S_XFF);
+        PUT(S_XFF, sizeof S_XFF - 1);
         for (uint16_t i = 0; i < r->nheaders; i++)
             if ((r->h[i].flags & H1_HF_XFF) && r->h[i].value_len) {
-                ok &= out_push(o, base + r->h[i].value_off, r->h[i].value_len);
-                ok &= PUSH(o, S_COMMA);
+                PUT(base + r->h[i].value_off, r->h[i].value_len);
+                PUT(S_COMMA, 2);
             }
-        memcpy(ip + iplen, "\r\n", 2);
-        ok &= out_push(o, ip, iplen + 2);
+        PUT(ip, iplen);
+        PUT("\r\n", 2);
     }
-    ok &= PUSH(o, S_XFP);
+    PUT(S_XFP, sizeof S_XFP - 1);
     if (host != 0xffff) {
-        ok &= PUSH(o, S_XFH);
-        ok &= out_push(o, base + r->h[host].value_off, r->h[host].value_len);
-        ok &= PUSH(o, S_CRLF);
+        PUT(S_XFH, sizeof S_XFH - 1);
+        PUT(base + r->h[host].value_off, r->h[host].value_len);
+        PUT("\r\n", 2);
     }
     if (upgrade)
-        ok &= PUSH(o, S_CONN_UPGRADE);
+        PUT(S_CONN_UPGRADE, sizeof S_CONN_UPGRADE - 1);
     else if (r->minor == 0)
-        ok &= PUSH(o, S_CONN_KEEP);   /* an HTTP/1.0 request may still reuse the upstream */
-    ok &= PUSH(o, S_CRLF);
+        PUT(S_CONN_KEEP, sizeof S_CONN_KEEP - 1);   /* an HTTP/1.0 request may still reuse the upstream */
+#undef PUT
+    ok &= out_push(o, t->scratch, (size_t)(sp - t->scratch));
+    /* The head's own empty line: the body that follows it continues the
+     * same iovec. */
+    ok &= out_push(o, base + r->head_len - 2, 2);
     return ok;
 }
 
@@ -178,7 +200,9 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
         ok &= PUSH(o, S_CONN_CLOSE);
     else if (r->status >= 200 && t->minor == 0)
         ok &= PUSH(o, S_CONN_KEEP);
-    ok &= PUSH(o, S_CRLF);
+    /* The upstream's own empty line, so that an unmodified head and the
+     * body after it stay one contiguous iovec. */
+    ok &= out_push(o, base + r->head_len - 2, 2);
     return ok;
 }
 

@@ -12,11 +12,24 @@
 
 #define EMFILE_BACKOFF_MS 200
 
+/* A multishot accept takes every connection waiting in the backlog in one
+ * go, however many, and the cancel sent at the limit lands only after
+ * that: near the limit, the connections past it would be accepted only to
+ * be closed (a reset) instead of waiting in the backlog. So multishot only
+ * while there is room for more than a full backlog (somaxconn caps one at
+ * 4096 by default), one accept at a time nearer the limit. */
+#define MULTISHOT_ROOM 4352u
+
+static bool multishot_fits(const struct worker *w)
+{
+    return (w->features & UP_F_MULTISHOT_ACCEPT) && w->clients + MULTISHOT_ROOM < w->o.max_conns;
+}
+
 static void arm(struct worker *w, uint32_t slot)
 {
     struct acceptor *a = &w->acc[slot];
     struct io_uring_sqe *s = sqe_get(w);
-    if (w->features & UP_F_MULTISHOT_ACCEPT)
+    if (multishot_fits(w))
         io_uring_prep_multishot_accept(s, a->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     else
         io_uring_prep_accept(s, a->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -127,6 +140,8 @@ void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe)
             /* Full: leave the next ones in the kernel's backlog. */
             if (w->clients >= w->o.max_conns)
                 acceptors_pause(w, true);
+            else if ((cqe->flags & IORING_CQE_F_MORE) && !multishot_fits(w))
+                cancel(w, slot);      /* re-armed one at a time when it ends */
         }
     } else if (res != -ECANCELED) {
         w->c[UP_C_ERR_ACCEPT]++;

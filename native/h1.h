@@ -124,6 +124,7 @@ void splice_consider(struct worker *w, struct txn *t, int dir);
 void splice_progress(struct worker *w, struct txn *t);
 void splice_poll(struct worker *w, struct conn *c, enum op op);
 void splice_release(struct worker *w, struct txn *t);
+void splice_unhold(struct worker *w, struct txn *t);
 
 /* accesslog.c */
 void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,

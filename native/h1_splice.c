@@ -64,6 +64,25 @@ static void finish(struct worker *w, struct txn *t, int dir)
     h1_recv_arm(w, src);
 }
 
+/* The transaction is ending with a switch-over still pending (the whole
+ * body had already arrived in receive buffers): let the sources receive
+ * again, or a pooled connection would never notice its upstream closing. */
+void splice_unhold(struct worker *w, struct txn *t)
+{
+    for (int dir = 0; dir < 2; dir++) {
+        struct bsplice *b = bs_of(t, dir);
+        if (b->state != BS_WANT)
+            continue;
+        b->state = BS_OFF;
+        struct conn *src, *dst;
+        ends(w, t, dir, &src, &dst);
+        if (src) {
+            src->x.flags &= ~X_HELD;
+            h1_recv_arm(w, src);
+        }
+    }
+}
+
 /* Give back a transaction's pipes (it ended, or was cut). */
 void splice_release(struct worker *w, struct txn *t)
 {

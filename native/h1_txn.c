@@ -655,6 +655,7 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
 void txn_end(struct worker *w, struct txn *t)
 {
     struct conn *c = &w->conns[t->client];
+    splice_unhold(w, t);
     hist_add(w->shm->hist_request, w->now_us - t->t_start);
     log_end(w, t, t->status);
     if (t->up != NIL) {

@@ -743,3 +743,22 @@ def test_large_bodies_by_splice_or_buffers(proxy_factory, profile, splice_min):
     spliced = p.total("bodies_spliced")
     assert spliced == (7 if splice_min else 0), spliced   # 3 requests, 4 responses
     up.close()
+
+
+@both_profiles
+def test_keep_alive_after_bodies_that_arrived_before_the_splice(proxy_factory, profile):
+    """A body large enough for splice that is already in receive buffers
+    when the switch-over would happen goes out buffered, and the pooled
+    connection still works afterwards (it used to be left not receiving)."""
+    body = b"z" * (64 << 10)
+    up = HttpUpstream(lambda req: Response(body=body))
+    p = http_proxy(proxy_factory, [up.addr], profile)
+    with httpx.Client(base_url=p.url, timeout=5) as c:
+        for _ in range(30):
+            r = c.get("/x")
+            assert r.status_code == 200 and r.content == body
+    with httpx.Client(base_url=p.url, timeout=5) as c:      # new client, pooled upstream
+        for _ in range(10):
+            assert c.get("/y").content == body
+    assert up.connections <= 2
+    up.close()

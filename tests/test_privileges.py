@@ -91,10 +91,15 @@ def test_run_and_top_as_an_unprivileged_user():
 
 
 @root_only
-def test_privileged_port_as_nobody_survives_reloads(tmp_path):
+def test_privileged_port_as_nobody_survives_reloads():
+    """Reloads re-read the file as the unprivileged user (so it must be
+    readable by that user: a 0600 root file makes every reload fail, and
+    the proxy keep its configuration)."""
     up = HttpUpstream()
     port = next(p for p in range(700, 1000) if socket.socket().connect_ex(("127.0.0.1", p)) != 0)
-    p = Proxy(tmp_path, http_config(port, up, user="nobody"))
+    d = public_dir()
+    p = Proxy(d, http_config(port, up, user="nobody"))
+    os.chmod(p.path, 0o644)
     try:
         assert get(port, b"/a").endswith(b"ok /a")
         for _ in range(5):
@@ -107,11 +112,14 @@ def test_privileged_port_as_nobody_survives_reloads(tmp_path):
         with open(p.path, "a") as f:
             f.write(f'\n[[listeners]]\nname = "more"\nbind = "127.0.0.1:{other}"\nmode = "http"\n'
                     f'cluster = "c"\n')
+        assert p.stats()["reload_failures"] == 0, p.output()
         p.reload()
         wait_for(lambda: p.stats()["reload_failures"] >= 1, 10, what="the failed reload")
         assert p.p.poll() is None
         assert get(port, b"/c").endswith(b"ok /c")
-        assert "reload failed" in p.output()
+        out = p.output()
+        assert "reload failed" in out and str(other) in out, out
     finally:
         assert p.stop() == 0, p.output()
         up.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -530,3 +530,54 @@ def test_response_with_extra_bytes_arriving_later_is_not_reused(proxy_factory):
     assert resps == [(200, b"ok")], resps
     wait_for(lambda: p.total("pool_stale") >= 1, 3, what="the poisoned connection dropped")
     srv.close()
+
+
+def test_early_response_does_not_turn_the_rest_of_a_body_into_a_request(proxy_factory):
+    """The upstream answers as soon as it has the head (as servers do for
+    401 or 413), while the request body is still coming. The body's bytes,
+    which look like a request, must not be read as the client's next
+    request, nor reach the upstream as one."""
+    seen = []
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+
+    def serve(c):
+        raw = b""
+        try:
+            while b"\r\n\r\n" not in raw:
+                raw += c.recv(65536)
+            c.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope")
+            c.settimeout(2)
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    break
+                raw += b
+        except OSError:
+            pass
+        finally:
+            seen.append(raw)
+            c.close()
+
+    def accept():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    port = free_port()
+    proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                  [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
+    body = SMUG * 4
+    head = b"POST /upload HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body)
+    resps, closed = exchange(port, [head, body[:10], body[10:]], pause=0.3)
+    assert [s for s, _ in resps] == [401], resps          # one response, not five
+    wait_for(lambda: seen, 5, what="the upstream connection to end")
+    for raw in seen:
+        assert raw.count(b"GET /smuggled") in (0, 4)       # body bytes, never split off
+    srv.close()

@@ -82,19 +82,20 @@ uint32_t q_contiguous(struct worker *w, struct conn *c, const uint8_t **p)
     return w->bufs.len[x->head] - x->off;
 }
 
-/* Gather the whole queue into one assembly buffer (or grow the one at its
- * front), releasing the provided buffers it came in: a head that arrives
- * in pieces holds one assembly buffer, never one provided buffer per
- * piece. 0 when done; -1 when no assembly buffer is free; -2 when the
- * bytes exceed limit (a head too large). */
+/* Gather the front of the queue into one assembly buffer (or grow the one
+ * at its front), releasing the provided buffers it came in: a head that
+ * arrives in pieces holds one assembly buffer, never one provided buffer
+ * per piece. Only up to limit bytes are gathered: a head is never longer,
+ * and what may be queued behind it (pipelined requests, a body) stays in
+ * its buffers; the parser reports a head that does not end within them.
+ * 0 when done; -1 when no assembly buffer is free. */
 int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
 {
     struct bufpool *p = &w->bufs;
     struct xfer *x = &c->x;
     if (x->head == NIL || (x->head >= p->count && x->head == x->tail))
         return 0;
-    if (x->queued > limit || x->queued > p->hsize)
-        return -2;
+    uint32_t cap = limit < p->hsize ? limit : p->hsize;
     uint32_t a, h, off, fill;
     uint8_t *dst;
     if (x->head >= p->count) {
@@ -113,8 +114,20 @@ int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
         h = x->head;
         off = x->off;
     }
-    while (h != NIL) {
+    while (h != NIL && fill < cap) {
         uint32_t n = p->len[h] - off, next = p->next[h];
+        if (n > cap - fill) {
+            /* Take what fits; the rest of this buffer moves to its start
+             * and stays queued (a queued buffer other than the first is
+             * read from offset 0). */
+            uint32_t take = cap - fill;
+            uint8_t *src = buf_data(p, h);
+            memcpy(dst + fill, src + off, take);
+            fill += take;
+            memmove(src, src + off + take, n - take);
+            p->len[h] = n - take;
+            break;
+        }
         memcpy(dst + fill, buf_data(p, h) + off, n);
         fill += n;
         bufpool_put(w, h);
@@ -122,11 +135,12 @@ int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
         off = 0;
     }
     p->len[a] = fill;
-    p->next[a] = NIL;
-    x->head = x->tail = a;
+    p->next[a] = h;
+    x->head = a;
+    if (h == NIL)
+        x->tail = a;
     x->off = 0;
-    x->queued = fill;
-    return 0;
+    return 0;            /* x->queued is unchanged: the same bytes, moved */
 }
 
 /* Bytes in the queue from (bid, off) to its end; bid NIL means its front. */

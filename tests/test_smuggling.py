@@ -27,6 +27,7 @@ import time
 import h11
 import pytest
 
+from harden import FastUpstream, read_response
 from support import Proxy, free_port, render_config, wait_for
 
 
@@ -580,4 +581,69 @@ def test_early_response_does_not_turn_the_rest_of_a_body_into_a_request(proxy_fa
     wait_for(lambda: seen, 5, what="the upstream connection to end")
     for raw in seen:
         assert raw.count(b"GET /smuggled") in (0, 4)       # body bytes, never split off
+    srv.close()
+
+
+def test_pipelined_requests_across_receive_buffer_boundaries(proxy_factory):
+    """5,000 pipelined requests (150 KB, so heads straddle the boundaries of
+    the 16 KiB receive buffers, with more requests queued behind them) are
+    all answered, in order. A head split across two buffers used to be
+    gathered together with everything queued after it, which was more than
+    a head may be: 431 at the first boundary."""
+    up = FastUpstream()
+    port = free_port()
+    proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                  [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1})
+    n = 5000
+    reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(n))
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    threading.Thread(target=lambda: s.sendall(reqs), daemon=True).start()
+    buf, statuses = b"", []
+    try:
+        while len(statuses) < n:
+            st, body, buf, _ = read_response(s, buf)
+            statuses.append(st)
+            if st != 200:
+                break
+    finally:
+        s.close()
+        up.close()
+    assert statuses == [200] * n, f"request {len(statuses) - 1} got {statuses[-1]}"
+
+
+def test_response_head_in_pieces_with_a_large_body_behind_it(proxy_factory):
+    """The upstream sends its status line alone, then the rest of the head
+    and a 200 KB body at once: the head spans receive buffers with far more
+    than a head's worth of body queued behind it."""
+    body = bytes(range(256)) * 800
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += c.recv(65536)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(0.1)
+            c.sendall(b"X-Pad: " + b"p" * 100 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                      % len(body) + body)
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    port = free_port()
+    proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                  [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            st, got, _, _ = read_response(s)
+        assert (st, got == body) == (200, True), st
     srv.close()

@@ -10,16 +10,23 @@
 #include <unistd.h>
 #include "h1.h"
 
+/* An upstream whose responses are big (C_HEADRECV) is read one head-sized
+ * receive at a time: a multishot receive would pull the whole body into
+ * buffers before the head could be looked at, and the body is cheaper by
+ * splice. Everything else keeps one multishot receive armed. */
+#define HEAD_RECV 4096
+
 void h1_recv_arm(struct worker *w, struct conn *c)
 {
     if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED | X_HELD)) ||
         (c->ops & (1u << OP_RECV)))
         return;
     struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
-    io_uring_prep_recv(s, c->fd, NULL, 0, 0);
+    bool head = (c->flags & C_HEADRECV) && w->o.splice_min;
+    io_uring_prep_recv(s, c->fd, NULL, head ? HEAD_RECV : 0, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BUF_GROUP;
-    if (w->features & UP_F_MULTISHOT_RECV)
+    if ((w->features & UP_F_MULTISHOT_RECV) && !head)
         s->ioprio |= IORING_RECV_MULTISHOT;
     count_op(w, s);
 }
@@ -368,6 +375,15 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
 {
     struct txn *t = txn_of(w, u);
     const struct up_cluster *cl = t ? &t->cfg->clusters[t->cluster] : NULL;
+    /* Learn from this response how to read the next one. The multishot
+     * receive, if armed, is left alone: the change applies at its re-arm. */
+    if (t && t->bytes_out >= w->o.splice_min && w->o.splice_min) {
+        if (!(u->flags & C_HEADRECV) && (u->ops & (1u << OP_RECV)))
+            conn_cancel_ops_of(w, u, OP_RECV);     /* re-armed head-sized below */
+        u->flags |= C_HEADRECV;
+    } else if (t) {
+        u->flags &= ~C_HEADRECV;
+    }
     u->txn = NIL;
     u->peer = NIL;
     u->nreq++;

@@ -10,7 +10,7 @@ int pipes_init(struct worker *w)
 {
     struct pipepool *p = &w->pipes;
     p->count = w->o.pipe_count;
-    p->size = w->o.pipe_size;
+    uint32_t want = w->o.pipe_size, smallest = UINT32_MAX;
     if (!p->count)
         return 0;
     p->fds = calloc(2 * p->count, sizeof(int));
@@ -29,16 +29,20 @@ int pipes_init(struct worker *w)
             return -e;
         }
         /* A larger pipe moves more per splice; the kernel may refuse past
-         * pipe-max-size or pipe-user-pages-soft, and then the default
-         * (64 KiB) stays: correct, only slower. */
-        if (p->size && fcntl(fd[1], F_SETPIPE_SZ, (int)p->size) < 0)
-            p->size = 0;
+         * pipe-max-size or pipe-user-pages-soft (unprivileged users), and
+         * then the default (64 KiB) stays: correct, only slower. Once it
+         * refuses, the rest keep the default too. */
+        if (want && fcntl(fd[1], F_SETPIPE_SZ, (int)want) < 0)
+            want = 0;
+        int got = fcntl(fd[1], F_GETPIPE_SZ);
+        if (got > 0 && (uint32_t)got < smallest)
+            smallest = (uint32_t)got;
         p->fds[2 * i] = fd[0];
         p->fds[2 * i + 1] = fd[1];
         p->free_stack[p->nfree++] = p->count - 1 - i;
     }
-    if (!p->size)
-        p->size = (uint32_t)fcntl(p->fds[1], F_GETPIPE_SZ);
+    /* Splices never ask for more than the smallest pipe holds. */
+    p->size = smallest == UINT32_MAX ? 65536 : smallest;
     if (w->features & UP_F_REGISTERED_FILES) {
         int r = io_uring_register_files(&w->ring, p->fds, 2 * p->count);
         if (r < 0) {

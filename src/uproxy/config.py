@@ -108,7 +108,7 @@ class Proxy:
     buffer_size: int = 16384
     buffers: int = 2048
     pipes: int = 256
-    pipe_size: int = 262144
+    pipe_size: int = 1048576
     queue_limit: int = 262144
     iowq_max_workers: int = 2
     iowq_cpu: str = "worker"
@@ -302,7 +302,7 @@ def _proxy(path, raw) -> Proxy:
         buffer_size=r.size("buffer_size", 16384, 4096, 1 << 20),
         buffers=r.size("buffers", 2048, 64, 32768, power_of_two=True),
         pipes=r.int("pipes", 256, lo=0, hi=65536),
-        pipe_size=r.size("pipe_size", 262144, 4096, 1 << 20, power_of_two=True),
+        pipe_size=r.size("pipe_size", 1 << 20, 4096, 1 << 20, power_of_two=True),
         queue_limit=r.size("queue_limit", 262144, 4096, 1 << 30),
         iowq_max_workers=r.int("iowq_max_workers", 2, lo=0, hi=1024),
         iowq_cpu=str(iowq_cpu),

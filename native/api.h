@@ -134,6 +134,8 @@ struct up_listener {
     uint32_t max_target;      /* http: bytes of a request target (414) */
     uint32_t pad3;
     uint64_t max_body;        /* http: bytes of a request body, 0 = no limit (413) */
+    uint32_t keep_underscores;/* http: forward header names with '_' (else dropped) */
+    uint32_t pad4;
     uint32_t nroutes;
     struct up_route *routes;
     uint32_t access_log;      /* http: 1 to write access-log records */

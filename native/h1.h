@@ -84,7 +84,8 @@ struct txn {
     uint64_t max_body;                  /* the listener's max_body_size (0: none) */
     uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
     uint8_t logging;                    /* lr is being filled */
-    uint8_t pad3[3];
+    uint8_t keep_underscores;           /* the listener's underscores_in_headers */
+    uint8_t pad3[2];
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */

@@ -126,7 +126,7 @@ static size_t format_addr(const struct conn *c, char *dst, size_t cap)
  * dozen bytes), so the head goes out in three iovecs: kept lines, added
  * lines, and the empty line with whatever body followed it. */
 static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
-                           const struct h1_request *r)
+                           const struct h1_request *r, bool keep_underscores)
 {
     struct out *o = &t->req;
     struct conn *c = &w->conns[t->client];
@@ -141,6 +141,10 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         if (h->flags & (H1_HF_XFF | H1_HF_XF_OTHER))
             continue;
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
+            continue;
+        /* Like nginx by default: an upstream that reads '_' as '-' would
+         * see "Transfer_Encoding" as framing the proxy did not apply. */
+        if (!keep_underscores && memchr(base + h->name_off, '_', h->name_len))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
@@ -414,6 +418,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
 
     t->idle_ms = l->idle_timeout_ms;
     t->max_body = l->max_body;
+    t->keep_underscores = l->keep_underscores != 0;
     t->bytes_in = r->head_len;
     if (t->max_body && r->body == H1_BODY_LENGTH && r->content_length > t->max_body) {
         /* Refused before a byte of it is read or forwarded. */
@@ -447,7 +452,7 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 {
     out_reset(&t->req);
     t->req.active = 0;     /* a retry forgets the round lost with the old connection */
-    if (!build_req_head(w, t, base, r))
+    if (!build_req_head(w, t, base, r, t->keep_underscores))
         return false;
     if (r->body == H1_BODY_NONE)
         t->flags |= TF_REQ_DONE;

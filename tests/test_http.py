@@ -762,3 +762,16 @@ def test_keep_alive_after_bodies_that_arrived_before_the_splice(proxy_factory, p
             assert c.get("/y").content == body
     assert up.connections <= 2
     up.close()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_underscore_headers(proxy_factory, keep):
+    up = HttpUpstream()
+    p = http_proxy(proxy_factory, [up.addr], listener={"underscores_in_headers": keep})
+    raw(p.port, b"GET /u HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nX_Custom: 1\r\n"
+                b"X-Normal: 2\r\nConnection: close\r\n\r\n")
+    req = up.requests[0]
+    assert req.header("x-normal") == "2"
+    assert (req.header("transfer_encoding") is not None) == keep
+    assert (req.header("x_custom") is not None) == keep
+    up.close()

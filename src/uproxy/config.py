@@ -90,6 +90,7 @@ class Listener:
     max_header_size: int = 16384
     max_target: int = 8192
     max_body_size: int = 0               # 0: no limit
+    underscores_in_headers: bool = False # forward header names with '_' 
     access_log: str | None = None        # "stdout", "stderr" or a file path
     access_log_format: str = "json"      # or "combined"
 
@@ -219,6 +220,12 @@ class _Reader:
         if power_of_two and n & (n - 1):
             raise self.err(name, f"must be a power of two (got {n})")
         return n
+
+    def bool(self, name, default):
+        v = self.get(name, default)
+        if not isinstance(v, bool):
+            raise self.err(name, f"must be true or false, not {_kind(v)}")
+        return v
 
     def list(self, name, default=()):
         v = self.get(name, None)
@@ -452,6 +459,7 @@ def _listener(path, i, raw, clusters) -> Listener:
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
         max_target=r.size("max_target", 8192, 256, 32768),
         max_body_size=r.size("max_body_size", 0, 0, 1 << 50),
+        underscores_in_headers=r.bool("underscores_in_headers", False),
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
     )

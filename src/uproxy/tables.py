@@ -133,6 +133,7 @@ class Tables:
             cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
             cl.max_body = l.max_body_size
+            cl.keep_underscores = 1 if l.underscores_in_headers else 0
             if l.routes:
                 routes = ffi.new("struct up_route[]", len(l.routes))
                 for k, rt in enumerate(l.routes):

@@ -67,6 +67,49 @@ def _core_probe():
     return r, res
 
 
+_LIBURING_PROBE = r"""
+import json, liburing
+ops = {k[len("IORING_OP_"):]: bool(v) for k, v in liburing.probe().items()}
+flags = {}
+for name, extra in %r:
+    flag = getattr(liburing, "IORING_SETUP_" + name, None)
+    if flag is None:
+        continue
+    for x in extra:
+        flag |= getattr(liburing, "IORING_SETUP_" + x)
+    ring = liburing.Ring()
+    try:
+        liburing.io_uring_queue_init(8, ring, flag)
+        liburing.io_uring_queue_exit(ring)
+        flags[name] = True
+    except OSError:
+        flags[name] = False
+print(json.dumps({"ops": ops, "flags": flags}))
+"""
+
+
+def _liburing_probe():
+    """python-liburing's view, in a child process: its wheel uses
+    instructions (AVX-512) that some CPUs lack, and a SIGILL must not take
+    doctor down with it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    spec = [(n, [_WITH[n]] if n in _WITH else []) for n in SETUP_FLAGS]
+    r = subprocess.run([sys.executable, "-c", _LIBURING_PROBE % (spec,)], capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode < 0:
+        sig = signal.Signals(-r.returncode).name
+        hint = " (its wheel needs CPU instructions this CPU lacks)" if sig == "SIGILL" else ""
+        raise RuntimeError(f"python-liburing died with {sig}{hint}")
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"python-liburing failed: {last}")
+    out = json.loads(r.stdout)
+    return out["ops"], out["flags"]
+
+
 def check_io_uring() -> list:
     """Opcodes and setup flags: python-liburing first, the C core's own
     probe where liburing fails (it wants a recent kernel)."""
@@ -75,25 +118,9 @@ def check_io_uring() -> list:
     source = "python-liburing"
     err = ""
     try:
-        import liburing
-        probed = liburing.probe()
-        ops = {k[len("IORING_OP_"):]: bool(v) for k, v in probed.items()}
-        flags = {}
-        for name in SETUP_FLAGS:
-            flag = getattr(liburing, "IORING_SETUP_" + name, None)
-            if flag is None:
-                continue
-            if name in _WITH:
-                flag |= getattr(liburing, "IORING_SETUP_" + _WITH[name])
-            ring = liburing.Ring()
-            try:
-                liburing.io_uring_queue_init(8, ring, flag)
-                liburing.io_uring_queue_exit(ring)
-                flags[name] = True
-            except OSError:
-                flags[name] = False
+        ops, flags = _liburing_probe()
     except Exception as e:
-        err = f"{e.__class__.__name__}: {e}"
+        err = f"{e.__class__.__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
         ops = flags = None
     core_features = None
     core_err = ""

@@ -4,7 +4,8 @@
  * io_uring hands IORING_OP_SPLICE, and a shutdown that would block, to
  * io-wq threads). SQEs and CQEs themselves are counted by the core.
  *
- * io_uring_submit_req, io_uring_complete and io_uring_queue_async_work:
+ * io_uring_submit_req (io_uring_submit_sqe before 6.4), io_uring_complete and
+ * io_uring_queue_async_work:
  * as raw tracepoints on Linux 6.0+ (URING_RAW: the args are the request and
  * its ring; req->ctx and req->opcode are read at the offsets the running
  * kernel's BTF gives, IO_KIOCB_CTX_OFF and IO_KIOCB_OPCODE_OFF), which spares
@@ -157,7 +158,7 @@ int uring_punt(struct bpf_raw_tracepoint_args *c)        /* (struct io_kiocb *re
     return on_punt(req_ctx(req), req_opcode(req));
 }
 #else
-int uring_submit(struct tp_io_uring_submit_req *a)
+int uring_submit(TP_SUBMIT_T *a)   /* io_uring_submit_req, or _sqe before 6.4 */
 {
     if (!mine() || !sampled())
         return 0;

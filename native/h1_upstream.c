@@ -14,7 +14,7 @@
  * receive at a time: a multishot receive would pull the whole body into
  * buffers before the head could be looked at, and the body is cheaper by
  * splice. Everything else keeps one multishot receive armed. */
-#define HEAD_RECV 4096
+#define HEAD_RECV 1024
 
 void h1_recv_arm(struct worker *w, struct conn *c)
 {

@@ -28,12 +28,13 @@ def test_demo_runs_and_stops(tmp_path):
         with _s.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.skip(f"port {port} is in use here, the demo needs it")
-    p = subprocess.Popen([os.path.join(ROOT, "scripts", "demo"), "--duration", "6"],
+    # Long enough for a slow machine (an emulated VM) to start everything.
+    p = subprocess.Popen([os.path.join(ROOT, "scripts", "demo"), "--duration", "20"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     import time as _t
     import httpx
     ok = False
-    deadline = _t.monotonic() + 60
+    deadline = _t.monotonic() + 90
     while _t.monotonic() < deadline and p.poll() is None:
         try:
             r = httpx.get("http://127.0.0.1:8080/api/x", timeout=2)
@@ -43,7 +44,7 @@ def test_demo_runs_and_stops(tmp_path):
         except httpx.HTTPError:
             pass
         _t.sleep(0.3)
-    out, _ = p.communicate(timeout=60)
+    out, _ = p.communicate(timeout=90)
     assert p.returncode == 0, out
     assert ok, out
     assert "stopped (exit 0)" in out

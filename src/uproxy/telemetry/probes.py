@@ -47,7 +47,21 @@ _DEF = {
 }
 # io_uring's tracepoints take (req) / (ctx, req, cqe) / (req, rw) since 6.0:
 # there they are attached raw, with io_kiocb offsets from BTF.
-_URING_RAW = [(ev, fn) for _, ev, fn in _URING_TPS]
+
+
+def _submit_event() -> str:
+    """The submit tracepoint is io_uring_submit_req since Linux 6.4 and
+    io_uring_submit_sqe before (the same arguments raw since 6.0; before
+    that, a format with ctx, req and opcode fields too)."""
+    return ("io_uring_submit_req" if tpformat.exists("io_uring", "io_uring_submit_req")
+            else "io_uring_submit_sqe")
+
+
+def _tps(s) -> list:
+    if s != "uring":
+        return _DEF[s][1]
+    return [("io_uring", _submit_event() if ev == "io_uring_submit_req" else ev, fn)
+            for _, ev, fn in _URING_TPS]
 CPU_TICK_HZ = 100
 # What runs per packet, per io_uring operation or per context switch:
 # duty-cycled when asked (the per-connection TCP tracepoints stay on, they
@@ -198,6 +212,7 @@ class Probes:
         us, ts = (8, 8) if self.duty >= 1.0 else (1, 2)
         pre += [f"#define URING_SAMPLE {max(1, int(os.environ.get('UPROXY_URING_SAMPLE', us)))}",
                 f"#define TCP_SAMPLE {max(1, int(os.environ.get('UPROXY_TCP_SAMPLE', ts)))}"]
+        pre.append(f"#define TP_SUBMIT_T struct tp_{_submit_event()}")
         out = pre + [f"#define NW {self.nw}", f"#define TGID {self.pid}",
                f"#define TASK_PID_OFF {btf.offset('task_struct', 'pid')}",
                f"#define NEV {len(self.events)}",
@@ -215,7 +230,7 @@ class Probes:
         for s in sets:
             if s == "uring" and self.uring_raw:
                 continue
-            for cat, ev, _ in _DEF[s][1]:
+            for cat, ev, _ in _tps(s):
                 parts.append(tpformat.c_struct(cat, ev))
         with open(os.path.join(d, "common.h")) as f:
             parts.append(f.read())
@@ -234,7 +249,7 @@ class Probes:
         return "\n".join(parts)
 
     def _missing(self, s) -> str | None:
-        for cat, ev, _ in _DEF[s][1]:
+        for cat, ev, _ in _tps(s):
             if not tpformat.exists(cat, ev):
                 return f"tracepoint {cat}:{ev} is not in this kernel"
         return None
@@ -300,9 +315,9 @@ class Probes:
         done = []
         try:
             with _quiet_stderr() as err:
-                tps, raws = _DEF[s][1], _DEF[s][2]
+                tps, raws = _tps(s), _DEF[s][2]
                 if s == "uring" and self.uring_raw:
-                    tps, raws = [], _URING_RAW
+                    tps, raws = [], [(ev, fn) for _, ev, fn in _tps(s)]
                 for cat, ev, fn in tps:
                     b.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
                     done.append(("tp", f"{cat}:{ev}"))

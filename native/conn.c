@@ -38,6 +38,47 @@ static void conn_release(struct worker *w, struct conn *c)
     w->free_ids[w->nfree++] = (uint32_t)(c - w->conns);
 }
 
+/* A receive found no free buffer: c waits on the starved list until
+ * buffers come back (resume_starved re-arms it). */
+void conn_starve(struct worker *w, struct conn *c)
+{
+    w->c[UP_C_ERR_NOBUFS]++;
+    bufpool_short(w);
+    c->x.flags |= X_STARVED;
+    c->starved_next = w->starved_head;
+    w->starved_head = (uint32_t)(c - w->conns);
+}
+
+static void starved_unlink(struct worker *w, struct conn *c)
+{
+    if (!(c->x.flags & X_STARVED))
+        return;
+    uint32_t id = (uint32_t)(c - w->conns), *pp = &w->starved_head;
+    while (*pp != NIL && *pp != id)
+        pp = &w->conns[*pp].starved_next;
+    if (*pp == id)
+        *pp = c->starved_next;
+    c->x.flags &= ~X_STARVED;
+}
+
+/* Both connections of a pair (a TCP session, an HTTP transaction) are
+ * finalised together, because each may have a send in flight reading the
+ * other's buffers. Returns false while the peer still has something
+ * outstanding; otherwise fills side[] with c and its peer (or NULL), each
+ * already off the starved list. */
+bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2])
+{
+    struct conn *p = c->peer == NIL ? NULL : &w->conns[c->peer];
+    if (p && (p->state != CS_CLOSING || p->inflight))
+        return false;
+    side[0] = c;
+    side[1] = p;
+    starved_unlink(w, c);
+    if (p)
+        starved_unlink(w, p);
+    return true;
+}
+
 void conn_cancel_ops(struct worker *w, struct conn *c)
 {
     uint32_t id = (uint32_t)(c - w->conns);

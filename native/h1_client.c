@@ -201,11 +201,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
         c->x.flags |= X_EOF;
     } else if (res < 0 && res != -ECANCELED) {
         if (res == -ENOBUFS) {
-            w->c[UP_C_ERR_NOBUFS]++;
-            bufpool_short(w);
-            c->x.flags |= X_STARVED;
-            c->starved_next = w->starved_head;
-            w->starved_head = (uint32_t)(c - w->conns);
+            conn_starve(w, c);
             return;
         }
         w->c[res == -ECONNRESET ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_OTHER]++;
@@ -322,21 +318,13 @@ void h1_stop_idle(struct worker *w)
  * back while the other's send may still read them. */
 void h1_try_finish(struct worker *w, struct conn *c)
 {
-    struct conn *p = c->peer == NIL ? NULL : &w->conns[c->peer];
-    if (p && (p->state != CS_CLOSING || p->inflight))
+    struct conn *side[2];
+    if (!conn_pair_done(w, c, side))
         return;
-    struct conn *side[2] = { c, p };
     for (int i = 0; i < 2; i++) {
         struct conn *s = side[i];
         if (!s)
             continue;
-        if (s->x.flags & X_STARVED) {
-            uint32_t id = (uint32_t)(s - w->conns), *pp = &w->starved_head;
-            while (*pp != NIL && *pp != id)
-                pp = &w->conns[*pp].starved_next;
-            if (*pp == id)
-                *pp = s->starved_next;
-        }
         q_release_all(w, s);
         if (s->kind == CK_H1_CLIENT) {
             struct txn *t = txn_of(w, s);

@@ -313,11 +313,7 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
     } else if (res < 0) {
         switch (res) {
         case -ENOBUFS:
-            w->c[UP_C_ERR_NOBUFS]++;
-            bufpool_short(w);
-            u->x.flags |= X_STARVED;
-            u->starved_next = w->starved_head;
-            w->starved_head = (uint32_t)(u - w->conns);
+            conn_starve(w, u);
             return;
         case -ECANCELED:
             break;

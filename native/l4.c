@@ -178,12 +178,7 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
     if (res < 0) {
         switch (res) {
         case -ENOBUFS:
-            /* Every buffer is taken: wait for one to come back. */
-            w->c[UP_C_ERR_NOBUFS]++;
-            bufpool_short(w);
-            x->flags |= X_STARVED;
-            src->starved_next = w->starved_head;
-            w->starved_head = (uint32_t)(src - w->conns);
+            conn_starve(w, src);     /* every buffer is taken: wait for one */
             return;
         case -ECANCELED:
             break;
@@ -546,10 +541,9 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
  * they hold and close their sockets. */
 void l4_try_finish(struct worker *w, struct conn *c)
 {
-    struct conn *p = peer_of(w, c);
-    if (p && (p->state != CS_CLOSING || p->inflight))
+    struct conn *side[2];
+    if (!conn_pair_done(w, c, side))
         return;
-    struct conn *side[2] = { c, p };
     for (int i = 0; i < 2; i++) {
         struct conn *s = side[i];
         if (!s)
@@ -563,14 +557,6 @@ void l4_try_finish(struct worker *w, struct conn *c)
         if (s->x.pipe >= 0) {
             pipe_put(w, s->x.pipe, s->x.in_pipe != 0);
             s->x.pipe = -1;
-        }
-        if (s->x.flags & X_STARVED) {
-            /* unlink from the starved list */
-            uint32_t id = (uint32_t)(s - w->conns), *pp = &w->starved_head;
-            while (*pp != NIL && *pp != id)
-                pp = &w->conns[*pp].starved_next;
-            if (*pp == id)
-                *pp = s->starved_next;
         }
         if (s->kind == CK_L4_UPSTREAM)
             upstream_gone(w, s);

@@ -140,6 +140,8 @@ void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more);
 void conn_cancel_ops(struct worker *w, struct conn *c);
 void conn_submit_close(struct worker *w, struct conn *c);
 void conn_cancel_ops_of(struct worker *w, struct conn *c, enum op op);
+void conn_starve(struct worker *w, struct conn *c);
+bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2]);
 
 /* acceptor.c */
 void acceptors_sync(struct worker *w);

@@ -497,3 +497,42 @@ def test_backpressure_keeps_memory_bounded(proxy_factory, servers, profile):
     assert sent < 64 << 20, sent
     # (Tens of MiB at most, against the gigabytes an unbounded queue would take.)
     assert grew < 64 << 10, f"RSS grew by {grew} KiB"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to restrict to one")
+def test_workers_respect_the_allowed_cpus(tmp_path, profile):
+    """`taskset -c N uproxy run --workers 1` pins its worker to CPU N (the
+    process's allowed set, as with cgroup cpusets or CPUAffinity=)."""
+    import subprocess
+    import sys
+    from support import ROOT, render_config
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    port = free_port()
+    cfg = tmp_path / "pin.toml"
+    cfg.write_text(render_config({}, [{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                                       "cluster": "c"}], [{"name": "c", "servers": ["127.0.0.1:1"]}]))
+    env = dict(os.environ, UPROXY_DISABLE="post-5.15" if profile == "5.15" else "")
+    p = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "uproxy", "run", "-c",
+                          str(cfg), "--workers", "1"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from uproxy import shm
+        snap = wait_for(lambda: _snapshot(shm, p.pid), 20, what="the worker")
+        w = snap["workers"][0]
+        assert w["cpu"] == cpu
+        assert os.sched_getaffinity(w["tid"]) == {cpu}
+    finally:
+        p.terminate()
+        assert p.wait(20) == 0
+
+
+def _snapshot(shm, pid):
+    try:
+        r = shm.Reader(pid)
+    except (OSError, shm.LayoutError):
+        return None
+    try:
+        s = r.snapshot()
+        return s if s["workers"] and s["workers"][0]["state"] == "running" else None
+    finally:
+        r.close()

@@ -16,6 +16,15 @@ static uint8_t put(char *dst, size_t cap, const uint8_t *src, uint32_t len)
     return (uint8_t)n;
 }
 
+/* Who asked, and where: the same in every record. */
+static void client_fields(struct up_log_rec *lr, const struct conn *c, const struct up_listener *l)
+{
+    lr->listener_id = l->id;
+    lr->port = c->port;
+    lr->addr_len = c->addr_len;
+    memcpy(lr->addr, c->addr, sizeof lr->addr);
+}
+
 static const struct h1_header *find(const uint8_t *base, const struct h1_request *r,
                                     const char *name, uint16_t len)
 {
@@ -33,10 +42,7 @@ void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint
     if (!t->logging)
         return;
     struct up_log_rec *lr = &t->lr;
-    lr->listener_id = l->id;
-    lr->port = c->port;
-    lr->addr_len = c->addr_len;
-    memcpy(lr->addr, c->addr, sizeof lr->addr);
+    client_fields(lr, c, l);
     lr->minor = r->minor;
     lr->method_len = put(lr->method, sizeof lr->method, base + r->method_off, r->method_len);
     lr->target_len = (uint16_t)(r->target_len > 0xffff ? 0xffff : r->target_len);
@@ -89,13 +95,10 @@ void log_refused(struct worker *w, const struct conn *c, const struct up_listene
         return;
     struct up_log_rec lr;
     memset(&lr, 0, offsetof(struct up_log_rec, method));
+    client_fields(&lr, c, l);
     lr.time_ms = w->real_ms;
-    lr.listener_id = l->id;
     lr.status = status;
     lr.server_slot = 0xffff;
-    lr.port = c->port;
-    lr.addr_len = c->addr_len;
-    memcpy(lr.addr, c->addr, sizeof lr.addr);
     lr.minor = 1;
     emit(w, &lr);
 }

@@ -38,6 +38,15 @@ static void conn_release(struct worker *w, struct conn *c)
     w->free_ids[w->nfree++] = (uint32_t)(c - w->conns);
 }
 
+void conn_poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
+{
+    if (c->ops & (1u << op))
+        return;
+    struct io_uring_sqe *s = sqe_for(w, c, op);
+    io_uring_prep_poll_add(s, c->fd, events);
+    count_op(w, s);
+}
+
 /* A receive found no free buffer: c waits on the starved list until
  * buffers come back (resume_starved re-arms it). */
 void conn_starve(struct worker *w, struct conn *c)

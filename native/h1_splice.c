@@ -16,8 +16,6 @@
 #include <poll.h>
 #include "h1.h"
 
-#define PUMP_BUDGET (4u << 20)
-
 static struct bsplice *bs_of(struct txn *t, int dir)
 {
     return dir == BS_REQ ? &t->req_splice : &t->resp_splice;
@@ -96,15 +94,6 @@ void splice_release(struct worker *w, struct txn *t)
     }
 }
 
-static void poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
-{
-    if (c->ops & (1u << op))
-        return;
-    struct io_uring_sqe *s = sqe_for(w, c, op);
-    io_uring_prep_poll_add(s, c->fd, events);
-    count_op(w, s);
-}
-
 static void pump(struct worker *w, struct txn *t, int dir)
 {
     struct bsplice *b = bs_of(t, dir);
@@ -152,7 +141,7 @@ static void pump(struct worker *w, struct txn *t, int dir)
                 return;
             }
             if (b->in_pipe) {
-                poll_arm(w, dst, OP_POLL_OUT, POLLOUT);   /* wait for room */
+                conn_poll_arm(w, dst, OP_POLL_OUT, POLLOUT);   /* wait for room */
                 break;
             }
         }
@@ -169,8 +158,8 @@ static void pump(struct worker *w, struct txn *t, int dir)
             }
             return;
         }
-        if (want_in || moved >= PUMP_BUDGET) {
-            poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+        if (want_in || moved >= SPLICE_PUMP_BUDGET) {
+            conn_poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
             break;
         }
     }

@@ -96,13 +96,6 @@ static void shutdown_peer(struct worker *w, struct conn *src)
     maybe_finish(w, src);
 }
 
-static void poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events)
-{
-    struct io_uring_sqe *s = sqe_for(w, c, op);
-    io_uring_prep_poll_add(s, c->fd, events);
-    count_op(w, s);
-}
-
 /* ---- buffered: recv into provided buffers, send from them ------------ */
 
 static void recv_arm(struct worker *w, struct conn *src)
@@ -232,9 +225,6 @@ void l4_recv_arm(struct worker *w, struct conn *c)
  * itself in our measurements (docs/l4.md). Here io_uring only polls; the
  * worker moves the bytes with non-blocking splice() calls, on its own CPU. */
 
-/* Bytes one direction may move per wake-up before it yields to the others. */
-#define PUMP_BUDGET (4u << 20)
-
 static void pump(struct worker *w, struct conn *src)
 {
     struct conn *dst = peer_of(w, src);
@@ -275,7 +265,7 @@ static void pump(struct worker *w, struct conn *src)
             if (x->in_pipe) {
                 /* The peer's send buffer is full: wait until it drains. */
                 touch(w, src);
-                poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
+                conn_poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
                 return;
             }
         }
@@ -283,14 +273,14 @@ static void pump(struct worker *w, struct conn *src)
             shutdown_peer(w, src);
             return;
         }
-        if (want_in || moved >= PUMP_BUDGET)
+        if (want_in || moved >= SPLICE_PUMP_BUDGET)
             break;
     }
     if (moved)
         touch(w, src);
     /* Nothing more to read now, or this direction used its share of the
      * turn: the poll completes at once if data is already waiting. */
-    poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+    conn_poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
 }
 
 /* ---- splice on io-wq: IORING_OP_SPLICE (forwarding = "splice_iowq") ---- */
@@ -316,13 +306,13 @@ static void splice_next(struct worker *w, struct conn *src)
     if (src->state != CS_OPEN || dst->state != CS_OPEN)
         return;
     if (x->in_pipe) {
-        poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
+        conn_poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
     } else if (x->flags & X_EOF) {
         shutdown_peer(w, src);
     } else if (x->last_in == w->pipes.size) {
         splice_chain(w, src);   /* the pipe filled: more is likely waiting */
     } else {
-        poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+        conn_poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
     }
 }
 

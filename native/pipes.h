@@ -21,6 +21,10 @@ struct pipepool {
     bool fixed;               /* ends registered at fixed slots 0..2*count-1 */
 };
 
+/* Bytes one spliced direction (an L4 session, an HTTP body) may move per
+ * wake-up before it yields to the other connections of the worker. */
+#define SPLICE_PUMP_BUDGET (4u << 20)
+
 int pipes_init(struct worker *w);
 int pipe_get(struct worker *w);
 void pipe_put(struct worker *w, int pipe, bool dirty);

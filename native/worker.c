@@ -25,12 +25,15 @@ uint64_t up_now_ms(void)
 }
 
 /* Time is read once per loop turn, after the wait: everything that
- * completes in one turn happened at the same moment as far as deadlines
- * and latency histograms go (a turn is microseconds). */
+ * completes in one turn happened at the same moment as far as deadlines,
+ * latency histograms and access-log times go (a turn is microseconds). */
 static void tick_clock(struct worker *w)
 {
     w->now_us = now_us();
     w->now_ms = w->now_us / 1000;
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME_COARSE, &rt);
+    w->real_ms = (uint64_t)rt.tv_sec * 1000 + (uint64_t)rt.tv_nsec / 1000000;
 }
 
 static void resume_starved(struct worker *w);
@@ -307,11 +310,7 @@ int up_worker_loop(struct up_worker *uw)
 {
     struct worker *w = (struct worker *)uw;
     for (;;) {
-        tick_clock(w);
-        w->shm->heartbeat_ms = w->now_ms;
-        struct timespec rt;
-        clock_gettime(CLOCK_REALTIME_COARSE, &rt);
-        w->real_ms = (uint64_t)rt.tv_sec * 1000 + (uint64_t)rt.tv_nsec / 1000000;
+        w->shm->heartbeat_ms = w->now_ms;   /* the clock of the last wake-up (or setup) */
         wheel_run(w);
         if (!control(w))
             break;

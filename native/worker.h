@@ -141,6 +141,8 @@ void conn_cancel_ops(struct worker *w, struct conn *c);
 void conn_submit_close(struct worker *w, struct conn *c);
 void conn_cancel_ops_of(struct worker *w, struct conn *c, enum op op);
 void conn_starve(struct worker *w, struct conn *c);
+/* Wait for readiness on c (one poll per op kind; a second is not needed). */
+void conn_poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events);
 bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2]);
 
 /* acceptor.c */

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
+
+from support import Server
 
 
 @dataclass
@@ -75,40 +76,21 @@ def read_chunked(f, sink):
         assert f.read(2) == b"\r\n"
 
 
-class HttpUpstream:
+class HttpUpstream(Server):
+    """A support.Server whose connections speak HTTP/1.1: each request is
+    recorded in `requests` and answered with what handler(req) returns."""
+
     def __init__(self, handler=None, port=0, keep_body=True, continue_100=True):
         self.handler = handler or (lambda req: Response(body=b"ok " + req.target.encode()))
         self.keep_body = keep_body
         self.continue_100 = continue_100
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(1024)
-        self.port = self.sock.getsockname()[1]
-        self.addr = f"127.0.0.1:{self.port}"
-        self.connections = 0
         self.requests = []
-        self.errors = []
-        self.lock = threading.Lock()
-        self.conns = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            # As real servers do: without it, a head and a body written
-            # separately meet Nagle and the peer's delayed ACK (40 ms).
-            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.lock:
-                self.connections += 1
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(lambda c, _srv: self._serve(c), port)
 
     def _serve(self, c):
+        # As real servers do: without it, a head and a body written
+        # separately meet Nagle and the peer's delayed ACK (40 ms).
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = c.makefile("rb")
         try:
             while True:
@@ -204,16 +186,12 @@ class HttpUpstream:
             c.sendall(body)
 
     def close(self):
-        self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        # Shut the connections down first: a reader's makefile keeps a
+        # closed socket's descriptor open, and the proxy must see them end.
         with self.lock:
             for c in self.conns:
                 try:
                     c.shutdown(socket.SHUT_RDWR)
-                    c.close()
                 except OSError:
                     pass
+        super().close()

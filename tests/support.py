@@ -1,6 +1,7 @@
 """Test helpers: real upstream servers on loopback and a real uproxy process."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,6 +58,48 @@ def recv_all_sha(sock, limit=None) -> tuple:
             return n, h.hexdigest()
         h.update(b)
         n += len(b)
+
+
+def recv_until_close(sock, size=65536) -> bytes:
+    """Everything the peer sends until it closes; a reset ends it too (the
+    bytes before it are what a test compares)."""
+    data = b""
+    try:
+        while True:
+            b = sock.recv(size)
+            if not b:
+                break
+            data += b
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@contextlib.contextmanager
+def unanswering_port():
+    """A port whose listener's accept queue is full: the kernel drops
+    further SYNs, so a connect to it hangs, as to a host that does not
+    answer."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    time.sleep(0.2)
+    try:
+        yield port
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
 
 
 # ---- upstream servers -------------------------------------------------------

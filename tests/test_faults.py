@@ -19,7 +19,7 @@ import pytest
 
 from harden import FastUpstream, Load, fd_count, read_response, rss_kib, settle_fds
 from http_upstream import HttpUpstream, Response
-from support import free_port, wait_for
+from support import free_port, recv_until_close, unanswering_port, wait_for
 
 RSS_SLACK_KIB = 6 * 1024        # Python's own heap moves a little between samples
 
@@ -145,20 +145,7 @@ def test_hanging_upstream_gives_504(proxy_factory, servers):
 
 
 def test_upstream_that_accepts_nothing_times_out_the_connect(proxy_factory):
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    port = full.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
-    try:
+    with unanswering_port() as port:
         p = start(proxy_factory, [f"127.0.0.1:{port}"],
                   cluster={"connect_timeout": "300ms", "max_attempts": 1, "fail_threshold": 0})
         before = figures(p)
@@ -166,10 +153,6 @@ def test_upstream_that_accepts_nothing_times_out_the_connect(proxy_factory):
         assert set(got) == {502}, got
         assert p.total("err_connect_timeout") >= 40
         assert_no_leak(p, before, "connect timeout")
-    finally:
-        for f in fillers:
-            f.close()
-        full.close()
 
 
 def test_upstream_closing_mid_response(proxy_factory):
@@ -183,15 +166,7 @@ def test_upstream_closing_mid_response(proxy_factory):
     for _ in range(100):
         with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
             s.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            try:
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    data += b
-            except ConnectionResetError:
-                pass
+            data = recv_until_close(s)
         assert data.startswith(b"HTTP/1.1 200"), data[:50]
         assert len(data.split(b"\r\n\r\n", 1)[1]) == 50_000       # what there was, then the cut
         cut += 1

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import PROFILES
 from http_upstream import HttpUpstream, Response
-from support import free_port, pattern, pattern_sha, wait_for
+from support import free_port, pattern, pattern_sha, recv_until_close, wait_for
 
 both_profiles = pytest.mark.parametrize("profile", list(PROFILES))
 
@@ -321,15 +321,7 @@ def test_upstream_dies_mid_response(proxy_factory, profile):
     p = http_proxy(proxy_factory, [up.addr], profile)
     with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
         s.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        try:
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                data += b
-        except ConnectionResetError:
-            pass
+        data = recv_until_close(s)
     assert data.startswith(b"HTTP/1.1 200") and b"Content-Length: 1000000" in data
     assert len(data.split(b"\r\n\r\n", 1)[1]) == 100_000     # what there was, then a close
     wait_for(lambda: p.total("err_short_body") >= 1, what="short body counted")

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import PROFILES
 from uproxy.features import POST_5_15
-from support import echo, free_port, pattern, pattern_sha, recv_all_sha, wait_for
+from support import (echo, free_port, pattern, pattern_sha, recv_all_sha, recv_until_close,
+                     unanswering_port, wait_for)
 
 pytestmark = pytest.mark.parametrize("profile", list(PROFILES))
 FORWARDING = ["splice", "splice_iowq", "buffered"]
@@ -308,21 +309,7 @@ def test_all_refused_closes_client(proxy_factory, profile):
 def test_connect_timeout(proxy_factory, profile):
     # A listener whose accept queue is full drops further SYNs: connects
     # to it hang, as to a host that does not answer.
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    port = full.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
-    time.sleep(0.2)
-    try:
+    with unanswering_port() as port:
         p = tcp_proxy(proxy_factory, [f"127.0.0.1:{port}"], profile,
                       cluster={"connect_timeout": "500ms", "max_attempts": 1})
         with connect(p.port) as s:
@@ -334,10 +321,6 @@ def test_connect_timeout(proxy_factory, profile):
             took = time.monotonic() - t0
         assert 0.4 < took < 3, took
         assert p.total("err_connect_timeout") >= 1
-    finally:
-        for f in fillers:
-            f.close()
-        full.close()
 
 
 @pytest.mark.parametrize("forwarding", FORWARDING)
@@ -371,15 +354,7 @@ def test_upstream_dies_mid_session(proxy_factory, servers, profile, forwarding):
     up = servers(upstream)
     p = tcp_proxy(proxy_factory, [up.addr], profile, forwarding)
     with connect(p.port) as s:
-        got = b""
-        try:
-            while True:
-                b = s.recv(100)
-                if not b:
-                    break
-                got += b
-        except ConnectionResetError:
-            pass
+        got = recv_until_close(s, 100)
         assert got == b"partial"
     # The proxy lives on: a new client is refused an upstream, not hung.
     with connect(p.port) as s:

@@ -28,7 +28,7 @@ import h11
 import pytest
 
 from harden import FastUpstream, read_response
-from support import Proxy, free_port, render_config, wait_for
+from support import Proxy, Server, free_port, render_config, wait_for
 
 
 # ---- the strict, recording upstream --------------------------------------------
@@ -418,10 +418,6 @@ def test_desync_after_upgrade_refused(rig):
 def raw_upstream(answers):
     """An upstream that answers each connection's first request with the
     next raw bytes from answers, then keeps the connection open."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
     it = iter(answers)
     lock = threading.Lock()
 
@@ -439,18 +435,9 @@ def raw_upstream(answers):
             time.sleep(1.0)
         except OSError:
             pass
-        finally:
-            c.close()
 
-    def accept():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
-    return srv, "127.0.0.1:%d" % srv.getsockname()[1]
+    srv = Server(lambda c, _srv: serve(c), backlog=64)
+    return srv, srv.addr
 
 
 RESPONSE_SHAPES = [
@@ -495,15 +482,7 @@ def test_extra_bytes_after_a_response_never_reach_another_client(proxy_factory):
 def test_response_with_extra_bytes_arriving_later_is_not_reused(proxy_factory):
     """The planted bytes arrive after the response, while the connection
     idles in the pool: the pool sees them and drops the connection."""
-    def serve_then_plant(c):
-        pass
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-
-    def serve(c):
+    def serve(c, _srv):
         try:
             buf = b""
             while b"\r\n\r\n" not in buf:
@@ -514,17 +493,9 @@ def test_response_with_extra_bytes_arriving_later_is_not_reused(proxy_factory):
             time.sleep(2)
         except OSError:
             pass
-        finally:
-            c.close()
 
-    def accept():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    srv = Server(serve, backlog=64)
+    addr = srv.addr
     port = free_port()
     p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
                       [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
@@ -543,13 +514,8 @@ def test_early_response_does_not_turn_the_rest_of_a_body_into_a_request(proxy_fa
     which look like a request, must not be read as the client's next
     request, nor reach the upstream as one."""
     seen = []
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
 
-    def serve(c):
+    def serve(c, _srv):
         raw = b""
         try:
             while b"\r\n\r\n" not in raw:
@@ -565,16 +531,9 @@ def test_early_response_does_not_turn_the_rest_of_a_body_into_a_request(proxy_fa
             pass
         finally:
             seen.append(raw)
-            c.close()
 
-    def accept():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(c,), daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
+    srv = Server(serve, backlog=64)
+    addr = srv.addr
     port = free_port()
     proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
                   [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
@@ -620,28 +579,19 @@ def test_response_head_in_pieces_with_a_large_body_behind_it(proxy_factory):
     and a 200 KB body at once: the head spans receive buffers with far more
     than a head's worth of body queued behind it."""
     body = bytes(range(256)) * 800
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
 
-    def serve():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += c.recv(65536)
-            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c.sendall(b"HTTP/1.1 200 OK\r\n")
-            time.sleep(0.1)
-            c.sendall(b"X-Pad: " + b"p" * 100 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                      % len(body) + body)
-            c.close()
-    threading.Thread(target=serve, daemon=True).start()
+    def serve(c, _srv):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += c.recv(65536)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sendall(b"HTTP/1.1 200 OK\r\n")
+        time.sleep(0.1)
+        c.sendall(b"X-Pad: " + b"p" * 100 + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                  % len(body) + body)
+
+    srv = Server(serve, backlog=16)
+    addr = srv.addr
     port = free_port()
     proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
                   [{"name": "c", "servers": [addr]}], proxy={"workers": 1})

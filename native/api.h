@@ -367,6 +367,8 @@ struct up_worker_opts {
 struct up_worker;
 
 int up_probe(struct up_probe_result *out);
+/* Can a ring be set up with these IORING_SETUP_* flags? 0 or -errno. */
+int up_probe_setup(uint32_t flags);
 struct up_worker *up_worker_new(const struct up_worker_opts *opts,
                                 struct up_control *ctl,
                                 struct up_shm_worker *shm,

@@ -139,6 +139,18 @@ out:
     return ok;
 }
 
+/* A ring with these IORING_SETUP_* flags: 0, or -errno. doctor asks once
+ * per flag it reports, so its answer does not depend on python-liburing
+ * (whose wheel dies with SIGILL on CPUs without AVX-512). */
+int up_probe_setup(uint32_t flags)
+{
+    struct io_uring ring;
+    int r = try_ring(&ring, flags);
+    if (r == 0)
+        io_uring_queue_exit(&ring);
+    return r;
+}
+
 int up_probe(struct up_probe_result *out)
 {
     struct io_uring ring;

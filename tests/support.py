@@ -277,3 +277,96 @@ class Proxy:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
+
+
+# ---- running uproxy as another user -------------------------------------
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
+_nobody_cache: dict = {}
+
+
+def _nobody_runs(python, env=None, where=ROOT) -> tuple:
+    """Can nobody import this checkout's uproxy (from `where`, not another
+    copy that happens to be on the path) and what it needs?"""
+    code = ("import os, uproxy._native, uproxy.cli, rich, cffi\n"
+            f"assert os.path.realpath(uproxy.__file__).startswith({os.path.realpath(where)!r}), "
+            "'uproxy came from ' + uproxy.__file__")
+    r = subprocess.run(AS_NOBODY + [python, "-c", code], cwd="/", capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, **(env or {})))
+    return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]
+
+
+def _world_readable_copy() -> str:
+    """This checkout's package (with its built core) and the virtual
+    environment's packages, copied where any user can read them. A clone
+    under a 0700 directory (as `mktemp -d` or root's home make) is out of
+    reach of `nobody`, and so is the .venv inside it."""
+    import atexit
+    import shutil
+    import sysconfig
+    d = tempfile_public("uproxy-as-nobody-")
+    atexit.register(shutil.rmtree, d, True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(os.path.join(ROOT, "src", "uproxy"), os.path.join(d, "uproxy"), ignore=skip)
+    shutil.copytree(os.path.join(ROOT, "bpf"), os.path.join(d, "uproxy", "telemetry", "bpf"))
+    site = sysconfig.get_paths()["purelib"]
+    for name in os.listdir(site):
+        if name.startswith(("pip", "setuptools", "_distutils_hack", "__editable__", "uproxy",
+                            "__pycache__")) or name.endswith(".pth"):
+            continue
+        src = os.path.join(site, name)
+        dst = os.path.join(d, name)
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dst, symlinks=True, ignore=skip)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+    for base, dirs, files in os.walk(d):
+        for n in dirs:
+            os.chmod(os.path.join(base, n), 0o755)
+        for n in files:
+            p = os.path.join(base, n)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode | 0o444)
+    return d
+
+
+def tempfile_public(prefix: str) -> str:
+    import tempfile
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return d
+
+
+def as_nobody_python() -> tuple:
+    """(python, env) with which the user `nobody` runs this checkout's
+    uproxy: the virtual environment as it is where nobody can reach it,
+    else the interpreter it was made from over a world-readable copy of the
+    packages. Skips the calling test, saying why, when nobody can run no
+    Python at all. Works from any checkout: where a user clones must never
+    fail a test."""
+    import pytest
+    if "answer" not in _nobody_cache:
+        _nobody_cache["answer"] = _find_nobody_python()
+    python, env, why = _nobody_cache["answer"]
+    if python is None:
+        pytest.skip(why)
+    return python, env
+
+
+def _find_nobody_python():
+    ok, err = _nobody_runs(sys.executable)
+    if ok:
+        return sys.executable, {}, ""
+    why = f"nobody cannot run {sys.executable} ({err})"
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    ver = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    cands = [c for c in (base, f"/usr/bin/python{ver}", f"/usr/local/bin/python{ver}")
+             if os.path.exists(c)]
+    copy = _world_readable_copy()
+    env = {"PYTHONPATH": copy, "PYTHONNOUSERSITE": "1", "UPROXY_BPF_DIR":
+           os.path.join(copy, "uproxy", "telemetry", "bpf")}
+    for c in cands:
+        ok, err = _nobody_runs(c, env, where=copy)
+        if ok:
+            return c, env, ""
+        why += f"; nor {c} over a world-readable copy ({err})"
+    return None, {}, "cannot run uproxy as nobody: " + why

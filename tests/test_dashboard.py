@@ -16,7 +16,7 @@ import time
 import pytest
 from rich.console import Console
 
-from support import ROOT, Server, echo, free_port, render_config, wait_for
+from support import ROOT, Server, as_nobody_python, echo, free_port, render_config, wait_for
 from uproxy.telemetry import probes as probes_mod
 from uproxy.telemetry.view import Collector
 from uproxy.tui import dashboard
@@ -276,10 +276,10 @@ def test_top_in_a_terminal_without_root(l4):
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to drop root for this test")
     p, port, _ = l4
+    py, env = as_nobody_python()      # from any checkout, a private one too
     load = Load(port)
-    py = sys.executable
     t = Tmux(f"setpriv --reuid=nobody --regid=nogroup --clear-groups {py} -m uproxy top "
-             f"--pid {p.pid} --interval 0.5", env={"HOME": "/tmp"})
+             f"--pid {p.pid} --interval 0.5", env={"HOME": "/tmp", **env})
     try:
         t.wait("per core", timeout=60)
         s = t.screen()

@@ -4,17 +4,26 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from support import ROOT
 from uproxy import doctor, features
 
 
-def _run(*args):
+def _run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "uproxy", "doctor", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **(env or {})))
 
 
-def test_json_has_every_check_with_a_status():
-    r = _run("--json")
+# python-liburing's wheel dies with SIGILL on CPUs without AVX-512: the
+# doctor's answer must be whole with its probe left out, too.
+LIBURING_PROBE = [None, {"UPROXY_NO_LIBURING_PROBE": "1"}]
+
+
+@pytest.mark.parametrize("env", LIBURING_PROBE, ids=["any-probe", "core-probe-only"])
+def test_json_has_every_check_with_a_status(env):
+    r = _run("--json", env=env)
     assert r.returncode in (0, 1), r.stderr
     doc = json.loads(r.stdout)
     assert doc["can_run"] == (r.returncode == 0)
@@ -29,6 +38,14 @@ def test_json_has_every_check_with_a_status():
         if c["status"] != "ok":
             assert c["fix"], f"{c['name']} is {c['status']} without saying what to do"
     assert names["io_uring"]["source"].startswith(("python-liburing", "uproxy C core"))
+    if env:
+        assert names["io_uring"]["source"].startswith("uproxy C core")
+        assert names["io_uring_setup_flags"]["source"].startswith("uproxy C core")
+    flags = names["io_uring_setup_flags"]["flags"]
+    assert set(flags) == set(doctor.SETUP_FLAGS)
+    # Linux 6.1 has every one of these but NO_SQARRAY (6.6)
+    if features.kernel_version(os.uname().release) >= (6, 1):
+        assert flags["SINGLE_ISSUER"] and flags["DEFER_TASKRUN"] and flags["COOP_TASKRUN"]
     assert isinstance(names["pmu"]["present"], bool)
     assert names["kernel"]["release"] == os.uname().release
     # this host runs uproxy (the rest of the test suite depends on it)
@@ -76,6 +93,9 @@ def test_io_uring_falls_back_to_the_core_probe(monkeypatch):
     assert checks["io_uring"]["source"].startswith("uproxy C core (up_probe)")
     assert "python-liburing failed" in checks["io_uring"]["source"]
     assert checks["io_uring"]["ops"]["ACCEPT"] is True
+    # the setup flags come from the core's probe then, not left out
+    assert checks["io_uring_setup_flags"]["source"] == "uproxy C core (up_probe_setup)"
+    assert set(checks["io_uring_setup_flags"]["flags"]) == set(doctor.SETUP_FLAGS)
 
 
 def test_io_uring_survives_python_liburing_crashing(monkeypatch):
@@ -86,3 +106,4 @@ def test_io_uring_survives_python_liburing_crashing(monkeypatch):
     assert checks["io_uring"]["status"] == "ok"
     assert "SIGILL" in checks["io_uring"]["source"]
     assert checks["io_uring"]["ops"]["ACCEPT"] is True
+    assert checks["io_uring_setup_flags"]["source"] == "uproxy C core (up_probe_setup)"

@@ -7,19 +7,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import pytest
 
 from http_upstream import HttpUpstream
-from support import Proxy, free_port, wait_for
+from support import AS_NOBODY, Proxy, as_nobody_python, free_port, wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 root_only = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                                reason="needs root and setpriv to become another user")
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all"]
 
 
 def get(port, path=b"/"):
@@ -55,8 +52,10 @@ def test_run_and_top_as_an_unprivileged_user():
         f.write(http_config(port, up))
     os.chmod(path, 0o644)
     log = open(os.path.join(d, "log"), "w+")
-    p = subprocess.Popen(AS_NOBODY + [sys.executable, "-m", "uproxy", "run", "-c", path],
-                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    py, env = as_nobody_python()
+    env = dict(os.environ, **env)
+    p = subprocess.Popen(AS_NOBODY + [py, "-m", "uproxy", "run", "-c", path],
+                         stdout=log, stderr=subprocess.STDOUT, cwd=d, env=env)
     try:
         def up_or_exited():
             if p.poll() is not None:
@@ -75,10 +74,10 @@ def test_run_and_top_as_an_unprivileged_user():
         assert get(port, b"/x").endswith(b"ok /x")
         # The dashboard without eBPF rights: it says what it needs, and
         # shows the proxy's own counters.
-        top = subprocess.run(AS_NOBODY + [sys.executable, "-m", "uproxy", "top", "--once",
+        top = subprocess.run(AS_NOBODY + [py, "-m", "uproxy", "top", "--once",
                                           "--pid", str(p.pid)],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT,
-                             env=dict(os.environ, COLUMNS="160"))
+                             capture_output=True, text=True, timeout=60, cwd=d,
+                             env=dict(env, COLUMNS="160"))
         out = " ".join((top.stdout + top.stderr).split())
         assert top.returncode == 0, out
         assert "CAP_BPF" in out and "CAP_PERFMON" in out, out

@@ -21,6 +21,10 @@ SETUP_FLAGS = ("SINGLE_ISSUER", "DEFER_TASKRUN", "COOP_TASKRUN", "TASKRUN_FLAG",
                "NO_SQARRAY")
 # flags that are only valid together with another
 _WITH = {"DEFER_TASKRUN": "SINGLE_ISSUER", "TASKRUN_FLAG": "COOP_TASKRUN"}
+# IORING_SETUP_* values (kernel ABI), for the C core's probe: liburing 2.3's
+# headers predate NO_SQARRAY (Linux 6.6)
+_SETUP_BITS = {"SUBMIT_ALL": 1 << 7, "COOP_TASKRUN": 1 << 8, "TASKRUN_FLAG": 1 << 9,
+               "SINGLE_ISSUER": 1 << 12, "DEFER_TASKRUN": 1 << 13, "NO_SQARRAY": 1 << 16}
 
 
 def _check(name, status, detail, fix="", blocker=False, **extra):
@@ -88,14 +92,27 @@ print(json.dumps({"ops": ops, "flags": flags}))
 """
 
 
+def _core_setup_flags() -> dict:
+    """The setup flags as the C core sees them: one ring per flag."""
+    from ._native import lib
+    out = {}
+    for name in SETUP_FLAGS:
+        bits = _SETUP_BITS[name] | (_SETUP_BITS[_WITH[name]] if name in _WITH else 0)
+        out[name] = lib.up_probe_setup(bits) == 0
+    return out
+
+
 def _liburing_probe():
     """python-liburing's view, in a child process: its wheel uses
     instructions (AVX-512) that some CPUs lack, and a SIGILL must not take
-    doctor down with it."""
+    doctor down with it. UPROXY_NO_LIBURING_PROBE=1 leaves it out (the C
+    core's probe answers alone)."""
     import json
     import signal
     import subprocess
     import sys
+    if os.environ.get("UPROXY_NO_LIBURING_PROBE") == "1":
+        raise RuntimeError("python-liburing left out (UPROXY_NO_LIBURING_PROBE=1)")
     spec = [(n, [_WITH[n]] if n in _WITH else []) for n in SETUP_FLAGS]
     r = subprocess.run([sys.executable, "-c", _LIBURING_PROBE % (spec,)], capture_output=True,
                        text=True, timeout=30)
@@ -115,7 +132,7 @@ def check_io_uring() -> list:
     probe where liburing fails (it wants a recent kernel)."""
     out = []
     ops = flags = None
-    source = "python-liburing"
+    source = flags_source = "python-liburing"
     err = ""
     try:
         ops, flags = _liburing_probe()
@@ -136,6 +153,9 @@ def check_io_uring() -> list:
                 ops = {names.get(i, str(i)).upper(): bool(res.op_supported[i])
                        for i in range(min(int(res.nops), 64))}
                 source = "uproxy C core (up_probe)" + (f"; python-liburing failed: {err}" if err else "")
+            if flags is None:
+                flags = _core_setup_flags()
+                flags_source = "uproxy C core (up_probe_setup)"
     except Exception as e:
         core_err = f"{e.__class__.__name__}: {e}"
     if ops is None:
@@ -161,7 +181,7 @@ def check_io_uring() -> list:
         out.append(_check("io_uring_setup_flags", "ok" if not no else "warn",
                           "setup flags: " + ", ".join(f"{k}{'' if v else ' (no)'}" for k, v in flags.items()),
                           "" if not no else "a newer kernel enables the faster paths; uproxy "
-                          "falls back without them", flags=flags, source="python-liburing"))
+                          "falls back without them", flags=flags, source=flags_source))
     if core_features is not None:
         lacking = [f for f in feat.FEATURES if f not in core_features]
         out.append(_check("uproxy_features", "ok" if not lacking else "warn",

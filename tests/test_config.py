@@ -72,7 +72,7 @@ MISTAKES = [
     ("unknown balance", lambda t: t.replace('"round_robin"', '"random"'), "clusters[0].balance", "not one of"),
     ("typo in a key", lambda t: t.replace("balance =", "balanse ="), "clusters[0].balanse",
      "did you mean 'balance'"),
-    ("unknown section", lambda t: t + "\n[proxyy]\nworkers = 2\n", "proxyy", "unknown key"),
+    ("unknown section", lambda t: t + "\n[proxyy]\nworkers = 2\n", "proxyy", "unknown table [proxyy]; did you mean [proxy]?"),
     ("wrong type", lambda t: t.replace("workers = 1", 'workers = "two"'), "proxy.workers", "integer"),
     ("workers zero", lambda t: t.replace("workers = 1", "workers = 0"), "proxy.workers", "at least 1"),
     ("bad duration", lambda t: t.replace('balance = "round_robin"', 'connect_timeout = "5 parsecs"'),

@@ -273,22 +273,44 @@ class Runtime:
 
     # ---- reload ------------------------------------------------------------
     def reload(self) -> bool:
+        warnings = []
         try:
             cfg = load(self.config_path)
             if (cfg.proxy.workers or self.nworkers) != self.nworkers and not self.workers_override:
-                log.warning("reload: [proxy] workers changed; that takes a restart, "
-                            "keeping %d workers", self.nworkers)
+                warnings.append(f"[proxy] workers changed; that takes a restart, "
+                                f"keeping {self.nworkers} workers")
+                log.warning("reload: %s", warnings[-1])
             self._publish(cfg)
             self.health.configure(cfg)
         except (ConfigError, OSError, Exception) as e:
+            self._record_reload(e, warnings)
             self.segment.header.reload_failures += 1
             log.error("reload failed, still running generation %d: %s", self.generation, e)
             self.event(f"reload failed: {e}")
             return False
+        self._record_reload(None, warnings)
         self.segment.header.reloads += 1
         log.info("reloaded %s: generation %d", self.config_path, self.generation)
         self.event(f"reloaded: generation {self.generation}")
         return True
+
+    def _record_reload(self, error, warnings):
+        """The outcome, for `uproxy reload` (shm.reload_status_path), written
+        before the counter it waits on moves. Never fails the reload."""
+        errors = []
+        if isinstance(error, ConfigError):
+            errors = [{"text": e.one(), "line": e.line, "key": e.key, "snippet": e.snippet}
+                      for e in error.errors]
+        elif error is not None:
+            errors = [{"text": str(error) or error.__class__.__name__}]
+        try:
+            shm.write_reload_status({
+                "time_ms": int(time.time() * 1000), "ok": error is None,
+                "config": os.path.abspath(self.config_path), "generation": self.generation,
+                "error": str(error) if error is not None else None, "errors": errors,
+                "warnings": warnings})
+        except OSError as e:
+            log.warning("cannot record the reload outcome for `uproxy reload`: %s", e)
 
     def event(self, text: str):
         self.events.append((time.time(), text))

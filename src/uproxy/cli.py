@@ -444,11 +444,12 @@ def main(argv=None) -> int:
         sys.stdout.flush()          # here, so that a closed pipe is seen here
         return code
     except BrokenPipeError:
-        # The reader went away (`uproxy stats | head -1`): as Python's
-        # documentation advises, point stdout at /dev/null so the flush at
-        # exit is quiet, and stop (with 1, as rich does for `top --once`).
+        # The reader went away (`uproxy stats | head -1`) and has what it
+        # wanted: as Python's documentation advises, point stdout at
+        # /dev/null so the flush at exit is quiet, and stop. Exit 0, as
+        # `top --once` and --help do in the same case.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return 0
     except KeyboardInterrupt:
         return 130                  # Ctrl-C: the shell's code for SIGINT, no traceback

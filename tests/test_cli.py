@@ -276,6 +276,22 @@ def test_check_busy_wildcard_port(tmp_path):
     assert r.returncode == 1 and f"in use by pid {os.getpid()}" in r.stderr, r.stderr
 
 
+def test_check_busy_ipv6_port(tmp_path):
+    try:
+        busy = socket.socket(socket.AF_INET6)
+        busy.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e.strerror}")
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        r, path = check(tmp_path, config(port).replace(f"127.0.0.1:{port}", f"[::1]:{port}"))
+    finally:
+        busy.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"cannot listen on [::1]:{port}: the address is in use by {me()}" in r.stderr, r.stderr
+
+
 def test_check_a_port_the_running_proxy_holds_is_a_note(tmp_path, proxy):
     port = free_port()
     p = proxy(config(port))

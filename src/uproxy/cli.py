@@ -375,8 +375,8 @@ def parser() -> argparse.ArgumentParser:
         description="Validate a configuration file: report every mistake with its file, "
                     "line and text,\nand try to listen on each listener's and the admin "
                     "endpoint's address\n(a busy one is named with the process that holds it).\n\n"
-                    "exit status: 0 valid, 2 the file has mistakes, "
-                    "1 the file is valid but an address cannot be used here.")
+                    "exit status: 0 valid, 2 the file has mistakes,\n"
+                    "             1 the file is valid but an address cannot be used here.")
     c.add_argument("-c", "--config", required=True, metavar="FILE",
                    help="configuration file (TOML) to check")
     c.add_argument("--no-bind", action="store_true",

@@ -141,6 +141,38 @@ def test_reload_without_a_proxy(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+# ---- stats -------------------------------------------------------------------------
+
+def test_stats_text_shows_status_classes_and_the_error_share(proxy):
+    """Every request fails (the only server refuses): the text says so."""
+    port = free_port()
+    p = proxy(config(port).replace('mode = "tcp"', 'mode = "http"'))
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = b""
+            while b"\r\n" not in head:
+                b = s.recv(4096)
+                if not b:
+                    break
+                head += b
+            assert head.startswith(b"HTTP/1.1 5"), head
+    wait_for(lambda: p.total("resp_5xx") == 3, 10, what="three 5xx counted")
+    r = uproxy("stats", "--pid", str(p.pid))
+    assert r.returncode == 0, r.stderr
+    rows = dict(re.findall(r"^  (\S+) +(.+)$", r.stdout, re.M))
+    assert rows["requests"] == "3" and rows["resp_5xx"] == "3" and rows["resp_2xx"] == "0", r.stdout
+    assert rows["error_share"] == "100.0% (5xx: 100.0%)", r.stdout
+    assert "generation 1 (0 reloads, 0 failed)" in r.stdout
+
+
+def test_stats_text_of_a_tcp_proxy_has_no_http_rows(proxy):
+    p = proxy(config(free_port()))
+    r = uproxy("stats", "--pid", str(p.pid))
+    assert r.returncode == 0 and "  accepted " in r.stdout, r.stderr
+    assert "resp_5xx" not in r.stdout and "error_share" not in r.stdout
+
+
 # ---- check -------------------------------------------------------------------------
 
 def check(tmp_path, text, *args, env=None):

@@ -233,10 +233,22 @@ def cmd_stats(a) -> int:
         return 0
     t = snap["total"]
     print(f"uproxy pid {snap['pid']}, up {snap['uptime_s']:.0f}s, generation "
-          f"{snap['config_generation']}, {len(snap['workers'])} workers")
+          f"{snap['config_generation']} ({snap['reloads']} reloads, {snap['reload_failures']} "
+          f"failed), {len(snap['workers'])} workers; totals since start:")
     for k in ("accepted", "active", "closed", "bytes_from_clients", "bytes_to_clients",
               "upstream_connects", "err_connect_refused", "err_connect_timeout", "err_no_server"):
         print(f"  {k:24} {t[k]}")
+    classes = [f"resp_{c}xx" for c in range(1, 6)]
+    if t["requests"] or any(t[k] for k in classes):
+        # HTTP: responses by status class and the error share, as the
+        # dashboard shows them (4xx and 5xx of all responses, and 5xx alone).
+        for k in ["requests"] + classes + ["err_bad_gateway", "err_unavailable",
+                                           "err_gateway_timeout"]:
+            print(f"  {k:24} {t[k]}")
+        n = sum(t[k] for k in classes)
+        share = (f"{100 * (t['resp_4xx'] + t['resp_5xx']) / n:.1f}% (5xx: "
+                 f"{100 * t['resp_5xx'] / n:.1f}%)") if n else "-"
+        print(f"  {'error_share':24} {share}")
     return 0
 
 

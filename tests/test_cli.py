@@ -135,6 +135,46 @@ def test_reload_times_out_when_the_proxy_does_not_answer(proxy):
     wait_for(lambda: p.stats()["reloads"] == 1, 10, what="the pending reload")
 
 
+def _pending(pid, sig) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(line.split(":", 1) for line in f if ":" in line)
+    bits = int(st["ShdPnd"], 16) | int(st["SigPnd"], 16)
+    return bool(bits >> (sig - 1) & 1)
+
+
+def test_reload_waits_for_its_own_reload_not_one_under_way(proxy):
+    """A reload that began before `uproxy reload` signalled, and ends while
+    it waits, is not the answer: the one after it is. The earlier reload is
+    played into the proxy's segment and status file by hand, while the
+    proxy is stopped with the SIGHUP pending."""
+    import json
+    import mmap
+    from uproxy import shm
+    from uproxy._native import ffi
+    p = proxy(config(free_port()))
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.Popen([*PY, "reload", "--pid", str(p.pid), "--timeout", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        wait_for(lambda: _pending(p.pid, signal.SIGHUP), 30, what="uproxy reload's SIGHUP")
+        with open(shm.reload_status_path(p.pid), "w") as f:
+            json.dump({"ok": True, "started_mono_ns": 1, "generation": 1, "errors": [],
+                       "warnings": []}, f)
+        with open(shm.path_for(p.pid), "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0)
+        h = ffi.cast("struct up_shm_header *", ffi.from_buffer(mm))
+        h.reloads += 1                      # "an earlier reload just finished"
+        time.sleep(0.5)
+        assert r.poll() is None, r.communicate()
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    out, err = r.communicate(timeout=30)
+    assert r.returncode == 0, out + err
+    assert f"pid {p.pid} reloaded {p.path}: generation 2" in out, out + err
+    del h
+    mm.close()
+
+
 def test_reload_without_a_proxy(tmp_path):
     r = uproxy("reload", env={"UPROXY_RUN_DIR": str(tmp_path)})
     assert r.returncode == 1 and "no running uproxy found" in r.stderr

@@ -265,6 +265,7 @@ def cmd_reload(a) -> int:
         return 1
     h = r.header
     ok0, failed0 = int(h.reloads), int(h.reload_failures)
+    sent = time.monotonic_ns()
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as e:
@@ -277,7 +278,14 @@ def cmd_reload(a) -> int:
     while True:
         failed, ok = int(h.reload_failures), int(h.reloads)
         if failed > failed0 or ok > ok0:
-            break
+            status = shm.read_reload_status(pid) or {}
+            if status.get("started_mono_ns", sent) >= sent:
+                break
+            # A reload already under way when we signalled has finished;
+            # ours (the proxy takes a signal that came during a reload
+            # afterwards) is the next one.
+            ok0, failed0 = ok, failed
+            continue
         if not os.path.exists(f"/proc/{pid}"):
             _err(f"pid {pid} exited before it answered the reload")
             return 1
@@ -286,7 +294,6 @@ def cmd_reload(a) -> int:
                  f"counted (is it stuck? see its log, or `uproxy stats --pid {pid}`)")
             return 1
         time.sleep(0.02)
-    status = shm.read_reload_status(pid) or {}
     if failed > failed0:
         _err(f"reload failed: pid {pid} keeps running generation {int(h.config_generation)}")
         errors = status.get("errors") or []

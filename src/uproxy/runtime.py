@@ -273,6 +273,7 @@ class Runtime:
 
     # ---- reload ------------------------------------------------------------
     def reload(self) -> bool:
+        started = time.monotonic_ns()
         warnings = []
         try:
             cfg = load(self.config_path)
@@ -283,20 +284,23 @@ class Runtime:
             self._publish(cfg)
             self.health.configure(cfg)
         except (ConfigError, OSError, Exception) as e:
-            self._record_reload(e, warnings)
+            self._record_reload(e, warnings, started)
             self.segment.header.reload_failures += 1
             log.error("reload failed, still running generation %d: %s", self.generation, e)
             self.event(f"reload failed: {e}")
             return False
-        self._record_reload(None, warnings)
+        self._record_reload(None, warnings, started)
         self.segment.header.reloads += 1
         log.info("reloaded %s: generation %d", self.config_path, self.generation)
         self.event(f"reloaded: generation {self.generation}")
         return True
 
-    def _record_reload(self, error, warnings):
+    def _record_reload(self, error, warnings, started_ns):
         """The outcome, for `uproxy reload` (shm.reload_status_path), written
-        before the counter it waits on moves. Never fails the reload."""
+        before the counter it waits on moves, with when the reload began
+        (CLOCK_MONOTONIC), so that `uproxy reload` can tell a reload that
+        was already under way when it signalled from its own. Never fails
+        the reload."""
         errors = []
         if isinstance(error, ConfigError):
             errors = [{"text": e.one(), "line": e.line, "key": e.key, "snippet": e.snippet}
@@ -305,7 +309,8 @@ class Runtime:
             errors = [{"text": str(error) or error.__class__.__name__}]
         try:
             shm.write_reload_status({
-                "time_ms": int(time.time() * 1000), "ok": error is None,
+                "time_ms": int(time.time() * 1000), "started_mono_ns": started_ns,
+                "ok": error is None,
                 "config": os.path.abspath(self.config_path), "generation": self.generation,
                 "error": str(error) if error is not None else None, "errors": errors,
                 "warnings": warnings})

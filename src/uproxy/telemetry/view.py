@@ -71,12 +71,13 @@ def hist_rows(h, unit="us") -> dict:
 def merge_events(events, notes, logs=()) -> list:
     """The segment's events, the proxy's published notes (warnings) and
     log lines, each once and in time order: a note or log line that says
-    what an event says (the same first word and ending, within 2 s) is the
-    event's own log line and is dropped."""
+    what an event says (within 2 s, the same first word and the same text
+    after its last ": ", as "reloaded /x.toml: generation 2" says
+    "reloaded: generation 2") is the event's own log line and is dropped."""
     def key(text):
         t = text.strip()
         head = t.split(None, 1)[0].rstrip(":,").lower() if t else ""
-        return head, t[-20:]
+        return head, t.rsplit(": ", 1)[-1] if ": " in t else t
     out = [dict(e, source="event") for e in events]
     seen = [(e["time_ms"], key(e["text"])) for e in events]
     for src, items in (("note", notes), ("log", logs)):

@@ -44,7 +44,7 @@ DASH = "—"
 KEYS_HELP = [
     ("q", "quit (Ctrl-C too)"),
     ("?", "this help; any key closes it"),
-    ("1 … 5, Tab", "panels: overview, upstreams, listeners, events, latency histograms"),
+    ("1-5, Tab", "panels: overview, upstreams, listeners, events, latency histograms"),
     ("s  >  <", "sort the per-core table by the next / previous column (core, req/s, err%, p99, CPU%)"),
     ("r  I", "reverse the sort"),
     ("/", "filter by worker (w0), listener or cluster name; Enter applies, Esc clears"),

@@ -165,6 +165,16 @@ def test_renders_with_ebpf_probes(l4):
     assert "TCP upstream connect" in text
     busy = [r for r in view["cores"] if r["rps"]]
     assert busy and all(r["uring_lat_p99_us"] is not None for r in busy)
+    # the kernel latencies in the latency view, with their counts
+    assert view["hist"]["io_uring"]["count"] > 0 and view["hist"]["io_uring"]["unit"] == "ns"
+    assert "runq" in view["hist"]
+    st = dashboard.State()
+    st.panel = dashboard.PANELS.index("latency")
+    lat = _render(view, state=st)
+    assert "io_uring, submit to first completion" in lat and "nsecs" in lat
+    for r in busy:
+        assert r["uring_lat_count"] > 0
+        assert r["uring_lat_p99_is_max"] == (r["uring_lat_count"] < 100)
     if not view["pmu"]["present"]:
         assert "no PMU on this host" in text
         assert all(r["ipc"] is None for r in view["cores"])
@@ -692,3 +702,33 @@ def test_run_dashboard_shows_start_up_warnings(tmp_path, servers):
         if pid and os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGTERM)
         t.close()
+
+
+def test_l4_cluster_whose_servers_are_gone(proxy_factory):
+    """Without active checks: every connect fails, the cluster is marked in
+    the header, its servers are failing, and the error share is the share
+    of sessions that found no server."""
+    port = free_port()
+    p = proxy_factory([{"name": "l4", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c"}],
+                      [{"name": "c", "servers": [f"127.0.0.1:{free_port()}"]}])
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        col.sample()
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                c.settimeout(2)
+                try:
+                    c.recv(1)
+                except OSError:
+                    pass
+        time.sleep(0.2)
+        v = col.sample()
+    finally:
+        col.close()
+    (u,) = v["upstreams"]
+    assert u["failing"] and u["health"] == "unchecked" and u["connect_errors"] > 0
+    assert v["clusters"][0]["failing"] and not v["clusters"][0]["no_healthy"]
+    assert v["total"]["err_pct"] == 100.0
+    text = _render(v, once=True)
+    assert "✖ cluster c: every connect failed" in text and "failing" in text
+    assert "no server 100.0%" in text

@@ -135,6 +135,30 @@ def test_reload_times_out_when_the_proxy_does_not_answer(proxy):
     wait_for(lambda: p.stats()["reloads"] == 1, 10, what="the pending reload")
 
 
+def test_reload_when_the_proxy_cannot_record_the_outcome(proxy):
+    """No status file (here a directory is in its way): success still comes
+    from the counters, and a failure's reason from the proxy's event ring."""
+    from uproxy import shm
+    port = free_port()
+    p = proxy(config(port))
+    os.mkdir(shm.reload_status_path(p.pid))
+    try:
+        r = uproxy("reload", "--pid", str(p.pid))
+        assert r.returncode == 0 and "reloaded its configuration: generation 2" in r.stdout, \
+            r.stdout + r.stderr
+        with open(p.path, "w") as f:
+            f.write(config(port).replace("workers = 1", "workers = 0"))
+        r = uproxy("reload", "--pid", str(p.pid))
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "keeps running generation 2" in r.stderr
+        assert (f"uproxy: error: {os.path.basename(p.path)}:2: proxy.workers: must be at least 1"
+                in r.stderr), r.stderr
+        assert "cannot record the reload outcome" in p.output()
+    finally:
+        assert p.stop() == 0, p.output()
+        os.rmdir(shm.reload_status_path(p.pid))
+
+
 def _pending(pid, sig) -> bool:
     with open(f"/proc/{pid}/status") as f:
         st = dict(line.split(":", 1) for line in f if ":" in line)
@@ -158,8 +182,8 @@ def test_reload_waits_for_its_own_reload_not_one_under_way(proxy):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         wait_for(lambda: _pending(p.pid, signal.SIGHUP), 30, what="uproxy reload's SIGHUP")
         with open(shm.reload_status_path(p.pid), "w") as f:
-            json.dump({"ok": True, "started_mono_ns": 1, "generation": 1, "errors": [],
-                       "warnings": []}, f)
+            json.dump({"ok": True, "started_mono_ns": 1, "time_ms": int(time.time() * 1000),
+                       "generation": 1, "errors": [], "warnings": []}, f)
         with open(shm.path_for(p.pid), "r+b") as f:
             mm = mmap.mmap(f.fileno(), 0)
         h = ffi.cast("struct up_shm_header *", ffi.from_buffer(mm))

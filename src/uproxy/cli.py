@@ -264,6 +264,7 @@ def cmd_reload(a) -> int:
         _err(str(e))
         return 1
     h = r.header
+    base_ms = int(time.time() * 1000)
     ok0, failed0 = int(h.reloads), int(h.reload_failures)
     sent = time.monotonic_ns()
     try:
@@ -279,13 +280,15 @@ def cmd_reload(a) -> int:
         failed, ok = int(h.reload_failures), int(h.reloads)
         if failed > failed0 or ok > ok0:
             status = shm.read_reload_status(pid) or {}
-            if status.get("started_mono_ns", sent) >= sent:
-                break
-            # A reload already under way when we signalled has finished;
-            # ours (the proxy takes a signal that came during a reload
-            # afterwards) is the next one.
-            ok0, failed0 = ok, failed
-            continue
+            if (status.get("started_mono_ns", sent) < sent
+                    and status.get("time_ms", 0) >= base_ms - 1000):
+                # A reload already under way when we signalled has finished;
+                # ours (the proxy takes a signal that came during a reload
+                # afterwards) is the next one. (A status older than our
+                # start is stale, the proxy could not write it: not this.)
+                ok0, failed0 = ok, failed
+                continue
+            break
         if not os.path.exists(f"/proc/{pid}"):
             _err(f"pid {pid} exited before it answered the reload")
             return 1
@@ -298,7 +301,7 @@ def cmd_reload(a) -> int:
         _err(f"reload failed: pid {pid} keeps running generation {int(h.config_generation)}")
         errors = status.get("errors") or []
         if not errors:
-            errors = [{"text": status.get("error") or _last_event(r, "reload failed: ")
+            errors = [{"text": status.get("error") or _last_event(r, "reload failed")
                        or "no reason recorded (see the proxy's log)"}]
         for e in errors:
             text = "uproxy: error: " + e["text"]
@@ -311,23 +314,31 @@ def cmd_reload(a) -> int:
     # Done when every running worker has switched to the new table (each
     # does at its next loop turn, a tick at the latest).
     gen = int(h.config_generation)
-    running = [w for w in r.workers if shm.STATES.get(int(w.state)) == "running"]
-    while any(int(w.config_generation) < gen for w in running) and time.monotonic() < deadline:
+    running = [i for i, w in enumerate(r.workers) if shm.STATES.get(int(w.state)) == "running"]
+
+    def behind():
+        return [i for i in running if int(r.workers[i].config_generation) < gen]
+    while behind() and time.monotonic() < deadline:
         time.sleep(0.01)
-    behind = [i for i, w in enumerate(r.workers) if w in running and int(w.config_generation) < gen]
+    late = behind()
     print(f"uproxy: pid {pid} reloaded {status.get('config') or 'its configuration'}: "
           f"generation {gen}")
-    if behind:
-        _err(f"warning: worker{'s' if len(behind) > 1 else ''} {', '.join(map(str, behind))} "
+    if late:
+        _err(f"warning: worker{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "
              f"had not switched to generation {gen} within {a.timeout:g} s")
     return 0
 
 
 def _last_event(r, prefix: str) -> str | None:
+    """The proxy's last event that starts with prefix (the ring keeps 119
+    bytes of each: a longer one is marked as cut)."""
     events = r.snapshot()["events"]
     for e in reversed(events):
         if e["text"].startswith(prefix):
-            return e["text"][len(prefix):]
+            text = e["text"][len(prefix):].lstrip(" :")
+            if len(e["text"].encode()) >= 119:
+                text += "... (cut short: the proxy's log has all of it)"
+            return text
     return None
 
 

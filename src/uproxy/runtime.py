@@ -31,6 +31,18 @@ class StartError(Exception):
     pass
 
 
+def _brief(e) -> str:
+    """A reload error for the event ring's short lines (the dashboard's
+    events, `uproxy reload` when the status file is missing): the first
+    mistake with its file name and line, and how many more there are."""
+    if isinstance(e, ConfigError):
+        f, n = e.errors[0], len(e.errors)
+        where = os.path.basename(f.path) + (f":{f.line}" if f.line else "")
+        return (f" ({n} errors)" if n > 1 else "") + f": {where}: " + \
+            (f"{f.key}: " if f.key else "") + f.message
+    return f": {e}"
+
+
 def probe() -> int:
     res = ffi.new("struct up_probe_result *")
     if lib.up_probe(res) < 0:
@@ -287,7 +299,7 @@ class Runtime:
             self._record_reload(e, warnings, started)
             self.segment.header.reload_failures += 1
             log.error("reload failed, still running generation %d: %s", self.generation, e)
-            self.event(f"reload failed: {e}")
+            self.event(f"reload failed{_brief(e)}")
             return False
         self._record_reload(None, warnings, started)
         self.segment.header.reloads += 1

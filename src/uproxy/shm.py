@@ -51,10 +51,17 @@ def write_reload_status(status: dict):
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(status).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, json.dumps(status).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_reload_status(pid: int) -> dict | None:
@@ -171,7 +178,7 @@ class Segment:
         for p in (self.path, reload_status_path(os.getpid())):
             try:
                 os.unlink(p)
-            except FileNotFoundError:
+            except OSError:
                 pass
 
 

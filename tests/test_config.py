@@ -280,3 +280,71 @@ def test_run_logs_every_mistake(tmp_path):
     assert f"configuration error: {p}:3: proxy.workers: must be at least 1" in r.stderr
     assert (f"configuration error: {p}:9: listeners[0].cluster: no cluster named 'pgg' "
             f"(clusters: pg); did you mean 'pg'?") in r.stderr
+
+
+TRICKY = r'''
+a = "x \" [[y]] = z"   # a string with what looks like TOML in it
+b = 'lit # not a comment'
+c = """
+multi "" quotes \""" still in it
+[[not_a_table]]
+"""
+d = """ends with quotes"""""
+e = [[1, 2], [3, [4]]]
+f = { g = { h = 1 }, i = [ { j = 2 } ] }
+"quoted key" = 1
+'k.l' = 2
+m.n = 3
+
+[t]
+u = 1979-05-27T07:32:00Z
+v = -inf
+w = +1_000
+z = [
+  { p = 1 },  # comment ]
+  { q = 2 },
+]
+
+[[arr]]
+x = 1
+[arr.sub]
+y = 2
+[[arr]]
+x = 3
+[[arr.more]]
+r = 4
+'''
+
+
+def _paths(v, prefix=""):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            p = f"{prefix}.{k}" if prefix else k
+            yield p, k
+            yield from _paths(x, p)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield f"{prefix}[{i}]", None
+            yield from _paths(x, f"{prefix}[{i}]")
+
+
+@pytest.mark.parametrize("name", ["tricky", "positions", "demo", "good"])
+def test_positions_know_every_key(name):
+    """Every key and element tomllib reads has its own line, and the line
+    names the key."""
+    import tomllib
+    from uproxy.config import Positions
+    text = {"tricky": TRICKY, "positions": POSITIONS, "good": GOOD.replace("{port}", "1"),
+            "demo": open(os.path.join(ROOT, "examples", "demo.toml")).read()}[name]
+    p = Positions(text)
+    paths = list(_paths(tomllib.loads(text)))
+    assert len(paths) > 10
+    for path, key in paths:
+        assert path in p.at, f"{path} has no line"
+        if key is not None:
+            assert key.split(".")[0] in p.snippet(p.at[path]), (path, p.snippet(p.at[path]))
+    if name == "tricky":
+        lines = TRICKY.split("\n")
+        assert p.at["arr[1].more[0].r"] == lines.index("r = 4") + 1
+        assert p.at["t.z[1].q"] == lines.index("  { q = 2 },") + 1
+        assert "not_a_table" not in p.at

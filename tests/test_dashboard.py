@@ -626,21 +626,36 @@ def test_top_layout_at_three_sizes(web):
                 if width == 200:
                     for name in ("faults/s", "io-wq/s", "softirq%", "p50", "5xx/s", "CPU%"):
                         assert name in cols, (name, cols)
-                for key, want in (("2", "upstreams"), ("3", "listeners and routes"),
-                                  ("4", "recent events"), ("5", "usecs"), ("?", "keys")):
+                for key, want in (("2", "[2 upstreams]"), ("3", "[3 listeners]"),
+                                  ("4", "[4 events]"), ("5", "[5 latency]"), ("?", "[? help]")):
                     t.keys(key)
                     t.wait(want)
+                    time.sleep(0.1)
                     s = t.screen()
                     assert "…" not in s, s
                     if key == "2":
                         assert "127.0.0.1" in s and "down" in s
                     if key == "3":
-                        assert "web" in s and "→ good" in s
+                        assert "listeners and routes" in s and "→ good" in s
+                    if key == "5":
+                        assert "usecs" in s and "count" in s
                     if key == "4":
                         assert s.count("started generation 1") == 1, s
                 t.keys("1")                    # closes the help
                 t.keys("1")
-                t.wait("per core")
+                t.wait("[1 overview]")
+                if width == 120:               # / filters by worker; Esc clears it
+                    t.keys("/", "w", "1", "Enter")
+                    t.wait("filter /w1")
+                    lines = [l.split()[:1] for l in t.screen().splitlines()]
+                    assert ["w1"] in lines and ["w0"] not in lines, t.screen()
+                    t.keys("Escape")
+                    wait_for(lambda: ["w0"] in [l.split()[:1] for l in t.screen().splitlines()],
+                             10, what="the filter cleared")
+                    t.keys("s")                # sort by req/s, then reversed
+                    t.wait("sorted by rps")
+                    t.keys("r")
+                    t.wait("sorted by rps ↑")
                 t.keys("C-c")                  # Ctrl-C quits cleanly, as q does
                 t.wait("EXITED 0")
                 assert "Traceback" not in t.screen()

@@ -20,6 +20,7 @@ r reverse, / filter (worker, listener, cluster), + / - interval, p pause.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -284,6 +285,9 @@ def cores_table(v, sort_key="core", width=200, reverse=False, flt="") -> Table:
     cols += [Col("uring ops/s", 14), Col("uring p99", 24), Col("io-wq/s", 28),
              Col("runq p99", 20), Col("softirq%", 26)]
     rows, styles = [], {}
+    # a filter that names no worker (a listener or a cluster) leaves the cores
+    if flt and not any(_match(flt, f"w{r['index']}", f"cpu{r['cpu']}") for r in v["cores"]):
+        flt = ""
     for r in _sort_rows(v["cores"], sort_key, reverse):
         if not _match(flt, f"w{r['index']}", f"cpu{r['cpu']}"):
             continue
@@ -334,7 +338,7 @@ def cores_table(v, sort_key="core", width=200, reverse=False, flt="") -> Table:
     return t
 
 
-def _sparks(v):
+def _sparks(v, flt=""):
     h = v.get("history", {})
     t = Table.grid(padding=(0, 1))
     t.add_column(justify="right", style="bold")
@@ -343,7 +347,8 @@ def _sparks(v):
     unit = "req/s" if v["unit"] == "requests" else "sess/s"
     rows = [(f"all {unit}", h.get("rps", []), _num(v["total"]["rps"])),
             ("all p99", h.get("p99_us", []), _us(v["total"]["p99_us"]))]
-    for r in v["cores"]:
+    cores = [r for r in v["cores"] if _match(flt, f"w{r['index']}", f"cpu{r['cpu']}")] or v["cores"]
+    for r in cores:
         rows.append((f"w{r['index']} {unit}", h.get(f"rps{r['index']}", []), _num(r["rps"])))
     for name, vals, now in rows:
         t.add_row(name, Text(sparkline(vals), style="cyan"), now)
@@ -378,6 +383,8 @@ def upstreams_table(v, width=200, flt=""):
             Col("active", 9), Col("in-flight", 7), Col("idle", 10), Col("reuse %", 11)]
     rows = []
     shown = []
+    if flt and not any(_match(flt, u["cluster"], u["address"]) for u in v["upstreams"]):
+        flt = ""            # a filter that names no server (a worker, a listener) leaves them
     for u in v["upstreams"]:
         if not _match(flt, u["cluster"], u["address"]):
             continue
@@ -422,8 +429,13 @@ def listeners_table(v, width=200, flt="") -> Table:
             Col("cluster", 5, True)]
     rows, styles = [], {}
     unmeasured = []
+
+    def names(l):
+        return [l["name"], l.get("cluster")] + [r["cluster"] for r in l["routes"]]
+    if flt and not any(_match(flt, *names(l)) for l in v.get("listeners", [])):
+        flt = ""
     for l in v.get("listeners", []):
-        if not _match(flt, l["name"], l.get("cluster"), *[r["cluster"] for r in l["routes"]]):
+        if not _match(flt, *names(l)):
             continue
         if not l["measured"]:
             unmeasured.append(l["name"])
@@ -456,7 +468,7 @@ def listeners_table(v, width=200, flt="") -> Table:
 
 def events_text(v, limit=None, flt="") -> Text:
     t = Text()
-    evs = [e for e in v.get("events", []) if _match(flt, e["text"])]
+    evs = [e for e in v.get("events", []) if _match(flt, e["text"])] or v.get("events", [])
     if limit:
         evs = evs[-limit:]
     for e in evs:
@@ -531,14 +543,16 @@ def latency_view(v, width=200) -> Group:
 def _tabs(st, width) -> Text:
     t = Text()
     for i, name in enumerate(PANELS):
-        label = f" {i + 1} {name} "
-        t.append(label, style="reverse bold" if st.panel == i and not st.help else "")
+        on = st.panel == i and not st.help
+        # the current panel in brackets too: readable without colours
+        t.append(f"[{i + 1} {name}]" if on else f" {i + 1} {name} ", style="reverse bold" if on else "")
     t.append("  ")
     if st.typing:
         t.append(f"/{st.typed}▏", style="bold yellow")
     elif st.filter:
         t.append(f"filter /{st.filter}  ", style="yellow")
-    t.append("? help  q quit", style="dim")
+    t.append("[? help]" if st.help else "? help", style="reverse bold" if st.help else "dim")
+    t.append("  q quit", style="dim")
     return t
 
 
@@ -577,7 +591,7 @@ class Screen:
             body = [cores_table(v, st.sort_key, width, st.reverse, st.filter)]
             tcp = _tcp(v)
             more = ([tcp] if tcp is not None else []) + [
-                _sparks(v), upstreams_table(v, width, st.filter), _events(v, 8, st.filter)]
+                _sparks(v, st.filter), upstreams_table(v, width, st.filter), _events(v, 8, st.filter)]
             return top, body + more
         if p == "upstreams":
             return top, [upstreams_table(v, width, st.filter)]
@@ -646,7 +660,7 @@ def natural_width(view) -> int:
     need = 100
     for t in (cores_table(view, width=10 ** 6), upstreams_table(view, width=10 ** 6),
               listeners_table(view, width=10 ** 6)):
-        c = Console(width=10 ** 4, file=open(os.devnull, "w"), color_system=None)
+        c = Console(width=10 ** 4, file=io.StringIO(), color_system=None)
         need = max(need, c.measure(t).maximum)
     return min(need, 400)
 

@@ -91,10 +91,6 @@ def merge_events(events, notes, logs=()) -> list:
     return out
 
 
-def _us(v):
-    return None if v is None else round(v / 1000.0, 1)
-
-
 def _rate(new, old, dt):
     if old is None or dt <= 0:
         return None

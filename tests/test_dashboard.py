@@ -282,10 +282,15 @@ def test_top_in_a_terminal_as_root(l4):
         load.close()
 
 
-def test_top_in_a_terminal_without_root(l4):
+def test_top_in_a_terminal_without_root(proxy_factory, servers):
+    """`uproxy top` as the unprivileged user the proxy runs as (its
+    statistics are that user's only: tests/test_privileges.py)."""
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to drop root for this test")
-    p, port, _ = l4
+    srv = servers(echo)
+    port = free_port()
+    p = proxy_factory([{"name": "l4", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c"}],
+                      [{"name": "c", "servers": [srv.addr]}], proxy={"workers": 2, "user": "nobody"})
     py, env = as_nobody_python()      # from any checkout, a private one too
     load = Load(port)
     t = Tmux(f"setpriv --reuid=nobody --regid=nogroup --clear-groups {py} -m uproxy top "

@@ -122,3 +122,60 @@ def test_privileged_port_as_nobody_survives_reloads():
         assert p.stop() == 0, p.output()
         up.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_statistics_segment_is_the_proxy_users_only(tmp_path):
+    """The segment holds the access-log rings (client addresses, URLs, user
+    agents): mode 0600, owned by the user the proxy runs as."""
+    from uproxy import shm
+    up = HttpUpstream()
+    p = Proxy(tmp_path, http_config(free_port(), up))
+    try:
+        st = os.stat(shm.path_for(p.pid))
+        assert st.st_mode & 0o777 == 0o600, oct(st.st_mode)
+        assert st.st_uid == os.geteuid()
+    finally:
+        assert p.stop() == 0, p.output()
+        up.close()
+
+
+@root_only
+def test_statistics_segment_belongs_to_the_dropped_user():
+    from uproxy import shm
+    up = HttpUpstream()
+    d = public_dir()
+    p = Proxy(d, http_config(free_port(), up, user="nobody"))
+    try:
+        st = os.stat(shm.path_for(p.pid))
+        assert st.st_mode & 0o777 == 0o600, oct(st.st_mode)
+        assert st.st_uid == pwd.getpwnam("nobody").pw_uid
+    finally:
+        assert p.stop() == 0, p.output()
+        up.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@root_only
+def test_stats_and_top_as_another_user_say_what_to_do():
+    """Another user (not root) cannot read a proxy's statistics: `uproxy
+    stats` and `uproxy top` say whose they are and how to read them, with
+    no traceback."""
+    up = HttpUpstream()
+    d = public_dir()
+    p = Proxy(d, http_config(free_port(), up))        # runs as root
+    py, env = as_nobody_python()
+    env = dict(os.environ, **env)
+    try:
+        for cmd in (["stats"], ["top", "--once"]):
+            r = subprocess.run(AS_NOBODY + [py, "-m", "uproxy", *cmd, "--pid", str(p.pid)],
+                               capture_output=True, text=True, timeout=60, cwd=d, env=env)
+            out = " ".join((r.stdout + r.stderr).split())
+            assert r.returncode != 0, out
+            assert "Traceback" not in out, out
+            assert f"cannot read the statistics of uproxy pid {p.pid}" in out, out
+            assert "run this as root or as user root" in out, out
+            assert f"sudo uproxy {cmd[0]}" in out, out
+    finally:
+        assert p.stop() == 0, p.output()
+        up.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,11 +1,13 @@
 """The shared-memory statistics segment (layout: docs/stats-layout.md).
 
 The proxy creates ``/dev/shm/uproxy-<pid>.stats``; each worker writes only
-its own block, and any process may map the file read-only and take a
-snapshot (``uproxy stats``, ``uproxy top``, the admin endpoint) without
-touching the request path. The struct definitions come from the compiled
-core, so a reader and the writer built from the same source agree; a
-reader that finds another layout version says so instead of misreading.
+its own block, and a process of the proxy's user (or root) may map the
+file read-only and take a snapshot (``uproxy stats``, ``uproxy top``, the
+admin endpoint) without touching the request path. The file is mode 0600:
+its access-log rings hold client addresses, URLs and user agents. The
+struct definitions come from the compiled core, so a reader and the writer
+built from the same source agree; a reader that finds another layout
+version says so instead of misreading.
 """
 from __future__ import annotations
 
@@ -81,6 +83,26 @@ class LayoutError(Exception):
     pass
 
 
+def _create_private(path: str) -> int:
+    """The segment holds the access-log rings (client addresses, URLs, user
+    agents): readable and writable by the proxy's user only (it is made
+    after the proxy dropped privileges, so that user owns it). Made anew,
+    never opened through a link or over a file someone else left in the
+    shared run directory, which could keep that file's owner and mode."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:         # a stale one from an earlier process with this pid
+        try:
+            os.unlink(path)
+        except PermissionError:
+            raise ValueError(f"{path} exists and belongs to another user; remove it "
+                             f"(it is no running uproxy's: this process has that pid)") from None
+        fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)            # whatever the umask
+    return fd
+
+
 class Segment:
     """Created by the proxy process (writer side)."""
 
@@ -96,7 +118,7 @@ class Segment:
         logs_off = _align(wservers_off + nworkers * row, 4096)
         ring_size = _align(ffi.sizeof("struct up_log_ring"), 4096)
         size = logs_off + nworkers * ring_size
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = _create_private(self.path)
         try:
             os.ftruncate(fd, size)
             self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -211,12 +233,35 @@ def find_pid(pid: int | None) -> int:
     return pids[0]
 
 
+def _not_yours(pid: int) -> str:
+    """What to do when the segment is another user's (it is readable by the
+    proxy's user only: it holds client addresses and URLs)."""
+    import pwd
+    try:
+        uid = os.stat(path_for(pid)).st_uid
+        user = pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError):
+        uid, user = None, None
+    import sys
+    cmd = "uproxy " + (sys.argv[1] if sys.argv[1:2] and sys.argv[1] in ("stats", "top")
+                       else "<command>")
+    who = f"user {user}" if user else (f"uid {uid}" if uid is not None else "the proxy's user")
+    how = f"sudo {cmd}" + (f", or sudo -u {user} {cmd}" if user and user != "root" else "")
+    return (f"cannot read the statistics of uproxy pid {pid}: {path_for(pid)} is readable only "
+            f"by the user the proxy runs as, {who} (it holds client addresses and URLs); "
+            f"run this as root or as {who} ({how})")
+
+
 class Reader:
     """Maps a running proxy's segment read-only."""
 
     def __init__(self, pid: int):
         self.pid = pid
-        with open(path_for(pid), "rb") as f:
+        try:
+            f = open(path_for(pid), "rb")
+        except PermissionError:
+            raise PermissionError(_not_yours(pid)) from None
+        with f:
             self.mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
         self.buf = ffi.from_buffer(self.mm)
         base = ffi.cast("char *", self.buf)

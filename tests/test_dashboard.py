@@ -470,6 +470,7 @@ def test_status_json_has_health_detail(proxy_factory):
     from uproxy.telemetry import detail
     published = detail.read(p.pid)
     assert published["health"][0]["address"] == up.addr
+    assert os.stat(detail.path_for(p.pid)).st_mode & 0o777 == 0o600     # as the segment
     assert p.stop() == 0
     assert not os.path.exists(detail.path_for(p.pid))      # removed at stop, not left behind
     up.close()

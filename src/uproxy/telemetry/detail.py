@@ -1,7 +1,8 @@
 """The control plane's detail for `uproxy top`: what the statistics segment
 does not hold, published by the proxy as a small JSON file next to it,
 `<run dir>/uproxy-<pid>.detail.json` (written whole and renamed into place,
-so a reader never sees half of it; removed when the proxy stops).
+so a reader never sees half of it; mode 0600 like the segment, owned by the
+proxy's user; removed when the proxy stops).
 
 - ``health``: per actively checked server, the last check's result, reason
   and latency, when it ran, and when the server's state last changed;
@@ -130,9 +131,14 @@ class Publisher:
                 return
             tmp = f"{self.path}.{threading.get_ident()}.tmp"
             try:
-                with open(tmp, "w") as f:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)              # a stale one from a crash
+                # as the segment: readable by the proxy's user only (it names
+                # servers, addresses and what the proxy logged)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "w") as f:
                     f.write(body)
-                os.chmod(tmp, 0o644)
                 os.replace(tmp, self.path)
                 self.last_body = body
             except OSError:

@@ -106,10 +106,18 @@ def unanswering_port():
 
 class Server:
     """A threaded TCP server on 127.0.0.1 whose per-connection behaviour is
-    a function handle(conn, server). Records connections it saw."""
+    a function handle(conn, server). Records connections it saw.
 
-    def __init__(self, handle, port=0, backlog=1024, accept=True):
+    An exception a handler raises is kept in `errors` and fails the test:
+    close() (the `servers` fixture's teardown, or the test's own) raises
+    it, with its traceback. A test whose handlers fail on purpose says so
+    with errors_expected=True and asserts on `errors` itself. Exceptions
+    raised once close() began are its own doing (it closes the handlers'
+    sockets) and are not kept."""
+
+    def __init__(self, handle, port=0, backlog=1024, accept=True, errors_expected=False):
         self.handle = handle
+        self.errors_expected = errors_expected
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -142,9 +150,10 @@ class Server:
             if r is not None:
                 with self.lock:
                     self.results.append(r)
-        except Exception as e:  # recorded for the test to assert on
+        except Exception as e:  # fails the test at close(), unless errors_expected
             with self.lock:
-                self.errors.append(e)
+                if not self.closed:
+                    self.errors.append(e)
         finally:
             try:
                 c.close()
@@ -152,7 +161,10 @@ class Server:
                 pass
 
     def close(self):
-        self.closed = True
+        with self.lock:
+            first = not self.closed
+            self.closed = True
+            errors = list(self.errors)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -164,6 +176,13 @@ class Server:
                     c.close()
                 except OSError:
                     pass
+        if first and errors and not self.errors_expected:
+            import traceback
+            name = getattr(self.handle, "__qualname__", repr(self.handle))
+            raise AssertionError(
+                f"upstream handler {name} on {self.addr} raised {len(errors)} exception(s) "
+                f"(a test that provokes them passes errors_expected=True); the first:\n" +
+                "".join(traceback.format_exception(errors[0])))
 
 
 def echo(c, srv):

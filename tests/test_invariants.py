@@ -79,8 +79,10 @@ def _allocations_after(tmp_path, so, forwarding, n_conns, profile_env):
         assert p.stop() == 0
         up.close()
     counts = dict(map(int, l.split()) for l in open(log))
-    assert tid in counts or True
-    return counts.get(tid, 0)
+    # A worker allocates at start (its slabs, ring and pools): a thread the
+    # interposer never saw is a log that missed the worker, not a zero.
+    assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
+    return counts[tid]
 
 
 @pytest.mark.parametrize("forwarding", ["splice", "buffered"])
@@ -165,7 +167,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env):
         assert p.stop() == 0
         up.close()
     counts = dict(map(int, l.split()) for l in open(log))
-    return counts.get(tid, 0)
+    assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
+    return counts[tid]
 
 
 @pytest.mark.parametrize("profile", ["full", "5.15"])
@@ -179,3 +182,25 @@ def test_no_allocation_per_http_request(tmp_path, profile):
     b = _http_allocations_after(tmp_path, so, 10 * n, env)
     assert a > 0
     assert b - a <= 5, f"worker allocations grew with requests: {a} after {n}, {b} after {10 * n}"
+
+
+def test_an_upstream_handler_exception_fails_its_test():
+    """The checks above trust their upstreams: an exception in a
+    support.Server handler fails the test that caused it (at close(), which
+    the `servers` fixture's teardown calls), unless the test declares
+    errors_expected=True and asserts on them itself."""
+    def broken(c, srv):
+        raise ValueError("a bug in the handler")
+
+    for expected in (False, True):
+        srv = Server(broken, errors_expected=expected)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+            assert s.recv(1) == b""            # closed once the handler raised
+        wait_for(lambda: srv.errors, what="the handler's exception")
+        if expected:
+            srv.close()
+            assert [str(e) for e in srv.errors] == ["a bug in the handler"]
+        else:
+            with pytest.raises(AssertionError, match="a bug in the handler"):
+                srv.close()
+            srv.close()                         # reported once

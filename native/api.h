@@ -27,7 +27,6 @@
 #define UP_F_COOP_TASKRUN       32
 #define UP_F_REGISTERED_FILES   64
 #define UP_F_REGISTERED_RING    128
-#define UP_F_ALL                255
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -383,7 +382,6 @@ int up_worker_setup(struct up_worker *w);
 int up_worker_loop(struct up_worker *w);
 const char *up_worker_error(struct up_worker *w);
 void up_worker_free(struct up_worker *w);
-uint64_t up_now_ms(void);
 
 /* Publishing to the workers, with the memory ordering Python cannot state. */
 void up_control_publish(struct up_control *ctl, struct up_config *cfg);

@@ -82,7 +82,6 @@ struct conn {
 #define C_COUNTED    16   /* counted in its server's in_flight */
 #define C_CFG_REF    32   /* holds a reference on cfg */
 #define C_POOLED     64   /* upstream: idle in the pool */
-#define C_DRAINING   128  /* client: closing after the response (lingering) */
 #define C_HEADRECV   256  /* upstream: receive heads alone (big bodies follow by splice) */
 
 #endif

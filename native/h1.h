@@ -161,7 +161,6 @@ void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off);
 void q_release_all(struct worker *w, struct conn *c);
 uint32_t q_contiguous(struct worker *w, struct conn *c, const uint8_t **p);
 int q_assemble(struct worker *w, struct conn *c, uint32_t limit);
-uint32_t q_bytes_after(struct worker *w, const struct conn *c, uint32_t bid, uint32_t off);
 
 /* shared scratch of the worker for parse results (one parse at a time) */
 struct h1_request *w_req(struct worker *w);
@@ -174,11 +173,6 @@ static inline void txn_touch(struct worker *w, struct txn *t)
     struct conn *c = &w->conns[t->client];
     if (c->expires_ms && t->idle_ms)
         c->expires_ms = w->now_ms + t->idle_ms;
-}
-
-static inline bool h1_kind(const struct conn *c)
-{
-    return c->kind == CK_H1_CLIENT || c->kind == CK_H1_UPSTREAM;
 }
 
 #endif

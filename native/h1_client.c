@@ -144,10 +144,6 @@ void h1_client_next(struct worker *w, struct conn *c)
         /* Gather the pieces into one assembly buffer, which also frees the
          * receive buffers a slow client would otherwise hold. */
         int a = q_assemble(w, c, l->max_head);
-        if (a == -2) {
-            h1_client_reply_error(w, c, 431);
-            return;
-        }
         if (a == -1) {
             h1_client_reply_error(w, c, 503);
             return;

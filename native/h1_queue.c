@@ -142,17 +142,3 @@ int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
     x->off = 0;
     return 0;            /* x->queued is unchanged: the same bytes, moved */
 }
-
-/* Bytes in the queue from (bid, off) to its end; bid NIL means its front. */
-uint32_t q_bytes_after(struct worker *w, const struct conn *c, uint32_t bid, uint32_t off)
-{
-    const struct bufpool *p = &w->bufs;
-    if (bid == NIL) {
-        bid = c->x.head;
-        off = c->x.off;
-    }
-    uint32_t n = 0;
-    for (; bid != NIL; bid = p->next[bid], off = 0)
-        n += p->len[bid] - off;
-    return n;
-}

@@ -17,13 +17,6 @@
 #include <unistd.h>
 #include "h1.h"
 
-uint64_t up_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Time is read once per loop turn, after the wait: everything that
  * completes in one turn happened at the same moment as far as deadlines,
  * latency histograms and access-log times go (a turn is microseconds). */

@@ -246,10 +246,13 @@ def _not_yours(pid: int) -> str:
     cmd = "uproxy " + (sys.argv[1] if sys.argv[1:2] and sys.argv[1] in ("stats", "top")
                        else "<command>")
     who = f"user {user}" if user else (f"uid {uid}" if uid is not None else "the proxy's user")
-    how = f"sudo {cmd}" + (f", or sudo -u {user} {cmd}" if user and user != "root" else "")
+    if user == "root":
+        todo = f"run this as root ({'sudo ' + cmd})"
+    else:
+        todo = (f"run this as root or as {who} (sudo {cmd}"
+                + (f", or sudo -u {user} {cmd})" if user else ")"))
     return (f"cannot read the statistics of uproxy pid {pid}: {path_for(pid)} is readable only "
-            f"by the user the proxy runs as, {who} (it holds client addresses and URLs); "
-            f"run this as root or as {who} ({how})")
+            f"by the user the proxy runs as, {who} (it holds client addresses and URLs); {todo}")
 
 
 class Reader:

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "worker.h"
+#include "core/worker.h"
 
 int pipes_init(struct worker *w)
 {

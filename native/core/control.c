@@ -5,7 +5,7 @@
  * sees everything the table holds.
  */
 #include "api.h"
-#include "hist.h"
+#include "core/hist.h"
 
 void up_control_publish(struct up_control *ctl, struct up_config *cfg)
 {

@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "h1.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include "core/worker.h"
 
 struct conn *conn_alloc(struct worker *w)
 {
@@ -35,6 +37,7 @@ static void conn_release(struct worker *w, struct conn *c)
 {
     c->kind = CK_FREE;
     c->state = CS_CLOSED;
+    c->flags &= (uint16_t)~C_HANDED_UP;    /* a stale hand-up entry is skipped */
     w->free_ids[w->nfree++] = (uint32_t)(c - w->conns);
 }
 
@@ -144,9 +147,38 @@ void conn_submit_close(struct worker *w, struct conn *c)
     c->fd = -1;
 }
 
+/* Work for the connection's protocol, which the core does not know: the
+ * loop drains these after every completion (conn_next_handed_up) and
+ * switches on the kind there, the one place that names every protocol. A
+ * connection is on the stack at most once while it has a reason set. */
+void conn_hand_up(struct worker *w, struct conn *c, uint16_t why)
+{
+    if (!(c->flags & C_HANDED_UP)) {
+        if (w->nhandup == w->handup_cap) {
+            fprintf(stderr, "uproxy: worker %u: hand-up stack full\n", w->o.index);
+            abort();
+        }
+        w->handup[w->nhandup++] = (uint32_t)(c - w->conns);
+    }
+    c->flags |= why;
+}
+
+struct conn *conn_next_handed_up(struct worker *w, uint16_t *why)
+{
+    while (w->nhandup) {
+        struct conn *c = &w->conns[w->handup[--w->nhandup]];
+        *why = c->flags & C_HANDED_UP;
+        c->flags &= (uint16_t)~C_HANDED_UP;
+        if (*why && c->kind != CK_FREE)
+            return c;
+    }
+    return NULL;
+}
+
 /* Called after each final completion of c (and by conn_close). When a
- * closing connection has nothing outstanding, its fd goes; when that close
- * completes, its slot goes back to the slab. */
+ * closing connection has nothing outstanding, its protocol finishes it
+ * (handed up to the loop); when its close completes, its slot goes back to
+ * the slab. */
 void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more)
 {
     (void)more;
@@ -156,17 +188,8 @@ void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more)
     }
     if (c->state != CS_CLOSING || c->inflight)
         return;
-    switch (c->kind) {
-    case CK_L4_CLIENT:
-    case CK_L4_UPSTREAM:
-        l4_try_finish(w, c);
-        break;
-    case CK_H1_CLIENT:
-    case CK_H1_UPSTREAM:
-        h1_try_finish(w, c);
-        break;
-    default:
+    if (c->kind == CK_FREE)
         conn_submit_close(w, c);
-        break;
-    }
+    else
+        conn_hand_up(w, c, C_UP_FINISH);
 }

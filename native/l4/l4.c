@@ -14,7 +14,8 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "worker.h"
+#include "l4/l4.h"
+#include "upstream/upstream.h"
 
 static inline struct conn *peer_of(struct worker *w, struct conn *c)
 {

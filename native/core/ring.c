@@ -8,11 +8,12 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "worker.h"
+#include "core/worker.h"
 
 static unsigned setup_flags(uint32_t features)
 {
@@ -59,6 +60,24 @@ int ring_init(struct worker *w)
         io_uring_register_iowq_aff(&w->ring, sizeof set, &set);
     }
     return 0;
+}
+
+struct io_uring_sqe *sqe_get(struct worker *w)
+{
+    struct io_uring_sqe *s = io_uring_get_sqe(&w->ring);
+    if (s)
+        return s;
+    w->c[UP_C_URING_SQ_FULL]++;
+    w->c[UP_C_URING_ENTERS]++;
+    int r = io_uring_submit(&w->ring);
+    if (r > 0)
+        w->c[UP_C_URING_SQES] += (uint64_t)r;
+    s = io_uring_get_sqe(&w->ring);
+    if (!s) {
+        fprintf(stderr, "uproxy: worker %u: submission queue stuck full\n", w->o.index);
+        abort();
+    }
+    return s;
 }
 
 /* ---- probe ------------------------------------------------------------ */

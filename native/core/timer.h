@@ -17,7 +17,8 @@ struct conn;
 
 struct wheel {
     uint32_t slot[WHEEL_SLOTS + 1];   /* the last: deadlines moved later */
-    uint64_t done_tick;       /* every tick up to this one has been run */
+    uint64_t done_tick;       /* every tick up to this one has been run (or is being run) */
+    uint8_t running;          /* done_tick's slot is being emptied */
 };
 
 void wheel_init(struct worker *w);
@@ -28,8 +29,9 @@ void timer_cancel(struct worker *w, struct conn *c);
  * moves the node when its old slot comes round), so per-request deadline
  * changes cost a store, not a relink. */
 void timer_set(struct worker *w, struct conn *c, uint64_t expires_ms);
-/* Run every deadline that has passed; calls conn_expired() for each. */
-void wheel_run(struct worker *w);
-void conn_expired(struct worker *w, struct conn *c);
+/* The next connection whose deadline has passed, or NULL when every tick
+ * up to now has been run. The loop calls it until NULL and hands each one
+ * to its protocol: the wheel itself never calls up. */
+struct conn *wheel_expired(struct worker *w);
 
 #endif

@@ -14,7 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include "h1.h"
+#include "http/h1.h"
 
 static struct bsplice *bs_of(struct txn *t, int dir)
 {

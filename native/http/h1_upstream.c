@@ -8,7 +8,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <unistd.h>
-#include "h1.h"
+#include "http/h1.h"
 
 /* An upstream whose responses are big (C_HEADRECV) is read one head-sized
  * receive at a time: a multishot receive would pull the whole body into
@@ -387,8 +387,9 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
         w->srv[u->slot].in_flight--;
         u->flags &= ~C_COUNTED;
     }
-    if (reusable && cl && u->state == CS_OPEN) {
-        pool_put(w, u, cl->pool_max_idle, cl->pool_idle_timeout_ms);
+    if (reusable && cl && u->state == CS_OPEN &&
+        pool_put(w, u, cl->pool_max_idle, cl->pool_idle_timeout_ms)) {
+        u->h1 = H_POOL;
         return;
     }
     h1_upstream_close(w, u, false);

@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <string.h>
 #include <unistd.h>
-#include "h1.h"
+#include "http/h1.h"
 
 #define LINGER_MS 2000
 
@@ -349,4 +349,15 @@ void h1_try_finish(struct worker *w, struct conn *c)
         s->peer = NIL;
         conn_submit_close(w, s);
     }
+}
+
+/* The drain deadline passed with this client still here: its transaction
+ * (if one is under way) ends now, or the connection closes. */
+void h1_client_cut(struct worker *w, struct conn *c)
+{
+    struct txn *t = txn_of(w, c);
+    if (t && c->h1 == H_TXN)
+        txn_abort(w, t, 0, false);
+    else
+        h1_client_close(w, c, false);
 }

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
-#include "worker.h"
+#include "core/worker.h"
 
 static void *map(size_t bytes)
 {

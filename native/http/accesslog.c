@@ -7,7 +7,7 @@
  * the record and counts it: logging never makes a worker wait.
  */
 #include <string.h>
-#include "h1.h"
+#include "http/h1.h"
 
 static uint8_t put(char *dst, size_t cap, const uint8_t *src, uint32_t len)
 {

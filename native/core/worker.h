@@ -1,6 +1,7 @@
 /*
  * One worker: one thread, one io_uring ring, and everything that thread
- * owns. Nothing in here is shared with another worker, so nothing in here
+ * owns. The core's types and primitives; the layers above (upstream, l4,
+ * http, the loop in worker/) add their own headers and call only down. Nothing in here is shared with another worker, so nothing in here
  * needs a lock; the only shared things are the immutable configuration
  * (read through w->cfg) and the worker's own counter block (w->shm).
  */
@@ -9,11 +10,11 @@
 #include <liburing.h>
 #include <stdbool.h>
 #include "api.h"
-#include "conn.h"
-#include "bufpool.h"
-#include "pipes.h"
-#include "timer.h"
-#include "hist.h"
+#include "core/conn.h"
+#include "core/bufpool.h"
+#include "core/pipes.h"
+#include "core/timer.h"
+#include "core/hist.h"
 
 /* What a completion is about: the top byte of user_data. The low 32 bits
  * name the connection (or the listener slot, for accepts). */
@@ -85,6 +86,8 @@ struct worker {
     uint64_t rng;
     uint8_t *scratch;               /* SCRATCH_SIZE bytes, for draining */
     uint32_t starved_head;          /* conns waiting for a free buffer */
+    uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
+    uint32_t nhandup, handup_cap;
 
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
@@ -144,30 +147,10 @@ void conn_starve(struct worker *w, struct conn *c);
 /* Wait for readiness on c (one poll per op kind; a second is not needed). */
 void conn_poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events);
 bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2]);
-
-/* acceptor.c */
-void acceptors_sync(struct worker *w);
-void acceptors_pause(struct worker *w, bool pause);
-void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe);
-void acceptors_check(struct worker *w);
-void acceptors_stop(struct worker *w);
-bool acceptors_idle(struct worker *w);
-
-/* balance.c */
-/* key: the hash of the request's key, for balance = hash. */
-int balance_pick(struct worker *w, const struct up_config *cfg,
-                 uint32_t cluster, uint32_t avoid, uint64_t key);
-void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, bool ok);
-
-/* l4.c */
-void l4_start(struct worker *w, const struct up_listener *l, int fd);
-void l4_on_cqe(struct worker *w, struct conn *c, enum op op,
-               struct io_uring_cqe *cqe);
-void l4_on_idle(struct worker *w, struct conn *c);
-void l4_try_finish(struct worker *w, struct conn *c);
-void l4_abort(struct worker *w, struct conn *c);
-void l4_adopt(struct worker *w, struct conn *c);
-void l4_recv_arm(struct worker *w, struct conn *c);
+/* Hand c up to the loop for its protocol (why: C_UP_FINISH, C_UP_ADOPT);
+ * the loop takes them back one by one, with the reasons, until NULL. */
+void conn_hand_up(struct worker *w, struct conn *c, uint16_t why);
+struct conn *conn_next_handed_up(struct worker *w, uint16_t *why);
 
 /* ring.c */
 int ring_init(struct worker *w);

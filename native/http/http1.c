@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "http1_api.h"
+#include "http/http1_api.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>

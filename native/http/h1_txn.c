@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include "h1.h"
+#include "http/h1.h"
 
 static const char S_XFF[] = "X-Forwarded-For: ";
 static const char S_XFP[] = "X-Forwarded-Proto: http\r\n";
@@ -789,5 +789,5 @@ void h1_tunnel(struct worker *w, struct txn *t)
     timer_cancel(w, u);
     c->expires_ms = cfg->listeners[li].idle_timeout_ms ? w->now_ms + cfg->listeners[li].idle_timeout_ms : 0;
     timer_arm(w, c);
-    l4_adopt(w, c);
+    conn_hand_up(w, c, C_UP_ADOPT);     /* the loop hands the pair to l4 */
 }

@@ -1,4 +1,8 @@
-#include "worker.h"
+/*
+ * The timing wheel (core/timer.h). It hands expired connections back to
+ * the loop one at a time (wheel_expired) instead of calling anyone.
+ */
+#include "core/worker.h"
 
 #define LATER WHEEL_SLOTS
 
@@ -66,33 +70,39 @@ void timer_cancel(struct worker *w, struct conn *c)
         unlink_node(w, c);
 }
 
-/* Every list stays well formed while expiry callbacks run, because they may
- * cancel or re-arm any other connection's timer (a session's peer). Nodes
- * whose deadline moved later park on the LATER list until the slot is done,
- * so a deadline a whole lap away cannot land back in the slot being run. */
-void wheel_run(struct worker *w)
+/* Every list stays well formed while the loop handles an expired
+ * connection, because that may cancel or re-arm any other connection's
+ * timer (a session's peer), or this one's. Nodes whose deadline moved later
+ * park on the LATER list until their slot is done, so a deadline a whole
+ * lap away cannot land back in the slot being emptied. */
+struct conn *wheel_expired(struct worker *w)
 {
     uint64_t now_tick = w->now_ms / TICK_MS;
-    if (now_tick - w->wheel.done_tick > WHEEL_SLOTS)
+    if (!w->wheel.running && now_tick - w->wheel.done_tick > WHEEL_SLOTS)
         w->wheel.done_tick = now_tick - WHEEL_SLOTS;
-    while (w->wheel.done_tick < now_tick) {
-        uint64_t tick = ++w->wheel.done_tick;
-        unsigned slot = (unsigned)(tick % WHEEL_SLOTS);
-        uint32_t id;
-        while ((id = w->wheel.slot[slot]) != NIL) {
-            struct conn *c = &w->conns[id];
-            unlink_node(w, c);
-            if (!c->expires_ms)
-                continue;
-            if (c->expires_ms <= w->now_ms)
-                conn_expired(w, c);
-            else
+    for (;;) {
+        if (w->wheel.running) {
+            unsigned slot = (unsigned)(w->wheel.done_tick % WHEEL_SLOTS);
+            uint32_t id;
+            while ((id = w->wheel.slot[slot]) != NIL) {
+                struct conn *c = &w->conns[id];
+                unlink_node(w, c);
+                if (!c->expires_ms)
+                    continue;
+                if (c->expires_ms <= w->now_ms)
+                    return c;
                 push(w, c, LATER);
+            }
+            while ((id = w->wheel.slot[LATER]) != NIL) {
+                struct conn *c = &w->conns[id];
+                unlink_node(w, c);
+                link_node(w, c);
+            }
+            w->wheel.running = 0;
         }
-        while ((id = w->wheel.slot[LATER]) != NIL) {
-            struct conn *c = &w->conns[id];
-            unlink_node(w, c);
-            link_node(w, c);
-        }
+        if (w->wheel.done_tick >= now_tick)
+            return NULL;
+        w->wheel.done_tick++;
+        w->wheel.running = 1;
     }
 }

@@ -15,7 +15,9 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
-#include "h1.h"
+#include "worker/loop.h"
+#include "l4/l4.h"
+#include "http/h1.h"
 
 uint64_t up_now_ms(void)
 {
@@ -38,24 +40,6 @@ static void tick_clock(struct worker *w)
 
 static void resume_starved(struct worker *w);
 
-struct io_uring_sqe *sqe_get(struct worker *w)
-{
-    struct io_uring_sqe *s = io_uring_get_sqe(&w->ring);
-    if (s)
-        return s;
-    w->c[UP_C_URING_SQ_FULL]++;
-    w->c[UP_C_URING_ENTERS]++;
-    int r = io_uring_submit(&w->ring);
-    if (r > 0)
-        w->c[UP_C_URING_SQES] += (uint64_t)r;
-    s = io_uring_get_sqe(&w->ring);
-    if (!s) {
-        fprintf(stderr, "uproxy: worker %u: submission queue stuck full\n", w->o.index);
-        abort();
-    }
-    return s;
-}
-
 struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
                                 struct up_shm_worker *shm, struct up_shm_wserver *servers,
                                 struct up_log_ring *log)
@@ -77,6 +61,10 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->conns = mmap(NULL, sizeof(struct conn) * w->nconns, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     w->free_ids = calloc(w->nconns, sizeof(uint32_t));
+    /* A connection is on the hand-up stack once per reason set; a slot
+     * freed and taken again within one drain may leave a stale entry. */
+    w->handup_cap = 2 * w->nconns;
+    w->handup = calloc(w->handup_cap, sizeof(uint32_t));
     w->scratch = malloc(SCRATCH_SIZE);
     /* HTTP: one transaction per client connection at most. */
     w->ntxns = o->max_conns;
@@ -87,7 +75,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->pool_count = calloc(UP_MAX_SERVERS, sizeof(uint32_t));
     w->req_scratch = malloc(sizeof(struct h1_request));
     w->resp_scratch = malloc(sizeof(struct h1_response));
-    if (w->conns == MAP_FAILED || w->txns == MAP_FAILED || !w->free_ids || !w->scratch ||
+    if (w->conns == MAP_FAILED || w->txns == MAP_FAILED || !w->free_ids || !w->handup || !w->scratch ||
         !w->txn_free || !w->pool_head || !w->pool_count || !w->req_scratch || !w->resp_scratch) {
         if (w->txns == MAP_FAILED)
             w->txns = NULL;
@@ -194,6 +182,97 @@ fail:
     return r;
 }
 
+/* What the loop asks of a connection's protocol. */
+enum event {
+    EV_CQE,           /* a completion of one of its operations */
+    EV_EXPIRED,       /* its deadline passed */
+    EV_FINISH,        /* closing, nothing outstanding: give back and close */
+    EV_ADOPT,         /* its kind changed (an HTTP upgrade became a tunnel) */
+    EV_RESUME,        /* a receive that starved for buffers may start again */
+    EV_CUT,           /* the drain deadline passed: end it now */
+};
+
+/* The one place that names every protocol (DESIGN.md section 4): a switch
+ * on the connection's kind, no function pointers. */
+static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op op,
+                        struct io_uring_cqe *cqe)
+{
+    switch (c->kind) {
+    case CK_L4_CLIENT:
+    case CK_L4_UPSTREAM:
+        switch (ev) {
+        case EV_CQE:
+            l4_on_cqe(w, c, op, cqe);
+            break;
+        case EV_EXPIRED:
+            l4_on_idle(w, c);
+            break;
+        case EV_FINISH:
+            l4_try_finish(w, c);
+            break;
+        case EV_ADOPT:
+            l4_adopt(w, c);
+            break;
+        case EV_RESUME:
+            l4_recv_arm(w, c);
+            break;
+        case EV_CUT:
+            if (c->kind == CK_L4_CLIENT)
+                l4_abort(w, c);
+            break;
+        }
+        break;
+    case CK_H1_CLIENT:
+    case CK_H1_UPSTREAM: {
+        bool client = c->kind == CK_H1_CLIENT;
+        switch (ev) {
+        case EV_CQE:
+            if (client)
+                h1_client_cqe(w, c, op, cqe);
+            else
+                h1_upstream_cqe(w, c, op, cqe);
+            break;
+        case EV_EXPIRED:
+            if (client)
+                h1_client_expired(w, c);
+            else
+                h1_upstream_expired(w, c);
+            break;
+        case EV_FINISH:
+            h1_try_finish(w, c);
+            break;
+        case EV_ADOPT:
+            break;
+        case EV_RESUME:
+            h1_recv_arm(w, c);
+            break;
+        case EV_CUT:
+            if (client)
+                h1_client_cut(w, c);
+            break;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* What the core handed up (conn_hand_up) while a protocol ran: drained
+ * after every completion, expiry and control step, so a connection is
+ * finished in the same loop turn it became finishable. */
+static void run_handed_up(struct worker *w)
+{
+    uint16_t why;
+    struct conn *c;
+    while ((c = conn_next_handed_up(w, &why))) {
+        if ((why & C_UP_ADOPT) && c->state == CS_OPEN)
+            to_protocol(w, c, EV_ADOPT, OP_NONE, NULL);
+        if ((why & C_UP_FINISH) && c->state == CS_CLOSING && !c->inflight)
+            to_protocol(w, c, EV_FINISH, OP_NONE, NULL);
+    }
+}
+
 static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 {
     uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -221,41 +300,19 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
         c->inflight--;
         c->ops &= (uint16_t)~(1u << op);
     }
-    switch (c->kind) {
-    case CK_L4_CLIENT:
-    case CK_L4_UPSTREAM:
-        l4_on_cqe(w, c, op, cqe);
-        break;
-    case CK_H1_CLIENT:
-        h1_client_cqe(w, c, op, cqe);
-        break;
-    case CK_H1_UPSTREAM:
-        h1_upstream_cqe(w, c, op, cqe);
-        break;
-    default:
-        break;
-    }
+    to_protocol(w, c, EV_CQE, op, cqe);
     if (!more)
         conn_op_done(w, c, op, more);
 }
 
-void conn_expired(struct worker *w, struct conn *c)
+/* Deadlines that passed, one by one from the wheel. */
+static void run_expired(struct worker *w)
 {
-    if (c->state >= CS_CLOSING)
-        return;
-    switch (c->kind) {
-    case CK_L4_CLIENT:
-    case CK_L4_UPSTREAM:
-        l4_on_idle(w, c);
-        break;
-    case CK_H1_CLIENT:
-        h1_client_expired(w, c);
-        break;
-    case CK_H1_UPSTREAM:
-        h1_upstream_expired(w, c);
-        break;
-    default:
-        break;
+    struct conn *c;
+    while ((c = wheel_expired(w))) {
+        if (c->state < CS_CLOSING)
+            to_protocol(w, c, EV_EXPIRED, OP_NONE, NULL);
+        run_handed_up(w);
     }
 }
 
@@ -267,22 +324,9 @@ static void cut_everything(struct worker *w)
         if (c->kind == CK_FREE || c->state >= CS_CLOSING || !(c->flags & C_SESSION))
             continue;
         w->c[UP_C_DRAIN_FORCED]++;
-        switch (c->kind) {
-        case CK_L4_CLIENT:
-            l4_abort(w, c);
-            break;
-        case CK_H1_CLIENT: {
-            struct txn *t = txn_of(w, c);
-            if (t && c->h1 == H_TXN)
-                txn_abort(w, t, 0, false);
-            else
-                h1_client_close(w, c, false);
-            break;
-        }
-        default:
-            break;
-        }
+        to_protocol(w, c, EV_CUT, OP_NONE, NULL);
     }
+    run_handed_up(w);
 }
 
 static bool control(struct worker *w)
@@ -293,6 +337,7 @@ static bool control(struct worker *w)
         w->drain_deadline_ms = w->now_ms + w->ctl->drain_timeout_ms;
         acceptors_stop(w);
         h1_stop_idle(w);
+        run_handed_up(w);
         __atomic_store_n(&w->shm->state, UP_WS_DRAINING, __ATOMIC_RELEASE);
     }
     if (w->stopping) {
@@ -311,7 +356,7 @@ int up_worker_loop(struct up_worker *uw)
     struct worker *w = (struct worker *)uw;
     for (;;) {
         w->shm->heartbeat_ms = w->now_ms;   /* the clock of the last wake-up (or setup) */
-        wheel_run(w);
+        run_expired(w);
         if (!control(w))
             break;
         if (!w->tick_armed)
@@ -333,6 +378,7 @@ int up_worker_loop(struct up_worker *uw)
         struct io_uring_cqe *cqe;
         io_uring_for_each_cqe(&w->ring, head, cqe) {
             dispatch(w, cqe);
+            run_handed_up(w);
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
@@ -353,6 +399,7 @@ void up_worker_free(struct up_worker *uw)
     if (w->txns)
         munmap(w->txns, sizeof(struct txn) * w->ntxns);
     free(w->free_ids);
+    free(w->handup);
     free(w->scratch);
     free(w->txn_free);
     free(w->pool_head);
@@ -360,16 +407,6 @@ void up_worker_free(struct up_worker *uw)
     free(w->req_scratch);
     free(w->resp_scratch);
     free(w);
-}
-
-struct h1_request *w_req(struct worker *w)
-{
-    return w->req_scratch;
-}
-
-struct h1_response *w_resp(struct worker *w)
-{
-    return w->resp_scratch;
 }
 
 /* Once per loop turn: receives that stopped for want of a buffer start
@@ -383,17 +420,7 @@ static void resume_starved(struct worker *w)
         c->x.flags &= ~X_STARVED;
         if (c->state != CS_OPEN)
             continue;
-        switch (c->kind) {
-        case CK_L4_CLIENT:
-        case CK_L4_UPSTREAM:
-            l4_recv_arm(w, c);
-            break;
-        case CK_H1_CLIENT:
-        case CK_H1_UPSTREAM:
-            h1_recv_arm(w, c);
-            break;
-        default:
-            break;
-        }
+        to_protocol(w, c, EV_RESUME, OP_NONE, NULL);
+        run_handed_up(w);
     }
 }

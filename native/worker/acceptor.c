@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include "h1.h"
+#include "worker/loop.h"
+#include "l4/l4.h"
+#include "http/h1.h"
 
 #define EMFILE_BACKOFF_MS 200
 

@@ -5,7 +5,7 @@
  * the statistics segment. No worker writes what another reads. The
  * algorithm is a switch on the cluster's setting, not a function pointer.
  */
-#include "worker.h"
+#include "upstream/upstream.h"
 
 static inline struct up_server_wstate *
 wstate(struct worker *w, const struct up_config *cfg, uint32_t s)

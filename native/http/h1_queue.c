@@ -6,7 +6,7 @@
  * iovecs, cursors and releases never need to know the difference.
  */
 #include <string.h>
-#include "h1.h"
+#include "http/h1.h"
 
 void q_push(struct worker *w, struct conn *c, uint32_t bid, uint32_t len)
 {

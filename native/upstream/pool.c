@@ -12,7 +12,7 @@
  * that closes one is noticed (and the connection dropped) before it could
  * be handed out.
  */
-#include "h1.h"
+#include "upstream/upstream.h"
 
 struct conn *pool_get(struct worker *w, uint32_t slot)
 {
@@ -45,12 +45,10 @@ void pool_remove(struct worker *w, struct conn *u)
 
 /* Most recently used first: the warmest connection goes out next, and the
  * coldest ones reach their idle timeout and go. */
-void pool_put(struct worker *w, struct conn *u, uint32_t max_idle, uint32_t idle_timeout_ms)
+bool pool_put(struct worker *w, struct conn *u, uint32_t max_idle, uint32_t idle_timeout_ms)
 {
-    if (w->pool_count[u->slot] >= max_idle || w->stopping) {
-        h1_upstream_close(w, u, false);
-        return;
-    }
+    if (w->pool_count[u->slot] >= max_idle || w->stopping)
+        return false;
     uint32_t id = (uint32_t)(u - w->conns);
     u->pprev = NIL;
     u->pnext = w->pool_head[u->slot];
@@ -58,10 +56,10 @@ void pool_put(struct worker *w, struct conn *u, uint32_t max_idle, uint32_t idle
         w->conns[u->pnext].pprev = id;
     w->pool_head[u->slot] = id;
     u->flags |= C_POOLED;
-    u->h1 = H_POOL;
     w->pool_count[u->slot]++;
     w->c[UP_C_POOL_IDLE]++;
     w->srv[u->slot].idle++;
     u->expires_ms = idle_timeout_ms ? w->now_ms + idle_timeout_ms : 0;
     timer_arm(w, u);
+    return true;
 }

@@ -11,8 +11,8 @@
 #define UPROXY_H1_H
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include "http1_api.h"
-#include "worker.h"
+#include "http/http1_api.h"
+#include "upstream/upstream.h"
 
 enum h1_conn_state {
     H_IDLE,           /* client: between requests (or before the first) */
@@ -100,6 +100,7 @@ void h1_client_next(struct worker *w, struct conn *c);
 void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status);
 void h1_client_close(struct worker *w, struct conn *c, bool reset);
 void h1_finish(struct worker *w, struct conn *c);
+void h1_client_cut(struct worker *w, struct conn *c);
 
 /* h1_txn.c */
 struct txn *txn_of(struct worker *w, const struct conn *c);
@@ -146,13 +147,6 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res);
 void h1_try_finish(struct worker *w, struct conn *c);
 void h1_stop_idle(struct worker *w);
 
-/* pool.c: the founding contract (DESIGN.md): get and put, synchronous,
- * constant time, never waiting. Keyed by the server's stat slot, which is
- * stable across reloads, so pooled connections outlive a reload. */
-struct conn *pool_get(struct worker *w, uint32_t slot);
-void pool_put(struct worker *w, struct conn *u, uint32_t max_idle, uint32_t idle_timeout_ms);
-void pool_remove(struct worker *w, struct conn *u);
-
 /* Queues of received bytes (h1_queue.c): buffers linked through the pool's
  * per-buffer links; assembly buffers (for heads that span receives) share
  * the id space above the provided buffers. */
@@ -164,8 +158,15 @@ int q_assemble(struct worker *w, struct conn *c, uint32_t limit);
 uint32_t q_bytes_after(struct worker *w, const struct conn *c, uint32_t bid, uint32_t off);
 
 /* shared scratch of the worker for parse results (one parse at a time) */
-struct h1_request *w_req(struct worker *w);
-struct h1_response *w_resp(struct worker *w);
+static inline struct h1_request *w_req(struct worker *w)
+{
+    return w->req_scratch;
+}
+
+static inline struct h1_response *w_resp(struct worker *w)
+{
+    return w->resp_scratch;
+}
 
 /* Progress on either side pushes the transaction's idle deadline (kept on
  * the client connection) later; the wheel moves the node lazily. */

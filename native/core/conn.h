@@ -84,5 +84,10 @@ struct conn {
 #define C_POOLED     64   /* upstream: idle in the pool */
 #define C_DRAINING   128  /* client: closing after the response (lingering) */
 #define C_HEADRECV   256  /* upstream: receive heads alone (big bodies follow by splice) */
+/* Handed up to the loop (conn_hand_up): the core never names a protocol,
+ * so what only the connection's protocol can do waits for the loop. */
+#define C_UP_FINISH  512  /* closing, nothing outstanding: finish it */
+#define C_UP_ADOPT   1024 /* its kind changed: the new protocol takes it */
+#define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT)
 
 #endif

@@ -1,0 +1,25 @@
+/*
+ * The upstream layer: choosing a server (balance.c) and keeping idle
+ * connections to it (pool.c). It knows servers and connections, never the
+ * protocol spoken on them: callers (l4, http) decide what a connection
+ * that the pool does not keep becomes.
+ */
+#ifndef UPROXY_UPSTREAM_H
+#define UPROXY_UPSTREAM_H
+#include "core/worker.h"
+
+/* balance.c. key: the hash of the request's key, for balance = hash. */
+int balance_pick(struct worker *w, const struct up_config *cfg,
+                 uint32_t cluster, uint32_t avoid, uint64_t key);
+void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, bool ok);
+
+/* pool.c: the founding contract (DESIGN.md): get and put, synchronous,
+ * constant time, never waiting. Keyed by the server's stat slot, which is
+ * stable across reloads, so pooled connections outlive a reload.
+ * pool_put returns false when the pool does not keep u (full, or the
+ * worker is stopping): the caller closes it. */
+struct conn *pool_get(struct worker *w, uint32_t slot);
+bool pool_put(struct worker *w, struct conn *u, uint32_t max_idle, uint32_t idle_timeout_ms);
+void pool_remove(struct worker *w, struct conn *u);
+
+#endif

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # A folder per layer (DESIGN.md section 4), lowest first; a layer's files
 # call only into their own folder and the ones before it
 # (tests/unit/test_layers.py checks the objects' symbols).
-LAYERS = ["core", "upstream", "l4", "http", "worker"]
+LAYERS = ["core", "upstream", "transport", "l4", "http", "worker"]
 SOURCES = sorted(
     os.path.relpath(os.path.join(HERE, layer, f))
     for layer in LAYERS for f in os.listdir(os.path.join(HERE, layer)) if f.endswith(".c")

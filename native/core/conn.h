@@ -50,6 +50,7 @@ struct conn {
     uint16_t ops;             /* bit per enum op outstanding (for cancel) */
     uint16_t inflight;        /* SQEs whose final CQE has not come */
     uint8_t attempts;         /* upstream connect attempts so far */
+    uint8_t tp;               /* its transport kind (transport/transport.h) */
     int32_t fd;
     uint32_t peer;            /* the other side of the session, or NIL */
     uint32_t server;          /* upstream: global server index */

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 #include "http/http1_api.h"
 #include "upstream/upstream.h"
+#include "transport/transport.h"
 
 enum h1_conn_state {
     H_IDLE,           /* client: between requests (or before the first) */

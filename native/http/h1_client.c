@@ -81,9 +81,7 @@ void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
     else
         log_refused(w, c, listener_for(w, c), status);
     c->h1 = H_LINGER;
-    struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
-    io_uring_prep_send(s, c->fd, text, len, MSG_NOSIGNAL | MSG_WAITALL);
-    count_op(w, s);
+    tp_send(w, c, text, len);
     set_timer(w, c, LINGER_MS * 5);
 }
 
@@ -179,10 +177,9 @@ void h1_client_next(struct worker *w, struct conn *c)
 static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 {
     bool more = cqe->flags & IORING_CQE_F_MORE;
-    int res = cqe->res;
-    if (cqe->flags & IORING_CQE_F_BUFFER) {
-        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        bufpool_taken(w);
+    uint32_t bid;
+    int res = tp_received(w, c, cqe, &bid);
+    if (bid != NIL) {
         if (c->state != CS_OPEN || res <= 0 || c->h1 == H_LINGER) {
             bufpool_put(w, bid);       /* closing, or lingering: dropped */
         } else {

@@ -61,18 +61,15 @@ static void out_reset(struct out *o)
 static void out_submit(struct worker *w, struct out *o, struct conn *to)
 {
     o->active = 1;
-    struct io_uring_sqe *s = sqe_for(w, to, OP_SEND);
     if (o->n - o->first == 1) {
         /* One piece (an unmodified response, or a body round): a plain
          * send skips the msghdr and iovec import. */
-        io_uring_prep_send(s, to->fd, o->iov[o->first].iov_base, o->iov[o->first].iov_len,
-                           MSG_NOSIGNAL | MSG_WAITALL);
+        tp_send(w, to, o->iov[o->first].iov_base, o->iov[o->first].iov_len);
     } else {
         o->msg.msg_iov = &o->iov[o->first];
         o->msg.msg_iovlen = (size_t)(o->n - o->first);
-        io_uring_prep_sendmsg(s, to->fd, &o->msg, MSG_NOSIGNAL | MSG_WAITALL);
+        tp_sendmsg(w, to, &o->msg);
     }
-    count_op(w, s);
 }
 
 /* After a short send: drop what went out from the front of the round. */

@@ -21,14 +21,8 @@ void h1_recv_arm(struct worker *w, struct conn *c)
     if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED | X_HELD)) ||
         (c->ops & (1u << OP_RECV)))
         return;
-    struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
     bool head = (c->flags & C_HEADRECV) && w->o.splice_min;
-    io_uring_prep_recv(s, c->fd, NULL, head ? HEAD_RECV : 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = BUF_GROUP;
-    if ((w->features & UP_F_MULTISHOT_RECV) && !head)
-        s->ioprio |= IORING_RECV_MULTISHOT;
-    count_op(w, s);
+    tp_recv_arm(w, c, head ? HEAD_RECV : 0);
 }
 
 static void link_txn(struct worker *w, struct txn *t, struct conn *u)
@@ -287,10 +281,9 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
 static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
 {
     bool more = cqe->flags & IORING_CQE_F_MORE;
-    int res = cqe->res;
-    if (cqe->flags & IORING_CQE_F_BUFFER) {
-        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        bufpool_taken(w);
+    uint32_t bid;
+    int res = tp_received(w, u, cqe, &bid);
+    if (bid != NIL) {
         if (u->state != CS_OPEN || res <= 0) {
             bufpool_put(w, bid);
         } else {

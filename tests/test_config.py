@@ -1,6 +1,8 @@
 """One test per kind of configuration mistake: `uproxy check` names the
-file, the key path and the problem, and exits 2; `uproxy run` refuses the
-same way and starts nothing."""
+file, the line, the key path and the problem, and exits 2; `uproxy run`
+refuses the same way and starts nothing. Every mistake of a file is
+reported at once, each at the line where it is written (tests/test_cli.py
+has the command's side: output format, listen addresses, reload)."""
 import os
 import socket
 import subprocess
@@ -72,7 +74,7 @@ MISTAKES = [
     ("unknown balance", lambda t: t.replace('"round_robin"', '"random"'), "clusters[0].balance", "not one of"),
     ("typo in a key", lambda t: t.replace("balance =", "balanse ="), "clusters[0].balanse",
      "did you mean 'balance'"),
-    ("unknown section", lambda t: t + "\n[proxyy]\nworkers = 2\n", "proxyy", "unknown key"),
+    ("unknown section", lambda t: t + "\n[proxyy]\nworkers = 2\n", "proxyy", "unknown table [proxyy]; did you mean [proxy]?"),
     ("wrong type", lambda t: t.replace("workers = 1", 'workers = "two"'), "proxy.workers", "integer"),
     ("workers zero", lambda t: t.replace("workers = 1", "workers = 0"), "proxy.workers", "at least 1"),
     ("bad duration", lambda t: t.replace('balance = "round_robin"', 'connect_timeout = "5 parsecs"'),
@@ -181,3 +183,168 @@ def test_binds_a_privileged_port_then_runs_unprivileged(tmp_path):
     finally:
         assert p.stop() == 0
         up.close()
+
+
+# ---- every mistake, each where it is written ------------------------------------------
+
+POSITIONS = '''# a comment with [[brackets]] and key = "value"
+[proxy]
+workers = 2   # "quoted" in a comment
+disable_features = [
+  "buf_ring",  # ] in a comment
+  'multishot_recv',
+]
+note = """a multi-line string
+[[listeners]]
+bind = "not a table header nor a key"
+"""
+
+[[listeners]]
+name = "a"
+"bind" = "127.0.0.1:1"
+routes = [ { host = "x", cluster = "c" },
+           { path_prefix = "/p", cluster = "c" } ]
+
+[[listeners]]
+name = "b"
+a.b.c = 1979-05-27 07:32:00
+
+[[listeners.routes]]
+host = "y"
+
+[[listeners.routes]]
+host = "z"
+
+[[clusters]]
+name = "c"
+servers = ["127.0.0.1:1", { address = "127.0.0.1:2", weight = 3 }]
+[clusters.health]
+path = "/h"
+'''
+
+
+@pytest.mark.parametrize("key,line", [
+    ("proxy", 2), ("proxy.workers", 3), ("proxy.disable_features", 4),
+    ("proxy.disable_features[1]", 6), ("proxy.note", 8),
+    ("listeners", 13), ("listeners[0]", 13), ("listeners[0].bind", 15),
+    ("listeners[0].routes[0].cluster", 16), ("listeners[0].routes[1].path_prefix", 17),
+    ("listeners[1]", 19), ("listeners[1].a.b.c", 21), ("listeners[1].routes[0].host", 24),
+    ("listeners[1].routes[1]", 26), ("listeners[1].routes[1].host", 27),
+    ("clusters[0].servers[1].weight", 31), ("clusters[0].health.path", 33),
+    # Not written: the nearest table that is (a missing key's table header).
+    ("listeners[1].bind", 19), ("clusters[0].health.timeout", 32), ("admin.bind", None),
+])
+def test_positions(key, line):
+    import tomllib
+    from uproxy.config import Positions
+    tomllib.loads(POSITIONS)             # it is valid TOML
+    p = Positions(POSITIONS)
+    assert p.line_of(key) == line, (key, p.line_of(key))
+
+
+def test_positions_never_fail():
+    from uproxy.config import Positions
+    for text in ("", "[", 'a = """', "x = [1, 2", "[[a]]\nb = {", "= 1"):
+        assert Positions(text).line_of("a.b") in (None, 1)
+
+
+def test_parse_collects_every_mistake():
+    from uproxy.config import ConfigError, parse
+    text = good(port=80).replace("workers = 1", "workers = 0\nbuffers = 1000") \
+        .replace('mode = "tcp"', 'mode = "udp"').replace("balance =", "balanse =")
+    with pytest.raises(ConfigError) as ei:
+        parse(text, "/x.toml")
+    e = ei.value
+    got = [(x.line, x.key) for x in e.errors]
+    assert got == [(3, "proxy.workers"), (4, "proxy.buffers"), (9, "listeners[0].mode"),
+                   (15, "clusters[0].balanse")], got
+    assert e.errors[2].snippet == 'mode = "udp"'
+    assert str(e).startswith("4 errors: /x.toml:3: proxy.workers: must be at least 1 (got 0); ")
+    # The first one's attributes, as a single ConfigError has them.
+    assert (e.path, e.line, e.key) == ("/x.toml", 3, "proxy.workers")
+
+
+def test_a_wrong_cluster_is_not_blamed_on_its_listener(tmp_path):
+    """One mistake in a cluster is one error: the listener that names the
+    cluster is not reported as pointing at nothing."""
+    code, out, path = check(tmp_path, good().replace('"127.0.0.1:5433"', '"127.0.0.1"'))
+    assert code == 2 and "1 configuration error" in out, out
+    assert "no cluster named" not in out
+
+
+def test_run_logs_every_mistake(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text(good().replace("workers = 1", "workers = 0").replace('cluster = "pg"', 'cluster = "pgg"'))
+    r = uproxy("run", "-c", str(p))
+    assert r.returncode == 2
+    assert f"configuration error: {p}:3: proxy.workers: must be at least 1" in r.stderr
+    assert (f"configuration error: {p}:9: listeners[0].cluster: no cluster named 'pgg' "
+            f"(clusters: pg); did you mean 'pg'?") in r.stderr
+
+
+TRICKY = r'''
+a = "x \" [[y]] = z"   # a string with what looks like TOML in it
+b = 'lit # not a comment'
+c = """
+multi "" quotes \""" still in it
+[[not_a_table]]
+"""
+d = """ends with quotes"""""
+e = [[1, 2], [3, [4]]]
+f = { g = { h = 1 }, i = [ { j = 2 } ] }
+"quoted key" = 1
+'k.l' = 2
+m.n = 3
+
+[t]
+u = 1979-05-27T07:32:00Z
+v = -inf
+w = +1_000
+z = [
+  { p = 1 },  # comment ]
+  { q = 2 },
+]
+
+[[arr]]
+x = 1
+[arr.sub]
+y = 2
+[[arr]]
+x = 3
+[[arr.more]]
+r = 4
+'''
+
+
+def _paths(v, prefix=""):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            p = f"{prefix}.{k}" if prefix else k
+            yield p, k
+            yield from _paths(x, p)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield f"{prefix}[{i}]", None
+            yield from _paths(x, f"{prefix}[{i}]")
+
+
+@pytest.mark.parametrize("name", ["tricky", "positions", "demo", "good"])
+def test_positions_know_every_key(name):
+    """Every key and element tomllib reads has its own line, and the line
+    names the key."""
+    import tomllib
+    from uproxy.config import Positions
+    text = {"tricky": TRICKY, "positions": POSITIONS, "good": GOOD.replace("{port}", "1"),
+            "demo": open(os.path.join(ROOT, "examples", "demo.toml")).read()}[name]
+    p = Positions(text)
+    paths = list(_paths(tomllib.loads(text)))
+    assert len(paths) > 10
+    for path, key in paths:
+        assert path in p.at, f"{path} has no line"
+        if key is not None:
+            assert key.split(".")[0] in p.snippet(p.at[path]), (path, p.snippet(p.at[path]))
+    if name == "tricky":
+        lines = TRICKY.split("\n")
+        assert p.at["arr[1].more[0].r"] == lines.index("r = 4") + 1
+        assert p.at["t.z[1].q"] == lines.index("  { q = 2 },") + 1
+        assert "not_a_table" not in p.at

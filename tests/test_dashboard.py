@@ -165,6 +165,16 @@ def test_renders_with_ebpf_probes(l4):
     assert "TCP upstream connect" in text
     busy = [r for r in view["cores"] if r["rps"]]
     assert busy and all(r["uring_lat_p99_us"] is not None for r in busy)
+    # the kernel latencies in the latency view, with their counts
+    assert view["hist"]["io_uring"]["count"] > 0 and view["hist"]["io_uring"]["unit"] == "ns"
+    assert "runq" in view["hist"]
+    st = dashboard.State()
+    st.panel = dashboard.PANELS.index("latency")
+    lat = _render(view, state=st)
+    assert "io_uring, submit to first completion" in lat and "nsecs" in lat
+    for r in busy:
+        assert r["uring_lat_count"] > 0
+        assert r["uring_lat_p99_is_max"] == (r["uring_lat_count"] < 100)
     if not view["pmu"]["present"]:
         assert "no PMU on this host" in text
         assert all(r["ipc"] is None for r in view["cores"])
@@ -321,3 +331,419 @@ def test_run_dashboard_embedded(tmp_path, servers):
         if pid and os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGTERM)
         t.close()
+
+
+# ---- errors first, a layout that fits, htop's habits (issue 15) ----------------------
+
+from http_upstream import HttpUpstream, Response  # noqa: E402
+from uproxy.telemetry import view as view_mod  # noqa: E402
+
+
+@pytest.fixture
+def web(proxy_factory, tmp_path):
+    """An HTTP listener with an access log: / answered 200, /missing 404 by a
+    healthy server; /dead routed to a cluster whose servers are gone (503)."""
+    ok = HttpUpstream(lambda req: Response(status=404 if req.target.startswith("/missing")
+                                           else 200, body=b"ok"))
+    port = free_port()
+    p = proxy_factory(
+        [{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "good",
+          "access_log": str(tmp_path / "access.log"),
+          "routes": [{"path_prefix": "/dead", "cluster": "gone"}]}],
+        [{"name": "good", "servers": [ok.addr], "health": {"path": "/", "interval": "100ms"}},
+         {"name": "gone", "servers": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"],
+          "health": {"path": "/", "interval": "100ms", "fall": 1}}])
+    p.port = port
+    wait_for(lambda: [s["health"] for s in p.stats()["servers"] if s["cluster"] == "gone"]
+             == ["down", "down"], 10, what="the gone cluster's servers marked down")
+    yield p
+    ok.close()
+
+
+def _get(port, paths):
+    import httpx
+    codes = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+        for path in paths:
+            codes.append(c.get(path).status_code)
+    return codes
+
+
+class HttpLoad:
+    def __init__(self, port, seconds=60):
+        self.port, self.stop_at, self.done = port, time.monotonic() + seconds, 0
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while time.monotonic() < self.stop_at:
+            try:
+                _get(self.port, ["/", "/missing", "/dead/x"] * 3)
+                self.done += 9
+            except Exception:
+                time.sleep(0.05)
+            time.sleep(0.02)
+
+    def close(self):
+        self.stop_at = 0
+        self.t.join(5)
+
+
+def test_errors_first_status_classes_listeners_and_health(web):
+    """Exactly 10 requests of each kind between two samples: the view's
+    rates by status class, error shares, listener and route figures and the
+    upstream health detail agree with what the client saw."""
+    col = Collector(web.pid, use_bpf=False)
+    try:
+        wait_for(lambda: (col.sample() or True) and any(
+            u.get("check", {}) and u["check"]["checked"] for u in col.sample()["upstreams"]),
+            10, what="health-check detail published")
+        col.sample()
+        codes = _get(web.port, ["/"] * 10 + ["/missing"] * 10 + ["/dead/x"] * 10)
+        assert codes == [200] * 10 + [404] * 10 + [503] * 10
+        time.sleep(0.3)          # the access-log records and the counters land
+        v = col.sample()
+    finally:
+        col.close()
+    dt = v["interval_s"]
+    tot = v["total"]
+    for k, n in (("2xx", 10), ("4xx", 10), ("5xx", 10), ("3xx", 0)):
+        assert round(tot[f"r{k}_s"] * dt) == n, (k, tot)
+    assert tot["err_pct"] == 66.7 and tot["err5_pct"] == 33.3
+    assert round(sum(c["r5xx_s"] for c in v["cores"]) * dt) == 10
+    # the listener and its routes, from the access-log records
+    (l,) = v["listeners"]
+    assert l["name"] == "web" and l["measured"] and l["count"] == 30 and l["err_pct"] == 66.7
+    routes = {r["cluster"]: r for r in l["routes"]}
+    assert routes["good"]["count"] == 20 and routes["good"]["err_pct"] == 50.0
+    assert routes["(no server)"]["count"] == 10 and routes["(no server)"]["status"] == {"5xx": 10}
+    assert l["p99_us"] is not None and l["p99_is_max"]        # 30 values: a maximum, flagged
+    # the cluster without a healthy server, and the health detail
+    gone = {c["cluster"]: c for c in v["clusters"]}["gone"]
+    assert gone["no_healthy"] and gone["down"] == 2
+    ups = {u["address"]: u for u in v["upstreams"]}
+    for u in ups.values():
+        c = u["check"]
+        assert c["checked"] and c["since_s"] is not None and c["age_s"] is not None
+        if u["cluster"] == "good":
+            assert c["ok"] and c["latency_ms"] is not None and u["health"] == "up"
+        else:
+            assert c["ok"] is False and "refused" in c["reason"].lower() and u["health"] == "down"
+    text = _render(v, once=True)
+    assert "✖ cluster gone: no healthy server" in text
+    assert "errors 66.7% (5xx 33.3%)" in text
+    assert "→ (no server)" in text and "→ good" in text
+    assert "fail: Connection refused" in text and "ok " in text
+    assert "66.7%" in _core_row(text, "all")
+
+
+def test_status_json_has_health_detail(proxy_factory):
+    up = HttpUpstream()
+    port, admin = free_port(), free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                      [{"name": "c", "servers": [up.addr],
+                        "health": {"path": "/", "interval": "100ms"}}],
+                      extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
+    import httpx
+
+    def checked():
+        try:
+            s = httpx.get(f"http://127.0.0.1:{admin}/status").json()
+        except httpx.HTTPError:
+            return None
+        return s if s["health_checks"] and s["health_checks"][0]["checked"] else None
+    s = wait_for(checked, 10, what="a health check in /status")
+    hc = s["health_checks"][0]
+    assert hc["cluster"] == "c" and hc["address"] == up.addr and hc["last_ok"] is True
+    assert hc["last_latency_ms"] >= 0 and hc["since_ms"] <= hc["last_check_ms"]
+    assert s["listeners"][0]["name"] == "web" and s["listeners"][0]["bind"].endswith(f":{port}")
+    up.close()
+
+
+def test_percentiles_need_enough_values():
+    from uproxy import hist
+    h = [0] * hist.BUCKETS
+    for us in (100, 200, 5000):
+        h[hist.bucket(us)] += 1
+    p = view_mod.pcts(h)
+    assert p["count"] == 3 and p["p99_is_max"] and p["p999_is_max"] and not p["p50_is_max"]
+    assert p["p99_us"] == p["max_us"] >= 5000
+    h = [0] * hist.BUCKETS
+    h[hist.bucket(100)] = 99
+    h[hist.bucket(90000)] = 1
+    p = view_mod.pcts(h)
+    assert not p["p99_is_max"] and p["p99_us"] < 200 and p["p999_is_max"] and p["p999_us"] >= 90000
+    row = {"p99_us": 5000.0, "p99_is_max": True}
+    assert dashboard._pct_cell(row, "p99") == "max 5.0ms"
+
+
+def test_events_once_and_in_time_order():
+    events = [{"time_ms": 1000, "text": "started generation 1 with 2 workers"},
+              {"time_ms": 5000, "text": "reloaded: generation 2"},
+              {"time_ms": 9000, "text": "server 1.2.3.4:80 in cluster c is down: Connection refused"}]
+    notes = [{"time_ms": 900, "level": "warning", "text": "open-file limit 256 allows 50 client "
+                                                           "connections per worker"},
+             {"time_ms": 9001, "level": "warning",
+              "text": "server 1.2.3.4:80 in cluster c is down: Connection refused"}]
+    logs = [{"time_ms": 5001, "level": "info", "text": "reloaded /etc/u.toml: generation 2"},
+            {"time_ms": 7000, "level": "error", "text": "reload failed, still running generation 2: boom"},
+            {"time_ms": 7001, "level": "info", "text": "listening on 127.0.0.1:80"}]
+    events.append({"time_ms": 7000, "text": "reload failed: boom"})
+    out = view_mod.merge_events(events, notes, logs)
+    texts = [e["text"] for e in out]
+    assert [e["time_ms"] for e in out] == sorted(e["time_ms"] for e in out)
+    assert texts == ["open-file limit 256 allows 50 client connections per worker",
+                     "started generation 1 with 2 workers", "reloaded: generation 2",
+                     "reload failed: boom", "listening on 127.0.0.1:80",
+                     "server 1.2.3.4:80 in cluster c is down: Connection refused"]
+
+
+def test_keys_htop_habits():
+    st = dashboard.State(interval=1.0)
+    st.key(">")
+    assert st.sort_key == "rps"
+    st.key("<<")
+    assert st.sort_key == "cpu"
+    st.key("r")
+    assert st.reverse
+    st.key("I")
+    assert not st.reverse
+    st.key("?")
+    assert st.help
+    st.key("x")                      # any key closes the help, and does nothing else
+    assert not st.help and not st.quit
+    st.key("/")
+    assert st.typing
+    st.key("w1q\x7f")                # typed text is not a command: q does not quit
+    assert not st.quit and st.typed == "w1"
+    st.key("\r")
+    assert st.filter == "w1" and not st.typing
+    st.key("\x1b")
+    assert st.filter == ""
+    st.key("+")
+    assert st.interval == 2.0
+    st.key("--")
+    assert st.interval == 0.5
+    st.key("3")
+    assert dashboard.PANELS[st.panel] == "listeners"
+    st.key("\t")
+    assert dashboard.PANELS[st.panel] == "events"
+    st.key("\x1b[A")                 # an arrow key: ignored
+    assert st.filter == "" and not st.quit
+
+
+def test_histogram_view_prints_like_runqlat():
+    from uproxy import hist
+    h = [0] * hist.BUCKETS
+    for us, n in ((100, 3), (130, 1), (3000, 2)):
+        h[hist.bucket(us)] += n
+    lines = dashboard.histogram_lines(view_mod.hist_rows(h)["buckets"], "usecs", 20)
+    assert lines[0].split() == ["usecs", ":", "count", "distribution"]
+    rows = {l.split(":")[0].strip(): int(l.split(":")[1].split()[0]) for l in lines[1:]}
+    assert rows["64 -> 127"] == 3 and rows["128 -> 255"] == 1 and rows["2048 -> 4095"] == 2
+    assert rows["256 -> 511"] == 0 and len(rows) == 6           # empty octaves in between
+    assert "|" + "*" * 20 + "|" in lines[1]                     # the tallest bar is full width
+
+
+def test_cpu_column_is_the_threads_cpu_time_and_sorts_by_it(l4):
+    """CPU% is the worker thread's CPU time over the interval (schedstat,
+    /proc), checked against /proc's own figure for the same interval; the
+    sampled cpu-clock never replaces it, and the CPU sort uses the same
+    figure that is drawn."""
+    p, port, _ = l4
+    load = Load(port)
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        wait_for(lambda: load.done > 5, what="traffic")
+        tids = [w["tid"] for w in col.reader.snapshot()["workers"]]
+
+        def ticks():
+            out = {}
+            for t in tids:
+                with open(f"/proc/{p.pid}/task/{t}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                out[t] = int(rest[11]) + int(rest[12])
+            return out
+        col.sample()
+        a, t0 = ticks(), time.monotonic()
+        time.sleep(1.0)
+        b, t1 = ticks(), time.monotonic()
+        v = col.sample()
+    finally:
+        col.close()
+        load.close()
+    hz = os.sysconf("SC_CLK_TCK")
+    for r in v["cores"]:
+        proc = 100 * (b[r["tid"]] - a[r["tid"]]) / hz / (t1 - t0)
+        # /proc counts whole ticks: 2 ticks of slack, plus 5% of the figure
+        assert abs(r["cpu_pct"] - proc) <= 2 * 100 / hz + 0.05 * proc + 1, (r["cpu_pct"], proc)
+        assert r["cpu_src"] == "schedstat"
+    fake = copy.deepcopy(v)
+    for i, r in enumerate(fake["cores"]):
+        r["cpu_pct"], r["cpu_clock_pct"] = [12.5, 77.0][i], [99.0, 1.0][i]
+    fake["pmu"]["present"] = False
+    t = dashboard.cores_table(fake, "cpu", 200)
+    con = Console(record=True, width=200, file=open(os.devnull, "w"), color_system=None)
+    con.print(t)
+    text = con.export_text()
+    rows = [l.split() for l in text.splitlines() if l.strip()[:2] in ("w0", "w1")]
+    assert [r[0] for r in rows] == ["w1", "w0"]            # by cpu_pct, the figure shown
+    assert "77.0" in " ".join(rows[0]) and "99.0" not in text
+
+
+def _check_screen(s, width):
+    lines = s.splitlines()
+    assert "…" not in s, "a cell cut to …:\n" + s
+    assert all(len(l) <= width for l in lines)
+    hdr = [l for l in lines if l.split()[:1] == ["core"]]
+    assert hdr, s
+    for name in ("core", "req/s", "err%", "p99"):        # the key columns are never cut
+        assert name in hdr[0].split(), (name, hdr[0])
+    return hdr[0].split()
+
+
+def test_top_layout_at_three_sizes(web):
+    """Under tmux at 80x24, 120x40 and 200x50: the key columns stay whole
+    and low-priority ones go first; every panel is reachable by its key; no
+    cell is cut to `…`."""
+    load = HttpLoad(web.port)
+    try:
+        wait_for(lambda: load.done > 20, what="traffic")
+        for width, height in ((80, 24), (120, 40), (200, 50)):
+            t = Tmux(f"{sys.executable} -m uproxy top --pid {web.pid} --interval 0.5",
+                     env={"UPROXY_NO_BPF": "1"}, width=width, height=height)
+            try:
+                t.wait("per core")
+                wait_for(lambda: "5xx" in t.screen() and "err%" in t.screen(), 10, what="a sample")
+                time.sleep(1.2)
+                s = t.screen()
+                cols = _check_screen(s, width)
+                assert "✖ cluster gone: no healthy server" in s, s
+                if width == 80:
+                    assert "faults/s" not in cols and "softirq%" not in cols
+                    flat = " ".join(s.split())
+                    assert "hidden at this width" in flat and "more in the panels" in flat
+                if width == 200:
+                    for name in ("faults/s", "io-wq/s", "softirq%", "p50", "5xx/s", "CPU%"):
+                        assert name in cols, (name, cols)
+                for key, want in (("2", "[2 upstreams]"), ("3", "[3 listeners]"),
+                                  ("4", "[4 events]"), ("5", "[5 latency]"), ("?", "[? help]")):
+                    t.keys(key)
+                    t.wait(want)
+                    time.sleep(0.1)
+                    s = t.screen()
+                    assert "…" not in s, s
+                    if key == "2":
+                        assert "127.0.0.1" in s and "down" in s
+                    if key == "3":
+                        assert "listeners and routes" in s and "→ good" in s
+                    if key == "5":
+                        assert "usecs" in s and "count" in s
+                    if key == "4":
+                        assert s.count("started generation 1") == 1, s
+                t.keys("1")                    # closes the help
+                t.keys("1")
+                t.wait("[1 overview]")
+                if width == 120:               # / filters by worker; Esc clears it
+                    t.keys("/", "w", "1", "Enter")
+                    t.wait("filter /w1")
+                    lines = [l.split()[:1] for l in t.screen().splitlines()]
+                    assert ["w1"] in lines and ["w0"] not in lines, t.screen()
+                    t.keys("Escape")
+                    wait_for(lambda: ["w0"] in [l.split()[:1] for l in t.screen().splitlines()],
+                             10, what="the filter cleared")
+                    t.keys("s")                # sort by req/s, then reversed
+                    t.wait("sorted by rps")
+                    t.keys("r")
+                    t.wait("sorted by rps ↑")
+                t.keys("C-c")                  # Ctrl-C quits cleanly, as q does
+                t.wait("EXITED 0")
+                assert "Traceback" not in t.screen()
+            finally:
+                t.close()
+    finally:
+        load.close()
+
+
+def test_top_once_into_a_pipe_is_wide_plain_text(web):
+    load = HttpLoad(web.port)
+    try:
+        wait_for(lambda: load.done > 20, what="traffic")
+        r = subprocess.run([sys.executable, "-m", "uproxy", "top", "--once", "--pid", str(web.pid),
+                            "--interval", "0.5"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, UPROXY_NO_BPF="1"))
+    finally:
+        load.close()
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "\x1b[" not in out                                # plain text
+    assert "q quit" not in out and "? help" not in out       # no key footer
+    assert not any(c in out for c in dashboard.SPARK)        # no one-sample sparkline
+    assert "…" not in out and "hidden at this width" not in out
+    assert max(len(l) for l in out.splitlines()) > 120       # wide
+    hdr = [l for l in out.splitlines() if l.split()[:1] == ["core"]][0].split()
+    for name in ("req/s", "err%", "p99", "faults/s", "io-wq/s", "softirq%", "uring"):
+        assert name in hdr, name
+    for panel in ("upstreams", "listeners and routes", "recent events"):
+        assert panel in out
+
+
+def test_run_dashboard_shows_start_up_warnings(tmp_path, servers):
+    """The open-file-limit warning, logged before the dashboard took the
+    screen, is shown on it (and each event once)."""
+    srv = servers(echo)
+    port = free_port()
+    cfg = tmp_path / "u.toml"
+    cfg.write_text(render_config({"workers": 2, "max_connections": 16384},
+                                 [{"name": "l4", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                                   "cluster": "c"}], [{"name": "c", "servers": [srv.addr]}]))
+    t = Tmux(f"bash -c 'ulimit -n 4096 && exec {sys.executable} -m uproxy run -c {cfg} "
+             f"--dashboard --interval 0.5'", env={"UPROXY_NO_BPF": "1"}, width=120, height=40)
+    pid = None
+    try:
+        t.wait("per core", timeout=60)
+        t.wait("open-file limit 4096 allows")
+        t.keys("4")
+        t.wait("recent events")
+        s = t.screen()
+        assert s.count("started generation 1") == 1, s
+        assert "open-file limit 4096" in s.split("recent events")[1], s
+        from uproxy import shm
+        pid = [q for q in shm.running_pids()
+               if str(cfg) in open(f"/proc/{q}/cmdline").read()][0]
+        t.keys("q")
+        t.wait("EXITED 0")
+    finally:
+        if pid and os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGTERM)
+        t.close()
+
+
+def test_l4_cluster_whose_servers_are_gone(proxy_factory):
+    """Without active checks: every connect fails, the cluster is marked in
+    the header, its servers are failing, and the error share is the share
+    of sessions that found no server."""
+    port = free_port()
+    p = proxy_factory([{"name": "l4", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c"}],
+                      [{"name": "c", "servers": [f"127.0.0.1:{free_port()}"]}])
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        col.sample()
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                c.settimeout(2)
+                try:
+                    c.recv(1)
+                except OSError:
+                    pass
+        time.sleep(0.2)
+        v = col.sample()
+    finally:
+        col.close()
+    (u,) = v["upstreams"]
+    assert u["failing"] and u["health"] == "unchecked" and u["connect_errors"] > 0
+    assert v["clusters"][0]["failing"] and not v["clusters"][0]["no_healthy"]
+    assert v["total"]["err_pct"] == 100.0
+    text = _render(v, once=True)
+    assert "✖ cluster c: every connect failed" in text and "failing" in text
+    assert "no server 100.0%" in text

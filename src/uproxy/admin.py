@@ -178,7 +178,7 @@ class AdminServer:
                     if path == "/metrics":
                         self._send(200, generate_latest(admin.registry), CONTENT_TYPE_LATEST)
                     elif path == "/status":
-                        body = json.dumps(admin.collector.snapshot()).encode()
+                        body = json.dumps(admin.status()).encode()
                         self._send(200, body, "application/json")
                     elif path == "/health":
                         code, doc = health(admin.collector.snapshot())
@@ -202,6 +202,17 @@ class AdminServer:
                                        name="uproxy-admin", daemon=True)
         self.thread.start()
         log.info("admin endpoint on http://%s:%d (/metrics /status /health)", host, self.port)
+
+    def status(self) -> dict:
+        """The segment's snapshot, with the control plane's detail: per
+        checked server the last check (result, reason, latency, time) and
+        when its state changed (``health_checks``), and the listeners."""
+        snap = self.collector.snapshot()
+        from .telemetry import detail
+        checker = getattr(self.runtime, "health", None)
+        snap["health_checks"] = checker.details() if checker is not None else []
+        snap["listeners"] = detail.listeners(self.runtime)
+        return snap
 
     def close(self):
         self.httpd.shutdown()

@@ -1,9 +1,11 @@
 """Reading and validating uproxy.toml.
 
 The result is plain, frozen data (Config and friends); nothing here touches
-sockets or the C core. Every mistake is reported as a ConfigError that names
-the file, the key path (``listeners[0].bind``) and what is wrong, so that
-``uproxy check`` can print it the way ``nginx -t`` does.
+sockets or the C core. Every mistake is reported: ``load`` and ``parse``
+read the whole file, collect each problem as a ConfigError that names the
+file, the line, the key path (``listeners[0].bind``), the offending line of
+text and what is wrong, and raise one ConfigError holding them all, so that
+``uproxy check`` can print them the way ``nginx -t`` or a compiler does.
 """
 from __future__ import annotations
 
@@ -19,10 +21,234 @@ from .features import FEATURES
 
 
 class ConfigError(Exception):
-    def __init__(self, path: str, key: str, message: str):
+    """One mistake (path, line, key, message, snippet), or several: then
+    ``errors`` lists them in file order and the attributes are the first's."""
+
+    def __init__(self, path: str, key: str, message: str, line: int | None = None,
+                 snippet: str | None = None, errors: list | None = None):
         self.path, self.key, self.message = path, key, message
-        where = f"{path}: {key}: " if key else f"{path}: "
-        super().__init__(where + message)
+        self.line, self.snippet = line, snippet
+        self.errors = list(errors) if errors else [self]
+        super().__init__(str(self))
+
+    def one(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    def __str__(self) -> str:
+        if len(self.errors) == 1:
+            return self.errors[0].one()
+        return f"{len(self.errors)} errors: " + "; ".join(e.one() for e in self.errors)
+
+
+# ---- where a key is written ----------------------------------------------------
+
+_WORD = re.compile(r"[^\s\[\]{}=,#\"']+")
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def _tokens(text: str):
+    """(kind, value, line) for a text tomllib accepted: just enough of TOML
+    to know where each key and array element starts."""
+    i, line, n = 0, 1, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            yield "nl", None, line
+            line += 1
+            i += 1
+        elif c in " \t\r":
+            i += 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c in "[]{}=,":
+            yield c, c, line
+            i += 1
+        elif c in "\"'":
+            if text.startswith(c * 3, i):
+                j = i + 3
+                while True:
+                    k = text.find(c * 3, j)
+                    if k < 0:
+                        raise ValueError("unterminated string")
+                    if c == '"' and _odd_backslashes(text, k):
+                        j = k + 1
+                        continue
+                    break
+                end = k + 3
+                while end < n and text[end] == c and end < k + 5:
+                    end += 1          # """a""""" ends with quotes inside
+                yield "str", text[i + 3:end - 3], line
+                line += text.count("\n", i, end)
+                i = end
+            else:
+                j = i + 1
+                while j < n and text[j] != c and text[j] != "\n":
+                    j += 2 if c == '"' and text[j] == "\\" else 1
+                yield "str", text[i + 1:j], line
+                i = j + 1
+        else:
+            m = _WORD.match(text, i)
+            yield "word", m.group(), line
+            i = m.end()
+
+
+def _odd_backslashes(text: str, k: int) -> bool:
+    n = 0
+    while k - n - 1 >= 0 and text[k - n - 1] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def _snippet(lines: list, line: int | None) -> str | None:
+    if not line or line > len(lines):
+        return None
+    s = lines[line - 1].strip()
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def _parent(key: str) -> str:
+    if key.endswith("]"):
+        return key[:key.rindex("[")]
+    return key.rpartition(".")[0]
+
+
+class Positions:
+    """Key path (``listeners[1].routes[0].host``, ``clusters[0].servers[2]``)
+    -> the line it is written on. tomllib keeps no positions, so this scans
+    the text once: table headers (``[a]``, ``[[a]]``, ``[[a.b]]``), keys
+    (dotted too), inline tables and array elements, multi-line strings and
+    arrays. Best effort: a position helps the reader, it never fails a load."""
+
+    def __init__(self, text: str):
+        self.lines = text.split("\n")
+        self.at: dict = {}
+        try:
+            self._scan(list(_tokens(text)))
+        except (ValueError, IndexError, AttributeError):
+            pass
+
+    def line_of(self, key: str) -> int | None:
+        """The key's line or, failing that, its nearest ancestor's (a
+        missing key points at its table's header)."""
+        while key:
+            if key in self.at:
+                return self.at[key]
+            key = _parent(key)
+        return None
+
+    def snippet(self, line: int | None) -> str | None:
+        return _snippet(self.lines, line)
+
+    # ---- the scan
+    def _mark(self, key, line):
+        self.at.setdefault(key, line)
+
+    @staticmethod
+    def _key(toks, i, stop):
+        parts = []
+        while toks[i][0] not in stop:
+            kind, v, _ = toks[i]
+            if kind == "str":
+                parts.append(v)
+            elif kind == "word":
+                parts += [p for p in v.split(".") if p]
+            else:
+                raise ValueError(f"unexpected {kind!r} in a key")
+            i += 1
+        return parts, i
+
+    def _assign(self, toks, i, prefix):
+        """key = value at toks[i]; returns the index after the value."""
+        line = toks[i][2]
+        parts, i = self._key(toks, i, ("=",))
+        cur = prefix
+        for p in parts:
+            cur = f"{cur}.{p}" if cur else p
+            self._mark(cur, line)
+        return self._value(toks, i + 1, cur)
+
+    def _value(self, toks, i, path):
+        kind = toks[i][0]
+        if kind in ("[", "{"):
+            close, n = ("]" if kind == "[" else "}"), 0
+            i += 1
+            while True:
+                while toks[i][0] == "nl":
+                    i += 1
+                if toks[i][0] == close:
+                    return i + 1
+                start = i
+                if kind == "[":
+                    self._mark(f"{path}[{n}]", toks[i][2])
+                    i = self._value(toks, i, f"{path}[{n}]")
+                    n += 1
+                else:
+                    i = self._assign(toks, i, path)
+                if i == start:
+                    raise ValueError("no progress")
+                while toks[i][0] == "nl":
+                    i += 1
+                if toks[i][0] == ",":
+                    i += 1
+        if kind == "str":
+            return i + 1
+        while i < len(toks) and toks[i][0] == "word":     # numbers, booleans, dates
+            i += 1
+        return i
+
+    def _scan(self, toks):
+        i, prefix, arrays = 0, "", {}
+        while i < len(toks):
+            kind, _, line = toks[i]
+            if kind == "nl":
+                i += 1
+            elif kind == "[":
+                aot = toks[i + 1][0] == "["
+                parts, i = self._key(toks, i + (2 if aot else 1), ("]",))
+                i += 2 if aot else 1
+                cur = ""
+                for n, p in enumerate(parts):
+                    cur = f"{cur}.{p}" if cur else p
+                    if aot and n == len(parts) - 1:
+                        self._mark(cur, line)
+                        arrays[cur] = arrays.get(cur, -1) + 1
+                        cur = f"{cur}[{arrays[cur]}]"
+                    elif cur in arrays:
+                        cur = f"{cur}[{arrays[cur]}]"
+                    self._mark(cur, line)
+                prefix = cur
+            else:
+                start = i
+                i = self._assign(toks, i, prefix)
+                if i == start:
+                    raise ValueError("no progress")
+
+
+class _Errors:
+    """The problems found in one file, each placed at its line."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.pos = Positions(text)
+        self.items: list = []
+        self.binds: list = []       # (key, host, port) of addresses that parsed
+
+    def add(self, key: str, message: str):
+        line = self.pos.line_of(key) if key else None
+        self.items.append(ConfigError(self.path, key, message, line, self.pos.snippet(line)))
+
+    def keys(self) -> set:
+        return {e.key for e in self.items}
+
+    def raise_if_any(self):
+        if self.items:
+            errs = sorted(self.items, key=lambda e: (e.line is None, e.line or 0))
+            f = errs[0]
+            e = ConfigError(f.path, f.key, f.message, f.line, f.snippet, errors=errs)
+            e.binds = self.binds     # `uproxy check` still tries these
+            raise e
 
 
 @dataclass(frozen=True)
@@ -139,27 +365,38 @@ class Config:
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(k|kib|kb|m|mib|mb|g|gib|gb)?\s*$", re.I)
 
+# How a table is written, for "did you mean [[listeners]]?".
+_TABLES = {"proxy": "[proxy]", "admin": "[admin]", "listeners": "[[listeners]]",
+           "clusters": "[[clusters]]", "listeners.routes": "[[listeners.routes]]",
+           "clusters.health": "[clusters.health]"}
+
 
 class _Reader:
     """Walks one table, checking types and remembering which keys it used,
-    so that unknown keys (usually typos) are reported with a suggestion."""
+    so that unknown keys (usually typos) are reported with a suggestion.
+    A wrong value is recorded in errs and read as its default, so that the
+    rest of the file is still checked."""
 
-    def __init__(self, path: str, key: str, table):
-        if not isinstance(table, dict):
-            raise ConfigError(path, key, f"must be a table, not {_kind(table)}")
-        self.path, self.key, self.t, self.used = path, key, table, set()
+    def __init__(self, errs: _Errors, key: str, table):
+        self.errs, self.key, self.used = errs, key, set()
+        self.path = errs.path
+        self.ok = isinstance(table, dict)
+        if not self.ok:
+            errs.add(key, f"must be a table, not {_kind(table)}")
+            table = {}
+        self.t = table
 
     def _k(self, name):
         return f"{self.key}.{name}" if self.key else name
 
-    def err(self, name, message):
-        return ConfigError(self.path, self._k(name), message)
+    def fail(self, name, message):
+        self.errs.add(self._k(name), message)
 
     def get(self, name, default=None, required=False):
         self.used.add(name)
         if name not in self.t:
             if required:
-                raise ConfigError(self.path, self._k(name), "is required")
+                self.fail(name, "is required")
             return default
         return self.t[name]
 
@@ -168,9 +405,13 @@ class _Reader:
         if v is None:
             return v
         if not isinstance(v, str):
-            raise self.err(name, f"must be a string, not {_kind(v)}")
+            self.fail(name, f"must be a string, not {_kind(v)}")
+            return None if required else default
         if choices and v not in choices:
-            raise self.err(name, f"{v!r} is not one of {', '.join(map(repr, choices))}")
+            hint = difflib.get_close_matches(v, choices, n=1)
+            self.fail(name, f"{v!r} is not one of {', '.join(map(repr, choices))}"
+                      + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            return default
         return v
 
     def int(self, name, default=None, lo=None, hi=None):
@@ -178,11 +419,14 @@ class _Reader:
         if v is None:
             return v
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.err(name, f"must be an integer, not {_kind(v)}")
+            self.fail(name, f"must be an integer, not {_kind(v)}")
+            return default
         if lo is not None and v < lo:
-            raise self.err(name, f"must be at least {lo} (got {v})")
+            self.fail(name, f"must be at least {lo} (got {v})")
+            return default
         if hi is not None and v > hi:
-            raise self.err(name, f"must be at most {hi} (got {v})")
+            self.fail(name, f"must be at most {hi} (got {v})")
+            return default
         return v
 
     def duration_ms(self, name, default_ms, lo=0, hi=86400_000):
@@ -190,16 +434,19 @@ class _Reader:
         if v is None:
             return default_ms
         if isinstance(v, bool):
-            raise self.err(name, "must be a duration like \"5s\" or \"250ms\"")
+            self.fail(name, "must be a duration like \"5s\" or \"250ms\"")
+            return default_ms
         if isinstance(v, (int, float)):
             ms = int(v * 1000)
         elif isinstance(v, str) and (m := _DURATION.match(v)):
             n, unit = float(m.group(1)), (m.group(2) or "s")
             ms = int(n * {"ms": 1, "s": 1000, "m": 60000, "h": 3600000}[unit])
         else:
-            raise self.err(name, f"{v!r} is not a duration like \"5s\" or \"250ms\"")
+            self.fail(name, f"{v!r} is not a duration like \"5s\" or \"250ms\"")
+            return default_ms
         if ms < lo or ms > hi:
-            raise self.err(name, f"must be between {lo} ms and {hi // 1000} s (got {ms} ms)")
+            self.fail(name, f"must be between {lo} ms and {hi // 1000} s (got {ms} ms)")
+            return default_ms
         return ms
 
     def size(self, name, default, lo, hi, power_of_two=False):
@@ -207,24 +454,29 @@ class _Reader:
         if v is None:
             return default
         if isinstance(v, bool):
-            raise self.err(name, "must be a size like 16384 or \"16k\"")
+            self.fail(name, "must be a size like 16384 or \"16k\"")
+            return default
         if isinstance(v, int):
             n = v
         elif isinstance(v, str) and (m := _SIZE.match(v)):
             unit = (m.group(2) or "").lower()[:1]
             n = int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
         else:
-            raise self.err(name, f"{v!r} is not a size like 16384 or \"16k\"")
+            self.fail(name, f"{v!r} is not a size like 16384 or \"16k\"")
+            return default
         if n < lo or n > hi:
-            raise self.err(name, f"must be between {lo} and {hi} (got {n})")
+            self.fail(name, f"must be between {lo} and {hi} (got {n})")
+            return default
         if power_of_two and n & (n - 1):
-            raise self.err(name, f"must be a power of two (got {n})")
+            self.fail(name, f"must be a power of two (got {n})")
+            return default
         return n
 
     def bool(self, name, default):
         v = self.get(name, default)
         if not isinstance(v, bool):
-            raise self.err(name, f"must be true or false, not {_kind(v)}")
+            self.fail(name, f"must be true or false, not {_kind(v)}")
+            return default
         return v
 
     def list(self, name, default=()):
@@ -232,16 +484,37 @@ class _Reader:
         if v is None:
             return list(default)
         if not isinstance(v, list):
-            raise self.err(name, f"must be a list, not {_kind(v)}")
+            self.fail(name, f"must be a list, not {_kind(v)}")
+            return list(default)
         return v
 
     def done(self):
-        extra = [k for k in self.t if k not in self.used]
-        if extra:
-            k = extra[0]
-            hint = difflib.get_close_matches(k, sorted(self.used), n=1)
-            more = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise self.err(k, f"unknown key{more}")
+        """Every key this table has that nothing read: an error each, with
+        the nearest known key (or table) as a suggestion."""
+        known = sorted(self.used)
+        for k in self.t:
+            if k in self.used:
+                continue
+            hint = difflib.get_close_matches(k, known, n=1)
+            v = self.t[k]
+            table = isinstance(v, dict) or (isinstance(v, list) and v and
+                                              all(isinstance(x, dict) for x in v))
+            if table:
+                generic = re.sub(r"\[\d+\]", "", self._k(k))
+                shown = f"[[{generic}]]" if isinstance(v, list) else f"[{generic}]"
+                msg = f"unknown table {shown}"
+                if hint:
+                    h = re.sub(r"\[\d+\]", "", self._k(hint[0]))
+                    msg += f"; did you mean {_TABLES.get(h, repr(hint[0]))}?"
+            else:
+                msg = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            self.fail(k, msg)
+
+    def typo_of(self, name) -> str | None:
+        """An unread key of this table that looks like a misspelling of name."""
+        rest = [k for k in self.t if k not in self.used]
+        hint = difflib.get_close_matches(name, rest, n=1)
+        return hint[0] if hint else None
 
 
 def _kind(v):
@@ -282,24 +555,26 @@ def resolve(host: str, port: int):
 
 # ---- sections ------------------------------------------------------------
 
-def _proxy(path, raw) -> Proxy:
-    r = _Reader(path, "proxy", raw or {})
+def _proxy(errs, raw) -> Proxy:
+    r = _Reader(errs, "proxy", raw)
     workers = r.get("workers")
-    if workers is not None and workers != "auto":
-        workers = r.int("workers", lo=1, hi=256)
-    elif workers == "auto":
+    if workers == "auto":
         workers = None
+    elif workers is not None:
+        workers = r.int("workers", lo=1, hi=256)
     disabled = []
     for i, name in enumerate(r.list("disable_features")):
         if name not in FEATURES:
             hint = difflib.get_close_matches(str(name), FEATURES, n=1)
-            raise ConfigError(path, f"proxy.disable_features[{i}]",
-                              f"{name!r} is not a feature; known: {', '.join(FEATURES)}"
-                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            errs.add(f"proxy.disable_features[{i}]",
+                     f"{name!r} is not a feature; known: {', '.join(FEATURES)}"
+                     + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            continue
         disabled.append(name)
     iowq_cpu = r.get("iowq_cpu", "worker")
     if not (iowq_cpu in ("worker", "any") or (isinstance(iowq_cpu, int) and not isinstance(iowq_cpu, bool) and iowq_cpu >= 0)):
-        raise r.err("iowq_cpu", f"{iowq_cpu!r} must be \"worker\", \"any\" or a CPU number")
+        r.fail("iowq_cpu", f"{iowq_cpu!r} must be \"worker\", \"any\" or a CPU number")
+        iowq_cpu = "worker"
     p = Proxy(
         workers=workers,
         disable_features=tuple(disabled),
@@ -323,26 +598,29 @@ def _proxy(path, raw) -> Proxy:
         try:
             pwd.getpwnam(p.user)
         except KeyError:
-            raise r.err("user", f"no user named {p.user!r} on this host") from None
+            r.fail("user", f"no user named {p.user!r} on this host")
     if p.group is not None:
         import grp
         try:
             grp.getgrnam(p.group)
         except KeyError:
-            raise r.err("group", f"no group named {p.group!r} on this host") from None
-        if p.user is None:
-            raise r.err("group", "group needs user too")
+            r.fail("group", f"no group named {p.group!r} on this host")
+        if p.user is None and "user" not in r.t:
+            r.fail("group", "group needs user too")
     r.done()
     return p
 
 
-def _server(path, key, v):
+def _server(errs, key, v):
+    """A Server, or None (the mistake is in errs)."""
     weight = 1
     if isinstance(v, dict):
-        r = _Reader(path, key, v)
+        r = _Reader(errs, key, v)
         addr = r.str("address", required=True)
         weight = r.int("weight", 1, lo=1, hi=1000)
         r.done()
+        if addr is None:
+            return None
         key = key + ".address"
     else:
         addr = v
@@ -350,21 +628,22 @@ def _server(path, key, v):
         host, port = parse_hostport(addr, "a server")
         fam_sa = resolve(host, port)
     except ValueError as e:
-        raise ConfigError(path, key, str(e)) from None
+        errs.add(key, str(e))
+        return None
     return Server(host=host, port=port, address=fam_sa, weight=weight)
 
 
-def _cluster(path, i, raw) -> Cluster:
-    r = _Reader(path, f"clusters[{i}]", raw)
+def _cluster(errs, i, raw) -> Cluster:
+    r = _Reader(errs, f"clusters[{i}]", raw)
     name = r.str("name", required=True)
     raw_servers = r.list("servers")
-    if not raw_servers:
-        raise r.err("servers", "needs at least one server, like [\"127.0.0.1:8080\"]")
-    servers = tuple(_server(path, f"clusters[{i}].servers[{j}]", s)
-                    for j, s in enumerate(raw_servers))
+    if not raw_servers and r.ok:
+        r.fail("servers", "needs at least one server, like [\"127.0.0.1:8080\"]")
+    servers = tuple(s for j, v in enumerate(raw_servers)
+                    if (s := _server(errs, f"clusters[{i}].servers[{j}]", v)) is not None)
     hash_key = r.str("hash_key", "client_ip")
     if hash_key != "client_ip" and not re.match(r"^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$", hash_key):
-        raise r.err("hash_key", f"{hash_key!r} must be \"client_ip\" or \"header:Name\"")
+        r.fail("hash_key", f"{hash_key!r} must be \"client_ip\" or \"header:Name\"")
     c = Cluster(
         name=name,
         servers=servers,
@@ -379,25 +658,26 @@ def _cluster(path, i, raw) -> Cluster:
         pool_max_idle=r.int("pool_max_idle", 64, lo=0, hi=100000),
         pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
         max_requests=r.int("max_requests", 0, lo=0),
-        health=_health(path, f"clusters[{i}].health", r.get("health")),
+        health=_health(errs, f"clusters[{i}].health", r.get("health")),
     )
     r.done()
     return c
 
 
-def _health(path, key, raw) -> Health | None:
+def _health(errs, key, raw) -> Health | None:
     if raw is None:
         return None
-    r = _Reader(path, key, raw)
+    r = _Reader(errs, key, raw)
     hpath = r.str("path", "/")
     if hpath is not None and not hpath.startswith("/"):
-        raise r.err("path", f"{hpath!r} must start with /")
+        r.fail("path", f"{hpath!r} must start with /")
     if r.get("tcp", False) is True:
         hpath = None
     expect = r.str("expect", "2xx")
     for part in expect.split(","):
         if not re.match(r"^\s*([1-5]xx|[1-5]\d\d)\s*$", part):
-            raise r.err("expect", f"{expect!r}: use status classes or codes like \"2xx\" or \"200,301\"")
+            r.fail("expect", f"{expect!r}: use status classes or codes like \"2xx\" or \"200,301\"")
+            break
     h = Health(
         path=hpath,
         interval_ms=r.duration_ms("interval", 2000, lo=100),
@@ -410,41 +690,48 @@ def _health(path, key, raw) -> Health | None:
     return h
 
 
-def _listener(path, i, raw, clusters) -> Listener:
-    r = _Reader(path, f"listeners[{i}]", raw)
+def _listener(errs, i, raw, cluster_names) -> Listener:
+    r = _Reader(errs, f"listeners[{i}]", raw)
     name = r.str("name", required=True)
     bind = r.str("bind", required=True)
-    try:
-        host, port = parse_hostport(bind, "bind")
-        ipaddress.ip_address(host)
-    except ValueError as e:
-        msg = str(e) if "host:port" in str(e) or "port" in str(e) else \
-            f"{bind!r}: bind needs an IP address, not a name (use 0.0.0.0 or ::)"
-        raise r.err("bind", msg) from None
+    host = port = None
+    if bind is not None:
+        try:
+            host, port = parse_hostport(bind, "bind")
+            ipaddress.ip_address(host)
+        except ValueError as e:
+            r.fail("bind", str(e) if "host:port" in str(e) or "port" in str(e) else
+                   f"{bind!r}: bind needs an IP address, not a name (use 0.0.0.0 or ::)")
+            host = port = None
     mode = r.str("mode", "tcp", choices=("tcp", "http"))
     cluster = r.str("cluster", required=True)
 
     def known(c, key):
-        if c not in clusters:
-            names = ", ".join(sorted(clusters)) or "none"
-            raise ConfigError(path, key, f"no cluster named {c!r} (clusters: {names})")
+        if c is not None and c not in cluster_names:
+            names = ", ".join(sorted(cluster_names)) or "none"
+            hint = difflib.get_close_matches(c, sorted(cluster_names), n=1)
+            errs.add(key, f"no cluster named {c!r} (clusters: {names})"
+                     + (f"; did you mean {hint[0]!r}?" if hint else ""))
     known(cluster, f"listeners[{i}].cluster")
     routes = []
     raw_routes = r.list("routes")
-    if raw_routes and mode != "http":
-        raise r.err("routes", "routes need mode = \"http\"")
-    for j, raw in enumerate(raw_routes):
-        rr = _Reader(path, f"listeners[{i}].routes[{j}]", raw)
+    tcp = r.t.get("mode", "tcp") == "tcp"      # (not a mode that is itself wrong)
+    if raw_routes and tcp:
+        r.fail("routes", "routes need mode = \"http\"")
+    for j, raw_route in enumerate(raw_routes):
+        rr = _Reader(errs, f"listeners[{i}].routes[{j}]", raw_route)
+        if not rr.ok:
+            continue
         rc = rr.str("cluster", required=True)
         known(rc, f"listeners[{i}].routes[{j}].cluster")
         host_m = rr.str("host")
         prefix = rr.str("path_prefix", "")
         if host_m is None and not prefix:
-            raise rr.err("host", "a route needs a host, a path_prefix, or both")
+            rr.fail("host", "a route needs a host, a path_prefix, or both")
         if host_m is not None and not re.match(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", host_m):
-            raise rr.err("host", f"{host_m!r} is not a host name or \"*.domain\"")
+            rr.fail("host", f"{host_m!r} is not a host name or \"*.domain\"")
         if prefix and not prefix.startswith("/"):
-            raise rr.err("path_prefix", f"{prefix!r} must start with /")
+            rr.fail("path_prefix", f"{prefix!r} must start with /")
         rr.done()
         routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix))
     http = mode == "http"
@@ -463,72 +750,102 @@ def _listener(path, i, raw, clusters) -> Listener:
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
     )
-    if lst.access_log and mode != "http":
-        raise r.err("access_log", "access logs are written by mode = \"http\" listeners")
+    if lst.access_log and tcp:
+        r.fail("access_log", "access logs are written by mode = \"http\" listeners")
     if lst.access_log and lst.access_log not in ("stdout", "stderr"):
         d = os.path.dirname(os.path.abspath(lst.access_log))
         if not os.path.isdir(d):
-            raise r.err("access_log", f"the directory {d} does not exist")
+            r.fail("access_log", f"the directory {d} does not exist")
     r.done()
     return lst
 
 
+def _table_list(errs, top, name) -> list:
+    v = top.get(name, [])
+    if not isinstance(v, list):
+        errs.add(name, f"must be an array of tables: write [[{name}]]")
+        return []
+    return v
+
+
 def parse(text: str, path: str = "<config>") -> Config:
+    """The configuration in text, or a ConfigError listing every mistake."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    top = _Reader(path, "", raw)
-    proxy = _proxy(path, top.get("proxy", {}))
+        m = _TOML_AT.search(str(e))
+        line = int(m.group(1)) if m else None
+        raise ConfigError(path, "", f"not valid TOML: {e}", line,
+                          _snippet(text.split("\n"), line)) from None
+    errs = _Errors(path, text)
+    top = _Reader(errs, "", raw)
+    proxy = _proxy(errs, top.get("proxy", {}))
+    raw_clusters = _table_list(errs, top, "clusters")
+    raw_listeners = _table_list(errs, top, "listeners")
+    raw_admin = top.get("admin")
+
     clusters = {}
-    raw_clusters = top.get("clusters", [])
-    if not isinstance(raw_clusters, list):
-        raise ConfigError(path, "clusters", "must be an array of tables: write [[clusters]]")
+    # Every name a cluster table gives, even one with other mistakes: a
+    # listener that names it is not wrong too.
+    names = {c["name"] for c in raw_clusters if isinstance(c, dict) and isinstance(c.get("name"), str)}
     for i, c in enumerate(raw_clusters):
-        cl = _cluster(path, i, c)
+        cl = _cluster(errs, i, c)
+        if cl.name is None:
+            continue
         if cl.name in clusters:
-            raise ConfigError(path, f"clusters[{i}].name", f"cluster {cl.name!r} is defined twice")
+            errs.add(f"clusters[{i}].name", f"cluster {cl.name!r} is defined twice")
+            continue
         clusters[cl.name] = cl
-    raw_listeners = top.get("listeners", [])
-    if not isinstance(raw_listeners, list):
-        raise ConfigError(path, "listeners", "must be an array of tables: write [[listeners]]")
-    if not raw_listeners:
-        raise ConfigError(path, "listeners", "at least one [[listeners]] table is needed")
-    listeners, names, binds = [], set(), {}
+
+    # (a misspelt [[listener]] is reported by top.done(), with the right name)
+    if not raw_listeners and ("listeners" in top.t or not top.typo_of("listeners")):
+        errs.add("listeners", "at least one [[listeners]] table is needed")
+    listeners, seen, binds = [], {}, {}
     for i, l in enumerate(raw_listeners):
-        lst = _listener(path, i, l, clusters)
-        if lst.name in names:
-            raise ConfigError(path, f"listeners[{i}].name", f"listener {lst.name!r} is defined twice")
-        if (lst.host, lst.port) in binds:
-            raise ConfigError(path, f"listeners[{i}].bind",
-                              f"{lst.bind} is already bound by listener {binds[(lst.host, lst.port)]!r}")
-        names.add(lst.name)
-        binds[(lst.host, lst.port)] = lst.name
+        lst = _listener(errs, i, l, names)
+        if lst.name is not None:
+            if lst.name in seen:
+                errs.add(f"listeners[{i}].name", f"listener {lst.name!r} is defined twice")
+            seen[lst.name] = i
+        if lst.host is not None:
+            if (lst.host, lst.port) in binds:
+                errs.add(f"listeners[{i}].bind",
+                         f"{lst.bind} is already bound by listener {binds[(lst.host, lst.port)]!r}")
+            else:
+                binds[(lst.host, lst.port)] = lst.name
+                errs.binds.append((f"listeners[{i}].bind", lst.host, lst.port))
         listeners.append(lst)
     if len(listeners) > 64:
-        raise ConfigError(path, "listeners", "at most 64 listeners")
-    admin = _admin(path, top.get("admin"), binds)
+        errs.add("listeners", "at most 64 listeners")
+    admin = _admin(errs, raw_admin, binds)
+    if admin:
+        errs.binds.append(("admin.bind", admin.host, admin.port))
     top.done()
+    errs.raise_if_any()
     return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters,
                   admin=admin)
 
 
-def _admin(path, raw, binds) -> Admin | None:
+def _admin(errs, raw, binds) -> Admin | None:
     """[admin] bind = "127.0.0.1:9901": /metrics, /status and /health."""
     if raw is None:
         return None
-    r = _Reader(path, "admin", raw)
+    r = _Reader(errs, "admin", raw)
     bind = r.str("bind", required=True)
-    try:
-        host, port = parse_hostport(bind, "bind")
-        ipaddress.ip_address(host)
-    except ValueError as e:
-        raise r.err("bind", str(e) if "port" in str(e) else
-                    f"{bind!r}: bind needs an IP address, not a name") from None
-    if (host, port) in binds:
-        raise r.err("bind", f"{bind} is also listener {binds[(host, port)]!r}'s address")
+    admin = None
+    if bind is not None:
+        try:
+            host, port = parse_hostport(bind, "bind")
+            ipaddress.ip_address(host)
+        except ValueError as e:
+            r.fail("bind", str(e) if "port" in str(e) else
+                   f"{bind!r}: bind needs an IP address, not a name")
+        else:
+            if (host, port) in binds:
+                r.fail("bind", f"{bind} is also listener {binds[(host, port)]!r}'s address")
+            admin = Admin(host=host, port=port)
     r.done()
-    return Admin(host=host, port=port)
+    return admin
 
 
 def load(path: str) -> Config:

@@ -12,6 +12,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .telemetry import detail as detail_mod
+
 log = logging.getLogger("uproxy")
 
 
@@ -24,6 +26,13 @@ def _expect_ok(expect: str, status: int) -> bool:
         elif status == int(part):
             return True
     return False
+
+
+def timed_probe(address, host_label: str, health) -> tuple:
+    """One check and how long it took: (ok, reason, seconds)."""
+    t0 = time.monotonic()
+    ok, why = probe(address, host_label, health)
+    return ok, why, time.monotonic() - t0
 
 
 def probe(address, host_label: str, health) -> tuple:
@@ -64,11 +73,16 @@ class HealthChecker:
     def __init__(self, runtime):
         self.rt = runtime
         self.state = {}      # (cluster, label) -> [up, successes, failures, next_due]
+        # (cluster, label) -> what the dashboard shows: the last check's result,
+        # reason and latency, when it ran and when the state last changed
+        self.detail = {}
         self.targets = []    # (cluster, label, address, health)
         self.lock = threading.Lock()   # control plane only: checker thread vs reload
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="uproxy-health")
         self.thread = threading.Thread(target=self._run, name="uproxy-health", daemon=True)
+        # the control plane's detail for `uproxy top` (telemetry/detail.py)
+        self.publisher = detail_mod.Publisher(runtime, self)
 
     def configure(self, cfg):
         targets = []
@@ -80,9 +94,21 @@ class HealthChecker:
         with self.lock:
             keep = {(t[0], t[1]) for t in targets}
             self.state = {k: v for k, v in self.state.items() if k in keep}
+            self.detail = {k: v for k, v in self.detail.items() if k in keep}
+            now_ms = int(time.time() * 1000)
             for cname, label, _, _ in targets:
                 self.state.setdefault((cname, label), [True, 0, 0, 0.0])
+                self.detail.setdefault((cname, label), {
+                    "checked": False, "up": True, "last_ok": None, "last_reason": None,
+                    "last_latency_ms": None, "last_check_ms": None, "since_ms": now_ms,
+                    "checks": 0})
             self.targets = targets
+
+    def details(self) -> list:
+        """Per checked server: the last check (result, reason, latency, time)
+        and the time of the last state change (CLOCK_REALTIME ms)."""
+        with self.lock:
+            return [{"cluster": c, "address": a, **d} for (c, a), d in sorted(self.detail.items())]
 
     def health_map(self) -> dict:
         with self.lock:
@@ -95,6 +121,7 @@ class HealthChecker:
     def close(self):
         self.stop.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.publisher.close()
 
     def _run(self):
         while not self.stop.is_set():
@@ -103,21 +130,27 @@ class HealthChecker:
                 due = [t for t in self.targets if self.state[(t[0], t[1])][3] <= now]
                 for t in due:
                     self.state[(t[0], t[1])][3] = now + t[3].interval_ms / 1000
-            futures = [(t, self.pool.submit(probe, t[2], t[1], t[3])) for t in due]
+            futures = [(t, self.pool.submit(timed_probe, t[2], t[1], t[3])) for t in due]
             for t, f in futures:
                 try:
-                    ok, why = f.result()
+                    ok, why, took = f.result()
                 except Exception as e:      # a bug in a check must not stop checking
-                    ok, why = False, repr(e)
-                self._record(t, ok, why)
+                    ok, why, took = False, repr(e), None
+                self._record(t, ok, why, took)
+            self.publisher.tick()
             self.stop.wait(0.05)
 
-    def _record(self, target, ok, why):
+    def _record(self, target, ok, why, took=None):
         cname, label, _, h = target
         with self.lock:
             st = self.state.get((cname, label))
             if st is None:
                 return
+            d = self.detail.get((cname, label))
+            if d is not None:
+                d.update(checked=True, last_ok=ok, last_reason=why, checks=d["checks"] + 1,
+                         last_latency_ms=None if took is None else round(took * 1000, 2),
+                         last_check_ms=int(time.time() * 1000))
             if ok:
                 st[1], st[2] = st[1] + 1, 0
             else:
@@ -127,6 +160,10 @@ class HealthChecker:
                 st[0], changed = False, "down"
             elif not st[0] and st[1] >= h.rise:
                 st[0], changed = True, "up"
+            if d is not None:
+                d["up"] = st[0]
+                if changed:
+                    d["since_ms"] = d["last_check_ms"]
         if changed:
             self.rt.set_health(cname, label, st[0])
             text = f"server {label} in cluster {cname} is {changed}" + ("" if ok else f": {why}")

@@ -31,6 +31,18 @@ class StartError(Exception):
     pass
 
 
+def _brief(e) -> str:
+    """A reload error for the event ring's short lines (the dashboard's
+    events, `uproxy reload` when the status file is missing): the first
+    mistake with its file name and line, and how many more there are."""
+    if isinstance(e, ConfigError):
+        f, n = e.errors[0], len(e.errors)
+        where = os.path.basename(f.path) + (f":{f.line}" if f.line else "")
+        return (f" ({n} errors)" if n > 1 else "") + f": {where}: " + \
+            (f"{f.key}: " if f.key else "") + f.message
+    return f": {e}"
+
+
 def probe() -> int:
     res = ffi.new("struct up_probe_result *")
     if lib.up_probe(res) < 0:
@@ -273,22 +285,49 @@ class Runtime:
 
     # ---- reload ------------------------------------------------------------
     def reload(self) -> bool:
+        started = time.monotonic_ns()
+        warnings = []
         try:
             cfg = load(self.config_path)
             if (cfg.proxy.workers or self.nworkers) != self.nworkers and not self.workers_override:
-                log.warning("reload: [proxy] workers changed; that takes a restart, "
-                            "keeping %d workers", self.nworkers)
+                warnings.append(f"[proxy] workers changed; that takes a restart, "
+                                f"keeping {self.nworkers} workers")
+                log.warning("reload: %s", warnings[-1])
             self._publish(cfg)
             self.health.configure(cfg)
         except (ConfigError, OSError, Exception) as e:
+            self._record_reload(e, warnings, started)
             self.segment.header.reload_failures += 1
             log.error("reload failed, still running generation %d: %s", self.generation, e)
-            self.event(f"reload failed: {e}")
+            self.event(f"reload failed{_brief(e)}")
             return False
+        self._record_reload(None, warnings, started)
         self.segment.header.reloads += 1
         log.info("reloaded %s: generation %d", self.config_path, self.generation)
         self.event(f"reloaded: generation {self.generation}")
         return True
+
+    def _record_reload(self, error, warnings, started_ns):
+        """The outcome, for `uproxy reload` (shm.reload_status_path), written
+        before the counter it waits on moves, with when the reload began
+        (CLOCK_MONOTONIC), so that `uproxy reload` can tell a reload that
+        was already under way when it signalled from its own. Never fails
+        the reload."""
+        errors = []
+        if isinstance(error, ConfigError):
+            errors = [{"text": e.one(), "line": e.line, "key": e.key, "snippet": e.snippet}
+                      for e in error.errors]
+        elif error is not None:
+            errors = [{"text": str(error) or error.__class__.__name__}]
+        try:
+            shm.write_reload_status({
+                "time_ms": int(time.time() * 1000), "started_mono_ns": started_ns,
+                "ok": error is None,
+                "config": os.path.abspath(self.config_path), "generation": self.generation,
+                "error": str(error) if error is not None else None, "errors": errors,
+                "warnings": warnings})
+        except OSError as e:
+            log.warning("cannot record the reload outcome for `uproxy reload`: %s", e)
 
     def event(self, text: str):
         self.events.append((time.time(), text))

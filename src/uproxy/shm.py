@@ -35,6 +35,44 @@ def path_for(pid: int) -> str:
     return os.path.join(run_dir(), f"uproxy-{pid}.stats")
 
 
+def reload_status_path(pid: int) -> str:
+    """Where the proxy records the outcome of its last reload (JSON), for
+    `uproxy reload` to print: the reason a reload failed is text, which
+    the segment's fixed layout has no room for."""
+    return os.path.join(run_dir(), f"uproxy-{pid}.reload")
+
+
+def write_reload_status(status: dict):
+    """Written whole (a temporary file renamed over the old one) before the
+    reload counters move, so that a reader who sees a counter move reads
+    the matching status. Readable by the proxy's user only."""
+    import json
+    path = reload_status_path(os.getpid())
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, json.dumps(status).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_reload_status(pid: int) -> dict | None:
+    import json
+    try:
+        with open(reload_status_path(pid)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _align(n, a=64):
     return (n + a - 1) // a * a
 
@@ -137,10 +175,11 @@ class Segment:
         h.events_written += 1
 
     def close(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        for p in (self.path, reload_status_path(os.getpid())):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
 
 def running_pids() -> list:

@@ -29,7 +29,15 @@ def thread(pid: int, tid: int) -> dict | None:
             vol = int(line.split()[1])
         elif line.startswith("nonvoluntary_ctxt_switches:"):
             invol = int(line.split()[1])
-    return {"cpu_s": (utime + stime) / HZ, "user_s": utime / HZ, "sys_s": stime / HZ,
+    run_ns = None
+    try:
+        # nanoseconds on a CPU (the scheduler's own sum_exec_runtime): finer
+        # than utime + stime, which are counted in clock ticks
+        with open(base + "/schedstat") as f:
+            run_ns = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu_s": (utime + stime) / HZ, "run_ns": run_ns, "user_s": utime / HZ, "sys_s": stime / HZ,
             "vol_switches": vol, "invol_switches": invol,
             "page_faults": minflt + majflt, "processor": processor}
 

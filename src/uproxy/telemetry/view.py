@@ -13,8 +13,10 @@ import platform
 import time
 
 from .. import __version__, hist, shm
+from . import detail as detail_mod
 from . import pmu as pmu_mod
 from . import procstat
+from .logpeek import LogPeek
 
 HISTORY = 60        # sparkline points
 # Share of each second the per-packet and per-operation probes (io_uring,
@@ -22,6 +24,71 @@ HISTORY = 60        # sparkline points
 # (docs/observability.md has the figures). UPROXY_PROBE_DUTY=1 keeps them on.
 DUTY = float(os.environ.get("UPROXY_PROBE_DUTY", "0.1"))
 L7_COUNTERS = ("requests", "resp_1xx", "resp_2xx", "resp_3xx", "resp_4xx", "resp_5xx")
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# A q-percentile of fewer than 1 / (1 - q) values is the maximum: then the
+# view gives the maximum, says so (``<name>_is_max``) and gives the count.
+QUANTILES = (("p50", 0.50), ("p99", 0.99), ("p999", 0.999))
+
+
+def min_samples(q: float) -> int:
+    return int(round(1 / (1 - q)))
+
+
+def hist_max(h):
+    """The upper edge of the highest non-empty bucket (never under-reports)."""
+    for i in range(len(h) - 1, -1, -1):
+        if h[i]:
+            return float(hist.upper(i) if i >= 8 else i)
+    return None
+
+
+def pcts(h, scale=1.0, nd=None) -> dict:
+    """p50/p99/p99.9 of a histogram with the count behind them: a
+    percentile the count cannot back is replaced by the maximum, flagged."""
+    n = sum(h)
+    out = {"count": n, "max_us": None}
+    mx = hist_max(h)
+    if mx is not None:
+        out["max_us"] = round(mx * scale, nd) if nd is not None else mx * scale
+    for name, q in QUANTILES:
+        if not n:
+            out[f"{name}_us"], out[f"{name}_is_max"] = None, False
+            continue
+        enough = n >= min_samples(q)
+        v = hist.percentile(h, q) if enough else mx
+        v = v * scale
+        out[f"{name}_us"] = round(v, nd) if nd is not None else v
+        out[f"{name}_is_max"] = not enough
+    return out
+
+
+def hist_rows(h, unit="us") -> dict:
+    """A histogram for the JSON view: its non-empty buckets as
+    {bucket: count}, with the unit of its values."""
+    return {"unit": unit, "count": sum(h), "buckets": {str(i): n for i, n in enumerate(h) if n}}
+
+
+def merge_events(events, notes, logs=()) -> list:
+    """The segment's events, the proxy's published notes (warnings) and
+    log lines, each once and in time order: a note or log line that says
+    what an event says (within 2 s, the same first word and the same text
+    after its last ": ", as "reloaded /x.toml: generation 2" says
+    "reloaded: generation 2") is the event's own log line and is dropped."""
+    def key(text):
+        t = text.strip()
+        head = t.split(None, 1)[0].rstrip(":,").lower() if t else ""
+        return head, t.rsplit(": ", 1)[-1] if ": " in t else t
+    out = [dict(e, source="event") for e in events]
+    seen = [(e["time_ms"], key(e["text"])) for e in events]
+    for src, items in (("note", notes), ("log", logs)):
+        for n in items:
+            k = key(n["text"])
+            if any(abs(t - n["time_ms"]) <= 2000 and k == ek for t, ek in seen):
+                continue
+            seen.append((n["time_ms"], k))
+            out.append(dict(n, source=src))
+    out.sort(key=lambda e: e["time_ms"])
+    return out
 
 
 def _us(v):
@@ -65,6 +132,12 @@ class Collector:
                 self.probe_error = f"{e.__class__.__name__}: {e}"
         self.prev = None
         self.history = collections.defaultdict(lambda: collections.deque(maxlen=HISTORY))
+        try:
+            self.peek = LogPeek(self.reader)
+        except Exception:                       # an older segment: no per-listener panel
+            self.peek = None
+        self.logs = None        # set by the embedded dashboard: [(time_ms, level, text)]
+        self.failing = {}       # server slot -> did its last connects all fail?
 
     def close(self):
         if self.probes:
@@ -78,7 +151,9 @@ class Collector:
         threads = {w["tid"]: procstat.thread(self.pid, w["tid"]) for w in snap["workers"]}
         return {"t": time.monotonic(), "snap": snap, "threads": threads,
                 "cpus": procstat.cpu_times(),
-                "bpf": self.probes.read() if self.probes else None}
+                "bpf": self.probes.read() if self.probes else None,
+                "peek": self.peek.look() if self.peek else None,
+                "detail": detail_mod.read(self.pid)}
 
     def sample(self) -> dict:
         raw = self._raw()
@@ -121,7 +196,7 @@ class Collector:
                 return (c[name] - pc[name]) if pc else None
             units = d("requests") if l7 else d("accepted")
             h = hist.delta(w["hist"][lat_hist], pw["hist"][lat_hist]) if pw else w["hist"][lat_hist]
-            lat = hist.summary(h)
+            lat = pcts(h)
             ops = sum(w["ops"].values())
             pops = sum(pw["ops"].values()) if pw else None
             row = {
@@ -131,6 +206,9 @@ class Collector:
                 "active": c["active"],
                 "latency": lat_hist,
                 "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
+                "p50_is_max": lat["p50_is_max"], "p99_is_max": lat["p99_is_max"],
+                "p999_is_max": lat["p999_is_max"], "lat_count": lat["count"],
+                "lat_max_us": lat["max_us"],
                 "bytes_in_s": _rate(c["bytes_from_clients"] + c["bytes_from_upstreams"],
                                     (pc["bytes_from_clients"] + pc["bytes_from_upstreams"]) if pc else None, dt),
                 "bytes_out_s": _rate(c["bytes_to_clients"] + c["bytes_to_upstreams"],
@@ -140,6 +218,7 @@ class Collector:
                 "uring_enters_s": _rate(c["uring_enters"], pc["uring_enters"] if pc else None, dt),
                 "resp": {k: c[k] for k in L7_COUNTERS[1:]},
             }
+            row.update(_status_cols(c, pc, dt, l7))
             row.update(self._proc_cols(w, cur, prev, dt))
             row.update(self._bpf_cols(i, w, cur, prev, dt, units, pmu_on, ev_names))
             cores.append(row)
@@ -162,10 +241,17 @@ class Collector:
                     "cannot be measured; software counters shown instead"},
             "cores": cores,
             "total": self._total(cores, snap, psnap, dt, l7),
-            "upstreams": self._upstreams(snap, psnap, dt),
+            "upstreams": self._upstreams(snap, psnap, dt, cur.get("detail")),
             "tcp": self._tcp(cur, prev),
-            "events": snap["events"][-12:],
+            "events": merge_events(snap["events"], (cur.get("detail") or {}).get("notes", []),
+                                   self.logs or ())[-40:],
+            "hist": self._hists(cur, prev, snap, psnap),
         }
+        view["clusters"] = _clusters(view["upstreams"])
+        view["listeners"] = self._listeners(cur, prev, dt, snap)
+        view["ejections_s"] = (_rate(snap["total"]["health_ejections"],
+                                     psnap["total"]["health_ejections"], dt) if psnap else None)
+        view["ejections"] = snap["total"]["health_ejections"]
         if prev:
             self.history["rps"].append(view["total"]["rps"] or 0.0)
             self.history["p99_us"].append(view["total"]["p99_us"] or 0.0)
@@ -177,10 +263,17 @@ class Collector:
     def _proc_cols(self, w, cur, prev, dt) -> dict:
         t = cur["threads"].get(w["tid"])
         pt = prev["threads"].get(w["tid"]) if prev else None
-        out = {"cpu_pct": None, "ctx_switches_s": None, "invol_switches_s": None,
+        out = {"cpu_pct": None, "cpu_src": None, "ctx_switches_s": None, "invol_switches_s": None,
                "page_faults_s": None, "softirq_pct": None, "on_cpu": t["processor"] if t else None}
         if t and pt and dt > 0:
-            out["cpu_pct"] = round(100 * (t["cpu_s"] - pt["cpu_s"]) / dt, 1)
+            # the worker thread's CPU time over the whole interval: the
+            # scheduler's nanoseconds (schedstat), else utime + stime ticks
+            if t.get("run_ns") is not None and pt.get("run_ns") is not None:
+                out["cpu_pct"] = round(100 * (t["run_ns"] - pt["run_ns"]) / 1e9 / dt, 1)
+                out["cpu_src"] = "schedstat"
+            else:
+                out["cpu_pct"] = round(100 * (t["cpu_s"] - pt["cpu_s"]) / dt, 1)
+                out["cpu_src"] = "/proc stat"
             out["ctx_switches_s"] = _rate(t["vol_switches"] + t["invol_switches"],
                                           pt["vol_switches"] + pt["invol_switches"], dt)
             out["invol_switches_s"] = _rate(t["invol_switches"], pt["invol_switches"], dt)
@@ -213,8 +306,9 @@ class Collector:
             udt = on_dt("uring")
             out["uring_completes_s"] = _rate(x["uring_completes"], px["uring_completes"], udt)
             out["iowq_punts_s"] = _rate(x["uring_punts"], px["uring_punts"], udt)
-            s = hist.summary(hist.delta(x["hist_uring"], px["hist_uring"]))
-            out["uring_lat_p50_us"], out["uring_lat_p99_us"] = _us(s["p50_us"]), _us(s["p99_us"])
+            s = pcts(hist.delta(x["hist_uring"], px["hist_uring"]), 1 / 1000.0, 1)
+            out["uring_lat_p50_us"], out["uring_lat_p99_us"] = s["p50_us"], s["p99_us"]
+            out["uring_lat_p99_is_max"], out["uring_lat_count"] = s["p99_is_max"], s["count"]
             from .. import shm as _shm
             names = _shm._opnames()
             for op in range(64):
@@ -226,8 +320,9 @@ class Collector:
                         "timed": n, "punts_s": round(p / udt, 1) if udt > 0 else None,
                         "mean_us": round(ns / n / 1000, 1) if n else None}
         if P.on("sched"):
-            s = hist.summary(hist.delta(x["hist_rq"], px["hist_rq"]))
-            out["runq_p99_us"] = _us(s["p99_us"])
+            s = pcts(hist.delta(x["hist_rq"], px["hist_rq"]), 1 / 1000.0, 1)
+            out["runq_p99_us"] = s["p99_us"]
+            out["runq_p99_is_max"], out["runq_count"] = s["p99_is_max"], s["count"]
             sdt = on_dt("sched")
             out["invol_switches_bpf_s"] = _rate(x["invol"], px["invol"], sdt)
             out["migrations_s"] = _rate(x["migrations"], px["migrations"], sdt)
@@ -261,22 +356,95 @@ class Collector:
             return round(sum(vals), 1) if vals else None
         lat_hist = "request" if l7 else "connect"
         h = hist.delta(snap["hist"][lat_hist], psnap["hist"][lat_hist]) if psnap else snap["hist"][lat_hist]
-        lat = hist.summary(h)
+        lat = pcts(h)
         t = snap["total"]
-        return {"rps": s("rps"), "active": t["active"], "accepted": t["accepted"],
-                "requests": t["requests"], "upstream_active": t["upstream_active"],
-                "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
-                "errors_s": s("errors_s"), "uring_ops_s": s("uring_ops_s"),
-                "iowq_punts_s": s("iowq_punts_s"), "cpu_pct": s("cpu_pct"),
-                "resp": {k: t[k] for k in L7_COUNTERS[1:]}}
+        out = {"rps": s("rps"), "active": t["active"], "accepted": t["accepted"],
+               "requests": t["requests"], "upstream_active": t["upstream_active"],
+               "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
+               "p50_is_max": lat["p50_is_max"], "p99_is_max": lat["p99_is_max"],
+               "p999_is_max": lat["p999_is_max"], "lat_count": lat["count"],
+               "lat_max_us": lat["max_us"],
+               "errors_s": s("errors_s"), "uring_ops_s": s("uring_ops_s"),
+               "iowq_punts_s": s("iowq_punts_s"), "cpu_pct": s("cpu_pct"),
+               "resp": {k: t[k] for k in L7_COUNTERS[1:]},
+               "no_server": t["err_no_server"]}
+        out.update(_status_cols(t, psnap["total"] if psnap else None, dt, l7))
+        return out
 
-    def _upstreams(self, snap, psnap, dt) -> list:
+    def _hists(self, cur, prev, snap, psnap) -> dict:
+        """The interval's latency histograms (the latency view): the core's
+        request, upstream and connect histograms (all workers), and the eBPF
+        io_uring and run-queue latencies when those probes are on."""
+        out = {}
+        for k in shm.HISTS:
+            h = hist.delta(snap["hist"][k], psnap["hist"][k]) if psnap else snap["hist"][k]
+            out[k] = hist_rows(h, "us")
+        b, pb = cur.get("bpf"), (prev or {}).get("bpf")
+        if b and pb and self.probes:
+            for key, name, st in (("hist_uring", "io_uring", "uring"), ("hist_rq", "runq", "sched")):
+                if self.probes.on(st):
+                    h = hist.merge(hist.delta(x[key], px[key])
+                                   for x, px in zip(b["workers"], pb["workers"]))
+                    out[name] = hist_rows(h, "ns")
+        return out
+
+    def _listeners(self, cur, prev, dt, snap) -> list:
+        """Per listener and per listener -> cluster: req/s, status classes,
+        error share and p99 over the interval, from the access-log records
+        (logpeek); listeners without an access log have no figures."""
+        d = cur.get("detail") or {}
+        lst = d.get("listeners") or []
+        peek = cur.get("peek")
+        slots = {s["slot"]: s["cluster"] for s in snap["servers"]}
+        out = []
+        if not lst and peek and peek["groups"]:
+            lst = [{"id": lid, "name": f"listener {lid}", "bind": "", "mode": "http",
+                    "cluster": "", "access_log": True, "routes": []}
+                   for lid in sorted({k[0] for k in peek["groups"]})]
+        for l in lst:
+            row = {"name": l["name"], "bind": l.get("bind", ""), "mode": l.get("mode"),
+                   "cluster": l.get("cluster"), "access_log": l.get("access_log", False),
+                   "measured": bool(prev and peek is not None and l.get("access_log")),
+                   "routes": []}
+            groups = (peek or {}).get("groups", {})
+            row.update(_group_figures(groups.get((l.get("id"), None)), dt, row["measured"]))
+            if row["measured"]:
+                by_cluster = {}
+                for (lid, slot), g in groups.items():
+                    if lid != l.get("id") or slot is None:
+                        continue
+                    name = slots.get(slot, "(no server)") if slot != 0xffff else "(no server)"
+                    acc = by_cluster.setdefault(name, {"count": 0, "status": {}, "hist": [0] * hist.BUCKETS})
+                    acc["count"] += g["count"]
+                    for k, n in g["status"].items():
+                        acc["status"][k] = acc["status"].get(k, 0) + n
+                    acc["hist"] = [a + b for a, b in zip(acc["hist"], g["hist"])]
+                for name, g in sorted(by_cluster.items()):
+                    row["routes"].append({"cluster": name, **_group_figures(g, dt, True)})
+            out.append(row)
+        if peek:
+            for row in out:
+                row["lost"] = peek["lost"]
+        return out
+
+    def _upstreams(self, snap, psnap, dt, detail=None) -> list:
         prev = {s["slot"]: s for s in psnap["servers"]} if psnap else {}
+        checks = {(h["cluster"], h["address"]): h for h in (detail or {}).get("health", [])}
+        now_ms = time.time() * 1000
         out = []
         for sv in snap["servers"]:
             if not sv["in_use"]:
                 continue
             p = prev.get(sv["slot"])
+            ck = checks.get((sv["cluster"], sv["address"]))
+            d = (lambda k: (sv[k] - p[k]) if p else None)
+            # failing: the connects of the last interval that had any all
+            # failed (passive: a server the core ejected gets no connects,
+            # so it stays failing until one succeeds)
+            if p is None:
+                self.failing[sv["slot"]] = bool(sv["connects"]) and sv["connect_errors"] >= sv["connects"]
+            elif d("connects") > 0:
+                self.failing[sv["slot"]] = d("connect_errors") >= d("connects")
             out.append({
                 "cluster": sv["cluster"], "address": sv["address"], "health": sv["health"],
                 "active": sv["active"], "in_flight": sv["in_flight"], "idle": sv["idle"],
@@ -284,6 +452,19 @@ class Collector:
                 "rps": _rate(sv["requests"], p["requests"] if p else None, dt),
                 "reuse_pct": _ratio(sv["reused"], sv["requests"], 100, 1),
                 "errors": sv["errors"], "connect_errors": sv["connect_errors"],
+                "connects": sv["connects"], "failing": self.failing.get(sv["slot"], False),
+                "errors_s": _rate(sv["errors"], p["errors"] if p else None, dt),
+                "connect_errors_s": _rate(sv["connect_errors"], p["connect_errors"] if p else None, dt),
+                "interval": {"requests": d("requests"), "connects": d("connects"),
+                             "connect_errors": d("connect_errors"), "errors": d("errors")},
+                "check": None if ck is None else {
+                    "checked": ck.get("checked", False), "ok": ck.get("last_ok"),
+                    "reason": ck.get("last_reason"), "latency_ms": ck.get("last_latency_ms"),
+                    "age_s": (round((now_ms - ck["last_check_ms"]) / 1000, 1)
+                              if ck.get("last_check_ms") else None),
+                    "since_s": (round((now_ms - ck["since_ms"]) / 1000, 1)
+                                if ck.get("since_ms") else None),
+                    "checks": ck.get("checks", 0)},
             })
         return out
 
@@ -307,6 +488,71 @@ class Collector:
 
 def _errors(c) -> int:
     return sum(v for k, v in c.items() if k.startswith("err_"))
+
+
+def _status_cols(c, pc, dt, l7) -> dict:
+    """Rates by status class and the error share over the interval.
+    HTTP: the share of responses that are 4xx or 5xx (``err_pct``) and of
+    those that are 5xx (``err5_pct``). L4: the share of sessions that found
+    no server to connect to (``err_no_server``)."""
+    out = {f"r{k}_s": None for k in CLASSES}
+    out.update(err_pct=None, err5_pct=None, responses=None)
+    if pc is None or dt <= 0:
+        return out
+    d = {k: c[f"resp_{k}"] - pc[f"resp_{k}"] for k in CLASSES}
+    for k in CLASSES:
+        out[f"r{k}_s"] = round(d[k] / dt, 1)
+    if l7:
+        n = sum(d.values())
+        out["responses"] = n
+        if n:
+            out["err_pct"] = round(100 * (d["4xx"] + d["5xx"]) / n, 1)
+            out["err5_pct"] = round(100 * d["5xx"] / n, 1)
+        elif c["requests"] - pc["requests"]:
+            out["err_pct"] = out["err5_pct"] = None
+        else:
+            out["err_pct"] = out["err5_pct"] = 0.0
+    else:
+        n = c["accepted"] - pc["accepted"]
+        out["responses"] = n
+        out["err_pct"] = round(100 * (c["err_no_server"] - pc["err_no_server"]) / n, 1) if n else 0.0
+        out["err5_pct"] = out["err_pct"]
+    return out
+
+
+def _group_figures(g, dt, measured) -> dict:
+    out = {"rps": None, "err_pct": None, "p99_us": None, "p99_is_max": False, "count": None,
+           "status": {}}
+    if not measured:
+        return out
+    if g is None:
+        return dict(out, rps=0.0, err_pct=0.0, count=0)
+    n = g["count"]
+    p = pcts(g["hist"])
+    bad = g["status"].get("4xx", 0) + g["status"].get("5xx", 0)
+    return {"rps": round(n / dt, 1) if dt > 0 else None,
+            "err_pct": round(100 * bad / n, 1) if n else 0.0,
+            "p99_us": p["p99_us"], "p99_is_max": p["p99_is_max"], "count": n,
+            "status": dict(g["status"])}
+
+
+def _clusters(upstreams) -> list:
+    """Per cluster: whether any server can take traffic. ``no_healthy``:
+    every server is down by the active checks; ``failing``: every server's
+    last connects failed (what a cluster without active checks shows when
+    all its servers are gone)."""
+    by = {}
+    for u in upstreams:
+        by.setdefault(u["cluster"], []).append(u)
+    out = []
+    for name, us in by.items():
+        down = all(u["health"] == "down" for u in us)
+        failing = all(u["failing"] or u["health"] == "down" for u in us) and not down
+        out.append({"cluster": name, "servers": len(us),
+                    "up": sum(1 for u in us if u["health"] == "up"),
+                    "down": sum(1 for u in us if u["health"] == "down"),
+                    "no_healthy": down, "failing": failing})
+    return out
 
 
 def one_shot(pid: int, interval: float = 1.0, use_bpf: bool | None = None) -> dict:

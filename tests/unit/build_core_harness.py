@@ -21,7 +21,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-NATIVE = os.path.join(ROOT, "native")
+# UPROXY_UNIT_NATIVE: another copy of the core to test (a mutated one, say,
+# to see that the tests can fail).
+NATIVE = os.path.abspath(os.environ.get("UPROXY_UNIT_NATIVE") or os.path.join(ROOT, "native"))
 HARNESS_C = os.path.join(HERE, "core_harness.c")
 MODULE = "_core_harness"
 
@@ -92,7 +94,8 @@ def build(build_root=None, verbose=False):
         digest.update(path.encode())
         with open(path, "rb") as f:
             digest.update(f.read())
-    build_root = build_root or os.path.join(ROOT, "build", "unit-harness")
+    build_root = (build_root or os.environ.get("UPROXY_UNIT_BUILD")
+                  or os.path.join(ROOT, "build", "unit-harness"))
     out = os.path.join(build_root, digest.hexdigest()[:16])
     if not _built(out):
         ffi = FFI()

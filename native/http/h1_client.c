@@ -334,12 +334,7 @@ void h1_try_finish(struct worker *w, struct conn *c)
                 w->c[UP_C_CLOSED]++;
             }
         } else {
-            if (s->flags & C_SERVER_REF) {
-                w->srv[s->slot].active--;
-                w->c[UP_C_UPSTREAM_ACTIVE]--;
-            }
-            if (s->flags & C_COUNTED)
-                w->srv[s->slot].in_flight--;
+            dial_gone(w, s);
             s->txn = NIL;
         }
         s->flags &= (uint16_t)~(C_SESSION | C_SERVER_REF | C_COUNTED);

@@ -32,12 +32,11 @@ static void link_txn(struct worker *w, struct txn *t, struct conn *u)
     u->txn = c->txn;
     u->peer = t->up == NIL ? NIL : t->client;
     c->peer = t->up;
-    u->flags |= C_COUNTED;
-    w->srv[u->slot].in_flight++;
+    dial_busy(w, u);
     w->srv[u->slot].requests++;
 }
 
-static void dial(struct worker *w, struct txn *t, struct conn *u);
+static void dial_server(struct worker *w, struct txn *t, struct conn *u);
 
 /* Choose a server and a connection to it for transaction t. */
 void h1_upstream_assign(struct worker *w, struct txn *t)
@@ -71,57 +70,15 @@ void h1_upstream_assign(struct worker *w, struct txn *t)
     u->kind = CK_H1_UPSTREAM;
     u->slot = slot;
     link_txn(w, t, u);
-    dial(w, t, u);
+    dial_server(w, t, u);
 }
 
-static void dial(struct worker *w, struct txn *t, struct conn *u)
+static void dial_server(struct worker *w, struct txn *t, struct conn *u)
 {
-    const struct up_config *cfg = t->cfg;
-    const struct up_server *sv = &cfg->servers[t->server];
-    const struct up_cluster *cl = &cfg->clusters[t->cluster];
-    u->state = CS_CONNECTING;
     u->h1 = H_DIAL;
-    u->slot = sv->stat_slot;
-    int fd = socket(((const struct sockaddr *)sv->addr)->sa_family,
-                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        w->c[UP_C_ERR_CONNECT_OTHER]++;
-        txn_abort(w, t, 502, false);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    u->fd = fd;
-    u->attempts++;
     t->attempts++;
-    u->flags |= C_SERVER_REF;
-    w->srv[u->slot].active++;
-    w->srv[u->slot].connects++;
-    w->c[UP_C_UPSTREAM_CONNECTS]++;
-    w->c[UP_C_UPSTREAM_ACTIVE]++;
-    u->t_us = w->now_us;
-    struct io_uring_sqe *q = sqe_for(w, u, OP_CONNECT);
-    io_uring_prep_connect(q, fd, (const struct sockaddr *)sv->addr, sv->addrlen);
-    count_op(w, q);
-    if (cl->connect_timeout_ms) {
-        q->flags |= IOSQE_IO_LINK;
-        q = sqe_for(w, u, OP_LINK_TIMEOUT);
-        io_uring_prep_link_timeout(q, (struct __kernel_timespec *)cl->connect_timeout_ts, 0);
-        count_op(w, q);
-    }
-}
-
-static void server_gone(struct worker *w, struct conn *u)
-{
-    if (u->flags & C_SERVER_REF) {
-        w->srv[u->slot].active--;
-        w->c[UP_C_UPSTREAM_ACTIVE]--;
-        u->flags &= ~C_SERVER_REF;
-    }
-    if (u->flags & C_COUNTED) {
-        w->srv[u->slot].in_flight--;
-        u->flags &= ~C_COUNTED;
-    }
+    if (dial(w, u, t->cfg, t->server, t->cluster) < 0)
+        txn_abort(w, t, 502, false);
 }
 
 static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
@@ -144,9 +101,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
          : UP_C_ERR_CONNECT_OTHER]++;
     w->srv[u->slot].connect_errors++;
     balance_result(w, t->cfg, t->server, false);
-    w->srv[u->slot].active--;
-    w->c[UP_C_UPSTREAM_ACTIVE]--;
-    u->flags &= ~C_SERVER_REF;
+    dial_gone(w, u);
     close(u->fd);
     u->fd = -1;
     const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
@@ -162,13 +117,11 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         txn_abort(w, t, 503, false);
         return;
     }
-    server_gone(w, u);
     t->server = (uint32_t)s;
     u->slot = t->cfg->servers[s].stat_slot;
-    u->flags |= C_COUNTED;
-    w->srv[u->slot].in_flight++;
+    dial_busy(w, u);
     w->srv[u->slot].requests++;
-    dial(w, t, u);
+    dial_server(w, t, u);
 }
 
 static bool retryable(const struct txn *t)
@@ -202,7 +155,7 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
         u->peer = NIL;
         u->txn = NIL;
         c->peer = NIL;
-        server_gone(w, u);
+        dial_gone(w, u);
         h1_upstream_close(w, u, false);
         t->up = NIL;
         t->flags = (uint16_t)((t->flags & ~(TF_REUSED | TF_HEAD_SENT | TF_REQ_DONE)) | TF_RETRIED);
@@ -376,10 +329,7 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
     u->txn = NIL;
     u->peer = NIL;
     u->nreq++;
-    if (u->flags & C_COUNTED) {
-        w->srv[u->slot].in_flight--;
-        u->flags &= ~C_COUNTED;
-    }
+    dial_idle(w, u);
     if (reusable && cl && u->state == CS_OPEN &&
         pool_put(w, u, cl->pool_max_idle, cl->pool_idle_timeout_ms)) {
         u->h1 = H_POOL;

@@ -397,19 +397,6 @@ static void start_direction(struct worker *w, struct conn *src, bool *spliced)
 
 static void connect_next(struct worker *w, struct conn *u, uint32_t avoid);
 
-static void upstream_gone(struct worker *w, struct conn *u)
-{
-    if (u->flags & C_SERVER_REF) {
-        struct up_shm_wserver *st = srv_stats(w, u->cfg, u->server);
-        st->active--;
-        if (u->flags & C_COUNTED)
-            st->in_flight--;
-        u->flags &= ~C_COUNTED;
-        u->flags &= ~C_SERVER_REF;
-        w->c[UP_C_UPSTREAM_ACTIVE]--;
-    }
-}
-
 static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
 {
     struct conn *c = peer_of(w, u);
@@ -434,7 +421,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
            : UP_C_ERR_CONNECT_OTHER, 1);
     st->connect_errors++;
     balance_result(w, u->cfg, u->server, false);
-    upstream_gone(w, u);
+    dial_gone(w, u);
     close(u->fd);
     u->fd = -1;
     const struct up_cluster *cl = &u->cfg->clusters[listener_of(c)->cluster];
@@ -459,38 +446,11 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
         abort_session(w, c, false, false);
         return;
     }
-    const struct up_server *sv = &cfg->servers[s];
-    int fd = socket(((const struct sockaddr *)sv->addr)->sa_family,
-                    SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        cnt(w, UP_C_ERR_CONNECT_OTHER, 1);
+    if (dial(w, u, cfg, (uint32_t)s, ci) < 0) {
         abort_session(w, c, false, false);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    u->fd = fd;
-    u->server = (uint32_t)s;
-    u->attempts++;
-    u->flags |= C_SERVER_REF;
-    struct up_shm_wserver *st = srv_stats(w, cfg, u->server);
-    st->active++;
-    st->connects++;
-    st->in_flight++;              /* the load least_conn and p2c weigh */
-    u->flags |= C_COUNTED;
-    u->t_us = w->now_us;
-    w->c[UP_C_UPSTREAM_CONNECTS]++;
-    w->c[UP_C_UPSTREAM_ACTIVE]++;
-    const struct up_cluster *cl = &cfg->clusters[ci];
-    struct io_uring_sqe *q = sqe_for(w, u, OP_CONNECT);
-    io_uring_prep_connect(q, fd, (const struct sockaddr *)sv->addr, sv->addrlen);
-    count_op(w, q);
-    if (cl->connect_timeout_ms) {
-        q->flags |= IOSQE_IO_LINK;
-        q = sqe_for(w, u, OP_LINK_TIMEOUT);
-        io_uring_prep_link_timeout(q, (struct __kernel_timespec *)cl->connect_timeout_ts, 0);
-        count_op(w, q);
-    }
+    dial_busy(w, u);              /* the load least_conn and p2c weigh */
 }
 
 void l4_start(struct worker *w, const struct up_listener *l, int fd)
@@ -550,7 +510,7 @@ void l4_try_finish(struct worker *w, struct conn *c)
             s->x.pipe = -1;
         }
         if (s->kind == CK_L4_UPSTREAM)
-            upstream_gone(w, s);
+            dial_gone(w, s);
         if (s->flags & C_SESSION) {
             s->cfg->refs[w->o.index * 8]--;
             w->clients--;

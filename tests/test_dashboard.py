@@ -322,6 +322,11 @@ def test_run_dashboard_embedded(tmp_path, servers):
                open(f"/proc/{q}/cmdline").read()][0]
         os.kill(pid, signal.SIGHUP)        # the runtime's duties go on: a reload
         t.wait("reloaded: generation 2")
+        t.keys("4")                        # the event once, though the log says it too
+        t.wait("[4 events]")
+        time.sleep(0.3)
+        s = t.screen()
+        assert s.count("reloaded") == 1 and s.count("started generation 1") == 1, s
         t.keys("q")
         t.wait("EXITED 0")
     finally:
@@ -457,6 +462,11 @@ def test_status_json_has_health_detail(proxy_factory):
     assert hc["cluster"] == "c" and hc["address"] == up.addr and hc["last_ok"] is True
     assert hc["last_latency_ms"] >= 0 and hc["since_ms"] <= hc["last_check_ms"]
     assert s["listeners"][0]["name"] == "web" and s["listeners"][0]["bind"].endswith(f":{port}")
+    from uproxy.telemetry import detail
+    published = detail.read(p.pid)
+    assert published["health"][0]["address"] == up.addr
+    assert p.stop() == 0
+    assert not os.path.exists(detail.path_for(p.pid))      # removed at stop, not left behind
     up.close()
 
 

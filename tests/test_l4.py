@@ -24,14 +24,14 @@ FORWARDING = ["splice", "splice_iowq", "buffered"]
 
 
 def tcp_proxy(proxy_factory, servers, profile, forwarding="splice", cluster=None, listener=None,
-              proxy=None):
+              proxy=None, env=None):
     port = free_port()
     lst = {"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c",
            "forwarding": forwarding}
     lst.update(listener or {})
     cl = {"name": "c", "servers": servers}
     cl.update(cluster or {})
-    p = proxy_factory([lst], [cl], proxy=proxy, profile=profile)
+    p = proxy_factory([lst], [cl], proxy=proxy, profile=profile, env=env)
     p.port = port
     used = set(p.stats()["workers"][0]["features"])
     if profile == "5.15":
@@ -363,6 +363,90 @@ def test_upstream_dies_mid_session(proxy_factory, servers, profile, forwarding):
         except ConnectionResetError:
             pass
     assert p.p.poll() is None
+
+
+def test_sessions_end_while_reloads_arrive(proxy_factory, servers, profile):
+    """A session reads nothing of its configuration table after dropping
+    its reference on it: the control plane frees a table as soon as no
+    reference holds it and every worker runs a newer one. Sessions opened
+    one reload apart (each the last holder of its table) end together by
+    client resets while SIGHUPs keep arriving every few ms; each upstream's
+    pipe is full, so the worker has a pipe to drain between a session's two
+    sides. While they end, the reloads fail (a broken file), so every one
+    is followed by a collection of unused tables that no newer table holds
+    back. Under the sanitized build (scripts/test-sanitized) a read of a
+    freed table is a use-after-free report; PYTHONMALLOC=malloc puts the
+    tables, small cffi allocations, where the sanitizer sees them (pymalloc
+    would keep them out of its sight)."""
+    from uproxy import shm
+    done = threading.Event()
+
+    def flood(c, srv):
+        chunk = b"f" * 65536
+        c.settimeout(15)
+        try:
+            while not done.is_set():
+                c.sendall(chunk)       # until the proxy closes this side
+        except OSError:
+            return "closed"
+        return "done"
+
+    up = servers(flood)
+    p = tcp_proxy(proxy_factory, [up.addr], profile, "splice", proxy={"workers": 1},
+                  env={"PYTHONMALLOC": "malloc"})
+    with open(p.path) as f:
+        good = f.read()
+
+    def config(text):                  # whole, as an editor saves it: a reload reads one or the other
+        with open(p.path + ".new", "w") as f:
+            f.write(text)
+        os.replace(p.path + ".new", p.path)
+    seg = shm.Reader(p.pid)
+    h, worker = seg.header, seg.workers[0]
+
+    def sighups():
+        while not done.is_set():
+            p.reload()
+            time.sleep(0.002)
+
+    def alive(cond):
+        def check():
+            assert p.p.poll() is None, p.output()[-20000:]
+            return cond()
+        return check
+    reloads = threading.Thread(target=sighups, daemon=True)
+    reloads.start()
+    ended = rounds = 0
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            batch = []
+            for _ in range(24):
+                gen = h.config_generation
+                wait_for(alive(lambda: h.config_generation > gen), 5, 0.001, "a reload")
+                s = connect(p.port)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                assert s.recv(1)                 # open, and the upstream's bytes flow
+                batch.append(s)
+            config("[proxy\n")                  # from now on, reloads fail
+            failed = h.reload_failures
+            wait_for(alive(lambda: h.reload_failures > failed + 1 and
+                           worker.config_generation == h.config_generation), 5, 0.001,
+                     "a failed reload, with the worker on the newest table")
+            for s in batch:
+                rst_close(s)
+            ended += len(batch)
+            wait_for(alive(lambda: p.total("active") == 0), 15, what="the sessions to end")
+            config(good)
+            rounds += 1
+    finally:
+        done.set()
+        reloads.join(5)
+        config(good)
+    assert p.total("closed") >= ended
+    assert h.reloads > ended and h.reload_failures > rounds
+    seg.close()
+    assert p.p.poll() is None, p.output()
 
 
 def test_idle_timeout(proxy_factory, servers, profile):

@@ -489,10 +489,13 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
 }
 
 /* Both connections of a session have nothing outstanding: give back what
- * they hold and close their sockets. */
+ * they hold and close their sockets. The session's reference on its
+ * configuration table goes last: once it is dropped, the control plane may
+ * free the table (upstream_gone still reads it for the other side). */
 void l4_try_finish(struct worker *w, struct conn *c)
 {
     struct conn *side[2];
+    const struct up_config *held = NULL;
     if (!conn_pair_done(w, c, side))
         return;
     for (int i = 0; i < 2; i++) {
@@ -512,13 +515,17 @@ void l4_try_finish(struct worker *w, struct conn *c)
         if (s->kind == CK_L4_UPSTREAM)
             dial_gone(w, s);
         if (s->flags & C_SESSION) {
-            s->cfg->refs[w->o.index * 8]--;
+            held = s->cfg;
             w->clients--;
             w->c[UP_C_ACTIVE]--;
             w->c[UP_C_CLOSED]++;
         }
         s->peer = NIL;
         conn_submit_close(w, s);
+    }
+    if (held) {
+        uint64_t *ref = &held->refs[w->o.index * 8];
+        __atomic_store_n(ref, *ref - 1, __ATOMIC_RELEASE);   /* nothing reads held after */
     }
 }
 

@@ -143,7 +143,7 @@ class Runtime:
         self.workers: list[Worker] = []
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
-        self.wake = threading.Event()        # set by either signal: the main loop wakes at once
+        self.wake = threading.Event()        # without signal handlers: ends the main loop's wait
         self.events: list = []               # (time, text): recent notable events
 
     # ---- start -------------------------------------------------------
@@ -336,22 +336,50 @@ class Runtime:
 
     # ---- run and stop --------------------------------------------------
     def install_signals(self):
+        """The handlers only note the signal. Python runs a handler between
+        two bytecodes of the main thread, which may be inside an Event's
+        lock at that moment (setting an Event there deadlocks, or recurses
+        until RecursionError, when SIGHUPs come every few ms). The wake-up
+        fd, written by the C-level handler, ends the main loop's wait at once."""
+        self._signalled = {"stop": False, "reload": False}
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_fd = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
         def stop(*_):
-            self.stop_requested.set()
-            self.wake.set()
+            self._signalled["stop"] = True
 
         def reload(*_):
-            self.reload_requested.set()
-            self.wake.set()
+            self._signalled["reload"] = True
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
 
+    def _wait(self, timeout: float):
+        fd = getattr(self, "_wake_fd", None)
+        if fd is None:
+            self.wake.wait(timeout)
+            self.wake.clear()
+        else:
+            import select
+            select.select([fd], [], [], timeout)
+            try:
+                while os.read(fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        sig = getattr(self, "_signalled", None)
+        if sig:
+            if sig["stop"]:
+                self.stop_requested.set()
+            if sig["reload"]:
+                sig["reload"] = False
+                self.reload_requested.set()
+
     def serve(self, tick=None) -> int:
         """Main thread: wait for signals, reload, collect; return the exit code."""
         while not self.stop_requested.is_set():
-            self.wake.wait(0.2)
-            self.wake.clear()
+            self._wait(0.2)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()

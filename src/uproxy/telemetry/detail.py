@@ -100,6 +100,7 @@ class Publisher:
         self.pid = os.getpid()
         self.path = path_for(self.pid)
         self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
         self.notes: list = []
         self.handler = _Notes(self.notes, self.lock)
         logging.getLogger("uproxy").addHandler(self.handler)
@@ -124,19 +125,23 @@ class Publisher:
         body = json.dumps(self.doc(), separators=(",", ":"))
         if body == self.last_body:
             return
-        tmp = f"{self.path}.{threading.get_ident()}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(body)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-            self.last_body = body
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with self.write_lock:           # never after close(): no file left behind
+            if self.closed:
+                return
+            tmp = f"{self.path}.{threading.get_ident()}.tmp"
+            try:
+                with open(tmp, "w") as f:
+                    f.write(body)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path)
+                self.last_body = body
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def close(self):
-        self.closed = True
+        with self.write_lock:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         logging.getLogger("uproxy").removeHandler(self.handler)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)

@@ -91,10 +91,6 @@ def merge_events(events, notes, logs=()) -> list:
     return out
 
 
-def _us(v):
-    return None if v is None else round(v / 1000.0, 1)
-
-
 def _rate(new, old, dt):
     if old is None or dt <= 0:
         return None
@@ -248,6 +244,7 @@ class Collector:
             "hist": self._hists(cur, prev, snap, psnap),
         }
         view["clusters"] = _clusters(view["upstreams"])
+        view["coverage"] = self._coverage(cur, prev, dt)
         view["listeners"] = self._listeners(cur, prev, dt, snap)
         view["ejections_s"] = (_rate(snap["total"]["health_ejections"],
                                      psnap["total"]["health_ejections"], dt) if psnap else None)
@@ -369,6 +366,20 @@ class Collector:
                "resp": {k: t[k] for k in L7_COUNTERS[1:]},
                "no_server": t["err_no_server"]}
         out.update(_status_cols(t, psnap["total"] if psnap else None, dt, l7))
+        return out
+
+    def _coverage(self, cur, prev, dt) -> dict:
+        """Per duty-cycled probe set: the share of the interval its probes
+        were attached (1.0: the whole interval). Rates are scaled by it;
+        percentiles and ratios rest on the values of those windows only."""
+        b, pb = cur.get("bpf"), (prev or {}).get("bpf")
+        if not (b and pb and dt > 0):
+            return {}
+        out = {}
+        for s, a in b.get("on_s", {}).items():
+            pa = pb.get("on_s", {}).get(s)
+            if a is not None and pa is not None:
+                out[s] = round(min(1.0, (a - pa) / dt), 3)
         return out
 
     def _hists(self, cur, prev, snap, psnap) -> dict:

@@ -491,7 +491,8 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
 /* Both connections of a session have nothing outstanding: give back what
  * they hold and close their sockets. The session's reference on its
  * configuration table goes last: once it is dropped, the control plane may
- * free the table (upstream_gone still reads it for the other side). */
+ * free the table, so nothing here may read it after (dial_gone reads only
+ * the worker's own per-server block). */
 void l4_try_finish(struct worker *w, struct conn *c)
 {
     struct conn *side[2];

@@ -599,3 +599,91 @@ uint32_t hx_conn_ops(struct hx *h, uint32_t id)
 {
     return C(h, id)->ops;
 }
+
+/* ---- the dialer (upstream/dial.c) ------------------------------------- */
+
+void hx_cfg_server_addr(struct hx *h, uint32_t s, const uint8_t *addr, uint32_t len)
+{
+    struct up_server *sv = &h->cfg.servers[s];
+    memset(sv->addr, 0, sizeof sv->addr);
+    memcpy(sv->addr, addr, len < sizeof sv->addr ? len : sizeof sv->addr);
+    sv->addrlen = len;
+}
+
+void hx_cfg_connect_timeout(struct hx *h, uint32_t ci, uint32_t ms)
+{
+    struct up_cluster *cl = &h->cfg.clusters[ci];
+    cl->connect_timeout_ms = ms;
+    cl->connect_timeout_ts[0] = ms / 1000;
+    cl->connect_timeout_ts[1] = (int64_t)(ms % 1000) * 1000000;
+}
+
+int hx_dial(struct hx *h, uint32_t id, uint32_t server, uint32_t cluster)
+{
+    return dial(&h->w, C(h, id), &h->cfg, server, cluster);
+}
+
+void hx_dial_busy(struct hx *h, uint32_t id)
+{
+    dial_busy(&h->w, C(h, id));
+}
+
+void hx_dial_idle(struct hx *h, uint32_t id)
+{
+    dial_idle(&h->w, C(h, id));
+}
+
+void hx_dial_gone(struct hx *h, uint32_t id)
+{
+    dial_gone(&h->w, C(h, id));
+}
+
+void hx_conn(struct hx *h, uint32_t id, struct hx_conn *out)
+{
+    const struct conn *c = C(h, id);
+    out->fd = c->fd;
+    out->state = c->state;
+    out->server = c->server;
+    out->slot = c->slot;
+    out->attempts = c->attempts;
+    out->flags = c->flags;
+    out->inflight = c->inflight;
+    out->ops = c->ops;
+}
+
+void hx_srv(struct hx *h, uint32_t slot, struct hx_srv *out)
+{
+    const struct up_shm_wserver *s = &h->srv[slot];
+    out->active = s->active;
+    out->in_flight = s->in_flight;
+    out->connects = s->connects;
+    out->requests = s->requests;
+}
+
+uint32_t hx_sqe_flags(struct hx *h, uint32_t i)
+{
+    struct io_uring_sq *sq = &h->w.ring.sq;
+    if (i >= sq->sqe_tail - sq->sqe_head)
+        return 0xffffffffu;
+    return sq->sqes[(sq->sqe_head + i) & sq->ring_mask].flags;
+}
+
+/* Submit what is prepared, then wait for n completions, in order of arrival:
+ * their user_data and results. 0, or -errno. */
+int hx_complete(struct hx *h, uint32_t n, uint64_t *user_data, int32_t *res)
+{
+    struct io_uring *ring = &h->w.ring;
+    int r = io_uring_submit(ring);
+    if (r < 0)
+        return r;
+    for (uint32_t i = 0; i < n; i++) {
+        struct io_uring_cqe *cqe;
+        r = io_uring_wait_cqe(ring, &cqe);
+        if (r < 0)
+            return r;
+        user_data[i] = cqe->user_data;
+        res[i] = cqe->res;
+        io_uring_cqe_seen(ring, cqe);
+    }
+    return 0;
+}

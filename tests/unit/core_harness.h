@@ -104,4 +104,23 @@ void hx_queue(struct hx *h, uint32_t id, struct hx_queue *out);
 void hx_set_xflags(struct hx *h, uint32_t id, uint32_t flags);
 uint32_t hx_conn_ops(struct hx *h, uint32_t id);
 
+/* the dialer (upstream/dial.c) */
+void hx_cfg_server_addr(struct hx *h, uint32_t s, const uint8_t *addr, uint32_t len);
+void hx_cfg_connect_timeout(struct hx *h, uint32_t ci, uint32_t ms);
+int hx_dial(struct hx *h, uint32_t id, uint32_t server, uint32_t cluster);
+void hx_dial_busy(struct hx *h, uint32_t id);
+void hx_dial_idle(struct hx *h, uint32_t id);
+void hx_dial_gone(struct hx *h, uint32_t id);
+struct hx_conn {
+    int32_t fd;
+    uint32_t state, server, slot, attempts, flags, inflight, ops;
+};
+void hx_conn(struct hx *h, uint32_t id, struct hx_conn *out);
+struct hx_srv {
+    uint64_t active, in_flight, connects, requests;
+};
+void hx_srv(struct hx *h, uint32_t slot, struct hx_srv *out);
+uint32_t hx_sqe_flags(struct hx *h, uint32_t i);
+int hx_complete(struct hx *h, uint32_t n, uint64_t *user_data, int32_t *res);
+
 #endif

@@ -687,3 +687,84 @@ int hx_complete(struct hx *h, uint32_t n, uint64_t *user_data, int32_t *res)
     }
     return 0;
 }
+
+/* ---- a connection's end (core/conn.c) ---------------------------------- */
+
+void hx_set_kind(struct hx *h, uint32_t id, uint32_t kind)
+{
+    C(h, id)->kind = (uint8_t)kind;
+}
+
+void hx_set_peer(struct hx *h, uint32_t id, uint32_t peer)
+{
+    C(h, id)->peer = peer;
+}
+
+void hx_conn_close(struct hx *h, uint32_t id, int reset)
+{
+    conn_close(&h->w, C(h, id), reset != 0);
+}
+
+void hx_conn_submit_close(struct hx *h, uint32_t id)
+{
+    conn_submit_close(&h->w, C(h, id));
+}
+
+void hx_conn_starve(struct hx *h, uint32_t id)
+{
+    conn_starve(&h->w, C(h, id));
+}
+
+uint32_t hx_starved_head(struct hx *h)
+{
+    return h->w.starved_head;
+}
+
+uint32_t hx_starved_next(struct hx *h, uint32_t id)
+{
+    return C(h, id)->starved_next;
+}
+
+/* conn_pair_done: 1 with side[] filled (NIL for no peer), or 0. */
+int hx_conn_pair_done(struct hx *h, uint32_t id, uint32_t *side)
+{
+    struct conn *s[2];
+    if (!conn_pair_done(&h->w, C(h, id), s))
+        return 0;
+    side[0] = s[0] ? (uint32_t)(s[0] - h->w.conns) : NIL;
+    side[1] = s[1] ? (uint32_t)(s[1] - h->w.conns) : NIL;
+    return 1;
+}
+
+/* Submit, then take n completions as the loop's dispatch does for the
+ * core's part (the protocol's part left out): a final completion drops the
+ * connection's in-flight count and op bit, then conn_op_done(). The
+ * completions' ops and results, in order of arrival. 0, or -errno. */
+int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res)
+{
+    struct worker *w = &h->w;
+    int r = io_uring_submit(&w->ring);
+    if (r < 0)
+        return r;
+    for (uint32_t i = 0; i < n; i++) {
+        struct io_uring_cqe *cqe;
+        r = io_uring_wait_cqe(&w->ring, &cqe);
+        if (r < 0)
+            return r;
+        uint64_t ud = io_uring_cqe_get_data64(cqe);
+        bool more = cqe->flags & IORING_CQE_F_MORE;
+        ops[i] = UD_OP(ud);
+        res[i] = cqe->res;
+        io_uring_cqe_seen(&w->ring, cqe);
+        enum op op = (enum op)UD_OP(ud);
+        if (op == OP_NONE || op == OP_TICK || op == OP_ACCEPT || op == OP_PROVIDE)
+            continue;
+        struct conn *c = &w->conns[UD_IDX(ud)];
+        if (!more) {
+            c->inflight--;
+            c->ops &= (uint16_t)~(1u << op);
+            conn_op_done(w, c, op, more);
+        }
+    }
+    return 0;
+}

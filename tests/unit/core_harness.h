@@ -123,4 +123,15 @@ void hx_srv(struct hx *h, uint32_t slot, struct hx_srv *out);
 uint32_t hx_sqe_flags(struct hx *h, uint32_t i);
 int hx_complete(struct hx *h, uint32_t n, uint64_t *user_data, int32_t *res);
 
+/* a connection's end (core/conn.c) */
+void hx_set_kind(struct hx *h, uint32_t id, uint32_t kind);
+void hx_set_peer(struct hx *h, uint32_t id, uint32_t peer);
+void hx_conn_close(struct hx *h, uint32_t id, int reset);
+void hx_conn_submit_close(struct hx *h, uint32_t id);
+void hx_conn_starve(struct hx *h, uint32_t id);
+uint32_t hx_starved_head(struct hx *h);
+uint32_t hx_starved_next(struct hx *h, uint32_t id);
+int hx_conn_pair_done(struct hx *h, uint32_t id, uint32_t *side);
+int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res);
+
 #endif

@@ -112,7 +112,7 @@ def build(build_root=None, verbose=False):
         digest.update(part.encode())
     headers = sorted(os.path.join(d, f) for d, _, fs in os.walk(NATIVE) for f in fs
                      if f.endswith(".h"))
-    for path in srcs + headers:
+    for path in srcs + headers + [HARNESS_H]:
         digest.update(path.encode())
         with open(path, "rb") as f:
             digest.update(f.read())
@@ -138,7 +138,22 @@ def build(build_root=None, verbose=False):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune(build_root, keep=out)
     return _load(out)
+
+
+def _prune(build_root, keep, n=4):
+    """Every edit of the core makes a new build: keep the n newest."""
+    def mtime(path):
+        try:
+            return os.path.getmtime(path)
+        except OSError:             # pruned by another run meanwhile
+            return 0
+    old = sorted((os.path.join(build_root, d) for d in os.listdir(build_root)
+                  if not d.startswith("tmp-")), key=mtime, reverse=True)
+    for path in old[n:]:
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _built(out):

@@ -56,7 +56,8 @@ def test_ring_mode_hands_the_kernel_a_window_of_the_lowest_ids(ffi, lib, worker)
     assert lib.hx_sq_ready(h) == 0             # a buffer ring needs no SQE
 
 
-def test_kernel_takes_buffers_in_the_order_given_and_a_returned_one_goes_back(ffi, lib, worker, pair):
+def test_kernel_takes_buffers_in_the_order_given_and_a_returned_one_goes_back(
+        ffi, lib, worker, pair):
     h = worker(buf_size=4096, buf_count=256, features=lib.UP_F_BUF_RING, now_ms=T0)
     a, b = pair
     assert recv(ffi, lib, h, a, b, b"first") == 0
@@ -163,5 +164,6 @@ def test_assembly_buffers_are_their_own_ids_above_the_pool(ffi, lib, worker):
     ffi.memmove(lib.hx_buf_data(h, first) + lib.HBUF_SIZE - 1, b"z", 1)   # the whole of it is ours
     s = state(ffi, lib, h)
     lib.hx_buf_put(h, second)
-    assert state(ffi, lib, h).free == s.free   # not a provided buffer: the pool's count is untouched
+    # Not a provided buffer: the pool's count is untouched.
+    assert state(ffi, lib, h).free == s.free
     assert lib.hx_hbuf_get(h) == second

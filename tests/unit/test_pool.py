@@ -27,7 +27,8 @@ def drain(lib, h, slot):
 
 
 def gauges(lib, h, slot):
-    return lib.hx_pool_count(h, slot), lib.hx_srv_idle(h, slot), lib.hx_counter(h, lib.UP_C_POOL_IDLE)
+    return (lib.hx_pool_count(h, slot), lib.hx_srv_idle(h, slot),
+            lib.hx_counter(h, lib.UP_C_POOL_IDLE))
 
 
 def test_get_on_an_empty_pool_is_nothing(lib, w):

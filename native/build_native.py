@@ -13,8 +13,13 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Relative paths: setuptools refuses absolute ones in a build.
+# A folder per layer (DESIGN.md section 4), lowest first; a layer's files
+# call only into their own folder and the ones before it
+# (tests/unit/test_layers.py checks the objects' symbols).
+LAYERS = ["core", "upstream", "transport", "l4", "http", "worker"]
 SOURCES = sorted(
-    os.path.relpath(os.path.join(HERE, f)) for f in os.listdir(HERE) if f.endswith(".c")
+    os.path.relpath(os.path.join(HERE, layer, f))
+    for layer in LAYERS for f in os.listdir(os.path.join(HERE, layer)) if f.endswith(".c")
 )
 CFLAGS = ["-std=gnu11", "-D_GNU_SOURCE", "-O2", "-g", "-Wall", "-Wextra", "-Werror",
           "-fno-strict-aliasing"]
@@ -32,9 +37,8 @@ def _pkg_config(*args):
     return shlex.split(out)
 
 
-# The headers Python sees: the core's API, and the HTTP/1.1 parser's (once
-# its implementation is in the tree).
-HEADERS = ["api.h"] + (["http1_api.h"] if os.path.exists(os.path.join(HERE, "http1.c")) else [])
+# The headers Python sees: the core's API, and the HTTP/1.1 parser's.
+HEADERS = ["api.h", "http/http1_api.h"]
 
 
 def cdef_text():

@@ -86,6 +86,7 @@ def test_cannot_run_means_exit_1(monkeypatch, capsys):
 def test_io_uring_falls_back_to_the_core_probe(monkeypatch):
     # python-liburing runs in a child process; make that child fail the way
     # it does on an old kernel...
+    monkeypatch.delenv("UPROXY_NO_LIBURING_PROBE", raising=False)
     monkeypatch.setattr(doctor, "_LIBURING_PROBE",
                         "import sys; sys.exit('OSError: [Errno 22] Invalid argument')  # %r")
     checks = {c["name"]: c for c in doctor.check_io_uring()}
@@ -100,6 +101,7 @@ def test_io_uring_falls_back_to_the_core_probe(monkeypatch):
 
 def test_io_uring_survives_python_liburing_crashing(monkeypatch):
     # ...and the way it does on a CPU without AVX-512: killed by SIGILL.
+    monkeypatch.delenv("UPROXY_NO_LIBURING_PROBE", raising=False)
     monkeypatch.setattr(doctor, "_LIBURING_PROBE",
                         "import os, signal; os.kill(os.getpid(), signal.SIGILL)  # %r")
     checks = {c["name"]: c for c in doctor.check_io_uring()}

@@ -1,4 +1,4 @@
-"""The libFuzzer harnesses of native/http1.c (tests/fuzz/, scripts/fuzz):
+"""The libFuzzer harnesses of native/http/http1.c (tests/fuzz/, scripts/fuzz):
 the corpus and every kept crash reproducer replay cleanly, and a short
 bounded fuzzing pass (about 15 s per target) finds nothing.
 

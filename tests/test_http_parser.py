@@ -1,4 +1,4 @@
-"""The strict HTTP/1.1 parser of the C core (native/http1.c), through cffi.
+"""The strict HTTP/1.1 parser of the C core (native/http/http1.c), through cffi.
 
 One test per rule of docs/http-parser.md (each rejection with its status,
 and the accepted cases), then property tests with hypothesis: generated

@@ -80,7 +80,7 @@ def test_pmu_detection_is_decided_and_explained():
 
 def test_histogram_bucket_in_bpf_matches_the_core(tmp_path):
     """up_bucket() in bpf/common.h, compiled as plain C, agrees with the
-    core's formula (hist.py, itself checked against native/hist.h)."""
+    core's formula (hist.py, itself checked against native/core/hist.h)."""
     import ctypes
     import re
     import shutil

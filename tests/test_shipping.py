@@ -48,3 +48,16 @@ def test_demo_runs_and_stops(tmp_path):
     assert p.returncode == 0, out
     assert ok, out
     assert "stopped (exit 0)" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/setup runs as root")
+def test_setup_does_not_rebuild_between_demo_and_test():
+    """scripts/demo runs scripts/setup, scripts/test runs scripts/setup
+    --test: neither may rebuild a core that is current (the build stamp
+    once hashed which extras were asked for)."""
+    for i, args in enumerate((["--test"], [], ["--test"])):
+        r = subprocess.run([os.path.join(ROOT, "scripts", "setup"), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        if i > 0:           # the first call may build a core not yet current
+            assert "building" not in r.stderr, (args, r.stderr)

@@ -1,4 +1,4 @@
-"""Reading the core's log-linear latency histograms (native/hist.h).
+"""Reading the core's log-linear latency histograms (native/core/hist.h).
 
 Bucket b < 8 holds exactly b microseconds; above, 8 buckets per octave:
 bucket b covers [lower(b), lower(b + 1)). Workers' histograms are merged by

@@ -1,5 +1,5 @@
 /*
- * Shared helpers of the libFuzzer harnesses for native/http1.c. Each
+ * Shared helpers of the libFuzzer harnesses for native/http/http1.c. Each
  * harness checks invariants itself and calls CHECK(), which aborts (and so
  * makes libFuzzer keep the input as a crash) with the line that failed.
  */
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1_api.h"
+#include "http/http1_api.h"
 
 #define CHECK(cond) do { if (!(cond)) { \
     fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \

@@ -1,0 +1,93 @@
+/*
+ * A connection: one socket and the state the data path touches, nothing
+ * else (names, configuration and counters live elsewhere). Connections come
+ * from a per-worker slab sized at start; their index is what user_data
+ * carries, so a completion finds its connection with one array access.
+ */
+#ifndef UPROXY_CONN_H
+#define UPROXY_CONN_H
+#include <stdint.h>
+#include "api.h"
+
+#define NIL UINT32_MAX
+
+enum conn_kind {
+    CK_FREE,
+    CK_L4_CLIENT,
+    CK_L4_UPSTREAM,
+    CK_H1_CLIENT,
+    CK_H1_UPSTREAM,
+};
+
+enum conn_state {
+    CS_CONNECTING,    /* upstream: connect in flight; client: waiting for it */
+    CS_OPEN,
+    CS_CLOSING,       /* ops being cancelled; freed when none is left */
+    CS_CLOSED,        /* close submitted */
+};
+
+/* Data read from this connection's socket, on its way to the peer. */
+struct xfer {
+    uint32_t head, tail;      /* queue of buffer ids (NIL: empty) */
+    uint32_t queued;          /* bytes in the queue */
+    uint32_t off;             /* bytes of the head buffer already sent */
+    int32_t pipe;             /* splice: pipe index, or -1 for buffered */
+    uint32_t in_pipe;         /* splice: bytes in the pipe not yet sent */
+    uint32_t last_in;         /* splice: bytes the last splice-in moved */
+    uint8_t flags;            /* X_* */
+};
+
+#define X_EOF      1      /* the socket said FIN */
+#define X_SHUT     2      /* FIN passed on to the peer (shutdown done) */
+#define X_PAUSED   4      /* receive stopped: queue over its limit */
+#define X_STARVED  8      /* receive stopped: no free buffer */
+#define X_HELD     32     /* receive held while a body switches to splice */
+
+struct conn {
+    uint8_t kind;             /* enum conn_kind */
+    uint8_t state;            /* enum conn_state */
+    uint16_t flags;           /* C_* */
+    uint16_t ops;             /* bit per enum op outstanding (for cancel) */
+    uint16_t inflight;        /* SQEs whose final CQE has not come */
+    uint8_t attempts;         /* upstream connect attempts so far */
+    uint8_t tp;               /* its transport kind (transport/transport.h) */
+    int32_t fd;
+    uint32_t peer;            /* the other side of the session, or NIL */
+    uint32_t server;          /* upstream: global server index */
+    uint32_t starved_next;
+    const struct up_config *cfg;  /* tcp: the table the session started with */
+    uint64_t expires_ms;      /* deadline, 0 for none; its meaning is the state's */
+    uint64_t t_us;            /* upstream: when the connect started */
+    uint64_t hash_key;        /* balance = hash: the key's hash */
+    uint32_t tnext, tprev;    /* timer wheel links */
+    uint16_t tslot;           /* the wheel list this conn is on */
+    uint16_t listener;        /* index in cfg->listeners */
+    struct xfer x;            /* tcp: bytes on their way to the peer;
+                                 http: bytes received, not yet released */
+    /* http */
+    uint32_t txn;             /* the transaction under way, or NIL */
+    uint32_t listener_id;     /* client: its listener, stable across reloads */
+    uint32_t slot;            /* upstream: its server's stat slot (and pool) */
+    uint32_t pnext, pprev;    /* upstream: idle pool links */
+    uint32_t nreq;            /* upstream: requests it carried */
+    uint8_t h1;               /* enum h1_conn_state */
+    uint8_t addr_len;         /* client: bytes in addr (4 or 16), 0 unknown */
+    uint16_t port;
+    uint8_t addr[16];         /* client: peer address, for X-Forwarded-For */
+};
+
+#define C_RESET      1    /* close with RST (SO_LINGER 0) */
+#define C_IN_WHEEL   2
+#define C_SESSION    4    /* holds a session's references (client side) */
+#define C_SERVER_REF 8    /* counted in its server's active count */
+#define C_COUNTED    16   /* counted in its server's in_flight */
+#define C_CFG_REF    32   /* holds a reference on cfg */
+#define C_POOLED     64   /* upstream: idle in the pool */
+#define C_HEADRECV   256  /* upstream: receive heads alone (big bodies follow by splice) */
+/* Handed up to the loop (conn_hand_up): the core never names a protocol,
+ * so what only the connection's protocol can do waits for the loop. */
+#define C_UP_FINISH  512  /* closing, nothing outstanding: finish it */
+#define C_UP_ADOPT   1024 /* its kind changed: the new protocol takes it */
+#define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT)
+
+#endif

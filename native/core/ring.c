@@ -1,0 +1,232 @@
+/*
+ * Creating a worker's ring with the features this kernel has, and the
+ * probe that finds out which those are. Features are probed by trying
+ * them, not by reading the kernel version, so that backports count and a
+ * feature switched off at run time takes the same path an old kernel would.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "core/worker.h"
+
+static unsigned setup_flags(uint32_t features)
+{
+    unsigned f = 0;
+    if (features & UP_F_SINGLE_ISSUER)
+        f |= IORING_SETUP_SINGLE_ISSUER;
+    if ((features & UP_F_DEFER_TASKRUN) && (features & UP_F_SINGLE_ISSUER))
+        f |= IORING_SETUP_DEFER_TASKRUN;
+    else if (features & UP_F_COOP_TASKRUN)
+        f |= IORING_SETUP_COOP_TASKRUN;
+    return f;
+}
+
+int ring_init(struct worker *w)
+{
+    struct io_uring_params p = { 0 };
+    p.flags = IORING_SETUP_CQSIZE | setup_flags(w->features);
+    p.cq_entries = w->o.ring_entries * 4;
+    int r = io_uring_queue_init_params(w->o.ring_entries, &w->ring, &p);
+    if (r < 0) {
+        snprintf(w->err, sizeof w->err,
+                 "io_uring_setup failed: %s (is io_uring disabled by "
+                 "kernel.io_uring_disabled, seccomp or a container runtime?)",
+                 strerror(-r));
+        return r;
+    }
+    if (!(p.features & IORING_FEAT_NODROP)) {
+        snprintf(w->err, sizeof w->err,
+                 "this kernel's io_uring lacks IORING_FEAT_NODROP (Linux 5.5+)");
+        return -ENOSYS;
+    }
+    if ((w->features & UP_F_REGISTERED_RING) && io_uring_register_ring_fd(&w->ring) < 0)
+        w->features &= ~UP_F_REGISTERED_RING;
+    /* Splice runs on io-wq threads: keep their number bounded and, when
+     * asked, on a chosen CPU, so they neither flood the machine nor wander. */
+    if (w->o.iowq_max_workers) {
+        unsigned vals[2] = { w->o.iowq_max_workers, w->o.iowq_max_workers };
+        io_uring_register_iowq_max_workers(&w->ring, vals);
+    }
+    if (w->o.iowq_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(w->o.iowq_cpu, &set);
+        io_uring_register_iowq_aff(&w->ring, sizeof set, &set);
+    }
+    return 0;
+}
+
+struct io_uring_sqe *sqe_get(struct worker *w)
+{
+    struct io_uring_sqe *s = io_uring_get_sqe(&w->ring);
+    if (s)
+        return s;
+    w->c[UP_C_URING_SQ_FULL]++;
+    w->c[UP_C_URING_ENTERS]++;
+    int r = io_uring_submit(&w->ring);
+    if (r > 0)
+        w->c[UP_C_URING_SQES] += (uint64_t)r;
+    s = io_uring_get_sqe(&w->ring);
+    if (!s) {
+        fprintf(stderr, "uproxy: worker %u: submission queue stuck full\n", w->o.index);
+        abort();
+    }
+    return s;
+}
+
+/* ---- probe ------------------------------------------------------------ */
+
+static int try_ring(struct io_uring *ring, unsigned flags)
+{
+    struct io_uring_params p = { .flags = flags };
+    return io_uring_queue_init_params(8, ring, &p);
+}
+
+static int wait_one(struct io_uring *ring, struct io_uring_cqe *out)
+{
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = { .tv_sec = 1 };
+    int r = io_uring_wait_cqe_timeout(ring, &cqe, &ts);
+    if (r < 0)
+        return r;
+    *out = *cqe;
+    io_uring_cqe_seen(ring, cqe);
+    return 0;
+}
+
+static bool probe_multishot_accept(struct io_uring *ring)
+{
+    bool ok = false;
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c = -1;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 4) ||
+        getsockname(l, (struct sockaddr *)&a, &al))
+        goto out;
+    struct io_uring_sqe *s = io_uring_get_sqe(ring);
+    io_uring_prep_multishot_accept(s, l, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_submit(ring);
+    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof a))
+        goto out;
+    struct io_uring_cqe cqe;
+    if (wait_one(ring, &cqe) == 0) {
+        ok = cqe.res >= 0 && (cqe.flags & IORING_CQE_F_MORE);
+        if (cqe.res >= 0)
+            close(cqe.res);
+    }
+out:
+    if (c >= 0)
+        close(c);
+    if (l >= 0)
+        close(l);
+    return ok;
+}
+
+static bool probe_multishot_recv(struct io_uring *ring)
+{
+    static char bufs[2][64];
+    bool ok = false;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+        return false;
+    struct io_uring_cqe cqe;
+    struct io_uring_sqe *s = io_uring_get_sqe(ring);
+    io_uring_prep_provide_buffers(s, bufs, 64, 2, 7, 0);
+    io_uring_submit(ring);
+    if (wait_one(ring, &cqe) || cqe.res < 0)
+        goto out;
+    s = io_uring_get_sqe(ring);
+    io_uring_prep_recv(s, sv[0], NULL, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = 7;
+    s->ioprio |= IORING_RECV_MULTISHOT;
+    io_uring_submit(ring);
+    if (write(sv[1], "x", 1) != 1)
+        goto out;
+    if (wait_one(ring, &cqe) == 0)
+        ok = cqe.res == 1 && (cqe.flags & IORING_CQE_F_MORE);
+out:
+    close(sv[0]);
+    close(sv[1]);
+    return ok;
+}
+
+/* A ring with these IORING_SETUP_* flags: 0, or -errno. doctor asks once
+ * per flag it reports, so its answer does not depend on python-liburing
+ * (whose wheel dies with SIGILL on CPUs without AVX-512). */
+int up_probe_setup(uint32_t flags)
+{
+    struct io_uring ring;
+    int r = try_ring(&ring, flags);
+    if (r == 0)
+        io_uring_queue_exit(&ring);
+    return r;
+}
+
+int up_probe(struct up_probe_result *out)
+{
+    struct io_uring ring;
+    memset(out, 0, sizeof *out);
+    int r = try_ring(&ring, 0);
+    if (r < 0) {
+        out->setup_errno = -r;
+        return r;
+    }
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&ring);
+    if (pr) {
+        out->nops = pr->last_op + 1u;
+        for (unsigned i = 0; i < pr->ops_len && i < 64; i++)
+            out->op_supported[i] = (pr->ops[i].flags & IO_URING_OP_SUPPORTED) ? 1 : 0;
+        io_uring_free_probe(pr);
+    }
+    /* Buffer ring registration. */
+    size_t bytes = sizeof(struct io_uring_buf) * 8;
+    void *br = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br != MAP_FAILED) {
+        struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)br,
+                                        .ring_entries = 8, .bgid = 3 };
+        if (io_uring_register_buf_ring(&ring, &reg, 0) == 0) {
+            out->features |= UP_F_BUF_RING;
+            io_uring_unregister_buf_ring(&ring, 3);
+        }
+        munmap(br, bytes);
+    }
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) == 0) {
+        if (io_uring_register_files(&ring, pfd, 2) == 0) {
+            out->features |= UP_F_REGISTERED_FILES;
+            io_uring_unregister_files(&ring);
+        }
+        close(pfd[0]);
+        close(pfd[1]);
+    }
+    if (io_uring_register_ring_fd(&ring) == 1)
+        out->features |= UP_F_REGISTERED_RING;
+    if (probe_multishot_accept(&ring))
+        out->features |= UP_F_MULTISHOT_ACCEPT;
+    if (probe_multishot_recv(&ring))
+        out->features |= UP_F_MULTISHOT_RECV;
+    io_uring_queue_exit(&ring);
+
+    struct io_uring t;
+    if (try_ring(&t, IORING_SETUP_SINGLE_ISSUER) == 0) {
+        out->features |= UP_F_SINGLE_ISSUER;
+        io_uring_queue_exit(&t);
+        if (try_ring(&t, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN) == 0) {
+            out->features |= UP_F_DEFER_TASKRUN;
+            io_uring_queue_exit(&t);
+        }
+    }
+    if (try_ring(&t, IORING_SETUP_COOP_TASKRUN) == 0) {
+        out->features |= UP_F_COOP_TASKRUN;
+        io_uring_queue_exit(&t);
+    }
+    return 0;
+}

@@ -1,0 +1,158 @@
+/*
+ * One worker: one thread, one io_uring ring, and everything that thread
+ * owns. The core's types and primitives; the layers above (upstream, l4,
+ * http, the loop in worker/) add their own headers and call only down. Nothing in here is shared with another worker, so nothing in here
+ * needs a lock; the only shared things are the immutable configuration
+ * (read through w->cfg) and the worker's own counter block (w->shm).
+ */
+#ifndef UPROXY_WORKER_H
+#define UPROXY_WORKER_H
+#include <liburing.h>
+#include <stdbool.h>
+#include "api.h"
+#include "core/conn.h"
+#include "core/bufpool.h"
+#include "core/pipes.h"
+#include "core/timer.h"
+#include "core/hist.h"
+
+/* What a completion is about: the top byte of user_data. The low 32 bits
+ * name the connection (or the listener slot, for accepts). */
+enum op {
+    OP_NONE,
+    OP_TICK,          /* the worker's periodic timeout */
+    OP_ACCEPT,
+    OP_CONNECT,
+    OP_LINK_TIMEOUT,
+    OP_RECV,
+    OP_SEND,
+    OP_SPLICE_IN,     /* socket -> pipe */
+    OP_SPLICE_OUT,    /* pipe -> peer socket */
+    OP_POLL_IN,
+    OP_POLL_OUT,
+    OP_CLOSE,
+    OP_CANCEL,
+    OP_PROVIDE,       /* legacy provided buffers handed back */
+    OP__COUNT
+};
+
+#define SCRATCH_SIZE 65536
+
+#define UD(op, idx) (((uint64_t)(op) << 56) | (uint64_t)(uint32_t)(idx))
+#define UD_OP(ud) ((unsigned)((ud) >> 56))
+#define UD_IDX(ud) ((uint32_t)(ud))
+
+struct txn;
+struct h1_request;
+struct h1_response;
+
+struct acceptor {
+    uint32_t listener_id;
+    int fd;
+    int16_t cfg_index;    /* index in w->cfg->listeners, -1 if gone */
+    uint8_t armed;        /* an accept is outstanding */
+    uint8_t cancelling;
+};
+
+struct worker {
+    struct io_uring ring;
+    uint32_t features;
+    struct up_worker_opts o;
+    struct up_control *ctl;
+    struct up_shm_worker *shm;
+    uint64_t *c;                    /* shm->c: this worker's counters */
+    struct up_shm_wserver *srv;     /* this worker's per-server blocks */
+    struct up_log_ring *log;        /* this worker's access-log ring */
+    uint64_t real_ms;               /* CLOCK_REALTIME, once per loop turn */
+    const struct up_config *cfg;    /* the table new sessions use */
+    uint64_t now_ms;
+    uint64_t now_us;                /* CLOCK_MONOTONIC, read once per loop turn */
+
+    struct conn *conns;             /* slab: 2 per client connection */
+    uint32_t nconns;
+    uint32_t *free_ids;             /* stack of free conn indexes */
+    uint32_t nfree;
+    uint32_t clients;               /* client connections open */
+
+    struct bufpool bufs;
+    struct pipepool pipes;
+    struct wheel wheel;
+
+    struct acceptor acc[UP_MAX_LISTENERS];
+    uint32_t nacc;
+    bool accept_paused;
+    uint64_t accept_resume_ms;      /* after EMFILE: back off, do not spin */
+
+    uint64_t rng;
+    uint8_t *scratch;               /* SCRATCH_SIZE bytes, for draining */
+    uint32_t starved_head;          /* conns waiting for a free buffer */
+    uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
+    uint32_t nhandup, handup_cap;
+
+    /* http */
+    struct txn *txns;               /* slab: one per client connection at most */
+    uint32_t *txn_free;
+    uint32_t ntxn_free, ntxns;
+    uint32_t *pool_head;            /* [UP_MAX_SERVERS]: idle upstream conns */
+    uint32_t *pool_count;
+    struct h1_request *req_scratch; /* parse results, one parse at a time */
+    struct h1_response *resp_scratch;
+    bool stopping;
+    uint64_t drain_deadline_ms;
+    bool tick_armed;
+    struct __kernel_timespec tick_ts;
+    char err[256];
+};
+
+/* Take an SQE, flushing the SQ once if it is full. Never NULL in practice:
+ * the ring is sized for the connection limit, and a second failure means a
+ * bug, which aborts loudly rather than losing an operation. */
+struct io_uring_sqe *sqe_get(struct worker *w);
+
+static inline struct io_uring_sqe *
+sqe_for(struct worker *w, struct conn *c, enum op op)
+{
+    struct io_uring_sqe *s = sqe_get(w);
+    io_uring_sqe_set_data64(s, UD(op, c - w->conns));
+    c->inflight++;
+    c->ops |= 1u << op;
+    return s;
+}
+
+static inline void count_op(struct worker *w, const struct io_uring_sqe *s)
+{
+    w->shm->ops[s->opcode & (UP_NOPS - 1)]++;
+}
+
+static inline void cnt(struct worker *w, enum up_counter k, int64_t d)
+{
+    w->c[k] += (uint64_t)d;
+}
+
+/* The statistics block of server s (global index in cfg). */
+static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up_config *cfg,
+                                               uint32_t s)
+{
+    return &w->srv[cfg->servers[s].stat_slot];
+}
+
+/* conn.c */
+struct conn *conn_alloc(struct worker *w);
+void conn_close(struct worker *w, struct conn *c, bool reset);
+void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more);
+void conn_cancel_ops(struct worker *w, struct conn *c);
+void conn_submit_close(struct worker *w, struct conn *c);
+void conn_cancel_ops_of(struct worker *w, struct conn *c, enum op op);
+void conn_starve(struct worker *w, struct conn *c);
+/* Wait for readiness on c (one poll per op kind; a second is not needed). */
+void conn_poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events);
+bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2]);
+/* Hand c up to the loop for its protocol (why: C_UP_FINISH, C_UP_ADOPT);
+ * the loop takes them back one by one, with the reasons, until NULL. */
+void conn_hand_up(struct worker *w, struct conn *c, uint16_t why);
+struct conn *conn_next_handed_up(struct worker *w, uint16_t *why);
+
+/* ring.c */
+int ring_init(struct worker *w);
+
+#endif

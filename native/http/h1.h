@@ -1,0 +1,180 @@
+/*
+ * HTTP/1.1 proxying: shared declarations of the client side (h1_client.c),
+ * the transaction that carries one request and its response (h1_txn.c),
+ * the upstream side (h1_upstream.c) and the connection pool (pool.c).
+ *
+ * One transaction per client connection at a time: pipelined requests wait
+ * in the client's receive queue until the response before them is done,
+ * which keeps responses in order without any reordering buffer.
+ */
+#ifndef UPROXY_H1_H
+#define UPROXY_H1_H
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include "http/http1_api.h"
+#include "upstream/upstream.h"
+#include "transport/transport.h"
+
+enum h1_conn_state {
+    H_IDLE,           /* client: between requests (or before the first) */
+    H_TXN,            /* client: a transaction is under way */
+    H_LINGER,         /* client: the last response is out; FIN sent, draining */
+    H_POOL,           /* upstream: idle in the pool */
+    H_BUSY,           /* upstream: carrying a transaction */
+    H_DIAL,           /* upstream: connecting */
+};
+
+#define OUT_IOV 80
+
+/* One sendmsg toward a peer: built from queue bytes (by reference) and a
+ * few added bytes (static strings or the transaction's scratch). */
+struct out {
+    struct msghdr msg;
+    struct iovec iov[OUT_IOV];
+    uint16_t n;               /* iovecs filled */
+    uint16_t first;           /* first iovec not yet fully sent */
+    uint32_t left;            /* bytes not yet sent */
+    uint32_t rel_bid;         /* when it is out, the source queue may be */
+    uint32_t rel_off;         /* released up to here (NIL: nothing new) */
+    uint8_t active;
+};
+
+/* A body moved by splice (h1_splice.c), one per direction. */
+enum { BS_REQ, BS_RESP };
+enum { BS_OFF, BS_WANT, BS_ON };
+struct bsplice {
+    int32_t pipe;             /* from the worker's pool, or -1 */
+    uint32_t in_pipe;         /* bytes in the pipe not yet sent */
+    uint8_t state;            /* BS_OFF, BS_WANT (switching over), BS_ON */
+    uint8_t pad[7];
+};
+
+/* Transaction flags */
+#define TF_HEAD_SENT     1    /* the request head went out */
+#define TF_REQ_DONE      2    /* the whole request went out */
+#define TF_RESP_HEAD     4    /* the final response head arrived */
+#define TF_RESP_DONE     8    /* the whole response was received */
+#define TF_CLIENT_CLOSE  16   /* close the client after this response */
+#define TF_REUSED        32   /* the upstream connection came from the pool */
+#define TF_RETRIED       64
+#define TF_UPGRADE       128  /* the request asked for an upgrade */
+#define TF_REPLIED       256  /* some response bytes reached the client */
+#define TF_ERROR_REPLY   512  /* the proxy answers itself (resp.iov is that) */
+#define TF_RESP_ROUND    1024 /* resp holds a head not yet submitted */
+#define TF_UP_CLOSE      2048 /* the upstream will not keep its connection */
+
+struct txn {
+    uint32_t client, up;      /* conn indexes (up: NIL until chosen) */
+    const struct up_config *cfg;
+    uint32_t cluster, server; /* server: global index in cfg, or NIL */
+    uint16_t flags;
+    uint16_t status;          /* final response status */
+    uint8_t method, minor, req_body, resp_body;
+    uint8_t attempts;
+    uint8_t keep_alive;       /* the client asked to keep the connection */
+    uint16_t pad;
+    uint64_t req_left, resp_left;       /* LENGTH bodies: bytes to go */
+    struct h1_chunked req_ck, resp_ck;  /* CHUNKED bodies */
+    uint32_t req_bid, req_off;          /* client queue: next byte to send */
+    uint32_t resp_bid, resp_off;        /* upstream queue: next byte to send */
+    uint32_t start_bid, start_off;      /* client queue: where the request began */
+    uint64_t t_start, t_sent;           /* us: request head parsed; sent upstream */
+    uint64_t bytes_in, bytes_out;       /* request and response bytes */
+    uint64_t hash_key;
+    uint32_t idle_ms;                   /* the listener's idle_timeout */
+    uint64_t max_body;                  /* the listener's max_body_size (0: none) */
+    uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
+    uint8_t logging;                    /* lr is being filled */
+    uint8_t keep_underscores;           /* the listener's underscores_in_headers */
+    uint8_t pad3[2];
+    struct bsplice req_splice, resp_splice;
+    struct out req, resp;
+    struct up_log_rec lr;               /* access-log fields, copied at the start */
+    char scratch[1024];                 /* the header lines the proxy adds */
+};
+
+/* h1_client.c */
+void h1_start(struct worker *w, const struct up_listener *l, int fd);
+void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe);
+void h1_client_expired(struct worker *w, struct conn *c);
+void h1_client_next(struct worker *w, struct conn *c);
+void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status);
+void h1_client_close(struct worker *w, struct conn *c, bool reset);
+void h1_finish(struct worker *w, struct conn *c);
+void h1_client_cut(struct worker *w, struct conn *c);
+
+/* h1_txn.c */
+struct txn *txn_of(struct worker *w, const struct conn *c);
+void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
+               uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
+void txn_req_pump(struct worker *w, struct txn *t);
+void txn_resp_pump(struct worker *w, struct txn *t);
+void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *from, int res);
+void txn_end(struct worker *w, struct txn *t);
+void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_client);
+void txn_free(struct worker *w, struct txn *t);
+bool out_push(struct out *o, const void *p, size_t n);
+int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
+                      const struct h1_response *r);
+bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,
+                    uint32_t off, const struct h1_request *r);
+const char *h1_error_text(uint16_t status, uint32_t *len);
+void h1_count_status(struct worker *w, uint16_t status);
+void h1_tunnel(struct worker *w, struct txn *t);
+
+/* h1_splice.c */
+void splice_consider(struct worker *w, struct txn *t, int dir);
+void splice_progress(struct worker *w, struct txn *t);
+void splice_poll(struct worker *w, struct conn *c, enum op op);
+void splice_release(struct worker *w, struct txn *t);
+void splice_unhold(struct worker *w, struct txn *t);
+
+/* accesslog.c */
+void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,
+               const struct h1_request *r, const struct up_listener *l);
+void log_end(struct worker *w, struct txn *t, uint16_t status);
+void log_refused(struct worker *w, const struct conn *c, const struct up_listener *l,
+                 uint16_t status);
+
+/* h1_upstream.c */
+void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uring_cqe *cqe);
+void h1_upstream_expired(struct worker *w, struct conn *u);
+void h1_upstream_assign(struct worker *w, struct txn *t);
+void h1_upstream_release(struct worker *w, struct conn *u, bool reusable);
+void h1_upstream_close(struct worker *w, struct conn *u, bool reset);
+void h1_recv_arm(struct worker *w, struct conn *c);
+void h1_upstream_progress(struct worker *w, struct conn *u);
+void h1_upstream_failed(struct worker *w, struct txn *t, int res);
+void h1_try_finish(struct worker *w, struct conn *c);
+void h1_stop_idle(struct worker *w);
+
+/* Queues of received bytes (h1_queue.c): buffers linked through the pool's
+ * per-buffer links; assembly buffers (for heads that span receives) share
+ * the id space above the provided buffers. */
+void q_push(struct worker *w, struct conn *c, uint32_t bid, uint32_t len);
+void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off);
+void q_release_all(struct worker *w, struct conn *c);
+uint32_t q_contiguous(struct worker *w, struct conn *c, const uint8_t **p);
+int q_assemble(struct worker *w, struct conn *c, uint32_t limit);
+
+/* shared scratch of the worker for parse results (one parse at a time) */
+static inline struct h1_request *w_req(struct worker *w)
+{
+    return w->req_scratch;
+}
+
+static inline struct h1_response *w_resp(struct worker *w)
+{
+    return w->resp_scratch;
+}
+
+/* Progress on either side pushes the transaction's idle deadline (kept on
+ * the client connection) later; the wheel moves the node lazily. */
+static inline void txn_touch(struct worker *w, struct txn *t)
+{
+    struct conn *c = &w->conns[t->client];
+    if (c->expires_ms && t->idle_ms)
+        c->expires_ms = w->now_ms + t->idle_ms;
+}
+
+#endif

@@ -1,0 +1,351 @@
+/*
+ * The client side of HTTP proxying: reading request heads from the
+ * receive queue, starting transactions, keep-alive between them, the
+ * proxy's own error answers, and closing politely (a lingering close: FIN
+ * first, then read until the client's FIN, so that a client still sending
+ * does not get a reset that destroys the response it has not read yet).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <string.h>
+#include <unistd.h>
+#include "http/h1.h"
+
+#define LINGER_MS 2000
+
+static const struct up_listener *listener_for(struct worker *w, const struct conn *c)
+{
+    const struct up_config *cfg = w->cfg;
+    for (uint32_t i = 0; cfg && i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].id == c->listener_id)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+static void set_timer(struct worker *w, struct conn *c, uint32_t ms)
+{
+    timer_set(w, c, ms ? w->now_ms + ms : 0);
+}
+
+void h1_start(struct worker *w, const struct up_listener *l, int fd)
+{
+    struct conn *c = conn_alloc(w);
+    if (!c) {
+        w->c[UP_C_REJECTED]++;
+        close(fd);
+        return;
+    }
+    c->kind = CK_H1_CLIENT;
+    c->state = CS_OPEN;
+    c->h1 = H_IDLE;
+    c->fd = fd;
+    c->listener_id = l->id;
+    c->flags |= C_SESSION;
+    w->clients++;
+    w->c[UP_C_ACTIVE]++;
+    /* The peer's address, for X-Forwarded-For and hash balancing: one
+     * getpeername per connection, never per request. */
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+            memcpy(c->addr, &a->sin_addr, 4);
+            c->addr_len = 4;
+            c->port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+            memcpy(c->addr, &a->sin6_addr, 16);
+            c->addr_len = 16;
+            c->port = ntohs(a->sin6_port);
+        }
+    }
+    set_timer(w, c, l->header_timeout_ms);
+    h1_recv_arm(w, c);
+}
+
+/* Send one of the proxy's own answers, then close. */
+void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
+{
+    uint32_t len;
+    const char *text = h1_error_text(status, &len);
+    h1_count_status(w, status);
+    if (c->state != CS_OPEN || (c->ops & (1u << OP_SEND))) {
+        h1_client_close(w, c, false);
+        return;
+    }
+    struct txn *t = txn_of(w, c);
+    if (t)
+        t->flags |= TF_ERROR_REPLY | TF_REPLIED;
+    else
+        log_refused(w, c, listener_for(w, c), status);
+    c->h1 = H_LINGER;
+    tp_send(w, c, text, len);
+    set_timer(w, c, LINGER_MS * 5);
+}
+
+void h1_client_close(struct worker *w, struct conn *c, bool reset)
+{
+    conn_close(w, c, reset);
+}
+
+/* The last response is out and the connection is not kept: FIN, then
+ * read and drop until the client's FIN or LINGER_MS. */
+void h1_finish(struct worker *w, struct conn *c)
+{
+    if (c->state != CS_OPEN)
+        return;
+    c->h1 = H_LINGER;
+    if (c->x.flags & X_EOF) {
+        h1_client_close(w, c, false);
+        return;
+    }
+    shutdown(c->fd, SHUT_WR);    /* directly: io_uring would punt it to io-wq */
+    set_timer(w, c, LINGER_MS);
+    /* While an aborted upstream may still be reading them (peer set), the
+     * queued bytes stay until both close together. */
+    if (c->peer == NIL)
+        q_release_all(w, c);
+    h1_recv_arm(w, c);
+}
+
+/* Parse the next request at the front of the queue, if there is one. */
+void h1_client_next(struct worker *w, struct conn *c)
+{
+    if (c->state != CS_OPEN || c->txn != NIL || c->h1 != H_IDLE)
+        return;
+    const struct up_listener *l = listener_for(w, c);
+    if (!l) {                          /* its listener left the configuration */
+        h1_finish(w, c);
+        return;
+    }
+    const uint8_t *p;
+    uint32_t n = q_contiguous(w, c, &p);
+    if (!n) {
+        if (c->x.flags & X_EOF) {
+            h1_client_close(w, c, false);
+            return;
+        }
+        if (w->stopping) {
+            h1_finish(w, c);
+            return;
+        }
+        set_timer(w, c, l->keepalive_timeout_ms);
+        c->attempts = 0;               /* client: 0 keep-alive wait, 1 head wait */
+        return;
+    }
+    struct h1_limits lim = { l->max_head, l->max_target, 0 };
+    struct h1_request *r = w_req(w);
+    int rc = h1_parse_request(p, n, &lim, r);
+    if (rc == H1_PARTIAL && !(c->x.head >= w->bufs.count && c->x.head == c->x.tail)) {
+        /* Gather the pieces into one assembly buffer, which also frees the
+         * receive buffers a slow client would otherwise hold. */
+        int a = q_assemble(w, c, l->max_head);
+        if (a == -1) {
+            h1_client_reply_error(w, c, 503);
+            return;
+        }
+        n = q_contiguous(w, c, &p);
+        rc = h1_parse_request(p, n, &lim, r);
+    }
+    if (rc == H1_PARTIAL) {
+        if (c->x.flags & X_EOF) {
+            h1_client_close(w, c, false);
+            return;
+        }
+        if (!c->attempts) {
+            /* The head has begun: it has header_timeout to be complete. */
+            c->attempts = 1;
+            set_timer(w, c, l->header_timeout_ms);
+        }
+        return;
+    }
+    if (rc == H1_ERROR) {
+        h1_client_reply_error(w, c, r->error_status ? r->error_status : 400);
+        return;
+    }
+    c->attempts = 0;
+    set_timer(w, c, l->idle_timeout_ms);
+    txn_begin(w, c, p, c->x.head, c->x.off, r, l);
+}
+
+static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
+{
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    uint32_t bid;
+    int res = tp_received(w, c, cqe, &bid);
+    if (bid != NIL) {
+        if (c->state != CS_OPEN || res <= 0 || c->h1 == H_LINGER) {
+            bufpool_put(w, bid);       /* closing, or lingering: dropped */
+        } else {
+            q_push(w, c, bid, (uint32_t)res);
+            w->c[UP_C_BYTES_FROM_CLIENTS] += (uint64_t)res;
+            if (c->x.queued > w->o.queue_limit && !(c->x.flags & X_PAUSED)) {
+                c->x.flags |= X_PAUSED;
+                if (more)
+                    conn_cancel_ops_of(w, c, OP_RECV);
+            }
+        }
+    }
+    if (c->state != CS_OPEN)
+        return;
+    if (res == 0) {
+        c->x.flags |= X_EOF;
+    } else if (res < 0 && res != -ECANCELED) {
+        if (res == -ENOBUFS) {
+            conn_starve(w, c);
+            return;
+        }
+        w->c[res == -ECONNRESET ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_OTHER]++;
+        struct txn *t = txn_of(w, c);
+        if (t && c->h1 == H_TXN)
+            txn_abort(w, t, 0, false);
+        else
+            h1_client_close(w, c, false);
+        return;
+    }
+    struct txn *t = txn_of(w, c);
+    switch (c->h1) {
+    case H_IDLE:
+        h1_client_next(w, c);
+        break;
+    case H_TXN:
+        txn_touch(w, t);
+        if (c->x.flags & X_EOF) {
+            if (!(t->flags & TF_REQ_DONE)) {
+                /* The client went away in the middle of its request. */
+                w->c[UP_C_ERR_SHORT_BODY]++;
+                txn_abort(w, t, 0, false);
+                return;
+            }
+            t->flags |= TF_CLIENT_CLOSE;
+        }
+        txn_req_pump(w, t);
+        if ((t = txn_of(w, c)) != NULL)    /* it may have ended meanwhile */
+            splice_progress(w, t);
+        break;
+    case H_LINGER:
+        if (c->x.flags & X_EOF) {
+            h1_client_close(w, c, false);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    if (!more && c->state == CS_OPEN)
+        h1_recv_arm(w, c);
+}
+
+void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    struct txn *t = txn_of(w, c);
+    switch (op) {
+    case OP_RECV:
+        on_recv(w, c, cqe);
+        break;
+    case OP_SEND:
+        if (c->state != CS_OPEN)
+            break;
+        if (c->h1 == H_LINGER) {
+            /* The proxy's own answer is out: now the lingering close. */
+            c->h1 = H_TXN;             /* let h1_finish take it */
+            h1_finish(w, c);
+        } else if (t) {
+            txn_sent(w, t, &t->resp, c, cqe->res);
+        }
+        break;
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        if (cqe->res != -ECANCELED)
+            splice_poll(w, c, op);
+        break;
+    default:
+        break;
+    }
+}
+
+void h1_client_expired(struct worker *w, struct conn *c)
+{
+    struct txn *t = txn_of(w, c);
+    switch (c->h1) {
+    case H_IDLE:
+        if (c->x.head != NIL) {
+            h1_client_reply_error(w, c, 408);   /* the head came too slowly */
+            return;
+        }
+        h1_client_close(w, c, false);           /* keep-alive ran out */
+        return;
+    case H_TXN:
+        w->c[UP_C_ERR_IDLE_TIMEOUT]++;
+        if (t && !(t->flags & TF_REQ_DONE))
+            txn_abort(w, t, 408, false);
+        else if (t)
+            txn_abort(w, t, 504, false);
+        else
+            h1_client_close(w, c, false);
+        return;
+    default:
+        h1_client_close(w, c, false);
+        return;
+    }
+}
+
+/* On SIGTERM: idle keep-alive clients and pooled upstream connections go
+ * at once; clients with a request under way finish it first. */
+void h1_stop_idle(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->nconns; i++) {
+        struct conn *c = &w->conns[i];
+        if (c->state != CS_OPEN)
+            continue;
+        if (c->kind == CK_H1_CLIENT && c->h1 == H_IDLE && c->x.head == NIL)
+            h1_finish(w, c);
+        else if (c->kind == CK_H1_UPSTREAM && c->h1 == H_POOL)
+            h1_upstream_close(w, c, false);
+    }
+}
+
+/* Both ends of a transaction close together: neither may give its buffers
+ * back while the other's send may still read them. */
+void h1_try_finish(struct worker *w, struct conn *c)
+{
+    struct conn *side[2];
+    if (!conn_pair_done(w, c, side))
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct conn *s = side[i];
+        if (!s)
+            continue;
+        q_release_all(w, s);
+        if (s->kind == CK_H1_CLIENT) {
+            struct txn *t = txn_of(w, s);
+            if (t)
+                txn_free(w, t);
+            s->txn = NIL;
+            if (s->flags & C_SESSION) {
+                w->clients--;
+                w->c[UP_C_ACTIVE]--;
+                w->c[UP_C_CLOSED]++;
+            }
+        } else {
+            dial_gone(w, s);
+            s->txn = NIL;
+        }
+        s->flags &= (uint16_t)~(C_SESSION | C_SERVER_REF | C_COUNTED);
+        s->peer = NIL;
+        conn_submit_close(w, s);
+    }
+}
+
+/* The drain deadline passed with this client still here: its transaction
+ * (if one is under way) ends now, or the connection closes. */
+void h1_client_cut(struct worker *w, struct conn *c)
+{
+    struct txn *t = txn_of(w, c);
+    if (t && c->h1 == H_TXN)
+        txn_abort(w, t, 0, false);
+    else
+        h1_client_close(w, c, false);
+}

@@ -1,0 +1,358 @@
+/*
+ * The upstream side of HTTP proxying: choosing a server, taking a pooled
+ * connection or dialing a new one (a state of the connection, never a
+ * wait), reading response heads, and giving the connection back.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <unistd.h>
+#include "http/h1.h"
+
+/* An upstream whose responses are big (C_HEADRECV) is read one head-sized
+ * receive at a time: a multishot receive would pull the whole body into
+ * buffers before the head could be looked at, and the body is cheaper by
+ * splice. Everything else keeps one multishot receive armed. */
+#define HEAD_RECV 1024
+
+void h1_recv_arm(struct worker *w, struct conn *c)
+{
+    if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED | X_HELD)) ||
+        (c->ops & (1u << OP_RECV)))
+        return;
+    bool head = (c->flags & C_HEADRECV) && w->o.splice_min;
+    tp_recv_arm(w, c, head ? HEAD_RECV : 0);
+}
+
+static void link_txn(struct worker *w, struct txn *t, struct conn *u)
+{
+    struct conn *c = &w->conns[t->client];
+    t->up = (uint32_t)(u - w->conns);
+    u->txn = c->txn;
+    u->peer = t->up == NIL ? NIL : t->client;
+    c->peer = t->up;
+    dial_busy(w, u);
+    w->srv[u->slot].requests++;
+}
+
+static void dial_server(struct worker *w, struct txn *t, struct conn *u);
+
+/* Choose a server and a connection to it for transaction t. */
+void h1_upstream_assign(struct worker *w, struct txn *t)
+{
+    const struct up_config *cfg = t->cfg;
+    int s = balance_pick(w, cfg, t->cluster, t->server, t->hash_key);
+    if (s < 0 && t->server != NIL)
+        s = balance_pick(w, cfg, t->cluster, NIL, t->hash_key);
+    if (s < 0) {
+        txn_abort(w, t, 503, false);
+        return;
+    }
+    t->server = (uint32_t)s;
+    uint32_t slot = cfg->servers[s].stat_slot;
+    struct conn *u = (t->flags & TF_RETRIED) ? NULL : pool_get(w, slot);
+    if (u) {
+        w->c[UP_C_POOL_HITS]++;
+        w->srv[slot].reused++;
+        t->flags |= TF_REUSED;
+        u->h1 = H_BUSY;
+        link_txn(w, t, u);
+        txn_req_pump(w, t);
+        return;
+    }
+    w->c[UP_C_POOL_MISSES]++;
+    u = conn_alloc(w);
+    if (!u) {
+        txn_abort(w, t, 503, false);
+        return;
+    }
+    u->kind = CK_H1_UPSTREAM;
+    u->slot = slot;
+    link_txn(w, t, u);
+    dial_server(w, t, u);
+}
+
+static void dial_server(struct worker *w, struct txn *t, struct conn *u)
+{
+    u->h1 = H_DIAL;
+    t->attempts++;
+    if (dial(w, u, t->cfg, t->server, t->cluster) < 0)
+        txn_abort(w, t, 502, false);
+}
+
+static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
+{
+    struct txn *t = txn_of(w, u);
+    int res = cqe->res;
+    if (u->state != CS_CONNECTING || !t)
+        return;
+    if (res == 0) {
+        hist_add(w->shm->hist_connect, w->now_us - u->t_us);
+        balance_result(w, t->cfg, t->server, true);
+        u->state = CS_OPEN;
+        u->h1 = H_BUSY;
+        h1_recv_arm(w, u);
+        txn_req_pump(w, t);
+        return;
+    }
+    w->c[res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
+         : res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT ? UP_C_ERR_CONNECT_TIMEOUT
+         : UP_C_ERR_CONNECT_OTHER]++;
+    w->srv[u->slot].connect_errors++;
+    balance_result(w, t->cfg, t->server, false);
+    dial_gone(w, u);
+    close(u->fd);
+    u->fd = -1;
+    const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
+    if (t->attempts >= cl->max_attempts) {
+        txn_abort(w, t, 502, false);
+        return;
+    }
+    /* Next server: the failed one is avoided when another can serve. */
+    int s = balance_pick(w, t->cfg, t->cluster, t->server, t->hash_key);
+    if (s < 0)
+        s = balance_pick(w, t->cfg, t->cluster, NIL, t->hash_key);
+    if (s < 0) {
+        txn_abort(w, t, 503, false);
+        return;
+    }
+    t->server = (uint32_t)s;
+    u->slot = t->cfg->servers[s].stat_slot;
+    dial_busy(w, u);
+    w->srv[u->slot].requests++;
+    dial_server(w, t, u);
+}
+
+static bool retryable(const struct txn *t)
+{
+    switch (t->method) {
+    case H1_M_GET:
+    case H1_M_HEAD:
+    case H1_M_OPTIONS:
+    case H1_M_PUT:
+    case H1_M_DELETE:
+    case H1_M_TRACE:
+        return t->req_body == H1_BODY_NONE;
+    default:
+        return false;
+    }
+}
+
+/* The upstream connection failed before a response head came. A request
+ * that went out on a reused connection may have met an upstream that had
+ * just closed it: idempotent ones are sent once more on a new connection. */
+void h1_upstream_failed(struct worker *w, struct txn *t, int res)
+{
+    struct conn *u = &w->conns[t->up];
+    struct conn *c = &w->conns[t->client];
+    w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_OTHER]++;
+    w->srv[u->slot].errors++;
+    if ((t->flags & TF_REUSED) && !(t->flags & (TF_RETRIED | TF_RESP_HEAD | TF_REPLIED)) &&
+        retryable(t)) {
+        /* Detach the dead connection, then start over from the request's
+         * head, which is still in the client's queue. */
+        u->peer = NIL;
+        u->txn = NIL;
+        c->peer = NIL;
+        dial_gone(w, u);
+        h1_upstream_close(w, u, false);
+        t->up = NIL;
+        t->flags = (uint16_t)((t->flags & ~(TF_REUSED | TF_HEAD_SENT | TF_REQ_DONE)) | TF_RETRIED);
+        w->c[UP_C_RETRIES]++;
+        const uint8_t *p;
+        uint32_t n = q_contiguous(w, c, &p);
+        struct h1_request *r = w_req(w);
+        const struct up_listener *l = NULL;
+        for (uint32_t i = 0; i < w->cfg->nlisteners; i++)
+            if (w->cfg->listeners[i].id == c->listener_id)
+                l = &w->cfg->listeners[i];
+        struct h1_limits lim = { l ? l->max_head : 0, l ? l->max_target : 0, 0 };
+        if (!n || h1_parse_request(p, n, &lim, r) != H1_DONE) {
+            txn_abort(w, t, 502, false);
+            return;
+        }
+        if (!txn_build_head(w, t, p, c->x.head, c->x.off, r)) {
+            txn_abort(w, t, 502, false);
+            return;
+        }
+        h1_upstream_assign(w, t);
+        return;
+    }
+    txn_abort(w, t, 502, false);
+}
+
+/* Bytes arrived from the upstream (or it closed): move the response on. */
+void h1_upstream_progress(struct worker *w, struct conn *u)
+{
+    struct txn *t = txn_of(w, u);
+    if (u->state != CS_OPEN)
+        return;
+    if (u->h1 == H_POOL || !t) {
+        /* An idle connection spoke or closed: it cannot be trusted. */
+        w->c[UP_C_POOL_STALE]++;
+        h1_upstream_close(w, u, false);
+        return;
+    }
+    if (t->flags & TF_RESP_HEAD) {
+        txn_resp_pump(w, t);
+        return;
+    }
+    if (t->resp.active)
+        return;                       /* a 1xx is on its way out first */
+    const uint8_t *p;
+    uint32_t n = q_contiguous(w, u, &p);
+    struct h1_response *r = w_resp(w);
+    int rc = n ? h1_parse_response(p, n, NULL, t->method, r) : H1_PARTIAL;
+    if (rc == H1_PARTIAL && n && u->x.head != u->x.tail) {
+        int a = q_assemble(w, u, HBUF_SIZE);
+        if (a < 0) {
+            txn_abort(w, t, 502, false);
+            return;
+        }
+        n = q_contiguous(w, u, &p);
+        rc = h1_parse_response(p, n, NULL, t->method, r);
+    }
+    if (rc == H1_PARTIAL) {
+        if (u->x.flags & X_EOF) {
+            if (!n) {
+                h1_upstream_failed(w, t, -EPIPE);
+                return;
+            }
+            txn_abort(w, t, 502, false);
+        }
+        return;
+    }
+    if (rc == H1_ERROR) {
+        w->srv[u->slot].errors++;
+        txn_abort(w, t, 502, false);
+        return;
+    }
+    txn_response_head(w, t, p, r);
+}
+
+static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
+{
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    uint32_t bid;
+    int res = tp_received(w, u, cqe, &bid);
+    if (bid != NIL) {
+        if (u->state != CS_OPEN || res <= 0) {
+            bufpool_put(w, bid);
+        } else {
+            q_push(w, u, bid, (uint32_t)res);
+            w->c[UP_C_BYTES_FROM_UPSTREAMS] += (uint64_t)res;
+            struct txn *t = txn_of(w, u);
+            if (t)
+                txn_touch(w, t);
+            if (u->x.queued > w->o.queue_limit && !(u->x.flags & X_PAUSED)) {
+                u->x.flags |= X_PAUSED;
+                if (more)
+                    conn_cancel_ops_of(w, u, OP_RECV);
+            }
+        }
+    }
+    if (u->state != CS_OPEN)
+        return;
+    if (res == 0) {
+        u->x.flags |= X_EOF;
+    } else if (res < 0) {
+        switch (res) {
+        case -ENOBUFS:
+            conn_starve(w, u);
+            return;
+        case -ECANCELED:
+            break;
+        default: {
+            struct txn *t = txn_of(w, u);
+            if (t && !(t->flags & TF_RESP_HEAD)) {
+                h1_upstream_failed(w, t, res);
+            } else if (t) {
+                w->c[UP_C_ERR_UPSTREAM_RESET]++;
+                txn_abort(w, t, 0, true);
+            } else {
+                w->c[UP_C_POOL_STALE]++;
+                h1_upstream_close(w, u, false);
+            }
+            return;
+        }
+        }
+    }
+    if (res != -ECANCELED || (u->x.flags & X_EOF))
+        h1_upstream_progress(w, u);
+    if (!more)
+        h1_recv_arm(w, u);
+    struct txn *t = txn_of(w, u);
+    if (t && u->state == CS_OPEN)
+        splice_progress(w, t);
+}
+
+void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uring_cqe *cqe)
+{
+    switch (op) {
+    case OP_CONNECT:
+        on_connect(w, u, cqe);
+        break;
+    case OP_RECV:
+        on_recv(w, u, cqe);
+        break;
+    case OP_SEND: {
+        struct txn *t = txn_of(w, u);
+        if (u->state == CS_OPEN && t)
+            txn_sent(w, t, &t->req, u, cqe->res);
+        break;
+    }
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        if (cqe->res != -ECANCELED)
+            splice_poll(w, u, op);
+        break;
+    default:
+        break;
+    }
+}
+
+/* A transaction is done with u. */
+void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
+{
+    struct txn *t = txn_of(w, u);
+    const struct up_cluster *cl = t ? &t->cfg->clusters[t->cluster] : NULL;
+    /* Learn from this response how to read the next one. The multishot
+     * receive, if armed, is left alone: the change applies at its re-arm. */
+    if (t && t->bytes_out >= w->o.splice_min && w->o.splice_min) {
+        if (!(u->flags & C_HEADRECV) && (u->ops & (1u << OP_RECV)))
+            conn_cancel_ops_of(w, u, OP_RECV);     /* re-armed head-sized below */
+        u->flags |= C_HEADRECV;
+    } else if (t) {
+        u->flags &= ~C_HEADRECV;
+    }
+    u->txn = NIL;
+    u->peer = NIL;
+    u->nreq++;
+    dial_idle(w, u);
+    if (reusable && cl && u->state == CS_OPEN &&
+        pool_put(w, u, cl->pool_max_idle, cl->pool_idle_timeout_ms)) {
+        u->h1 = H_POOL;
+        return;
+    }
+    h1_upstream_close(w, u, false);
+}
+
+void h1_upstream_close(struct worker *w, struct conn *u, bool reset)
+{
+    pool_remove(w, u);
+    conn_close(w, u, reset);
+}
+
+void h1_upstream_expired(struct worker *w, struct conn *u)
+{
+    struct txn *t = txn_of(w, u);
+    if (u->h1 == H_POOL || !t) {
+        h1_upstream_close(w, u, false);    /* idle past pool_idle_timeout */
+        return;
+    }
+    if (!(t->flags & TF_RESP_HEAD)) {
+        w->srv[u->slot].errors++;
+        txn_abort(w, t, 504, false);
+    }
+}

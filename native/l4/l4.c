@@ -1,0 +1,582 @@
+/*
+ * L4 TCP proxying. A session is two connections, the client's and the
+ * upstream's; each carries the state of the bytes read from its own socket
+ * on their way to the other (struct xfer). Bytes move either buffered
+ * (receive into a provided buffer, send it on) or by splice through a pipe
+ * from the worker's pool. TCP semantics pass through: a FIN one way becomes
+ * a shutdown(SHUT_WR) the other way while the reverse keeps flowing, and a
+ * reset on one side becomes a reset on the other.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "l4/l4.h"
+#include "upstream/upstream.h"
+
+static inline struct conn *peer_of(struct worker *w, struct conn *c)
+{
+    return c->peer == NIL ? NULL : &w->conns[c->peer];
+}
+
+static inline const struct up_listener *listener_of(const struct conn *c)
+{
+    return &c->cfg->listeners[c->listener];
+}
+
+static inline bool is_client(const struct conn *c)
+{
+    return c->kind == CK_L4_CLIENT;
+}
+
+/* The session's idle deadline lives on the client connection; activity
+ * only pushes it later, which the wheel handles lazily. */
+static inline void touch(struct worker *w, struct conn *c)
+{
+    struct conn *client = is_client(c) ? c : peer_of(w, c);
+    if (client && client->expires_ms)
+        client->expires_ms = w->now_ms + listener_of(client)->idle_timeout_ms;
+}
+
+static void count_in(struct worker *w, struct conn *src, uint32_t n)
+{
+    cnt(w, is_client(src) ? UP_C_BYTES_FROM_CLIENTS : UP_C_BYTES_FROM_UPSTREAMS, n);
+}
+
+static void count_out(struct worker *w, struct conn *dst, uint32_t n)
+{
+    cnt(w, is_client(dst) ? UP_C_BYTES_TO_CLIENTS : UP_C_BYTES_TO_UPSTREAMS, n);
+}
+
+/* Cut the session: both connections close; `reset_*` sends an RST rather
+ * than a FIN, so a reset on one side reaches the other. */
+static void abort_session(struct worker *w, struct conn *c, bool reset_c, bool reset_peer)
+{
+    struct conn *p = peer_of(w, c);
+    conn_close(w, c, reset_c);
+    if (p)
+        conn_close(w, p, reset_peer);
+}
+
+static void fail_error(struct worker *w, struct conn *c, int res)
+{
+    /* c's socket failed: its side is gone, so the other side gets a reset
+     * unless the failure was an orderly one. */
+    if (res == -ECONNRESET || res == -EPIPE)
+        cnt(w, is_client(c) ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_UPSTREAM_RESET, 1);
+    else
+        cnt(w, UP_C_ERR_OTHER, 1);
+    if (!is_client(c) && c->server != NIL)
+        srv_stats(w, c->cfg, c->server)->errors++;
+    abort_session(w, c, false, true);
+}
+
+static void maybe_finish(struct worker *w, struct conn *c)
+{
+    struct conn *p = peer_of(w, c);
+    if ((c->x.flags & X_SHUT) && p && (p->x.flags & X_SHUT))
+        abort_session(w, c, false, false);
+}
+
+/* Pass a FIN on. Called directly: io_uring would run IORING_OP_SHUTDOWN
+ * on an io-wq thread (tens of microseconds of hand-over for a call that
+ * takes one). */
+static void shutdown_peer(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    if (src->x.flags & X_SHUT)
+        return;
+    src->x.flags |= X_SHUT;
+    if (shutdown(dst->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
+        fail_error(w, dst, -errno);
+        return;
+    }
+    maybe_finish(w, src);
+}
+
+/* ---- buffered: recv into provided buffers, send from them ------------ */
+
+static void recv_arm(struct worker *w, struct conn *src)
+{
+    if (src->x.flags & (X_EOF | X_PAUSED | X_STARVED) || (src->ops & (1u << OP_RECV)))
+        return;
+    struct io_uring_sqe *s = sqe_for(w, src, OP_RECV);
+    io_uring_prep_recv(s, src->fd, NULL, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = BUF_GROUP;
+    if (w->features & UP_F_MULTISHOT_RECV)
+        s->ioprio |= IORING_RECV_MULTISHOT;
+    count_op(w, s);
+}
+
+static void send_next(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    if (dst->ops & (1u << OP_SEND) || dst->state != CS_OPEN)
+        return;
+    struct xfer *x = &src->x;
+    if (x->head == NIL) {
+        if (x->flags & X_EOF)
+            shutdown_peer(w, src);
+        return;
+    }
+    struct io_uring_sqe *s = sqe_for(w, dst, OP_SEND);
+    io_uring_prep_send(s, dst->fd, buf_data(&w->bufs, x->head) + x->off,
+                       w->bufs.len[x->head] - x->off, MSG_NOSIGNAL | MSG_WAITALL);
+    count_op(w, s);
+}
+
+static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe)
+{
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    int res = cqe->res;
+    struct xfer *x = &src->x;
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        bufpool_taken(w);
+        if (src->state != CS_OPEN || res <= 0) {
+            bufpool_put(w, bid);
+        } else {
+            w->bufs.len[bid] = (uint32_t)res;
+            w->bufs.next[bid] = NIL;
+            if (x->tail == NIL)
+                x->head = bid;
+            else
+                w->bufs.next[x->tail] = bid;
+            x->tail = bid;
+            x->queued += (uint32_t)res;
+            count_in(w, src, (uint32_t)res);
+            touch(w, src);
+            send_next(w, src);
+            if (x->queued > w->o.queue_limit && !(x->flags & X_PAUSED)) {
+                /* Backpressure: the peer is slower than the sender; stop
+                 * reading until the queue drains, so memory stays bounded
+                 * and the sender feels TCP flow control. */
+                x->flags |= X_PAUSED;
+                if (more)
+                    conn_cancel_ops_of(w, src, OP_RECV);
+            }
+        }
+    }
+    if (src->state != CS_OPEN)
+        return;
+    if (res == 0) {
+        x->flags |= X_EOF;
+        if (x->head == NIL)
+            shutdown_peer(w, src);
+        return;
+    }
+    if (res < 0) {
+        switch (res) {
+        case -ENOBUFS:
+            conn_starve(w, src);     /* every buffer is taken: wait for one */
+            return;
+        case -ECANCELED:
+            break;
+        default:
+            fail_error(w, src, res);
+            return;
+        }
+    }
+    if (!more)
+        recv_arm(w, src);
+}
+
+static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe)
+{
+    struct conn *src = peer_of(w, dst);
+    struct xfer *x = &src->x;
+    int res = cqe->res;
+    if (dst->state != CS_OPEN)
+        return;
+    if (res < 0) {
+        fail_error(w, dst, res);
+        return;
+    }
+    count_out(w, dst, (uint32_t)res);
+    touch(w, dst);
+    x->off += (uint32_t)res;
+    x->queued -= (uint32_t)res;
+    if (x->off == w->bufs.len[x->head]) {
+        uint32_t bid = x->head;
+        x->head = w->bufs.next[bid];
+        if (x->head == NIL)
+            x->tail = NIL;
+        x->off = 0;
+        bufpool_put(w, bid);
+    }
+    if ((x->flags & X_PAUSED) && x->queued <= w->o.queue_limit / 2) {
+        x->flags &= ~X_PAUSED;
+        recv_arm(w, src);
+    }
+    send_next(w, src);
+}
+
+void l4_recv_arm(struct worker *w, struct conn *c)
+{
+    recv_arm(w, c);
+}
+
+/* ---- splice by the worker: io_uring says when, splice() moves -------- *
+ * io_uring runs every IORING_OP_SPLICE on an io-wq thread, and the hand-over
+ * (wake a thread, switch to it, switch back) cost more than the splice
+ * itself in our measurements (docs/l4.md). Here io_uring only polls; the
+ * worker moves the bytes with non-blocking splice() calls, on its own CPU. */
+
+static void pump(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    struct xfer *x = &src->x;
+    const struct pipepool *pp = &w->pipes;
+    int pr = pp->fds[2 * x->pipe], pw = pp->fds[2 * x->pipe + 1];
+    uint32_t moved = 0;
+    bool want_in = false;
+    if (src->state != CS_OPEN || dst->state != CS_OPEN)
+        return;
+    for (;;) {
+        if (x->in_pipe < pp->size && !(x->flags & X_EOF) && !want_in) {
+            ssize_t n = splice(src->fd, NULL, pw, NULL, pp->size - x->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                x->in_pipe += (uint32_t)n;
+                count_in(w, src, (uint32_t)n);
+            } else if (n == 0) {
+                x->flags |= X_EOF;
+            } else if (errno == EAGAIN) {
+                want_in = true;
+            } else {
+                fail_error(w, src, -errno);
+                return;
+            }
+        }
+        if (x->in_pipe) {
+            ssize_t m = splice(pr, NULL, dst->fd, NULL, x->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (m > 0) {
+                x->in_pipe -= (uint32_t)m;
+                moved += (uint32_t)m;
+                count_out(w, dst, (uint32_t)m);
+            } else if (m < 0 && errno != EAGAIN) {
+                fail_error(w, dst, -errno);
+                return;
+            }
+            if (x->in_pipe) {
+                /* The peer's send buffer is full: wait until it drains. */
+                touch(w, src);
+                conn_poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
+                return;
+            }
+        }
+        if (x->flags & X_EOF) {
+            shutdown_peer(w, src);
+            return;
+        }
+        if (want_in || moved >= SPLICE_PUMP_BUDGET)
+            break;
+    }
+    if (moved)
+        touch(w, src);
+    /* Nothing more to read now, or this direction used its share of the
+     * turn: the poll completes at once if data is already waiting. */
+    conn_poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+}
+
+/* ---- splice on io-wq: IORING_OP_SPLICE (forwarding = "splice_iowq") ---- */
+
+static void splice_chain(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    unsigned len = w->pipes.size;
+    /* Hard link: the splice-out runs right after the splice-in, in the same
+     * io-wq worker, whatever the splice-in moved (even nothing). */
+    struct io_uring_sqe *s = sqe_for(w, src, OP_SPLICE_IN);
+    prep_splice_in(w, s, src->fd, src->x.pipe, len);
+    s->flags |= IOSQE_IO_HARDLINK;
+    s = sqe_for(w, dst, OP_SPLICE_OUT);
+    prep_splice_out(w, s, src->x.pipe, dst->fd, len);
+}
+
+/* What the direction src -> dst does next, once nothing is in flight. */
+static void splice_next(struct worker *w, struct conn *src)
+{
+    struct conn *dst = peer_of(w, src);
+    struct xfer *x = &src->x;
+    if (src->state != CS_OPEN || dst->state != CS_OPEN)
+        return;
+    if (x->in_pipe) {
+        conn_poll_arm(w, dst, OP_POLL_OUT, POLLOUT);
+    } else if (x->flags & X_EOF) {
+        shutdown_peer(w, src);
+    } else if (x->last_in == w->pipes.size) {
+        splice_chain(w, src);   /* the pipe filled: more is likely waiting */
+    } else {
+        conn_poll_arm(w, src, OP_POLL_IN, POLLIN | POLLRDHUP);
+    }
+}
+
+static void on_splice_in(struct worker *w, struct conn *src, struct io_uring_cqe *cqe)
+{
+    int res = cqe->res;
+    struct xfer *x = &src->x;
+    if (src->state != CS_OPEN)
+        return;
+    x->last_in = 0;
+    if (res > 0) {
+        x->in_pipe += (uint32_t)res;
+        x->last_in = (uint32_t)res;
+        count_in(w, src, (uint32_t)res);
+        touch(w, src);
+    } else if (res == 0) {
+        x->flags |= X_EOF;
+    } else if (res != -EAGAIN && res != -ECANCELED) {
+        fail_error(w, src, res);
+    }
+    /* The linked splice-out's completion decides what comes next. */
+}
+
+static void on_splice_out(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe)
+{
+    struct conn *src = peer_of(w, dst);
+    int res = cqe->res;
+    if (dst->state != CS_OPEN || src->state != CS_OPEN)
+        return;
+    if (res > 0) {
+        src->x.in_pipe -= (uint32_t)res;
+        count_out(w, dst, (uint32_t)res);
+    } else if (res < 0 && res != -EAGAIN && res != -ECANCELED) {
+        fail_error(w, dst, res);
+        return;
+    }
+    if (src->ops & (1u << OP_SPLICE_IN))
+        return;   /* cannot happen with a hard link; kept as a guard */
+    splice_next(w, src);
+}
+
+static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    if (c->state != CS_OPEN || cqe->res == -ECANCELED)
+        return;
+    if (listener_of(c)->forwarding == UP_FWD_SPLICE) {
+        /* POLL_IN: c's data is ready; POLL_OUT: c can take its peer's. */
+        pump(w, op == OP_POLL_IN ? c : peer_of(w, c));
+        return;
+    }
+    if (op == OP_POLL_IN) {
+        splice_chain(w, c);
+    } else {
+        struct conn *src = peer_of(w, c);
+        struct io_uring_sqe *s = sqe_for(w, c, OP_SPLICE_OUT);
+        prep_splice_out(w, s, src->x.pipe, c->fd, src->x.in_pipe);
+    }
+}
+
+/* ---- session lifecycle ----------------------------------------------- */
+
+static void start_direction(struct worker *w, struct conn *src, bool *spliced)
+{
+    uint32_t fwd = listener_of(src)->forwarding;
+    if (fwd != UP_FWD_BUFFERED && w->pipes.count) {
+        int p = pipe_get(w);
+        if (p >= 0) {
+            src->x.pipe = p;
+            if (fwd == UP_FWD_SPLICE) {
+                pump(w, src);
+            } else {
+                src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
+                splice_next(w, src);
+            }
+            return;
+        }
+    }
+    *spliced = false;
+    recv_arm(w, src);
+}
+
+static void connect_next(struct worker *w, struct conn *u, uint32_t avoid);
+
+static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
+{
+    struct conn *c = peer_of(w, u);
+    int res = cqe->res;
+    if (u->state != CS_CONNECTING)
+        return;
+    struct up_shm_wserver *st = srv_stats(w, u->cfg, u->server);
+    if (res == 0) {
+        hist_add(w->shm->hist_connect, w->now_us - u->t_us);
+        balance_result(w, u->cfg, u->server, true);
+        st->requests++;
+        u->state = CS_OPEN;
+        c->state = CS_OPEN;
+        bool spliced = true;
+        start_direction(w, c, &spliced);
+        start_direction(w, u, &spliced);
+        cnt(w, spliced ? UP_C_SESSIONS_SPLICE : UP_C_SESSIONS_BUFFERED, 1);
+        return;
+    }
+    cnt(w, res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
+           : res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT ? UP_C_ERR_CONNECT_TIMEOUT
+           : UP_C_ERR_CONNECT_OTHER, 1);
+    st->connect_errors++;
+    balance_result(w, u->cfg, u->server, false);
+    dial_gone(w, u);
+    close(u->fd);
+    u->fd = -1;
+    const struct up_cluster *cl = &u->cfg->clusters[listener_of(c)->cluster];
+    if (u->attempts < cl->max_attempts)
+        connect_next(w, u, u->server);
+    else {
+        cnt(w, UP_C_ERR_NO_SERVER, 1);
+        abort_session(w, c, false, false);
+    }
+}
+
+static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
+{
+    struct conn *c = peer_of(w, u);
+    const struct up_config *cfg = u->cfg;
+    uint32_t ci = listener_of(c)->cluster;
+    int s = balance_pick(w, cfg, ci, avoid, c->hash_key);
+    if (s < 0 && avoid != NIL)
+        s = balance_pick(w, cfg, ci, NIL, c->hash_key);   /* only the failed one is left */
+    if (s < 0) {
+        cnt(w, UP_C_ERR_NO_SERVER, 1);
+        abort_session(w, c, false, false);
+        return;
+    }
+    if (dial(w, u, cfg, (uint32_t)s, ci) < 0) {
+        abort_session(w, c, false, false);
+        return;
+    }
+    dial_busy(w, u);              /* the load least_conn and p2c weigh */
+}
+
+void l4_start(struct worker *w, const struct up_listener *l, int fd)
+{
+    struct conn *c = conn_alloc(w);
+    struct conn *u = c ? conn_alloc(w) : NULL;
+    if (!u) {
+        if (c)
+            w->free_ids[w->nfree++] = (uint32_t)(c - w->conns);
+        w->c[UP_C_REJECTED]++;
+        close(fd);
+        return;
+    }
+    const struct up_config *cfg = w->cfg;
+    uint32_t cid = (uint32_t)(c - w->conns), uid = (uint32_t)(u - w->conns);
+    c->kind = CK_L4_CLIENT;
+    c->state = CS_CONNECTING;
+    c->fd = fd;
+    c->peer = uid;
+    c->cfg = cfg;
+    c->listener = (uint16_t)(l - cfg->listeners);
+    c->flags |= C_SESSION;
+    u->kind = CK_L4_UPSTREAM;
+    u->state = CS_CONNECTING;
+    u->peer = cid;
+    u->cfg = cfg;
+    u->listener = c->listener;
+    cfg->refs[w->o.index * 8]++;
+    w->clients++;
+    w->c[UP_C_ACTIVE]++;
+    if (l->idle_timeout_ms) {
+        c->expires_ms = w->now_ms + l->idle_timeout_ms;
+        timer_arm(w, c);
+    }
+    connect_next(w, u, NIL);
+}
+
+/* Both connections of a session have nothing outstanding: give back what
+ * they hold and close their sockets. The session's reference on its
+ * configuration table goes last: once it is dropped, the control plane may
+ * free the table, so nothing here may read it after (dial_gone reads only
+ * the worker's own per-server block). */
+void l4_try_finish(struct worker *w, struct conn *c)
+{
+    struct conn *side[2];
+    const struct up_config *held = NULL;
+    if (!conn_pair_done(w, c, side))
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct conn *s = side[i];
+        if (!s)
+            continue;
+        while (s->x.head != NIL) {
+            uint32_t bid = s->x.head;
+            s->x.head = w->bufs.next[bid];
+            bufpool_put(w, bid);
+        }
+        s->x.tail = NIL;
+        if (s->x.pipe >= 0) {
+            pipe_put(w, s->x.pipe, s->x.in_pipe != 0);
+            s->x.pipe = -1;
+        }
+        if (s->kind == CK_L4_UPSTREAM)
+            dial_gone(w, s);
+        if (s->flags & C_SESSION) {
+            held = s->cfg;
+            w->clients--;
+            w->c[UP_C_ACTIVE]--;
+            w->c[UP_C_CLOSED]++;
+        }
+        s->peer = NIL;
+        conn_submit_close(w, s);
+    }
+    if (held) {
+        uint64_t *ref = &held->refs[w->o.index * 8];
+        __atomic_store_n(ref, *ref - 1, __ATOMIC_RELEASE);   /* nothing reads held after */
+    }
+}
+
+/* Carry on as a tunnel a pair that another protocol set up (an HTTP
+ * upgrade): queued bytes first, then whatever arrives. */
+void l4_adopt(struct worker *w, struct conn *c)
+{
+    struct conn *u = peer_of(w, c);
+    c->state = u->state = CS_OPEN;
+    cnt(w, UP_C_SESSIONS_BUFFERED, 1);
+    send_next(w, c);
+    send_next(w, u);
+    recv_arm(w, c);
+    recv_arm(w, u);
+}
+
+void l4_on_idle(struct worker *w, struct conn *c)
+{
+    w->c[UP_C_ERR_IDLE_TIMEOUT]++;
+    abort_session(w, c, false, false);
+}
+
+void l4_abort(struct worker *w, struct conn *c)
+{
+    abort_session(w, c, false, false);
+}
+
+void l4_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    switch (op) {
+    case OP_CONNECT:
+        on_connect(w, c, cqe);
+        break;
+    case OP_RECV:
+        on_recv(w, c, cqe);
+        break;
+    case OP_SEND:
+        on_send(w, c, cqe);
+        break;
+    case OP_SPLICE_IN:
+        on_splice_in(w, c, cqe);
+        break;
+    case OP_SPLICE_OUT:
+        on_splice_out(w, c, cqe);
+        break;
+    case OP_POLL_IN:
+    case OP_POLL_OUT:
+        on_poll(w, c, op, cqe);
+        break;
+    default:
+        break;
+    }
+}

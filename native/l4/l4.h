@@ -1,0 +1,17 @@
+/*
+ * The L4 protocol: a TCP session between a client and an upstream
+ * connection, forwarded by splice or through buffers (l4.c).
+ */
+#ifndef UPROXY_L4_H
+#define UPROXY_L4_H
+#include "core/worker.h"
+
+void l4_start(struct worker *w, const struct up_listener *l, int fd);
+void l4_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe);
+void l4_on_idle(struct worker *w, struct conn *c);
+void l4_try_finish(struct worker *w, struct conn *c);
+void l4_abort(struct worker *w, struct conn *c);
+void l4_adopt(struct worker *w, struct conn *c);
+void l4_recv_arm(struct worker *w, struct conn *c);
+
+#endif

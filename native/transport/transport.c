@@ -1,0 +1,61 @@
+/*
+ * The transport kinds (transport/transport.h). Plain: the socket's own
+ * receive into provided buffers and its own sends, straight through the
+ * ring. Sends wait for all their bytes (MSG_WAITALL) and never raise
+ * SIGPIPE.
+ */
+#include "transport/transport.h"
+
+void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN: {
+        struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
+        io_uring_prep_recv(s, c->fd, NULL, max, 0);
+        s->flags |= IOSQE_BUFFER_SELECT;
+        s->buf_group = BUF_GROUP;
+        if ((w->features & UP_F_MULTISHOT_RECV) && !max)
+            s->ioprio |= IORING_RECV_MULTISHOT;
+        count_op(w, s);
+        break;
+    }
+    }
+}
+
+int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN:
+        break;
+    }
+    *bid = NIL;
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        *bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        bufpool_taken(w);
+    }
+    return cqe->res;
+}
+
+void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN: {
+        struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
+        io_uring_prep_send(s, c->fd, p, n, MSG_NOSIGNAL | MSG_WAITALL);
+        count_op(w, s);
+        break;
+    }
+    }
+}
+
+void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN: {
+        struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
+        io_uring_prep_sendmsg(s, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
+        count_op(w, s);
+        break;
+    }
+    }
+}

@@ -55,7 +55,8 @@ class Uproxy(Contender):
             r = subprocess.run([self.binary(), "check", "-c", path], capture_output=True, text=True,
                                timeout=60)
             _HTTP_STATE["why"] = None if r.returncode == 0 else (
-                "not available yet: " + (r.stderr.strip().splitlines() or ["uproxy check failed"])[-1]
+                # the first mistake (the last line is check's summary)
+                "not available yet: " + (r.stderr.strip().splitlines() or ["uproxy check failed"])[0]
                 .split(": ")[-1])
         return _HTTP_STATE["why"]
 

@@ -169,12 +169,7 @@ def test_slow_readers_never_reading(proxy_factory):
     rss1 = rss_kib(p.pid)
     print(f"slow readers: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB")
     assert fds1 <= fds0
-    # The proxy resets its upstream connections of the responses it gave up
-    # on: the upstream sees exactly that, and nothing else goes wrong.
-    big.errors_expected = True
-    big.close()
-    assert all(isinstance(e, (ConnectionResetError, BrokenPipeError))
-               for e in big.errors), big.errors[:3]
+    big.close()      # the resets of the responses given up on are in big.cut_short
 
 
 # ---- many connections --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Unit tests of the C core's pieces, through the test-only cffi module
 built from tests/unit/core_harness.c (see build_core_harness.py)."""
 import os
+import socket
 import sys
 
 import pytest
@@ -45,3 +46,22 @@ def worker(core):
     yield make
     for h in made:
         core.lib.hx_free(h)
+
+
+@pytest.fixture
+def pair():
+    """Two connected sockets, closed at teardown."""
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def alloc(lib):
+    """alloc(h, n) -> n connection slots taken from worker h's slab."""
+    def take(h, n):
+        ids = [lib.hx_conn_alloc(h) for _ in range(n)]
+        assert min(ids) >= 0
+        return ids
+    return take

@@ -2,19 +2,10 @@
 the buffer ring (5.19+) and the legacy provided buffers (5.15), the window
 of warm buffers handed to the kernel, its growth when receives run short
 and its decay, and the assembly buffers for heads."""
-import socket
 
 import pytest
 
 T0 = 3_000_000
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def state(ffi, lib, h):

@@ -12,12 +12,6 @@ def w(worker):
     return worker(nconns=64, now_ms=T0)
 
 
-def alloc(lib, h, n):
-    ids = [lib.hx_conn_alloc(h) for _ in range(n)]
-    assert min(ids) >= 0
-    return ids
-
-
 def drain(lib, h, slot):
     out = []
     while (cid := lib.hx_pool_get(h, slot)) >= 0:
@@ -36,8 +30,8 @@ def test_get_on_an_empty_pool_is_nothing(lib, w):
     assert lib.hx_pool_get(w, 1023) == -1
 
 
-def test_get_returns_most_recently_put_first(lib, w):
-    a, b, c = alloc(lib, w, 3)
+def test_get_returns_most_recently_put_first(lib, w, alloc):
+    a, b, c = alloc(w, 3)
     for cid in (a, b, c):
         assert lib.hx_pool_put(w, cid, 5, 10, 0)
         assert lib.hx_pooled(w, cid)
@@ -50,8 +44,8 @@ def test_get_returns_most_recently_put_first(lib, w):
     assert gauges(lib, w, 5) == (0, 0, 0)
 
 
-def test_put_beyond_max_idle_is_refused_and_changes_nothing(lib, w):
-    ids = alloc(lib, w, 4)
+def test_put_beyond_max_idle_is_refused_and_changes_nothing(lib, w, alloc):
+    ids = alloc(w, 4)
     for cid in ids[:3]:
         assert lib.hx_pool_put(w, cid, 7, 3, 0)
     assert not lib.hx_pool_put(w, ids[3], 7, 3, 0)
@@ -62,14 +56,14 @@ def test_put_beyond_max_idle_is_refused_and_changes_nothing(lib, w):
     assert drain(lib, w, 7) == [ids[3], ids[1], ids[0]]
 
 
-def test_max_idle_zero_keeps_nothing(lib, w):
-    (a,) = alloc(lib, w, 1)
+def test_max_idle_zero_keeps_nothing(lib, w, alloc):
+    (a,) = alloc(w, 1)
     assert not lib.hx_pool_put(w, a, 1, 0, 0)
     assert lib.hx_pool_get(w, 1) == -1
 
 
-def test_the_limit_is_per_slot(lib, w):
-    ids = alloc(lib, w, 6)
+def test_the_limit_is_per_slot(lib, w, alloc):
+    ids = alloc(w, 6)
     for cid in ids[:2]:
         assert lib.hx_pool_put(w, cid, 1, 2, 0)
     assert not lib.hx_pool_put(w, ids[2], 1, 2, 0)
@@ -79,8 +73,8 @@ def test_the_limit_is_per_slot(lib, w):
     assert lib.hx_counter(w, lib.UP_C_POOL_IDLE) == 4
 
 
-def test_slots_are_separate(lib, w):
-    ids = alloc(lib, w, 9)
+def test_slots_are_separate(lib, w, alloc):
+    ids = alloc(w, 9)
     slots = [3, 4, 1000]
     for i, cid in enumerate(ids):
         assert lib.hx_pool_put(w, cid, slots[i % 3], 8, 0)
@@ -93,8 +87,8 @@ def test_slots_are_separate(lib, w):
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_remove_from_top_middle_or_bottom(lib, w, which):
-    ids = alloc(lib, w, 3)                     # list order after puts: ids[2], ids[1], ids[0]
+def test_remove_from_top_middle_or_bottom(lib, w, which, alloc):
+    ids = alloc(w, 3)                     # list order after puts: ids[2], ids[1], ids[0]
     for cid in ids:
         assert lib.hx_pool_put(w, cid, 9, 8, 0)
     gone = ids[which]
@@ -106,16 +100,16 @@ def test_remove_from_top_middle_or_bottom(lib, w, which):
     assert drain(lib, w, 9) == [cid for cid in ids[::-1] if cid != gone]
 
 
-def test_remove_of_a_connection_never_pooled_changes_nothing(lib, w):
-    a, b = alloc(lib, w, 2)
+def test_remove_of_a_connection_never_pooled_changes_nothing(lib, w, alloc):
+    a, b = alloc(w, 2)
     assert lib.hx_pool_put(w, a, 2, 8, 0)
     lib.hx_pool_remove(w, b)
     assert gauges(lib, w, 2) == (1, 1, 1)
     assert drain(lib, w, 2) == [a]
 
 
-def test_remove_everything_then_reuse(lib, w):
-    ids = alloc(lib, w, 4)
+def test_remove_everything_then_reuse(lib, w, alloc):
+    ids = alloc(w, 4)
     for cid in ids:
         assert lib.hx_pool_put(w, cid, 0, 8, 0)
     for cid in (ids[1], ids[3], ids[0], ids[2]):
@@ -127,15 +121,15 @@ def test_remove_everything_then_reuse(lib, w):
     assert drain(lib, w, 0) == [ids[1], ids[0]]
 
 
-def test_a_stopping_worker_keeps_nothing(lib, w):
-    (a,) = alloc(lib, w, 1)
+def test_a_stopping_worker_keeps_nothing(lib, w, alloc):
+    (a,) = alloc(w, 1)
     lib.hx_set_stopping(w, 1)
     assert not lib.hx_pool_put(w, a, 0, 8, 0)
     assert lib.hx_pool_count(w, 0) == 0
 
 
-def test_idle_timeout_is_armed_on_put_and_fires_on_the_wheel(lib, w):
-    a, b = alloc(lib, w, 2)
+def test_idle_timeout_is_armed_on_put_and_fires_on_the_wheel(lib, w, alloc):
+    a, b = alloc(w, 2)
     assert lib.hx_pool_put(w, a, 1, 8, 5_000)
     assert lib.hx_expires(w, a) == T0 + 5_000 and lib.hx_in_wheel(w, a)
     lib.hx_set_now(w, T0 + 1_000)
@@ -150,8 +144,8 @@ def test_idle_timeout_is_armed_on_put_and_fires_on_the_wheel(lib, w):
     assert drain(lib, w, 1) == [b]
 
 
-def test_get_and_remove_cancel_the_idle_timeout(lib, w):
-    a, b = alloc(lib, w, 2)
+def test_get_and_remove_cancel_the_idle_timeout(lib, w, alloc):
+    a, b = alloc(w, 2)
     assert lib.hx_pool_put(w, a, 1, 8, 3_000)
     assert lib.hx_pool_put(w, b, 1, 8, 3_000)
     assert lib.hx_pool_get(w, 1) == b
@@ -162,7 +156,7 @@ def test_get_and_remove_cancel_the_idle_timeout(lib, w):
     assert lib.hx_expired(w) == -1
 
 
-def test_no_idle_timeout_arms_nothing(lib, w):
-    (a,) = alloc(lib, w, 1)
+def test_no_idle_timeout_arms_nothing(lib, w, alloc):
+    (a,) = alloc(w, 1)
     assert lib.hx_pool_put(w, a, 1, 8, 0)
     assert not lib.hx_in_wheel(w, a) and lib.hx_expires(w, a) == 0

@@ -3,19 +3,10 @@ and releasing provided buffers, head assembly into one assembly buffer
 (q_assemble) when a head spans buffers, its limit, and the end of
 backpressure re-arming the receive."""
 import os
-import socket
 
 import pytest
 
 SIZE = 64               # small buffers: a head spans several
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 class Q:

@@ -14,12 +14,6 @@ def wheel(worker):
     return worker(nconns=512, now_ms=T0)
 
 
-def conns(lib, h, n):
-    ids = [lib.hx_conn_alloc(h) for _ in range(n)]
-    assert min(ids) >= 0
-    return ids
-
-
 def expire(lib, h, now, handler=None):
     """One loop turn at `now`: every connection wheel_expired() hands back,
     in order; handler(id) runs before the next is asked for."""
@@ -46,17 +40,17 @@ def run(lib, h, start, end, step, handler=None):
     return fired
 
 
-def test_slab_hands_out_lowest_index_first_and_runs_out(lib, worker):
+def test_slab_hands_out_lowest_index_first_and_runs_out(lib, worker, alloc):
     h = worker(nconns=4)
     assert [lib.hx_conn_alloc(h) for _ in range(5)] == [0, 1, 2, 3, -1]
     assert lib.hx_conns_free(h) == 0
 
 
 @pytest.mark.parametrize("step", [1, 7, 100, 250])
-def test_each_deadline_fires_once_not_early_at_most_a_tick_late(lib, wheel, step):
+def test_each_deadline_fires_once_not_early_at_most_a_tick_late(lib, wheel, step, alloc):
     h = wheel
     rng = random.Random(step)
-    ids = conns(lib, h, 300)
+    ids = alloc(h, 300)
     want = {}
     for cid in ids:
         # From 1 ms to three laps of the wheel away.
@@ -77,9 +71,9 @@ def test_each_deadline_fires_once_not_early_at_most_a_tick_late(lib, wheel, step
         assert not lib.hx_in_wheel(h, cid)
 
 
-def test_deadline_on_a_tick_boundary_fires_at_it_not_before(lib, wheel):
+def test_deadline_on_a_tick_boundary_fires_at_it_not_before(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     e = T0 + 5 * lib.TICK_MS
     lib.hx_timer_set(h, a, e)
     assert expire(lib, h, e - 1) == []
@@ -87,9 +81,9 @@ def test_deadline_on_a_tick_boundary_fires_at_it_not_before(lib, wheel):
     assert expire(lib, h, e + 10 * lib.TICK_MS) == []
 
 
-def test_deadline_in_the_middle_of_a_tick_waits_for_its_millisecond(lib, wheel):
+def test_deadline_in_the_middle_of_a_tick_waits_for_its_millisecond(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     e = T0 + 3 * lib.TICK_MS + 37
     lib.hx_timer_set(h, a, e)
     assert expire(lib, h, e - 20) == []       # its tick has come, the deadline has not
@@ -99,9 +93,9 @@ def test_deadline_in_the_middle_of_a_tick_waits_for_its_millisecond(lib, wheel):
     assert list(fired) == [a] and e <= fired[a][0] <= e + lib.TICK_MS
 
 
-def test_deadline_already_passed_fires_at_the_next_tick(lib, wheel):
+def test_deadline_already_passed_fires_at_the_next_tick(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     expire(lib, h, T0 + 250)
     lib.hx_timer_set(h, a, T0 + 100)          # in a tick already run
     assert expire(lib, h, T0 + 250) == []
@@ -109,9 +103,9 @@ def test_deadline_already_passed_fires_at_the_next_tick(lib, wheel):
 
 
 @pytest.mark.parametrize("how", ["timer_set", "store"])
-def test_deadline_moved_later_fires_only_at_the_new_one(lib, wheel, how):
+def test_deadline_moved_later_fires_only_at_the_new_one(lib, wheel, how, alloc):
     h = wheel
-    a, b = conns(lib, h, 2)
+    a, b = alloc(h, 2)
     lib.hx_timer_set(h, a, T0 + 500)
     lib.hx_timer_set(h, b, T0 + 500)
     # timer_set only stores a later deadline; txn_touch stores it directly.
@@ -124,9 +118,9 @@ def test_deadline_moved_later_fires_only_at_the_new_one(lib, wheel, how):
     assert len(fired[a]) == 1 and T0 + 4_321 <= fired[a][0] < T0 + 4_321 + lib.TICK_MS + 10
 
 
-def test_deadline_moved_later_many_times_fires_once(lib, wheel):
+def test_deadline_moved_later_many_times_fires_once(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     lib.hx_timer_set(h, a, T0 + 200)
     now = T0
     # Activity every 50 ms for 5 s pushes the deadline on each time.
@@ -140,18 +134,18 @@ def test_deadline_moved_later_many_times_fires_once(lib, wheel):
     assert last <= fired[a][0] < last + lib.TICK_MS + 10
 
 
-def test_deadline_moved_earlier_fires_at_the_new_one_and_not_again(lib, wheel):
+def test_deadline_moved_earlier_fires_at_the_new_one_and_not_again(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     lib.hx_timer_set(h, a, T0 + 60_000)
     lib.hx_timer_set(h, a, T0 + 1_000)
     fired = run(lib, h, T0, T0 + 70_000, 100)
     assert fired == {a: [T0 + 1_000]}
 
 
-def test_deadline_moved_later_then_earlier_again(lib, wheel):
+def test_deadline_moved_later_then_earlier_again(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     lib.hx_timer_set(h, a, T0 + 1_000)
     lib.hx_timer_set(h, a, T0 + 9_000)        # stored only
     lib.hx_timer_set(h, a, T0 + 3_000)        # earlier than the stored one: relinked
@@ -160,9 +154,9 @@ def test_deadline_moved_later_then_earlier_again(lib, wheel):
 
 
 @pytest.mark.parametrize("how", ["cancel", "set0"])
-def test_cancelled_deadline_never_fires(lib, wheel, how):
+def test_cancelled_deadline_never_fires(lib, wheel, how, alloc):
     h = wheel
-    a, b, c = conns(lib, h, 3)
+    a, b, c = alloc(h, 3)
     for cid in (a, b, c):
         lib.hx_timer_set(h, cid, T0 + 700)
     lib.hx_timer_set(h, c, T0 + 5_000)        # moved later, then cancelled
@@ -175,9 +169,9 @@ def test_cancelled_deadline_never_fires(lib, wheel, how):
     assert run(lib, h, T0, T0 + 10_000, 50) == {b: [T0 + 700]}
 
 
-def test_cancel_of_a_connection_not_in_the_wheel_is_harmless(lib, wheel):
+def test_cancel_of_a_connection_not_in_the_wheel_is_harmless(lib, wheel, alloc):
     h = wheel
-    a, b = conns(lib, h, 2)
+    a, b = alloc(h, 2)
     lib.hx_timer_cancel(h, a)
     lib.hx_timer_set(h, b, T0 + 300)
     lib.hx_timer_cancel(h, a)
@@ -185,23 +179,23 @@ def test_cancel_of_a_connection_not_in_the_wheel_is_harmless(lib, wheel):
 
 
 @pytest.mark.parametrize("laps", [1, 2, 3.5])
-def test_deadline_laps_away_does_not_fire_when_its_slot_comes_round(lib, wheel, laps):
+def test_deadline_laps_away_does_not_fire_when_its_slot_comes_round(lib, wheel, laps, alloc):
     h = wheel
     lap = lib.WHEEL_SLOTS * lib.TICK_MS
-    near, far = conns(lib, h, 2)
+    near, far = alloc(h, 2)
     lib.hx_timer_set(h, near, T0 + 300)
     lib.hx_timer_set(h, far, T0 + 300 + int(laps * lap))   # the same slot (for whole laps)
     fired = run(lib, h, T0, T0 + 300 + int(laps * lap) + 1_000, 100)
     assert fired == {near: [T0 + 300], far: [T0 + 300 + int(laps * lap)]}
 
 
-def test_deadline_moved_a_lap_later_while_its_slot_is_emptied(lib, wheel):
+def test_deadline_moved_a_lap_later_while_its_slot_is_emptied(lib, wheel, alloc):
     """Two connections in one slot: the first's handler pushes the second's
     deadline a whole lap on (the same slot). It must park, not come back
     in this turn, and fire a lap later, once."""
     h = wheel
     lap = lib.WHEEL_SLOTS * lib.TICK_MS
-    a, b = conns(lib, h, 2)
+    a, b = alloc(h, 2)
     e = T0 + 500
     lib.hx_timer_set(h, a, e)
     lib.hx_timer_set(h, b, e)
@@ -217,12 +211,12 @@ def test_deadline_moved_a_lap_later_while_its_slot_is_emptied(lib, wheel):
     assert fired == {first[0]: [e], other: [e + lap]}
 
 
-def test_handlers_rearm_cancel_and_move_others_during_expiry(lib, wheel):
+def test_handlers_rearm_cancel_and_move_others_during_expiry(lib, wheel, alloc):
     """The loop's handler for one expired connection touches other
     connections' deadlines (a session's peer) and its own, while the wheel
     is between two of the connections it hands back."""
     h = wheel
-    a, b, c, d, e = conns(lib, h, 5)
+    a, b, c, d, e = alloc(h, 5)
     t = T0 + 1_000
     for cid in (a, b, c):
         lib.hx_timer_set(h, cid, t)           # one slot
@@ -251,9 +245,9 @@ def test_handlers_rearm_cancel_and_move_others_during_expiry(lib, wheel):
     assert handler.cancelled not in fired
 
 
-def test_handler_rearming_itself_as_due_is_not_handed_back_in_the_same_turn(lib, wheel):
+def test_handler_rearming_itself_as_due_is_not_handed_back_in_the_same_turn(lib, wheel, alloc):
     h = wheel
-    (a,) = conns(lib, h, 1)
+    (a,) = alloc(h, 1)
     lib.hx_timer_set(h, a, T0 + 200)
     calls = []
 
@@ -265,12 +259,12 @@ def test_handler_rearming_itself_as_due_is_not_handed_back_in_the_same_turn(lib,
     assert expire(lib, h, T0 + 300, handler) == [a]
 
 
-def test_many_in_one_slot_with_mixed_deadlines(lib, wheel):
+def test_many_in_one_slot_with_mixed_deadlines(lib, wheel, alloc):
     """One slot holds deadlines of this tick and of later laps, some of them
     already past their tick's start: each leaves at its own time."""
     h = wheel
     lap = lib.WHEEL_SLOTS * lib.TICK_MS
-    ids = conns(lib, h, 40)
+    ids = alloc(h, 40)
     base = T0 + 2_000
     want = {cid: base + (i % 4) * lap + (i * 2) % lib.TICK_MS for i, cid in enumerate(ids)}
     for cid, e in want.items():
@@ -281,15 +275,15 @@ def test_many_in_one_slot_with_mixed_deadlines(lib, wheel):
         assert len(times) == 1 and 0 <= times[0] - want[cid] < lib.TICK_MS + 20
 
 
-def test_time_jumping_many_laps_at_once_fires_everything_once(lib, wheel):
+def test_time_jumping_many_laps_at_once_fires_everything_once(lib, wheel, alloc):
     h = wheel
     lap = lib.WHEEL_SLOTS * lib.TICK_MS
-    ids = conns(lib, h, 200)
+    ids = alloc(h, 200)
     rng = random.Random(5)
     want = {cid: T0 + rng.randint(1, 3 * lap) for cid in ids}
     for cid, e in want.items():
         lib.hx_timer_set(h, cid, e)
-    later = conns(lib, h, 1)[0]
+    later = alloc(h, 1)[0]
     lib.hx_timer_set(h, later, T0 + 10 * lap)
     got = expire(lib, h, T0 + 5 * lap)        # a stalled loop, or a suspended machine
     assert sorted(got) == sorted(ids)
@@ -297,9 +291,9 @@ def test_time_jumping_many_laps_at_once_fires_everything_once(lib, wheel):
     assert fired == {later: [T0 + 10 * lap + 100]}
 
 
-def test_hand_up_stack_gives_each_connection_once_with_all_its_reasons(lib, ffi, wheel):
+def test_hand_up_stack_gives_each_connection_once_with_all_its_reasons(lib, ffi, wheel, alloc):
     h = wheel
-    a, b, free = conns(lib, h, 3)
+    a, b, free = alloc(h, 3)
     for cid in (a, b):
         lib.hx_conn_open(h, cid, -1)          # a kind: a free slot is skipped
     lib.hx_hand_up(h, free, lib.C_UP_FINISH)

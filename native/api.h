@@ -107,6 +107,7 @@ struct up_cluster {
     uint32_t nring;
     uint32_t pad;
     struct up_ring_point *ring;   /* sorted by hash */
+    void **tls;               /* [nworkers]: up_tls_client_new()'s, or NULL: plain */
 };
 
 #define UP_ROUTE_HOST_ANY    0
@@ -140,6 +141,9 @@ struct up_listener {
     uint32_t access_log;      /* http: 1 to write access-log records */
     uint32_t pad2;
     int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
+    void **tls;               /* [nworkers]: up_tls_server_new()'s, or NULL: plain */
+    uint32_t tls_handshake_timeout_ms;
+    uint32_t pad5;
 };
 
 struct up_config {
@@ -229,6 +233,14 @@ enum up_counter {
     UP_C_LOG_DROPPED,         /* access-log records dropped: ring full */
     UP_C_HEALTH_EJECTIONS,    /* passive ejections */
     UP_C_BODIES_SPLICED,      /* HTTP bodies moved by splice (request or response) */
+    /* TLS */
+    UP_C_TLS_HANDSHAKES,      /* handshakes completed (client side) */
+    UP_C_TLS_RESUMED,         /* of which resumed a session */
+    UP_C_TLS_HANDSHAKE_ERRORS,/* handshakes that failed: bad input, no shared cipher, ... */
+    UP_C_TLS_HANDSHAKE_TIMEOUTS,
+    UP_C_TLS_UPSTREAM_HANDSHAKES,
+    UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
+    UP_C_TLS_KTLS,            /* connections handed to kernel TLS */
     UP_C__COUNT
 };
 
@@ -344,6 +356,73 @@ struct up_shm_wserver {
     uint64_t idle;            /* idle pooled connections (gauge) */
     uint64_t reused;          /* requests sent on a reused connection */
 };
+
+/* ---- TLS (native/transport/tls*.c) ------------------------------------
+ * Python validates the files and builds these; the core turns them into
+ * one library context per worker (nothing shared between workers), which
+ * the tables hold until they are freed. */
+struct up_tls_cert {
+    const char *cert;         /* PEM file: the certificate, then its chain */
+    const char *key;          /* PEM file: its private key */
+};
+
+struct up_tls_name {          /* a name a listener's certificates serve */
+    const char *name;         /* lower case; "*.example.com" for a wildcard */
+    uint32_t ctx;             /* the context (certificate group) serving it */
+    uint32_t pad;
+};
+
+#define UP_TLS_VERIFY_NONE     0
+#define UP_TLS_VERIFY_OPTIONAL 1
+#define UP_TLS_VERIFY_REQUIRED 2
+
+/* A listener's TLS: certificates that serve the same names share one
+ * context (RSA and ECDSA side by side: the library picks by the client's
+ * signature algorithms); the client's SNI picks the context, ctx 0 when it
+ * sends none or an unknown one. */
+struct up_tls_server {
+    uint32_t ncerts;
+    uint32_t nctx;
+    struct up_tls_cert *certs;
+    uint32_t *cert_ctx;       /* [ncerts]: the context each belongs to */
+    struct up_tls_name *names;
+    uint32_t nnames;
+    uint32_t min_version;     /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+    const char *ciphers;      /* TLS 1.2 cipher list, OpenSSL syntax */
+    const char *ciphersuites; /* TLS 1.3 suites */
+    const uint8_t *alpn;      /* wire form: length-prefixed names, preferred first */
+    uint32_t alpn_len;
+    uint32_t verify;          /* UP_TLS_VERIFY_* for client certificates */
+    const char *client_ca;    /* PEM bundle for client certificates, or NULL */
+    const uint8_t *ticket_keys;   /* 80 bytes each; the first issues tickets */
+    uint32_t nticket_keys;    /* 0: no session tickets */
+    uint32_t session_timeout_s;
+    uint32_t session_cache;   /* TLS 1.2 session-id cache entries per worker, 0: off */
+    uint32_t pad;
+};
+
+/* A cluster's TLS to its servers. */
+struct up_tls_client {
+    const char *ca;           /* PEM bundle; NULL: the system's */
+    const char *sni;          /* the name sent and verified; NULL: the server's host */
+    const char *cert;         /* client certificate for upstream mTLS, or NULL */
+    const char *key;
+    const uint8_t *alpn;
+    uint32_t alpn_len;
+    uint32_t verify;          /* 1: verify the chain and the name (default) */
+    uint32_t min_version;
+    uint32_t pad;
+};
+
+/* One worker's context for a listener or a cluster; NULL with err filled
+ * when the library refuses the settings or a file. */
+void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errlen);
+void *up_tls_client_new(const struct up_tls_client *conf, char *err, size_t errlen);
+void up_tls_free(void *ctx);
+/* 1 when the kernel takes the tls ULP on a TCP socket (kTLS), else 0. */
+int up_tls_ktls_available(void);
+/* The library, for doctor and the docs ("OpenSSL 3.0.19 ..."). */
+const char *up_tls_library(void);
 
 /* ---- worker --------------------------------------------------------- */
 struct up_worker_opts {

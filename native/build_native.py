@@ -62,6 +62,12 @@ def _flags():
     return CFLAGS + shlex.split(os.environ.get("UPROXY_CFLAGS", ""))
 
 
+def link_args():
+    # OpenSSL (libssl-dev) for TLS: its one door is native/transport/tls*.c.
+    return _pkg_config("--libs") + ["-lssl", "-lcrypto"] + shlex.split(
+        os.environ.get("UPROXY_LDFLAGS", ""))
+
+
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_text())
 ffibuilder.set_source(
@@ -70,7 +76,7 @@ ffibuilder.set_source(
     sources=SOURCES,
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=_flags() + _pkg_config("--cflags"),
-    extra_link_args=_pkg_config("--libs") + shlex.split(os.environ.get("UPROXY_LDFLAGS", "")),
+    extra_link_args=link_args(),
 )
 
 if __name__ == "__main__":

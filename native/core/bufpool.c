@@ -79,6 +79,18 @@ uint32_t hbuf_get(struct worker *w)
     return p->hfree[--p->nhfree];
 }
 
+/* A free buffer for the worker's own use (TLS writes its plaintext and
+ * its records into these), or NIL when none is on the stack. */
+uint32_t bufpool_take(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    if (!p->nstack)
+        return NIL;
+    p->free--;
+    w->c[UP_C_BUFFERS_IN_USE]++;
+    return p->stack[--p->nstack];
+}
+
 /* Give a buffer back: on top of the stack, the next to go to the kernel. */
 void bufpool_put(struct worker *w, uint32_t bid)
 {

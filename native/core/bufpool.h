@@ -65,6 +65,8 @@ static inline uint32_t buf_cap(const struct bufpool *p, uint32_t bid)
 
 /* An assembly buffer, or NIL when none is free. */
 uint32_t hbuf_get(struct worker *w);
+/* A free buffer taken off the stack (not through a receive), or NIL. */
+uint32_t bufpool_take(struct worker *w);
 /* A completion brought a buffer: it left the kernel's hands. */
 void bufpool_taken(struct worker *w);
 /* A receive found no buffer: hand the kernel more at a time. */

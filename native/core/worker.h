@@ -33,6 +33,7 @@ enum op {
     OP_CLOSE,
     OP_CANCEL,
     OP_PROVIDE,       /* legacy provided buffers handed back */
+    OP_TP_SEND,       /* the transport's own send (a TLS handshake flight) */
     OP__COUNT
 };
 
@@ -89,6 +90,8 @@ struct worker {
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
     uint32_t nhandup, handup_cap;
 
+    void *tls;                      /* transport: per-connection TLS state */
+    void *tls_bio;                  /* transport: the BIO method of this worker */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
     uint32_t *txn_free;

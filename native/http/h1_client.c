@@ -61,7 +61,17 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
             c->port = ntohs(a->sin6_port);
         }
     }
-    set_timer(w, c, l->header_timeout_ms);
+    if (l->tls && l->tls[w->o.index]) {
+        if (tp_tls_accept(w, c, l->tls[w->o.index]) < 0) {
+            w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;
+            h1_client_close(w, c, true);
+            return;
+        }
+        /* The handshake, then the first head, within the handshake timeout. */
+        set_timer(w, c, l->tls_handshake_timeout_ms);
+    } else {
+        set_timer(w, c, l->header_timeout_ms);
+    }
     h1_recv_arm(w, c);
 }
 
@@ -101,6 +111,7 @@ void h1_finish(struct worker *w, struct conn *c)
         h1_client_close(w, c, false);
         return;
     }
+    tp_shutdown(w, c);
     shutdown(c->fd, SHUT_WR);    /* directly: io_uring would punt it to io-wq */
     set_timer(w, c, LINGER_MS);
     /* While an aborted upstream may still be reading them (peer set), the
@@ -190,6 +201,11 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     }
     if (c->state != CS_OPEN)
         return;
+    if (res == -EAGAIN) {              /* the transport had nothing for us yet */
+        if (!more)
+            h1_recv_arm(w, c);
+        return;
+    }
     if (res == 0) {
         c->x.flags |= X_EOF;
     } else if (res < 0 && res != -ECANCELED) {
@@ -245,7 +261,8 @@ void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring
     case OP_RECV:
         on_recv(w, c, cqe);
         break;
-    case OP_SEND:
+    case OP_SEND: {
+        int res = tp_sent(w, c, cqe);
         if (c->state != CS_OPEN)
             break;
         if (c->h1 == H_LINGER) {
@@ -253,9 +270,10 @@ void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring
             c->h1 = H_TXN;             /* let h1_finish take it */
             h1_finish(w, c);
         } else if (t) {
-            txn_sent(w, t, &t->resp, c, cqe->res);
+            txn_sent(w, t, &t->resp, c, res);
         }
         break;
+    }
     case OP_POLL_IN:
     case OP_POLL_OUT:
         if (cqe->res != -ECANCELED)
@@ -271,6 +289,8 @@ void h1_client_expired(struct worker *w, struct conn *c)
     struct txn *t = txn_of(w, c);
     switch (c->h1) {
     case H_IDLE:
+        if (!tp_ready(w, c))
+            w->c[UP_C_TLS_HANDSHAKE_TIMEOUTS]++;
         if (c->x.head != NIL) {
             h1_client_reply_error(w, c, 408);   /* the head came too slowly */
             return;
@@ -335,6 +355,7 @@ void h1_try_finish(struct worker *w, struct conn *c)
         }
         s->flags &= (uint16_t)~(C_SESSION | C_SERVER_REF | C_COUNTED);
         s->peer = NIL;
+        tp_release(w, s);
         conn_submit_close(w, s);
     }
 }

@@ -41,6 +41,8 @@ void splice_consider(struct worker *w, struct txn *t, int dir)
         return;
     struct conn *src, *dst;
     ends(w, t, dir, &src, &dst);
+    if (!tp_spliceable(src) || !tp_spliceable(dst))
+        return;                        /* records are not the body's bytes */
     b->state = BS_WANT;
     src->x.flags |= X_HELD;
     if (src->ops & (1u << OP_RECV))

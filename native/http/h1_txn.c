@@ -14,6 +14,7 @@
 
 static const char S_XFF[] = "X-Forwarded-For: ";
 static const char S_XFP[] = "X-Forwarded-Proto: http\r\n";
+static const char S_XFPS[] = "X-Forwarded-Proto: https\r\n";
 static const char S_XFH[] = "X-Forwarded-Host: ";
 static const char S_COMMA[] = ", ";
 static const char S_CONN_UPGRADE[] = "Connection: upgrade\r\n";
@@ -130,7 +131,7 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     bool upgrade = r->upgrade;
     bool ok = out_push(o, base + r->skip, r->line_len);
     uint16_t host = r->host;
-    size_t need = sizeof S_XFF + 48 + sizeof S_XFP + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
+    size_t need = sizeof S_XFF + 48 + sizeof S_XFPS + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
         if (h->flags & H1_HF_XFF)
@@ -163,7 +164,10 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         PUT(ip, iplen);
         PUT("\r\n", 2);
     }
-    PUT(S_XFP, sizeof S_XFP - 1);
+    if (c->tp == TP_TLS)
+        PUT(S_XFPS, sizeof S_XFPS - 1);
+    else
+        PUT(S_XFP, sizeof S_XFP - 1);
     if (host != 0xffff) {
         PUT(S_XFH, sizeof S_XFH - 1);
         PUT(base + r->h[host].value_off, r->h[host].value_len);

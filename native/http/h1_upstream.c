@@ -254,6 +254,11 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
     }
     if (u->state != CS_OPEN)
         return;
+    if (res == -EAGAIN) {              /* the transport had nothing for us yet */
+        if (!more)
+            h1_recv_arm(w, u);
+        return;
+    }
     if (res == 0) {
         u->x.flags |= X_EOF;
     } else if (res < 0) {
@@ -298,8 +303,9 @@ void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uri
         break;
     case OP_SEND: {
         struct txn *t = txn_of(w, u);
+        int res = tp_sent(w, u, cqe);
         if (u->state == CS_OPEN && t)
-            txn_sent(w, t, &t->req, u, cqe->res);
+            txn_sent(w, t, &t->req, u, res);
         break;
     }
     case OP_POLL_IN:
@@ -319,7 +325,8 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
     const struct up_cluster *cl = t ? &t->cfg->clusters[t->cluster] : NULL;
     /* Learn from this response how to read the next one. The multishot
      * receive, if armed, is left alone: the change applies at its re-arm. */
-    if (t && t->bytes_out >= w->o.splice_min && w->o.splice_min) {
+    if (t && t->bytes_out >= w->o.splice_min && w->o.splice_min && tp_spliceable(u) &&
+        tp_spliceable(&w->conns[t->client])) {
         if (!(u->flags & C_HEADRECV) && (u->ops & (1u << OP_RECV)))
             conn_cancel_ops_of(w, u, OP_RECV);     /* re-armed head-sized below */
         u->flags |= C_HEADRECV;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "l4/l4.h"
 #include "upstream/upstream.h"
+#include "transport/transport.h"
 
 static inline struct conn *peer_of(struct worker *w, struct conn *c)
 {
@@ -522,6 +523,7 @@ void l4_try_finish(struct worker *w, struct conn *c)
             w->c[UP_C_CLOSED]++;
         }
         s->peer = NIL;
+        tp_release(w, s);
         conn_submit_close(w, s);
     }
     if (held) {

@@ -2,9 +2,20 @@
  * The transport kinds (transport/transport.h). Plain: the socket's own
  * receive into provided buffers and its own sends, straight through the
  * ring. Sends wait for all their bytes (MSG_WAITALL) and never raise
- * SIGPIPE.
+ * SIGPIPE. TLS: tls.c.
  */
+#include <sys/uio.h>
 #include "transport/transport.h"
+
+/* tls.c */
+void tp_tls_recv_arm(struct worker *w, struct conn *c);
+int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid);
+void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n);
+int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+bool tp_tls_ready(struct worker *w, const struct conn *c);
+void tp_tls_shutdown(struct worker *w, struct conn *c);
+void tp_tls_release(struct worker *w, struct conn *c);
 
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
 {
@@ -19,6 +30,9 @@ void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
         count_op(w, s);
         break;
     }
+    case TP_TLS:
+        tp_tls_recv_arm(w, c);
+        break;
     }
 }
 
@@ -27,6 +41,8 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
         break;
+    case TP_TLS:
+        return tp_tls_received(w, c, cqe, bid);
     }
     *bid = NIL;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -45,6 +61,11 @@ void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
         count_op(w, s);
         break;
     }
+    case TP_TLS: {
+        struct iovec v = { (void *)p, n };
+        tp_tls_send(w, c, &v, 1);
+        break;
+    }
     }
 }
 
@@ -57,5 +78,58 @@ void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
         count_op(w, s);
         break;
     }
+    case TP_TLS:
+        tp_tls_send(w, c, m->msg_iov, (int)m->msg_iovlen);
+        break;
+    }
+}
+
+int tp_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN:
+        break;
+    case TP_TLS:
+        return tp_tls_sent(w, c, cqe);
+    }
+    return cqe->res;
+}
+
+void tp_on_cqe(struct worker *w, struct conn *c, enum op op, const struct io_uring_cqe *cqe)
+{
+    if (op == OP_TP_SEND && c->tp == TP_TLS)
+        tp_tls_own_sent(w, c, cqe);
+}
+
+bool tp_ready(struct worker *w, const struct conn *c)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN:
+        break;
+    case TP_TLS:
+        return tp_tls_ready(w, c);
+    }
+    return true;
+}
+
+void tp_shutdown(struct worker *w, struct conn *c)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN:
+        break;
+    case TP_TLS:
+        tp_tls_shutdown(w, c);
+        break;
+    }
+}
+
+void tp_release(struct worker *w, struct conn *c)
+{
+    switch ((enum tp_kind)c->tp) {
+    case TP_PLAIN:
+        break;
+    case TP_TLS:
+        tp_tls_release(w, c);
+        break;
     }
 }

@@ -1,30 +1,58 @@
 /*
  * The transport seam: how a connection's bytes cross its socket. Each
  * connection has a transport kind (c->tp), and every function here is a
- * switch on it, no function pointers: plain sockets today; TLS adds a case
- * here (and its file beside plain.c) without touching HTTP's semantics.
- * The protocols above read and write only through these calls.
+ * switch on it, no function pointers: plain sockets, or TLS in user space
+ * (tls.c) whose records the ring moves while the protocols above see only
+ * plaintext. The protocols read and write only through these calls.
  */
 #ifndef UPROXY_TRANSPORT_H
 #define UPROXY_TRANSPORT_H
+#include <stdbool.h>
 #include <sys/socket.h>
 #include "core/worker.h"
 
 enum tp_kind {
     TP_PLAIN,         /* the socket's bytes are the protocol's bytes */
+    TP_TLS,           /* records; the library in user space */
 };
 
 /* Arm a receive into the worker's provided buffers: at most `max` bytes
- * (0: a buffer's worth, multishot where the kernel has it). The completion
- * comes to the connection's protocol as OP_RECV, which hands it to
- * tp_received(). */
+ * (0: a buffer's worth, multishot where the kernel has it and the
+ * transport allows). The completion comes to the connection's protocol as
+ * OP_RECV, which hands it to tp_received(). */
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max);
 /* What an OP_RECV completion brought the protocol: the byte count (> 0),
  * 0 at end of stream, or -errno; *bid is the buffer holding them (the
- * protocol's to queue or give back), NIL when the completion carried none. */
+ * protocol's to queue or give back), NIL when the completion carried none.
+ * -EAGAIN: nothing for the protocol yet (a handshake under way, a record
+ * not complete); it arms the next receive as after any completion. */
 int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid);
-/* Send bytes, as OP_SEND: one piece, or a message of several. */
+/* Send bytes, as OP_SEND: one piece, or a message of several. The
+ * completion goes through tp_sent(), which says how many of the protocol's
+ * bytes went (perhaps fewer than asked: the protocol sends the rest). */
 void tp_send(struct worker *w, struct conn *c, const void *p, size_t n);
 void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m);
+int tp_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+/* The transport's own operations' completions (OP_TP_SEND). */
+void tp_on_cqe(struct worker *w, struct conn *c, enum op op, const struct io_uring_cqe *cqe);
+/* Established: bytes can be sent (a TLS handshake is complete). */
+bool tp_ready(struct worker *w, const struct conn *c);
+/* Whether the kernel may move this connection's bytes itself (splice):
+ * only when its bytes on the wire are the protocol's. */
+static inline bool tp_spliceable(const struct conn *c)
+{
+    return c->tp == TP_PLAIN;
+}
+/* Before shutdown(SHUT_WR): say goodbye in the transport's own terms. */
+void tp_shutdown(struct worker *w, struct conn *c);
+/* The connection is finished: give back what the transport holds. */
+void tp_release(struct worker *w, struct conn *c);
+
+/* TLS (tls.c); the protocol that accepts or dials starts it. */
+int tp_tls_accept(struct worker *w, struct conn *c, void *server);
+int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host);
+int tls_init(struct worker *w);
+void tls_free_all(struct worker *w);
+const char *tp_tls_version(struct worker *w, const struct conn *c);
 
 #endif

@@ -127,6 +127,7 @@ static void teardown(struct worker *w)
 {
     if (w->ring.ring_fd <= 0)
         return;
+    tls_free_all(w);
     bufpool_free(w);
     pipes_free(w);
     io_uring_queue_exit(&w->ring);
@@ -161,6 +162,8 @@ int up_worker_setup(struct up_worker *uw)
     if ((r = bufpool_init(w)) < 0)
         goto fail;
     if ((r = pipes_init(w)) < 0)
+        goto fail;
+    if ((r = tls_init(w)) < 0)
         goto fail;
     w->shm->features = w->features;
     wheel_init(w);
@@ -293,7 +296,10 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
         c->inflight--;
         c->ops &= (uint16_t)~(1u << op);
     }
-    to_protocol(w, c, EV_CQE, op, cqe);
+    if (op == OP_TP_SEND)
+        tp_on_cqe(w, c, op, cqe);      /* the transport's own, below every protocol */
+    else
+        to_protocol(w, c, EV_CQE, op, cqe);
     if (!more)
         conn_op_done(w, c, op, more);
 }

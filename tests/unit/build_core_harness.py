@@ -106,7 +106,7 @@ def build(build_root=None, verbose=False):
     bn = native_build()
     srcs = sources(bn) + [HARNESS_C]
     cflags = bn._flags() + bn._pkg_config("--cflags")
-    libs = bn._pkg_config("--libs") + shlex.split(os.environ.get("UPROXY_LDFLAGS", ""))
+    libs = bn.link_args()
     digest = hashlib.sha256()
     for part in [cdef_text(), " ".join(cflags), " ".join(libs), sys.version]:
         digest.update(part.encode())

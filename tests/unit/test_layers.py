@@ -77,9 +77,15 @@ def test_every_layer_calls_only_downward(symbols):
 def test_lower_layers_name_no_protocol(symbols):
     """Belt and braces for what symbols cannot show (a macro, an inline
     function): the lower layers' sources do not call a protocol by name."""
-    call = re.compile(r"\b(h1|h2|http|l4|tls)_[a-z0-9_]+\s*\(")
+    protocols = r"\b(h1|h2|http|l4)_[a-z0-9_]+\s*\("
+    # TLS is a transport (DESIGN.md section 4): its own layer names it,
+    # the layers under it may not.
+    calls = {"core": re.compile(protocols.replace("l4)", "l4|tls)")),
+             "upstream": re.compile(protocols.replace("l4)", "l4|tls)")),
+             "transport": re.compile(protocols)}
     bad = []
     for layer in ("core", "upstream", "transport"):
+        call = calls[layer]
         for name in sorted(os.listdir(os.path.join(NATIVE, layer))):
             if not name.endswith((".c", ".h")):
                 continue

@@ -1,0 +1,540 @@
+/*
+ * TLS per connection (transport/tls.h). The library reads records from a
+ * queue of received buffers and writes records into buffers we send, both
+ * through one BIO of ours; nothing in here blocks or touches the socket
+ * except through the ring (and one direct send for close_notify).
+ *
+ * Receiving: single-shot receives (never multishot: the library may hold
+ * back plaintext, and the next step must be ours to take). What a receive
+ * brings goes into the record queue; then the handshake advances, or one
+ * buffer of plaintext is read out and handed to the protocol. What is left
+ * (more records, or plaintext the library holds) is delivered by a no-op
+ * "receive" the next time the protocol arms one, so no byte waits for the
+ * peer to send again.
+ *
+ * Sending: a protocol's plaintext is gathered, written as records into up
+ * to TLS_OUT_BUFS buffers, and sent as one message; its completion tells
+ * the protocol how much plaintext went (perhaps less than it asked: the
+ * protocols send the rest, as after any short send). Handshake flights are
+ * the transport's own sends (OP_TP_SEND); no plaintext reaches the
+ * protocol while one is out, so the two never cross on the socket.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include "transport/tls.h"
+#include "transport/transport.h"
+
+/* Room a record needs beyond its plaintext: header, explicit IV, tag or
+ * MAC and padding; 96 covers every suite we allow. */
+#define RECORD_OVERHEAD 96
+#define RECORD_MAX 16384
+
+/* ---- the BIO: the library's view of our buffers ----------------------- */
+
+struct bio_ref {
+    struct worker *w;
+    struct conn *c;
+};
+
+static int bio_read(BIO *b, char *out, int want)
+{
+    struct bio_ref *r = BIO_get_data(b);
+    struct worker *w = r->w;
+    struct tls_conn *t = tls_of(w, r->c);
+    struct bufpool *p = &w->bufs;
+    int got = 0;
+    BIO_clear_retry_flags(b);
+    while (got < want && t->in_head != NIL) {
+        uint32_t h = t->in_head, avail = p->len[h] - t->in_off;
+        uint32_t n = avail < (uint32_t)(want - got) ? avail : (uint32_t)(want - got);
+        memcpy(out + got, buf_data(p, h) + t->in_off, n);
+        got += (int)n;
+        t->in_off += n;
+        if (t->in_off == p->len[h]) {
+            t->in_head = p->next[h];
+            t->in_off = 0;
+            if (t->in_head == NIL)
+                t->in_tail = NIL;
+            bufpool_put(w, h);
+        }
+    }
+    if (got)
+        return got;
+    if (t->flags & TLSF_EOF)
+        return 0;                 /* the library sees the end of the stream */
+    BIO_set_retry_read(b);
+    return -1;
+}
+
+static int bio_write(BIO *b, const char *in, int len)
+{
+    struct bio_ref *r = BIO_get_data(b);
+    struct worker *w = r->w;
+    struct tls_conn *t = tls_of(w, r->c);
+    struct bufpool *p = &w->bufs;
+    int put = 0;
+    BIO_clear_retry_flags(b);
+    while (put < len) {
+        if (!t->nout || t->out_len == p->size) {
+            uint32_t bid = t->nout < TLS_OUT_BUFS ? bufpool_take(w) : NIL;
+            if (bid == NIL)
+                break;
+            t->out[t->nout++] = bid;
+            t->out_len = 0;
+        }
+        uint32_t room = p->size - t->out_len, n = (uint32_t)(len - put);
+        if (n > room)
+            n = room;
+        memcpy(buf_data(p, t->out[t->nout - 1]) + t->out_len, in + put, n);
+        t->out_len += n;
+        put += (int)n;
+    }
+    if (put)
+        return put;
+    BIO_set_retry_write(b);
+    return -1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_destroy(BIO *b)
+{
+    OPENSSL_free(BIO_get_data(b));
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+int tls_init(struct worker *w)
+{
+    size_t bytes = sizeof(struct tls_conn) * w->nconns;
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -ENOMEM;
+    w->tls = m;
+    BIO_METHOD *bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uproxy-ring");
+    if (!bm)
+        return -ENOMEM;
+    BIO_meth_set_read(bm, bio_read);
+    BIO_meth_set_write(bm, bio_write);
+    BIO_meth_set_ctrl(bm, bio_ctrl);
+    BIO_meth_set_destroy(bm, bio_destroy);
+    w->tls_bio = bm;
+    return 0;
+}
+
+void tls_free_all(struct worker *w)
+{
+    if (!w->tls)
+        return;
+    for (uint32_t i = 0; i < w->nconns; i++) {
+        struct tls_conn *t = &((struct tls_conn *)w->tls)[i];
+        if (t->ssl)
+            SSL_free(t->ssl);
+        t->ssl = NULL;
+    }
+    munmap(w->tls, sizeof(struct tls_conn) * w->nconns);
+    w->tls = NULL;
+    if (w->tls_bio)
+        BIO_meth_free(w->tls_bio);
+    w->tls_bio = NULL;
+}
+
+/* ---- a connection's life ---------------------------------------------- */
+
+static void out_release(struct worker *w, struct tls_conn *t)
+{
+    for (uint32_t i = 0; i < t->nout; i++)
+        bufpool_put(w, t->out[i]);
+    t->nout = 0;
+    t->out_len = 0;
+}
+
+static void in_release(struct worker *w, struct tls_conn *t)
+{
+    while (t->in_head != NIL) {
+        uint32_t h = t->in_head;
+        t->in_head = w->bufs.next[h];
+        bufpool_put(w, h);
+    }
+    t->in_tail = NIL;
+    t->in_off = 0;
+}
+
+static int start(struct worker *w, struct conn *c, SSL_CTX *ctx, bool server)
+{
+    struct tls_conn *t = tls_of(w, c);
+    *t = (struct tls_conn){ .in_head = NIL, .in_tail = NIL };
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return -ENOMEM;
+    BIO *b = BIO_new(w->tls_bio);
+    struct bio_ref *r = OPENSSL_malloc(sizeof *r);
+    if (!b || !r) {
+        BIO_free(b);
+        OPENSSL_free(r);
+        SSL_free(ssl);
+        return -ENOMEM;
+    }
+    r->w = w;
+    r->c = c;
+    BIO_set_data(b, r);
+    BIO_set_init(b, 1);
+    SSL_set_bio(ssl, b, b);
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    t->ssl = ssl;
+    t->state = TLS_HANDSHAKE;
+    c->tp = TP_TLS;
+    return 0;
+}
+
+int tp_tls_accept(struct worker *w, struct conn *c, void *server)
+{
+    struct tls_server *s = server;
+    return start(w, c, s->ctx[0], true);
+}
+
+int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host)
+{
+    struct tls_server *s = client;
+    int r = start(w, c, s->ctx[0], false);
+    if (r < 0)
+        return r;
+    SSL *ssl = tls_of(w, c)->ssl;
+    const char *name = s->sni[0] ? s->sni : host;
+    if (name && *name) {
+        SSL_set_tlsext_host_name(ssl, name);
+        if (s->verify)
+            SSL_set1_host(ssl, name);
+    }
+    return 0;
+}
+
+void tp_tls_release(struct worker *w, struct conn *c)
+{
+    struct tls_conn *t = tls_of(w, c);
+    if (t->ssl)
+        SSL_free(t->ssl);
+    t->ssl = NULL;
+    in_release(w, t);
+    out_release(w, t);
+    t->state = TLS_NONE;
+    c->tp = TP_PLAIN;
+}
+
+/* ---- sending ---------------------------------------------------------- */
+
+static void submit_out(struct worker *w, struct conn *c, struct tls_conn *t, enum op op)
+{
+    for (uint32_t i = 0; i < t->nout; i++) {
+        t->iov[i].iov_base = buf_data(&w->bufs, t->out[i]);
+        t->iov[i].iov_len = i + 1 == t->nout ? t->out_len : w->bufs.size;
+    }
+    t->msg = (struct msghdr){ .msg_iov = t->iov, .msg_iovlen = t->nout };
+    struct io_uring_sqe *s = sqe_for(w, c, op);
+    io_uring_prep_sendmsg(s, c->fd, &t->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    count_op(w, s);
+}
+
+static uint32_t out_bytes(const struct worker *w, const struct tls_conn *t)
+{
+    return t->nout ? (t->nout - 1) * w->bufs.size + t->out_len : 0;
+}
+
+/* Our own flight (handshake records, an alert): out at once. */
+static void flush_own(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    if (!t->nout || (t->flags & TLSF_SENDING) || (c->ops & (1u << OP_SEND)))
+        return;
+    t->flags |= TLSF_SENDING;
+    submit_out(w, c, t, OP_TP_SEND);
+}
+
+void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n)
+{
+    struct tls_conn *t = tls_of(w, c);
+    struct bufpool *p = &w->bufs;
+    uint32_t plain = 0;
+    if (t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
+        /* Room left: whole buffers not yet taken, and what the last one has
+         * free, less a record's overhead per record. */
+        uint32_t cap = TLS_OUT_BUFS * p->size - out_bytes(w, t);
+        int i = 0;
+        size_t off = 0;
+        while (i < n) {
+            uint32_t records = cap / (RECORD_MAX + RECORD_OVERHEAD) + 1;
+            uint32_t budget = cap > records * RECORD_OVERHEAD ? cap - records * RECORD_OVERHEAD : 0;
+            if (budget > RECORD_MAX)
+                budget = RECORD_MAX;
+            if (!budget)
+                break;
+            /* Gather one record's worth: small pieces (a head, a chunk
+             * line) become one record, not one each. */
+            const uint8_t *src;
+            uint32_t len;
+            if (iov[i].iov_len - off >= budget || i + 1 == n) {
+                src = (const uint8_t *)iov[i].iov_base + off;
+                len = (uint32_t)(iov[i].iov_len - off) < budget ? (uint32_t)(iov[i].iov_len - off) : budget;
+                off += len;
+                if (off == iov[i].iov_len)
+                    i++, off = 0;
+            } else {
+                len = 0;
+                while (i < n && len < budget) {
+                    uint32_t k = (uint32_t)(iov[i].iov_len - off);
+                    if (k > budget - len)
+                        k = budget - len;
+                    memcpy(w->scratch + len, (const uint8_t *)iov[i].iov_base + off, k);
+                    len += k;
+                    off += k;
+                    if (off == iov[i].iov_len)
+                        i++, off = 0;
+                }
+                src = w->scratch;
+            }
+            if (!len)
+                continue;
+            size_t wrote = 0;
+            if (SSL_write_ex(t->ssl, src, len, &wrote) != 1 || wrote != len) {
+                ERR_clear_error();
+                break;
+            }
+            plain += len;
+            uint32_t used = out_bytes(w, t);
+            cap = TLS_OUT_BUFS * p->size > used ? TLS_OUT_BUFS * p->size - used : 0;
+        }
+    }
+    t->out_plain = plain;
+    if (!plain || !t->nout) {
+        /* Nothing could go (not established, or no buffer): the send fails
+         * as a socket's would, and the protocol ends the connection. */
+        struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
+        io_uring_prep_nop(s);
+        count_op(w, s);
+        t->out_plain = 0;
+        t->err = -EPIPE;
+        return;
+    }
+    t->err = 0;
+    submit_out(w, c, t, OP_SEND);
+}
+
+int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
+{
+    struct tls_conn *t = tls_of(w, c);
+    uint32_t want = out_bytes(w, t);
+    out_release(w, t);
+    if (t->err)
+        return t->err;
+    if (cqe->res < 0)
+        return cqe->res;
+    if ((uint32_t)cqe->res != want)
+        return -EPIPE;            /* MSG_WAITALL came back short: the socket failed */
+    return (int)t->out_plain;
+}
+
+/* Our own flight is out: what waited for it may go on. */
+void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
+{
+    struct tls_conn *t = tls_of(w, c);
+    t->flags &= ~TLSF_SENDING;
+    uint32_t want = out_bytes(w, t);
+    out_release(w, t);
+    if (cqe->res < 0 || (uint32_t)cqe->res != want) {
+        t->state = TLS_FAILED;
+        t->err = cqe->res < 0 ? cqe->res : -EPIPE;
+    }
+    if ((t->flags & TLSF_WANT_RX) && c->state == CS_OPEN) {
+        t->flags &= ~TLSF_WANT_RX;
+        tp_recv_arm(w, c, 0);
+    }
+}
+
+/* ---- receiving -------------------------------------------------------- */
+
+static bool held(const struct tls_conn *t)
+{
+    return t->in_head != NIL || (t->ssl && SSL_has_pending(t->ssl)) ||
+           t->state == TLS_FAILED || (t->flags & TLSF_EOF);
+}
+
+void tp_tls_recv_arm(struct worker *w, struct conn *c)
+{
+    struct tls_conn *t = tls_of(w, c);
+    if (t->flags & TLSF_SENDING) {
+        t->flags |= TLSF_WANT_RX;
+        return;
+    }
+    if (held(t)) {
+        struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
+        io_uring_prep_nop(s);
+        count_op(w, s);
+        t->flags |= TLSF_REPLAY;
+        return;
+    }
+    struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
+    io_uring_prep_recv(s, c->fd, NULL, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = BUF_GROUP;
+    count_op(w, s);
+}
+
+static int failed(struct worker *w, struct tls_conn *t, enum up_counter k, int err)
+{
+    ERR_clear_error();
+    cnt(w, k, 1);
+    t->state = TLS_FAILED;
+    t->err = err;
+    return err;
+}
+
+/* Advance the handshake; 1 when it completed, -EAGAIN while it goes on,
+ * else the error. */
+static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    int r = SSL_do_handshake(t->ssl);
+    bool server = SSL_is_server(t->ssl);
+    if (r == 1) {
+        t->state = TLS_OPEN;
+        cnt(w, server ? UP_C_TLS_HANDSHAKES : UP_C_TLS_UPSTREAM_HANDSHAKES, 1);
+        if (server && SSL_session_reused(t->ssl))
+            cnt(w, UP_C_TLS_RESUMED, 1);
+        flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
+        return 1;
+    }
+    int e = SSL_get_error(t->ssl, r);
+    flush_own(w, c, t);        /* a flight, or the alert that says why */
+    if (e == SSL_ERROR_WANT_READ && !(t->flags & TLSF_EOF))
+        return -EAGAIN;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_ZERO_RETURN ||
+        (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)) {
+        /* The peer left in the middle of the handshake. */
+        return failed(w, t, server ? UP_C_TLS_HANDSHAKE_ERRORS : UP_C_TLS_UPSTREAM_ERRORS, 0);
+    }
+    return failed(w, t, server ? UP_C_TLS_HANDSHAKE_ERRORS : UP_C_TLS_UPSTREAM_ERRORS, -EPROTO);
+}
+
+int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
+{
+    struct tls_conn *t = tls_of(w, c);
+    struct bufpool *p = &w->bufs;
+    *bid = NIL;
+    if (t->flags & TLSF_REPLAY) {
+        t->flags &= ~TLSF_REPLAY;          /* the no-op: go on with what is held */
+    } else {
+        int res = cqe->res;
+        if (cqe->flags & IORING_CQE_F_BUFFER) {
+            uint32_t b = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            bufpool_taken(w);
+            if (res > 0) {
+                p->len[b] = (uint32_t)res;
+                p->next[b] = NIL;
+                if (t->in_tail == NIL)
+                    t->in_head = b;
+                else
+                    p->next[t->in_tail] = b;
+                t->in_tail = b;
+            } else {
+                bufpool_put(w, b);
+            }
+        }
+        if (res == 0)
+            t->flags |= TLSF_EOF;
+        else if (res < 0)
+            return res;                    /* -ENOBUFS, -ECANCELED, a reset: as plain */
+    }
+    if (t->state == TLS_FAILED)
+        return t->err;
+    if (t->state == TLS_HANDSHAKE) {
+        int r = handshake(w, c, t);
+        if (r <= 0)
+            return r == -EAGAIN ? -EAGAIN : r;
+        if (t->flags & TLSF_SENDING)
+            return -EAGAIN;                /* plaintext waits until our flight is out */
+    }
+    if (t->flags & TLSF_SENDING)
+        return -EAGAIN;
+    uint32_t out = bufpool_take(w);
+    if (out == NIL)
+        return -ENOBUFS;                   /* the records stay held; starved, then replayed */
+    uint8_t *dst = buf_data(p, out);
+    size_t got = 0;
+    int e = SSL_ERROR_NONE;
+    while (got < p->size) {
+        size_t n = 0;
+        if (SSL_read_ex(t->ssl, dst + got, p->size - got, &n) != 1) {
+            e = SSL_get_error(t->ssl, 0);
+            break;
+        }
+        got += n;
+    }
+    if (t->nout && !(c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
+        flush_own(w, c, t);                /* a key update's answer, an alert */
+    if (got) {
+        *bid = out;
+        return (int)got;
+    }
+    bufpool_put(w, out);
+    switch (e) {
+    case SSL_ERROR_NONE:
+    case SSL_ERROR_WANT_READ:
+        if (!(t->flags & TLSF_EOF))
+            return -EAGAIN;
+        /* The stream ended without close_notify; as HTTP delimits its own
+         * messages, this is an end of stream. */
+        __attribute__((fallthrough));
+    case SSL_ERROR_ZERO_RETURN:
+        ERR_clear_error();
+        t->flags |= TLSF_EOF;
+        in_release(w, t);
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0) {
+            t->flags |= TLSF_EOF;
+            in_release(w, t);
+            return 0;
+        }
+        __attribute__((fallthrough));
+    default:
+        return failed(w, t, UP_C_ERR_OTHER, -EPROTO);
+    }
+}
+
+bool tp_tls_ready(struct worker *w, const struct conn *c)
+{
+    return tls_of(w, c)->state == TLS_OPEN;
+}
+
+/* Before a FIN: close_notify, sent directly (a few bytes into an empty
+ * socket buffer never block) when nothing else is being sent. */
+void tp_tls_shutdown(struct worker *w, struct conn *c)
+{
+    struct tls_conn *t = tls_of(w, c);
+    if (t->state != TLS_OPEN || (t->flags & TLSF_CLOSING) ||
+        (c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
+        return;
+    t->flags |= TLSF_CLOSING;
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
+    for (uint32_t i = 0; i < t->nout; i++)
+        send(c->fd, buf_data(&w->bufs, t->out[i]), i + 1 == t->nout ? t->out_len : w->bufs.size,
+             MSG_DONTWAIT | MSG_NOSIGNAL);
+    out_release(w, t);
+}
+
+/* For the access log: what was negotiated. */
+const char *tp_tls_version(struct worker *w, const struct conn *c)
+{
+    struct tls_conn *t = tls_of(w, c);
+    return t->ssl ? SSL_get_version(t->ssl) : "";
+}

@@ -1,0 +1,81 @@
+/*
+ * TLS in user space, behind the transport seam: the library (OpenSSL)
+ * never touches a socket. The ring receives records into provided buffers
+ * and sends the records the library writes; the library reads and writes
+ * through a memory BIO of ours (tls.c) that points at those buffers. The
+ * protocols above see plaintext through the same tp_* calls as plain
+ * sockets. Types here, functions in tls.c and tls_ctx.c.
+ */
+#ifndef UPROXY_TLS_H
+#define UPROXY_TLS_H
+#include <stdint.h>
+#include <sys/uio.h>
+#include <openssl/ssl.h>
+#include "core/worker.h"
+
+#define TLS_MAX_CTX   16      /* certificate groups per listener */
+#define TLS_MAX_NAMES 1024
+#define TLS_OUT_BUFS  4       /* buffers one flight of records may fill */
+
+/* A listener's (or a cluster's) contexts for one worker. */
+struct tls_name {
+    char name[254];
+    uint16_t len;
+    uint16_t ctx;
+    uint8_t wildcard;
+};
+
+struct tls_server {
+    SSL_CTX *ctx[TLS_MAX_CTX];
+    uint32_t nctx;
+    uint32_t nnames;
+    struct tls_name *names;
+    uint8_t alpn[64];
+    uint32_t alpn_len;
+    uint8_t *keys;            /* session-ticket keys, 80 bytes each */
+    uint32_t nkeys;
+    uint8_t server;
+    uint8_t verify;           /* client side: verify the server */
+    char sni[254];            /* client side: the name to send and verify */
+};
+
+enum tls_state {
+    TLS_NONE,
+    TLS_HANDSHAKE,
+    TLS_OPEN,
+    TLS_FAILED,               /* the next receive reports the error */
+};
+
+#define TLSF_EOF      1       /* the socket said FIN */
+#define TLSF_SENDING  2       /* a flight of our own (handshake) is on its way */
+#define TLSF_REPLAY   4       /* the receive armed is a no-op: data is held */
+#define TLSF_WANT_RX  8       /* a receive is owed once our flight is out */
+#define TLSF_CLOSING  16      /* close_notify written */
+#define TLSF_READY    32      /* established, seen by the protocol */
+
+/* One connection's TLS, in a per-worker array beside the connections
+ * (touched only for TLS connections, so plain ones pay no memory). */
+struct tls_conn {
+    SSL *ssl;
+    uint32_t in_head, in_tail;    /* records received, not yet read by the library */
+    uint32_t in_off;              /* bytes of in_head already read */
+    uint32_t out[TLS_OUT_BUFS];   /* records written, to be sent (NIL: unused) */
+    uint32_t nout;
+    uint32_t out_len;             /* bytes in out[nout - 1] */
+    uint32_t out_plain;           /* plaintext the send in flight carries */
+    uint8_t state;                /* enum tls_state */
+    uint8_t flags;                /* TLSF_* */
+    uint16_t pad;
+    int32_t err;                  /* TLS_FAILED: what to report (-errno) */
+    struct iovec iov[TLS_OUT_BUFS];
+    struct msghdr msg;
+};
+
+int tls_init(struct worker *w);
+void tls_free_all(struct worker *w);
+static inline struct tls_conn *tls_of(struct worker *w, const struct conn *c)
+{
+    return &((struct tls_conn *)w->tls)[c - w->conns];
+}
+
+#endif

@@ -1,0 +1,377 @@
+/*
+ * TLS contexts: what a listener or a cluster's TLS settings become in the
+ * library (OpenSSL), one set per worker so that no library object is shared
+ * between workers. Built by the control plane when it publishes a table,
+ * freed with the table; connections hold their own reference, so a context
+ * outlives the table while handshakes made with it live.
+ *
+ * The library's callbacks (SNI, session tickets) live in this file and in
+ * tls.c only (DESIGN.md law 8); they read plain arrays, never call up.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+#include "transport/tls.h"
+
+static void fail(char *err, size_t n, const char *what, const char *file)
+{
+    unsigned long e = ERR_peek_last_error();
+    char lib[200] = "";
+    if (e)
+        ERR_error_string_n(e, lib, sizeof lib);
+    ERR_clear_error();
+    snprintf(err, n, "%s%s%s%s%s", what, file ? " " : "", file ? file : "", lib[0] ? ": " : "", lib);
+}
+
+/* The client's name picks the context: exact first, then "*.rest" (one
+ * label only, as certificates match), else the default context 0. */
+static int servername_cb(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    const struct tls_server *s = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!name || s->nnames == 0)
+        return SSL_TLSEXT_ERR_OK;
+    size_t len = strlen(name);
+    if (len && name[len - 1] == '.')
+        len--;                           /* a fully qualified name */
+    const char *dot = memchr(name, '.', len);
+    int hit = -1;
+    for (uint32_t i = 0; i < s->nnames && hit < 0; i++)
+        if (!s->names[i].wildcard && s->names[i].len == len &&
+            strncasecmp(s->names[i].name, name, len) == 0)
+            hit = (int)s->names[i].ctx;
+    for (uint32_t i = 0; i < s->nnames && hit < 0 && dot; i++) {
+        size_t rest = len - (size_t)(dot - name);    /* ".example.com" */
+        if (s->names[i].wildcard && (size_t)s->names[i].len - 1 == rest &&
+            strncasecmp(s->names[i].name + 1, dot, rest) == 0)
+            hit = (int)s->names[i].ctx;
+    }
+    if (hit > 0)
+        SSL_set_SSL_CTX(ssl, s->ctx[hit]);
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* ALPN: the first of our protocols (in our order) that the client offers;
+ * a client offering none of them gets the handshake without ALPN. */
+static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    const struct tls_server *s = arg;
+    unsigned char *o;
+    if (SSL_select_next_proto(&o, outlen, s->alpn, s->alpn_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = o;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Session tickets with keys the control plane gives every worker (and,
+ * from a file, every instance): the first key issues, all of them are
+ * accepted, so a rotation never breaks a resumption. */
+static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                     EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+    SSL_CTX *sc = SSL_get_SSL_CTX(ssl);
+    const struct tls_server *s = SSL_CTX_get_app_data(sc);
+    if (!s || !s->nkeys)
+        return -1;
+    const uint8_t *k = NULL;
+    int renew = 0;
+    if (enc) {
+        k = s->keys;
+        memcpy(key_name, k, 16);
+        if (RAND_bytes(iv, 16) <= 0)
+            return -1;
+    } else {
+        for (uint32_t i = 0; i < s->nkeys; i++)
+            if (memcmp(key_name, s->keys + 80 * i, 16) == 0) {
+                k = s->keys + 80 * i;
+                renew = i != 0;          /* issued under an older key: renew */
+                break;
+            }
+        if (!k)
+            return 0;                    /* unknown key: a full handshake */
+    }
+    /* A key is 16 bytes of name, 32 of HMAC key, 32 of AES key. */
+    OSSL_PARAM p2[3] = {
+        OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+        OSSL_PARAM_construct_octet_string("key", (void *)(k + 16), 32),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!EVP_MAC_CTX_set_params(hctx, p2))
+        return -1;
+    if (enc) {
+        if (!EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k + 48, iv))
+            return -1;
+        return 1;
+    }
+    if (!EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k + 48, iv))
+        return -1;
+    return renew ? 2 : 1;
+}
+
+static int version_of(uint32_t v)
+{
+    return v == 0x0304 ? TLS1_3_VERSION : TLS1_2_VERSION;
+}
+
+/* What every context of ours has: modern defaults, no renegotiation, no
+ * compression, partial writes never needed (our writes always fit). */
+static int common(SSL_CTX *c, uint32_t min_version, const char *ciphers, const char *suites,
+                  char *err, size_t n)
+{
+    SSL_CTX_set_min_proto_version(c, version_of(min_version));
+    SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                           SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Our buffers are provided per read: the library's own buffers would be
+     * freed and allocated again per record with RELEASE_BUFFERS, so it is
+     * not set (no allocation per request after the handshake). */
+    SSL_CTX_clear_mode(c, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(c, 1);
+    if (ciphers && *ciphers && !SSL_CTX_set_cipher_list(c, ciphers)) {
+        fail(err, n, "no usable TLS 1.2 cipher in", ciphers);
+        return -1;
+    }
+    if (suites && *suites && !SSL_CTX_set_ciphersuites(c, suites)) {
+        fail(err, n, "no usable TLS 1.3 suite in", suites);
+        return -1;
+    }
+    return 0;
+}
+
+void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errlen)
+{
+    struct tls_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->server = 1;
+    s->nctx = conf->nctx ? conf->nctx : 1;
+    if (s->nctx > TLS_MAX_CTX) {
+        snprintf(err, errlen, "too many certificate groups (%u, at most %u)", s->nctx, TLS_MAX_CTX);
+        goto bad;
+    }
+    for (uint32_t i = 0; i < s->nctx; i++) {
+        SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+        if (!c) {
+            fail(err, errlen, "TLS context:", NULL);
+            goto bad;
+        }
+        s->ctx[i] = c;
+        SSL_CTX_set_app_data(c, s);
+        if (common(c, conf->min_version, conf->ciphers, conf->ciphersuites, err, errlen) < 0)
+            goto bad;
+        SSL_CTX_set_tlsext_servername_callback(c, servername_cb);
+        SSL_CTX_set_tlsext_servername_arg(c, s);
+        if (conf->alpn_len)
+            SSL_CTX_set_alpn_select_cb(c, alpn_cb, s);
+        SSL_CTX_set_timeout(c, conf->session_timeout_s ? conf->session_timeout_s : 7200);
+        if (conf->session_cache) {
+            SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
+            SSL_CTX_sess_set_cache_size(c, conf->session_cache);
+            SSL_CTX_set_session_id_context(c, (const unsigned char *)"uproxy", 6);
+        } else {
+            SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+        }
+        if (conf->nticket_keys) {
+            SSL_CTX_set_tlsext_ticket_key_evp_cb(c, ticket_cb);
+            SSL_CTX_set_num_tickets(c, 1);
+        } else {
+            SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+            SSL_CTX_set_num_tickets(c, 0);
+        }
+        if (conf->verify != UP_TLS_VERIFY_NONE) {
+            int mode = SSL_VERIFY_PEER;
+            if (conf->verify == UP_TLS_VERIFY_REQUIRED)
+                mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+            if (!conf->client_ca || !SSL_CTX_load_verify_locations(c, conf->client_ca, NULL)) {
+                fail(err, errlen, "client CA bundle", conf->client_ca ? conf->client_ca : "(none)");
+                goto bad;
+            }
+            STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(conf->client_ca);
+            if (names)
+                SSL_CTX_set_client_CA_list(c, names);
+            SSL_CTX_set_verify(c, mode, NULL);
+            SSL_CTX_set_session_id_context(c, (const unsigned char *)"uproxy", 6);
+        }
+    }
+    for (uint32_t i = 0; i < conf->ncerts; i++) {
+        uint32_t k = conf->cert_ctx ? conf->cert_ctx[i] : 0;
+        if (k >= s->nctx) {
+            snprintf(err, errlen, "certificate %u: group %u out of range", i, k);
+            goto bad;
+        }
+        SSL_CTX *c = s->ctx[k];
+        if (SSL_CTX_use_certificate_chain_file(c, conf->certs[i].cert) != 1) {
+            fail(err, errlen, "certificate", conf->certs[i].cert);
+            goto bad;
+        }
+        if (SSL_CTX_use_PrivateKey_file(c, conf->certs[i].key, SSL_FILETYPE_PEM) != 1) {
+            fail(err, errlen, "private key", conf->certs[i].key);
+            goto bad;
+        }
+        if (SSL_CTX_check_private_key(c) != 1) {
+            fail(err, errlen, "the private key does not match the certificate", conf->certs[i].cert);
+            goto bad;
+        }
+    }
+    if (conf->nnames > TLS_MAX_NAMES) {
+        snprintf(err, errlen, "too many certificate names (%u, at most %u)", conf->nnames, TLS_MAX_NAMES);
+        goto bad;
+    }
+    s->names = calloc(conf->nnames ? conf->nnames : 1, sizeof *s->names);
+    if (!s->names)
+        goto bad;
+    for (uint32_t i = 0; i < conf->nnames; i++) {
+        const char *nm = conf->names[i].name;
+        size_t l = strlen(nm);
+        if (l >= sizeof s->names[i].name || conf->names[i].ctx >= s->nctx)
+            continue;
+        memcpy(s->names[i].name, nm, l + 1);
+        s->names[i].len = (uint16_t)l;
+        s->names[i].wildcard = nm[0] == '*' && nm[1] == '.';
+        s->names[i].ctx = (uint16_t)conf->names[i].ctx;
+    }
+    s->nnames = conf->nnames;
+    if (conf->alpn_len) {
+        if (conf->alpn_len > sizeof s->alpn) {
+            snprintf(err, errlen, "ALPN list too long");
+            goto bad;
+        }
+        memcpy(s->alpn, conf->alpn, conf->alpn_len);
+        s->alpn_len = conf->alpn_len;
+    }
+    if (conf->nticket_keys) {
+        s->keys = malloc(80 * (size_t)conf->nticket_keys);
+        if (!s->keys)
+            goto bad;
+        memcpy(s->keys, conf->ticket_keys, 80 * (size_t)conf->nticket_keys);
+        s->nkeys = conf->nticket_keys;
+    }
+    return s;
+bad:
+    up_tls_free(s);
+    return NULL;
+}
+
+void *up_tls_client_new(const struct up_tls_client *conf, char *err, size_t errlen)
+{
+    struct tls_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    if (!c) {
+        fail(err, errlen, "TLS context:", NULL);
+        goto bad;
+    }
+    s->ctx[0] = c;
+    s->nctx = 1;
+    SSL_CTX_set_app_data(c, s);
+    if (common(c, conf->min_version, NULL, NULL, err, errlen) < 0)
+        goto bad;
+    /* Sessions are kept by the connection's server slot (tls.c), so a
+     * pooled connection to the same server resumes. */
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    if (conf->verify) {
+        int ok = conf->ca ? SSL_CTX_load_verify_locations(c, conf->ca, NULL)
+                          : SSL_CTX_set_default_verify_paths(c);
+        if (ok != 1) {
+            fail(err, errlen, "CA bundle", conf->ca ? conf->ca : "(the system's)");
+            goto bad;
+        }
+        SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(c, SSL_VERIFY_NONE, NULL);
+    }
+    if (conf->cert && conf->key) {
+        if (SSL_CTX_use_certificate_chain_file(c, conf->cert) != 1) {
+            fail(err, errlen, "client certificate", conf->cert);
+            goto bad;
+        }
+        if (SSL_CTX_use_PrivateKey_file(c, conf->key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(c) != 1) {
+            fail(err, errlen, "client key", conf->key);
+            goto bad;
+        }
+    }
+    if (conf->alpn_len && SSL_CTX_set_alpn_protos(c, conf->alpn, conf->alpn_len) != 0) {
+        fail(err, errlen, "ALPN", NULL);
+        goto bad;
+    }
+    s->verify = conf->verify;
+    if (conf->sni) {
+        size_t l = strlen(conf->sni);
+        if (l >= sizeof s->sni) {
+            snprintf(err, errlen, "SNI name too long");
+            goto bad;
+        }
+        memcpy(s->sni, conf->sni, l + 1);
+    }
+    return s;
+bad:
+    up_tls_free(s);
+    return NULL;
+}
+
+void up_tls_free(void *p)
+{
+    struct tls_server *s = p;
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < TLS_MAX_CTX; i++)
+        if (s->ctx[i])
+            SSL_CTX_free(s->ctx[i]);
+    free(s->names);
+    if (s->keys) {
+        OPENSSL_cleanse(s->keys, 80 * (size_t)s->nkeys);
+        free(s->keys);
+    }
+    free(s);
+}
+
+int up_tls_ktls_available(void)
+{
+    /* The real question: does this kernel take the tls ULP on an
+     * established TCP socket? A loopback pair answers it. */
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c = -1, a = -1, ok = 0;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    if (l < 0)
+        return 0;
+    if (bind(l, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l, 1) < 0 ||
+        getsockname(l, (struct sockaddr *)&sa, &sl) < 0)
+        goto out;
+    c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof sa) < 0)
+        goto out;
+    a = accept(l, NULL, NULL);
+    ok = setsockopt(c, SOL_TCP, TCP_ULP, "tls", sizeof "tls") == 0;
+out:
+    if (a >= 0)
+        close(a);
+    if (c >= 0)
+        close(c);
+    close(l);
+    return ok;
+}
+
+const char *up_tls_library(void)
+{
+    return OpenSSL_version(OPENSSL_VERSION);
+}

@@ -41,7 +41,7 @@ void splice_consider(struct worker *w, struct txn *t, int dir)
         return;
     struct conn *src, *dst;
     ends(w, t, dir, &src, &dst);
-    if (!tp_spliceable(src) || !tp_spliceable(dst))
+    if (!tp_spliceable(src) || (dst && !tp_spliceable(dst)))
         return;                        /* records are not the body's bytes */
     b->state = BS_WANT;
     src->x.flags |= X_HELD;
@@ -185,9 +185,11 @@ void splice_progress(struct worker *w, struct txn *t)
             dst->state != CS_OPEN || src->state != CS_OPEN)
             continue;
         uint64_t left = dir == BS_REQ ? t->req_left : t->resp_left;
-        int p = left ? pipe_get(w) : -1;
+        /* The upstream, known only now for a request, may speak TLS. */
+        int p = left && tp_spliceable(dst) ? pipe_get(w) : -1;
         if (p < 0) {
-            /* Nothing left after all, or no pipe: carry on buffered. */
+            /* Nothing left after all, no pipe, or records on the way:
+             * carry on buffered. */
             b->state = BS_OFF;
             src->x.flags &= ~X_HELD;
             h1_recv_arm(w, src);

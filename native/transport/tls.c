@@ -364,8 +364,10 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
 
 static bool held(const struct tls_conn *t)
 {
-    return t->in_head != NIL || (t->ssl && SSL_has_pending(t->ssl)) ||
-           t->state == TLS_FAILED || (t->flags & TLSF_EOF);
+    /* Not SSL_has_pending(): it also counts a partial record, which only
+     * the peer's next bytes can complete. */
+    return t->in_head != NIL || (t->flags & TLSF_FULL) || t->state == TLS_FAILED ||
+           (t->flags & TLSF_EOF);
 }
 
 void tp_tls_recv_arm(struct worker *w, struct conn *c)
@@ -470,6 +472,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     uint8_t *dst = buf_data(p, out);
     size_t got = 0;
     int e = SSL_ERROR_NONE;
+    t->flags &= ~TLSF_FULL;
     while (got < p->size) {
         size_t n = 0;
         if (SSL_read_ex(t->ssl, dst + got, p->size - got, &n) != 1) {
@@ -478,6 +481,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
         }
         got += n;
     }
+    if (got == p->size)
+        t->flags |= TLSF_FULL;             /* the library may hold more: read it next */
     if (t->nout && !(c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
         flush_own(w, c, t);                /* a key update's answer, an alert */
     if (got) {

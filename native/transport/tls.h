@@ -51,7 +51,7 @@ enum tls_state {
 #define TLSF_REPLAY   4       /* the receive armed is a no-op: data is held */
 #define TLSF_WANT_RX  8       /* a receive is owed once our flight is out */
 #define TLSF_CLOSING  16      /* close_notify written */
-#define TLSF_READY    32      /* established, seen by the protocol */
+#define TLSF_FULL     32      /* the last read filled its buffer: more may be held */
 
 /* One connection's TLS, in a per-worker array beside the connections
  * (touched only for TLS connections, so plain ones pay no memory). */

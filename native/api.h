@@ -240,6 +240,7 @@ enum up_counter {
     UP_C_TLS_HANDSHAKE_TIMEOUTS,
     UP_C_TLS_UPSTREAM_HANDSHAKES,
     UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
+    UP_C_TLS_UPSTREAM_RESUMED,/* upstream handshakes that resumed a session */
     UP_C_TLS_KTLS,            /* connections handed to kernel TLS */
     UP_C__COUNT
 };

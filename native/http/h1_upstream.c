@@ -91,6 +91,16 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         hist_add(w->shm->hist_connect, w->now_us - u->t_us);
         balance_result(w, t->cfg, t->server, true);
         u->state = CS_OPEN;
+        const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
+        if (cl->tls && cl->tls[w->o.index]) {
+            /* TLS first: the request goes once the handshake is done. */
+            if (tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
+                h1_upstream_failed(w, t, -EPROTO);
+                return;
+            }
+            h1_recv_arm(w, u);
+            return;
+        }
         u->h1 = H_BUSY;
         h1_recv_arm(w, u);
         txn_req_pump(w, t);
@@ -255,7 +265,12 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
     if (u->state != CS_OPEN)
         return;
     if (res == -EAGAIN) {              /* the transport had nothing for us yet */
-        if (!more)
+        struct txn *t = txn_of(w, u);
+        if (u->h1 == H_DIAL && t && tp_ready(w, u)) {
+            u->h1 = H_BUSY;            /* TLS is up: the request may go */
+            txn_req_pump(w, t);
+        }
+        if (!more && u->state == CS_OPEN)
             h1_recv_arm(w, u);
         return;
     }

@@ -20,6 +20,7 @@
  * protocol while one is out, so the two never cross on the socket.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -32,6 +33,8 @@
  * MAC and padding; 96 covers every suite we allow. */
 #define RECORD_OVERHEAD 96
 #define RECORD_MAX 16384
+
+static int handshake(struct worker *w, struct conn *c, struct tls_conn *t);
 
 /* ---- the BIO: the library's view of our buffers ----------------------- */
 
@@ -119,6 +122,9 @@ int tls_init(struct worker *w)
     if (m == MAP_FAILED)
         return -ENOMEM;
     w->tls = m;
+    w->tls_sessions = calloc(1, sizeof(struct tls_sessions));
+    if (!w->tls_sessions)
+        return -ENOMEM;
     BIO_METHOD *bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uproxy-ring");
     if (!bm)
         return -ENOMEM;
@@ -142,6 +148,12 @@ void tls_free_all(struct worker *w)
     }
     munmap(w->tls, sizeof(struct tls_conn) * w->nconns);
     w->tls = NULL;
+    struct tls_sessions *ss = w->tls_sessions;
+    for (uint32_t i = 0; ss && i < UP_MAX_SERVERS; i++)
+        if (ss->s[i])
+            SSL_SESSION_free(ss->s[i]);
+    free(ss);
+    w->tls_sessions = NULL;
     if (w->tls_bio)
         BIO_meth_free(w->tls_bio);
     w->tls_bio = NULL;
@@ -204,20 +216,44 @@ int tp_tls_accept(struct worker *w, struct conn *c, void *server)
     return start(w, c, s->ctx[0], true);
 }
 
+/* A session the server gave us (a TLS 1.3 ticket arrives after the
+ * handshake): kept for the next connection to the same server. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct bio_ref *r = BIO_get_data(SSL_get_rbio(ssl));
+    struct tls_sessions *ss = r ? r->w->tls_sessions : NULL;
+    uint32_t slot = r ? tls_of(r->w, r->c)->slot : NIL;
+    if (!ss || slot >= UP_MAX_SERVERS)
+        return 0;
+    if (ss->s[slot])
+        SSL_SESSION_free(ss->s[slot]);
+    ss->s[slot] = sess;
+    return 1;                     /* the reference is ours now */
+}
+
+/* Start the client side on a connected socket: the ClientHello goes out
+ * at once; the protocol sends its first bytes once tp_ready() says so. */
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host)
 {
     struct tls_server *s = client;
     int r = start(w, c, s->ctx[0], false);
     if (r < 0)
         return r;
-    SSL *ssl = tls_of(w, c)->ssl;
+    struct tls_conn *t = tls_of(w, c);
+    SSL *ssl = t->ssl;
     const char *name = s->sni[0] ? s->sni : host;
     if (name && *name) {
         SSL_set_tlsext_host_name(ssl, name);
         if (s->verify)
             SSL_set1_host(ssl, name);
     }
-    return 0;
+    t->slot = c->slot;
+    SSL_CTX_sess_set_new_cb(s->ctx[0], new_session_cb);
+    struct tls_sessions *ss = w->tls_sessions;
+    if (ss && c->slot < UP_MAX_SERVERS && ss->s[c->slot])
+        SSL_set_session(ssl, ss->s[c->slot]);
+    r = handshake(w, c, t);
+    return r == -EAGAIN || r == 1 ? 0 : (r ? r : -EPROTO);
 }
 
 void tp_tls_release(struct worker *w, struct conn *c)
@@ -354,6 +390,8 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
         t->state = TLS_FAILED;
         t->err = cqe->res < 0 ? cqe->res : -EPIPE;
     }
+    if (t->state == TLS_OPEN)
+        t->flags |= TLSF_KICK;       /* the protocol learns it may send */
     if ((t->flags & TLSF_WANT_RX) && c->state == CS_OPEN) {
         t->flags &= ~TLSF_WANT_RX;
         tp_recv_arm(w, c, 0);
@@ -364,6 +402,8 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
 
 static bool held(const struct tls_conn *t)
 {
+    if (t->flags & TLSF_KICK)
+        return true;
     /* Not SSL_has_pending(): it also counts a partial record, which only
      * the peer's next bytes can complete. */
     return t->in_head != NIL || (t->flags & TLSF_FULL) || t->state == TLS_FAILED ||
@@ -411,6 +451,8 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
         cnt(w, server ? UP_C_TLS_HANDSHAKES : UP_C_TLS_UPSTREAM_HANDSHAKES, 1);
         if (server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_RESUMED, 1);
+        if (!server && SSL_session_reused(t->ssl))
+            cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
         return 1;
     }
@@ -432,7 +474,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     struct bufpool *p = &w->bufs;
     *bid = NIL;
     if (t->flags & TLSF_REPLAY) {
-        t->flags &= ~TLSF_REPLAY;          /* the no-op: go on with what is held */
+        t->flags &= ~(TLSF_REPLAY | TLSF_KICK);   /* the no-op: go on with what is held */
     } else {
         int res = cqe->res;
         if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -517,7 +559,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
 
 bool tp_tls_ready(struct worker *w, const struct conn *c)
 {
-    return tls_of(w, c)->state == TLS_OPEN;
+    const struct tls_conn *t = tls_of(w, c);
+    return t->state == TLS_OPEN && !(t->flags & TLSF_SENDING);
 }
 
 /* Before a FIN: close_notify, sent directly (a few bytes into an empty

@@ -580,6 +580,19 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
     out_release(w, t);
 }
 
+bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out)
+{
+    const struct tls_conn *t = tls_of(w, c);
+    if (c->tp != TP_TLS || !t->ssl)
+        return false;
+    int v = SSL_version(t->ssl);
+    out->version = v == TLS1_3_VERSION ? 0x13 : v == TLS1_2_VERSION ? 0x12 : 0;
+    out->resumed = SSL_session_reused(t->ssl) ? 1 : 0;
+    out->cipher = SSL_get_cipher_name(t->ssl);
+    out->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    return true;
+}
+
 /* For the access log: what was negotiated. */
 const char *tp_tls_version(struct worker *w, const struct conn *c)
 {

@@ -27,6 +27,7 @@
 #define UP_F_COOP_TASKRUN       32
 #define UP_F_REGISTERED_FILES   64
 #define UP_F_REGISTERED_RING    128
+#define UP_F_KTLS               256  /* the kernel's tls ULP (CONFIG_TLS), not io_uring */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */

@@ -1,17 +1,20 @@
 """Turning a validated Config into the immutable C tables the workers read.
 
 A Tables object owns every C allocation of one configuration generation
-(cffi frees them when it is dropped). It is published to the workers by one
-atomic pointer store and dropped only when every worker has moved past it
-and no session still holds it (see Runtime.collect).
+(cffi frees them when it is dropped) and its TLS library contexts (freed by
+free(), or when dropped). It is published to the workers by one atomic
+pointer store and dropped only when every worker has moved past it and no
+session still holds it (see Runtime.collect).
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
+from . import tls
 from ._native import ffi, lib
-from .config import Config
+from .config import Config, ConfigError, locate
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
@@ -56,14 +59,184 @@ def hash_ring(servers: list) -> list:
     return points
 
 
+VERIFY = {"none": lib.UP_TLS_VERIFY_NONE, "optional": lib.UP_TLS_VERIFY_OPTIONAL,
+          "required": lib.UP_TLS_VERIFY_REQUIRED}
+
+
+def _cstr(text, keep):
+    if text is None:
+        return ffi.NULL
+    buf = ffi.new("char[]", text.encode())
+    keep.append(buf)
+    return buf
+
+
+def server_conf(t, ticket_keys: bytes, keep: list):
+    """A listener's tls settings as a struct up_tls_server; every buffer it
+    points into goes to keep."""
+    conf = ffi.new("struct up_tls_server *")
+    keep.append(conf)
+    certs = ffi.new("struct up_tls_cert[]", max(1, len(t.certificates)))
+    for j, c in enumerate(t.certificates):
+        certs[j].cert = _cstr(c.cert, keep)
+        certs[j].key = _cstr(c.key, keep)
+    cert_ctx, names, ngroups = tls.group(t.certificates)
+    c_ctx = ffi.new("uint32_t[]", cert_ctx or [0])
+    c_names = ffi.new("struct up_tls_name[]", max(1, len(names)))
+    for j, (name, g) in enumerate(names):
+        c_names[j].name = _cstr(name, keep)
+        c_names[j].ctx = g
+    keep += [certs, c_ctx, c_names]
+    conf.ncerts, conf.certs, conf.cert_ctx = len(t.certificates), certs, c_ctx
+    conf.nctx = ngroups
+    conf.names, conf.nnames = c_names, len(names)
+    conf.min_version = tls.VERSIONS[t.min_version]
+    conf.ciphers = _cstr(t.ciphers, keep)
+    conf.ciphersuites = _cstr(t.ciphersuites, keep)
+    wire = tls.alpn_wire(t.alpn)
+    if wire:
+        alpn = ffi.new("uint8_t[]", wire)
+        keep.append(alpn)
+        conf.alpn, conf.alpn_len = alpn, len(wire)
+    conf.verify = VERIFY[t.client_auth]
+    conf.client_ca = _cstr(t.client_ca if t.client_auth != "none" else None, keep)
+    if ticket_keys:
+        keys = ffi.new("uint8_t[]", ticket_keys)
+        keep.append(keys)
+        conf.ticket_keys, conf.nticket_keys = keys, len(ticket_keys) // tls.TICKET_KEY_LEN
+    conf.session_timeout_s = t.session_timeout_s
+    conf.session_cache = t.session_cache
+    return conf
+
+
+def client_conf(t, keep: list):
+    """A cluster's tls settings as a struct up_tls_client."""
+    conf = ffi.new("struct up_tls_client *")
+    keep.append(conf)
+    conf.ca = _cstr(t.ca, keep)
+    conf.sni = _cstr(t.sni, keep)
+    if t.cert is not None:
+        conf.cert = _cstr(t.cert.cert, keep)
+        conf.key = _cstr(t.cert.key, keep)
+    conf.verify = 1 if t.verify else 0
+    conf.min_version = tls.VERSIONS[t.min_version]
+    return conf
+
+
+def _library_key(base: str, message: str, t) -> str:
+    """Which key a library error is about, from the words it starts with
+    (native/transport/tls_ctx.c), so that it is reported at that line."""
+    if message.startswith("no usable TLS 1.2 cipher"):
+        return f"{base}.ciphers"
+    if message.startswith("no usable TLS 1.3 suite"):
+        return f"{base}.ciphersuites"
+    if message.startswith("client CA bundle"):
+        return f"{base}.client_ca"
+    if message.startswith("CA bundle"):
+        return f"{base}.ca"
+    if message.startswith(("client certificate", "client key")):
+        return f"{base}.{'key' if 'key' in message.split()[1] else 'cert'}"
+    mismatch = message.startswith("the private key does not match")
+    for j, c in enumerate(getattr(t, "certificates", ())):
+        for part, path in (("key", c.key), ("cert", c.cert)):
+            if path in message:
+                return f"{base}.certificates[{j}].{'key' if mismatch else part}"
+    return base
+
+
+def library_error(cfg: Config, base: str, message: str, t) -> ConfigError:
+    """The library's refusal, placed at the key it is about, with the hint
+    a file the process cannot read deserves (keys are often root's only,
+    and [proxy] user makes the workers someone else)."""
+    text = f"the TLS library refused it: {message}"
+    if "ermission denied" in message:
+        text += (f" (uproxy runs as uid {os.geteuid()} here: with [proxy] user, the "
+                 f"certificates and keys must be readable by that user)")
+    return locate(cfg.path, _library_key(base, message, t), text)
+
+
+class TLSContexts:
+    """The TLS library contexts of one configuration: for each TLS listener
+    and each TLS cluster one context per worker (DESIGN.md law 8: nothing
+    is shared between workers), each array ready for the core's tls field.
+    A refusal of the library raises ConfigError after freeing what was made."""
+
+    def __init__(self, cfg: Config, nworkers: int, ticket_keys: dict | None = None):
+        self.keep: list = []
+        self.owned: list = []           # ffi.gc'd contexts: ffi.release frees each once
+        self.listeners: dict = {}       # listener name -> void *[nworkers]
+        self.clusters: dict = {}        # cluster name -> void *[nworkers]
+        ticket_keys = ticket_keys or {}
+        err = ffi.new("char[]", 512)
+        try:
+            for i, l in enumerate(cfg.listeners):
+                if l.tls is None:
+                    continue
+                keys = ticket_keys.get(l.name)
+                if keys is None and l.tls.session_tickets:
+                    keys = b"".join(l.tls.ticket_keys) or os.urandom(tls.TICKET_KEY_LEN)
+                conf = server_conf(l.tls, keys or b"", self.keep)
+                self.listeners[l.name] = self._per_worker(
+                    lambda: lib.up_tls_server_new(conf, err, 512), nworkers, err,
+                    cfg, f"listeners[{i}].tls", l.tls)
+            for i, c in enumerate(cfg.clusters.values()):
+                if c.tls is None:
+                    continue
+                conf = client_conf(c.tls, self.keep)
+                self.clusters[c.name] = self._per_worker(
+                    lambda: lib.up_tls_client_new(conf, err, 512), nworkers, err,
+                    cfg, f"clusters[{i}].tls", c.tls)
+        except BaseException:
+            self.free()
+            raise
+
+    def _per_worker(self, make, nworkers, err, cfg, key, t):
+        arr = ffi.new("void *[]", nworkers)
+        self.keep.append(arr)
+        for w in range(nworkers):
+            raw = make()
+            if raw == ffi.NULL:
+                raise library_error(cfg, key, ffi.string(err).decode(errors="replace")
+                                    or "no reason given", t)
+            arr[w] = raw
+            self.owned.append(ffi.gc(raw, lib.up_tls_free))
+        return arr
+
+    def free(self):
+        """Free every context now (the tables that point at them must be
+        out of the workers' hands)."""
+        owned, self.owned = self.owned, []
+        for p in owned:
+            ffi.release(p)
+        for arr in self.listeners.values():
+            for w in range(len(arr)):
+                arr[w] = ffi.NULL
+        for arr in self.clusters.values():
+            for w in range(len(arr)):
+                arr[w] = ffi.NULL
+
+
+def check_library(cfg: Config) -> list:
+    """ConfigErrors for what the TLS library refuses in cfg (one context
+    each, as `uproxy check` asks before anything runs)."""
+    try:
+        TLSContexts(cfg, 1).free()
+    except ConfigError as e:
+        return [e]
+    return []
+
+
 class Tables:
     def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
-                 slots: dict):
+                 slots: dict, tls_contexts: TLSContexts | None = None):
         """sockets: listener name -> ListenerSockets; health: (cluster, server label) ->
-        bool; slots: (cluster, server label) -> statistics slot in the segment."""
+        bool; slots: (cluster, server label) -> statistics slot in the segment;
+        tls_contexts: the TLS contexts of cfg (made here when not given), which
+        the Tables own from now on."""
         self.cfg = cfg
         self.generation = generation
         self.sockets = dict(sockets)
+        self.tls = tls_contexts if tls_contexts is not None else TLSContexts(cfg, nworkers)
         keep = []                       # every cffi object the C side points into
         clusters = list(cfg.clusters.values())
         cindex = {c.name: i for i, c in enumerate(clusters)}
@@ -112,6 +285,8 @@ class Tables:
                 keep.append(ring)
                 cc.ring = ring
                 cc.nring = len(pts)
+            if c.name in self.tls.clusters:
+                cc.tls = self.tls.clusters[c.name]
             first += len(c.servers)
 
         c_listeners = ffi.new("struct up_listener[]", len(cfg.listeners))
@@ -153,6 +328,9 @@ class Tables:
                 cl.routes = routes
                 cl.nroutes = len(l.routes)
             cl.fds = fds
+            if l.name in self.tls.listeners:
+                cl.tls = self.tls.listeners[l.name]
+                cl.tls_handshake_timeout_ms = l.tls.handshake_timeout_ms
 
         n = max(1, len(servers))
         self.health = ffi.new("uint8_t[]", n)
@@ -182,3 +360,7 @@ class Tables:
 
     def refs_held(self) -> int:
         return lib.up_config_refs(self.ptr)
+
+    def free(self):
+        """Free the TLS contexts now: no worker may read these tables again."""
+        self.tls.free()

@@ -150,6 +150,7 @@ class Runtime:
         self.events: list = []               # (time, text): recent notable events
         self.tickets = tls.TicketKeys()      # session-ticket keys, kept across reloads
         self._ticket_retry = None            # monotonic time to publish rotated keys again
+        self.monotonic = time.monotonic      # (tests give their own clock)
 
     # ---- start -------------------------------------------------------
     def start(self):
@@ -344,7 +345,7 @@ class Runtime:
         configuration (the contexts are immutable, DESIGN.md law 1). The
         earlier keys stay accepted, so no client loses its session. Not a
         reload: the file is not read again."""
-        now = time.monotonic()
+        now = self.monotonic()
         left = self.tickets.due()
         due = left is not None and left <= 0
         retry = self._ticket_retry is not None and self._ticket_retry <= now

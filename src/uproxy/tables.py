@@ -149,10 +149,26 @@ def library_error(cfg: Config, base: str, message: str, t) -> ConfigError:
     a file the process cannot read deserves (keys are often root's only,
     and [proxy] user makes the workers someone else)."""
     text = f"the TLS library refused it: {message}"
-    if "ermission denied" in message:
-        text += (f" (uproxy runs as uid {os.geteuid()} here: with [proxy] user, the "
-                 f"certificates and keys must be readable by that user)")
+    for path in _files_of(t):
+        if path in message:
+            try:                        # OpenSSL 3 says "system lib": say what it was
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                text += (f" ({e.strerror}; uproxy runs as uid {os.geteuid()} here: with "
+                         f"[proxy] user, certificates and keys must be readable by that user)")
+            break
     return locate(cfg.path, _library_key(base, message, t), text)
+
+
+def _files_of(t) -> list:
+    out = []
+    for c in getattr(t, "certificates", ()):
+        out += [c.key, c.cert]
+    cert = getattr(t, "cert", None)
+    if cert is not None:
+        out += [cert.key, cert.cert]
+    return out + [f for f in (getattr(t, "client_ca", None), getattr(t, "ca", None)) if f]
 
 
 class TLSContexts:

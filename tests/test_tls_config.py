@@ -839,3 +839,66 @@ def test_doctor_text_has_the_tls_lines():
     r = subprocess.run([*PY, "doctor"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env=dict(os.environ, UPROXY_NO_LIBURING_PROBE="1"))
     assert "tls_library" in r.stdout and "OpenSSL" in r.stdout and "ktls" in r.stdout, r.stdout
+
+
+# ---- health checks of a TLS cluster ------------------------------------------------
+
+class TLSServer:
+    """An HTTPS server in a thread: answers every request with 204."""
+
+    def __init__(self, cert, key):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = self.sock.getsockname()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(c, server_side=True) as s:
+                    s.settimeout(5)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        b = s.recv(4096)
+                        if not b:
+                            break
+                        data += b
+                    s.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            except (OSError, ssl.SSLError):
+                c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_health_checks_of_a_tls_cluster_verify_like_the_workers(certs, tmp_path):
+    from uproxy import health
+    srv = TLSServer(*make_cert(tmp_path, "app", ("app.internal",), ca=certs["ca"]))
+    self_signed = TLSServer(*make_cert(tmp_path, "rogue", ("app.internal",)))
+    try:
+        h = config.Health(path="/health", timeout_ms=3000)
+        address = (socket.AF_INET, srv.addr)
+
+        def check(server, **kw):
+            t = config.ClusterTLS(**kw)
+            return health.probe((socket.AF_INET, server.addr), "app:443", h,
+                                (tls.client_context(t), t.sni or "127.0.0.1"))
+        assert check(srv, ca=certs["ca"][0], sni="app.internal") == (True, "status 204")
+        ok, why = check(srv, ca=certs["ca"][0], sni="other.internal")
+        assert not ok and why.startswith("TLS: ") and "mismatch" in why, why
+        ok, why = check(self_signed, ca=certs["ca"][0], sni="app.internal")
+        assert not ok and why.startswith("TLS: "), why
+        assert check(self_signed, verify=False)[0]
+        # a plain-HTTP check of a TLS server fails too: it is not left "up"
+        ok, _ = health.probe(address, "app:443", h)
+        assert not ok
+    finally:
+        srv.close()
+        self_signed.close()

@@ -455,8 +455,17 @@ def test_warnings_in_check_and_at_start(certs, tmp_path):
 
 def test_cluster_tls_forms_and_mistakes(certs, tmp_path):
     path, _ = _conf(tmp_path, _table(certs), cluster_tls="true")
-    c = config.load(path).clusters["app"].tls
+    cfg = config.load(path)
+    c = cfg.clusters["app"].tls
     assert (c.ca, c.sni, c.verify, c.cert, c.min_version) == (None, None, True, None, "1.2")
+    # servers given by address: no name to verify, said at the tls line
+    assert any(w.key == "clusters[0].tls" and "not for a name" in w.message for w in cfg.warnings)
+    # servers given by one host name: that name is sent and verified
+    named = tmp_path / "named.toml"
+    named.write_text(open(path).read().replace('"127.0.0.1:9"', '"LocalHost:9"'))
+    cfg = config.load(str(named))
+    assert cfg.clusters["app"].tls.sni == "localhost"
+    assert not any(w.key == "clusters[0].tls" for w in cfg.warnings)
     path, _ = _conf(tmp_path, _table(certs),
                     cluster_tls=f'{{ ca = "{certs["ca"][0]}", cert = "{certs["client"][0]}", '
                                 f'key = "{certs["client"][1]}", min_version = "1.3" }}')
@@ -902,3 +911,34 @@ def test_health_checks_of_a_tls_cluster_verify_like_the_workers(certs, tmp_path)
     finally:
         srv.close()
         self_signed.close()
+
+
+def _get_status(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+    return data.split(b"\r\n", 1)[0]
+
+
+def test_a_clusters_tls_settings_reach_the_workers(certs, run, tmp_path):
+    """The cluster's context, as the workers use it: the right CA and name
+    pass, a name the server's certificate lacks is refused (502)."""
+    srv = TLSServer(*make_cert(tmp_path, "app", ("app.internal",), ca=certs["ca"]))
+    try:
+        good, bad = free_port(), free_port()
+        run(f'[proxy]\nworkers = 1\n\n'
+            f'[[listeners]]\nname = "good"\nbind = "127.0.0.1:{good}"\nmode = "http"\ncluster = "good"\n\n'
+            f'[[listeners]]\nname = "bad"\nbind = "127.0.0.1:{bad}"\nmode = "http"\ncluster = "bad"\n\n'
+            f'[[clusters]]\nname = "good"\nservers = ["127.0.0.1:{srv.addr[1]}"]\n'
+            f'tls = {{ ca = "{certs["ca"][0]}", sni = "app.internal" }}\n\n'
+            f'[[clusters]]\nname = "bad"\nservers = ["127.0.0.1:{srv.addr[1]}"]\n'
+            f'tls = {{ ca = "{certs["ca"][0]}", sni = "other.internal" }}\n')
+        assert _get_status(good) == b"HTTP/1.1 204 No Content"
+        assert _get_status(bad).startswith(b"HTTP/1.1 502")
+    finally:
+        srv.close()

@@ -713,7 +713,7 @@ def _cluster(errs, i, raw) -> Cluster:
         pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
         max_requests=r.int("max_requests", 0, lo=0),
         health=_health(errs, f"clusters[{i}].health", r.get("health")),
-        tls=_cluster_tls(errs, f"clusters[{i}].tls", r.get("tls")),
+        tls=_cluster_tls(errs, f"clusters[{i}].tls", r.get("tls"), servers),
     )
     r.done()
     return c
@@ -918,12 +918,12 @@ def _check_groups(errs, key, certs, ckeys):
             seen[(g, c.key_type)] = ckeys[j]
 
 
-def _cluster_tls(errs, key, raw) -> ClusterTLS | None:
+def _cluster_tls(errs, key, raw, servers) -> ClusterTLS | None:
     if raw is None or raw is False:
         return None
     if raw is True:
         _system_store(errs, key)
-        return ClusterTLS()
+        return ClusterTLS(sni=_default_sni(errs, key, servers))
     if not isinstance(raw, dict):
         errs.add(key, f"must be true or a table like {{ ca = \"ca.pem\", sni = "
                       f"\"app.internal\" }}, not {_kind(raw)}")
@@ -953,10 +953,31 @@ def _cluster_tls(errs, key, raw) -> ClusterTLS | None:
         r.fail("key", "key needs cert, the client certificate it belongs to")
     elif cert is not None:
         pair = _pair(errs, key, cert, keyf)
+    if sni is None and verify and "sni" not in r.t:
+        sni = _default_sni(errs, key, servers)
     t = ClusterTLS(ca=ca, sni=sni.lower().rstrip(".") if sni else None, verify=verify,
                    cert=pair, min_version=_tls_version(r))
     r.done()
     return t
+
+
+def _default_sni(errs, key, servers) -> str | None:
+    """The name to send and verify when sni is not given: the servers'
+    host name when they all have the same one. Servers given by address
+    (or by several names) leave none, and then a certificate is checked
+    for its chain but not its name: that deserves a warning."""
+    hosts = {s.host.lower().rstrip(".") for s in servers}
+    if len(hosts) == 1:
+        (h,) = hosts
+        try:
+            ipaddress.ip_address(h)
+        except ValueError:
+            return h
+    if servers:
+        errs.warn(key, "no sni, and the servers are not one host name: their certificates are "
+                       "checked for a trusted chain but not for a name, so any certificate the "
+                       "CA issued passes; set sni to the name their certificates carry")
+    return None
 
 
 def _system_store(errs, key):

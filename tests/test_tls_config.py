@@ -942,3 +942,26 @@ def test_a_clusters_tls_settings_reach_the_workers(certs, run, tmp_path):
         assert _get_status(bad).startswith(b"HTTP/1.1 502")
     finally:
         srv.close()
+
+
+def test_a_tcp_listener_terminates_with_its_certificate(certs, run):
+    from support import Server, echo
+    up = Server(echo)
+    try:
+        port = free_port()
+        run(f'[proxy]\nworkers = 1\n\n[[listeners]]\nname = "tls"\nbind = "127.0.0.1:{port}"\n'
+            f'mode = "tcp"\ncluster = "c"\ntls = {_table(certs)}\n\n'
+            f'[[clusters]]\nname = "c"\nservers = ["{up.addr}"]\n')
+        ctx = _client()
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="www.example.com") as s:
+                assert s.getpeercert(binary_form=True) == der(certs["www_ec"][0])
+                assert s.selected_alpn_protocol() is None      # a tcp listener offers none
+                s.sendall(b"ping")
+                got = b""
+                while len(got) < 4:
+                    got += s.recv(16)
+                assert got == b"ping"
+    finally:
+        up.close()

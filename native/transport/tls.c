@@ -259,8 +259,14 @@ int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *h
 void tp_tls_release(struct worker *w, struct conn *c)
 {
     struct tls_conn *t = tls_of(w, c);
-    if (t->ssl)
+    if (t->ssl) {
+        /* A connection that ended without an error keeps its session
+         * resumable: the library would otherwise take a close without our
+         * close_notify for a failure and drop the session. */
+        if (t->state == TLS_OPEN)
+            SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(t->ssl);
+    }
     t->ssl = NULL;
     in_release(w, t);
     out_release(w, t);

@@ -34,6 +34,7 @@ struct tls_server {
     uint32_t alpn_len;
     uint8_t *keys;            /* session-ticket keys, 80 bytes each */
     uint32_t nkeys;
+    int refs;                 /* the table's, and one per context (tls_ctx.c) */
     uint8_t server;
     uint8_t verify;           /* client side: verify the server */
     char sni[254];            /* client side: the name to send and verify */

@@ -120,6 +120,11 @@ struct up_route {
     uint32_t host_off, host_len;  /* in up_config.strings, lower case */
     uint32_t path_off, path_len;  /* prefix; empty matches everything */
     uint32_t cluster;
+    uint32_t methods;         /* http: bit (1 << enum h1_method) per method
+                                 allowed; H1_M_OTHER's bit: every method the
+                                 parser does not name */
+    uint32_t deny_off, deny_len;  /* in strings: the whole 405 answer (with
+                                     its Allow), or 0 length: 501 */
 };
 
 struct up_listener {
@@ -133,7 +138,7 @@ struct up_listener {
     uint32_t keepalive_timeout_ms; /* http: an idle client connection is closed */
     uint32_t max_head;        /* http: bytes of a request head (431) */
     uint32_t max_target;      /* http: bytes of a request target (414) */
-    uint32_t pad3;
+    uint32_t max_fields;      /* http: header fields of a request head (431) */
     uint64_t max_body;        /* http: bytes of a request body, 0 = no limit (413) */
     uint32_t keep_underscores;/* http: forward header names with '_' (else dropped) */
     uint32_t pad4;

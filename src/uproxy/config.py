@@ -334,11 +334,20 @@ class ClusterTLS:
     min_version: str = "1.2"
 
 
+# Methods a route may list (the ones the C parser names; any other method
+# is a token the core would have to compare as a string per request).
+# CONNECT is not among them: it is allowed by allow_connect = true.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+MAX_HEADER_FIELDS = 1024             # the parser's result arrays (H1_MAX_HEADERS)
+
+
 @dataclass(frozen=True)
 class Route:
     cluster: str
     host: str | None = None          # exact, or "*.example.com"
     path_prefix: str = ""
+    methods: tuple | None = None     # None: every method but CONNECT
+    allow_connect: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,12 +364,15 @@ class Listener:
     header_timeout_ms: int = 10000
     keepalive_timeout_ms: int = 60000
     max_header_size: int = 16384
+    max_header_fields: int = 128
     max_target: int = 8192
     max_body_size: int = 0               # 0: no limit
     underscores_in_headers: bool = False # forward header names with '_' 
     access_log: str | None = None        # "stdout", "stderr" or a file path
     access_log_format: str = "json"      # or "combined"
     tls: ListenerTLS | None = None
+    methods: tuple | None = None         # the default of its routes (and of no route)
+    allow_connect: bool = False
 
     @property
     def bind(self) -> str:
@@ -988,6 +1000,36 @@ def _system_store(errs, key):
                        f"verify the servers with: install ca-certificates, or give ca")
 
 
+def _methods(r, name="methods"):
+    """A route's (or a listener's) methods list: a tuple of METHODS, or
+    None when the key is absent (every method but CONNECT)."""
+    if name not in r.t:
+        r.used.add(name)
+        return None
+    v = r.list(name)
+    if not v:
+        if isinstance(r.t.get(name), list):
+            r.fail(name, "needs at least one method; leave it out to allow every method "
+                   "(CONNECT needs allow_connect = true)")
+        return None
+    out = []
+    for k, m in enumerate(v):
+        key = f"{name}[{k}]"
+        if not isinstance(m, str):
+            r.fail(key, f"must be a method name like \"GET\", not {_kind(m)}")
+        elif m == "CONNECT":
+            r.fail(key, "CONNECT is allowed with allow_connect = true, not in methods")
+        elif m not in METHODS:
+            if m.upper() in METHODS or m.upper() == "CONNECT":
+                r.fail(key, f"{m!r}: methods are case-sensitive; did you mean {m.upper()!r}?")
+            else:
+                r.fail(key, f"{m!r} cannot be listed: methods may be {', '.join(METHODS)} "
+                       "(leave methods out to allow every method, other ones included)")
+        elif m not in out:
+            out.append(m)
+    return tuple(out) if out else None
+
+
 def _listener(errs, i, raw, cluster_names) -> Listener:
     r = _Reader(errs, f"listeners[{i}]", raw)
     name = r.str("name", required=True)
@@ -1016,6 +1058,13 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
     tcp = r.t.get("mode", "tcp") == "tcp"      # (not a mode that is itself wrong)
     if raw_routes and tcp:
         r.fail("routes", "routes need mode = \"http\"")
+    # The listener's methods and allow_connect: the default of its routes,
+    # and the policy of requests that match no route.
+    l_methods = _methods(r)
+    l_connect = r.bool("allow_connect", False)
+    for k in ("methods", "allow_connect", "max_header_fields"):
+        if k in r.t and tcp:
+            r.fail(k, f"{k} needs mode = \"http\"")
     for j, raw_route in enumerate(raw_routes):
         rr = _Reader(errs, f"listeners[{i}].routes[{j}]", raw_route)
         if not rr.ok:
@@ -1030,8 +1079,12 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
             rr.fail("host", f"{host_m!r} is not a host name or \"*.domain\"")
         if prefix and not prefix.startswith("/"):
             rr.fail("path_prefix", f"{prefix!r} must start with /")
+        methods = _methods(rr)
+        allow_connect = rr.bool("allow_connect", l_connect)
         rr.done()
-        routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix))
+        routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix,
+                            methods=methods if "methods" in rr.t else l_methods,
+                            allow_connect=allow_connect))
     http = mode == "http"
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
@@ -1042,12 +1095,15 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         header_timeout_ms=r.duration_ms("header_timeout", 10000, lo=1),
         keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
+        max_header_fields=_max_header_fields(r),
         max_target=r.size("max_target", 8192, 256, 32768),
         max_body_size=r.size("max_body_size", 0, 0, 1 << 50),
         underscores_in_headers=r.bool("underscores_in_headers", False),
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
         tls=_listener_tls(errs, f"listeners[{i}].tls", r.get("tls"), mode),
+        methods=l_methods,
+        allow_connect=l_connect,
     )
     if lst.access_log and tcp:
         r.fail("access_log", "access logs are written by mode = \"http\" listeners")
@@ -1057,6 +1113,21 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
             r.fail("access_log", f"the directory {d} does not exist")
     r.done()
     return lst
+
+
+def _max_header_fields(r) -> int:
+    v = r.get("max_header_fields", 128)
+    if isinstance(v, bool) or not isinstance(v, int):
+        r.fail("max_header_fields", f"must be an integer, not {_kind(v)}")
+        return 128
+    if v < 1:
+        r.fail("max_header_fields", f"must be at least 1 (got {v})")
+        return 128
+    if v > MAX_HEADER_FIELDS:
+        r.fail("max_header_fields", f"must be at most {MAX_HEADER_FIELDS} (got {v}): each worker's "
+               "parse results hold that many fields, allocated once at start")
+        return 128
+    return v
 
 
 def _table_list(errs, top, name) -> list:

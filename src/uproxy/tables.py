@@ -14,7 +14,7 @@ import struct
 
 from . import tls
 from ._native import ffi, lib
-from .config import Config, ConfigError, locate
+from .config import Config, ConfigError, Route, locate
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
@@ -45,6 +45,34 @@ class Strings:
         off = len(self.data)
         self.data += raw + b"\0"
         return off, len(raw)
+
+
+def method_policy(methods, allow_connect: bool, strings: "Strings") -> tuple:
+    """(bit mask of enum h1_method, deny_off, deny_len) for a route: the
+    methods it allows, and the whole 405 answer with its Allow line for the
+    others (deny_len 0 when no list was given: only CONNECT can be refused
+    then, with 501)."""
+    if methods is None:
+        mask = 0xFFFFFFFF & ~(1 << lib.H1_M_CONNECT)
+        if allow_connect:
+            mask |= 1 << lib.H1_M_CONNECT
+        return mask, 0, 0
+    allowed = [m for m in METHOD_ORDER if m in methods or (m == "HEAD" and "GET" in methods)
+               or (m == "CONNECT" and allow_connect)]
+    mask = 0
+    for m in allowed:
+        mask |= 1 << getattr(lib, f"H1_M_{m}")
+    body = "Method Not Allowed\n"
+    text = ("HTTP/1.1 405 Method Not Allowed\r\nAllow: " + ", ".join(allowed) +
+            "\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % len(body) + body)
+    off, n = strings.add(text)
+    return mask, off, n
+
+
+# The order of an Allow line (GET brings HEAD, as nginx's limit_except and
+# HAProxy's METH_GET do).
+METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
 
 
 def hash_ring(servers: list) -> list:
@@ -323,13 +351,22 @@ class Tables:
             cl.max_head = l.max_header_size
             cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
+            cl.max_fields = l.max_header_fields
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
-            if l.routes:
-                routes = ffi.new("struct up_route[]", len(l.routes))
-                for k, rt in enumerate(l.routes):
+            rts = list(l.routes)
+            if l.methods is not None or l.allow_connect:
+                # The listener's own method policy: a last route that
+                # matches everything, with the listener's cluster.
+                rts.append(Route(cluster=l.cluster, methods=l.methods,
+                                 allow_connect=l.allow_connect))
+            if rts:
+                routes = ffi.new("struct up_route[]", len(rts))
+                for k, rt in enumerate(rts):
                     r = routes[k]
                     r.cluster = cindex[rt.cluster]
+                    r.methods, r.deny_off, r.deny_len = method_policy(
+                        rt.methods, rt.allow_connect, strings)
                     if rt.host is None:
                         r.host_kind = lib.UP_ROUTE_HOST_ANY
                     elif rt.host.startswith("*."):
@@ -342,7 +379,7 @@ class Tables:
                         r.path_off, r.path_len = strings.add(rt.path_prefix)
                 keep.append(routes)
                 cl.routes = routes
-                cl.nroutes = len(l.routes)
+                cl.nroutes = len(rts)
             cl.fds = fds
             if l.name in self.tls.listeners:
                 cl.tls = self.tls.listeners[l.name]

@@ -37,8 +37,9 @@ def _pkg_config(*args):
     return shlex.split(out)
 
 
-# The headers Python sees: the core's API, and the HTTP/1.1 parser's.
-HEADERS = ["api.h", "http/http1_api.h"]
+# The headers Python sees: the core's API, the HTTP/1.1 parser's and the
+# ClientHello reader's (pure parsers, tested from Python).
+HEADERS = ["api.h", "http/http1_api.h", "l4/clienthello_api.h"]
 
 
 def cdef_text():

@@ -1,4 +1,5 @@
-"""The libFuzzer harnesses of native/http/http1.c (tests/fuzz/, scripts/fuzz):
+"""The libFuzzer harnesses of native/http/http1.c and native/l4/clienthello.c
+(tests/fuzz/, scripts/fuzz):
 the corpus and every kept crash reproducer replay cleanly, and a short
 bounded fuzzing pass (about 15 s per target) finds nothing.
 
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUZZ = os.path.join(ROOT, "scripts", "fuzz")
-TARGETS = ["request", "response", "chunked"]
+TARGETS = ["request", "response", "chunked", "clienthello"]
 SECONDS = int(os.environ.get("UPROXY_FUZZ_SECONDS", "15"))
 
 

@@ -1,5 +1,5 @@
 /*
- * Shared helpers of the libFuzzer harnesses for native/http/http1.c. Each
+ * Shared helpers of the libFuzzer harnesses (HTTP/1.1 and ClientHello). Each
  * harness checks invariants itself and calls CHECK(), which aborts (and so
  * makes libFuzzer keep the input as a crash) with the line that failed.
  */

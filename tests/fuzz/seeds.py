@@ -4,9 +4,14 @@ inputs it finds to the same folders; seeds are named seed-*.
 
 The request and response harnesses take one leading byte that picks the
 limits (and, for responses, the request method); seeds use 0 (defaults,
-GET) and a few others."""
+GET) and a few others. The clienthello harness's leading byte says how the
+rest is framed (0: as sent; 1 and 2: a ClientHello body the harness wraps);
+its seeds are ClientHellos real clients sent (Python's ssl, openssl
+s_client), made anew each run, so name the targets to write:
+python3 tests/fuzz/seeds.py clienthello."""
 import hashlib
 import os
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -93,8 +98,44 @@ def write(target, items, prefixes):
                 f.write(data)
 
 
+def clienthellos():
+    """(as sent, body only) ClientHellos of real clients and a few made by
+    hand at the edges of the format."""
+    import ssl
+    sys.path.insert(0, os.path.dirname(HERE))
+    import clienthellos as ch
+    sent = [
+        ch.python_hello("db.example.com"),
+        ch.python_hello(None),
+        ch.python_hello("a.b.example.com", max_version=ssl.TLSVersion.TLSv1_2),
+        ch.python_hello("xn--bcher-kva.example", alpn=["h2", "http/1.1"]),
+        ch.python_hello("x" * 63 + "." + "y" * 63 + "." + "z" * 63 + "." + "w" * 61),
+        ch.openssl_hello("-servername", "db.example.com"),
+        ch.openssl_hello("-noservername"),
+        ch.openssl_hello("-servername", "api.example.com", "-tls1_2"),
+        ch.hello("db.example.com", session_id=b""),
+        ch.hello(extra=ch.ext(0x10, b"\x00\x03\x02h2")),
+        ch.frame(ch.handshake(ch.hello_body(None)), [16384]),           # no extensions at all
+        # a host name and a name of another type in one list
+        ch.frame(ch.handshake(ch.hello_body(ch.ext(0, b"\x00\x12" b"\x00\x00\x09x.example"
+                                                      b"\x01\x00\x03abc"))), [16384]),
+    ]
+    sent.append(ch.frame(ch.message_of(sent[0]), [7]))          # tiny records
+    sent.append(ch.frame(ch.message_of(sent[5]), [2, 100]))     # the header split
+    bodies = [ch.message_of(h)[4:] for h in sent[:4]]
+    return sent, bodies
+
+
 if __name__ == "__main__":
-    write("request", REQUESTS, [b"\x00", b"\x01"])
-    write("response", RESPONSES, [b"\x00", b"\x01", b"\x02", b"\x04"])
-    write("chunked", CHUNKED, [b""])
+    targets = sys.argv[1:] or ["request", "response", "chunked"]
+    if "request" in targets:
+        write("request", REQUESTS, [b"\x00", b"\x01"])
+    if "response" in targets:
+        write("response", RESPONSES, [b"\x00", b"\x01", b"\x02", b"\x04"])
+    if "chunked" in targets:
+        write("chunked", CHUNKED, [b""])
+    if "clienthello" in targets:
+        sent, bodies = clienthellos()
+        write("clienthello", sent, [b"\x00"])
+        write("clienthello", bodies, [b"\x01", b"\x02"])
     print("seeds written")

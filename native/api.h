@@ -141,7 +141,7 @@ struct up_listener {
     uint32_t max_fields;      /* http: header fields of a request head (431) */
     uint64_t max_body;        /* http: bytes of a request body, 0 = no limit (413) */
     uint32_t keep_underscores;/* http: forward header names with '_' (else dropped) */
-    uint32_t pad4;
+    uint32_t sni_timeout_ms;  /* tcp with routes: the ClientHello must arrive in it */
     uint32_t nroutes;
     struct up_route *routes;
     uint32_t access_log;      /* http: 1 to write access-log records */
@@ -248,6 +248,9 @@ enum up_counter {
     UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
     UP_C_TLS_UPSTREAM_RESUMED,/* upstream handshakes that resumed a session */
     UP_C_TLS_KTLS,            /* connections handed to kernel TLS */
+    /* SNI passthrough (tcp listeners with routes) */
+    UP_C_SNI_ERRORS,          /* closed: not TLS, a malformed, cut or oversized ClientHello */
+    UP_C_SNI_TIMEOUTS,        /* closed: no whole ClientHello within sni_timeout */
     UP_C__COUNT
 };
 

@@ -17,6 +17,7 @@ enum conn_kind {
     CK_L4_UPSTREAM,
     CK_H1_CLIENT,
     CK_H1_UPSTREAM,
+    CK_L4_HELLO,      /* an L4 client whose ClientHello will pick the cluster (SNI) */
 };
 
 enum conn_state {
@@ -55,6 +56,7 @@ struct conn {
     uint32_t peer;            /* the other side of the session, or NIL */
     uint32_t server;          /* upstream: global server index */
     uint32_t starved_next;
+    uint32_t cluster;         /* tcp client: the session's cluster (the listener's, or an SNI route's) */
     const struct up_config *cfg;  /* tcp: the table the session started with */
     uint64_t expires_ms;      /* deadline, 0 for none; its meaning is the state's */
     uint64_t t_us;            /* upstream: when the connect started */

@@ -186,6 +186,8 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
         recv_arm(w, src);
 }
 
+static void splice_start(struct worker *w, struct conn *src);
+
 static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe)
 {
     struct conn *src = peer_of(w, dst);
@@ -212,6 +214,10 @@ static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe
     if ((x->flags & X_PAUSED) && x->queued <= w->o.queue_limit / 2) {
         x->flags &= ~X_PAUSED;
         recv_arm(w, src);
+    }
+    if (x->head == NIL && x->pipe >= 0) {
+        splice_start(w, src);     /* the bytes read before the session are out */
+        return;
     }
     send_next(w, src);
 }
@@ -376,6 +382,19 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 
 /* ---- session lifecycle ----------------------------------------------- */
 
+static void splice_start(struct worker *w, struct conn *src)
+{
+    if (listener_of(src)->forwarding == UP_FWD_SPLICE) {
+        pump(w, src);
+    } else {
+        src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
+        splice_next(w, src);
+    }
+}
+
+/* Bytes read before the session began (the ClientHello an SNI route was
+ * chosen by) wait in src's queue: they go out first, and a spliced
+ * direction starts splicing once they are out (on_send). */
 static void start_direction(struct worker *w, struct conn *src, bool *spliced)
 {
     uint32_t fwd = listener_of(src)->forwarding;
@@ -384,16 +403,16 @@ static void start_direction(struct worker *w, struct conn *src, bool *spliced)
         int p = pipe_get(w);
         if (p >= 0) {
             src->x.pipe = p;
-            if (fwd == UP_FWD_SPLICE) {
-                pump(w, src);
-            } else {
-                src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
-                splice_next(w, src);
-            }
+            if (src->x.head != NIL)
+                send_next(w, src);
+            else
+                splice_start(w, src);
             return;
         }
     }
     *spliced = false;
+    if (src->x.head != NIL)
+        send_next(w, src);
     recv_arm(w, src);
 }
 
@@ -412,7 +431,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         st->requests++;
         u->state = CS_OPEN;
         c->state = CS_OPEN;
-        const struct up_cluster *cl = &u->cfg->clusters[listener_of(c)->cluster];
+        const struct up_cluster *cl = &u->cfg->clusters[c->cluster];
         if (cl->tls && cl->tls[w->o.index] && tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
             abort_session(w, c, true, true);
             return;
@@ -431,7 +450,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     dial_gone(w, u);
     close(u->fd);
     u->fd = -1;
-    const struct up_cluster *cl = &u->cfg->clusters[listener_of(c)->cluster];
+    const struct up_cluster *cl = &u->cfg->clusters[c->cluster];
     if (u->attempts < cl->max_attempts)
         connect_next(w, u, u->server);
     else {
@@ -444,7 +463,7 @@ static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
 {
     struct conn *c = peer_of(w, u);
     const struct up_config *cfg = u->cfg;
-    uint32_t ci = listener_of(c)->cluster;
+    uint32_t ci = c->cluster;
     int s = balance_pick(w, cfg, ci, avoid, c->hash_key);
     if (s < 0 && avoid != NIL)
         s = balance_pick(w, cfg, ci, NIL, c->hash_key);   /* only the failed one is left */
@@ -485,9 +504,14 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     u->peer = cid;
     u->cfg = cfg;
     u->listener = c->listener;
+    c->cluster = l->cluster;
     cfg->refs[w->o.index * 8]++;
     w->clients++;
     w->c[UP_C_ACTIVE]++;
+    if (l->nroutes) {
+        sni_start(w, c, l);       /* the ClientHello's name picks the cluster */
+        return;
+    }
     uint32_t first_ms = l->idle_timeout_ms;
     if (l->tls && l->tls[w->o.index]) {
         if (tp_tls_accept(w, c, l->tls[w->o.index]) < 0) {
@@ -502,6 +526,18 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
         timer_arm(w, c);
     }
     connect_next(w, u, NIL);
+}
+
+/* sni.c chose c's cluster: the session's idle deadline replaces the
+ * ClientHello's, and the upstream is dialed. */
+void l4_dial(struct worker *w, struct conn *c)
+{
+    const struct up_listener *l = listener_of(c);
+    if (l->idle_timeout_ms)
+        timer_set(w, c, w->now_ms + l->idle_timeout_ms);
+    else
+        timer_cancel(w, c);
+    connect_next(w, peer_of(w, c), NIL);
 }
 
 /* Both connections of a session have nothing outstanding: give back what

@@ -14,4 +14,13 @@ void l4_abort(struct worker *w, struct conn *c);
 void l4_adopt(struct worker *w, struct conn *c);
 void l4_recv_arm(struct worker *w, struct conn *c);
 
+/* SNI passthrough (sni.c): on a tcp listener with routes, the client's
+ * first phase (kind CK_L4_HELLO) reads its ClientHello and picks the
+ * session's cluster by the server name; then l4.c dials it (l4_dial). */
+void sni_start(struct worker *w, struct conn *c, const struct up_listener *l);
+void sni_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe);
+void sni_expired(struct worker *w, struct conn *c);
+void sni_recv_arm(struct worker *w, struct conn *c);
+void l4_dial(struct worker *w, struct conn *c);
+
 #endif

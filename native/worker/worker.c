@@ -218,6 +218,29 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
             break;
         }
         break;
+    case CK_L4_HELLO:
+        /* An L4 client before its ClientHello chose the cluster (SNI
+         * passthrough); its upstream is CK_L4_UPSTREAM, not dialed yet. */
+        switch (ev) {
+        case EV_CQE:
+            sni_on_cqe(w, c, op, cqe);
+            break;
+        case EV_EXPIRED:
+            sni_expired(w, c);
+            break;
+        case EV_FINISH:
+            l4_try_finish(w, c);
+            break;
+        case EV_RESUME:
+            sni_recv_arm(w, c);
+            break;
+        case EV_CUT:
+            l4_abort(w, c);
+            break;
+        case EV_ADOPT:
+            break;
+        }
+        break;
     case CK_H1_CLIENT:
     case CK_H1_UPSTREAM: {
         bool client = c->kind == CK_H1_CLIENT;

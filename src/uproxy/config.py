@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -344,10 +345,11 @@ MAX_HEADER_FIELDS = 1024             # the parser's result arrays (H1_MAX_HEADER
 @dataclass(frozen=True)
 class Route:
     cluster: str
-    host: str | None = None          # exact, or "*.example.com"
-    path_prefix: str = ""
-    methods: tuple | None = None     # None: every method but CONNECT
-    allow_connect: bool = False
+    host: str | None = None          # http: exact, or "*.example.com"
+    path_prefix: str = ""            # http
+    methods: tuple | None = None     # http; None: every method but CONNECT
+    allow_connect: bool = False      # http
+    sni: str | None = None           # tcp: the ClientHello's server name, exact or "*.example.com"
 
 
 @dataclass(frozen=True)
@@ -361,6 +363,7 @@ class Listener:
     idle_timeout_ms: int = 300000
     backlog: int = 4096
     routes: tuple = ()
+    sni_timeout_ms: int = 5000           # tcp with sni routes: the ClientHello must arrive in it
     header_timeout_ms: int = 10000
     keepalive_timeout_ms: int = 60000
     max_header_size: int = 16384
@@ -1056,8 +1059,6 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
     routes = []
     raw_routes = r.list("routes")
     tcp = r.t.get("mode", "tcp") == "tcp"      # (not a mode that is itself wrong)
-    if raw_routes and tcp:
-        r.fail("routes", "routes need mode = \"http\"")
     # The listener's methods and allow_connect: the default of its routes,
     # and the policy of requests that match no route.
     l_methods = _methods(r)
@@ -1071,9 +1072,19 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
             continue
         rc = rr.str("cluster", required=True)
         known(rc, f"listeners[{i}].routes[{j}].cluster")
+        if tcp:
+            route = _sni_route(rr, rc, routes)
+            if route:
+                routes.append(route)
+            continue
+        if "sni" in rr.t:
+            rr.used.add("sni")
+            rr.fail("sni", "sni matches the TLS server name on mode = \"tcp\" listeners; "
+                           "an http listener's route matches the request's Host: "
+                           f"did you mean host = {_toml_str(rr.t['sni'])}?")
         host_m = rr.str("host")
         prefix = rr.str("path_prefix", "")
-        if host_m is None and not prefix:
+        if host_m is None and not prefix and "sni" not in rr.t:   # (that one said enough)
             rr.fail("host", "a route needs a host, a path_prefix, or both")
         if host_m is not None and not re.match(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", host_m):
             rr.fail("host", f"{host_m!r} is not a host name or \"*.domain\"")
@@ -1092,6 +1103,7 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         idle_timeout_ms=r.duration_ms("idle_timeout", 60000 if http else 300000),
         backlog=r.int("backlog", 4096, lo=1, hi=65535),
         routes=tuple(routes),
+        sni_timeout_ms=r.duration_ms("sni_timeout", 5000, lo=1),
         header_timeout_ms=r.duration_ms("header_timeout", 10000, lo=1),
         keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
@@ -1105,6 +1117,8 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         methods=l_methods,
         allow_connect=l_connect,
     )
+    if "sni_timeout" in r.t and not tcp:
+        r.fail("sni_timeout", "sni_timeout is for mode = \"tcp\" listeners with sni routes")
     if lst.access_log and tcp:
         r.fail("access_log", "access logs are written by mode = \"http\" listeners")
     if lst.access_log and lst.access_log not in ("stdout", "stderr"):
@@ -1128,6 +1142,50 @@ def _max_header_fields(r) -> int:
                "parse results hold that many fields, allocated once at start")
         return 128
     return v
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+
+
+def _toml_str(v) -> str:
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def _sni_name_ok(name: str) -> bool:
+    """A host name, or "*." and a host name: dot-separated labels of
+    letters, digits, '-' and '_' (what the ClientHello reader accepts,
+    native/l4/clienthello.c), at most 253 bytes."""
+    base = name[2:] if name.startswith("*.") else name
+    return 0 < len(base) <= 253 and all(_LABEL.match(x) for x in base.split("."))
+
+
+def _sni_route(rr, cluster, earlier) -> Route | None:
+    """A route of a tcp listener: the ClientHello's server name (SNI
+    passthrough), exact or "*.suffix", and nothing of HTTP's."""
+    sni = rr.str("sni")
+    for key in ("host", "path_prefix"):
+        if key in rr.t:
+            rr.used.add(key)
+            hint = (f"did you mean sni = {_toml_str(rr.t[key])}?" if key == "host"
+                    else "it needs mode = \"http\"")
+            rr.fail(key, f"{key} routes HTTP requests; a tcp listener's route matches the "
+                         f"TLS server name (sni): {hint}")
+    # (not when a host or a misspelt sni already says what is wrong)
+    if sni is None and "host" not in rr.t and "sni" not in rr.t and not rr.typo_of("sni"):
+        rr.fail("sni", "a tcp listener's route needs sni, the TLS server name it matches "
+                       "(exact, or \"*.example.com\")")
+    rr.done()
+    if sni is None:
+        return None
+    if not _sni_name_ok(sni):
+        rr.fail("sni", f"{sni!r} is not a host name or \"*.domain\"")
+        return None
+    sni = sni.lower()
+    for other in earlier:
+        if other.sni == sni:
+            rr.fail("sni", f"{sni!r} is already routed (to {other.cluster!r}) by an earlier route")
+            return None
+    return Route(cluster=cluster, sni=sni)
 
 
 def _table_list(errs, top, name) -> list:

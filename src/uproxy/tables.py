@@ -352,10 +352,12 @@ class Tables:
             cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
             cl.max_fields = l.max_header_fields
+            cl.sni_timeout_ms = l.sni_timeout_ms
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
             rts = list(l.routes)
-            if l.methods is not None or l.allow_connect:
+            # (http only: on a tcp listener a route means SNI passthrough)
+            if l.mode == "http" and (l.methods is not None or l.allow_connect):
                 # The listener's own method policy: a last route that
                 # matches everything, with the listener's cluster.
                 rts.append(Route(cluster=l.cluster, methods=l.methods,
@@ -367,14 +369,17 @@ class Tables:
                     r.cluster = cindex[rt.cluster]
                     r.methods, r.deny_off, r.deny_len = method_policy(
                         rt.methods, rt.allow_connect, strings)
-                    if rt.host is None:
+                    # An http route matches the Host, a tcp route the
+                    # ClientHello's server name: the same matching form.
+                    name = rt.host if l.mode == "http" else rt.sni
+                    if name is None:
                         r.host_kind = lib.UP_ROUTE_HOST_ANY
-                    elif rt.host.startswith("*."):
+                    elif name.startswith("*."):
                         r.host_kind = lib.UP_ROUTE_HOST_SUFFIX
-                        r.host_off, r.host_len = strings.add(rt.host[1:])
+                        r.host_off, r.host_len = strings.add(name[1:])
                     else:
                         r.host_kind = lib.UP_ROUTE_HOST_EXACT
-                        r.host_off, r.host_len = strings.add(rt.host)
+                        r.host_off, r.host_len = strings.add(name)
                     if rt.path_prefix:
                         r.path_off, r.path_len = strings.add(rt.path_prefix)
                 keep.append(routes)

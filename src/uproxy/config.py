@@ -1033,7 +1033,7 @@ def _methods(r, name="methods"):
     return tuple(out) if out else None
 
 
-def _listener(errs, i, raw, cluster_names) -> Listener:
+def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener:
     r = _Reader(errs, f"listeners[{i}]", raw)
     name = r.str("name", required=True)
     bind = r.str("bind", required=True)
@@ -1073,7 +1073,7 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         rc = rr.str("cluster", required=True)
         known(rc, f"listeners[{i}].routes[{j}].cluster")
         if tcp:
-            route = _sni_route(rr, rc, routes)
+            route = _sni_route(rr, rc, routes, tls_clusters)
             if route:
                 routes.append(route)
             continue
@@ -1117,6 +1117,8 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         methods=l_methods,
         allow_connect=l_connect,
     )
+    if raw_routes and tcp:
+        _passthrough_checks(r, cluster, tls_clusters)
     if "sni_timeout" in r.t and not tcp:
         r.fail("sni_timeout", "sni_timeout is for mode = \"tcp\" listeners with sni routes")
     if lst.access_log and tcp:
@@ -1159,7 +1161,20 @@ def _sni_name_ok(name: str) -> bool:
     return 0 < len(base) <= 253 and all(_LABEL.match(x) for x in base.split("."))
 
 
-def _sni_route(rr, cluster, earlier) -> Route | None:
+_PASSTHROUGH = ("an SNI passthrough listener forwards its clients' TLS untouched, so its "
+                "clusters must not wrap it in TLS again: leave out the cluster's tls")
+
+
+def _passthrough_checks(r, cluster, tls_clusters):
+    """A tcp listener with sni routes neither terminates TLS nor adds it."""
+    if "tls" in r.t:
+        r.fail("tls", "a tcp listener with sni routes passes TLS through untouched; tls "
+                      "terminates it: leave out tls, or the routes")
+    if cluster in tls_clusters:
+        r.fail("cluster", f"cluster {cluster!r} speaks TLS to its servers; " + _PASSTHROUGH)
+
+
+def _sni_route(rr, cluster, earlier, tls_clusters) -> Route | None:
     """A route of a tcp listener: the ClientHello's server name (SNI
     passthrough), exact or "*.suffix", and nothing of HTTP's."""
     sni = rr.str("sni")
@@ -1174,6 +1189,8 @@ def _sni_route(rr, cluster, earlier) -> Route | None:
     if sni is None and "host" not in rr.t and "sni" not in rr.t and not rr.typo_of("sni"):
         rr.fail("sni", "a tcp listener's route needs sni, the TLS server name it matches "
                        "(exact, or \"*.example.com\")")
+    if cluster in tls_clusters:
+        rr.fail("cluster", f"cluster {cluster!r} speaks TLS to its servers; " + _PASSTHROUGH)
     rr.done()
     if sni is None:
         return None
@@ -1230,7 +1247,7 @@ def parse(text: str, path: str = "<config>") -> Config:
         errs.add("listeners", "at least one [[listeners]] table is needed")
     listeners, seen, binds = [], {}, {}
     for i, l in enumerate(raw_listeners):
-        lst = _listener(errs, i, l, names)
+        lst = _listener(errs, i, l, names, {n for n, c in clusters.items() if c.tls})
         if lst.name is not None:
             if lst.name in seen:
                 errs.add(f"listeners[{i}].name", f"listener {lst.name!r} is defined twice")

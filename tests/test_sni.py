@@ -537,6 +537,8 @@ def test_config_reads_sni_routes():
      'a tcp listener\'s route matches the TLS server name (sni): did you mean sni = "db.example.com"?'),
     (('sni = "db.example.com"', 'sni = "db.example.com"\npath_prefix = "/a"'),
      "listeners[0].routes[0].path_prefix", 'needs mode = "http"'),
+    (('sni = "db.example.com"', 'sni = "db.example.com"\nmethods = ["GET"]'),
+     "listeners[0].routes[0].methods", 'needs mode = "http"'),
     (('sni = "db.example.com"', 'sin = "db.example.com"'), "listeners[0].routes[0].sin",
      "unknown key; did you mean 'sni'?"),
     (('sni = "db.example.com"', 'cluster_ = "x"'), "listeners[0].routes[0].sni",

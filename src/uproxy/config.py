@@ -1178,12 +1178,12 @@ def _sni_route(rr, cluster, earlier, tls_clusters) -> Route | None:
     """A route of a tcp listener: the ClientHello's server name (SNI
     passthrough), exact or "*.suffix", and nothing of HTTP's."""
     sni = rr.str("sni")
-    for key in ("host", "path_prefix"):
+    for key in ("host", "path_prefix", "methods", "allow_connect"):
         if key in rr.t:
             rr.used.add(key)
             hint = (f"did you mean sni = {_toml_str(rr.t[key])}?" if key == "host"
                     else "it needs mode = \"http\"")
-            rr.fail(key, f"{key} routes HTTP requests; a tcp listener's route matches the "
+            rr.fail(key, f"{key} is for HTTP requests; a tcp listener's route matches the "
                          f"TLS server name (sni): {hint}")
     # (not when a host or a misspelt sni already says what is wrong)
     if sni is None and "host" not in rr.t and "sni" not in rr.t and not rr.typo_of("sni"):

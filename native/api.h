@@ -27,6 +27,7 @@
 #define UP_F_COOP_TASKRUN       32
 #define UP_F_REGISTERED_FILES   64
 #define UP_F_REGISTERED_RING    128
+#define UP_F_KTLS               256  /* the kernel's tls ULP (CONFIG_TLS), not io_uring */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -119,6 +120,11 @@ struct up_route {
     uint32_t host_off, host_len;  /* in up_config.strings, lower case */
     uint32_t path_off, path_len;  /* prefix; empty matches everything */
     uint32_t cluster;
+    uint32_t methods;         /* http: bit (1 << enum h1_method) per method
+                                 allowed; H1_M_OTHER's bit: every method the
+                                 parser does not name */
+    uint32_t deny_off, deny_len;  /* in strings: the whole 405 answer (with
+                                     its Allow), or 0 length: 501 */
 };
 
 struct up_listener {
@@ -132,7 +138,7 @@ struct up_listener {
     uint32_t keepalive_timeout_ms; /* http: an idle client connection is closed */
     uint32_t max_head;        /* http: bytes of a request head (431) */
     uint32_t max_target;      /* http: bytes of a request target (414) */
-    uint32_t pad3;
+    uint32_t max_fields;      /* http: header fields of a request head (431) */
     uint64_t max_body;        /* http: bytes of a request body, 0 = no limit (413) */
     uint32_t keep_underscores;/* http: forward header names with '_' (else dropped) */
     uint32_t pad4;
@@ -240,6 +246,7 @@ enum up_counter {
     UP_C_TLS_HANDSHAKE_TIMEOUTS,
     UP_C_TLS_UPSTREAM_HANDSHAKES,
     UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
+    UP_C_TLS_UPSTREAM_RESUMED,/* upstream handshakes that resumed a session */
     UP_C_TLS_KTLS,            /* connections handed to kernel TLS */
     UP_C__COUNT
 };
@@ -330,6 +337,11 @@ struct up_log_rec {
     uint8_t addr[16];
     uint16_t target_len;      /* the full length; the text is cut at 160 */
     uint8_t method_len, host_len, ua_len, referer_len, pad[2];
+    uint8_t tls_version;      /* 0: plain; 0x12 TLS 1.2, 0x13 TLS 1.3 */
+    uint8_t tls_resumed;      /* 1: the session was resumed */
+    uint8_t sni_len, cipher_len;
+    char sni[64];             /* the client's server name */
+    char cipher[32];          /* the library's name of the cipher suite */
     char method[16];
     char target[160];
     char host[64];

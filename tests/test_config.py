@@ -348,3 +348,101 @@ def test_positions_know_every_key(name):
         assert p.at["arr[1].more[0].r"] == lines.index("r = 4") + 1
         assert p.at["t.z[1].q"] == lines.index("  { q = 2 },") + 1
         assert "not_a_table" not in p.at
+
+
+# ---- issue 16: header field limits and method policies (HTTP listeners) -------------
+
+HTTP_GOOD = """
+[proxy]
+workers = 1
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{p}"
+mode = "http"
+cluster = "app"
+max_header_fields = 200
+methods = ["GET", "POST"]
+
+[[listeners.routes]]
+path_prefix = "/tunnel"
+cluster = "app"
+allow_connect = true
+
+[[listeners.routes]]
+path_prefix = "/api/"
+cluster = "app"
+methods = ["GET", "PUT", "DELETE"]
+
+[[clusters]]
+name = "app"
+servers = ["127.0.0.1:8080"]
+"""
+
+HTTP_MISTAKES = [
+    ("too many header fields", lambda t: t.replace("max_header_fields = 200", "max_header_fields = 5000"),
+     "listeners[0].max_header_fields", "at most 1024 (got 5000)"),
+    ("no header fields", lambda t: t.replace("max_header_fields = 200", "max_header_fields = 0"),
+     "listeners[0].max_header_fields", "at least 1"),
+    ("header fields as a size", lambda t: t.replace("max_header_fields = 200", 'max_header_fields = "2k"'),
+     "listeners[0].max_header_fields", "integer"),
+    ("head size over the assembly buffer", lambda t: t.replace("max_header_fields = 200", 'max_header_size = "64k"'),
+     "listeners[0].max_header_size", "between 1024 and 32768"),
+    ("a method in lower case", lambda t: t.replace('"GET", "PUT"', '"get", "PUT"'),
+     "listeners[0].routes[1].methods[0]", "case-sensitive; did you mean 'GET'?"),
+    ("CONNECT in methods", lambda t: t.replace('"GET", "POST"]', '"GET", "CONNECT"]'),
+     "listeners[0].methods[1]", "allow_connect = true, not in methods"),
+    ("an unknown method", lambda t: t.replace('"GET", "PUT"', '"GET", "PROPFIND"'),
+     "listeners[0].routes[1].methods[1]", "'PROPFIND' cannot be listed"),
+    ("an empty methods list", lambda t: t.replace('methods = ["GET", "PUT", "DELETE"]', "methods = []"),
+     "listeners[0].routes[1].methods", "at least one method"),
+    ("methods not a list", lambda t: t.replace('methods = ["GET", "POST"]', 'methods = "GET"'),
+     "listeners[0].methods", "must be a list"),
+    ("allow_connect not a boolean", lambda t: t.replace("allow_connect = true", 'allow_connect = "yes"'),
+     "listeners[0].routes[0].allow_connect", "true or false"),
+    ("a typo of allow_connect", lambda t: t.replace("allow_connect = true", "allow_conect = true"),
+     "listeners[0].routes[0].allow_conect", "did you mean 'allow_connect'"),
+    ("methods on a tcp listener", lambda t: t.replace('mode = "http"', 'mode = "tcp"').split("[[listeners.routes]]")[0]
+     + "[[clusters]]" + t.split("[[clusters]]")[1], "listeners[0].methods", 'needs mode = "http"'),
+]
+
+
+@pytest.mark.parametrize("what,breaks,key,words", HTTP_MISTAKES, ids=[m[0] for m in HTTP_MISTAKES])
+def test_http_mistake_is_named(tmp_path, what, breaks, key, words):
+    port = free_port()
+    text = breaks(HTTP_GOOD).replace("{p}", str(port))
+    code, out, path = check(tmp_path, text)
+    assert code == 2, f"{what}: exit {code}\n{out}"
+    assert f": {key}: " in out, f"{what}: key path {key!r} not named in:\n{out}"
+    assert words in out, f"{what}: {words!r} not in:\n{out}"
+    assert "Traceback" not in out
+
+
+def test_http_limits_and_methods_are_read_and_compiled(tmp_path):
+    from uproxy._native import ffi, lib
+    from uproxy.config import parse
+    from uproxy.tables import Strings, method_policy
+    code, out, _ = check(tmp_path, HTTP_GOOD.replace("{p}", str(free_port())))
+    assert code == 0, out
+    cfg = parse(HTTP_GOOD.replace("{p}", "1"), "/x.toml")
+    l = cfg.listeners[0]
+    assert (l.max_header_fields, l.max_header_size, l.methods, l.allow_connect) == \
+        (200, 16384, ("GET", "POST"), False)
+    # A route without its own methods takes the listener's.
+    assert [(r.methods, r.allow_connect) for r in l.routes] == \
+        [(("GET", "POST"), True), (("GET", "PUT", "DELETE"), False)]
+    d = parse(GOOD.replace("{port}", "1").replace('mode = "tcp"', 'mode = "http"'), "/x.toml").listeners[0]
+    assert (d.max_header_fields, d.methods, d.allow_connect) == (128, None, False)
+    # Compiled: a mask of enum h1_method bits and the whole 405 answer.
+    s = Strings()
+    mask, off, n = method_policy(("GET", "POST"), True, s)
+    bits = {m: 1 << getattr(lib, f"H1_M_{m}") for m in
+            ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "OTHER")}
+    assert mask == bits["GET"] | bits["HEAD"] | bits["POST"] | bits["CONNECT"]
+    text = bytes(s.data[off:off + n])
+    assert text.startswith(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST, CONNECT\r\n")
+    head, body = text.split(b"\r\n\r\n", 1)
+    assert b"Connection: close" in head and b"Content-Length: %d" % len(body) in head
+    mask, off, n = method_policy(None, False, s)
+    assert n == 0 and mask & bits["OTHER"] and mask & bits["PUT"] and not mask & bits["CONNECT"]
+    assert method_policy(None, True, s)[0] & bits["CONNECT"]

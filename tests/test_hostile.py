@@ -14,16 +14,16 @@ import pytest
 
 from harden import FastUpstream, Load, cpu_seconds, fd_count, read_response, rss_kib, settle_fds
 from http_upstream import HttpUpstream, Response
-from support import free_port, wait_for
+from support import Server, free_port, wait_for
 
 
-def start(proxy_factory, servers, listener=None, cluster=None, proxy=None):
+def start(proxy_factory, servers, listener=None, cluster=None, proxy=None, profile="full"):
     port = free_port()
     lst = {"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}
     lst.update(listener or {})
     cl = {"name": "c", "servers": servers}
     cl.update(cluster or {})
-    p = proxy_factory([lst], [cl], proxy=proxy or {"workers": 1})
+    p = proxy_factory([lst], [cl], proxy=proxy or {"workers": 1}, profile=profile)
     p.port = port
     return p
 
@@ -413,3 +413,58 @@ def test_bodies_over_max_body_size(proxy_factory):
         status, body, _, _ = read_response(s)
     assert (status, body) == (200, b"took 65536")
     up.close()
+
+
+# ---- clients that leave in the middle of an upload ----------------------------------
+
+@pytest.mark.parametrize("profile", ["full", "5.15"])
+@pytest.mark.parametrize("size,sent", [(1 << 20, 100_000), (20_000, 5_000)],
+                         ids=["1MB-by-splice", "20KB-buffered"])
+def test_client_leaving_mid_upload_closes_the_upstream_at_once(proxy_factory, profile, size, sent):
+    """Issue 16, defect 4: a client that leaves in the middle of its
+    request body. The upstream connection, which will never see the rest,
+    is closed as soon as the proxy sees the client go, whether the body was
+    being moved by splice (1 MB: the part past the first receive) or
+    through buffers (a small body). It used to take 2 s with splice: the
+    client's receive stayed held for the splice, so its lingering close
+    waited for its timer instead of the FIN."""
+    head_seen = threading.Event()
+    ends = []
+
+    def serve(c, _srv):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            b = c.recv(65536)
+            if not b:
+                return
+            buf += b
+        head_seen.set()
+        got = len(buf.split(b"\r\n\r\n", 1)[1])
+        while True:                   # read the body as it comes; never answer
+            try:
+                b = c.recv(65536)
+            except OSError:
+                b = b""
+            if not b:
+                ends.append((time.monotonic(), got))
+                return
+            got += len(b)
+
+    srv = Server(serve, backlog=16)
+    p = start(proxy_factory, [srv.addr], profile=profile)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    s.sendall(b"u" * sent)
+    assert head_seen.wait(5), "the request never reached the upstream"
+    time.sleep(0.5)                   # what was sent has been forwarded; the rest is awaited
+    t0 = time.monotonic()
+    s.close()
+    wait_for(lambda: ends, 5, what="the upstream connection to be closed")
+    took, forwarded = ends[0][0] - t0, ends[0][1]
+    print(f"client left after {sent} of {size} body bytes ({profile}): upstream closed "
+          f"{took * 1000:.0f} ms later, {forwarded} body bytes forwarded")
+    assert forwarded == sent
+    assert took < 0.5, f"the upstream connection was closed {took:.2f} s after the client left"
+    wait_for(lambda: p.total("err_short_body") >= 1, 2, what="the cut body counted")
+    wait_for(lambda: p.total("active") == 0, 2, what="the client connection to be closed")
+    srv.close()

@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -271,6 +272,37 @@ def test_100_continue(proxy_factory, profile):
                           f"{p.url}/curl"], capture_output=True, text=True, timeout=10).stdout
     assert out == "got 5000"
     up.close()
+
+
+@both_profiles
+@pytest.mark.parametrize("failure,status", [("reset", 502), ("close", 502), ("silence", 504)])
+def test_a_final_answer_after_a_1xx_when_the_upstream_fails(proxy_factory, servers, profile,
+                                                             failure, status):
+    """Issue 16, defect 1: an upstream that sends 100 Continue and then
+    resets, closes, or says nothing more. The 100 is relayed, and the
+    client still gets a final answer from the proxy (a 1xx answers
+    nothing); it used to be closed with no final response at all."""
+    def serve(c, _srv):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            b = c.recv(65536)
+            if not b:
+                return
+            buf += b
+        c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if failure == "reset":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif failure == "silence":
+            time.sleep(2)
+    srv = servers(serve)
+    p = http_proxy(proxy_factory, [srv.addr], profile, cluster={"response_timeout": "500ms"})
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(b"PUT /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        data = recv_until_close(s)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), data
+    final = data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+    assert final.startswith(b"HTTP/1.1 %d " % status), data
+    assert b"Connection: close\r\n" in final
 
 
 @both_profiles
@@ -766,4 +798,136 @@ def test_underscore_headers(proxy_factory, keep):
     assert req.header("x-normal") == "2"
     assert (req.header("transfer_encoding") is not None) == keep
     assert (req.header("x_custom") is not None) == keep
+    up.close()
+
+
+# ---- issue 16: header field limits, methods, CONNECT ------------------------------
+
+def head_with_fields(n, target=b"/f"):
+    """A request head with exactly n field lines (Host and Connection among them)."""
+    lines = [b"Host: x", b"Connection: close"] + [b"X-Field-%d: v%d" % (i, i) for i in range(n - 2)]
+    return b"GET " + target + b" HTTP/1.1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def test_header_field_count_limit_default_and_per_listener(proxy_factory):
+    """Issue 16, defect 2: 100 header fields used to get 431 (a fixed limit
+    of 96); nginx forwards them. The default is now 128, and
+    max_header_fields sets it per listener (up to 1024)."""
+    up = HttpUpstream()
+    port2 = free_port()
+    p = http_proxy(proxy_factory, [up.addr], extra=f"""
+[[listeners]]
+name = "many"
+bind = "127.0.0.1:{port2}"
+mode = "http"
+cluster = "c"
+max_header_fields = 300
+max_header_size = "32k"
+""")
+    out = raw(p.port, head_with_fields(100, b"/100"))
+    assert out.startswith(b"HTTP/1.1 200"), out[:60]
+    got = up.requests[-1]
+    assert got.target == "/100" and len([k for k, _ in got.headers if k.startswith("X-Field-")]) == 98
+    assert raw(p.port, head_with_fields(128, b"/128")).startswith(b"HTTP/1.1 200")
+    out = raw(p.port, head_with_fields(129, b"/129"))
+    assert out.startswith(b"HTTP/1.1 431") and b"Connection: close" in out
+    assert raw(port2, head_with_fields(300, b"/300")).startswith(b"HTTP/1.1 200")
+    assert raw(port2, head_with_fields(301, b"/301")).startswith(b"HTTP/1.1 431")
+    assert [r.target for r in up.requests] == ["/100", "/128", "/300"]
+    up.close()
+
+
+def test_response_with_many_header_fields_is_relayed(proxy_factory):
+    """A response head is held to 16 KiB and to as many fields as the
+    parser's arrays hold (1024), not to a client's limit."""
+    up = HttpUpstream(lambda req: Response(body=b"ok", headers=[("Set-Cookie", "c%d=v" % i)
+                                                                 for i in range(300)]))
+    p = http_proxy(proxy_factory, [up.addr], listener={"max_header_fields": 20})
+    r = httpx.get(p.url + "/cookies")
+    assert r.status_code == 200 and len(r.headers.get_list("set-cookie")) == 300
+    up.close()
+
+
+def test_connect_is_refused_unless_a_route_allows_it(proxy_factory):
+    """Issue 16, defect 3: CONNECT used to be forwarded to the origin and
+    to become a tunnel on a 2xx. A reverse proxy refuses it (501 and a
+    close) unless a route opts in with allow_connect; there it is a tunnel
+    both ways."""
+    def handler(req):
+        if req.method != "CONNECT":
+            return Response(body=b"plain")
+
+        def echo(sock):
+            while True:
+                b = sock.recv(65536)
+                if not b:
+                    return
+                sock.sendall(b"echo:" + b)
+        return Response(status=200, stream=echo)
+    up = HttpUpstream(handler)
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
+                        "routes": [{"host": "tunnel.example", "cluster": "c", "allow_connect": True},
+                                   {"host": "other.example", "cluster": "c"}]}],
+                      [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1})
+    for host in (b"x", b"other.example"):
+        out = raw(port, b"CONNECT " + host + b":443 HTTP/1.1\r\nHost: " + host + b":443\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), out[:60]
+        assert b"Connection: close\r\n" in out
+    assert not up.requests
+    assert p.total("resp_5xx") == 2
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        for i in range(5):
+            msg = b"bytes %d" % i
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg) + 5:
+                got += s.recv(65536)
+            assert got == b"echo:" + msg
+    assert [r.method for r in up.requests] == ["CONNECT"]
+    assert p.total("upgrades") == 1
+    up.close()
+
+
+def test_methods_allowed_per_route(proxy_factory):
+    """Issue 16, defect 3: methods = [...] on a route (or on the listener,
+    as the default of its routes and of requests that match no route):
+    other methods get 405 with an Allow line and a close. GET brings HEAD
+    with it, as nginx's limit_except and HAProxy's METH_GET do."""
+    up = HttpUpstream(lambda req: Response(body=b"ok"))
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
+                        "methods": ["GET"],
+                        "routes": [{"path_prefix": "/api/", "cluster": "c", "methods": ["GET", "POST"]},
+                                   {"path_prefix": "/any/", "cluster": "c", "methods": ["GET"],
+                                    "allow_connect": True},
+                                   {"path_prefix": "/inherit/", "cluster": "c"}]}],
+                      [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1})
+
+    def send(method, path):
+        body = b"Content-Length: 2\r\n\r\nhi" if method in (b"POST", b"PUT") else b"\r\n"
+        return raw(port, method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + body)
+    for method in (b"GET", b"HEAD", b"POST"):
+        assert send(method, b"/api/x").startswith(b"HTTP/1.1 200"), method
+    for method, path in ((b"PUT", b"/api/x"), (b"DELETE", b"/api/x"), (b"PROPFIND", b"/api/x"),
+                         (b"get", b"/api/x")):
+        out = send(method, path)
+        assert out.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n"), (method, out[:60])
+        assert b"\r\nAllow: GET, HEAD, POST\r\n" in out and b"Connection: close\r\n" in out
+        assert out.endswith(b"\r\n\r\nMethod Not Allowed\n")
+    out = send(b"POST", b"/any/x")
+    assert b"\r\nAllow: GET, HEAD, CONNECT\r\n" in out
+    # The listener's list: inherited by a route without its own, and the
+    # policy of a request that matches no route.
+    for path in (b"/inherit/x", b"/elsewhere"):
+        assert send(b"GET", path).startswith(b"HTTP/1.1 200")
+        out = send(b"POST", path)
+        assert out.startswith(b"HTTP/1.1 405") and b"\r\nAllow: GET, HEAD\r\n" in out
+    assert sorted({r.method for r in up.requests}) == ["GET", "HEAD", "POST"]
+    assert len(up.requests) == 5
     up.close()

@@ -36,7 +36,7 @@ PROPS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], ma
 
 # ---- helpers -------------------------------------------------------------------
 
-def limits(max_head=16384, max_target=8192, max_headers=96):
+def limits(max_head=16384, max_target=8192, max_headers=0):
     return ffi.new("struct h1_limits *", {"max_head": max_head, "max_target": max_target,
                                          "max_headers": max_headers})
 
@@ -321,8 +321,19 @@ def test_max_headers_is_431():
     lines = [b"X-%d: v" % i for i in range(9)]
     assert ok_request(req(*lines), max_headers=10).nheaders == 10          # Host + 9
     bad_request(req(*lines, b"X-9: v"), 431, max_headers=10)
-    bad_request(req(*[b"X-%d: v" % i for i in range(96)]), 431)
-    assert ok_request(req(*[b"X-%d: v" % i for i in range(95)])).nheaders == 96
+    # The default (0): H1_DEF_HEADERS, 128 (it was 96, and nginx forwards 100).
+    assert lib.H1_DEF_HEADERS == 128
+    bad_request(req(*[b"X-%d: v" % i for i in range(128)]), 431)
+    assert ok_request(req(*[b"X-%d: v" % i for i in range(127)])).nheaders == 128
+    assert ok_request(req(*[b"X-%d: v" % i for i in range(99)])).nheaders == 100
+    # At most H1_MAX_HEADERS (the result arrays); a larger limit is clamped.
+    big = dict(max_head=32768)
+    many = [b"X-%d: v" % i for i in range(lib.H1_MAX_HEADERS - 1)]
+    for m in (lib.H1_MAX_HEADERS, 5000):
+        assert ok_request(req(*many), max_headers=m, **big).nheaders == lib.H1_MAX_HEADERS
+        bad_request(req(*many, b"X-last: v"), 431, max_headers=m, **big)
+    assert len(ffi.new("struct h1_request *").h) == lib.H1_MAX_HEADERS
+    assert len(ffi.new("struct h1_response *").h) == lib.H1_MAX_HEADERS
 
 
 def test_max_head_is_431_as_soon_as_reached():
@@ -584,9 +595,34 @@ def test_status_line_accepted(line):
                                   b"HTTP/1.1  200 OK", b"HTTP/1.1 200\tOK", b"http/1.1 200 OK",
                                   b"HTTP/1.1 2x0 OK", b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 200 O\x7fK",
                                   b"HTTP/2.0 200 OK", b"HTTP/1.2 200 OK", b"HTTP/1.1 099 x",
-                                  b"HTTP/1.1 600 x", b"HTTP/1.1", b" HTTP/1.1 200 OK", b"\r\nHTTP/1.1 200 OK"])
+                                  b"HTTP/1.1 600 x", b"HTTP/1.1", b" HTTP/1.1 200 OK", b"\nHTTP/1.1 200 OK",
+                                  b"\r\rHTTP/1.1 200 OK", b"\r\n\nHTTP/1.1 200 OK", b"\r\n HTTP/1.1 200 OK"])
 def test_bad_status_line_is_502(line):
     bad_response(resp(b"Content-Length: 0", start=line))
+
+
+def test_leading_empty_lines_before_a_status_line_are_skipped():
+    """Issue 16: as for request lines (RFC 9112 2.2), and as nginx, HAProxy
+    and llhttp do: CRLFs before the status line are ignored (CRLF only)."""
+    line = b"HTTP/1.1 200 OK\r\n"
+    for k in (1, 2, 5):
+        data = b"\r\n" * k + resp(b"Content-Length: 2", b"X: y")
+        out = ok_response(data + b"ok")
+        assert out.skip == 2 * k and out.line_len == len(line) and out.head_len == len(data)
+        assert out.status == 200 and out.body == LENGTH and out.nheaders == 2
+        assert headers(data, out) == [(b"Content-Length", b"2", FRAMING), (b"X", b"y", 0)]
+    assert ok_response(resp(b"Content-Length: 0")).skip == 0
+    # After a 100 Continue: the next head begins with the stray CRLF.
+    out = ok_response(b"\r\nHTTP/1.1 100 Continue\r\n\r\n")
+    assert (out.skip, out.status, out.body) == (2, 100, NONE)
+    for partial in (b"\r", b"\r\n", b"\r\n\r", b"\r\nHTTP/1.1 2"):
+        assert response(partial)[0] == PARTIAL
+    assert ffi.string(response(b"\r\n\nHTTP/1.1 200 OK\r\n\r\n")[1].error) == \
+        b"bare LF before the status line"
+    assert ffi.string(response(b"\r\rHTTP/1.1 200 OK\r\n\r\n")[1].error) == \
+        b"bare CR before the status line"
+    # The skipped bytes count toward max_head.
+    assert bad_response(b"\r\n" * 100 + resp(b"Content-Length: 0"), max_head=200)
 
 
 @pytest.mark.parametrize("data", [
@@ -667,6 +703,11 @@ def test_host_rules_do_not_apply_to_responses():
 def test_response_limits():
     data = resp(*[b"X-%d: v" % i for i in range(5)])
     assert bad_response(data, max_headers=4)
+    assert ok_response(resp(*[b"X-%d: v" % i for i in range(128)])).nheaders == 128
+    assert bad_response(resp(*[b"X-%d: v" % i for i in range(129)]))
+    many = resp(*[b"X-%d: v" % i for i in range(1024)])
+    assert ok_response(many, max_head=32768, max_headers=5000).nheaders == 1024
+    assert bad_response(resp(*[b"X-%d: v" % i for i in range(1025)]), max_head=32768, max_headers=5000)
     assert bad_response(data[:40], max_head=40)
     assert response(data[:39], max_head=40)[0] == PARTIAL
 
@@ -888,11 +929,12 @@ def responses(draw):
     if close:
         hs.append((b"Connection", b"close", HOP))
     line = b"HTTP/1.%d %d" % (minor, status) + (b"" if reason is None else b" " + reason) + CRLF
-    data = line + b"".join(field_lines(draw, [(n, v) for n, v, _ in hs])) + CRLF
+    skip = b"\r\n" * draw(st.integers(0, 2))
+    data = skip + line + b"".join(field_lines(draw, [(n, v) for n, v, _ in hs])) + CRLF
     body = reference_framing(method, status, te, cl)
     keep = int(not close and minor == 1 and body not in (CLOSE, TUNNEL))
     return data, method, {"status": status, "minor": minor, "headers": hs, "body": body,
-                          "content_length": cl or 0, "keep_alive": keep}
+                          "content_length": cl or 0, "keep_alive": keep, "skip": len(skip)}
 
 
 def check_head_invariants(data, out, is_request):
@@ -902,9 +944,8 @@ def check_head_invariants(data, out, is_request):
     head = data[:n]
     assert not re.search(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", head)
     assert head.count(b"\n") == head.count(b"\r") == head.count(b"\r\n")      # CRLF only
-    assert out.nheaders <= 96
-    skip = out.skip if is_request else 0
-    pos = skip + out.line_len
+    assert out.nheaders <= lib.H1_MAX_HEADERS
+    pos = out.skip + out.line_len
     for h in out.h[0:out.nheaders]:
         assert h.line_off == pos and h.name_off == h.line_off
         assert h.value_off + h.value_len <= h.line_off + h.line_len - 2
@@ -936,7 +977,7 @@ def test_prop_valid_responses_parse_back(case):
     data, method, exp = case
     out = ok_response(data, method)
     check_head_invariants(data, out, False)
-    assert out.head_len == len(data)
+    assert out.head_len == len(data) and out.skip == exp["skip"]
     assert (out.status, out.minor, out.body, out.content_length, out.keep_alive) == (
         exp["status"], exp["minor"], exp["body"], exp["content_length"], exp["keep_alive"])
     assert headers(data, out) == exp["headers"]

@@ -315,6 +315,7 @@ SHAPES = [
     ("absolute-form target", b"GET http://x/a?q HTTP/1.1\r\nHost: other\r\n\r\n" + NEXT, "forward", None, ["http://x/a?q", "/next"]),
     ("absolute-form with userinfo", b"GET http://user@x/a HTTP/1.1\r\n" + H + b"\r\n" + NEXT, "forward", None, ["http://user@x/a", "/next"]),
     ("absolute-form without a path", b"GET http://x HTTP/1.1\r\n" + H + b"\r\n" + NEXT, "forward", None, ["http://x", "/next"]),
+    ("CONNECT is refused by a reverse proxy", b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n" + SMUG, "reject", 501, []),
     ("scheme-less authority outside CONNECT", b"GET x:80 HTTP/1.1\r\n" + H + b"\r\n", "reject", 400, []),
     ("asterisk outside OPTIONS", b"GET * HTTP/1.1\r\n" + H + b"\r\n", "reject", 400, []),
     ("HTTP/1.2", b"GET /a HTTP/1.2\r\n" + H + b"\r\n", "reject", 505, []),
@@ -448,6 +449,7 @@ RESPONSE_SHAPES = [
     ("NUL in a response header", b"HTTP/1.1 200 OK\r\nX: a\x00\r\nContent-Length: 2\r\n\r\nok", 502),
     ("TE in an HTTP/1.0 response", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502),
     ("garbage status line", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", 502),
+    ("bare LF before the status line", b"\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 502),
 ]
 
 
@@ -459,6 +461,49 @@ def test_malformed_responses_are_not_forwarded(proxy_factory, name, answer, stat
                   [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
     resps, closed = exchange(port, b"GET /a HTTP/1.1\r\n" + H + b"\r\n")
     assert [s for s, _ in resps] == [status], resps
+    srv.close()
+
+
+# Issue 16, defect 1: empty lines before a status line are ignored (RFC 9112
+# section 2.2 asks it of request lines; nginx, HAProxy and llhttp do it for
+# status lines too), and a client that was sent a 1xx still gets a final
+# answer when the upstream fails after it.
+FINAL_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+EMPTY_LINE_SHAPES = [
+    ("an empty line before the status line", b"\r\n" + FINAL_OK, [(200, b"ok")]),
+    ("three empty lines before the status line", b"\r\n" * 3 + FINAL_OK, [(200, b"ok")]),
+    ("an empty line between a 100 and the final response",
+     b"HTTP/1.1 100 Continue\r\n\r\n\r\n" + FINAL_OK, [(100, b""), (200, b"ok")]),
+    ("empty lines around a 103",
+     b"\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\r\n\r\n" + FINAL_OK,
+     [(103, b""), (200, b"ok")]),
+    ("garbage after a 100", b"HTTP/1.1 100 Continue\r\n\r\nHELLO THERE\r\n\r\n",
+     [(100, b""), (502, None)]),
+    ("a bare LF after a 100", b"HTTP/1.1 100 Continue\r\n\r\n\n" + FINAL_OK,
+     [(100, b""), (502, None)]),
+    ("a close after a 100", b"HTTP/1.1 100 Continue\r\n\r\n", [(100, b""), (502, None)]),
+]
+
+
+@pytest.mark.parametrize("name,answer,expect", EMPTY_LINE_SHAPES, ids=[s[0] for s in EMPTY_LINE_SHAPES])
+def test_empty_lines_before_a_status_line(proxy_factory, name, answer, expect):
+    """The upstream's exact bytes; the client gets every interim response
+    and then exactly one final one (relayed, or the proxy's 502), never a
+    close with no final answer. The skipped empty lines are not relayed."""
+    srv, addr = raw_upstream([answer])
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+                      [{"name": "c", "servers": [addr]}], proxy={"workers": 1})
+    resps, closed = exchange(port, b"GET /a HTTP/1.1\r\n" + H + b"\r\n", expect=len(expect))
+    assert [s for s, _ in resps] == [s for s, _ in expect], resps
+    for (s, body), (_, want) in zip(resps, expect):
+        if want is not None:
+            assert body == want, resps
+    if expect[-1][0] == 502:
+        assert closed
+        assert p.total("err_bad_gateway") == 1
+    else:
+        assert not closed, "the proxy closed a client whose response was relayed whole"
     srv.close()
 
 

@@ -92,6 +92,7 @@ struct worker {
 
     void *tls;                      /* transport: per-connection TLS state */
     void *tls_bio;                  /* transport: the BIO method of this worker */
+    void *tls_sessions;             /* transport: client sessions by server slot */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
     uint32_t *txn_free;

@@ -37,7 +37,6 @@ static const struct h1_header *find(const uint8_t *base, const struct h1_request
 void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,
                const struct h1_request *r, const struct up_listener *l)
 {
-    (void)w;
     t->logging = l->access_log != 0;
     if (!t->logging)
         return;
@@ -48,6 +47,16 @@ void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint
     lr->target_len = (uint16_t)(r->target_len > 0xffff ? 0xffff : r->target_len);
     put(lr->target, sizeof lr->target, base + r->target_off, r->target_len);
     lr->host_len = lr->ua_len = lr->referer_len = 0;
+    struct tp_tls_info ti;
+    lr->tls_version = lr->tls_resumed = lr->sni_len = lr->cipher_len = 0;
+    if (tp_tls_info(w, c, &ti)) {
+        lr->tls_version = ti.version;
+        lr->tls_resumed = ti.resumed;
+        if (ti.cipher)
+            lr->cipher_len = put(lr->cipher, sizeof lr->cipher, (const uint8_t *)ti.cipher, strlen(ti.cipher));
+        if (ti.sni)
+            lr->sni_len = put(lr->sni, sizeof lr->sni, (const uint8_t *)ti.sni, strlen(ti.sni));
+    }
     if (r->host != 0xffff)
         lr->host_len = put(lr->host, sizeof lr->host, base + r->h[r->host].value_off,
                            r->h[r->host].value_len);

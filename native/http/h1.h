@@ -26,6 +26,9 @@ enum h1_conn_state {
 
 #define OUT_IOV 80
 
+/* How long the proxy's own answer (an error) may take to go out. */
+#define H1_REPLY_MS 10000
+
 /* One sendmsg toward a peer: built from queue bytes (by reference) and a
  * few added bytes (static strings or the transaction's scratch). */
 struct out {
@@ -62,6 +65,8 @@ struct bsplice {
 #define TF_ERROR_REPLY   512  /* the proxy answers itself (resp.iov is that) */
 #define TF_RESP_ROUND    1024 /* resp holds a head not yet submitted */
 #define TF_UP_CLOSE      2048 /* the upstream will not keep its connection */
+#define TF_INTERIM       4096 /* a 1xx reached the client (a final answer may still follow) */
+#define TF_ERROR_PENDING 8192 /* the proxy's answer (status) goes once the 1xx round is out */
 
 struct txn {
     uint32_t client, up;      /* conn indexes (up: NIL until chosen) */
@@ -99,6 +104,8 @@ void h1_client_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring
 void h1_client_expired(struct worker *w, struct conn *c);
 void h1_client_next(struct worker *w, struct conn *c);
 void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status);
+void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, const char *text,
+                          uint32_t len);
 void h1_client_close(struct worker *w, struct conn *c, bool reset);
 void h1_finish(struct worker *w, struct conn *c);
 void h1_client_cut(struct worker *w, struct conn *c);
@@ -128,6 +135,7 @@ void splice_progress(struct worker *w, struct txn *t);
 void splice_poll(struct worker *w, struct conn *c, enum op op);
 void splice_release(struct worker *w, struct txn *t);
 void splice_unhold(struct worker *w, struct txn *t);
+void splice_abort(struct worker *w, struct txn *t);
 
 /* accesslog.c */
 void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint8_t *base,

@@ -80,6 +80,14 @@ void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
 {
     uint32_t len;
     const char *text = h1_error_text(status, &len);
+    h1_client_reply_text(w, c, status, text, len);
+}
+
+/* The same with an answer of the caller's (text must outlive the send: a
+ * static, or the configuration the transaction holds). */
+void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, const char *text,
+                          uint32_t len)
+{
     h1_count_status(w, status);
     if (c->state != CS_OPEN || (c->ops & (1u << OP_SEND))) {
         h1_client_close(w, c, false);
@@ -146,7 +154,7 @@ void h1_client_next(struct worker *w, struct conn *c)
         c->attempts = 0;               /* client: 0 keep-alive wait, 1 head wait */
         return;
     }
-    struct h1_limits lim = { l->max_head, l->max_target, 0 };
+    struct h1_limits lim = { l->max_head, l->max_target, l->max_fields };
     struct h1_request *r = w_req(w);
     int rc = h1_parse_request(p, n, &lim, r);
     if (rc == H1_PARTIAL && !(c->x.head >= w->bufs.count && c->x.head == c->x.tail)) {

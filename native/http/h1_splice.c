@@ -83,6 +83,24 @@ void splice_unhold(struct worker *w, struct txn *t)
     }
 }
 
+/* The transaction is given up: no direction is pumped any more, and the
+ * sources are no longer held, so a client whose receive was stopped for a
+ * splice sees its peer's FIN while it lingers (instead of waiting for the
+ * lingering timer). The pipes go back with the transaction. */
+void splice_abort(struct worker *w, struct txn *t)
+{
+    for (int dir = 0; dir < 2; dir++) {
+        struct bsplice *b = bs_of(t, dir);
+        if (b->state == BS_OFF)
+            continue;
+        b->state = BS_OFF;
+        struct conn *src, *dst;
+        ends(w, t, dir, &src, &dst);
+        if (src)
+            src->x.flags &= ~X_HELD;
+    }
+}
+
 /* Give back a transaction's pipes (it ended, or was cut). */
 void splice_release(struct worker *w, struct txn *t)
 {
@@ -119,9 +137,13 @@ static void pump(struct worker *w, struct txn *t, int dir)
                 if (dir == BS_REQ)
                     t->bytes_in += (uint64_t)n;
             } else if (n == 0 || errno != EAGAIN) {
-                /* The sender went away before the end of its body. */
+                /* The sender went away before the end of its body. A
+                 * client that left is not answered (as on the buffered
+                 * path): both connections close at once. */
+                if (dir == BS_REQ && n == 0)
+                    src->x.flags |= X_EOF;
                 w->c[UP_C_ERR_SHORT_BODY]++;
-                txn_abort(w, t, dir == BS_REQ ? 400 : 502, false);
+                txn_abort(w, t, dir == BS_REQ ? 0 : 502, false);
                 return;
             } else {
                 want_in = true;

@@ -192,7 +192,7 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
     struct out *o = &t->resp;
     (void)w;
     bool upgrade = r->status == 101;
-    bool ok = out_push(o, base, r->line_len);
+    bool ok = out_push(o, base + r->skip, r->line_len);
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
@@ -319,10 +319,15 @@ void txn_free(struct worker *w, struct txn *t)
     w->txn_free[w->ntxn_free++] = (uint32_t)(t - w->txns);
 }
 
-/* Route: the first route whose host and path prefix match, else the
- * listener's cluster. */
-static uint32_t route(const struct up_config *cfg, const struct up_listener *l,
-                      const uint8_t *host, uint32_t host_len, const uint8_t *path, uint32_t path_len)
+/* Methods a request that matches no route may use: all but CONNECT (a
+ * reverse proxy is not a forward proxy's tunnel; a route opts in). */
+#define METHODS_DEFAULT (~(1u << H1_M_CONNECT))
+
+/* Route: the first route whose host and path prefix match, or NULL (the
+ * listener's cluster, METHODS_DEFAULT). */
+static const struct up_route *route(const struct up_config *cfg, const struct up_listener *l,
+                                    const uint8_t *host, uint32_t host_len, const uint8_t *path,
+                                    uint32_t path_len)
 {
     /* The host without its port, compared without case. */
     for (uint32_t i = 0; i < host_len; i++)
@@ -344,9 +349,9 @@ static uint32_t route(const struct up_config *cfg, const struct up_listener *l,
         if (rt->path_len && (path_len < rt->path_len ||
                              memcmp(path, cfg->strings + rt->path_off, rt->path_len)))
             continue;
-        return rt->cluster;
+        return rt;
     }
-    return l->cluster;
+    return NULL;
 }
 
 static uint64_t hash_key(struct worker *w, const struct conn *c, const struct up_config *cfg,
@@ -414,7 +419,21 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
         host = base + r->h[r->host].value_off;
         host_len = r->h[r->host].value_len;
     }
-    t->cluster = route(cfg, l, host, host_len, path, path_len);
+    const struct up_route *rt = route(cfg, l, host, host_len, path, path_len);
+    t->cluster = rt ? rt->cluster : l->cluster;
+    if (__builtin_expect(!((rt ? rt->methods : METHODS_DEFAULT) & (1u << r->method)), 0)) {
+        /* A method the route does not allow: 405 with the route's Allow
+         * (built at load), or 501 for CONNECT where nothing named methods. */
+        uint16_t st = rt && rt->deny_len ? 405 : 501;
+        t->flags |= TF_CLIENT_CLOSE;
+        log_begin(w, t, c, base, r, l);
+        log_end(w, t, st);
+        if (st == 405)
+            h1_client_reply_text(w, c, st, cfg->strings + rt->deny_off, rt->deny_len);
+        else
+            h1_client_reply_error(w, c, st);
+        return;
+    }
     t->hash_key = hash_key(w, c, cfg, &cfg->clusters[t->cluster], base, r);
 
     t->idle_ms = l->idle_timeout_ms;
@@ -467,7 +486,8 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 /* Send what is ready toward the upstream. */
 void txn_req_pump(struct worker *w, struct txn *t)
 {
-    if (t->req.active || t->up == NIL || w->conns[t->up].h1 != H_BUSY)
+    if (t->req.active || t->up == NIL || w->conns[t->up].h1 != H_BUSY ||
+        w->conns[t->up].state != CS_OPEN)
         return;
     struct conn *u = &w->conns[t->up];
     if (t->flags & TF_HEAD_SENT) {
@@ -522,7 +542,9 @@ void txn_resp_pump(struct worker *w, struct txn *t)
         }
         return;
     }
-    t->flags |= TF_REPLIED;
+    /* A 1xx does not answer the request: after one, the proxy can still
+     * send a final response of its own if the upstream fails. */
+    t->flags |= (t->flags & TF_RESP_HEAD) ? TF_REPLIED : TF_INTERIM;
     out_submit(w, &t->resp, c);
 }
 
@@ -534,8 +556,9 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     struct conn *u = &w->conns[t->up];
     out_reset(&t->resp);
     if (r->status < 200 && r->status != 101) {
-        /* Interim (100 Continue and friends): forwarded as it is. */
-        out_push(&t->resp, base, r->head_len);
+        /* Interim (100 Continue and friends): forwarded as it is, without
+         * the empty lines the parser skipped before it. */
+        out_push(&t->resp, base + r->skip, r->head_len - r->skip);
         t->resp_bid = u->x.head;
         t->resp_off = u->x.off + r->head_len;
         t->resp.rel_bid = t->resp_bid;
@@ -616,10 +639,18 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
             h1_client_close(w, to, false);
             return;
         }
+        if (t->flags & TF_ERROR_PENDING) {
+            /* The 1xx is out; the proxy's final answer follows it. */
+            h1_client_reply_error(w, to, t->status);
+            return;
+        }
         if (t->up != NIL)
             q_release_to(w, &w->conns[t->up], o->rel_bid, o->rel_off);
         t->resp_bid = NIL;            /* the queue's front is the next byte */
-        if (t->status == 101 && (t->flags & TF_RESP_HEAD) && (t->flags & TF_UPGRADE)) {
+        if ((t->flags & TF_RESP_HEAD) &&
+            ((t->status == 101 && (t->flags & TF_UPGRADE)) ||
+             (t->method == H1_M_CONNECT && t->resp_body == H1_BODY_TUNNEL))) {
+            /* 101 to an Upgrade, or a 2xx to a CONNECT a route allowed. */
             h1_tunnel(w, t);
             return;
         }
@@ -753,12 +784,22 @@ void h1_count_status(struct worker *w, uint16_t status)
 void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_client)
 {
     struct conn *c = &w->conns[t->client];
+    splice_abort(w, t);
     log_end(w, t, status && !(t->flags & TF_REPLIED) ? status : t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
         h1_upstream_close(w, u, false);
     }
-    if (status && !(t->flags & TF_REPLIED)) {
+    if (status && !(t->flags & (TF_REPLIED | TF_ERROR_PENDING))) {
+        if (t->resp.active && c->state == CS_OPEN) {
+            /* A 1xx is on its way out (a final head would have set
+             * TF_REPLIED): the answer goes as soon as it is out, within
+             * the time the proxy gives any of its own answers. */
+            t->flags |= TF_ERROR_PENDING;
+            t->status = status;
+            timer_set(w, c, w->now_ms + H1_REPLY_MS);
+            return;
+        }
         h1_client_reply_error(w, c, status);
         return;
     }

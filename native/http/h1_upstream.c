@@ -91,6 +91,16 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         hist_add(w->shm->hist_connect, w->now_us - u->t_us);
         balance_result(w, t->cfg, t->server, true);
         u->state = CS_OPEN;
+        const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
+        if (cl->tls && cl->tls[w->o.index]) {
+            /* TLS first: the request goes once the handshake is done. */
+            if (tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
+                h1_upstream_failed(w, t, -EPROTO);
+                return;
+            }
+            h1_recv_arm(w, u);
+            return;
+        }
         u->h1 = H_BUSY;
         h1_recv_arm(w, u);
         txn_req_pump(w, t);
@@ -148,7 +158,7 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
     struct conn *c = &w->conns[t->client];
     w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_OTHER]++;
     w->srv[u->slot].errors++;
-    if ((t->flags & TF_REUSED) && !(t->flags & (TF_RETRIED | TF_RESP_HEAD | TF_REPLIED)) &&
+    if ((t->flags & TF_REUSED) && !(t->flags & (TF_RETRIED | TF_RESP_HEAD | TF_REPLIED | TF_INTERIM)) &&
         retryable(t)) {
         /* Detach the dead connection, then start over from the request's
          * head, which is still in the client's queue. */
@@ -167,7 +177,8 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
         for (uint32_t i = 0; i < w->cfg->nlisteners; i++)
             if (w->cfg->listeners[i].id == c->listener_id)
                 l = &w->cfg->listeners[i];
-        struct h1_limits lim = { l ? l->max_head : 0, l ? l->max_target : 0, 0 };
+        struct h1_limits lim = { l ? l->max_head : 0, l ? l->max_target : 0,
+                                 l ? l->max_fields : 0 };
         if (!n || h1_parse_request(p, n, &lim, r) != H1_DONE) {
             txn_abort(w, t, 502, false);
             return;
@@ -203,7 +214,10 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
     const uint8_t *p;
     uint32_t n = q_contiguous(w, u, &p);
     struct h1_response *r = w_resp(w);
-    int rc = n ? h1_parse_response(p, n, NULL, t->method, r) : H1_PARTIAL;
+    /* A response head: 16 KiB, and as many fields as the result arrays
+     * hold (the upstream is not a client; the size bounds the work). */
+    static const struct h1_limits resp_lim = { 0, 0, H1_MAX_HEADERS };
+    int rc = n ? h1_parse_response(p, n, &resp_lim, t->method, r) : H1_PARTIAL;
     if (rc == H1_PARTIAL && n && u->x.head != u->x.tail) {
         int a = q_assemble(w, u, HBUF_SIZE);
         if (a < 0) {
@@ -211,7 +225,7 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
             return;
         }
         n = q_contiguous(w, u, &p);
-        rc = h1_parse_response(p, n, NULL, t->method, r);
+        rc = h1_parse_response(p, n, &resp_lim, t->method, r);
     }
     if (rc == H1_PARTIAL) {
         if (u->x.flags & X_EOF) {
@@ -255,7 +269,12 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
     if (u->state != CS_OPEN)
         return;
     if (res == -EAGAIN) {              /* the transport had nothing for us yet */
-        if (!more)
+        struct txn *t = txn_of(w, u);
+        if (u->h1 == H_DIAL && t && tp_ready(w, u)) {
+            u->h1 = H_BUSY;            /* TLS is up: the request may go */
+            txn_req_pump(w, t);
+        }
+        if (!more && u->state == CS_OPEN)
             h1_recv_arm(w, u);
         return;
     }

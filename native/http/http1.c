@@ -59,6 +59,11 @@ static const uint8_t cls[256] = {
 
 #define IS(c, k) (cls[(uint8_t)(c)] & (k))
 
+_Static_assert(sizeof(((struct h1_request *)0)->h) / sizeof(struct h1_header) == H1_MAX_HEADERS,
+               "h1_request.h[] holds H1_MAX_HEADERS");
+_Static_assert(sizeof(((struct h1_response *)0)->h) / sizeof(struct h1_header) == H1_MAX_HEADERS,
+               "h1_response.h[] holds H1_MAX_HEADERS");
+
 #define DEF_MAX_HEAD   16384u
 #define DEF_MAX_TARGET 8192u
 #define CL_MAX         (UINT64_C(1) << 62)   /* largest Content-Length */
@@ -580,7 +585,7 @@ int h1_parse_request(const uint8_t *buf, size_t len, const struct h1_limits *lim
 {
     uint32_t max_head = lim && lim->max_head ? lim->max_head : DEF_MAX_HEAD;
     uint32_t max_target = lim && lim->max_target ? lim->max_target : DEF_MAX_TARGET;
-    uint32_t max_headers = lim && lim->max_headers ? lim->max_headers : H1_MAX_HEADERS;
+    uint32_t max_headers = lim && lim->max_headers ? lim->max_headers : H1_DEF_HEADERS;
     if (max_headers > H1_MAX_HEADERS)
         max_headers = H1_MAX_HEADERS;
     const uint8_t *p = buf, *end = buf + (len < max_head ? len : max_head);
@@ -735,7 +740,7 @@ int h1_parse_response(const uint8_t *buf, size_t len, const struct h1_limits *li
                       uint8_t request_method, struct h1_response *out)
 {
     uint32_t max_head = lim && lim->max_head ? lim->max_head : DEF_MAX_HEAD;
-    uint32_t max_headers = lim && lim->max_headers ? lim->max_headers : H1_MAX_HEADERS;
+    uint32_t max_headers = lim && lim->max_headers ? lim->max_headers : H1_DEF_HEADERS;
     if (max_headers > H1_MAX_HEADERS)
         max_headers = H1_MAX_HEADERS;
     const uint8_t *p = buf, *end = buf + (len < max_head ? len : max_head);
@@ -743,6 +748,22 @@ int h1_parse_response(const uint8_t *buf, size_t len, const struct h1_limits *li
     out->error = NULL;
     out->error_status = 0;
     out->nheaders = 0;
+    out->skip = 0;
+
+    /* Empty lines before the status line are ignored, as RFC 9112 2.2 asks
+     * of a request line (nginx, HAProxy and llhttp do it for status lines
+     * too): an upstream that ends a 1xx or a body with one CRLF too many is
+     * still understood. CRLF only, bounded by max_head like the rest. */
+    while (p < end && *p == '\r') {
+        if (p + 1 >= end)
+            goto partial;
+        if (p[1] != '\n')
+            RESP_FAIL("bare CR before the status line");
+        p += 2;
+    }
+    if (p < end && *p == '\n')
+        RESP_FAIL("bare LF before the status line");
+    const uint8_t *ls = p;
 
     /* HTTP-version SP 3DIGIT [SP reason-phrase] CRLF */
     uint8_t minor;
@@ -787,7 +808,8 @@ int h1_parse_response(const uint8_t *buf, size_t len, const struct h1_limits *li
         RESP_FAIL("unsupported HTTP version in response");
     if (status < 100 || status > 599)
         RESP_FAIL("status code out of range");
-    out->line_len = (uint32_t)(p - buf);
+    out->skip = (uint32_t)(ls - buf);
+    out->line_len = (uint32_t)(p - ls);
     out->status = (uint16_t)status;
     out->minor = minor;
 

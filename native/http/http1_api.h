@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define H1_MAX_HEADERS 96
+/* Header fields of one head: the default limit, and the most any limit may
+ * be (the size of the result arrays below; a larger limit is clamped). */
+#define H1_DEF_HEADERS 128
+#define H1_MAX_HEADERS 1024
 
 /* Return values of the head parsers. */
 #define H1_DONE      0    /* a complete head: see head_len */
@@ -64,7 +67,8 @@ struct h1_header {
 struct h1_limits {
     uint32_t max_head;        /* bytes of the head (default 16384): 431 */
     uint32_t max_target;      /* bytes of the request-target (default 8192): 414 */
-    uint32_t max_headers;     /* header lines, at most H1_MAX_HEADERS: 431 */
+    uint32_t max_headers;     /* header lines (default H1_DEF_HEADERS, at
+                                 most H1_MAX_HEADERS): 431 */
 };
 
 struct h1_request {
@@ -90,11 +94,12 @@ struct h1_request {
     uint32_t target_off, target_len;
     uint64_t content_length;
     const char *error;        /* on H1_ERROR: a short static reason */
-    struct h1_header h[96];
+    struct h1_header h[1024];   /* H1_MAX_HEADERS */
 };
 
 struct h1_response {
-    uint32_t head_len;
+    uint32_t head_len;        /* bytes of the head including the empty line
+                                 (and the skipped bytes below) */
     uint32_t line_len;        /* bytes of the status line including CRLF */
     uint16_t status;
     uint8_t minor;
@@ -103,10 +108,12 @@ struct h1_response {
     uint8_t pad[3];
     uint16_t nheaders;
     uint16_t error_status;    /* on H1_ERROR: 502 */
-    uint32_t pad2;
+    uint32_t skip;            /* bytes of empty lines (CRLFs) before the
+                                 status line, ignored: the status line
+                                 starts at buf + skip */
     uint64_t content_length;
     const char *error;
-    struct h1_header h[96];
+    struct h1_header h[1024];   /* H1_MAX_HEADERS */
 };
 
 /* Parse the head at the start of buf[0..len). On H1_PARTIAL the caller

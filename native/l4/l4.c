@@ -91,6 +91,7 @@ static void shutdown_peer(struct worker *w, struct conn *src)
     if (src->x.flags & X_SHUT)
         return;
     src->x.flags |= X_SHUT;
+    tp_shutdown(w, dst);
     if (shutdown(dst->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
         fail_error(w, dst, -errno);
         return;
@@ -104,40 +105,30 @@ static void recv_arm(struct worker *w, struct conn *src)
 {
     if (src->x.flags & (X_EOF | X_PAUSED | X_STARVED) || (src->ops & (1u << OP_RECV)))
         return;
-    struct io_uring_sqe *s = sqe_for(w, src, OP_RECV);
-    io_uring_prep_recv(s, src->fd, NULL, 0, 0);
-    s->flags |= IOSQE_BUFFER_SELECT;
-    s->buf_group = BUF_GROUP;
-    if (w->features & UP_F_MULTISHOT_RECV)
-        s->ioprio |= IORING_RECV_MULTISHOT;
-    count_op(w, s);
+    tp_recv_arm(w, src, 0);
 }
 
 static void send_next(struct worker *w, struct conn *src)
 {
     struct conn *dst = peer_of(w, src);
-    if (dst->ops & (1u << OP_SEND) || dst->state != CS_OPEN)
-        return;
+    if (dst->ops & (1u << OP_SEND) || dst->state != CS_OPEN || !tp_ready(w, dst))
+        return;                   /* (a TLS handshake first: tp_ready comes back here) */
     struct xfer *x = &src->x;
     if (x->head == NIL) {
         if (x->flags & X_EOF)
             shutdown_peer(w, src);
         return;
     }
-    struct io_uring_sqe *s = sqe_for(w, dst, OP_SEND);
-    io_uring_prep_send(s, dst->fd, buf_data(&w->bufs, x->head) + x->off,
-                       w->bufs.len[x->head] - x->off, MSG_NOSIGNAL | MSG_WAITALL);
-    count_op(w, s);
+    tp_send(w, dst, buf_data(&w->bufs, x->head) + x->off, w->bufs.len[x->head] - x->off);
 }
 
 static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe)
 {
     bool more = cqe->flags & IORING_CQE_F_MORE;
-    int res = cqe->res;
     struct xfer *x = &src->x;
-    if (cqe->flags & IORING_CQE_F_BUFFER) {
-        uint32_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-        bufpool_taken(w);
+    uint32_t bid;
+    int res = tp_received(w, src, cqe, &bid);
+    if (bid != NIL) {
         if (src->state != CS_OPEN || res <= 0) {
             bufpool_put(w, bid);
         } else {
@@ -164,6 +155,15 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
     }
     if (src->state != CS_OPEN)
         return;
+    if (res == -EAGAIN) {
+        /* Nothing yet (a TLS handshake, a partial record); once the
+         * handshake is done, what the peer sent meanwhile may go. */
+        if (tp_ready(w, src))
+            send_next(w, peer_of(w, src));
+        if (!more)
+            recv_arm(w, src);
+        return;
+    }
     if (res == 0) {
         x->flags |= X_EOF;
         if (x->head == NIL)
@@ -190,7 +190,7 @@ static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe
 {
     struct conn *src = peer_of(w, dst);
     struct xfer *x = &src->x;
-    int res = cqe->res;
+    int res = tp_sent(w, dst, cqe);
     if (dst->state != CS_OPEN)
         return;
     if (res < 0) {
@@ -379,7 +379,8 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 static void start_direction(struct worker *w, struct conn *src, bool *spliced)
 {
     uint32_t fwd = listener_of(src)->forwarding;
-    if (fwd != UP_FWD_BUFFERED && w->pipes.count) {
+    if (fwd != UP_FWD_BUFFERED && w->pipes.count && tp_spliceable(src) &&
+        tp_spliceable(peer_of(w, src))) {
         int p = pipe_get(w);
         if (p >= 0) {
             src->x.pipe = p;
@@ -411,6 +412,11 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         st->requests++;
         u->state = CS_OPEN;
         c->state = CS_OPEN;
+        const struct up_cluster *cl = &u->cfg->clusters[listener_of(c)->cluster];
+        if (cl->tls && cl->tls[w->o.index] && tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
+            abort_session(w, c, true, true);
+            return;
+        }
         bool spliced = true;
         start_direction(w, c, &spliced);
         start_direction(w, u, &spliced);
@@ -482,8 +488,17 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     cfg->refs[w->o.index * 8]++;
     w->clients++;
     w->c[UP_C_ACTIVE]++;
-    if (l->idle_timeout_ms) {
-        c->expires_ms = w->now_ms + l->idle_timeout_ms;
+    uint32_t first_ms = l->idle_timeout_ms;
+    if (l->tls && l->tls[w->o.index]) {
+        if (tp_tls_accept(w, c, l->tls[w->o.index]) < 0) {
+            w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;
+            abort_session(w, c, true, false);
+            return;
+        }
+        first_ms = l->tls_handshake_timeout_ms;   /* traffic moves it to the idle timeout */
+    }
+    if (first_ms) {
+        c->expires_ms = w->now_ms + first_ms;
         timer_arm(w, c);
     }
     connect_next(w, u, NIL);
@@ -547,7 +562,7 @@ void l4_adopt(struct worker *w, struct conn *c)
 
 void l4_on_idle(struct worker *w, struct conn *c)
 {
-    w->c[UP_C_ERR_IDLE_TIMEOUT]++;
+    w->c[c->tp != TP_PLAIN && !tp_ready(w, c) ? UP_C_TLS_HANDSHAKE_TIMEOUTS : UP_C_ERR_IDLE_TIMEOUT]++;
     abort_session(w, c, false, false);
 }
 

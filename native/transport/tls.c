@@ -20,6 +20,7 @@
  * protocol while one is out, so the two never cross on the socket.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -32,6 +33,8 @@
  * MAC and padding; 96 covers every suite we allow. */
 #define RECORD_OVERHEAD 96
 #define RECORD_MAX 16384
+
+static int handshake(struct worker *w, struct conn *c, struct tls_conn *t);
 
 /* ---- the BIO: the library's view of our buffers ----------------------- */
 
@@ -119,6 +122,9 @@ int tls_init(struct worker *w)
     if (m == MAP_FAILED)
         return -ENOMEM;
     w->tls = m;
+    w->tls_sessions = calloc(1, sizeof(struct tls_sessions));
+    if (!w->tls_sessions)
+        return -ENOMEM;
     BIO_METHOD *bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "uproxy-ring");
     if (!bm)
         return -ENOMEM;
@@ -142,6 +148,12 @@ void tls_free_all(struct worker *w)
     }
     munmap(w->tls, sizeof(struct tls_conn) * w->nconns);
     w->tls = NULL;
+    struct tls_sessions *ss = w->tls_sessions;
+    for (uint32_t i = 0; ss && i < UP_MAX_SERVERS; i++)
+        if (ss->s[i])
+            SSL_SESSION_free(ss->s[i]);
+    free(ss);
+    w->tls_sessions = NULL;
     if (w->tls_bio)
         BIO_meth_free(w->tls_bio);
     w->tls_bio = NULL;
@@ -204,27 +216,57 @@ int tp_tls_accept(struct worker *w, struct conn *c, void *server)
     return start(w, c, s->ctx[0], true);
 }
 
+/* A session the server gave us (a TLS 1.3 ticket arrives after the
+ * handshake): kept for the next connection to the same server. */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct bio_ref *r = BIO_get_data(SSL_get_rbio(ssl));
+    struct tls_sessions *ss = r ? r->w->tls_sessions : NULL;
+    uint32_t slot = r ? tls_of(r->w, r->c)->slot : NIL;
+    if (!ss || slot >= UP_MAX_SERVERS)
+        return 0;
+    if (ss->s[slot])
+        SSL_SESSION_free(ss->s[slot]);
+    ss->s[slot] = sess;
+    return 1;                     /* the reference is ours now */
+}
+
+/* Start the client side on a connected socket: the ClientHello goes out
+ * at once; the protocol sends its first bytes once tp_ready() says so. */
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host)
 {
     struct tls_server *s = client;
     int r = start(w, c, s->ctx[0], false);
     if (r < 0)
         return r;
-    SSL *ssl = tls_of(w, c)->ssl;
+    struct tls_conn *t = tls_of(w, c);
+    SSL *ssl = t->ssl;
     const char *name = s->sni[0] ? s->sni : host;
     if (name && *name) {
         SSL_set_tlsext_host_name(ssl, name);
         if (s->verify)
             SSL_set1_host(ssl, name);
     }
-    return 0;
+    t->slot = c->slot;
+    SSL_CTX_sess_set_new_cb(s->ctx[0], new_session_cb);
+    struct tls_sessions *ss = w->tls_sessions;
+    if (ss && c->slot < UP_MAX_SERVERS && ss->s[c->slot])
+        SSL_set_session(ssl, ss->s[c->slot]);
+    r = handshake(w, c, t);
+    return r == -EAGAIN || r == 1 ? 0 : (r ? r : -EPROTO);
 }
 
 void tp_tls_release(struct worker *w, struct conn *c)
 {
     struct tls_conn *t = tls_of(w, c);
-    if (t->ssl)
+    if (t->ssl) {
+        /* A connection that ended without an error keeps its session
+         * resumable: the library would otherwise take a close without our
+         * close_notify for a failure and drop the session. */
+        if (t->state == TLS_OPEN)
+            SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         SSL_free(t->ssl);
+    }
     t->ssl = NULL;
     in_release(w, t);
     out_release(w, t);
@@ -354,6 +396,8 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
         t->state = TLS_FAILED;
         t->err = cqe->res < 0 ? cqe->res : -EPIPE;
     }
+    if (t->state == TLS_OPEN)
+        t->flags |= TLSF_KICK;       /* the protocol learns it may send */
     if ((t->flags & TLSF_WANT_RX) && c->state == CS_OPEN) {
         t->flags &= ~TLSF_WANT_RX;
         tp_recv_arm(w, c, 0);
@@ -364,8 +408,12 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
 
 static bool held(const struct tls_conn *t)
 {
-    return t->in_head != NIL || (t->ssl && SSL_has_pending(t->ssl)) ||
-           t->state == TLS_FAILED || (t->flags & TLSF_EOF);
+    if (t->flags & TLSF_KICK)
+        return true;
+    /* Not SSL_has_pending(): it also counts a partial record, which only
+     * the peer's next bytes can complete. */
+    return t->in_head != NIL || (t->flags & TLSF_FULL) || t->state == TLS_FAILED ||
+           (t->flags & TLSF_EOF);
 }
 
 void tp_tls_recv_arm(struct worker *w, struct conn *c)
@@ -409,6 +457,8 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
         cnt(w, server ? UP_C_TLS_HANDSHAKES : UP_C_TLS_UPSTREAM_HANDSHAKES, 1);
         if (server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_RESUMED, 1);
+        if (!server && SSL_session_reused(t->ssl))
+            cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
         return 1;
     }
@@ -430,7 +480,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     struct bufpool *p = &w->bufs;
     *bid = NIL;
     if (t->flags & TLSF_REPLAY) {
-        t->flags &= ~TLSF_REPLAY;          /* the no-op: go on with what is held */
+        t->flags &= ~(TLSF_REPLAY | TLSF_KICK);   /* the no-op: go on with what is held */
     } else {
         int res = cqe->res;
         if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -470,6 +520,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     uint8_t *dst = buf_data(p, out);
     size_t got = 0;
     int e = SSL_ERROR_NONE;
+    t->flags &= ~TLSF_FULL;
     while (got < p->size) {
         size_t n = 0;
         if (SSL_read_ex(t->ssl, dst + got, p->size - got, &n) != 1) {
@@ -478,6 +529,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
         }
         got += n;
     }
+    if (got == p->size)
+        t->flags |= TLSF_FULL;             /* the library may hold more: read it next */
     if (t->nout && !(c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
         flush_own(w, c, t);                /* a key update's answer, an alert */
     if (got) {
@@ -512,7 +565,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
 
 bool tp_tls_ready(struct worker *w, const struct conn *c)
 {
-    return tls_of(w, c)->state == TLS_OPEN;
+    const struct tls_conn *t = tls_of(w, c);
+    return t->state == TLS_OPEN && !(t->flags & TLSF_SENDING);
 }
 
 /* Before a FIN: close_notify, sent directly (a few bytes into an empty
@@ -530,6 +584,19 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
         send(c->fd, buf_data(&w->bufs, t->out[i]), i + 1 == t->nout ? t->out_len : w->bufs.size,
              MSG_DONTWAIT | MSG_NOSIGNAL);
     out_release(w, t);
+}
+
+bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out)
+{
+    const struct tls_conn *t = tls_of(w, c);
+    if (c->tp != TP_TLS || !t->ssl)
+        return false;
+    int v = SSL_version(t->ssl);
+    out->version = v == TLS1_3_VERSION ? 0x13 : v == TLS1_2_VERSION ? 0x12 : 0;
+    out->resumed = SSL_session_reused(t->ssl) ? 1 : 0;
+    out->cipher = SSL_get_cipher_name(t->ssl);
+    out->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    return true;
 }
 
 /* For the access log: what was negotiated. */

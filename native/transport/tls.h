@@ -34,6 +34,7 @@ struct tls_server {
     uint32_t alpn_len;
     uint8_t *keys;            /* session-ticket keys, 80 bytes each */
     uint32_t nkeys;
+    int refs;                 /* the table's, and one per context (tls_ctx.c) */
     uint8_t server;
     uint8_t verify;           /* client side: verify the server */
     char sni[254];            /* client side: the name to send and verify */
@@ -51,7 +52,8 @@ enum tls_state {
 #define TLSF_REPLAY   4       /* the receive armed is a no-op: data is held */
 #define TLSF_WANT_RX  8       /* a receive is owed once our flight is out */
 #define TLSF_CLOSING  16      /* close_notify written */
-#define TLSF_READY    32      /* established, seen by the protocol */
+#define TLSF_FULL     32      /* the last read filled its buffer: more may be held */
+#define TLSF_KICK     64      /* established while our flight was out: tell the protocol */
 
 /* One connection's TLS, in a per-worker array beside the connections
  * (touched only for TLS connections, so plain ones pay no memory). */
@@ -67,8 +69,15 @@ struct tls_conn {
     uint8_t flags;                /* TLSF_* */
     uint16_t pad;
     int32_t err;                  /* TLS_FAILED: what to report (-errno) */
+    uint32_t slot;                /* client side: the server's slot, for its session */
     struct iovec iov[TLS_OUT_BUFS];
     struct msghdr msg;
+};
+
+/* Client sessions kept per server slot, so a new connection to the same
+ * server resumes (UP_MAX_SERVERS entries, per worker). */
+struct tls_sessions {
+    SSL_SESSION *s[UP_MAX_SERVERS];
 };
 
 int tls_init(struct worker *w);

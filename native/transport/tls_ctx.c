@@ -24,6 +24,44 @@
 #include <openssl/x509v3.h>
 #include "transport/tls.h"
 
+/* The settings a context's callbacks read live as long as the last
+ * context does: a handshake that began on a table that is then freed still
+ * finds its names and ticket keys. Each context holds a reference through
+ * its ex_data, dropped by the library when the context goes (on whichever
+ * thread frees the last connection), hence the atomic count. */
+static int ref_index = -1;
+
+static void server_put(struct tls_server *s)
+{
+    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL))
+        return;
+    free(s->names);
+    if (s->keys) {
+        OPENSSL_cleanse(s->keys, 80 * (size_t)s->nkeys);
+        free(s->keys);
+    }
+    free(s);
+}
+
+static void ref_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    if (ptr)
+        server_put(ptr);
+}
+
+static SSL_CTX *ctx_new(struct tls_server *s, const SSL_METHOD *m)
+{
+    if (ref_index < 0)      /* the control plane's thread, the only caller */
+        ref_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ref_free);
+    SSL_CTX *c = SSL_CTX_new(m);
+    if (c && ref_index >= 0) {
+        __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
+        SSL_CTX_set_ex_data(c, ref_index, s);
+    }
+    return c;
+}
+
 static void fail(char *err, size_t n, const char *what, const char *file)
 {
     unsigned long e = ERR_peek_last_error();
@@ -159,6 +197,7 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    s->refs = 1;
     s->server = 1;
     s->nctx = conf->nctx ? conf->nctx : 1;
     if (s->nctx > TLS_MAX_CTX) {
@@ -166,7 +205,7 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
         goto bad;
     }
     for (uint32_t i = 0; i < s->nctx; i++) {
-        SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+        SSL_CTX *c = ctx_new(s, TLS_server_method());
         if (!c) {
             fail(err, errlen, "TLS context:", NULL);
             goto bad;
@@ -275,7 +314,8 @@ void *up_tls_client_new(const struct up_tls_client *conf, char *err, size_t errl
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+    s->refs = 1;
+    SSL_CTX *c = ctx_new(s, TLS_client_method());
     if (!c) {
         fail(err, errlen, "TLS context:", NULL);
         goto bad;
@@ -334,15 +374,13 @@ void up_tls_free(void *p)
     struct tls_server *s = p;
     if (!s)
         return;
-    for (uint32_t i = 0; i < TLS_MAX_CTX; i++)
-        if (s->ctx[i])
-            SSL_CTX_free(s->ctx[i]);
-    free(s->names);
-    if (s->keys) {
-        OPENSSL_cleanse(s->keys, 80 * (size_t)s->nkeys);
-        free(s->keys);
+    for (uint32_t i = 0; i < TLS_MAX_CTX; i++) {
+        SSL_CTX *c = s->ctx[i];
+        s->ctx[i] = NULL;
+        if (c)
+            SSL_CTX_free(c);      /* its reference goes when its last connection does */
     }
-    free(s);
+    server_put(s);
 }
 
 int up_tls_ktls_available(void)

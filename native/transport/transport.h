@@ -48,6 +48,15 @@ void tp_shutdown(struct worker *w, struct conn *c);
 /* The connection is finished: give back what the transport holds. */
 void tp_release(struct worker *w, struct conn *c);
 
+/* What a TLS connection negotiated, for the access log; false when plain. */
+struct tp_tls_info {
+    uint8_t version;          /* 0x12, 0x13 */
+    uint8_t resumed;
+    const char *cipher;
+    const char *sni;          /* NULL: none sent */
+};
+bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out);
+
 /* TLS (tls.c); the protocol that accepts or dials starts it. */
 int tp_tls_accept(struct worker *w, struct conn *c, void *server);
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host);

@@ -47,7 +47,20 @@ def fields(rec, servers: dict) -> dict:
         "upstream": servers.get(rec.server_slot) if rec.server_slot != 0xffff else None,
         "user_agent": _text(rec.ua, rec.ua_len) or None,
         "referer": _text(rec.referer, rec.referer_len) or None,
+        **_tls(rec),
         "_t": t,
+    }
+
+
+def _tls(rec) -> dict:
+    # Only TLS requests carry these keys: a plain listener's lines stay as they were.
+    if not rec.tls_version:
+        return {}
+    return {
+        "tls_version": {0x12: "TLSv1.2", 0x13: "TLSv1.3"}.get(rec.tls_version, "?"),
+        "tls_cipher": _text(rec.cipher, rec.cipher_len) or None,
+        "sni": _text(rec.sni, rec.sni_len) or None,
+        "tls_resumed": bool(rec.tls_resumed),
     }
 
 

@@ -21,7 +21,7 @@ from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, Gaug
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.samples import Sample
 
-from . import __version__, hist, shm
+from . import __version__, hist, shm, tls
 
 log = logging.getLogger("uproxy")
 
@@ -137,6 +137,33 @@ class SegmentCollector:
         yield fam
 
 
+class TLSCollector:
+    """Each certificate's expiry, from the configuration in force (the
+    TLS counters come with the core's others, from the segment)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        cfg = getattr(self.runtime, "cfg", None)
+        fam = GaugeMetricFamily(
+            "uproxy_tls_certificate_expiry_timestamp_seconds",
+            "When a listener's certificate expires (Unix time; alert on it minus time())",
+            labels=["listener", "cert", "name"])
+        cfam = GaugeMetricFamily(
+            "uproxy_tls_client_certificate_expiry_timestamp_seconds",
+            "When a cluster's client certificate (upstream mTLS) expires (Unix time)",
+            labels=["cluster", "cert", "name"])
+        for l in (cfg.listeners if cfg else ()):
+            for c in (l.tls.certificates if l.tls else ()):
+                fam.add_metric([l.name, c.cert, c.label], c.not_after)
+        for c in (cfg.clusters.values() if cfg else ()):
+            if c.tls is not None and c.tls.cert is not None:
+                cfam.add_metric([c.name, c.tls.cert.cert, c.tls.cert.label], c.tls.cert.not_after)
+        yield fam
+        yield cfam
+
+
 def _fmt_le(v: float) -> str:
     return repr(float(v))
 
@@ -155,6 +182,7 @@ class AdminServer:
         self.collector = SegmentCollector(self.reader)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
+        self.registry.register(TLSCollector(runtime))
         admin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -212,6 +240,8 @@ class AdminServer:
         checker = getattr(self.runtime, "health", None)
         snap["health_checks"] = checker.details() if checker is not None else []
         snap["listeners"] = detail.listeners(self.runtime)
+        cfg = getattr(self.runtime, "cfg", None)
+        snap["tls"] = tls.status(cfg, getattr(self.runtime, "tickets", None)) if cfg else None
         return snap
 
     def close(self):

@@ -138,7 +138,7 @@ def try_bind(host: str, port: int):
 
 def cmd_check(a) -> int:
     from .config import ConfigError, Positions, load
-    cfg, config_errors, binds = None, [], []
+    cfg, config_errors, binds, warnings = None, [], [], []
     try:
         cfg = load(a.config)
         path = cfg.path
@@ -149,9 +149,18 @@ def cmd_check(a) -> int:
         path = e.path
         config_errors = e.errors
         binds = getattr(e, "binds", [])
+        warnings = getattr(e, "warnings", [])
+    if cfg is not None and _has_tls(cfg):
+        # what only the TLS library can judge (a cipher string, a file it
+        # reads its own way): one context per listener and cluster, made
+        # and freed, as the proxy will make them
+        from .tables import check_library
+        config_errors = check_library(cfg)
     for e in config_errors:
         print(_show("configuration error", e.path, e.line, e.key, e.message, e.snippet),
               file=sys.stderr)
+    for w in (cfg.warnings if cfg is not None else warnings):
+        print(_show("warning", w.path, w.line, w.key, w.message, w.snippet), file=sys.stderr)
     bind_errors = 0
     if binds and not a.no_bind:
         try:
@@ -176,11 +185,17 @@ def cmd_check(a) -> int:
         _err(f"{path}: the configuration is valid, but {bind_errors} address"
              f"{'es are' if bind_errors > 1 else ' is'} not usable here")
         return 1
+    ncerts = sum(len(l.tls.certificates) for l in cfg.listeners if l.tls)
     print(f"uproxy: {cfg.path}: ok ({len(cfg.listeners)} listeners, "
           f"{len(cfg.clusters)} clusters, "
           f"{sum(len(c.servers) for c in cfg.clusters.values())} servers"
+          + (f", {ncerts} TLS certificate{'s' if ncerts != 1 else ''}" if ncerts else "")
           + ("" if a.no_bind else ", addresses free") + ")")
     return 0
+
+
+def _has_tls(cfg) -> bool:
+    return any(l.tls for l in cfg.listeners) or any(c.tls for c in cfg.clusters.values())
 
 
 # ---- run -----------------------------------------------------------------------
@@ -205,7 +220,8 @@ def cmd_run(a) -> int:
         log.error("%s", e)
         return 1
     for l in rt.cfg.listeners:
-        log.info("listening on %s:%d (%s -> cluster %s)", l.host, rt.port_of(l.name), l.mode, l.cluster)
+        log.info("listening on %s:%d (%s%s -> cluster %s)", l.host, rt.port_of(l.name), l.mode,
+                 ", TLS" if l.tls else "", l.cluster)
     from . import features as feat
     log.info("%d workers on CPUs %s; io_uring features: %s", rt.nworkers,
              ",".join(str(w.cpu) for w in rt.workers), ", ".join(feat.names(rt.features)) or "none")
@@ -249,7 +265,20 @@ def cmd_stats(a) -> int:
         share = (f"{100 * (t['resp_4xx'] + t['resp_5xx']) / n:.1f}% (5xx: "
                  f"{100 * t['resp_5xx'] / n:.1f}%)") if n else "-"
         print(f"  {'error_share':24} {share}")
+    tls_counters = [k for k in t if k.startswith("tls_")]
+    if any(t[k] for k in tls_counters) or _serves_tls(pid):
+        for k in tls_counters:
+            print(f"  {k:24} {t[k]}")
     return 0
+
+
+def _serves_tls(pid: int) -> bool:
+    """Whether the proxy has TLS listeners, from the detail it publishes
+    (telemetry/detail.py); the counters alone are all zero before the
+    first handshake."""
+    from .telemetry import detail
+    d = detail.read(pid) or {}
+    return any(l.get("tls") for l in d.get("listeners") or [])
 
 
 def cmd_reload(a) -> int:

@@ -14,9 +14,11 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 
+from . import tls
 from .features import FEATURES
 
 
@@ -233,11 +235,19 @@ class _Errors:
         self.path = path
         self.pos = Positions(text)
         self.items: list = []
+        self.warnings: list = []    # the same records, for what works but deserves a look
         self.binds: list = []       # (key, host, port) of addresses that parsed
+        # relative file names (certificates, keys) are the configuration
+        # file's neighbours, whatever directory uproxy was started from
+        self.base = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.getcwd()
 
     def add(self, key: str, message: str):
         line = self.pos.line_of(key) if key else None
         self.items.append(ConfigError(self.path, key, message, line, self.pos.snippet(line)))
+
+    def warn(self, key: str, message: str):
+        line = self.pos.line_of(key) if key else None
+        self.warnings.append(ConfigError(self.path, key, message, line, self.pos.snippet(line)))
 
     def keys(self) -> set:
         return {e.key for e in self.items}
@@ -248,6 +258,7 @@ class _Errors:
             f = errs[0]
             e = ConfigError(f.path, f.key, f.message, f.line, f.snippet, errors=errs)
             e.binds = self.binds     # `uproxy check` still tries these
+            e.warnings = sorted(self.warnings, key=lambda w: (w.line is None, w.line or 0))
             raise e
 
 
@@ -291,6 +302,43 @@ class Cluster:
     pool_idle_timeout_ms: int = 60000
     max_requests: int = 0
     health: Health | None = None
+    tls: "ClusterTLS | None" = None      # TLS to the servers
+
+
+@dataclass(frozen=True)
+class ListenerTLS:
+    """A listener's TLS termination (docs/tls.md)."""
+    certificates: tuple                  # tls.Certificate, as listed
+    min_version: str = "1.2"
+    ciphers: str = tls.DEFAULT_CIPHERS
+    ciphersuites: str = tls.DEFAULT_CIPHERSUITES
+    alpn: tuple = ("http/1.1",)
+    handshake_timeout_ms: int = 10000
+    client_ca: str | None = None
+    client_auth: str = "none"            # "optional", "required"
+    session_tickets: bool = True
+    ticket_key_file: str | None = None
+    ticket_keys: tuple = field(default=(), repr=False)   # from ticket_key_file
+    ticket_rotate_ms: int = 12 * 3600_000
+    session_timeout_s: int = 7200
+    session_cache: int = 20000
+
+
+@dataclass(frozen=True)
+class ClusterTLS:
+    """A cluster's TLS to its servers; `tls = true` is all the defaults."""
+    ca: str | None = None                # None: the system's CA store
+    sni: str | None = None               # None: the server's host
+    verify: bool = True
+    cert: "tls.Certificate | None" = None  # upstream mTLS
+    min_version: str = "1.2"
+
+
+# Methods a route may list (the ones the C parser names; any other method
+# is a token the core would have to compare as a string per request).
+# CONNECT is not among them: it is allowed by allow_connect = true.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+MAX_HEADER_FIELDS = 1024             # the parser's result arrays (H1_MAX_HEADERS)
 
 
 @dataclass(frozen=True)
@@ -298,6 +346,8 @@ class Route:
     cluster: str
     host: str | None = None          # exact, or "*.example.com"
     path_prefix: str = ""
+    methods: tuple | None = None     # None: every method but CONNECT
+    allow_connect: bool = False
 
 
 @dataclass(frozen=True)
@@ -314,11 +364,15 @@ class Listener:
     header_timeout_ms: int = 10000
     keepalive_timeout_ms: int = 60000
     max_header_size: int = 16384
+    max_header_fields: int = 128
     max_target: int = 8192
     max_body_size: int = 0               # 0: no limit
     underscores_in_headers: bool = False # forward header names with '_' 
     access_log: str | None = None        # "stdout", "stderr" or a file path
     access_log_format: str = "json"      # or "combined"
+    tls: ListenerTLS | None = None
+    methods: tuple | None = None         # the default of its routes (and of no route)
+    allow_connect: bool = False
 
     @property
     def bind(self) -> str:
@@ -358,6 +412,7 @@ class Config:
     listeners: tuple
     clusters: dict = field(default_factory=dict)
     admin: Admin | None = None
+    warnings: tuple = ()                 # ConfigError records that do not stop a load
 
 
 # ---- small typed readers -------------------------------------------------
@@ -478,6 +533,17 @@ class _Reader:
             self.fail(name, f"must be true or false, not {_kind(v)}")
             return default
         return v
+
+    def file(self, name, required=False):
+        """A file name, made absolute (relative to the configuration file's
+        directory); its content is checked by the caller."""
+        v = self.str(name, required=required)
+        if v is None:
+            return None
+        if not v.strip():
+            self.fail(name, "is empty; give a file name")
+            return None
+        return os.path.normpath(os.path.join(self.errs.base, os.path.expanduser(v)))
 
     def list(self, name, default=()):
         v = self.get(name, None)
@@ -659,6 +725,7 @@ def _cluster(errs, i, raw) -> Cluster:
         pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
         max_requests=r.int("max_requests", 0, lo=0),
         health=_health(errs, f"clusters[{i}].health", r.get("health")),
+        tls=_cluster_tls(errs, f"clusters[{i}].tls", r.get("tls"), servers),
     )
     r.done()
     return c
@@ -690,6 +757,279 @@ def _health(errs, key, raw) -> Health | None:
     return h
 
 
+# ---- TLS ------------------------------------------------------------------------
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+           "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256")
+
+
+def _tls_version(r) -> str:
+    v = r.get("min_version", "1.2")
+    if isinstance(v, float) and f"{v}" in tls.VERSIONS:
+        return f"{v}"                   # min_version = 1.2 written without quotes
+    if isinstance(v, str) and v.strip() in ("1.0", "1.1"):
+        r.fail("min_version", f"TLS {v.strip()} is deprecated (RFC 8996) and never offered; "
+                              f"the lowest is \"1.2\"")
+        return "1.2"
+    return r.str("min_version", "1.2", choices=tuple(tls.VERSIONS))
+
+
+def _pair(errs, key, cert, keyf):
+    """A certificate and its key, read and checked, or None (the mistake
+    is in errs); its dates give an error (expired) or a warning."""
+    try:
+        c = tls.read_certificate(cert, keyf or cert)
+    except tls.TLSFileError as e:
+        errs.add(f"{key}.{'key' if e.part == 'key' and keyf else 'cert'}", str(e))
+        return None
+    kind, msg = tls.expiry(c)
+    if kind == "error":
+        errs.add(f"{key}.cert", msg)
+    elif kind == "warning":
+        errs.warn(f"{key}.cert", msg)
+    return c
+
+
+def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errs.add(key, f"must be a table like {{ certificates = [{{ cert = \"site.pem\", "
+                      f"key = \"site.key\" }}] }}, not {_kind(raw)}")
+        return None
+    r = _Reader(errs, key, raw)
+    certs, ckeys = [], []
+    raw_certs = r.list("certificates")
+    if not raw_certs and "certificates" not in r.t:
+        r.fail("certificates", "is required: certificates = [{ cert = \"site.pem\", "
+                               "key = \"site.key\" }]")
+    elif not raw_certs:
+        r.fail("certificates", "needs at least one { cert = \"...\", key = \"...\" }")
+    for j, rc in enumerate(raw_certs):
+        ck = f"{key}.certificates[{j}]"
+        cr = _Reader(errs, ck, rc)
+        if not cr.ok:
+            continue
+        cert, keyf = cr.file("cert", required=True), cr.file("key")
+        cr.done()
+        if cert is not None and (c := _pair(errs, ck, cert, keyf)) is not None:
+            certs.append(c)
+            ckeys.append(ck)
+    _check_groups(errs, key, certs, ckeys)
+
+    version = _tls_version(r)
+    ciphers = r.str("ciphers", tls.DEFAULT_CIPHERS)
+    if ciphers is not None:
+        try:                            # OpenSSL's own parser, as the core will use it
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+        except ssl.SSLError:
+            r.fail("ciphers", f"OpenSSL finds no usable TLS 1.2 cipher in {ciphers!r}; "
+                              f"leave it out for the default {tls.DEFAULT_CIPHERS!r}")
+    suites = r.str("ciphersuites", tls.DEFAULT_CIPHERSUITES)
+    for s in (suites or "").split(":"):
+        if s not in _SUITES:
+            hint = difflib.get_close_matches(s, _SUITES, n=1)
+            r.fail("ciphersuites", f"{s!r} is not a TLS 1.3 suite; they are "
+                                   f"{', '.join(_SUITES)}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            break
+    http = mode == "http"
+    alpn = []
+    for j, p in enumerate(r.list("alpn", ["http/1.1"] if http else [])):
+        if not isinstance(p, str) or not 0 < len(p.encode()) < 256:
+            errs.add(f"{key}.alpn[{j}]", f"{p!r} is not a protocol name like \"http/1.1\"")
+        elif http and p not in ("http/1.1", "http/1.0"):
+            errs.add(f"{key}.alpn[{j}]", f"{p!r}: an http listener speaks HTTP/1.x only "
+                     f"(h2 comes with HTTP/2); use [\"http/1.1\"]")
+        else:
+            alpn.append(p)
+    if len(tls.alpn_wire(alpn)) > tls.MAX_ALPN_WIRE:
+        r.fail("alpn", f"the protocol names take more than {tls.MAX_ALPN_WIRE} bytes")
+
+    client_ca = r.file("client_ca")
+    if client_ca is not None:
+        try:
+            tls.check_ca_bundle(client_ca, "the client CA bundle")
+        except tls.TLSFileError as e:
+            r.fail("client_ca", str(e))
+    client_auth = r.str("client_auth", "required" if client_ca else "none", choices=tls.CLIENT_AUTH)
+    if client_auth != "none" and client_ca is None and "client_ca" not in r.t:
+        r.fail("client_auth", f"client_auth = {client_auth!r} needs client_ca, the CA bundle "
+                              f"that issued your clients' certificates")
+    elif client_auth == "none" and client_ca is not None:
+        errs.warn(f"{key}.client_auth", "client_auth = \"none\": client_ca is not used; "
+                                        "say \"optional\" or \"required\" to ask for client certificates")
+
+    tickets = r.bool("session_tickets", True)
+    key_file = r.file("ticket_key_file")
+    keys = ()
+    if key_file is not None:
+        if not tickets:
+            r.fail("ticket_key_file", "session_tickets = false issues no tickets: leave out "
+                                      "ticket_key_file, or set session_tickets = true")
+        else:
+            try:
+                keys = tls.read_ticket_keys(key_file)
+            except tls.TLSFileError as e:
+                r.fail("ticket_key_file", str(e))
+            else:
+                if tls.ticket_file_exposed(key_file):
+                    errs.warn(f"{key}.ticket_key_file",
+                              f"{key_file} is readable by every user, and its keys decrypt "
+                              f"resumed sessions: chmod 600 {key_file}")
+    rotate = r.duration_ms("ticket_rotate", 12 * 3600_000, lo=60_000, hi=7 * 86400_000)
+    if key_file is not None and "ticket_rotate" in r.t:
+        errs.warn(f"{key}.ticket_rotate", "keys from ticket_key_file are not rotated by uproxy: "
+                                          "write a new first key into the file, then reload")
+    timeout = r.duration_ms("session_timeout", 7200_000, lo=1000, hi=7 * 86400_000)
+    t = ListenerTLS(
+        certificates=tuple(certs), min_version=version,
+        ciphers=ciphers or tls.DEFAULT_CIPHERS, ciphersuites=suites or tls.DEFAULT_CIPHERSUITES,
+        alpn=tuple(alpn),
+        handshake_timeout_ms=r.duration_ms("handshake_timeout", 10000, lo=1),
+        client_ca=client_ca, client_auth=client_auth,
+        session_tickets=tickets, ticket_key_file=key_file if tickets else None, ticket_keys=keys,
+        ticket_rotate_ms=rotate, session_timeout_s=max(1, timeout // 1000),
+        session_cache=r.int("session_cache", 20000, lo=0, hi=1 << 22),
+    )
+    r.done()
+    return t
+
+
+def _check_groups(errs, key, certs, ckeys):
+    """What the core cannot serve: too many groups or names, a name too
+    long, and two keys of one type for the same names (a context holds one
+    key per type, so the later would silently replace the earlier)."""
+    if not certs:
+        return
+    cert_ctx, names, ngroups = tls.group(certs)
+    if ngroups > tls.MAX_GROUPS:
+        errs.add(f"{key}.certificates", f"{ngroups} different sets of names; at most "
+                                        f"{tls.MAX_GROUPS} (put more names in one certificate)")
+    if len(names) > tls.MAX_NAMES:
+        errs.add(f"{key}.certificates", f"{len(names)} names; at most {tls.MAX_NAMES}")
+    seen = {}
+    for j, (c, g) in enumerate(zip(certs, cert_ctx)):
+        for n in c.names:
+            if len(n) > tls.MAX_NAME_LEN:
+                errs.add(f"{ckeys[j]}.cert", f"the name {n[:40]!r}... is longer than "
+                                             f"{tls.MAX_NAME_LEN} characters")
+        if not c.names and j > 0:
+            errs.warn(f"{ckeys[j]}.cert", f"{c.cert} names no DNS name (no subjectAltName, no "
+                                          f"commonName): no client can choose it by name")
+        if c.key_type is None:
+            continue
+        other = seen.get((g, c.key_type))
+        if other is not None:
+            errs.add(f"{ckeys[j]}.cert",
+                     f"serves the same names as {other.rsplit('.', 1)[-1]} "
+                     f"({', '.join(c.names[:3]) or 'none'}) with the same key type "
+                     f"({c.key_type}): one context holds one key per type, so one of them "
+                     f"would never be served; remove one, or pair an RSA with an ECDSA one")
+        else:
+            seen[(g, c.key_type)] = ckeys[j]
+
+
+def _cluster_tls(errs, key, raw, servers) -> ClusterTLS | None:
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        _system_store(errs, key)
+        return ClusterTLS(sni=_default_sni(errs, key, servers))
+    if not isinstance(raw, dict):
+        errs.add(key, f"must be true or a table like {{ ca = \"ca.pem\", sni = "
+                      f"\"app.internal\" }}, not {_kind(raw)}")
+        return None
+    r = _Reader(errs, key, raw)
+    verify = r.bool("verify", True)
+    ca = r.file("ca")
+    if ca is not None:
+        try:
+            tls.check_ca_bundle(ca, "the CA bundle")
+        except tls.TLSFileError as e:
+            r.fail("ca", str(e))
+    elif verify:
+        _system_store(errs, key)
+    if not verify:
+        errs.warn(f"{key}.verify", "verify = false: the servers' certificates are not checked, "
+                                   "so anyone on the path to them can pose as them; give ca "
+                                   "(your internal CA's bundle) instead")
+    sni = r.str("sni")
+    if sni is not None and not (_HOSTNAME.match(sni) and len(sni) <= tls.MAX_NAME_LEN):
+        r.fail("sni", f"{sni!r} is not a host name (the name sent to the servers and "
+                      f"checked in their certificates)")
+        sni = None
+    cert, keyf = r.file("cert"), r.file("key")
+    pair = None
+    if keyf is not None and cert is None:
+        r.fail("key", "key needs cert, the client certificate it belongs to")
+    elif cert is not None:
+        pair = _pair(errs, key, cert, keyf)
+    if sni is None and verify and "sni" not in r.t:
+        sni = _default_sni(errs, key, servers)
+    t = ClusterTLS(ca=ca, sni=sni.lower().rstrip(".") if sni else None, verify=verify,
+                   cert=pair, min_version=_tls_version(r))
+    r.done()
+    return t
+
+
+def _default_sni(errs, key, servers) -> str | None:
+    """The name to send and verify when sni is not given: the servers'
+    host name when they all have the same one. Servers given by address
+    (or by several names) leave none, and then a certificate is checked
+    for its chain but not its name: that deserves a warning."""
+    hosts = {s.host.lower().rstrip(".") for s in servers}
+    if len(hosts) == 1:
+        (h,) = hosts
+        try:
+            ipaddress.ip_address(h)
+        except ValueError:
+            return h
+    if servers:
+        errs.warn(key, "no sni, and the servers are not one host name: their certificates are "
+                       "checked for a trusted chain but not for a name, so any certificate the "
+                       "CA issued passes; set sni to the name their certificates carry")
+    return None
+
+
+def _system_store(errs, key):
+    """Verification against the system's CA store needs one."""
+    p = ssl.get_default_verify_paths()
+    if not any(f and os.path.exists(f) for f in (p.cafile, p.capath)):
+        errs.warn(key, f"no system CA store here ({p.openssl_cafile} or {p.openssl_capath}) to "
+                       f"verify the servers with: install ca-certificates, or give ca")
+
+
+def _methods(r, name="methods"):
+    """A route's (or a listener's) methods list: a tuple of METHODS, or
+    None when the key is absent (every method but CONNECT)."""
+    if name not in r.t:
+        r.used.add(name)
+        return None
+    v = r.list(name)
+    if not v:
+        if isinstance(r.t.get(name), list):
+            r.fail(name, "needs at least one method; leave it out to allow every method "
+                   "(CONNECT needs allow_connect = true)")
+        return None
+    out = []
+    for k, m in enumerate(v):
+        key = f"{name}[{k}]"
+        if not isinstance(m, str):
+            r.fail(key, f"must be a method name like \"GET\", not {_kind(m)}")
+        elif m == "CONNECT":
+            r.fail(key, "CONNECT is allowed with allow_connect = true, not in methods")
+        elif m not in METHODS:
+            if m.upper() in METHODS or m.upper() == "CONNECT":
+                r.fail(key, f"{m!r}: methods are case-sensitive; did you mean {m.upper()!r}?")
+            else:
+                r.fail(key, f"{m!r} cannot be listed: methods may be {', '.join(METHODS)} "
+                       "(leave methods out to allow every method, other ones included)")
+        elif m not in out:
+            out.append(m)
+    return tuple(out) if out else None
+
+
 def _listener(errs, i, raw, cluster_names) -> Listener:
     r = _Reader(errs, f"listeners[{i}]", raw)
     name = r.str("name", required=True)
@@ -718,6 +1058,13 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
     tcp = r.t.get("mode", "tcp") == "tcp"      # (not a mode that is itself wrong)
     if raw_routes and tcp:
         r.fail("routes", "routes need mode = \"http\"")
+    # The listener's methods and allow_connect: the default of its routes,
+    # and the policy of requests that match no route.
+    l_methods = _methods(r)
+    l_connect = r.bool("allow_connect", False)
+    for k in ("methods", "allow_connect", "max_header_fields"):
+        if k in r.t and tcp:
+            r.fail(k, f"{k} needs mode = \"http\"")
     for j, raw_route in enumerate(raw_routes):
         rr = _Reader(errs, f"listeners[{i}].routes[{j}]", raw_route)
         if not rr.ok:
@@ -732,8 +1079,12 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
             rr.fail("host", f"{host_m!r} is not a host name or \"*.domain\"")
         if prefix and not prefix.startswith("/"):
             rr.fail("path_prefix", f"{prefix!r} must start with /")
+        methods = _methods(rr)
+        allow_connect = rr.bool("allow_connect", l_connect)
         rr.done()
-        routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix))
+        routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix,
+                            methods=methods if "methods" in rr.t else l_methods,
+                            allow_connect=allow_connect))
     http = mode == "http"
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
@@ -744,11 +1095,15 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
         header_timeout_ms=r.duration_ms("header_timeout", 10000, lo=1),
         keepalive_timeout_ms=r.duration_ms("keepalive_timeout", 60000, lo=1),
         max_header_size=r.size("max_header_size", 16384, 1024, 32768),
+        max_header_fields=_max_header_fields(r),
         max_target=r.size("max_target", 8192, 256, 32768),
         max_body_size=r.size("max_body_size", 0, 0, 1 << 50),
         underscores_in_headers=r.bool("underscores_in_headers", False),
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
+        tls=_listener_tls(errs, f"listeners[{i}].tls", r.get("tls"), mode),
+        methods=l_methods,
+        allow_connect=l_connect,
     )
     if lst.access_log and tcp:
         r.fail("access_log", "access logs are written by mode = \"http\" listeners")
@@ -758,6 +1113,21 @@ def _listener(errs, i, raw, cluster_names) -> Listener:
             r.fail("access_log", f"the directory {d} does not exist")
     r.done()
     return lst
+
+
+def _max_header_fields(r) -> int:
+    v = r.get("max_header_fields", 128)
+    if isinstance(v, bool) or not isinstance(v, int):
+        r.fail("max_header_fields", f"must be an integer, not {_kind(v)}")
+        return 128
+    if v < 1:
+        r.fail("max_header_fields", f"must be at least 1 (got {v})")
+        return 128
+    if v > MAX_HEADER_FIELDS:
+        r.fail("max_header_fields", f"must be at most {MAX_HEADER_FIELDS} (got {v}): each worker's "
+               "parse results hold that many fields, allocated once at start")
+        return 128
+    return v
 
 
 def _table_list(errs, top, name) -> list:
@@ -822,8 +1192,22 @@ def parse(text: str, path: str = "<config>") -> Config:
         errs.binds.append(("admin.bind", admin.host, admin.port))
     top.done()
     errs.raise_if_any()
+    warnings = sorted(errs.warnings, key=lambda e: (e.line is None, e.line or 0))
     return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters,
-                  admin=admin)
+                  admin=admin, warnings=tuple(warnings))
+
+
+def locate(path: str, key: str, message: str) -> ConfigError:
+    """A ConfigError for a mistake found after the file loaded (the TLS
+    library refusing a setting the checks here let through), placed at
+    the key's line as load() would place it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pos = Positions(f.read())
+    except (OSError, UnicodeDecodeError):
+        pos = Positions("")
+    line = pos.line_of(key)
+    return ConfigError(path, key, message, line, pos.snippet(line))
 
 
 def _admin(errs, raw, binds) -> Admin | None:

@@ -183,13 +183,70 @@ def check_io_uring() -> list:
                           "" if not no else "a newer kernel enables the faster paths; uproxy "
                           "falls back without them", flags=flags, source=flags_source))
     if core_features is not None:
-        lacking = [f for f in feat.FEATURES if f not in core_features]
+        # kTLS is not an io_uring feature and has its own check (check_tls)
+        lacking = [f for f in feat.FEATURES if f not in core_features and f != "ktls"]
         out.append(_check("uproxy_features", "ok" if not lacking else "warn",
                           "the C core will use: " + (", ".join(core_features) or "none")
                           + (f"; not here: {', '.join(lacking)}" if lacking else ""),
                           "" if not lacking else "these arrived in later kernels: " +
                           ", ".join(f"{f} ({feat.since(f)})" for f in lacking),
                           features=core_features, source="uproxy C core (up_probe)"))
+    return out
+
+
+def kernel_config(option: str, release: str | None = None) -> str | None:
+    """"y", "m" or "n" for a kernel build option, from /proc/config.gz or
+    /boot/config-<release>; None when neither is there."""
+    import gzip
+    release = release or platform.release()
+    for path, opener in (("/proc/config.gz", gzip.open), (f"/boot/config-{release}", open)):
+        try:
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith(f"{option}="):
+                        return line.strip().split("=", 1)[1]
+                    if line.startswith(f"# {option} is not set"):
+                        return "n"
+            return "n"
+        except OSError:
+            continue
+    return None
+
+
+def check_tls(release: str | None = None, ktls: bool | None = None,
+              config: str | None = "probe") -> list:
+    """The TLS library the core is built with, and whether the kernel can
+    take over the records after the handshake (kTLS)."""
+    from ._native import ffi, lib
+    release = release or platform.release()
+    out = []
+    name = ffi.string(lib.up_tls_library()).decode()
+    out.append(_check("tls_library", "ok", f"{name}: user-space TLS, one context per worker",
+                      library=name))
+    if ktls is None:
+        ktls = bool(lib.up_tls_ktls_available())
+    if ktls:
+        out.append(_check("ktls", "ok", "the kernel takes the tls ULP: after a handshake the "
+                          "kernel encrypts and decrypts (disable_features = [\"ktls\"] turns "
+                          "it off)", available=True))
+        return out
+    if config == "probe":
+        config = kernel_config("CONFIG_TLS", release)
+    loaded = os.path.isdir("/sys/module/tls")
+    if config == "n":
+        why = f"Linux {release} is built without CONFIG_TLS (no tls module)"
+        fix = ("nothing to do: TLS runs in user space; for kTLS, a kernel built with "
+               "CONFIG_TLS=m or y (Debian 12's 6.1 kernel ships the tls module)")
+    elif config in ("m", "y") and not loaded:
+        why = "the kernel has CONFIG_TLS but the tls module is not loaded"
+        fix = "modprobe tls (and list tls in /etc/modules-load.d/ to load it at boot)"
+    else:
+        why = ("the kernel refuses the tls ULP on a TCP socket (no CONFIG_TLS, or the tls "
+               "module is not loaded)")
+        fix = ("modprobe tls; if there is no such module, the kernel lacks CONFIG_TLS: TLS "
+               "runs in user space")
+    out.append(_check("ktls", "missing", f"kTLS not available: {why}; uproxy encrypts in "
+                      f"user space", fix, available=False, config_tls=config))
     return out
 
 
@@ -283,6 +340,11 @@ def collect() -> dict:
     if not checks[0]["blocker"]:
         checks.append(check_io_uring_disabled())
         checks.extend(check_io_uring())
+    try:
+        checks.extend(check_tls())
+    except Exception as e:              # the C core not built: said by the other checks too
+        checks.append(_check("tls_library", "missing", f"the C core cannot be loaded: {e}",
+                             "scripts/setup (builds the C core)"))
     checks.extend(check_ebpf())
     checks.extend(check_limits())
     blockers = [c for c in checks if c["blocker"]]

@@ -1,4 +1,4 @@
-"""io_uring features uproxy uses when the kernel has them.
+"""io_uring features uproxy uses when the kernel has them, and kTLS.
 
 Each can be switched off (``[proxy] disable_features`` or
 ``UPROXY_DISABLE=a,b``); switching off the post-5.15 ones makes the worker
@@ -18,6 +18,9 @@ _TABLE = {
     "coop_taskrun": (32, "5.19"),
     "registered_files": (64, "5.1"),
     "registered_ring": (128, "5.18"),
+    # Kernel TLS: present only where the kernel is built with CONFIG_TLS
+    # (the `tls` module), whatever its version; detected by the TLS layer.
+    "ktls": (256, "4.17"),
 }
 FEATURES = tuple(_TABLE)
 # What a 5.15 kernel lacks: disabling these exercises its code paths.

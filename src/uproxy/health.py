@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,45 +29,62 @@ def _expect_ok(expect: str, status: int) -> bool:
     return False
 
 
-def timed_probe(address, host_label: str, health) -> tuple:
+def timed_probe(address, host_label: str, health, tls=None) -> tuple:
     """One check and how long it took: (ok, reason, seconds)."""
     t0 = time.monotonic()
-    ok, why = probe(address, host_label, health)
+    ok, why = probe(address, host_label, health, tls)
     return ok, why, time.monotonic() - t0
 
 
-def probe(address, host_label: str, health) -> tuple:
-    """One check: (ok, reason)."""
+def probe(address, host_label: str, health, tls=None) -> tuple:
+    """One check: (ok, reason). tls: (ssl context, server name) for a
+    cluster that speaks TLS to its servers: the check's handshake counts
+    (a certificate the workers would refuse fails it)."""
     fam, sa = address
     timeout = health.timeout_ms / 1000
     try:
-        with socket.socket(fam, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(sa)
-            if health.path is None:
-                return True, "connect ok"
-            s.sendall(f"GET {health.path} HTTP/1.1\r\nHost: {host_label}\r\n"
-                      f"User-Agent: uproxy-health\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            deadline = time.monotonic() + timeout
-            while b"\r\n" not in data and len(data) < 4096:
-                s.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            line = data.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                return False, f"not an HTTP response: {line[:60]!r}"
-            status = int(parts[1])
-            if not _expect_ok(health.expect, status):
-                return False, f"status {status}, expected {health.expect}"
-            return True, f"status {status}"
+        with socket.socket(fam, socket.SOCK_STREAM) as raw:
+            raw.settimeout(timeout)
+            raw.connect(sa)
+            if tls is None:
+                return _ask(raw, host_label, health, timeout, "connect ok")
+            ctx, name = tls
+            try:
+                s = ctx.wrap_socket(raw, server_hostname=name)
+            except ssl.SSLCertVerificationError as e:
+                return False, f"TLS: {e.verify_message}"
+            except ssl.SSLError as e:
+                return False, f"TLS handshake: {e.reason or e}"
+            with s:
+                return _ask(s, host_label, health, timeout, "TLS handshake ok")
     except socket.timeout:
         return False, f"no answer within {health.timeout_ms} ms"
     except OSError as e:
         return False, e.strerror or str(e)
+
+
+def _ask(s, host_label: str, health, timeout: float, connected: str) -> tuple:
+    """The HTTP part of a check on a connected socket (or none for tcp)."""
+    if health.path is None:
+        return True, connected
+    s.sendall(f"GET {health.path} HTTP/1.1\r\nHost: {host_label}\r\n"
+              f"User-Agent: uproxy-health\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n" not in data and len(data) < 4096:
+        s.settimeout(max(0.001, deadline - time.monotonic()))
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    line = data.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        return False, f"not an HTTP response: {line[:60]!r}"
+    status = int(parts[1])
+    if not _expect_ok(health.expect, status):
+        return False, f"status {status}, expected {health.expect}"
+    return True, f"status {status}"
 
 
 class HealthChecker:
@@ -76,7 +94,7 @@ class HealthChecker:
         # (cluster, label) -> what the dashboard shows: the last check's result,
         # reason and latency, when it ran and when the state last changed
         self.detail = {}
-        self.targets = []    # (cluster, label, address, health)
+        self.targets = []    # (cluster, label, address, health, tls: (ssl context, name) or None)
         self.lock = threading.Lock()   # control plane only: checker thread vs reload
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="uproxy-health")
@@ -85,18 +103,26 @@ class HealthChecker:
         self.publisher = detail_mod.Publisher(runtime, self)
 
     def configure(self, cfg):
+        from . import tls as tls_mod
         targets = []
         for c in cfg.clusters.values():
             if c.health is None:
                 continue
+            ctx = None
+            if c.tls is not None:
+                try:
+                    ctx = tls_mod.client_context(c.tls)
+                except (ssl.SSLError, OSError) as e:      # the workers' contexts judged first
+                    log.warning("health checks of cluster %s: no TLS context: %s", c.name, e)
             for s in c.servers:
-                targets.append((c.name, s.label, s.address, c.health))
+                tls = (ctx, c.tls.sni or s.host) if ctx is not None else None
+                targets.append((c.name, s.label, s.address, c.health, tls))
         with self.lock:
             keep = {(t[0], t[1]) for t in targets}
             self.state = {k: v for k, v in self.state.items() if k in keep}
             self.detail = {k: v for k, v in self.detail.items() if k in keep}
             now_ms = int(time.time() * 1000)
-            for cname, label, _, _ in targets:
+            for cname, label, *_ in targets:
                 self.state.setdefault((cname, label), [True, 0, 0, 0.0])
                 self.detail.setdefault((cname, label), {
                     "checked": False, "up": True, "last_ok": None, "last_reason": None,
@@ -130,7 +156,7 @@ class HealthChecker:
                 due = [t for t in self.targets if self.state[(t[0], t[1])][3] <= now]
                 for t in due:
                     self.state[(t[0], t[1])][3] = now + t[3].interval_ms / 1000
-            futures = [(t, self.pool.submit(timed_probe, t[2], t[1], t[3])) for t in due]
+            futures = [(t, self.pool.submit(timed_probe, t[2], t[1], t[3], t[4])) for t in due]
             for t, f in futures:
                 try:
                     ok, why, took = f.result()
@@ -141,7 +167,7 @@ class HealthChecker:
             self.stop.wait(0.05)
 
     def _record(self, target, ok, why, took=None):
-        cname, label, _, h = target
+        cname, label, _, h, _ = target
         with self.lock:
             st = self.state.get((cname, label))
             if st is None:

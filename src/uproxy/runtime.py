@@ -17,12 +17,13 @@ import time
 
 from . import features as feat
 from . import shm
+from . import tls
 from ._native import ffi, lib
 from .config import Config, ConfigError, load
 from .listeners import ListenerSockets
 from .accesslog import AccessLog
 from .health import HealthChecker
-from .tables import Tables
+from .tables import Tables, TLSContexts
 
 log = logging.getLogger("uproxy")
 
@@ -49,7 +50,9 @@ def probe() -> int:
         raise StartError(f"io_uring is not usable here: {os.strerror(res.setup_errno)}. "
                          f"Check kernel.io_uring_disabled (sysctl), seccomp filters "
                          f"(containers often block io_uring) and the kernel version.")
-    return res.features
+    # kTLS is the kernel's tls ULP, not an io_uring feature: the TLS layer
+    # asks for it, and it is switched off like the others ("ktls")
+    return res.features | (lib.UP_F_KTLS if lib.up_tls_ktls_available() else 0)
 
 
 def allowed_cpus() -> list:
@@ -145,6 +148,9 @@ class Runtime:
         self.reload_requested = threading.Event()
         self.wake = threading.Event()        # without signal handlers: ends the main loop's wait
         self.events: list = []               # (time, text): recent notable events
+        self.tickets = tls.TicketKeys()      # session-ticket keys, kept across reloads
+        self._ticket_retry = None            # monotonic time to publish rotated keys again
+        self.monotonic = time.monotonic      # (tests give their own clock)
 
     # ---- start -------------------------------------------------------
     def start(self):
@@ -152,6 +158,8 @@ class Runtime:
         if why:
             raise StartError(why)
         self.cfg = load(self.config_path)
+        for w in self.cfg.warnings:
+            log.warning("configuration warning: %s", w.one())
         p = self.cfg.proxy
         probed = probe()
         disabled = set(p.disable_features) | set(feat.from_env())
@@ -217,6 +225,9 @@ class Runtime:
         for w in self.workers:
             if w.thread.is_alive():
                 w.thread.join(5)
+        if not any(w.thread.is_alive() for w in self.workers):
+            for t in self.tables:
+                t.free()
         for w in self.workers:
             w.free()
         self.workers = []
@@ -247,6 +258,19 @@ class Runtime:
         return out
 
     def _publish(self, cfg: Config):
+        # The TLS contexts first: the library may refuse a file or a
+        # setting, and then nothing of the running configuration has moved.
+        keys = {l.name: self.tickets.keys_for(l.name, l.tls) for l in cfg.listeners if l.tls}
+        self.tickets.forget(set(keys))
+        contexts = TLSContexts(cfg, self.nworkers, keys)
+        try:
+            self._publish_with(cfg, contexts)
+        except BaseException:
+            contexts.free()
+            raise
+        self._ticket_retry = None            # the current keys are out
+
+    def _publish_with(self, cfg: Config, contexts: TLSContexts):
         socks = self._sockets_for(cfg)
         self.generation += 1
         health = self.health.health_map()
@@ -258,11 +282,13 @@ class Runtime:
         for key in slots:
             if key in health:
                 self.segment.set_health(*key, health[key])
-        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots)
-        self.tables.append(t)
-        self.cfg = cfg
+        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots, contexts)
         if getattr(self, "access_log", None):
             self.access_log.configure(t)     # before the workers can log for it
+        # in the list only once nothing can fail: collect() takes the last
+        # one for what the workers run, and frees the others' TLS contexts
+        self.tables.append(t)
+        self.cfg = cfg
         lib.up_control_publish(self.control, t.ptr)
         self.segment.header.config_generation = self.generation
 
@@ -276,6 +302,9 @@ class Runtime:
                for w in self.workers if w.thread.is_alive()):
             return
         keep = [t for t in self.tables[:-1] if t.refs_held()] + [self.tables[-1]]
+        for t in self.tables:
+            if t not in keep:
+                t.free()                 # its TLS contexts: no worker reads it any more
         self.tables = keep
         live = {id(s) for t in self.tables for s in t.sockets.values()}
         for key, s in list(self.sockets.items()):
@@ -293,6 +322,9 @@ class Runtime:
                 warnings.append(f"[proxy] workers changed; that takes a restart, "
                                 f"keeping {self.nworkers} workers")
                 log.warning("reload: %s", warnings[-1])
+            for w in cfg.warnings:
+                warnings.append(w.one())
+                log.warning("reload: configuration warning: %s", w.one())
             self._publish(cfg)
             self.health.configure(cfg)
         except (ConfigError, OSError, Exception) as e:
@@ -305,6 +337,35 @@ class Runtime:
         self.segment.header.reloads += 1
         log.info("reloaded %s: generation %d", self.config_path, self.generation)
         self.event(f"reloaded: generation {self.generation}")
+        return True
+
+    def rotate_tickets(self) -> bool:
+        """Every ticket_rotate: a new first session-ticket key for the
+        listeners that are due, published as a new generation of the same
+        configuration (the contexts are immutable, DESIGN.md law 1). The
+        earlier keys stay accepted, so no client loses its session. Not a
+        reload: the file is not read again."""
+        now = self.monotonic()
+        left = self.tickets.due()
+        due = left is not None and left <= 0
+        retry = self._ticket_retry is not None and self._ticket_retry <= now
+        if not (due or retry):
+            return False
+        names = self.tickets.rotate_due() if due else []
+        try:
+            self._publish(self.cfg)
+        except Exception as e:
+            # The keys rotated all the same (the next publish carries them);
+            # the files the contexts are made from may be in the middle of
+            # a renewal: try again in a minute, not at every tick.
+            self._ticket_retry = now + 60
+            log.error("publishing new session-ticket keys failed, retrying in 60 s "
+                      "(the previous keys stay in use): %s", e)
+            self.event(f"ticket key rotation failed{_brief(e)}")
+            return False
+        if names:
+            log.info("rotated the session-ticket keys of %s: generation %d", ", ".join(names),
+                     self.generation)
         return True
 
     def _record_reload(self, error, warnings, started_ns):
@@ -383,6 +444,7 @@ class Runtime:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+            self.rotate_tickets()
             self.collect()
             dead = [w for w in self.workers if not w.thread.is_alive()]
             if dead and not self.stop_requested.is_set():
@@ -430,6 +492,9 @@ class Runtime:
             elif w.error:
                 log.error("worker %d: %s", w.index, w.error)
                 code = 1
+        if not any(w.thread.is_alive() for w in self.workers):
+            for t in self.tables:
+                t.free()
         for w in self.workers:
             if not w.thread.is_alive():
                 w.free()

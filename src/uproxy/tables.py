@@ -1,17 +1,20 @@
 """Turning a validated Config into the immutable C tables the workers read.
 
 A Tables object owns every C allocation of one configuration generation
-(cffi frees them when it is dropped). It is published to the workers by one
-atomic pointer store and dropped only when every worker has moved past it
-and no session still holds it (see Runtime.collect).
+(cffi frees them when it is dropped) and its TLS library contexts (freed by
+free(), or when dropped). It is published to the workers by one atomic
+pointer store and dropped only when every worker has moved past it and no
+session still holds it (see Runtime.collect).
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
+from . import tls
 from ._native import ffi, lib
-from .config import Config
+from .config import Config, ConfigError, Route, locate
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
@@ -44,6 +47,34 @@ class Strings:
         return off, len(raw)
 
 
+def method_policy(methods, allow_connect: bool, strings: "Strings") -> tuple:
+    """(bit mask of enum h1_method, deny_off, deny_len) for a route: the
+    methods it allows, and the whole 405 answer with its Allow line for the
+    others (deny_len 0 when no list was given: only CONNECT can be refused
+    then, with 501)."""
+    if methods is None:
+        mask = 0xFFFFFFFF & ~(1 << lib.H1_M_CONNECT)
+        if allow_connect:
+            mask |= 1 << lib.H1_M_CONNECT
+        return mask, 0, 0
+    allowed = [m for m in METHOD_ORDER if m in methods or (m == "HEAD" and "GET" in methods)
+               or (m == "CONNECT" and allow_connect)]
+    mask = 0
+    for m in allowed:
+        mask |= 1 << getattr(lib, f"H1_M_{m}")
+    body = "Method Not Allowed\n"
+    text = ("HTTP/1.1 405 Method Not Allowed\r\nAllow: " + ", ".join(allowed) +
+            "\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+            % len(body) + body)
+    off, n = strings.add(text)
+    return mask, off, n
+
+
+# The order of an Allow line (GET brings HEAD, as nginx's limit_except and
+# HAProxy's METH_GET do).
+METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT")
+
+
 def hash_ring(servers: list) -> list:
     """(hash, server index) points, sorted: each server gets RING_POINTS
     points per unit of weight, placed by the core's own hash function."""
@@ -56,14 +87,200 @@ def hash_ring(servers: list) -> list:
     return points
 
 
+VERIFY = {"none": lib.UP_TLS_VERIFY_NONE, "optional": lib.UP_TLS_VERIFY_OPTIONAL,
+          "required": lib.UP_TLS_VERIFY_REQUIRED}
+
+
+def _cstr(text, keep):
+    if text is None:
+        return ffi.NULL
+    buf = ffi.new("char[]", text.encode())
+    keep.append(buf)
+    return buf
+
+
+def server_conf(t, ticket_keys: bytes, keep: list):
+    """A listener's tls settings as a struct up_tls_server; every buffer it
+    points into goes to keep."""
+    conf = ffi.new("struct up_tls_server *")
+    keep.append(conf)
+    certs = ffi.new("struct up_tls_cert[]", max(1, len(t.certificates)))
+    for j, c in enumerate(t.certificates):
+        certs[j].cert = _cstr(c.cert, keep)
+        certs[j].key = _cstr(c.key, keep)
+    cert_ctx, names, ngroups = tls.group(t.certificates)
+    c_ctx = ffi.new("uint32_t[]", cert_ctx or [0])
+    c_names = ffi.new("struct up_tls_name[]", max(1, len(names)))
+    for j, (name, g) in enumerate(names):
+        c_names[j].name = _cstr(name, keep)
+        c_names[j].ctx = g
+    keep += [certs, c_ctx, c_names]
+    conf.ncerts, conf.certs, conf.cert_ctx = len(t.certificates), certs, c_ctx
+    conf.nctx = ngroups
+    conf.names, conf.nnames = c_names, len(names)
+    conf.min_version = tls.VERSIONS[t.min_version]
+    conf.ciphers = _cstr(t.ciphers, keep)
+    conf.ciphersuites = _cstr(t.ciphersuites, keep)
+    wire = tls.alpn_wire(t.alpn)
+    if wire:
+        alpn = ffi.new("uint8_t[]", wire)
+        keep.append(alpn)
+        conf.alpn, conf.alpn_len = alpn, len(wire)
+    conf.verify = VERIFY[t.client_auth]
+    conf.client_ca = _cstr(t.client_ca if t.client_auth != "none" else None, keep)
+    if ticket_keys:
+        keys = ffi.new("uint8_t[]", ticket_keys)
+        keep.append(keys)
+        conf.ticket_keys, conf.nticket_keys = keys, len(ticket_keys) // tls.TICKET_KEY_LEN
+    conf.session_timeout_s = t.session_timeout_s
+    conf.session_cache = t.session_cache
+    return conf
+
+
+def client_conf(t, keep: list):
+    """A cluster's tls settings as a struct up_tls_client."""
+    conf = ffi.new("struct up_tls_client *")
+    keep.append(conf)
+    conf.ca = _cstr(t.ca, keep)
+    conf.sni = _cstr(t.sni, keep)
+    if t.cert is not None:
+        conf.cert = _cstr(t.cert.cert, keep)
+        conf.key = _cstr(t.cert.key, keep)
+    conf.verify = 1 if t.verify else 0
+    conf.min_version = tls.VERSIONS[t.min_version]
+    return conf
+
+
+def _library_key(base: str, message: str, t) -> str:
+    """Which key a library error is about, from the words it starts with
+    (native/transport/tls_ctx.c), so that it is reported at that line."""
+    if message.startswith("no usable TLS 1.2 cipher"):
+        return f"{base}.ciphers"
+    if message.startswith("no usable TLS 1.3 suite"):
+        return f"{base}.ciphersuites"
+    if message.startswith("client CA bundle"):
+        return f"{base}.client_ca"
+    if message.startswith("CA bundle"):
+        return f"{base}.ca"
+    if message.startswith(("client certificate", "client key")):
+        return f"{base}.{'key' if 'key' in message.split()[1] else 'cert'}"
+    mismatch = message.startswith("the private key does not match")
+    for j, c in enumerate(getattr(t, "certificates", ())):
+        for part, path in (("key", c.key), ("cert", c.cert)):
+            if path in message:
+                return f"{base}.certificates[{j}].{'key' if mismatch else part}"
+    return base
+
+
+def library_error(cfg: Config, base: str, message: str, t) -> ConfigError:
+    """The library's refusal, placed at the key it is about, with the hint
+    a file the process cannot read deserves (keys are often root's only,
+    and [proxy] user makes the workers someone else)."""
+    text = f"the TLS library refused it: {message}"
+    for path in _files_of(t):
+        if path in message:
+            try:                        # OpenSSL 3 says "system lib": say what it was
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                text += (f" ({e.strerror}; uproxy runs as uid {os.geteuid()} here: with "
+                         f"[proxy] user, certificates and keys must be readable by that user)")
+            break
+    return locate(cfg.path, _library_key(base, message, t), text)
+
+
+def _files_of(t) -> list:
+    out = []
+    for c in getattr(t, "certificates", ()):
+        out += [c.key, c.cert]
+    cert = getattr(t, "cert", None)
+    if cert is not None:
+        out += [cert.key, cert.cert]
+    return out + [f for f in (getattr(t, "client_ca", None), getattr(t, "ca", None)) if f]
+
+
+class TLSContexts:
+    """The TLS library contexts of one configuration: for each TLS listener
+    and each TLS cluster one context per worker (DESIGN.md law 8: nothing
+    is shared between workers), each array ready for the core's tls field.
+    A refusal of the library raises ConfigError after freeing what was made."""
+
+    def __init__(self, cfg: Config, nworkers: int, ticket_keys: dict | None = None):
+        self.keep: list = []
+        self.owned: list = []           # ffi.gc'd contexts: ffi.release frees each once
+        self.listeners: dict = {}       # listener name -> void *[nworkers]
+        self.clusters: dict = {}        # cluster name -> void *[nworkers]
+        ticket_keys = ticket_keys or {}
+        err = ffi.new("char[]", 512)
+        try:
+            for i, l in enumerate(cfg.listeners):
+                if l.tls is None:
+                    continue
+                keys = ticket_keys.get(l.name)
+                if keys is None and l.tls.session_tickets:
+                    keys = b"".join(l.tls.ticket_keys) or os.urandom(tls.TICKET_KEY_LEN)
+                conf = server_conf(l.tls, keys or b"", self.keep)
+                self.listeners[l.name] = self._per_worker(
+                    lambda: lib.up_tls_server_new(conf, err, 512), nworkers, err,
+                    cfg, f"listeners[{i}].tls", l.tls)
+            for i, c in enumerate(cfg.clusters.values()):
+                if c.tls is None:
+                    continue
+                conf = client_conf(c.tls, self.keep)
+                self.clusters[c.name] = self._per_worker(
+                    lambda: lib.up_tls_client_new(conf, err, 512), nworkers, err,
+                    cfg, f"clusters[{i}].tls", c.tls)
+        except BaseException:
+            self.free()
+            raise
+
+    def _per_worker(self, make, nworkers, err, cfg, key, t):
+        arr = ffi.new("void *[]", nworkers)
+        self.keep.append(arr)
+        for w in range(nworkers):
+            raw = make()
+            if raw == ffi.NULL:
+                raise library_error(cfg, key, ffi.string(err).decode(errors="replace")
+                                    or "no reason given", t)
+            arr[w] = raw
+            self.owned.append(ffi.gc(raw, lib.up_tls_free))
+        return arr
+
+    def free(self):
+        """Free every context now (the tables that point at them must be
+        out of the workers' hands)."""
+        owned, self.owned = self.owned, []
+        for p in owned:
+            ffi.release(p)
+        for arr in self.listeners.values():
+            for w in range(len(arr)):
+                arr[w] = ffi.NULL
+        for arr in self.clusters.values():
+            for w in range(len(arr)):
+                arr[w] = ffi.NULL
+
+
+def check_library(cfg: Config) -> list:
+    """ConfigErrors for what the TLS library refuses in cfg (one context
+    each, as `uproxy check` asks before anything runs)."""
+    try:
+        TLSContexts(cfg, 1).free()
+    except ConfigError as e:
+        return [e]
+    return []
+
+
 class Tables:
     def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
-                 slots: dict):
+                 slots: dict, tls_contexts: TLSContexts | None = None):
         """sockets: listener name -> ListenerSockets; health: (cluster, server label) ->
-        bool; slots: (cluster, server label) -> statistics slot in the segment."""
+        bool; slots: (cluster, server label) -> statistics slot in the segment;
+        tls_contexts: the TLS contexts of cfg (made here when not given), which
+        the Tables own from now on."""
         self.cfg = cfg
         self.generation = generation
         self.sockets = dict(sockets)
+        self.tls = tls_contexts if tls_contexts is not None else TLSContexts(cfg, nworkers)
         keep = []                       # every cffi object the C side points into
         clusters = list(cfg.clusters.values())
         cindex = {c.name: i for i, c in enumerate(clusters)}
@@ -112,6 +329,8 @@ class Tables:
                 keep.append(ring)
                 cc.ring = ring
                 cc.nring = len(pts)
+            if c.name in self.tls.clusters:
+                cc.tls = self.tls.clusters[c.name]
             first += len(c.servers)
 
         c_listeners = ffi.new("struct up_listener[]", len(cfg.listeners))
@@ -132,13 +351,22 @@ class Tables:
             cl.max_head = l.max_header_size
             cl.access_log = 1 if l.access_log else 0
             cl.max_target = l.max_target
+            cl.max_fields = l.max_header_fields
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
-            if l.routes:
-                routes = ffi.new("struct up_route[]", len(l.routes))
-                for k, rt in enumerate(l.routes):
+            rts = list(l.routes)
+            if l.methods is not None or l.allow_connect:
+                # The listener's own method policy: a last route that
+                # matches everything, with the listener's cluster.
+                rts.append(Route(cluster=l.cluster, methods=l.methods,
+                                 allow_connect=l.allow_connect))
+            if rts:
+                routes = ffi.new("struct up_route[]", len(rts))
+                for k, rt in enumerate(rts):
                     r = routes[k]
                     r.cluster = cindex[rt.cluster]
+                    r.methods, r.deny_off, r.deny_len = method_policy(
+                        rt.methods, rt.allow_connect, strings)
                     if rt.host is None:
                         r.host_kind = lib.UP_ROUTE_HOST_ANY
                     elif rt.host.startswith("*."):
@@ -151,8 +379,11 @@ class Tables:
                         r.path_off, r.path_len = strings.add(rt.path_prefix)
                 keep.append(routes)
                 cl.routes = routes
-                cl.nroutes = len(l.routes)
+                cl.nroutes = len(rts)
             cl.fds = fds
+            if l.name in self.tls.listeners:
+                cl.tls = self.tls.listeners[l.name]
+                cl.tls_handshake_timeout_ms = l.tls.handshake_timeout_ms
 
         n = max(1, len(servers))
         self.health = ffi.new("uint8_t[]", n)
@@ -182,3 +413,7 @@ class Tables:
 
     def refs_held(self) -> int:
         return lib.up_config_refs(self.ptr)
+
+    def free(self):
+        """Free the TLS contexts now: no worker may read these tables again."""
+        self.tls.free()

@@ -15,10 +15,10 @@
 #include "fuzz_common.h"
 
 static const struct h1_limits LIMITS[4] = {
-    { 0, 0, 0 },           /* the defaults: 16384, 8192, 96 */
+    { 0, 0, 0 },           /* the defaults: 16384, 8192, H1_DEF_HEADERS */
     { 64, 16, 4 },
     { 200, 40, 8 },
-    { 32768, 32768, 96 },  /* the largest a listener may set */
+    { 32768, 32768, 5000 },/* past the largest a listener may set (clamped to H1_MAX_HEADERS) */
 };
 
 static int parse(const uint8_t *p, size_t n, const struct h1_limits *lim, struct h1_request *r)
@@ -35,7 +35,9 @@ static void check_done(const uint8_t *b, size_t len, const struct h1_limits *lim
 {
     uint32_t max_head = lim->max_head ? lim->max_head : 16384;
     uint32_t max_target = lim->max_target ? lim->max_target : 8192;
-    uint32_t max_headers = lim->max_headers ? lim->max_headers : H1_MAX_HEADERS;
+    uint32_t max_headers = lim->max_headers ? lim->max_headers : H1_DEF_HEADERS;
+    if (max_headers > H1_MAX_HEADERS)
+        max_headers = H1_MAX_HEADERS;
     CHECK(r->head_len <= len && r->head_len <= max_head);
     CHECK(r->skip % 2 == 0 && r->skip + r->line_len < r->head_len);
     for (uint32_t i = 0; i < r->skip; i += 2)

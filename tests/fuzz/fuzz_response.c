@@ -26,13 +26,17 @@ static void check_done(const uint8_t *b, size_t len, const struct h1_limits *lim
 {
     uint32_t max_head = lim->max_head ? lim->max_head : 16384;
     CHECK(r->head_len <= len && r->head_len <= max_head);
-    CHECK(r->line_len >= 14 && r->line_len < r->head_len);  /* "HTTP/1.1 200\r\n" at least */
-    check_head_bytes(b, r->head_len);
+    CHECK(r->skip % 2 == 0 && r->skip + r->line_len < r->head_len);
+    for (uint32_t i = 0; i < r->skip; i += 2)
+        CHECK(b[i] == '\r' && b[i + 1] == '\n');
+    CHECK(r->line_len >= 14 && memcmp(b + r->skip, "HTTP/1.", 7) == 0);  /* "HTTP/1.1 200\r\n" at least */
+    check_head_bytes(b + r->skip, r->head_len - r->skip);
     CHECK(r->status >= 100 && r->status <= 999);
     CHECK(r->minor <= 1);
     CHECK(r->body <= H1_BODY_TUNNEL);
     CHECK(r->keep_alive <= 1);
-    CHECK(r->nheaders <= H1_MAX_HEADERS);
+    uint32_t max_headers = lim->max_headers ? lim->max_headers : H1_DEF_HEADERS;
+    CHECK(r->nheaders <= (max_headers < H1_MAX_HEADERS ? max_headers : H1_MAX_HEADERS));
     CHECK(r->content_length <= (UINT64_C(1) << 62));
     if ((r->status >= 100 && r->status < 200 && r->status != 101) ||
         r->status == 204 || r->status == 304 || (m == H1_M_HEAD && r->status != 101))
@@ -44,7 +48,7 @@ static void check_done(const uint8_t *b, size_t len, const struct h1_limits *lim
     if (r->body == H1_BODY_LENGTH)
         CHECK(r->content_length > 0);
     int ncl = 0, nte = 0;
-    uint32_t prev_end = r->line_len;
+    uint32_t prev_end = r->skip + r->line_len;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
         check_header(h, r->head_len);
@@ -68,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     static const uint8_t methods[4] = { H1_M_GET, H1_M_HEAD, H1_M_CONNECT, H1_M_POST };
     uint8_t m = methods[data[0] & 3];
-    struct h1_limits lim = { (data[0] & 4) ? 128 : 0, 0, (data[0] & 8) ? 4 : 0 };
+    struct h1_limits lim = { (data[0] & 4) ? 128 : 0, 0,
+                             (data[0] & 8) ? 4 : (data[0] & 16) ? 5000 : 0 };
     const uint8_t *p = data + 1;
     size_t n = size - 1;
     static struct h1_response r, r2;
@@ -84,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(parse(p, r.head_len, &lim, m, &r2) == H1_DONE);
         CHECK(r2.head_len == r.head_len && r2.status == r.status && r2.body == r.body &&
               r2.content_length == r.content_length && r2.keep_alive == r.keep_alive &&
-              r2.nheaders == r.nheaders);
+              r2.nheaders == r.nheaders && r2.skip == r.skip);
     }
     size_t stop = rc == H1_DONE ? r.head_len : n;
     uint64_t s = seed_of(data, size);

@@ -6,9 +6,9 @@ proxy's user; removed when the proxy stops).
 
 - ``health``: per actively checked server, the last check's result, reason
   and latency, when it ran, and when the server's state last changed;
-- ``listeners``: each listener's name, address, mode, cluster, routes and
-  the id its access-log records carry (the per-listener panel names
-  listeners with it);
+- ``listeners``: each listener's name, address, mode, cluster, routes,
+  whether it terminates TLS, and the id its access-log records carry (the
+  per-listener panel names listeners with it);
 - ``notes``: start-up warnings (the open-file limit) and every warning or
   error logged since, with their times, so the dashboard shows them instead
   of leaving them behind its screen.
@@ -89,6 +89,7 @@ def listeners(rt) -> list:
                 "id": getattr(s, "id", None), "name": l.name,
                 "bind": f"{l.host}:{getattr(s, 'port', None) or l.port}",
                 "mode": l.mode, "cluster": l.cluster, "access_log": bool(l.access_log),
+                "tls": getattr(l, "tls", None) is not None,
                 "routes": [{"host": r.host, "path_prefix": r.path_prefix, "cluster": r.cluster}
                            for r in (getattr(l, "routes", None) or ())],
             })

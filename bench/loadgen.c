@@ -38,7 +38,12 @@
  *   -S resume   each connection slot offers the newest ticket it received
  *               (a TLS 1.3 PSK with (EC)DHE, as browsers resume): the first
  *               handshake of a slot is full, the others resumed if the
- *               server accepts.
+ *               server accepts. Each ticket is offered once: OpenSSL's
+ *               client cache takes a TLS 1.3 session out (not resumable)
+ *               once it has been used, as browsers use a ticket once (RFC
+ *               8446 C.4), so a slot keeps resuming only if the server
+ *               sends a new ticket on each resumed connection, as nginx,
+ *               HAProxy, Go and BoringSSL do.
  *
  * The JSON then counts handshakes and how many the server resumed, and
  * names what the first one negotiated; for new connections, latency runs

@@ -32,7 +32,7 @@ def make_cert(ctx) -> dict:
     os.chmod(d, 0o755)
     cert, key, pem = (os.path.join(d, n) for n in ("cert.pem", "key.pem", "tls.pem"))
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "365", "-subj", "/CN=localhost",
                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                        capture_output=True, text=True, timeout=60)
     if r.returncode != 0:

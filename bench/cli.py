@@ -303,4 +303,6 @@ def run_contender(ctx, c, rnd, todo, res) -> dict:
     finally:
         c.stop()
     rows["_seconds"] = time.monotonic() - t0
+    if c.tls_seen:
+        rows["_tls_seen"] = c.tls_seen
     return rows

@@ -214,9 +214,10 @@ def tls_md(res) -> str:
     cert = t.get("cert", {})
     out.append(f"Every contender serves the same certificate ({cert.get('kind', 'ECDSA P-256')}, made by the bench "
                "with `openssl req`), and is held to TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519: the clients "
-               "offer nothing else (loadgen), or the servers accept nothing else (wrk's runs); what each "
-               "handshake run negotiated is checked and shown below. Behind TLS, each proxy talks plain HTTP/1.1 "
-               "to the same nginx origin, with upstream keep-alive as in the plaintext runs.")
+               "offer nothing else (loadgen by its code; wrk through an OpenSSL configuration file of the "
+               "run's in OPENSSL_CONF), and what each handshake run negotiated is checked and shown below. "
+               "Behind TLS, each proxy talks plain HTTP/1.1 to the same nginx origin, with upstream keep-alive as "
+               "in the plaintext runs.")
     out.append("")
     # Headline per proxy family.
     fl = (t.get("floor") or {})
@@ -246,11 +247,16 @@ def tls_md(res) -> str:
                     e = res["summary"].get(w, {}).get(n, {})
                     if e.get("skipped") and not e["skipped"].startswith("same as"):
                         why = "skipped"
+                    elif e.get("errors"):
+                        why = "error (below)"
                 cells.append(why or "–")
         b = _family_best(res, "tls_full", "cpu_us_per_hs", names)
         ratio = f"{b[0] / fl['full_us']:.1f}x" if b and fl.get("full_us") else "–"
         out.append(f"| {labels[fam]} | " + " | ".join(cells) + f" | {ratio} |")
     out.append("")
+    out.append("**Gate G7** (DESIGN.md §3), on this run's medians:")
+    out.append("")
+    out.append(gates_md(res, only=("G7",)))
     skipped_u = res["contenders"].get("uproxy", {}).get("skipped", {})
     why_u = next((skipped_u[w] for w in wls if w in skipped_u), None)
     if why_u:
@@ -285,9 +291,19 @@ def tls_md(res) -> str:
                     neg.add((res["contenders"][name]["label"], r["negotiated"]))
     if neg:
         odd = sorted(x for x in neg if x[1] != "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519")
-        out.append("Negotiated in the handshake runs: " + (
+        out.append("Negotiated in the handshake runs (loadgen offers only TLS_AES_128_GCM_SHA256 and X25519): " + (
             "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519 by every contender." if not odd else
             "; ".join(f"{a}: {b}" for a, b in sorted(neg))) + "")
+        out.append("")
+    seen = {}
+    for rd in res["rounds"]:
+        for name, rows in rd.items():
+            if isinstance(rows, dict) and rows.get("_tls_seen"):
+                seen.setdefault(rows["_tls_seen"], set()).add(res["contenders"][name]["label"])
+    if seen:
+        out.append("For comparison, what a client offering OpenSSL's default TLS 1.3 suites (AES-256-GCM first; "
+                   "wrk's default, which the bench overrides with OPENSSL_CONF) gets at each contender's start: " +
+                   "; ".join(f"{k} ({', '.join(sorted(v))})" for k, v in sorted(seen.items())) + ".")
         out.append("")
     out.append(tables(res, tls=True))
     out.append(libs_md(t.get("libs")))
@@ -353,12 +369,13 @@ def profile_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
-def gates_md(res) -> str:
+def gates_md(res, only=None) -> str:
+    gs = [g for g in res.get("gates", []) if only is None or g["id"] in only]
     out = ["| gate | what | uproxy | bound (this run) | status |", "|---|---|---|---|---|"]
-    for g in res.get("gates", []):
+    for g in gs:
         out.append(f"| {g['id']} | {g['what']} | {g['value']} | {g['bound']} | **{g['status']}** |")
     out.append("")
-    for g in res.get("gates", []):
+    for g in gs:
         if g.get("note"):
             out.append(f"- {g['id']}{' (' + g['part'] + ')' if g.get('part') else ''}: {g['note']}")
     return "\n".join(out) + "\n"

@@ -44,8 +44,19 @@ def make_cert(ctx) -> dict:
     for p in (cert, key, pem):
         os.chmod(p, 0o644)
     ctx.tls_cert, ctx.tls_key, ctx.tls_pem = cert, key, pem
-    return {"cert": cert, "key": key, "pem": pem, "kind": "ECDSA P-256 (prime256v1), self-signed, "
-            "subjectAltName DNS:localhost, IP:127.0.0.1"}
+    # wrk has no option for its TLS settings; OpenSSL's configuration file
+    # (OPENSSL_CONF, for wrk's process only) makes it offer what loadgen
+    # offers. Without it wrk offers OpenSSL's default order, AES-256-GCM
+    # first, and a server that follows the client's order (BoringSSL:
+    # Envoy) would encrypt with AES-256 where the others use AES-128.
+    conf = os.path.join(d, "client-openssl.cnf")
+    with open(conf, "w") as f:
+        f.write("openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n[ssl_sect]\n"
+                "system_default = system_default_sect\n[system_default_sect]\nMinProtocol = TLSv1.3\n"
+                "Ciphersuites = TLS_AES_128_GCM_SHA256\nGroups = X25519\n")
+    ctx.tls_client_conf = conf
+    return {"cert": cert, "key": key, "pem": pem, "client_conf": conf,
+            "kind": "ECDSA P-256 (prime256v1), self-signed, subjectAltName DNS:localhost, IP:127.0.0.1"}
 
 
 def crypto_floor(ctx, seconds=1) -> dict:

@@ -47,10 +47,10 @@ class WorkloadError(Exception):
     pass
 
 
-def _run(ctx, cont, argv, timeout):
+def _run(ctx, cont, argv, timeout, env=None):
     win = Window(cont.pids, ctx.our_pids).start()
     try:
-        p = subprocess.run(ctx.pinned(argv), capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(ctx.pinned(argv), capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise WorkloadError(f"{argv[0]} did not finish within {timeout:.0f}s")
     w = win.stop()
@@ -126,7 +126,10 @@ def wrk(ctx, cont, path, duration, headers=(), tls=False):
     for h in headers:
         argv += ["-H", h]
     argv.append(f"https://{cont.https_base()}{path}" if tls else f"http://{cont.http_base()}{path}")
-    p, w = _run(ctx, cont, argv, duration + 30)
+    # Over TLS, wrk offers what loadgen offers (TLS 1.3, AES-128-GCM,
+    # X25519) through an OpenSSL configuration file of the run's own.
+    env = {**os.environ, "OPENSSL_CONF": ctx.tls_client_conf} if tls else None
+    p, w = _run(ctx, cont, argv, duration + 30, env=env)
     r = _json_line(p.stdout, "JSON")
     if not r:
         raise WorkloadError(f"wrk gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}"

@@ -58,6 +58,7 @@ class Contender:
         self.http_port = None
         self.l4_port = None
         self.https_port = None
+        self.tls_seen = None      # what a client with OpenSSL's default TLS 1.3 suites negotiated
         self.dir = None
         self.log_path = None
 
@@ -161,7 +162,9 @@ class Contender:
 
     def tls_ready(self):
         """GET /64 over TLS 1.3 on the TLS listener (SNI localhost, the
-        certificate not verified): (ok, what was seen)."""
+        certificate not verified): (ok, what was seen). The client offers
+        OpenSSL's default TLS 1.3 suites, as wrk does: what it gets is what
+        wrk's keep-alive runs get (kept in self.tls_seen)."""
         tctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         tctx.check_hostname = False
         tctx.verify_mode = ssl.CERT_NONE
@@ -178,6 +181,7 @@ class Contender:
                 head, _, body = buf.partition(b"\r\n\r\n")
                 line = head.split(b"\r\n", 1)[0].decode("latin-1")
                 ok = line.split(" ")[1:2] == ["200"] and len(body) >= 64
+                self.tls_seen = f"{s.version()} {s.cipher()[0]}"
                 return ok, f"TLS: {line!r}, {len(body)} bytes ({s.version()}, {s.cipher()[0]})"
 
     def stop(self):

@@ -138,6 +138,12 @@ def wrk(ctx, cont, path, duration, headers=(), tls=False):
     errs = sum(r["errors"].values())
     if reqs == 0:
         raise WorkloadError(f"wrk completed no request: errors {r['errors']}")
+    # Fewer than 10 requests per connection in a whole run is a proxy that
+    # stalled (every contender does thousands per second here): its CPU per
+    # request would be the stall's, not a cost.
+    if reqs < 10 * a.connections:
+        raise WorkloadError(f"stalled: {reqs} requests in {duration} s over {a.connections} connections "
+                            f"(errors {r['errors']})")
     secs = r["duration_us"] / 1e6
     out = {
         "requests": reqs,

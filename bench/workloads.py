@@ -239,6 +239,12 @@ def _handshakes(ctx, cont, mode):
         "error_detail": {**r["errors"], "tls": r["tls_errors"]},
         "noise": w,
     }
+    # Every connection slot failing once is a proxy that stalled (all of
+    # them waited for a timeout): its CPU per handshake would be the
+    # stall's.
+    if out["errors"] >= a.connections:
+        raise WorkloadError(f"stalled: {out['errors']} failed connections ({out['error_detail']}) over "
+                            f"{a.connections} slots, {hs} handshakes")
     if mode == "full" and r["resumed"]:
         raise WorkloadError(f"{r['resumed']} of {hs} handshakes resumed in a full-handshake run")
     # Every slot's first (full) handshake was in the warm-up.

@@ -225,7 +225,8 @@ def main(argv=None) -> int:
         # ---- the TLS library comparison, on the proxy CPU -------------------
         if any(w in TLS_WORKLOADS for w in wls) and not a.no_tls_libs:
             say("TLS libraries: bench/tls_libs.c (in-memory handshakes and records)")
-            res["tls"]["libs"] = tls.compare_libraries(ctx, 0.3 if a.quick else 2.0, say)
+            res["tls"]["libs"] = tls.compare_libraries(ctx, 0.3 if a.quick else 1.0, say,
+                                                       rounds=1 if a.quick else 3)
     finally:
         upstream.stop()
     res["elapsed_s"] = time.monotonic() - t_start

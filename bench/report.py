@@ -320,14 +320,19 @@ def libs_md(libs) -> str:
            "session ticket per handshake, no server session cache; the server's and the client's time apart "
            "(the server's is what a proxy pays), malloc-family and pthread lock calls counted by interposition. "
            "A keep-alive round trip is an 80-byte request record one way and a 200-byte response record back.",
-           "", "| library | full handshake: server µs (/s) | resumed: server µs (/s) | allocs, locks per full "
+           "", f"Medians of {libs.get('rounds', 1)} interleaved round(s) of {libs.get('seconds', '?')} s per figure; "
+           "the handshake columns give handshakes per second for one core and the rounds' range.",
+           "", "| library | full handshake: server µs (/s, range) | resumed: server µs (/s, range) | allocs, locks per full "
            "handshake (server) | keep-alive round trip: server µs, allocs | 16 KiB records: seal, open MB/s |",
            "|---|---|---|---|---|---|"]
     for r in libs["rows"]:
         f, rs, k, rec = r["full"], r["resumed"], r["keepalive"], r["records16k"]
-        note = "" if rs["resumed"] >= rs["n"] - 1 else f" ({rs['resumed']} of {rs['n']} resumed)"
-        out.append(f"| {r['name']} ({r['library']}) | {f['server_us']:.0f} ({f['server_per_s']:,.0f}) | "
-                   f"{rs['server_us']:.0f} ({rs['server_per_s']:,.0f}){note} | {f['server_allocs']:.0f}, "
+        note = "" if rs["resumed"] >= rs["n"] - 1 else f" ({rs['resumed']:.0f} of {rs['n']:.0f} resumed)"
+        fr, rr = f.get("server_us_range"), rs.get("server_us_range")
+        frs = f", {fr[0]:.0f}–{fr[1]:.0f}" if fr and r.get("rounds", 1) > 1 else ""
+        rrs = f", {rr[0]:.0f}–{rr[1]:.0f}" if rr and r.get("rounds", 1) > 1 else ""
+        out.append(f"| {r['name']} ({r['library']}) | {f['server_us']:.0f} ({f['server_per_s']:,.0f}{frs}) | "
+                   f"{rs['server_us']:.0f} ({rs['server_per_s']:,.0f}{rrs}){note} | {f['server_allocs']:.0f}, "
                    f"{f['server_locks']:.0f} | {k['server_us']:.2f}, {k['server_allocs']:.1f} | "
                    f"{rec['seal_mb_s']:,.0f}, {rec['open_mb_s']:,.0f} |")
     for name, why in (libs.get("not_run") or {}).items():

@@ -95,11 +95,32 @@ def _libraries():
     return out
 
 
-def compare_libraries(ctx, seconds, say) -> dict:
-    """Builds bench/tls_libs.c per library and runs each on the proxy CPU;
-    OpenSSL a second time with SSL_MODE_RELEASE_BUFFERS (nginx's setting)."""
-    res = {"seconds": seconds, "rows": [], "not_run": {}}
+def _median_row(rows):
+    """Per-figure medians of a library's rounds (every number in the JSON)."""
+    import statistics
+
+    def merge(vals):
+        if isinstance(vals[0], dict):
+            return {k: merge([v[k] for v in vals]) for k in vals[0]}
+        if isinstance(vals[0], (int, float)) and not isinstance(vals[0], bool):
+            return statistics.median(vals)
+        return vals[0]
+    out = merge(rows)
+    out["rounds"] = len(rows)
+    out["full"]["server_us_range"] = [min(r["full"]["server_us"] for r in rows),
+                                      max(r["full"]["server_us"] for r in rows)]
+    out["resumed"]["server_us_range"] = [min(r["resumed"]["server_us"] for r in rows),
+                                         max(r["resumed"]["server_us"] for r in rows)]
+    return out
+
+
+def compare_libraries(ctx, seconds, say, rounds=3) -> dict:
+    """Builds bench/tls_libs.c per library and runs each on the proxy CPU,
+    OpenSSL a second time with SSL_MODE_RELEASE_BUFFERS (nginx's setting);
+    the runs interleaved over rounds, each figure the median of its rounds."""
+    res = {"seconds": seconds, "rounds": rounds, "rows": [], "not_run": {}}
     cpus = ",".join(map(str, ctx.proxy_cpus))
+    runs = []
     for name, flags, why in _libraries():
         if flags is None:
             res["not_run"][name] = why
@@ -111,20 +132,27 @@ def compare_libraries(ctx, seconds, say) -> dict:
         if b.returncode != 0:
             res["not_run"][name] = f"did not build: {b.stderr.strip()[-300:]}"
             continue
-        runs = [("", [])] + ([(", SSL_MODE_RELEASE_BUFFERS", ["-R"])] if name == "OpenSSL" else [])
-        for suffix, extra in runs:
+        runs.append((name, exe, []))
+        if name == "OpenSSL":
+            runs.append((name + ", SSL_MODE_RELEASE_BUFFERS", exe, ["-R"]))
+    got = {name: [] for name, _, _ in runs}
+    for rnd in range(rounds):
+        for name, exe, extra in runs:
             argv = ["taskset", "-c", cpus, exe, "-c", ctx.tls_cert, "-k", ctx.tls_key, "-t", str(seconds),
                     "-n", "50000" if seconds >= 1 else "20000", *extra]
             try:
                 r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-                row = json.loads(r.stdout)
+                got[name].append(json.loads(r.stdout))
             except (OSError, ValueError, subprocess.SubprocessError) as e:
-                res["not_run"][name + suffix] = f"failed: {e}; {getattr(r, 'stderr', '')[-300:]}"
-                continue
-            row["name"] = name + suffix
-            res["rows"].append(row)
-            say(f"  tls_libs {row['name']}: full {row['full']['server_us']:.0f} µs, resumed "
-                f"{row['resumed']['server_us']:.0f} µs (server side), keep-alive round trip "
-                f"{row['keepalive']['server_us']:.2f} µs, {row['keepalive']['server_allocs']:.1f} allocs; "
-                f"16 KiB seal {row['records16k']['seal_mb_s']:.0f} MB/s")
+                res["not_run"][name] = f"failed: {e}; {getattr(r, 'stderr', '')[-300:]}"
+    for name, _, _ in runs:
+        if not got[name]:
+            continue
+        row = _median_row(got[name])
+        row["name"] = name
+        res["rows"].append(row)
+        say(f"  tls_libs {row['name']}: full {row['full']['server_us']:.0f} µs, resumed "
+            f"{row['resumed']['server_us']:.0f} µs (server side), keep-alive round trip "
+            f"{row['keepalive']['server_us']:.2f} µs, {row['keepalive']['server_allocs']:.1f} allocs; "
+            f"16 KiB seal {row['records16k']['seal_mb_s']:.0f} MB/s (median of {row['rounds']})")
     return res

@@ -105,7 +105,7 @@ def warm(ctx, cont, path, headers=(), tls=False):
     """wrk for the warm-up time when it is a second or more (wrk counts
     whole seconds), else a burst of 1,000 requests from loadgen."""
     if ctx.args.warmup >= 1:
-        wrk(ctx, cont, path, ctx.args.warmup, headers, tls=tls)
+        wrk(ctx, cont, path, ctx.args.warmup, headers, tls=tls, what="the warm-up")
         return
     ka = "0" if headers else "1"
     base = cont.https_base() if tls else cont.http_base()
@@ -115,7 +115,7 @@ def warm(ctx, cont, path, headers=(), tls=False):
                    capture_output=True, timeout=60)
 
 
-def wrk(ctx, cont, path, duration, headers=(), tls=False):
+def wrk(ctx, cont, path, duration, headers=(), tls=False, what="the run"):
     a = ctx.args
     duration = max(1, int(round(duration)))
     # One wrk thread per two load CPUs (one on a 2-CPU host): the upstream
@@ -142,8 +142,8 @@ def wrk(ctx, cont, path, duration, headers=(), tls=False):
     # stalled (every contender does thousands per second here): its CPU per
     # request would be the stall's, not a cost.
     if reqs < 10 * a.connections:
-        raise WorkloadError(f"stalled: {reqs} requests in {duration} s over {a.connections} connections "
-                            f"(errors {r['errors']})")
+        raise WorkloadError(f"stalled in {what}: {reqs} requests in {duration} s over {a.connections} "
+                            f"connections (errors {r['errors']})")
     secs = r["duration_us"] / 1e6
     out = {
         "requests": reqs,

@@ -211,6 +211,11 @@ def tls_md(res) -> str:
                f"{m['cpus']} CPUs, Linux {m['kernel']}. Proxy on CPU {','.join(map(str, res['cpus']['proxy']))}; "
                f"load generators and the plaintext origin on CPU {','.join(map(str, res['cpus']['load']))}.")
     out.append("")
+    out.append("Run by `scripts/bench` with the other workloads, or alone: `scripts/bench --workloads "
+               "tls64,tls_full,tls_resume,tls64k --rounds 5 --docs`, which rewrites this section of the page and "
+               "nothing else. How each figure is measured: the Method section (TLS) above, and "
+               "[tls.md](tls.md#the-tls-library-measured) for the library comparison.")
+    out.append("")
     cert = t.get("cert", {})
     out.append(f"Every contender serves the same certificate ({cert.get('kind', 'ECDSA P-256')}, made by the bench "
                "with `openssl req`), and is held to TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519: the clients "

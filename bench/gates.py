@@ -185,7 +185,7 @@ def check(res) -> list:
     floor = (res.get("tls") or {}).get("floor") or {}
     if not tls_run:
         gate("G7", "TLS 1.3: CPU per request and per handshake ≤ 0.8x best peer, each figure on its own", "–",
-             "", "PENDING", "TLS workloads not run")
+             "", "NOT RUN", "TLS workloads not in this run")
     for w, key, part, what in (
             ("tls64", "cpu_us_per_req", "64 B", "TLS 1.3 keep-alive 64 B: CPU-µs/req ≤ 0.8x best peer"),
             ("tls64k", "cpu_us_per_req", "64 KiB", "TLS 1.3 keep-alive 64 KiB: CPU-µs/req ≤ 0.8x best peer"),

@@ -85,7 +85,10 @@ class Contender:
         return f"127.0.0.1:{self.https_port}"
 
     def wants_tls(self) -> bool:
-        """Whether a TLS listener is rendered: some TLS workload applies."""
+        """Whether a TLS listener is rendered: the run has TLS workloads (and
+        so a certificate) and one of them applies to this contender."""
+        if not getattr(self.ctx, "tls_cert", None):
+            return False
         return any(self.skip(w) is None for w in TLS_WORKLOADS)
 
     # ---- life cycle --------------------------------------------------------

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 
-from . import env, gates, report, workloads
-from .peers import ALL_WORKLOADS, StartError, all_contenders
+from . import env, gates, report, tls, workloads
+from .peers import ALL_WORKLOADS, TLS_WORKLOADS, StartError, all_contenders
 from .upstream import Upstream
 
 
@@ -32,6 +32,8 @@ def parse_args(argv):
     p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
     p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
     p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
+    p.add_argument("--no-tls-libs", action="store_true",
+                   help="skip the TLS library comparison (bench/tls_libs.c) that runs with the TLS workloads")
     p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="flag a run when other processes used more than this many CPUs on average (0.10)")
@@ -73,6 +75,10 @@ def main(argv=None) -> int:
     if a.from_json:
         with open(a.from_json) as f:
             res = json.load(f)
+        # Judged again with this tree's rules (summaries and gates are
+        # derived from the rounds' raw rows).
+        res["summary"] = report.summarize(res, a.noise_threshold)
+        res["gates"] = gates.check(res)
         report.write_all(res, os.path.dirname(os.path.abspath(a.from_json)), a.docs, a.bench_venv)
         return 0
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -109,15 +115,25 @@ def main(argv=None) -> int:
 
     # ---- tools ----------------------------------------------------------------
     ctx.tools = {n: env.tool(n) for n in ("wrk", "iperf3", "valgrind", "callgrind_control", "perf", "gcc",
-                                          "nginx", "taskset")}
+                                          "nginx", "taskset", "openssl")}
     res["tools"] = {n: (v or None) for n, v in ctx.tools.items()}
     if not ctx.tools["taskset"] or not ctx.tools["gcc"] or not ctx.tools["nginx"]:
         say("error: taskset, gcc and nginx are needed (run scripts/setup --bench)")
         return 2
     ctx.loadgen = os.path.join(run_dir, "loadgen")
     subprocess.run(["gcc", "-O2", "-Wall", "-o", ctx.loadgen,
-                    os.path.join(env.HERE, "loadgen.c")], check=True)
+                    os.path.join(env.HERE, "loadgen.c"), "-lssl", "-lcrypto"], check=True)
     res["pmu"] = env.pmu()
+
+    # ---- TLS: the run's certificate (before the contenders: uproxy's check needs it)
+    ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    want_tls = any(w in TLS_WORKLOADS for w in (a.workloads.split(",") if a.workloads else ALL_WORKLOADS))
+    if want_tls:
+        if not ctx.tools["openssl"]:
+            say("MISSING tool openssl: the TLS workloads cannot run (scripts/setup --bench)")
+            res["missing"]["tool:openssl"] = "openssl not installed; TLS workloads not run"
+        else:
+            res["tls"] = {"cert": tls.make_cert(ctx)}
 
     # ---- contenders -------------------------------------------------------------
     conts = all_contenders(ctx)
@@ -141,6 +157,7 @@ def main(argv=None) -> int:
     for c in conts:
         why = c.missing()
         info = {"label": c.label, "family": c.family, "tuning": c.tuning, "missing": why,
+                "tls_tuning": getattr(c, "tls_tuning", ""),
                 "version": "" if why else c.version(), "skipped": {}}
         for w in ALL_WORKLOADS:
             s = c.skip(w) if not why else why
@@ -153,12 +170,20 @@ def main(argv=None) -> int:
         else:
             present.append(c)
     for w, t in (("http64", "wrk"), ("http64k", "wrk"), ("newconn", "wrk"), ("l4_1", "iperf3"),
-                 ("l4_64", "iperf3")):
+                 ("l4_64", "iperf3"), ("tls64", "wrk"), ("tls64k", "wrk"), ("tls64", "openssl"),
+                 ("tls64k", "openssl"), ("tls_full", "openssl"), ("tls_resume", "openssl")):
         if not ctx.tools.get(t) and w in wls:
             say(f"MISSING tool {t}: workload {w} cannot run (scripts/setup --bench)")
             res["missing"][f"tool:{t}"] = f"{t} not installed; {w} not run"
             wls.remove(w)
     res["workloads"] = wls
+    if any(w in TLS_WORKLOADS for w in wls):
+        say("crypto floor: openssl speed ecdsap256 ecdhx25519 on the proxy CPU")
+        res["tls"]["floor"] = tls.crypto_floor(ctx)
+        f = res["tls"]["floor"]
+        if "error" not in f:
+            say(f"  P-256 sign {f['p256_sign_us']:.1f} µs, X25519 {f['x25519_us']:.1f} µs: floor "
+                f"{f['full_us']:.0f} µs per full handshake, {f['resumed_us']:.0f} per resumed")
     # The fixed rate comes from nginx's http64 peak, or the first peer's.
     refs = [c.name for c in present if c.name == "nginx"] + \
         [c.name for c in present if c.family != "uproxy" and not c.skip("http64")]
@@ -197,6 +222,11 @@ def main(argv=None) -> int:
             res["uproxy_profile"] = valgrind.profile(ctx, say)
         else:
             res["uproxy_profile"] = {"skipped": "--no-valgrind" if a.no_valgrind else "uproxy not selected"}
+        # ---- the TLS library comparison, on the proxy CPU -------------------
+        if any(w in TLS_WORKLOADS for w in wls) and not a.no_tls_libs:
+            say("TLS libraries: bench/tls_libs.c (in-memory handshakes and records)")
+            res["tls"]["libs"] = tls.compare_libraries(ctx, 0.3 if a.quick else 1.0, say,
+                                                       rounds=1 if a.quick else 3)
     finally:
         upstream.stop()
     res["elapsed_s"] = time.monotonic() - t_start
@@ -278,4 +308,6 @@ def run_contender(ctx, c, rnd, todo, res) -> dict:
     finally:
         c.stop()
     rows["_seconds"] = time.monotonic() - t0
+    if c.tls_seen:
+        rows["_tls_seen"] = c.tls_seen
     return rows

@@ -19,6 +19,36 @@
  *       Used where a fixed number of requests matters (callgrind, the
  *       allocation counter).
  *
+ *   closed loop for a time: loadgen -a ... -c 64 -t 5 [-w 1] [-k 0]
+ *       As count mode, but starts requests for T seconds instead of N.
+ *       With -w W, the first W seconds are a warm-up: then every count
+ *       starts again from zero and the line "# measure" is printed (and
+ *       flushed), so that a caller can start its own accounting there;
+ *       the JSON covers the T seconds after it.
+ *
+ * TLS (-s): every connection is TLS 1.3 with TLS_AES_128_GCM_SHA256 and
+ * X25519 only (OpenSSL, the server's certificate not verified; -N sets the
+ * SNI name). With -k 0 each request is a new TLS connection, closed by both
+ * ends with close_notify, and -S says what the handshakes are:
+ *
+ *   -S full     (default) every handshake is a full one: the client keeps no
+ *               session and offers none. It still offers psk_dhe_ke, as a
+ *               browser does, so a server issues its tickets as it would to
+ *               a new client; they are thrown away.
+ *   -S resume   each connection slot offers the newest ticket it received
+ *               (a TLS 1.3 PSK with (EC)DHE, as browsers resume): the first
+ *               handshake of a slot is full, the others resumed if the
+ *               server accepts. Each ticket is offered once: OpenSSL's
+ *               client cache takes a TLS 1.3 session out (not resumable)
+ *               once it has been used, as browsers use a ticket once (RFC
+ *               8446 C.4), so a slot keeps resuming only if the server
+ *               sends a new ticket on each resumed connection, as nginx,
+ *               HAProxy, Go and BoringSSL do.
+ *
+ * The JSON then counts handshakes and how many the server resumed, and
+ * names what the first one negotiated; for new connections, latency runs
+ * from the connect() to the end of the response.
+ *
  * Output: one JSON object on stdout. Only Content-Length framed responses
  * are understood (what the bench's upstream sends); anything else counts as
  * an error. One thread, epoll, epoll_pwait2 for sub-millisecond timers.
@@ -40,6 +70,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 /* ---- log-linear histogram of nanoseconds, ~0.8% resolution ---------- */
 #define HBUCKETS (256 + 40 * 128)
@@ -97,7 +129,7 @@ static uint64_t now_ns(void)
 }
 
 /* ---- connections ------------------------------------------------------- */
-enum { C_CONNECTING, C_IDLE, C_WAITING, C_DEAD };
+enum { C_CONNECTING, C_HANDSHAKE, C_IDLE, C_WAITING, C_DEAD };
 
 struct conn {
     int fd;
@@ -111,6 +143,9 @@ struct conn {
     int64_t body_left;    /* -1 while reading headers */
     int close_after;
     uint64_t retry_at;    /* after a failed connect */
+    uint64_t opened;      /* when connect() was called */
+    SSL *ssl;             /* -s: the connection's TLS state */
+    SSL_SESSION *sess;    /* -S resume: the newest ticket for this slot */
 };
 
 static struct sockaddr_in addr;
@@ -123,6 +158,55 @@ static uint64_t bytes_in;
 static uint64_t measure_from, measure_until; /* rate mode window (ns) */
 static int rate_mode;
 static long started, count;
+static double run_for;            /* closed loop for a time (-t), seconds */
+static uint64_t run_until, measure_at;
+static int use_tls, tls_resume;
+static const char *sni;
+static SSL_CTX *tls_ctx;
+static uint64_t n_handshakes, n_resumed, n_err_tls;
+static char negotiated[160];
+
+/* Whether closed-loop mode starts another request. */
+static int more(void)
+{
+    if (run_for > 0)
+        return now_ns() < run_until;
+    return started < count;
+}
+
+/* -S resume: the server's tickets arrive after the handshake; the newest
+ * one is kept for the slot's next connection. */
+static int tls_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct conn *c = SSL_get_app_data(ssl);
+    if (c->sess)
+        SSL_SESSION_free(c->sess);
+    c->sess = sess;
+    return 1;            /* we keep the reference */
+}
+
+static void tls_init(void)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) {
+        fprintf(stderr, "loadgen: SSL_CTX_new failed\n");
+        exit(2);
+    }
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(tls_ctx, TLS1_3_VERSION);
+    if (!SSL_CTX_set_ciphersuites(tls_ctx, "TLS_AES_128_GCM_SHA256") ||
+        !SSL_CTX_set1_groups_list(tls_ctx, "X25519")) {
+        fprintf(stderr, "loadgen: this OpenSSL lacks TLS_AES_128_GCM_SHA256 or X25519\n");
+        exit(2);
+    }
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    if (tls_resume) {
+        SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(tls_ctx, tls_new_session);
+    } else {
+        SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    }
+}
 
 static void die(const char *what)
 {
@@ -141,6 +225,7 @@ static int open_conn(struct conn *c)
     c->body_left = -1;
     c->sent = 0;
     c->close_after = 0;
+    c->opened = now_ns();
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS) {
         close(c->fd);
         c->fd = -1;
@@ -157,6 +242,15 @@ static int open_conn(struct conn *c)
 
 static void drop_conn(struct conn *c)
 {
+    if (c->ssl) {
+        /* close_notify, as wrk does: OpenSSL keeps a session resumable
+         * only when its connection was shut down cleanly. */
+        if (c->state != C_HANDSHAKE)
+            SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     if (c->fd >= 0) {
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
@@ -175,6 +269,24 @@ static void send_more(struct conn *c)
 {
     const char *r = keepalive ? req_ka : req_close;
     size_t len = keepalive ? req_ka_len : req_close_len;
+    if (c->ssl) {
+        /* SSL_write writes the whole request or asks to be called again
+         * with the same arguments. */
+        int n = SSL_write(c->ssl, r, (int)len);
+        if (n > 0) {
+            c->sent = len;
+            want_write(c, 0);
+            return;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            want_write(c, e == SSL_ERROR_WANT_WRITE);
+            return;
+        }
+        n_err_read++;
+        drop_conn(c);
+        return;
+    }
     while (c->sent < len) {
         ssize_t n = send(c->fd, r + c->sent, len - c->sent, MSG_NOSIGNAL);
         if (n < 0) {
@@ -193,7 +305,8 @@ static void send_more(struct conn *c)
 
 static void start_request(struct conn *c, uint64_t sched)
 {
-    c->sched = sched;
+    /* A request on a new connection (closed loop) is timed from connect(). */
+    c->sched = (!keepalive && !rate_mode) ? c->opened : sched;
     c->sent = 0;
     c->hlen = 0;
     c->body_left = -1;
@@ -245,11 +358,56 @@ static void complete(struct conn *c, uint64_t t)
     c->state = C_IDLE;
     if (c->close_after || !keepalive) {
         drop_conn(c);
-        if (rate_mode || started < count) {
+        if (rate_mode || more()) {
             n_reconnects++;
             open_conn(c);
         }
     }
+}
+
+/* Drives a connection's TLS handshake; on success the connection is idle
+ * (ready for a request). */
+static void tls_step(struct conn *c)
+{
+    int r = SSL_connect(c->ssl);
+    if (r == 1) {
+        n_handshakes++;
+        if (SSL_session_reused(c->ssl))
+            n_resumed++;
+        if (!negotiated[0]) {
+            int g = SSL_get_negotiated_group(c->ssl);
+            snprintf(negotiated, sizeof negotiated, "%s %s %s", SSL_get_version(c->ssl),
+                     SSL_get_cipher_name(c->ssl), g == NID_X25519 ? "X25519" : OBJ_nid2sn(g & 0xffff));
+        }
+        c->state = C_IDLE;
+        want_write(c, 0);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        want_write(c, e == SSL_ERROR_WANT_WRITE);
+        return;
+    }
+    n_err_tls++;
+    drop_conn(c);
+    c->retry_at = now_ns() + 10000000ull;
+}
+
+static void tls_begin(struct conn *c)
+{
+    c->ssl = SSL_new(tls_ctx);
+    if (!c->ssl) {
+        fprintf(stderr, "loadgen: SSL_new failed\n");
+        exit(2);
+    }
+    SSL_set_app_data(c->ssl, c);
+    SSL_set_fd(c->ssl, c->fd);
+    if (sni)
+        SSL_set_tlsext_host_name(c->ssl, sni);
+    if (tls_resume && c->sess)
+        SSL_set_session(c->ssl, c->sess);
+    c->state = C_HANDSHAKE;
+    tls_step(c);
 }
 
 static void on_readable(struct conn *c)
@@ -270,7 +428,26 @@ static void on_readable(struct conn *c)
             dst = buf;
             room = sizeof buf;
         }
-        ssize_t n = recv(c->fd, dst, room, 0);
+        ssize_t n;
+        if (c->ssl) {
+            int r = SSL_read(c->ssl, dst, room > 0x7fffffff ? 0x7fffffff : (int)room);
+            if (r > 0) {
+                n = r;
+            } else {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                    n = -1;
+                    errno = EAGAIN;
+                } else {
+                    n = e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SYSCALL ? 0 : -1;
+                    if (n < 0)
+                        errno = EPROTO;
+                    ERR_clear_error();
+                }
+            }
+        } else {
+            n = recv(c->fd, dst, room, 0);
+        }
         if (n == 0 || (n < 0 && errno != EAGAIN)) {
             if (c->state == C_WAITING)
                 n_err_read++;
@@ -324,8 +501,8 @@ static void on_readable(struct conn *c)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen -a HOST:PORT [-p PATH] [-H host] -c CONNS\n"
-            "         (-r RATE -d SECONDS [-w WARMUP] | -n COUNT [-k 0|1])\n");
+            "usage: loadgen -a HOST:PORT [-p PATH] [-H host] -c CONNS [-s [-S full|resume] [-N sni]]\n"
+            "         (-r RATE -d SECONDS [-w WARMUP] | (-n COUNT | -t SECONDS) [-k 0|1])\n");
     exit(2);
 }
 
@@ -335,7 +512,7 @@ int main(int argc, char **argv)
     int conns = 16;
     double rate = 0, dur = 0, warm = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "a:p:H:c:r:d:w:n:k:")) != -1) {
+    while ((opt = getopt(argc, argv, "a:p:H:c:r:d:w:n:k:t:sS:N:")) != -1) {
         switch (opt) {
         case 'a': target = optarg; break;
         case 'p': path = optarg; break;
@@ -346,11 +523,21 @@ int main(int argc, char **argv)
         case 'w': warm = atof(optarg); break;
         case 'n': count = atol(optarg); break;
         case 'k': keepalive = atoi(optarg); break;
+        case 't': run_for = atof(optarg); break;
+        case 's': use_tls = 1; break;
+        case 'S':
+            if (strcmp(optarg, "full") && strcmp(optarg, "resume"))
+                usage();
+            tls_resume = strcmp(optarg, "resume") == 0;
+            break;
+        case 'N': sni = optarg; break;
         default: usage();
         }
     }
-    if (!target || conns < 1 || (rate <= 0 && count <= 0) || (rate > 0 && dur <= 0))
+    if (!target || conns < 1 || (rate <= 0 && count <= 0 && run_for <= 0) || (rate > 0 && dur <= 0))
         usage();
+    if (use_tls)
+        tls_init();
     rate_mode = rate > 0;
     if (rate_mode)
         keepalive = 1;
@@ -388,6 +575,10 @@ int main(int argc, char **argv)
         open_conn(&cs[i]);
     }
     uint64_t t_start = now_ns(), t_last = t_start;
+    if (run_for > 0) {
+        measure_at = t_start + (uint64_t)(warm * 1e9);
+        run_until = measure_at + (uint64_t)(run_for * 1e9);
+    }
     uint64_t grace_until = 0;
     int pwait2 = 1;
     struct epoll_event evs[256];
@@ -400,7 +591,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < conns; i++) {
             struct conn *c = &cs[i];
             if (c->state == C_DEAD) {
-                if (!rate_mode && started >= count)
+                if (!rate_mode && !more())
                     continue;
                 if (c->retry_at <= t)
                     open_conn(c);
@@ -408,7 +599,7 @@ int main(int argc, char **argv)
                     c->retry_at = t + 10000000ull;
                 continue;
             }
-            if (c->state == C_WAITING || c->state == C_CONNECTING) {
+            if (c->state == C_WAITING || c->state == C_CONNECTING || c->state == C_HANDSHAKE) {
                 busy = 1;
                 continue;
             }
@@ -423,7 +614,7 @@ int main(int argc, char **argv)
                 } else if (c->next < wake) {
                     wake = c->next;
                 }
-            } else if (started < count) {
+            } else if (more()) {
                 started++;
                 start_request(c, t);
                 busy = 1;
@@ -436,7 +627,7 @@ int main(int argc, char **argv)
                 if (!busy || t >= grace_until)
                     break;
             }
-        } else if (started >= count && !busy) {
+        } else if (!more() && !busy) {
             break;
         }
         /* Wait for events or the next due request. */
@@ -475,8 +666,16 @@ int main(int argc, char **argv)
                     c->retry_at = t + 10000000ull; /* retry in 10 ms; the schedule is kept */
                     continue;
                 }
+                if (use_tls) {
+                    tls_begin(c);
+                    continue;
+                }
                 c->state = C_IDLE;
                 want_write(c, 0);
+                continue;
+            }
+            if (c->state == C_HANDSHAKE) {
+                tls_step(c);
                 continue;
             }
             if ((evs[i].events & EPOLLOUT) && c->state == C_WAITING)
@@ -485,6 +684,17 @@ int main(int argc, char **argv)
                 on_readable(c);
         }
         t_last = now_ns();
+        if (measure_at && t_last >= measure_at) {
+            /* -t with -w: the warm-up is over; everything counts from here. */
+            measure_at = 0;
+            n_ok = n_all = n_err_connect = n_err_read = n_err_status = n_err_parse = n_reconnects = 0;
+            bytes_in = n_handshakes = n_resumed = n_err_tls = 0;
+            memset(hist, 0, sizeof hist);
+            hist_n = hist_max = 0;
+            t_start = t_last;
+            printf("# measure\n");
+            fflush(stdout);
+        }
     }
 
     /* Rate mode: requests that were due but never sent count as late. */
@@ -511,13 +721,15 @@ int main(int argc, char **argv)
            "\"rate_achieved\": %.1f, \"bytes_in\": %llu, \"reconnects\": %llu, "
            "\"errors\": {\"connect\": %llu, \"read\": %llu, \"status\": %llu, \"parse\": %llu}, "
            "\"latency_us\": {\"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, \"p99.9\": %.1f, \"max\": %.1f}, "
-           "\"timer\": \"%s\"}\n",
-           rate_mode ? "rate" : "count", conns, keepalive, (unsigned long long)n_ok, (unsigned long long)n_all,
+           "\"timer\": \"%s\", \"tls\": %d, \"handshakes\": %llu, \"resumed\": %llu, \"tls_errors\": %llu, "
+           "\"negotiated\": \"%s\"}\n",
+           rate_mode ? "rate" : run_for > 0 ? "time" : "count", conns, keepalive, (unsigned long long)n_ok, (unsigned long long)n_all,
            (unsigned long long)backlog, elapsed, rate, elapsed > 0 ? (double)n_ok / elapsed : 0.0,
            (unsigned long long)bytes_in, (unsigned long long)n_reconnects,
            (unsigned long long)n_err_connect, (unsigned long long)n_err_read,
            (unsigned long long)n_err_status, (unsigned long long)n_err_parse,
            hpct(50), hpct(90), hpct(99), hpct(99.9), (double)hist_max / 1000.0,
-           pwait2 ? "epoll_pwait2" : "epoll_wait (1 ms)");
+           pwait2 ? "epoll_pwait2" : "epoll_wait (1 ms)", use_tls, (unsigned long long)n_handshakes,
+           (unsigned long long)n_resumed, (unsigned long long)n_err_tls, negotiated);
     return 0;
 }

@@ -8,6 +8,10 @@ import subprocess
 
 from .workloads import METRICS, TITLES
 
+TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
+TLS_BEGIN = "<!-- tls-section: written by scripts/bench -->"
+TLS_END = "<!-- /tls-section -->"
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
@@ -89,6 +93,10 @@ def short(w, r) -> str:
     tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
     if w.startswith("l4"):
         return f"{r['gbps']:.2f} Gbit/s, {r['cpu_s_per_gib']:.3f} CPU-s/GiB{tail}"
+    if w in ("tls_full", "tls_resume"):
+        return (f"{r['hs_per_s']:.0f} handshakes/s ({r['resumed']}/{r['handshakes']} resumed), "
+                f"{r['cpu_us_per_hs']:.1f} CPU-µs/handshake, p99 {r['p99_ms']:.2f} ms, errors {r['errors']}, "
+                f"{r['negotiated']}{tail}")
     if w == "rate":
         return (f"{r['achieved_rps']:.0f}/{r['offered_rps']:.0f} req/s, p50 {r['p50_ms']:.2f} p99 "
                 f"{r['p99_ms']:.2f} p99.9 {r['p999_ms']:.2f} ms, {r['cpu_us_per_req']:.1f} CPU-µs/req, "
@@ -100,8 +108,10 @@ def short(w, r) -> str:
 def _fmt(v, key):
     if v is None:
         return "–"
-    if key in ("rps", "achieved_rps"):
+    if key in ("rps", "achieved_rps", "hs_per_s"):
         return f"{v:,.0f}"
+    if key == "resumed_frac":
+        return f"{v:.1%}"
     if key == "cpu_s_per_gib":
         return f"{v:.3f}"
     if key in ("gbps", "kib_per_conn", "kib_per_conn_fresh"):
@@ -125,11 +135,14 @@ def _ordered(names):
     return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else 99)
 
 
-def tables(res, with_range=True) -> str:
-    """One markdown table per workload."""
+def tables(res, with_range=True, tls=None) -> str:
+    """One markdown table per workload (tls: None all, True only the TLS
+    workloads, False all but them)."""
     out = []
     summ = res["summary"]
     for w in res.get("workloads", []):
+        if tls is not None and (w in TLS_WORKLOADS) != tls:
+            continue
         ws = summ.get(w, {})
         mets = METRICS[w]
         out.append(f"### {TITLES[w]}\n")
@@ -173,6 +186,167 @@ def tables(res, with_range=True) -> str:
     return "\n".join(out)
 
 
+def _family_best(res, w, key, names):
+    vals = []
+    for n in names:
+        m = res["summary"].get(w, {}).get(n, {}).get("metrics", {}).get(key)
+        if m:
+            vals.append((m["median"], n))
+    return min(vals) if vals else None
+
+
+def tls_md(res) -> str:
+    """The TLS section: what each proxy was given, the crypto floor, the
+    figures per proxy, the tables, and the library comparison."""
+    t = res.get("tls") or {}
+    wls = [w for w in res.get("workloads", []) if w in TLS_WORKLOADS]
+    out = [TLS_BEGIN, "## TLS 1.3 (issue 12, gate G7)", ""]
+    if not wls:
+        out += ["Not run in this run (`--workloads tls64,tls64k,tls_full,tls_resume`).", "", TLS_END]
+        return "\n".join(out) + "\n"
+    m = res["machine"]
+    st = res["settings"]
+    out.append(f"**This run:** {res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) "
+               f"of {max(1, round(st['duration']))} s per run, {st['connections']} connections; {m['cpu']}, "
+               f"{m['cpus']} CPUs, Linux {m['kernel']}. Proxy on CPU {','.join(map(str, res['cpus']['proxy']))}; "
+               f"load generators and the plaintext origin on CPU {','.join(map(str, res['cpus']['load']))}.")
+    out.append("")
+    out.append("Run by `scripts/bench` with the other workloads, or alone: `scripts/bench --workloads "
+               "tls64,tls_full,tls_resume,tls64k --rounds 5 --docs`, which rewrites this section of the page and "
+               "nothing else. How each figure is measured: the Method section (TLS) above, and "
+               "[tls.md](tls.md#the-tls-library-measured) for the library comparison.")
+    out.append("")
+    cert = t.get("cert", {})
+    out.append(f"Every contender serves the same certificate ({cert.get('kind', 'ECDSA P-256')}, made by the bench "
+               "with `openssl req`), and is held to TLS 1.3 with TLS_AES_128_GCM_SHA256 and X25519: the clients "
+               "offer nothing else (loadgen by its code; wrk through an OpenSSL configuration file of the "
+               "run's in OPENSSL_CONF), and what each handshake run negotiated is checked and shown below. "
+               "Behind TLS, each proxy talks plain HTTP/1.1 to the same nginx origin, with upstream keep-alive as "
+               "in the plaintext runs.")
+    out.append("")
+    # Headline per proxy family.
+    fl = (t.get("floor") or {})
+    fams = {}
+    for name, c in res["contenders"].items():
+        fams.setdefault(c["family"], []).append(name)
+    out += ["| proxy | 64 B: CPU-µs/req | 64 KiB: CPU-µs/req | full handshake: CPU-µs | resumed: CPU-µs | "
+            "full / crypto floor |", "|---|---|---|---|---|---|"]
+    labels = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "traefik": "Traefik",
+              "caddy": "Caddy"}
+    for fam in ["uproxy", "nginx", "haproxy", "envoy", "traefik", "caddy"]:
+        names = fams.get(fam)
+        if not names:
+            continue
+        if all(res["contenders"][n].get("missing") for n in names):
+            out.append(f"| {labels[fam]} | missing | | | | |")
+            continue
+        cells = []
+        for w, key in (("tls64", "cpu_us_per_req"), ("tls64k", "cpu_us_per_req"), ("tls_full", "cpu_us_per_hs"),
+                       ("tls_resume", "cpu_us_per_hs")):
+            b = _family_best(res, w, key, names)
+            if b:
+                cells.append(f"{b[0]:.1f}")
+            else:
+                why = ""
+                for n in names:
+                    e = res["summary"].get(w, {}).get(n, {})
+                    if e.get("skipped") and not e["skipped"].startswith("same as"):
+                        why = "skipped"
+                    elif e.get("errors"):
+                        why = "error (below)"
+                cells.append(why or "–")
+        b = _family_best(res, "tls_full", "cpu_us_per_hs", names)
+        ratio = f"{b[0] / fl['full_us']:.1f}x" if b and fl.get("full_us") else "–"
+        out.append(f"| {labels[fam]} | " + " | ".join(cells) + f" | {ratio} |")
+    out.append("")
+    out.append("**Gate G7** (DESIGN.md §3), on this run's medians:")
+    out.append("")
+    out.append(gates_md(res, only=("G7",)))
+    skipped_u = res["contenders"].get("uproxy", {}).get("skipped", {})
+    why_u = next((skipped_u[w] for w in wls if w in skipped_u), None)
+    if why_u:
+        out.append(f"uproxy's TLS workloads did not run: {why_u}.")
+        out.append("")
+    if fl.get("full_us"):
+        out.append(f"**The crypto floor** (`{fl['command']}`, {fl['openssl']}, on the proxy CPU): one P-256 "
+                   f"signature {fl['p256_sign_us']:.1f} µs, one X25519 operation {fl['x25519_us']:.1f} µs. A full "
+                   f"TLS 1.3 handshake costs the server at least one signature and two X25519 operations (its key "
+                   f"share, then the shared secret): **{fl['full_us']:.0f} µs**; a resumed one (psk_dhe_ke, as "
+                   f"every client here and every browser resumes) the two X25519 operations: "
+                   f"**{fl['resumed_us']:.0f} µs**. DESIGN.md's stretch for G7: a full handshake within 3x the "
+                   f"floor ({3 * fl['full_us']:.0f} µs).")
+    elif fl.get("error"):
+        out.append(f"The crypto floor could not be measured: {fl['error']}.")
+    out.append("")
+    out.append("Contenders' TLS settings (each from its own documentation; the bench's peer modules say where):")
+    out.append("")
+    out += ["| contender | TLS settings |", "|---|---|"]
+    for name in _ordered(res["contenders"]):
+        c = res["contenders"][name]
+        if c.get("missing") or all(w in c.get("skipped", {}) for w in wls):
+            continue
+        out.append(f"| {c['label']} | {c.get('tls_tuning') or '–'} |")
+    out.append("")
+    neg = set()
+    for rd in res["rounds"]:
+        for name, rows in rd.items():
+            for w in ("tls_full", "tls_resume"):
+                r = rows.get(w) if isinstance(rows, dict) else None
+                if isinstance(r, dict) and r.get("negotiated"):
+                    neg.add((res["contenders"][name]["label"], r["negotiated"]))
+    if neg:
+        odd = sorted(x for x in neg if x[1] != "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519")
+        out.append("Negotiated in the handshake runs (loadgen offers only TLS_AES_128_GCM_SHA256 and X25519): " + (
+            "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519 by every contender." if not odd else
+            "; ".join(f"{a}: {b}" for a, b in sorted(neg))) + "")
+        out.append("")
+    seen = {}
+    for rd in res["rounds"]:
+        for name, rows in rd.items():
+            if isinstance(rows, dict) and rows.get("_tls_seen"):
+                seen.setdefault(rows["_tls_seen"], set()).add(res["contenders"][name]["label"])
+    if seen:
+        out.append("For comparison, what a client offering OpenSSL's default TLS 1.3 suites (AES-256-GCM first; "
+                   "wrk's default, which the bench overrides with OPENSSL_CONF) gets at each contender's start: " +
+                   "; ".join(f"{k} ({', '.join(sorted(v))})" for k, v in sorted(seen.items())) + ".")
+        out.append("")
+    out.append(tables(res, tls=True))
+    out.append(libs_md(t.get("libs")))
+    out.append(TLS_END)
+    return "\n".join(out) + "\n"
+
+
+def libs_md(libs) -> str:
+    if not libs:
+        return "The TLS library comparison was not run (`--no-tls-libs`).\n"
+    out = ["### The TLS libraries, in one process (bench/tls_libs.c)", "",
+           "Client and server of the same library in one thread, talking through in-memory queues (no "
+           "sockets, no kernel): TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, this run's certificate, one "
+           "session ticket per handshake, no server session cache; the server's and the client's time apart "
+           "(the server's is what a proxy pays), malloc-family and pthread lock calls counted by interposition. "
+           "A keep-alive round trip is an 80-byte request record one way and a 200-byte response record back.",
+           "", f"Medians of {libs.get('rounds', 1)} interleaved round(s) of {libs.get('seconds', '?')} s per figure; "
+           "the handshake columns give handshakes per second for one core and the rounds' range.",
+           "", "| library | full handshake: server µs (/s, range) | resumed: server µs (/s, range) | allocs, locks per full "
+           "handshake (server) | keep-alive round trip: server µs, allocs | 16 KiB records: seal, open MB/s |",
+           "|---|---|---|---|---|---|"]
+    for r in libs["rows"]:
+        f, rs, k, rec = r["full"], r["resumed"], r["keepalive"], r["records16k"]
+        note = "" if rs["resumed"] >= rs["n"] - 1 else f" ({rs['resumed']:.0f} of {rs['n']:.0f} resumed)"
+        fr, rr = f.get("server_us_range"), rs.get("server_us_range")
+        frs = f", {fr[0]:.0f}–{fr[1]:.0f}" if fr and r.get("rounds", 1) > 1 else ""
+        rrs = f", {rr[0]:.0f}–{rr[1]:.0f}" if rr and r.get("rounds", 1) > 1 else ""
+        out.append(f"| {r['name']} ({r['library']}) | {f['server_us']:.0f} ({f['server_per_s']:,.0f}{frs}) | "
+                   f"{rs['server_us']:.0f} ({rs['server_per_s']:,.0f}{rrs}){note} | {f['server_allocs']:.0f}, "
+                   f"{f['server_locks']:.0f} | {k['server_us']:.2f}, {k['server_allocs']:.1f} | "
+                   f"{rec['seal_mb_s']:,.0f}, {rec['open_mb_s']:,.0f} |")
+    for name, why in (libs.get("not_run") or {}).items():
+        out.append(f"| {name} | not run: {why} | | | | |")
+    out.append("")
+    out.append("Why the project uses what it uses, with these figures: [tls.md](tls.md#the-tls-library-measured).")
+    return "\n".join(out) + "\n"
+
+
 def profile_md(res) -> str:
     p = res.get("uproxy_profile") or {}
     if "skipped" in p:
@@ -205,14 +379,15 @@ def profile_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
-def gates_md(res) -> str:
+def gates_md(res, only=None) -> str:
+    gs = [g for g in res.get("gates", []) if only is None or g["id"] in only]
     out = ["| gate | what | uproxy | bound (this run) | status |", "|---|---|---|---|---|"]
-    for g in res.get("gates", []):
+    for g in gs:
         out.append(f"| {g['id']} | {g['what']} | {g['value']} | {g['bound']} | **{g['status']}** |")
     out.append("")
-    for g in res.get("gates", []):
+    for g in gs:
         if g.get("note"):
-            out.append(f"- {g['id']}: {g['note']}")
+            out.append(f"- {g['id']}{' (' + g['part'] + ')' if g.get('part') else ''}: {g['note']}")
     return "\n".join(out) + "\n"
 
 
@@ -330,10 +505,32 @@ def console(res) -> str:
     return "\n".join(out)
 
 
+def splice_tls(page: str, section: str) -> str:
+    """docs/benchmarks.md with its TLS section replaced by this one (or put
+    before the uproxy profile section when the page has none yet)."""
+    if TLS_BEGIN in page and TLS_END in page:
+        a = page.index(TLS_BEGIN)
+        b = page.index(TLS_END) + len(TLS_END)
+        return page[:a] + section.rstrip("\n") + page[b:]
+    mark = "## uproxy: instructions"
+    if mark in page:
+        i = page.index(mark)
+        return page[:i] + section + "\n" + page[i:]
+    return page.rstrip("\n") + "\n\n" + section
+
+
 def write_all(res, out, docs, bench_venv):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(document(res, png_prefix=""))
     charts = _charts(res, out, bench_venv)
+    wls = res.get("workloads", [])
+    if docs and wls and all(w in TLS_WORKLOADS for w in wls):
+        # A TLS-only run replaces the TLS section of the page and nothing else.
+        path = os.path.join(ROOT, "docs", "benchmarks.md")
+        page = open(path).read() if os.path.exists(path) else document(res, png_prefix="")
+        with open(path, "w") as f:
+            f.write(splice_tls(page, tls_md(res)))
+        return
     if docs:
         ddir = os.path.join(ROOT, "docs")
         os.makedirs(ddir, exist_ok=True)
@@ -384,7 +581,8 @@ def document(res, png_prefix="") -> str:
         "{{GATES}}": gates_md(res),
         "{{CONTENDERS}}": contenders_md(res),
         "{{MISSING}}": missing,
-        "{{TABLES}}": tables(res),
+        "{{TABLES}}": tables(res, tls=False),
+        "{{TLS}}": tls_md(res),
         "{{PROFILE}}": profile_md(res),
         "{{NOISE}}": noise_md(res),
         "{{ANCHORS}}": anchors_md(res),

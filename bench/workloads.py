@@ -10,6 +10,22 @@ dict of figures plus the machine's noise over the run.
   newconn  a new connection per request (wrk, "Connection: close")
   l4_1     iperf3 through the TCP proxy, one stream: Gbit/s, CPU-s/GiB
   l4_64    the same with 64 parallel streams
+  tls64    http64 over TLS 1.3 (TLS_AES_128_GCM_SHA256, X25519, the run's
+           ECDSA P-256 certificate), wrk over https: CPU-us/req
+  tls64k   the same with 64 KiB responses
+  tls_full a new TLS connection per request, every handshake a full one:
+           loadgen -s -S full (it keeps no session; wrk would resume, see
+           below): CPU-us per handshake (with its one 64 B request)
+  tls_resume the same, each connection resuming with the newest TLS 1.3
+           ticket its slot received (loadgen -s -S resume)
+
+wrk with "Connection: close" is no full-handshake generator: it reconnects
+with the same SSL object after SSL_shutdown + SSL_clear, which keeps the
+session, so every connection after a slot's first resumes with a ticket
+(nginx's $ssl_session_reused says "r" for all of them). That is why the
+handshake workloads use the bench's own generator, which reports how many
+handshakes the server resumed; a run whose count is not what its name says
+is an error.
 
 The proxy's CPU is utime+stime of its processes (all threads) from /proc,
 sampled just before the load generator starts and just after it exits.
@@ -31,10 +47,10 @@ class WorkloadError(Exception):
     pass
 
 
-def _run(ctx, cont, argv, timeout):
+def _run(ctx, cont, argv, timeout, env=None):
     win = Window(cont.pids, ctx.our_pids).start()
     try:
-        p = subprocess.run(ctx.pinned(argv), capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(ctx.pinned(argv), capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise WorkloadError(f"{argv[0]} did not finish within {timeout:.0f}s")
     w = win.stop()
@@ -42,6 +58,34 @@ def _run(ctx, cont, argv, timeout):
         raise WorkloadError(f"{cont.name} died during the run (exit {cont.proc.returncode}): "
                             f"{cont.output()[-800:]}")
     return p, w
+
+
+def _run_marked(ctx, cont, argv, timeout):
+    """Runs a loadgen that warms up first (-w) and prints "# measure" when
+    its counted part starts: the proxy's CPU is counted from that line to
+    the end, so that the warm-up (and, for resumption, every slot's first,
+    full handshake) is outside the window."""
+    deadline = time.monotonic() + timeout
+    proc = subprocess.Popen(ctx.pinned(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    win = None
+    try:
+        line = proc.stdout.readline()
+        while line and not line.startswith("# measure"):
+            line = proc.stdout.readline()
+        win = Window(cont.pids, ctx.our_pids).start()
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise WorkloadError(f"{argv[0]} did not finish within {timeout:.0f}s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    w = win.stop()
+    if cont.proc is not None and cont.proc.poll() is not None:
+        raise WorkloadError(f"{cont.name} died during the run (exit {cont.proc.returncode}): "
+                            f"{cont.output()[-800:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), w
 
 
 def _json_line(text, marker=None):
@@ -57,19 +101,21 @@ def _json_line(text, marker=None):
     return None
 
 
-def warm(ctx, cont, path, headers=()):
+def warm(ctx, cont, path, headers=(), tls=False):
     """wrk for the warm-up time when it is a second or more (wrk counts
     whole seconds), else a burst of 1,000 requests from loadgen."""
     if ctx.args.warmup >= 1:
-        wrk(ctx, cont, path, ctx.args.warmup, headers)
+        wrk(ctx, cont, path, ctx.args.warmup, headers, tls=tls, what="the warm-up")
         return
     ka = "0" if headers else "1"
-    subprocess.run(ctx.pinned([ctx.loadgen, "-a", cont.http_base(), "-p", path, "-c",
-                               str(ctx.args.connections), "-n", "1000", "-k", ka]),
+    base = cont.https_base() if tls else cont.http_base()
+    subprocess.run(ctx.pinned([ctx.loadgen, "-a", base, "-p", path, "-c",
+                               str(ctx.args.connections), "-n", "1000", "-k", ka]
+                              + (["-s", "-N", "localhost"] if tls else [])),
                    capture_output=True, timeout=60)
 
 
-def wrk(ctx, cont, path, duration, headers=()):
+def wrk(ctx, cont, path, duration, headers=(), tls=False, what="the run"):
     a = ctx.args
     duration = max(1, int(round(duration)))
     # One wrk thread per two load CPUs (one on a 2-CPU host): the upstream
@@ -79,8 +125,11 @@ def wrk(ctx, cont, path, duration, headers=()):
             "--timeout", "5s", "-s", WRK_LUA]
     for h in headers:
         argv += ["-H", h]
-    argv.append(f"http://{cont.http_base()}{path}")
-    p, w = _run(ctx, cont, argv, duration + 30)
+    argv.append(f"https://{cont.https_base()}{path}" if tls else f"http://{cont.http_base()}{path}")
+    # Over TLS, wrk offers what loadgen offers (TLS 1.3, AES-128-GCM,
+    # X25519) through an OpenSSL configuration file of the run's own.
+    env = {**os.environ, "OPENSSL_CONF": ctx.tls_client_conf} if tls else None
+    p, w = _run(ctx, cont, argv, duration + 30, env=env)
     r = _json_line(p.stdout, "JSON")
     if not r:
         raise WorkloadError(f"wrk gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}"
@@ -89,6 +138,12 @@ def wrk(ctx, cont, path, duration, headers=()):
     errs = sum(r["errors"].values())
     if reqs == 0:
         raise WorkloadError(f"wrk completed no request: errors {r['errors']}")
+    # Fewer than 10 requests per connection in a whole run is a proxy that
+    # stalled (every contender does thousands per second here): its CPU per
+    # request would be the stall's, not a cost.
+    if reqs < 10 * a.connections:
+        raise WorkloadError(f"stalled in {what}: {reqs} requests in {duration} s over {a.connections} "
+                            f"connections (errors {r['errors']})")
     secs = r["duration_us"] / 1e6
     out = {
         "requests": reqs,
@@ -130,6 +185,82 @@ def http64k(ctx, cont):
 def newconn(ctx, cont):
     warm(ctx, cont, "/64", headers=("Connection: close",))
     return wrk(ctx, cont, "/64", ctx.args.duration, headers=("Connection: close",))
+
+
+def tls64(ctx, cont):
+    """Keep-alive over TLS: wrk's 64 connections each make one full
+    handshake at the start of the run (under 1% of the proxy's CPU in a
+    5-second run); the rest is records."""
+    warm(ctx, cont, "/64", tls=True)
+    return _check_bytes(wrk(ctx, cont, "/64", ctx.args.duration, tls=True), 64)
+
+
+def tls64k(ctx, cont):
+    warm(ctx, cont, "/64k", tls=True)
+    r = _check_bytes(wrk(ctx, cont, "/64k", ctx.args.duration, tls=True), 65536)
+    r["gbps"] = r["bytes"] * 8 / (r["requests"] / r["rps"]) / 1e9
+    return r
+
+
+def _handshakes(ctx, cont, mode):
+    """A new TLS connection per request for the run's duration (closed
+    loop, the run's connection count), every handshake full or every one
+    resumed: CPU per handshake, handshakes per second."""
+    a = ctx.args
+    base = ["-a", cont.https_base(), "-p", "/64", "-c", str(a.connections), "-k", "0",
+            "-s", "-S", mode, "-N", "localhost"]
+    # The warm-up is the same process's first seconds (-w): connection
+    # slots that resume hold their tickets when the counted part starts.
+    p, w = _run_marked(ctx, cont, [ctx.loadgen, *base, "-w", str(max(a.warmup, 0.3)), "-t", str(a.duration)],
+                       a.warmup + a.duration + 60)
+    r = _json_line(p.stdout)
+    if not r:
+        raise WorkloadError(f"loadgen gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+    hs = r["handshakes"]
+    if r["requests"] == 0 or hs == 0:
+        raise WorkloadError(f"loadgen completed no request over TLS: errors {r['errors']}, "
+                            f"TLS errors {r['tls_errors']}")
+    secs = r["duration_s"]
+    out = {
+        "requests": r["requests"],
+        "handshakes": hs,
+        "resumed": r["resumed"],
+        "resumed_frac": r["resumed"] / hs,
+        "negotiated": r["negotiated"],
+        "rps": r["requests"] / secs,
+        "hs_per_s": hs / secs,
+        # Every handshake the proxy completed counts (a few at the end of
+        # the run carry no request); each carried at most one request.
+        "cpu_us_per_hs": w["proxy_cpu_s"] * 1e6 / hs,
+        "proxy_cpu_s": w["proxy_cpu_s"],
+        "proxy_cpu_util": w["proxy_cpu_s"] / w["wall_s"],
+        "p50_ms": r["latency_us"]["p50"] / 1000, "p99_ms": r["latency_us"]["p99"] / 1000,
+        "errors": sum(r["errors"].values()) + r["tls_errors"],
+        "error_detail": {**r["errors"], "tls": r["tls_errors"]},
+        "noise": w,
+    }
+    # Every connection slot failing once is a proxy that stalled (all of
+    # them waited for a timeout): its CPU per handshake would be the
+    # stall's.
+    if out["errors"] >= a.connections:
+        raise WorkloadError(f"stalled: {out['errors']} failed connections ({out['error_detail']}) over "
+                            f"{a.connections} slots, {hs} handshakes")
+    if mode == "full" and r["resumed"]:
+        raise WorkloadError(f"{r['resumed']} of {hs} handshakes resumed in a full-handshake run")
+    # Every slot's first (full) handshake was in the warm-up.
+    if mode == "resume" and r["resumed"] < hs - max(2, hs // 100):
+        raise WorkloadError(f"only {r['resumed']} of {hs} handshakes resumed: clients use a TLS 1.3 ticket "
+                            f"once, and the server does not send a new ticket on a resumed connection (or "
+                            f"refuses its own); {r['negotiated']}")
+    return out
+
+
+def tls_full(ctx, cont):
+    return _handshakes(ctx, cont, "full")
+
+
+def tls_resume(ctx, cont):
+    return _handshakes(ctx, cont, "resume")
 
 
 def rate(ctx, cont):
@@ -323,6 +454,10 @@ RUNNERS = {
     "newconn": newconn,
     "l4_1": l4_1,
     "l4_64": l4_64,
+    "tls64": tls64,
+    "tls64k": tls64k,
+    "tls_full": tls_full,
+    "tls_resume": tls_resume,
 }
 
 # What each workload's headline figures are, and which way is better.
@@ -339,6 +474,14 @@ METRICS = {
                 ("p99_ms", "p99 ms", "low")],
     "l4_1": [("gbps", "Gbit/s", "high"), ("cpu_s_per_gib", "CPU-s/GiB", "low")],
     "l4_64": [("gbps", "Gbit/s", "high"), ("cpu_s_per_gib", "CPU-s/GiB", "low")],
+    "tls64": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+              ("p99_ms", "p99 ms", "low")],
+    "tls64k": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+               ("gbps", "Gbit/s", "high"), ("p99_ms", "p99 ms", "low")],
+    "tls_full": [("cpu_us_per_hs", "CPU-µs/handshake", "low"), ("hs_per_s", "handshakes/s", "high"),
+                 ("p99_ms", "p99 ms (connect to response)", "low"), ("resumed_frac", "resumed", "low")],
+    "tls_resume": [("cpu_us_per_hs", "CPU-µs/handshake", "low"), ("hs_per_s", "handshakes/s", "high"),
+                   ("p99_ms", "p99 ms (connect to response)", "low"), ("resumed_frac", "resumed", "high")],
 }
 
 TITLES = {
@@ -349,4 +492,8 @@ TITLES = {
     "newconn": "New connection per request, 64 B",
     "l4_1": "L4 TCP, one stream (iperf3)",
     "l4_64": "L4 TCP, 64 parallel streams (iperf3 -P 64)",
+    "tls64": "TLS 1.3 keep-alive, 64 B responses (wrk over https)",
+    "tls64k": "TLS 1.3 keep-alive, 64 KiB responses (wrk over https)",
+    "tls_full": "TLS 1.3, a new connection per request, full handshakes (loadgen -S full)",
+    "tls_resume": "TLS 1.3, a new connection per request, resumed handshakes (loadgen -S resume)",
 }

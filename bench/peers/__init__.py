@@ -5,12 +5,18 @@ are the proxy's.
 
 A contender is one (proxy, tuning) pair: nginx and nginx with larger
 buffers are two contenders, so that each appears as its own row.
+
+The TLS workloads use a third listener of each contender (https_port) that
+terminates TLS with the run's certificate (ctx.tls_cert, ctx.tls_key:
+ECDSA P-256, made by the bench with openssl) and proxies to the same
+plaintext upstream as the HTTP listener, with the same upstream keep-alive.
 """
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -19,7 +25,11 @@ from .. import accounting
 
 HTTP_WORKLOADS = ("idle", "http64", "http64k", "rate", "newconn")
 L4_WORKLOADS = ("l4_1", "l4_64")
-ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS
+TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
+ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS
+# What every contender's TLS listener is held to (issue 12, DESIGN.md G7).
+TLS_SUITE = "TLS_AES_128_GCM_SHA256"
+TLS_NEGOTIATED = f"TLSv1.3 {TLS_SUITE} X25519"
 
 
 def free_port() -> int:
@@ -47,6 +57,8 @@ class Contender:
         self.pids = []
         self.http_port = None
         self.l4_port = None
+        self.https_port = None
+        self.tls_seen = None      # what a client with OpenSSL's default TLS 1.3 suites negotiated
         self.dir = None
         self.log_path = None
 
@@ -69,6 +81,16 @@ class Contender:
     def http_base(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
+    def https_base(self) -> str:
+        return f"127.0.0.1:{self.https_port}"
+
+    def wants_tls(self) -> bool:
+        """Whether a TLS listener is rendered: the run has TLS workloads (and
+        so a certificate) and one of them applies to this contender."""
+        if not getattr(self.ctx, "tls_cert", None):
+            return False
+        return any(self.skip(w) is None for w in TLS_WORKLOADS)
+
     # ---- life cycle --------------------------------------------------------
     def render(self) -> list:
         """Writes configuration files into self.dir; returns the argv."""
@@ -83,6 +105,7 @@ class Contender:
         os.chmod(self.dir, 0o755)
         self.http_port = free_port()
         self.l4_port = free_port()
+        self.https_port = free_port()
         argv = self.render()
         self.log_path = os.path.join(self.dir, "proxy.log")
         log = open(self.log_path, "w")
@@ -111,6 +134,7 @@ class Contender:
         last = ""
         want_http = any(self.skip(w) is None for w in HTTP_WORKLOADS)
         want_l4 = any(self.skip(w) is None for w in L4_WORKLOADS)
+        want_tls = self.wants_tls()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StartError(f"{self.name} exited with {self.proc.returncode}: {self.output()}")
@@ -123,6 +147,11 @@ class Contender:
                         last = f"HTTP {r.status}, {len(body)} bytes"
                 except Exception as e:  # not up yet, or routes not loaded yet
                     ok, last = False, str(e)
+            if ok and want_tls:
+                try:
+                    ok, last = self.tls_ready()
+                except Exception as e:  # not up yet
+                    ok, last = False, f"TLS listener: {e}"
             if ok and want_l4:
                 try:
                     with socket.create_connection(("127.0.0.1", self.l4_port), timeout=1):
@@ -133,6 +162,30 @@ class Contender:
                 return
             time.sleep(0.1)
         raise StartError(f"{self.name} not ready after {timeout:.0f}s ({last}): {self.output()}")
+
+    def tls_ready(self):
+        """GET /64 over TLS 1.3 on the TLS listener (SNI localhost, the
+        certificate not verified): (ok, what was seen). The client offers
+        OpenSSL's default TLS 1.3 suites, as wrk does: what it gets is what
+        wrk's keep-alive runs get (kept in self.tls_seen)."""
+        tctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tctx.check_hostname = False
+        tctx.verify_mode = ssl.CERT_NONE
+        tctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=1) as raw:
+            with tctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /64 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                buf = b""
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    buf += b
+                head, _, body = buf.partition(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                ok = line.split(" ")[1:2] == ["200"] and len(body) >= 64
+                self.tls_seen = f"{s.version()} {s.cipher()[0]}"
+                return ok, f"TLS: {line!r}, {len(body)} bytes ({s.version()}, {s.cipher()[0]})"
 
     def stop(self):
         if not self.proc:

@@ -5,6 +5,15 @@ default without a `logs` block), log level ERROR, HTTP/1.1 only, automatic
 HTTPS off, reverse_proxy keep-alive with max_idle_conns_per_host 256 (the
 default is 32). Stock Caddy has no layer-4 proxy (that is the caddy-l4
 plugin, not in the release binary), so it runs no L4 workload.
+
+TLS (the TLS workloads' listener), from Caddy's JSON documentation: a
+second server with tls_connection_policies (protocol_min tls1.2, curves
+x25519 and secp256r1) and the run's certificate loaded with the tls app's
+load_files (automatic HTTPS off, so no certificate management). Go's
+crypto/tls picks the TLS 1.3 suite itself (TLS_AES_128_GCM_SHA256 first on
+a CPU with AES-NI) and Caddy issues session tickets by default, with keys
+it rotates. The same reverse_proxy handler, and so the same upstream
+keep-alive.
 """
 from __future__ import annotations
 
@@ -19,7 +28,9 @@ class Caddy(Contender):
     family = "caddy"
     label = "Caddy"
     tuning = "admin off, log ERROR, h1 only, keep_alive max_idle_conns_per_host 256, GOMAXPROCS=1"
-    workloads = ("idle", "http64", "http64k", "rate", "newconn")
+    tls_tuning = ("tls_connection_policies protocol_min tls1.2, curves x25519, secp256r1; certificate from "
+                  "load_files; Caddy's session tickets (on by default); TLS 1.3 suite chosen by Go")
+    workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k", "tls_full", "tls_resume")
     skip_reasons = {"l4_1": "no layer-4 proxy in the stock build (caddy-l4 plugin)",
                     "l4_64": "no layer-4 proxy in the stock build (caddy-l4 plugin)"}
 
@@ -42,6 +53,12 @@ class Caddy(Contender):
 
     def render(self):
         c = self.ctx
+        routes = [{"handle": [{
+            "handler": "reverse_proxy",
+            "upstreams": [{"dial": f"127.0.0.1:{c.upstream_port}"}],
+            "transport": {"protocol": "http",
+                          "keep_alive": {"enabled": True, "max_idle_conns_per_host": 256}},
+        }]}]
         cfg = {
             "admin": {"disabled": True},
             "logging": {"logs": {"default": {"level": "ERROR"}}},
@@ -49,14 +66,19 @@ class Caddy(Contender):
                 "listen": [f"127.0.0.1:{self.http_port}"],
                 "protocols": ["h1"],
                 "automatic_https": {"disable": True},
-                "routes": [{"handle": [{
-                    "handler": "reverse_proxy",
-                    "upstreams": [{"dial": f"127.0.0.1:{c.upstream_port}"}],
-                    "transport": {"protocol": "http",
-                                  "keep_alive": {"enabled": True, "max_idle_conns_per_host": 256}},
-                }]}],
+                "routes": routes,
             }}}},
         }
+        if self.wants_tls():
+            cfg["apps"]["http"]["servers"]["bench_tls"] = {
+                "listen": [f"127.0.0.1:{self.https_port}"],
+                "protocols": ["h1"],
+                "automatic_https": {"disable": True},
+                "tls_connection_policies": [{"protocol_min": "tls1.2", "curves": ["x25519", "secp256r1"]}],
+                "routes": routes,
+            }
+            cfg["apps"]["tls"] = {"certificates": {"load_files": [
+                {"certificate": c.tls_cert, "key": c.tls_key}]}}
         path = os.path.join(self.dir, "caddy.json")
         write(path, json.dumps(cfg, indent=1))
         return [self.binary(), "run", "--config", path]

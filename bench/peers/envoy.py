@@ -5,6 +5,13 @@ one worker (--concurrency 1, matching the other proxies), circuit breakers
 raised out of the way, generate_request_id off, the router's dynamic_stats
 off, no access log, log level error, hot restart off. Upstream HTTP/1.1
 connections are pooled and kept alive by default.
+
+TLS (the TLS workloads' listener), from Envoy's TLS documentation: a second
+HTTP listener with a DownstreamTlsContext (the run's certificate,
+tls_minimum_protocol_version TLSv1_2, ecdh_curves X25519 and P-256).
+BoringSSL chooses the TLS 1.3 suite itself (not configurable; AES-128-GCM
+first with AES hardware) and stateless session resumption (tickets) is on by
+default. The same route, and so the same upstream pool.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ class Envoy(Contender):
     label = "Envoy"
     tuning = ("--concurrency 1, circuit breakers off, generate_request_id off, dynamic_stats off, "
               "no access log")
+    tls_tuning = ("DownstreamTlsContext, tls_minimum_protocol_version TLSv1_2, ecdh_curves X25519, P-256; "
+                  "stateless resumption (tickets) on by default; TLS 1.3 suite chosen by BoringSSL")
 
     def binary(self):
         hits = glob.glob(os.path.join(self.ctx.bench_venv, "lib", "python*", "site-packages",
@@ -55,15 +64,12 @@ class Envoy(Contender):
               socket_address: {{address: 127.0.0.1, port_value: {port}}}
 """
 
-    def render(self):
-        c = self.ctx
-        y = f"""static_resources:
-  listeners:
-  - name: http
+    def _hcm(self, port, name, tls=""):
+        return f"""  - name: {name}
     address:
-      socket_address: {{address: 127.0.0.1, port_value: {self.http_port}}}
+      socket_address: {{address: 127.0.0.1, port_value: {port}}}
     filter_chains:
-    - filters:
+    - {tls}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -82,7 +88,27 @@ class Envoy(Contender):
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
               dynamic_stats: false
-  - name: tcp
+"""
+
+    def render(self):
+        c = self.ctx
+        tls = ""
+        if self.wants_tls():
+            tls = self._hcm(self.https_port, "https", f"""transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_params:
+              tls_minimum_protocol_version: TLSv1_2
+              ecdh_curves: [X25519, P-256]
+            tls_certificates:
+            - certificate_chain: {{filename: "{c.tls_cert}"}}
+              private_key: {{filename: "{c.tls_key}"}}
+      """)
+        y = f"""static_resources:
+  listeners:
+{self._hcm(self.http_port, "http")}{tls}  - name: tcp
     address:
       socket_address: {{address: 127.0.0.1, port_value: {self.l4_port}}}
     filter_chains:

@@ -6,6 +6,13 @@ server connections are shared between client connections, long client and
 server timeouts. The "splice" contender forces kernel splicing
 (`option splice-request` and `option splice-response`) for TCP streams and
 HTTP payloads.
+
+TLS (the TLS workloads' listener), from HAProxy's configuration manual:
+`bind ... ssl crt` with the run's certificate and key in one PEM file,
+`ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256`, `ssl-min-ver
+TLSv1.2`, `curves X25519:P-256`; session tickets on and the session cache
+(tune.ssl.cachesize 20000) at their defaults; the same backend, and so the
+same server-side keep-alive, as the plaintext frontend.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import os
 import shutil
 import subprocess
 
-from . import Contender, write
+from . import TLS_SUITE, Contender, write
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -23,6 +30,8 @@ class Haproxy(Contender):
     family = "haproxy"
     label = "HAProxy"
     tuning = "nbthread 1, no logs, http-reuse always, keep-alive both sides"
+    tls_tuning = ("bind ssl crt, ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256, ssl-min-ver TLSv1.2, "
+                  "curves X25519:P-256; tickets and session cache at their defaults (on)")
     splice = False
 
     def missing(self):
@@ -45,11 +54,20 @@ class Haproxy(Contender):
         import resource
         maxconn = max(1000, min(20000, (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 300) // 3))
         splice = "  option splice-request\n  option splice-response\n" if self.splice else ""
+        tls_global = tls = ""
+        if self.wants_tls():
+            tls_global = (f"  ssl-default-bind-ciphersuites {TLS_SUITE}\n"
+                          "  ssl-default-bind-options ssl-min-ver TLSv1.2\n")
+            tls = f"""
+frontend fe_https
+  bind 127.0.0.1:{self.https_port} ssl crt {c.tls_pem} curves X25519:P-256
+  default_backend be_http
+"""
         conf = f"""global
   nbthread 1
   maxconn {maxconn}
   pidfile {self.dir}/haproxy.pid
-
+{tls_global}
 defaults
   mode http
   maxconn {maxconn}
@@ -66,7 +84,7 @@ frontend fe_http
 
 backend be_http
   server s1 127.0.0.1:{c.upstream_port}
-
+{tls}
 frontend fe_tcp
   mode tcp
   bind 127.0.0.1:{self.l4_port}
@@ -88,3 +106,5 @@ class HaproxySplice(Haproxy):
     workloads = ("http64k", "l4_1", "l4_64")
     skip_reasons = {w: "same as haproxy (splicing matters for large payloads only)"
                     for w in ("idle", "http64", "rate", "newconn")}
+    skip_reasons.update({w: "same as haproxy (no splice on a TLS client side)"
+                         for w in ("tls64", "tls64k", "tls_full", "tls_resume")})

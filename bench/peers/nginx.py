@@ -6,6 +6,13 @@ no access log, error log at `error`, generous keepalive_requests. The
 "bigbuf" contender also raises the proxy buffers (stock: one 4 KiB header
 buffer and 8 x 4 KiB body buffers, which costs nginx about half its 64 KiB
 throughput) and the stream module's proxy_buffer_size (stock 16 KiB).
+
+TLS (the TLS workloads' listener), from nginx's "Configuring HTTPS servers"
+(HTTPS server optimization): a shared session cache (ssl_session_cache
+shared:SSL:10m, ssl_session_timeout 10m) and session tickets (on by
+default); TLS 1.2 and 1.3, the TLS 1.3 suite TLS_AES_128_GCM_SHA256 (through
+ssl_conf_command), X25519 first; the same location, and so the same
+upstream keep-alive, as the plaintext listener.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import os
 import shutil
 import subprocess
 
-from . import Contender, write
+from . import TLS_SUITE, Contender, write
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -55,8 +62,11 @@ class Nginx(Contender):
     family = "nginx"
     label = "nginx"
     tuning = "upstream keepalive 256, proxy_http_version 1.1, access_log off; stock proxy buffers"
+    tls_tuning = ("ssl_session_cache shared:SSL:10m, ssl_session_timeout 10m, ssl_session_tickets on; "
+                  "ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256, ssl_ecdh_curve X25519:prime256v1")
     bigbuf = False
-    workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64")
+    workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64",
+                 "tls64", "tls64k", "tls_full", "tls_resume")
 
     def missing(self):
         return nginx_missing()
@@ -74,6 +84,26 @@ class Nginx(Contender):
         buffers = ("      proxy_buffer_size 64k;\n      proxy_buffers 4 64k;\n"
                    "      proxy_busy_buffers_size 128k;\n") if self.bigbuf else ""
         sbuf = "    proxy_buffer_size 256k;\n" if self.bigbuf else ""
+        location = f"""    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+{buffers}    }}
+"""
+        tls = ""
+        if self.wants_tls():
+            tls = f"""  server {{
+    listen 127.0.0.1:{self.https_port} ssl backlog=4096;
+    ssl_certificate {c.tls_cert};
+    ssl_certificate_key {c.tls_key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_conf_command Ciphersuites {TLS_SUITE};
+    ssl_ecdh_curve X25519:prime256v1;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 10m;
+    ssl_session_tickets on;
+{location}  }}
+"""
         stream = ""
         if os.path.exists(STREAM_MODULE):
             stream = f"""
@@ -98,13 +128,8 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{self.http_port} backlog=4096;
-    location / {{
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-{buffers}    }}
-  }}
-}}
+{location}  }}
+{tls}}}
 """ + stream
         write(os.path.join(d, "nginx.conf"), conf)
         return [NGINX, "-p", d, "-e", os.path.join(d, "error.log"), "-c", os.path.join(d, "nginx.conf")]
@@ -116,6 +141,6 @@ class NginxBigbuf(Nginx):
     tuning = ("as nginx, plus proxy_buffer_size 64k, proxy_buffers 4 64k, proxy_busy_buffers_size 128k; "
               "stream proxy_buffer_size 256k")
     bigbuf = True
-    workloads = ("http64k", "l4_1", "l4_64")
+    workloads = ("http64k", "l4_1", "l4_64", "tls64k")
     skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
-                    for w in ("idle", "http64", "rate", "newconn")}
+                    for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")}

@@ -6,6 +6,14 @@ kept (serversTransport.maxIdleConnsPerHost 256; the default is 200), long
 idle timeout on the entry point. The "fast" contender adds
 `experimental.fastProxy`, Traefik's HTTP/1.1 fast path (HTTP only: it
 changes nothing for TCP routers, so it runs no L4 workload).
+
+TLS (the TLS workloads' listener), from Traefik's TLS documentation: a
+websecure entry point whose router has `tls: {}`, the run's certificate as
+the default store's certificate, TLS options minVersion VersionTLS12 and
+curvePreferences [X25519, CurveP256]. Go's crypto/tls picks the TLS 1.3
+suite itself (TLS_AES_128_GCM_SHA256 first on a CPU with AES-NI; TLS 1.3
+suites are not configurable in Go) and issues session tickets by default,
+with keys it rotates. The same service, and so the same upstream keep-alive.
 """
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ class Traefik(Contender):
     family = "traefik"
     label = "Traefik"
     tuning = "log ERROR, no access log, maxIdleConnsPerHost 256, GOMAXPROCS=1"
+    tls_tuning = ("router tls: {}, default certificate, minVersion VersionTLS12, curvePreferences X25519, "
+                  "CurveP256; Go's tickets (on by default); TLS 1.3 suite chosen by Go")
     fast = False
 
     def binary(self):
@@ -41,6 +51,35 @@ class Traefik(Contender):
     def render(self):
         c, d = self.ctx, self.dir
         fast = "experimental:\n  fastProxy: {}\n" if self.fast else ""
+        websecure = tls_router = tls = ""
+        if self.wants_tls():
+            websecure = f"""  websecure:
+    address: "127.0.0.1:{self.https_port}"
+    transport:
+      respondingTimeouts:
+        readTimeout: 0s
+        idleTimeout: 300s
+"""
+            tls_router = """    rs:
+      entryPoints: [websecure]
+      rule: "PathPrefix(`/`)"
+      service: s
+      tls: {}
+"""
+            tls = f"""tls:
+  certificates:
+    - certFile: "{c.tls_cert}"
+      keyFile: "{c.tls_key}"
+  stores:
+    default:
+      defaultCertificate:
+        certFile: "{c.tls_cert}"
+        keyFile: "{c.tls_key}"
+  options:
+    default:
+      minVersion: VersionTLS12
+      curvePreferences: [X25519, CurveP256]
+"""
         write(os.path.join(d, "traefik.yml"), f"""global:
   checkNewVersion: false
   sendAnonymousUsage: false
@@ -55,7 +94,7 @@ entryPoints:
         idleTimeout: 300s
   tcp:
     address: "127.0.0.1:{self.l4_port}"
-serversTransport:
+{websecure}serversTransport:
   maxIdleConnsPerHost: 256
 providers:
   file:
@@ -68,7 +107,7 @@ providers:
       entryPoints: [web]
       rule: "PathPrefix(`/`)"
       service: s
-  services:
+{tls_router}  services:
     s:
       loadBalancer:
         servers:
@@ -84,7 +123,7 @@ tcp:
       loadBalancer:
         servers:
           - address: "127.0.0.1:{c.iperf_port}"
-""")
+{tls}""")
         return [self.binary(), f"--configFile={d}/traefik.yml"]
 
 
@@ -93,6 +132,8 @@ class TraefikFast(Traefik):
     label = "Traefik, fastProxy"
     tuning = "as traefik, plus experimental.fastProxy"
     fast = True
-    workloads = ("idle", "http64", "http64k", "rate", "newconn")
+    workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k")
     skip_reasons = {"l4_1": "same as traefik (fastProxy is HTTP-only)",
-                    "l4_64": "same as traefik (fastProxy is HTTP-only)"}
+                    "l4_64": "same as traefik (fastProxy is HTTP-only)",
+                    "tls_full": "same as traefik (fastProxy changes the upstream side, not the handshake)",
+                    "tls_resume": "same as traefik (fastProxy changes the upstream side, not the handshake)"}

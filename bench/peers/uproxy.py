@@ -5,15 +5,23 @@ buffered forwarding (L4 only; the HTTP path is the same in both).
 
 HTTP listeners (`mode = "http"`) are detected with `uproxy check`: until the
 L7 core lands, the HTTP workloads read "not available yet".
+
+TLS: a third listener, `mode = "http"` with `tls = { certificates = [{ cert,
+key }], min_version = "1.2", ciphersuites = "TLS_AES_128_GCM_SHA256" }`
+(issue 12's keys), in front of the same cluster. Whether this build takes
+it is asked of `uproxy check` with that listener: while it says no (an
+unknown key), the TLS workloads are skipped with its words, and they run
+as soon as the build has it.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 
-from . import Contender, free_port, write
+from . import TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
 
 _HTTP_STATE: dict = {}
+_TLS_STATE: dict = {}
 
 
 class Uproxy(Contender):
@@ -21,6 +29,8 @@ class Uproxy(Contender):
     family = "uproxy"
     label = "uproxy"
     tuning = "defaults (splice forwarding for L4), --workers 1"
+    tls_tuning = ('tls = { certificates = [...], min_version = "1.2", ciphersuites = "TLS_AES_128_GCM_SHA256" }; '
+                  "uproxy's defaults otherwise (tickets on)")
     forwarding = "splice"
 
     def binary(self):
@@ -60,12 +70,33 @@ class Uproxy(Contender):
                 .split(": ")[-1])
         return _HTTP_STATE["why"]
 
+    def tls_available(self) -> str | None:
+        """None if this build takes the TLS listener, else why not (check's
+        first mistake)."""
+        if "why" not in _TLS_STATE:
+            if self.http_available():
+                _TLS_STATE["why"] = self.http_available()
+                return _TLS_STATE["why"]
+            d = self.ctx.run_dir
+            path = os.path.join(d, "uproxy-tls-probe.toml")
+            write(path, self.config_text(free_port(), None, free_port(), with_http=True, probe=True,
+                                         https_port=free_port()))
+            r = subprocess.run([self.binary(), "check", "-c", path], capture_output=True, text=True,
+                               timeout=60)
+            first = (r.stderr.strip().splitlines() or ["uproxy check failed"])[0]
+            # "uproxy: configuration error: FILE:LINE: listeners[2].tls: unknown table ..."
+            _TLS_STATE["why"] = None if r.returncode == 0 else (
+                "not available yet: uproxy check rejects the TLS listener: " + first.split(": ", 3)[-1])
+        return _TLS_STATE["why"]
+
     def skip(self, workload):
         s = super().skip(workload)
         if s:
             return s
         if workload in ("http64", "http64k", "rate", "newconn") and self.http_available():
             return self.http_available()
+        if workload in TLS_WORKLOADS and getattr(self.ctx, "tls_cert", None) and self.tls_available():
+            return self.tls_available()
         return None
 
     def idle_mode(self) -> str:
@@ -73,7 +104,7 @@ class Uproxy(Contender):
         listener in front of the same upstream while HTTP is not there."""
         return "http" if not self.http_available() else "tcp"
 
-    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False):
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
         c = self.ctx
         up = 9 if probe else c.upstream_port          # the probe is only checked, never run
         iperf = 9 if probe else c.iperf_port
@@ -81,6 +112,11 @@ class Uproxy(Contender):
         if with_http:
             out += ["[[listeners]]", 'name = "http"', f'bind = "127.0.0.1:{http_port}"',
                     'mode = "http"', 'cluster = "up"', ""]
+        if https_port:
+            out += ["[[listeners]]", 'name = "https"', f'bind = "127.0.0.1:{https_port}"',
+                    'mode = "http"', 'cluster = "up"',
+                    f'tls = {{ certificates = [{{ cert = "{c.tls_cert}", key = "{c.tls_key}" }}], '
+                    f'min_version = "1.2", ciphersuites = "{TLS_SUITE}" }}', ""]
         if l4_port:
             out += ["[[listeners]]", 'name = "l4"', f'bind = "127.0.0.1:{l4_port}"', 'mode = "tcp"',
                     'cluster = "iperf"', f'forwarding = "{self.forwarding}"', ""]
@@ -96,7 +132,8 @@ class Uproxy(Contender):
         self.l4http_port = free_port()
         with_http = not self.http_available()
         path = os.path.join(self.dir, "uproxy.toml")
-        write(path, self.config_text(self.http_port, self.l4_port, self.l4http_port, with_http))
+        write(path, self.config_text(self.http_port, self.l4_port, self.l4http_port, with_http,
+                                     https_port=self.https_port if self.wants_tls() else None))
         self.config_path = path
         return [self.binary(), "run", "-c", path, "--workers", "1"]
 
@@ -114,7 +151,7 @@ class UproxyBuffered(Uproxy):
     forwarding = "buffered"
     workloads = ("l4_1", "l4_64")
     skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
-                    for w in ("idle", "http64", "http64k", "rate", "newconn")}
+                    for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS}
 
 
 class UproxySpliceIowq(UproxyBuffered):

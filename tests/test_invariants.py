@@ -137,18 +137,32 @@ def test_no_python_per_connection(tmp_path):
         up.close()
 
 
-def _http_allocations_after(tmp_path, so, n_requests, profile_env):
+def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False):
+    """The worker's allocation count after warm-up and n keep-alive requests
+    on 4 connections (4 TLS handshakes with tls: only the per-request cost
+    differs between two runs)."""
     from http_upstream import HttpUpstream
     up = HttpUpstream()
     port = free_port()
-    log = str(tmp_path / f"alloc-http-{n_requests}.log")
-    cfg = render_config({"workers": 1},
-                        [{"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
-                        [{"name": "c", "servers": [up.addr]}])
+    log = str(tmp_path / f"alloc-http-{'tls-' if tls else ''}{n_requests}.log")
+    lst = {"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}
+    wrap = lambda s: s                                   # noqa: E731
+    if tls:
+        import ssl
+        d = tmp_path / f"pki-{n_requests}"
+        d.mkdir()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem"), "-days", "2",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                       check=True, capture_output=True)
+        lst["tls"] = {"certificates": [{"cert": str(d / "c.pem"), "key": str(d / "k.pem")}]}
+        ctx = ssl.create_default_context(cafile=str(d / "c.pem"))
+        wrap = lambda s: ctx.wrap_socket(s, server_hostname="localhost")   # noqa: E731
+    cfg = render_config({"workers": 1}, [lst], [{"name": "c", "servers": [up.addr]}])
     p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log, **profile_env})
     try:
         def burst(n, conns=4):
-            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(conns)]
+            socks = [wrap(socket.create_connection(("127.0.0.1", port))) for _ in range(conns)]
             files = [s.makefile("rb") for s in socks]
             for i in range(n):
                 s, f = socks[i % conns], files[i % conns]
@@ -209,55 +223,6 @@ def test_an_upstream_handler_exception_fails_its_test():
             srv.close()                         # reported once
 
 
-def _tls_allocations_after(tmp_path, so, n_requests):
-    """As _http_allocations_after, over TLS: 4 connections (4 handshakes)
-    carry n requests, so only the per-request cost can differ."""
-    import ssl
-    from http_upstream import HttpUpstream
-    d = tmp_path / f"pki-{n_requests}"
-    d.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem"), "-days", "2",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
-    up = HttpUpstream()
-    port = free_port()
-    log = str(tmp_path / f"alloc-tls-{n_requests}.log")
-    cfg = render_config({"workers": 1},
-                        [{"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
-                          "tls": {"certificates": [{"cert": str(d / "c.pem"), "key": str(d / "k.pem")}]}}],
-                        [{"name": "c", "servers": [up.addr]}])
-    p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log})
-    ctx = ssl.create_default_context(cafile=str(d / "c.pem"))
-    try:
-        def burst(n, conns=4):
-            socks = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
-                                     server_hostname="localhost") for _ in range(conns)]
-            files = [s.makefile("rb") for s in socks]
-            for i in range(n):
-                s, f = socks[i % conns], files[i % conns]
-                s.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
-                line = f.readline()
-                assert line.startswith(b"HTTP/1.1 200"), line
-                length = 0
-                while (h := f.readline()) != b"\r\n":
-                    if h.lower().startswith(b"content-length:"):
-                        length = int(h.split(b":")[1])
-                f.read(length)
-            for s in socks:
-                s.close()
-        burst(300)
-        burst(n_requests)
-        wait_for(lambda: p.total("active") == 0, what="connections to close")
-        tid = p.stats()["workers"][0]["tid"]
-    finally:
-        assert p.stop() == 0
-        up.close()
-    counts = dict(map(int, l.split()) for l in open(log))
-    assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
-    return counts[tid]
-
-
 # What OpenSSL 3.0 allocates per keep-alive request on an established
 # connection (measured; docs/tls.md): one 40-byte object inside each
 # SSL_read and each SSL_write call (libssl's record layer, CRYPTO_zalloc),
@@ -275,8 +240,8 @@ def test_tls_request_allocations_are_only_the_librarys(tmp_path):
     more than the library's per-record objects."""
     so = _build_interposer(tmp_path)
     n = 200
-    a = _tls_allocations_after(tmp_path, so, n)
-    b = _tls_allocations_after(tmp_path, so, 10 * n)
+    a = _http_allocations_after(tmp_path, so, n, {}, tls=True)
+    b = _http_allocations_after(tmp_path, so, 10 * n, {}, tls=True)
     assert a > 0
     per_request = (b - a) / (9 * n)
     print(f"TLS keep-alive: {per_request:.2f} allocations per request in the worker (OpenSSL's)")

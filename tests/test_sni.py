@@ -11,7 +11,7 @@ cut short, dribbled byte by byte, oversized, and silent connections by the
 hundred, which must be closed at sni_timeout with their slots freed.
 """
 import os
-import select
+import selectors
 import socket
 import ssl
 import struct
@@ -202,7 +202,10 @@ def test_openssl_s_client(proxy_factory, upstreams, certs):
         try:
             sc.stdin.write(b"WHO\n")
             sc.stdin.flush()
-            ready, _, _ = select.select([sc.stdout], [], [], 30)
+            # poll, not select(): this process may hold fds past 1024
+            with selectors.DefaultSelector() as sel:
+                sel.register(sc.stdout, selectors.EVENT_READ)
+                ready = sel.select(30)
             line = sc.stdout.readline() if ready else b""
         finally:
             sc.kill()

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from harden import FastUpstream
 from http_upstream import HttpUpstream, Response
 from support import Proxy, Server, echo, free_port, pattern, pattern_sha, render_config, wait_for
 
@@ -205,6 +206,16 @@ def test_session_resumption_tls13_ticket(proxy_factory, pki):
         reused += again["reused"]
     assert reused == 6
     wait_for(lambda: p.total("tls_resumed") >= 6, what="resumptions counted")
+    # Clients (browsers, OpenSSL's cache) use a TLS 1.3 ticket once: a
+    # resumed connection must bring a fresh ticket, or every other
+    # connection is a full handshake.
+    session, ids = first["session"], {first["session"].id}
+    for _ in range(4):
+        _, _, nxt = https_get(p.port, ctx, session=session)
+        assert nxt["reused"]
+        assert nxt["session"].id not in ids, "a resumed connection brought no new ticket"
+        session = nxt["session"]
+        ids.add(session.id)
     up.close()
 
 
@@ -249,6 +260,26 @@ def test_wrk_over_https(proxy_factory, pki):
     assert r.returncode == 0, r.stderr
     assert "Non-2xx" not in r.stdout and "Socket errors" not in r.stdout, r.stdout
     assert p.total("requests") > 50
+    up.close()
+
+
+def test_many_connections_of_64k_responses_keep_flowing(proxy_factory, pki):
+    """64 TLS connections each fetching 64 KiB over and over: every plaintext
+    and record buffer TLS takes comes from the worker's pool, whose kernel
+    share once grew over all of it, after which the worker spun on "no
+    buffer" (the bench saw it stall within seconds)."""
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (scripts/setup --test installs it)")
+    up = FastUpstream(size=65536)          # fast enough to press on the pool
+    p = https_proxy(proxy_factory, pki, [up.addr])
+    r = subprocess.run(["wrk", "-t1", "-c64", "-d3s", "--timeout", "2s",
+                        f"https://127.0.0.1:{p.port}/64k"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "Socket errors" not in r.stdout and "Non-2xx" not in r.stdout, r.stdout
+    assert p.total("resp_2xx") >= 500, r.stdout
+    wait_for(lambda: p.total("active") == 0, what="wrk's connections closed")
+    statuses, bodies, _ = https_get(p.port, client_ctx(pki), path="/after")
+    assert statuses == [200] and bodies[0] == up.body
     up.close()
 
 

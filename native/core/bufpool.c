@@ -84,6 +84,9 @@ uint32_t hbuf_get(struct worker *w)
 uint32_t bufpool_take(struct worker *w)
 {
     struct bufpool *p = &w->bufs;
+    /* From the first take on, the kernel's window leaves a sixteenth of the
+     * pool on the stack: a worker that only receives gives the kernel all. */
+    p->reserve = p->count / 16;
     if (!p->nstack)
         return NIL;
     p->free--;
@@ -131,7 +134,7 @@ void bufpool_flush(struct worker *w)
     uint32_t n = 0;
     if (p->ring_mode) {
         uint32_t mask = io_uring_buf_ring_mask(p->count);
-        while (p->in_kernel < p->window && p->nstack) {
+        while (p->in_kernel < p->window && p->nstack > p->reserve) {
             uint32_t bid = p->stack[--p->nstack];
             io_uring_buf_ring_add(p->br, buf_data(p, bid), p->size, (uint16_t)bid, mask, (int)n);
             n++;
@@ -142,9 +145,9 @@ void bufpool_flush(struct worker *w)
         return;
     }
     /* Legacy provided buffers: one SQE per run of consecutive ids. */
-    while (p->in_kernel < p->window && p->nstack) {
+    while (p->in_kernel < p->window && p->nstack > p->reserve) {
         uint32_t bid = p->stack[--p->nstack], run = 1;
-        while (p->in_kernel + run < p->window && p->nstack &&
+        while (p->in_kernel + run < p->window && p->nstack > p->reserve &&
                p->stack[p->nstack - 1] == bid + run) {
             p->nstack--;
             run++;

@@ -43,6 +43,10 @@ struct bufpool {
     uint32_t min_window;
     uint64_t decay_ms;
     uint32_t free;            /* in the kernel or on the stack */
+    uint32_t reserve;         /* kept on the stack for bufpool_take (TLS's
+                                 plaintext and records) once it is used: the
+                                 kernel's window, however starved, never
+                                 takes these */
     bool ring_mode;
 };
 

@@ -47,7 +47,7 @@ static int bio_read(BIO *b, char *out, int want)
 {
     struct bio_ref *r = BIO_get_data(b);
     struct worker *w = r->w;
-    struct tls_conn *t = tls_of(w, r->c);
+    struct tls_conn *t = tp_tls_of(w, r->c);
     struct bufpool *p = &w->bufs;
     int got = 0;
     BIO_clear_retry_flags(b);
@@ -77,7 +77,7 @@ static int bio_write(BIO *b, const char *in, int len)
 {
     struct bio_ref *r = BIO_get_data(b);
     struct worker *w = r->w;
-    struct tls_conn *t = tls_of(w, r->c);
+    struct tls_conn *t = tp_tls_of(w, r->c);
     struct bufpool *p = &w->bufs;
     int put = 0;
     BIO_clear_retry_flags(b);
@@ -115,7 +115,7 @@ static int bio_destroy(BIO *b)
     return 1;
 }
 
-int tls_init(struct worker *w)
+int tp_tls_init(struct worker *w)
 {
     size_t bytes = sizeof(struct tls_conn) * w->nconns;
     void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -136,7 +136,7 @@ int tls_init(struct worker *w)
     return 0;
 }
 
-void tls_free_all(struct worker *w)
+void tp_tls_free_all(struct worker *w)
 {
     if (!w->tls)
         return;
@@ -182,7 +182,7 @@ static void in_release(struct worker *w, struct tls_conn *t)
 
 static int start(struct worker *w, struct conn *c, SSL_CTX *ctx, bool server)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     *t = (struct tls_conn){ .in_head = NIL, .in_tail = NIL };
     SSL *ssl = SSL_new(ctx);
     if (!ssl)
@@ -218,11 +218,11 @@ int tp_tls_accept(struct worker *w, struct conn *c, void *server)
 
 /* A session the server gave us (a TLS 1.3 ticket arrives after the
  * handshake): kept for the next connection to the same server. */
-static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+int tp_tls_new_session(SSL *ssl, SSL_SESSION *sess)
 {
     struct bio_ref *r = BIO_get_data(SSL_get_rbio(ssl));
     struct tls_sessions *ss = r ? r->w->tls_sessions : NULL;
-    uint32_t slot = r ? tls_of(r->w, r->c)->slot : NIL;
+    uint32_t slot = r ? tp_tls_of(r->w, r->c)->slot : NIL;
     if (!ss || slot >= UP_MAX_SERVERS)
         return 0;
     if (ss->s[slot])
@@ -239,7 +239,7 @@ int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *h
     int r = start(w, c, s->ctx[0], false);
     if (r < 0)
         return r;
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     SSL *ssl = t->ssl;
     const char *name = s->sni[0] ? s->sni : host;
     if (name && *name) {
@@ -248,7 +248,6 @@ int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *h
             SSL_set1_host(ssl, name);
     }
     t->slot = c->slot;
-    SSL_CTX_sess_set_new_cb(s->ctx[0], new_session_cb);
     struct tls_sessions *ss = w->tls_sessions;
     if (ss && c->slot < UP_MAX_SERVERS && ss->s[c->slot])
         SSL_set_session(ssl, ss->s[c->slot]);
@@ -258,7 +257,7 @@ int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *h
 
 void tp_tls_release(struct worker *w, struct conn *c)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     if (t->ssl) {
         /* A connection that ended without an error keeps its session
          * resumable: the library would otherwise take a close without our
@@ -304,7 +303,7 @@ static void flush_own(struct worker *w, struct conn *c, struct tls_conn *t)
 
 void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     struct bufpool *p = &w->bufs;
     uint32_t plain = 0;
     if (t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
@@ -373,7 +372,7 @@ void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int 
 
 int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     uint32_t want = out_bytes(w, t);
     out_release(w, t);
     if (t->err)
@@ -388,7 +387,7 @@ int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
 /* Our own flight is out: what waited for it may go on. */
 void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     t->flags &= ~TLSF_SENDING;
     uint32_t want = out_bytes(w, t);
     out_release(w, t);
@@ -418,7 +417,7 @@ static bool held(const struct tls_conn *t)
 
 void tp_tls_recv_arm(struct worker *w, struct conn *c)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     if (t->flags & TLSF_SENDING) {
         t->flags |= TLSF_WANT_RX;
         return;
@@ -476,7 +475,7 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
 
 int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     struct bufpool *p = &w->bufs;
     *bid = NIL;
     if (t->flags & TLSF_REPLAY) {
@@ -531,8 +530,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     }
     if (got == p->size)
         t->flags |= TLSF_FULL;             /* the library may hold more: read it next */
-    if (t->nout && !(c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
-        flush_own(w, c, t);                /* a key update's answer, an alert */
+    flush_own(w, c, t);                    /* a key update's answer, an alert */
     if (got) {
         *bid = out;
         return (int)got;
@@ -565,7 +563,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
 
 bool tp_tls_ready(struct worker *w, const struct conn *c)
 {
-    const struct tls_conn *t = tls_of(w, c);
+    const struct tls_conn *t = tp_tls_of(w, c);
     return t->state == TLS_OPEN && !(t->flags & TLSF_SENDING);
 }
 
@@ -573,7 +571,7 @@ bool tp_tls_ready(struct worker *w, const struct conn *c)
  * socket buffer never block) when nothing else is being sent. */
 void tp_tls_shutdown(struct worker *w, struct conn *c)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     if (t->state != TLS_OPEN || (t->flags & TLSF_CLOSING) ||
         (c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
         return;
@@ -588,7 +586,7 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
 
 bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out)
 {
-    const struct tls_conn *t = tls_of(w, c);
+    const struct tls_conn *t = tp_tls_of(w, c);
     if (c->tp != TP_TLS || !t->ssl)
         return false;
     int v = SSL_version(t->ssl);
@@ -602,6 +600,6 @@ bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out
 /* For the access log: what was negotiated. */
 const char *tp_tls_version(struct worker *w, const struct conn *c)
 {
-    struct tls_conn *t = tls_of(w, c);
+    struct tls_conn *t = tp_tls_of(w, c);
     return t->ssl ? SSL_get_version(t->ssl) : "";
 }

@@ -80,9 +80,20 @@ struct tls_sessions {
     SSL_SESSION *s[UP_MAX_SERVERS];
 };
 
-int tls_init(struct worker *w);
-void tls_free_all(struct worker *w);
-static inline struct tls_conn *tls_of(struct worker *w, const struct conn *c)
+/* The client contexts' new-session callback (set in tls_ctx.c): keeps a
+ * session for the connection's server slot. */
+int tp_tls_new_session(SSL *ssl, SSL_SESSION *sess);
+
+/* What the seam (transport.c) calls for a TLS connection. */
+void tp_tls_recv_arm(struct worker *w, struct conn *c);
+int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid);
+void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n);
+int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
+bool tp_tls_ready(struct worker *w, const struct conn *c);
+void tp_tls_shutdown(struct worker *w, struct conn *c);
+void tp_tls_release(struct worker *w, struct conn *c);
+static inline struct tls_conn *tp_tls_of(struct worker *w, const struct conn *c)
 {
     return &((struct tls_conn *)w->tls)[c - w->conns];
 }

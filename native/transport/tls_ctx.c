@@ -157,7 +157,10 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
     }
     if (!EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k + 48, iv))
         return -1;
-    return renew ? 2 : 1;
+    /* 2: accept and issue a new ticket. Always in TLS 1.3, where clients
+     * use a ticket once (RFC 8446 appendix C.4): without a fresh one, every
+     * other connection would be a full handshake. */
+    return renew || SSL_version(ssl) == TLS1_3_VERSION ? 2 : 1;
 }
 
 static int version_of(uint32_t v)
@@ -328,6 +331,7 @@ void *up_tls_client_new(const struct up_tls_client *conf, char *err, size_t errl
     /* Sessions are kept by the connection's server slot (tls.c), so a
      * pooled connection to the same server resumes. */
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(c, tp_tls_new_session);
     if (conf->verify) {
         int ok = conf->ca ? SSL_CTX_load_verify_locations(c, conf->ca, NULL)
                           : SSL_CTX_set_default_verify_paths(c);

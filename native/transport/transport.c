@@ -6,16 +6,7 @@
  */
 #include <sys/uio.h>
 #include "transport/transport.h"
-
-/* tls.c */
-void tp_tls_recv_arm(struct worker *w, struct conn *c);
-int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid);
-void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n);
-int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
-void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);
-bool tp_tls_ready(struct worker *w, const struct conn *c);
-void tp_tls_shutdown(struct worker *w, struct conn *c);
-void tp_tls_release(struct worker *w, struct conn *c);
+#include "transport/tls.h"
 
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
 {

@@ -60,8 +60,8 @@ bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out
 /* TLS (tls.c); the protocol that accepts or dials starts it. */
 int tp_tls_accept(struct worker *w, struct conn *c, void *server);
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host);
-int tls_init(struct worker *w);
-void tls_free_all(struct worker *w);
+int tp_tls_init(struct worker *w);
+void tp_tls_free_all(struct worker *w);
 const char *tp_tls_version(struct worker *w, const struct conn *c);
 
 #endif

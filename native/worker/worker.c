@@ -127,7 +127,7 @@ static void teardown(struct worker *w)
 {
     if (w->ring.ring_fd <= 0)
         return;
-    tls_free_all(w);
+    tp_tls_free_all(w);
     bufpool_free(w);
     pipes_free(w);
     io_uring_queue_exit(&w->ring);
@@ -163,7 +163,7 @@ int up_worker_setup(struct up_worker *uw)
         goto fail;
     if ((r = pipes_init(w)) < 0)
         goto fail;
-    if ((r = tls_init(w)) < 0)
+    if ((r = tp_tls_init(w)) < 0)
         goto fail;
     w->shm->features = w->features;
     wheel_init(w);
@@ -435,7 +435,11 @@ void up_worker_free(struct up_worker *uw)
  * again once buffers have come back. */
 static void resume_starved(struct worker *w)
 {
-    while (w->starved_head != NIL && w->bufs.free > w->bufs.count / 16) {
+    /* Free buffers; and in a worker that takes buffers itself (TLS, which
+     * starves for one off the stack that the kernel's share cannot give),
+     * one on the stack: resuming before one is back would only spin. */
+    while (w->starved_head != NIL && w->bufs.free > w->bufs.count / 16 &&
+           (w->bufs.nstack || !w->bufs.reserve)) {
         struct conn *c = &w->conns[w->starved_head];
         w->starved_head = c->starved_next;
         c->starved_next = NIL;

@@ -441,6 +441,11 @@ void hx_buf_flush(struct hx *h)
     bufpool_flush(&h->w);
 }
 
+uint32_t hx_buf_take(struct hx *h)
+{
+    return bufpool_take(&h->w);
+}
+
 uint32_t hx_hbuf_get(struct hx *h)
 {
     return hbuf_get(&h->w);

@@ -76,6 +76,7 @@ void hx_buf_put(struct hx *h, uint32_t bid);
 void hx_buf_taken(struct hx *h);
 void hx_buf_short(struct hx *h);
 void hx_buf_flush(struct hx *h);
+uint32_t hx_buf_take(struct hx *h);
 uint32_t hx_hbuf_get(struct hx *h);
 uint8_t *hx_buf_data(struct hx *h, uint32_t bid);
 uint32_t hx_buf_cap(struct hx *h, uint32_t bid);

@@ -92,6 +92,22 @@ def test_short_receives_grow_the_window_up_to_the_whole_pool(ffi, lib, worker):
     assert (s.in_kernel, s.nstack, s.free) == (256, 0, 256)
 
 
+def test_a_worker_that_takes_buffers_keeps_a_sixteenth_from_the_kernel(ffi, lib, worker):
+    """TLS takes its plaintext and record buffers off the stack itself: once
+    it has, the kernel's window, grown as far as it goes, leaves a reserve
+    there (without it a starved window took every buffer and TLS receives
+    spun on "no buffer")."""
+    h = worker(buf_size=1024, buf_count=256, features=lib.UP_F_BUF_RING, now_ms=T0)
+    bid = lib.hx_buf_take(h)
+    assert bid != lib.NIL
+    for _ in range(3):
+        lib.hx_buf_short(h)
+    lib.hx_buf_flush(h)
+    s = state(ffi, lib, h)
+    assert (s.in_kernel, s.nstack, s.free) == (255 - 16, 16, 255)
+    assert lib.hx_buf_take(h) != lib.NIL
+
+
 def test_the_window_decays_by_an_eighth_a_second_down_to_its_minimum(ffi, lib, worker):
     h = worker(buf_size=1024, buf_count=512, features=lib.UP_F_BUF_RING, now_ms=T0)
     for _ in range(3):

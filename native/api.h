@@ -288,7 +288,11 @@ struct up_shm_header {
     uint64_t events_written;  /* ring position: next event goes at this % UP_NEVENTS */
     uint32_t logs_offset;     /* struct up_log_ring[nworkers] */
     uint32_t log_records;     /* UP_LOG_RECORDS */
-    uint64_t pad[2];
+    uint64_t proc_start;      /* the writer's start time (/proc/<pid>/stat field 22,
+                                 clock ticks since boot): a segment left by a
+                                 process whose pid has since been reused does
+                                 not match the process that has the pid now */
+    uint64_t pad;
 };
 
 /* Written by the control plane: what each server slot is. */

@@ -26,8 +26,9 @@ def servers():
 
 
 @pytest.fixture
-def proxy_factory(tmp_path):
+def proxy_factory(tmp_path, request):
     made = []
+    request.node._uproxy_made = made       # for the failure report below
 
     def make(listeners, clusters, proxy=None, profile="full", env=None, extra="", **kw):
         env = dict(env or {})
@@ -42,3 +43,20 @@ def proxy_factory(tmp_path):
         if p.p.poll() is None:
             code = p.stop()
             assert code == 0, f"uproxy exited {code}:\n{p.output()}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows how each proxy it started ended: a proxy that
+    exited by itself (a crash, a fatal error) otherwise leaves only a
+    "connection refused" behind."""
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed:
+        return
+    made = getattr(item, "_uproxy_made", None)
+    for i, p in enumerate(made or ()):
+        code = p.p.poll()
+        state = "still running" if code is None else f"exited with {code}"
+        tail = "\n".join(p.output().splitlines()[-40:])
+        rep.sections.append((f"uproxy #{i} (pid {p.pid}, {state})", tail))

@@ -596,3 +596,53 @@ def test_help_shows_examples(cmd):
     for e in entries:
         words = re.sub(r"^\s*-\S+( [A-Z_]+)?(, -\S+( [A-Z_]+)?)*", "", e).strip()
         assert words, f"{cmd}: option without help: {e!r}"
+
+
+# ---- segments left by proxies that were killed ------------------------------------
+
+def _killed_proxy_segment(proxy) -> str:
+    """A real proxy, SIGKILLed: its statistics segment stays behind, as
+    after a crash or an OOM kill."""
+    from uproxy import shm
+    p = proxy(config(free_port()))
+    os.kill(p.pid, signal.SIGKILL)
+    p.p.wait()
+    p.log.close()
+    path = shm.path_for(p.pid)
+    assert os.path.exists(path), "a SIGKILLed proxy cannot remove its segment"
+    return path
+
+
+def test_a_reused_pid_is_not_taken_for_the_proxy_that_had_it(proxy):
+    """pid_max is 32768 on many hosts: the pid of a killed proxy comes back
+    for another process. Its stale segment must not pass for that process's
+    (a test that started a proxy with that pid took the stale segment's
+    'running' workers for its own and connected before it listened)."""
+    from uproxy import shm
+    stale = _killed_proxy_segment(proxy)
+    other = subprocess.Popen(["sleep", "60"])      # has a pid the segment does not belong to
+    try:
+        moved = shm.path_for(other.pid)
+        os.rename(stale, moved)
+        try:
+            assert other.pid not in shm.running_pids()
+            with pytest.raises(shm.StaleError, match="not running"):
+                shm.Reader(other.pid)
+            r = uproxy("stats", "--pid", str(other.pid))
+            assert r.returncode == 1 and "not running" in r.stderr and "remove" in r.stderr, r
+            assert "Traceback" not in r.stderr
+        finally:
+            if os.path.exists(moved):
+                os.unlink(moved)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_starting_proxy_removes_segments_of_dead_proxies(proxy):
+    stale = _killed_proxy_segment(proxy)
+    assert os.path.exists(stale)
+    p = proxy(config(free_port()))
+    assert not os.path.exists(stale), "the next proxy to start sweeps the dead one's segment"
+    from uproxy import shm
+    assert os.path.exists(shm.path_for(p.pid))   # and keeps its own

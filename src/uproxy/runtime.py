@@ -187,6 +187,7 @@ class Runtime:
                 for s in self.sockets.values():
                     s.close()
                 raise
+        shm.sweep_stale()
         self.segment = shm.Segment(n, self.features)
         self.control = ffi.new("struct up_control *")
         self.health = HealthChecker(self)

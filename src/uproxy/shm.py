@@ -144,6 +144,7 @@ class Segment:
         h.nops = lib.UP_NOPS
         h.pid = os.getpid()
         h.start_time_ms = int(time.time() * 1000)
+        h.proc_start = proc_start(os.getpid()) or 0
         h.features = features
         h.abi = lib.UP_ABI_VERSION
         h.max_servers = lib.UP_MAX_SERVERS
@@ -204,6 +205,25 @@ class Segment:
                 pass
 
 
+def proc_start(pid: int) -> int | None:
+    """When the process that has this pid now started (clock ticks since
+    boot), or None when no process has it. Pids are reused (pid_max is
+    32768 on many systems), so a pid alone does not name a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or
+    # parentheses itself: count fields from the last ')'.
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+class StaleError(LookupError):
+    """A segment whose writer is gone (its pid may belong to another
+    process now)."""
+
+
 def running_pids() -> list:
     """PIDs of live proxies, from their segments (stale files are skipped)."""
     pids = []
@@ -212,9 +232,75 @@ def running_pids() -> list:
             pid = int(os.path.basename(p)[len("uproxy-"):-len(".stats")])
         except ValueError:
             continue
-        if os.path.exists(f"/proc/{pid}"):
+        if _writer_alive(pid):
             pids.append(pid)
     return sorted(pids)
+
+
+def _writer_alive(pid: int) -> bool:
+    """Is the process that wrote uproxy-<pid>.stats still the one with that
+    pid? (Unreadable segments, another user's, count as alive: the Reader
+    says why it cannot read them.)"""
+    now = proc_start(pid)
+    if now is None:
+        return False
+    try:
+        with open(path_for(pid), "rb") as f:
+            head = f.read(ffi.sizeof("struct up_shm_header"))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    if len(head) < ffi.sizeof("struct up_shm_header"):
+        return False
+    h = ffi.cast("struct up_shm_header *", ffi.from_buffer(head))
+    return h.magic != lib.UP_SHM_MAGIC or not _stale(h, now)
+
+
+def _stale(h, now: int | None) -> bool:
+    """Was this segment written by another process than the one started at
+    `now` (clock ticks since boot)?"""
+    if now is None:
+        return True
+    if int(h.proc_start):
+        return int(h.proc_start) != now
+    # Written by a uproxy from before proc_start: compare wall clocks (the
+    # boot time has a one-second grain; a segment is made after its process
+    # started, so one made well before that start is another's).
+    try:
+        with open("/proc/stat") as f:
+            btime = next(int(l.split()[1]) for l in f if l.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return False
+    started_ms = (btime + now / os.sysconf("SC_CLK_TCK")) * 1000
+    return int(h.start_time_ms) < started_ms - 2000
+
+
+def sweep_stale():
+    """Remove the files of proxies that ended without removing them (a
+    SIGKILL, a crash): their pids come back for other processes, and the run
+    directory should not fill up. Only our own user's files; segments first,
+    then the files beside them whose segment is gone and whose pid is free."""
+    me = os.geteuid()
+    files = sorted(glob.glob(os.path.join(run_dir(), "uproxy-*")),
+                   key=lambda p: not p.endswith(".stats"))
+    for p in files:
+        name = os.path.basename(p)
+        try:
+            pid = int(name[len("uproxy-"):].split(".", 1)[0])
+            if pid == os.getpid() or os.stat(p).st_uid != me:
+                continue
+        except (ValueError, OSError):
+            continue
+        if name.endswith(".stats"):
+            stale = not _writer_alive(pid)
+        else:
+            stale = not os.path.exists(path_for(pid)) and proc_start(pid) is None
+        if stale:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
 
 def find_pid(pid: int | None) -> int:
@@ -222,6 +308,9 @@ def find_pid(pid: int | None) -> int:
         if not os.path.exists(path_for(pid)):
             raise LookupError(f"no uproxy statistics for pid {pid} in {run_dir()} "
                               f"(is it a running uproxy? is UPROXY_RUN_DIR the same?)")
+        if not _writer_alive(pid):
+            raise StaleError(f"uproxy pid {pid} is not running: {path_for(pid)} was left by a "
+                             f"proxy that ended without removing it (remove the file)")
         return pid
     pids = running_pids()
     if not pids:
@@ -274,6 +363,9 @@ class Reader:
         if h.version != lib.UP_SHM_VERSION:
             raise LayoutError(f"{path_for(pid)} has layout version {h.version}, this uproxy reads "
                               f"version {lib.UP_SHM_VERSION}: use the uproxy that started pid {pid}")
+        if _stale(h, proc_start(pid)):
+            raise StaleError(f"uproxy pid {pid} is not running: {path_for(pid)} was left by a "
+                             f"proxy that ended without removing it (remove the file)")
         self.header = h
         self.workers = [ffi.cast("struct up_shm_worker *", base + h.workers_offset + i * h.worker_size)
                         for i in range(h.nworkers)]

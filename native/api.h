@@ -374,6 +374,10 @@ struct up_shm_wserver {
     uint64_t errors;          /* resets, timeouts, 5xx answers, bad responses */
     uint64_t idle;            /* idle pooled connections (gauge) */
     uint64_t reused;          /* requests sent on a reused connection */
+    uint64_t resp_5xx;        /* http: responses of status 500-599 it sent */
+    uint64_t timeouts;        /* connects and (http) response heads that timed out */
+    uint64_t ejections;       /* passive ejections (fail_threshold failures in a row) */
+    uint64_t pad[5];          /* two whole cache lines: workers write their own rows */
 };
 
 /* ---- TLS (native/transport/tls*.c) ------------------------------------

@@ -228,6 +228,11 @@ def test_stats_text_shows_status_classes_and_the_error_share(proxy):
     assert rows["requests"] == "3" and rows["resp_5xx"] == "3" and rows["resp_2xx"] == "0", r.stdout
     assert rows["error_share"] == "100.0% (5xx: 100.0%)", r.stdout
     assert "generation 1 (0 reloads, 0 failed)" in r.stdout
+    # and the server they failed on, with its columns
+    head, row = r.stdout.split("servers:\n", 1)[1].splitlines()[:2]
+    assert head.split()[:3] == ["cluster/address", "health", "requests"], r.stdout
+    cells = dict(zip(head.split()[1:], row.split()[1:]))
+    assert row.split()[0] == "c/127.0.0.1:9" and int(cells["connect_errors"]) >= 3, r.stdout
 
 
 def test_stats_text_of_a_tcp_proxy_has_no_http_rows(proxy):

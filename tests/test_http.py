@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -388,6 +389,47 @@ def test_504_when_the_upstream_is_too_slow(proxy_factory):
     assert time.monotonic() - t0 < 1.5
     assert p.total("err_gateway_timeout") == 1
     up.close()
+
+
+def test_errors_are_counted_per_server(proxy_factory):
+    """HAProxy's backend rows: which server the 5xx, the timeouts and the
+    ejections came from, in the segment, `uproxy stats --json` and /metrics."""
+    import json
+    import httpx
+    dead = f"127.0.0.1:{free_port()}"
+    err = HttpUpstream(lambda req: Response(status=503, body=b"down"))
+    slow = HttpUpstream(lambda req: Response(body=b"late", delay=2))
+    port, admin = free_port(), free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "err",
+                        "routes": [{"path_prefix": "/slow", "cluster": "slow"},
+                                   {"path_prefix": "/dead", "cluster": "dead"}]}],
+                      [{"name": "err", "servers": [err.addr]},
+                       {"name": "slow", "servers": [slow.addr], "response_timeout": "300ms"},
+                       {"name": "dead", "servers": [dead], "fail_threshold": 2,
+                        "max_attempts": 1}],
+                      proxy={"workers": 1}, extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
+    for path, status in ((b"/", b"503"), (b"/", b"503"), (b"/slow", b"504"),
+                         (b"/dead", b"502"), (b"/dead", b"502")):
+        out = raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 " + status), (path, out[:80])
+
+    def by_cluster():
+        return {sv["cluster"]: sv for sv in p.stats()["servers"] if sv["in_use"]}
+    wait_for(lambda: by_cluster()["dead"]["ejections"] == 1, 5, what="the ejection counted")
+    sv = by_cluster()
+    assert (sv["err"]["resp_5xx"], sv["err"]["timeouts"], sv["err"]["ejections"]) == (2, 0, 0), sv
+    assert (sv["slow"]["resp_5xx"], sv["slow"]["timeouts"]) == (0, 1), sv["slow"]
+    assert (sv["dead"]["connect_errors"], sv["dead"]["resp_5xx"]) == (2, 0), sv["dead"]
+    r = subprocess.run([sys.executable, "-m", "uproxy", "stats", "--json", "--pid", str(p.pid)],
+                       capture_output=True, text=True, timeout=30)
+    js = {s["cluster"]: s for s in json.loads(r.stdout)["servers"] if s["in_use"]}
+    assert js["err"]["resp_5xx"] == 2 and js["slow"]["timeouts"] == 1 and js["dead"]["ejections"] == 1
+    m = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    assert f'uproxy_server_resp_5xx_total{{address="{err.addr}",cluster="err"}} 2.0' in m, m
+    assert f'uproxy_server_timeouts_total{{address="{slow.addr}",cluster="slow"}} 1.0' in m
+    assert f'uproxy_server_ejections_total{{address="{dead}",cluster="dead"}} 1.0' in m
+    err.close()
+    slow.close()
 
 
 @both_profiles

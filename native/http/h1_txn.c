@@ -601,8 +601,10 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     w->c[r->status < 200 ? UP_C_RESP_1XX : r->status < 300 ? UP_C_RESP_2XX
          : r->status < 400 ? UP_C_RESP_3XX : r->status < 500 ? UP_C_RESP_4XX
          : UP_C_RESP_5XX]++;
-    if (r->status >= 500)
+    if (r->status >= 500) {
         w->srv[u->slot].errors++;
+        w->srv[u->slot].resp_5xx++;
+    }
     /* The request's head is no longer needed for a retry. */
     struct conn *c = &w->conns[t->client];
     if ((t->flags & TF_REQ_DONE) && !t->req.active) {

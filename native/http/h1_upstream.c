@@ -106,14 +106,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         txn_req_pump(w, t);
         return;
     }
-    w->c[res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
-         : res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT ? UP_C_ERR_CONNECT_TIMEOUT
-         : UP_C_ERR_CONNECT_OTHER]++;
-    w->srv[u->slot].connect_errors++;
-    balance_result(w, t->cfg, t->server, false);
-    dial_gone(w, u);
-    close(u->fd);
-    u->fd = -1;
+    dial_failed(w, u, t->cfg, res);
     const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
     if (t->attempts >= cl->max_attempts) {
         txn_abort(w, t, 502, false);
@@ -379,6 +372,7 @@ void h1_upstream_expired(struct worker *w, struct conn *u)
     }
     if (!(t->flags & TF_RESP_HEAD)) {
         w->srv[u->slot].errors++;
+        w->srv[u->slot].timeouts++;
         txn_abort(w, t, 504, false);
     }
 }

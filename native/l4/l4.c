@@ -442,14 +442,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         cnt(w, spliced ? UP_C_SESSIONS_SPLICE : UP_C_SESSIONS_BUFFERED, 1);
         return;
     }
-    cnt(w, res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
-           : res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT ? UP_C_ERR_CONNECT_TIMEOUT
-           : UP_C_ERR_CONNECT_OTHER, 1);
-    st->connect_errors++;
-    balance_result(w, u->cfg, u->server, false);
-    dial_gone(w, u);
-    close(u->fd);
-    u->fd = -1;
+    dial_failed(w, u, u->cfg, res);
     const struct up_cluster *cl = &u->cfg->clusters[c->cluster];
     if (u->attempts < cl->max_attempts)
         connect_next(w, u, u->server);

@@ -158,6 +158,7 @@ void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, b
         ws->ejected_until_ms = w->now_ms + cl->eject_ms;
         ws->fails = 0;
         w->c[UP_C_HEALTH_EJECTIONS]++;
+        srv_stats(w, cfg, s)->ejections++;
     }
 }
 

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include "upstream/upstream.h"
 
 int dial(struct worker *w, struct conn *u, const struct up_config *cfg, uint32_t server,
@@ -76,4 +77,18 @@ void dial_gone(struct worker *w, struct conn *u)
         u->flags &= ~C_SERVER_REF;
     }
     dial_idle(w, u);
+}
+
+void dial_failed(struct worker *w, struct conn *u, const struct up_config *cfg, int res)
+{
+    bool timeout = res == -ECANCELED || res == -ETIME || res == -ETIMEDOUT;
+    w->c[res == -ECONNREFUSED ? UP_C_ERR_CONNECT_REFUSED
+         : timeout ? UP_C_ERR_CONNECT_TIMEOUT : UP_C_ERR_CONNECT_OTHER]++;
+    w->srv[u->slot].connect_errors++;
+    if (timeout)
+        w->srv[u->slot].timeouts++;
+    balance_result(w, cfg, u->server, false);
+    dial_gone(w, u);
+    close(u->fd);
+    u->fd = -1;
 }

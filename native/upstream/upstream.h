@@ -22,6 +22,10 @@ int dial(struct worker *w, struct conn *u, const struct up_config *cfg, uint32_t
 void dial_busy(struct worker *w, struct conn *u);
 void dial_idle(struct worker *w, struct conn *u);
 void dial_gone(struct worker *w, struct conn *u);
+/* u's connect completed with res < 0: counted (by kind, for its server,
+ * in passive health), its accounting given back and its socket closed.
+ * The caller decides whether to try another server. */
+void dial_failed(struct worker *w, struct conn *u, const struct up_config *cfg, int res);
 
 /* pool.c: the founding contract (DESIGN.md): get and put, synchronous,
  * constant time, never waiting. Keyed by the server's stat slot, which is

@@ -122,6 +122,9 @@ class SegmentCollector:
             "connect_errors": (CounterMetricFamily, "Connects that failed"),
             "errors": (CounterMetricFamily, "Resets, timeouts, 5xx and bad responses"),
             "reused": (CounterMetricFamily, "Requests sent on a reused connection"),
+            "resp_5xx": (CounterMetricFamily, "HTTP responses of status 500-599 it sent"),
+            "timeouts": (CounterMetricFamily, "Connects and HTTP response heads that timed out"),
+            "ejections": (CounterMetricFamily, "Passive ejections (fail_threshold failures in a row)"),
         }
         servers = [s for s in snap["servers"] if s["in_use"]]
         for f, (cls, doc) in fields.items():

@@ -255,7 +255,8 @@ def cmd_stats(a) -> int:
               "upstream_connects", "err_connect_refused", "err_connect_timeout", "err_no_server"):
         print(f"  {k:24} {t[k]}")
     classes = [f"resp_{c}xx" for c in range(1, 6)]
-    if t["requests"] or any(t[k] for k in classes):
+    http = bool(t["requests"] or any(t[k] for k in classes))
+    if http:
         # HTTP: responses by status class and the error share, as the
         # dashboard shows them (4xx and 5xx of all responses, and 5xx alone).
         for k in ["requests"] + classes + ["err_bad_gateway", "err_unavailable",
@@ -269,6 +270,18 @@ def cmd_stats(a) -> int:
     if any(t[k] for k in tls_counters) or _serves_tls(pid):
         for k in tls_counters:
             print(f"  {k:24} {t[k]}")
+    servers = [sv for sv in snap["servers"] if sv["in_use"]]
+    if servers:
+        # HAProxy's backend rows: where the errors come from.
+        cols = (("requests", "resp_5xx", "timeouts") if http else ("sessions", "timeouts")) + (
+            "connect_errors", "ejections", "errors", "active")
+        print("servers:")
+        w = max(len(f"{sv['cluster']}/{sv['address']}") for sv in servers)
+        print(f"  {'cluster/address':{w}}  {'health':9} " + " ".join(f"{c:>14}" for c in cols))
+        for sv in servers:
+            name = f"{sv['cluster']}/{sv['address']}"
+            print(f"  {name:{w}}  {sv['health']:9} "
+                  + " ".join(f"{sv['requests' if c == 'sessions' else c]:>14}" for c in cols))
     return 0
 
 

@@ -25,7 +25,7 @@ COUNTERS = [name[len("UP_C_"):].lower()
 GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use", "pool_idle"}
 HISTS = ("request", "upstream", "connect")
 WSERVER_FIELDS = ("active", "in_flight", "requests", "connects", "connect_errors", "errors",
-                  "idle", "reused")
+                  "idle", "reused", "resp_5xx", "timeouts", "ejections")
 STATES = {0: "new", 1: "running", 2: "draining", 3: "stopped", 4: "failed"}
 
 

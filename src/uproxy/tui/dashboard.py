@@ -385,7 +385,8 @@ def _health_cell(u) -> Text:
 def upstreams_table(v, width=200, flt=""):
     cols = [Col("cluster", 0, True), Col("server", 0, True), Col("health", 0, True),
             Col("req/s", 0), Col("err/s", 0), Col("cerr/s", 1), Col("check", 2, True),
-            Col("for", 3), Col("checked", 8), Col("errors", 5), Col("cerr", 6),
+            Col("for", 3), Col("checked", 8), Col("5xx", 4), Col("timeouts", 5), Col("ejected", 5),
+            Col("errors", 5), Col("cerr", 6),
             Col("active", 9), Col("in-flight", 7), Col("idle", 10), Col("reuse %", 11)]
     rows = []
     shown = []
@@ -400,11 +401,11 @@ def upstreams_table(v, width=200, flt=""):
                      _num(u["rps"]), _num(u.get("errors_s")), _num(u.get("connect_errors_s")),
                      _check_cell(u), _ago(c.get("since_s")) if c.get("checked") else DASH,
                      (_ago(c.get("age_s")) + " ago") if c.get("age_s") is not None else DASH,
+                     _num(u.get("resp_5xx")), _num(u.get("timeouts")), _num(u.get("ejections")),
                      _num(u["errors"]), _num(u["connect_errors"]), _num(u["active"]),
                      _num(u["in_flight"]), _num(u["idle"]), _num(u["reuse_pct"], 1)])
     ej = v.get("ejections")
-    cap = (f"passive ejections: {_num(ej)} in all ({_num(v.get('ejections_s'))}/s; not counted "
-           f"per server by the core)")
+    cap = f"passive ejections: {_num(ej)} in all ({_num(v.get('ejections_s'))}/s)"
     if width >= 100:
         cap = ("err: resets, timeouts, 5xx, bad responses; cerr: connect errors; check: the "
                "last active check; for: time in this state; failing: its last connects all "

@@ -149,7 +149,15 @@ struct up_listener {
     int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
     void **tls;               /* [nworkers]: up_tls_server_new()'s, or NULL: plain */
     uint32_t tls_handshake_timeout_ms;
-    uint32_t pad5;
+    uint16_t redirect_code;   /* http: 301 or 308 answers every request with a
+                                 redirect to https (no upstream); 0: off */
+    uint16_t redirect_port;   /* the https port the Location names (443: none) */
+    /* http over TLS with client certificates: the request header lines that
+     * carry the verified certificate's subject and SHA-256 fingerprint to
+     * the upstream. strings holds "Name: " at off, len is the name's length
+     * (0: no such header); a client's own lines of these names are dropped. */
+    uint32_t cert_subject_off, cert_subject_len;
+    uint32_t cert_sha256_off, cert_sha256_len;
 };
 
 struct up_config {
@@ -251,6 +259,7 @@ enum up_counter {
     /* SNI passthrough (tcp listeners with routes) */
     UP_C_SNI_ERRORS,          /* closed: not TLS, a malformed, cut or oversized ClientHello */
     UP_C_SNI_TIMEOUTS,        /* closed: no whole ClientHello within sni_timeout */
+    UP_C_REDIRECTS,           /* HTTP: requests answered with a redirect to https */
     UP_C__COUNT
 };
 
@@ -413,6 +422,7 @@ struct up_tls_server {
     uint32_t min_version;     /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
     const char *ciphers;      /* TLS 1.2 cipher list, OpenSSL syntax */
     const char *ciphersuites; /* TLS 1.3 suites */
+    const char *curves;       /* key-exchange groups, OpenSSL's syntax ("X25519:P-256") */
     const uint8_t *alpn;      /* wire form: length-prefixed names, preferred first */
     uint32_t alpn_len;
     uint32_t verify;          /* UP_TLS_VERIFY_* for client certificates */
@@ -421,7 +431,8 @@ struct up_tls_server {
     uint32_t nticket_keys;    /* 0: no session tickets */
     uint32_t session_timeout_s;
     uint32_t session_cache;   /* TLS 1.2 session-id cache entries per worker, 0: off */
-    uint32_t pad;
+    uint32_t peer_cert;       /* 1: keep a verified client certificate's subject
+                                 and fingerprint per connection (tp_tls_peer_cert) */
 };
 
 /* A cluster's TLS to its servers. */

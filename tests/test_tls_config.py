@@ -343,7 +343,7 @@ def test_a_good_tls_configuration_checks_ok(certs, tmp_path):
     cfg = config.load(path)
     t = cfg.listeners[0].tls
     assert t.min_version == "1.3" and t.handshake_timeout_ms == 5000 and t.alpn == ("http/1.1",)
-    assert t.ciphers == "ECDHE+AESGCM:ECDHE+CHACHA20"
+    assert t.ciphers == "ECDHE+AESGCM:ECDHE+CHACHA20" and t.curves == "X25519:P-256:P-384"
     assert t.ciphersuites == ("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
                               "TLS_CHACHA20_POLY1305_SHA256")
     assert (t.session_tickets, t.ticket_rotate_ms, t.session_timeout_s, t.session_cache) == \
@@ -410,6 +410,23 @@ MISTAKES = [
      "listeners[0].tls.ticket_rotate", "must be between"),
     ("bad duration", '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], handshake_timeout = "soon" }}',
      "listeners[0].tls.handshake_timeout", "is not a duration"),
+    ("curve typo", '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], curves = "X25519:P256" }}',
+     "listeners[0].tls.curves", "did you mean 'P-256'?"),
+    ("certificate header without client certificates",
+     '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], client_subject_header = "X-Client-Subject" }}',
+     "listeners[0].tls.client_subject_header", "client_auth = \"none\" never asks for"),
+    ("certificate header not a name",
+     '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], client_ca = "{ca}", '
+     'client_fingerprint_header = "X Client: 1" }}',
+     "listeners[0].tls.client_fingerprint_header", "is not a header name"),
+    ("certificate header the proxy writes",
+     '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], client_ca = "{ca}", '
+     'client_subject_header = "x-forwarded-for" }}',
+     "listeners[0].tls.client_subject_header", "frames or writes itself"),
+    ("both certificate headers one name",
+     '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], client_ca = "{ca}", '
+     'client_subject_header = "X-Cert", client_fingerprint_header = "x-cert" }}',
+     "listeners[0].tls.client_fingerprint_header", "give each its own"),
 ]
 
 
@@ -501,6 +518,27 @@ def test_a_tcp_listener_takes_tls_checked_the_same_way(certs, tmp_path):
                     mode="tcp")
     with pytest.raises(config.ConfigError, match="does not belong"):
         config.load(path)
+
+
+def test_client_certificate_headers_are_read_and_http_only(certs, tmp_path):
+    heads = (f', client_ca = "{certs["ca"][0]}", client_auth = "optional", '
+             f'client_subject_header = "X-Client-Subject", client_fingerprint_header = "X-Client-Cert-Sha256"')
+    path, _ = _conf(tmp_path, _table(certs, heads))
+    t = config.load(path).listeners[0].tls
+    assert (t.client_subject_header, t.client_fingerprint_header) == \
+        ("X-Client-Subject", "X-Client-Cert-Sha256")
+    assert tls.status(config.load(path))["listeners"][0]["client_fingerprint_header"] == \
+        "X-Client-Cert-Sha256"
+    path, _ = _conf(tmp_path, _table(certs, heads), mode="tcp")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(path)
+    assert {x.key for x in e.value.errors} == {"listeners[0].tls.client_subject_header",
+                                                "listeners[0].tls.client_fingerprint_header"}
+    assert 'needs mode = "http"' in e.value.errors[0].message
+    # Absent by default: no header is written, none is dropped.
+    path, _ = _conf(tmp_path, _table(certs, f', client_ca = "{certs["ca"][0]}"'))
+    t = config.load(path).listeners[0].tls
+    assert (t.client_subject_header, t.client_fingerprint_header) == (None, None)
 
 
 def test_client_ca_defaults_to_required_and_none_warns(certs, tmp_path):

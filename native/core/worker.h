@@ -93,6 +93,8 @@ struct worker {
     void *tls;                      /* transport: per-connection TLS state */
     void *tls_bio;                  /* transport: the BIO method of this worker */
     void *tls_sessions;             /* transport: client sessions by server slot */
+    void *tls_peer;                 /* transport: client certificates' facts, per connection (cold) */
+    void *tls_names;                /* transport: the one BIO a certificate's subject is printed into */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
     uint32_t *txn_free;

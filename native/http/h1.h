@@ -92,6 +92,7 @@ struct txn {
     uint8_t logging;                    /* lr is being filled */
     uint8_t keep_underscores;           /* the listener's underscores_in_headers */
     uint8_t pad3[2];
+    const struct up_listener *listener; /* its client's (in cfg, which the txn holds) */
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
@@ -112,6 +113,8 @@ void h1_client_cut(struct worker *w, struct conn *c);
 
 /* h1_txn.c */
 struct txn *txn_of(struct worker *w, const struct conn *c);
+struct txn *txn_alloc(struct worker *w);
+void out_submit(struct worker *w, struct out *o, struct conn *to);
 void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
 void txn_req_pump(struct worker *w, struct txn *t);
@@ -128,6 +131,10 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 const char *h1_error_text(uint16_t status, uint32_t *len);
 void h1_count_status(struct worker *w, uint16_t status);
 void h1_tunnel(struct worker *w, struct txn *t);
+
+/* h1_redirect.c */
+void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
+                 uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
 
 /* h1_splice.c */
 void splice_consider(struct worker *w, struct txn *t, int dir);

@@ -186,6 +186,10 @@ void h1_client_next(struct worker *w, struct conn *c)
     }
     c->attempts = 0;
     set_timer(w, c, l->idle_timeout_ms);
+    if (l->redirect_code) {
+        h1_redirect(w, c, p, c->x.head, c->x.off, r, l);
+        return;
+    }
     txn_begin(w, c, p, c->x.head, c->x.off, r, l);
 }
 

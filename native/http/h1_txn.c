@@ -20,6 +20,7 @@ static const char S_COMMA[] = ", ";
 static const char S_CONN_UPGRADE[] = "Connection: upgrade\r\n";
 static const char S_CONN_CLOSE[] = "Connection: close\r\n";
 static const char S_CONN_KEEP[] = "Connection: keep-alive\r\n";
+static const char S_CRLF[] = "\r\n";
 
 struct txn *txn_of(struct worker *w, const struct conn *c)
 {
@@ -59,7 +60,7 @@ static void out_reset(struct out *o)
     o->rel_off = 0;
 }
 
-static void out_submit(struct worker *w, struct out *o, struct conn *to)
+void out_submit(struct worker *w, struct out *o, struct conn *to)
 {
     o->active = 1;
     if (o->n - o->first == 1) {
@@ -117,6 +118,64 @@ static size_t format_addr(const struct conn *c, char *dst, size_t cap)
     return strlen(dst);
 }
 
+/* name (a configured header name) and n bytes of a request's field name
+ * are the same header to an upstream: without case, and with '_' as '-',
+ * since CGI, PHP and WSGI read both as HTTP_X_CLIENT_... (a client must
+ * not get "X_Client_Subject" through where underscores are forwarded). */
+static bool same_header(const char *name, const uint8_t *p, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t a = (uint8_t)name[i] | 0x20, b = p[i] | 0x20;
+        if (a == 0x7f)
+            a = '-';                 /* '_' | 0x20 */
+        if (b == 0x7f)
+            b = '-';
+        if (a != b)
+            return false;
+    }
+    return true;
+}
+
+/* Whether a request header line is one of the client certificate's
+ * headers (lengths first: most lines differ there). The names are tokens
+ * of letters, digits and '-' (config.py), for which OR-ing 0x20 is exact. */
+static bool cert_header(const struct txn *t, const uint8_t *base, const struct h1_header *h)
+{
+    const struct up_listener *l = t->listener;
+    const char *strings = t->cfg->strings;
+    const uint8_t *name = base + h->name_off;
+    return (h->name_len == l->cert_subject_len &&
+            same_header(strings + l->cert_subject_off, name, h->name_len)) ||
+           (h->name_len == l->cert_sha256_len &&
+            same_header(strings + l->cert_sha256_off, name, h->name_len));
+}
+
+/* The verified client certificate's subject and fingerprint, as the
+ * transport wrote them down at the end of the handshake, by reference:
+ * "Name: " from the table's strings, the value from the transport's
+ * per-connection state (both outlive the round). Nothing when no
+ * certificate was verified. */
+static bool cert_lines(struct worker *w, struct txn *t, const struct conn *c)
+{
+    const struct up_listener *l = t->listener;
+    const char *strings = t->cfg->strings;
+    struct tp_peer_cert pc;
+    bool ok = true;
+    if (!tp_tls_peer_cert(w, c, &pc))
+        return true;
+    if (l->cert_subject_len && pc.subject) {
+        ok &= out_push(&t->req, strings + l->cert_subject_off, l->cert_subject_len + 2);
+        ok &= out_push(&t->req, pc.subject, pc.subject_len);
+        ok &= out_push(&t->req, S_CRLF, 2);
+    }
+    if (l->cert_sha256_len) {
+        ok &= out_push(&t->req, strings + l->cert_sha256_off, l->cert_sha256_len + 2);
+        ok &= out_push(&t->req, pc.sha256, 64);
+        ok &= out_push(&t->req, S_CRLF, 2);
+    }
+    return ok;
+}
+
 /* The request head as the upstream sees it: the request line and kept
  * header lines by reference; hop-by-hop lines dropped; X-Forwarded-For
  * appended to, X-Forwarded-Proto and -Host set by the proxy. The added
@@ -131,6 +190,8 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     bool upgrade = r->upgrade;
     bool ok = out_push(o, base + r->skip, r->line_len);
     uint16_t host = r->host;
+    const struct up_listener *l = t->listener;
+    bool cert_hdrs = l && (l->cert_subject_len | l->cert_sha256_len);
     size_t need = sizeof S_XFF + 48 + sizeof S_XFPS + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
@@ -143,6 +204,10 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         /* Like nginx by default: an upstream that reads '_' as '-' would
          * see "Transfer_Encoding" as framing the proxy did not apply. */
         if (!keep_underscores && memchr(base + h->name_off, '_', h->name_len))
+            continue;
+        /* The client certificate's headers are the proxy's to write: a
+         * client's own are never passed on, certificate or not. */
+        if (__builtin_expect(cert_hdrs, 0) && cert_header(t, base, h))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
@@ -179,6 +244,8 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         PUT(S_CONN_KEEP, sizeof S_CONN_KEEP - 1);   /* an HTTP/1.0 request may still reuse the upstream */
 #undef PUT
     ok &= out_push(o, t->scratch, (size_t)(sp - t->scratch));
+    if (__builtin_expect(cert_hdrs, 0))
+        ok &= cert_lines(w, t, c);
     /* The head's own empty line: the body that follows it continues the
      * same iovec. */
     ok &= out_push(o, base + r->head_len - 2, 2);
@@ -294,7 +361,7 @@ static int add_resp_body(struct worker *w, struct txn *t)
 
 /* ---- the transaction ------------------------------------------------------ */
 
-static struct txn *txn_alloc(struct worker *w)
+struct txn *txn_alloc(struct worker *w)
 {
     if (!w->ntxn_free)
         return NULL;
@@ -437,6 +504,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->hash_key = hash_key(w, c, cfg, &cfg->clusters[t->cluster], base, r);
 
     t->idle_ms = l->idle_timeout_ms;
+    t->listener = l;
     t->max_body = l->max_body;
     t->keep_underscores = l->keep_underscores != 0;
     t->bytes_in = r->head_len;

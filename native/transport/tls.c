@@ -26,6 +26,8 @@
 #include <sys/socket.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include "transport/tls.h"
 #include "transport/transport.h"
 
@@ -122,6 +124,18 @@ int tp_tls_init(struct worker *w)
     if (m == MAP_FAILED)
         return -ENOMEM;
     w->tls = m;
+    /* Reserved, not committed: a page is touched only by connections whose
+     * listener keeps client certificates' facts. */
+    m = mmap(NULL, sizeof(struct tls_peer) * w->nconns, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -ENOMEM;
+    w->tls_peer = m;
+    /* A memory BIO keeps its buffer across resets: after the first
+     * certificate, printing a subject allocates nothing of ours. */
+    w->tls_names = BIO_new(BIO_s_mem());
+    if (!w->tls_names)
+        return -ENOMEM;
     w->tls_sessions = calloc(1, sizeof(struct tls_sessions));
     if (!w->tls_sessions)
         return -ENOMEM;
@@ -148,6 +162,11 @@ void tp_tls_free_all(struct worker *w)
     }
     munmap(w->tls, sizeof(struct tls_conn) * w->nconns);
     w->tls = NULL;
+    if (w->tls_peer)
+        munmap(w->tls_peer, sizeof(struct tls_peer) * w->nconns);
+    w->tls_peer = NULL;
+    BIO_free(w->tls_names);
+    w->tls_names = NULL;
     struct tls_sessions *ss = w->tls_sessions;
     for (uint32_t i = 0; ss && i < UP_MAX_SERVERS; i++)
         if (ss->s[i])
@@ -445,6 +464,52 @@ static int failed(struct worker *w, struct tls_conn *t, enum up_counter k, int e
     return err;
 }
 
+/* The verified client certificate's subject and fingerprint, written down
+ * once per connection for the protocols to pass on (tp_tls_peer_cert):
+ * the library is asked here, at the end of the handshake, and never per
+ * request. A resumed session carries its certificate, so the same facts
+ * come back. */
+static void peer_keep(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    const struct tls_server *s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(t->ssl));
+    if (!s || !s->peer_cert)
+        return;
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    /* A certificate that failed verification fails the handshake (no
+     * verify callback of ours says otherwise); the check is for certainty. */
+    if (!x || SSL_get_verify_result(t->ssl) != X509_V_OK)
+        return;
+    struct tls_peer *p = tp_tls_peer_of(w, c);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (X509_digest(x, EVP_sha256(), md, &n) != 1 || n != 32) {
+        ERR_clear_error();
+        return;                      /* no fingerprint: no facts at all */
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned i = 0; i < 32; i++) {
+        p->sha256[2 * i] = hex[md[i] >> 4];
+        p->sha256[2 * i + 1] = hex[md[i] & 15];
+    }
+    /* RFC 2253, as nginx's $ssl_client_s_dn and Envoy's XFCC write it; its
+     * escaping leaves control bytes and non-ASCII as \XX. */
+    BIO *b = w->tls_names;
+    char *d = NULL;
+    long len = -1;
+    p->subject_len = 0;
+    if (BIO_reset(b) >= 0 && X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0)
+        len = BIO_get_mem_data(b, &d);
+    if (len > 0 && len <= TLS_SUBJECT_MAX) {
+        /* It goes into a header line: whatever the library let through,
+         * nothing but printable ASCII reaches it. */
+        for (long i = 0; i < len; i++)
+            p->subject[i] = d[i] >= 0x20 && d[i] < 0x7f ? d[i] : '?';
+        p->subject_len = (uint32_t)len;
+    }
+    ERR_clear_error();
+    t->flags |= TLSF_PEER;
+}
+
 /* Advance the handshake; 1 when it completed, -EAGAIN while it goes on,
  * else the error. */
 static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
@@ -456,6 +521,8 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
         cnt(w, server ? UP_C_TLS_HANDSHAKES : UP_C_TLS_UPSTREAM_HANDSHAKES, 1);
         if (server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_RESUMED, 1);
+        if (server)
+            peer_keep(w, c, t);
         if (!server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
@@ -594,6 +661,17 @@ bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out
     out->resumed = SSL_session_reused(t->ssl) ? 1 : 0;
     out->cipher = SSL_get_cipher_name(t->ssl);
     out->sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
+    return true;
+}
+
+bool tp_tls_peer_cert(struct worker *w, const struct conn *c, struct tp_peer_cert *out)
+{
+    if (c->tp != TP_TLS || !(tp_tls_of(w, c)->flags & TLSF_PEER))
+        return false;
+    const struct tls_peer *p = tp_tls_peer_of(w, c);
+    out->sha256 = p->sha256;
+    out->subject = p->subject_len ? p->subject : NULL;
+    out->subject_len = p->subject_len;
     return true;
 }
 

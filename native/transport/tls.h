@@ -37,6 +37,7 @@ struct tls_server {
     int refs;                 /* the table's, and one per context (tls_ctx.c) */
     uint8_t server;
     uint8_t verify;           /* client side: verify the server */
+    uint8_t peer_cert;        /* server side: keep the client certificate's facts */
     char sni[254];            /* client side: the name to send and verify */
 };
 
@@ -54,6 +55,18 @@ enum tls_state {
 #define TLSF_CLOSING  16      /* close_notify written */
 #define TLSF_FULL     32      /* the last read filled its buffer: more may be held */
 #define TLSF_KICK     64      /* established while our flight was out: tell the protocol */
+#define TLSF_PEER     128     /* a verified client certificate: its facts are in tls_peer */
+
+/* What a verified client certificate says, written once at the end of the
+ * handshake for the protocols to read per request (tp_tls_peer_cert). In
+ * an array of its own beside tls_conn: cold, touched only by connections
+ * whose listener asks for it, so the hot per-connection state stays small. */
+#define TLS_SUBJECT_MAX 512
+struct tls_peer {
+    char sha256[64];              /* lower-case hex */
+    uint32_t subject_len;         /* 0: the subject is longer than TLS_SUBJECT_MAX */
+    char subject[TLS_SUBJECT_MAX];
+};
 
 /* One connection's TLS, in a per-worker array beside the connections
  * (touched only for TLS connections, so plain ones pay no memory). */
@@ -96,6 +109,10 @@ void tp_tls_release(struct worker *w, struct conn *c);
 static inline struct tls_conn *tp_tls_of(struct worker *w, const struct conn *c)
 {
     return &((struct tls_conn *)w->tls)[c - w->conns];
+}
+static inline struct tls_peer *tp_tls_peer_of(struct worker *w, const struct conn *c)
+{
+    return &((struct tls_peer *)w->tls_peer)[c - w->conns];
 }
 
 #endif

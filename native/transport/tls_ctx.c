@@ -171,7 +171,7 @@ static int version_of(uint32_t v)
 /* What every context of ours has: modern defaults, no renegotiation, no
  * compression, partial writes never needed (our writes always fit). */
 static int common(SSL_CTX *c, uint32_t min_version, const char *ciphers, const char *suites,
-                  char *err, size_t n)
+                  const char *groups, char *err, size_t n)
 {
     SSL_CTX_set_min_proto_version(c, version_of(min_version));
     SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
@@ -190,6 +190,12 @@ static int common(SSL_CTX *c, uint32_t min_version, const char *ciphers, const c
         fail(err, n, "no usable TLS 1.3 suite in", suites);
         return -1;
     }
+    /* The library's own default adds X448 and P-521, which no client
+     * needs and scanners flag (Mozilla's profiles stop at P-384). */
+    if (groups && *groups && !SSL_CTX_set1_groups_list(c, groups)) {
+        fail(err, n, "no usable curve in", groups);
+        return -1;
+    }
     return 0;
 }
 
@@ -202,6 +208,7 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
     }
     s->refs = 1;
     s->server = 1;
+    s->peer_cert = conf->peer_cert && conf->verify != UP_TLS_VERIFY_NONE;
     s->nctx = conf->nctx ? conf->nctx : 1;
     if (s->nctx > TLS_MAX_CTX) {
         snprintf(err, errlen, "too many certificate groups (%u, at most %u)", s->nctx, TLS_MAX_CTX);
@@ -215,7 +222,8 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
         }
         s->ctx[i] = c;
         SSL_CTX_set_app_data(c, s);
-        if (common(c, conf->min_version, conf->ciphers, conf->ciphersuites, err, errlen) < 0)
+        if (common(c, conf->min_version, conf->ciphers, conf->ciphersuites, conf->curves, err,
+                   errlen) < 0)
             goto bad;
         SSL_CTX_set_tlsext_servername_callback(c, servername_cb);
         SSL_CTX_set_tlsext_servername_arg(c, s);
@@ -326,7 +334,7 @@ void *up_tls_client_new(const struct up_tls_client *conf, char *err, size_t errl
     s->ctx[0] = c;
     s->nctx = 1;
     SSL_CTX_set_app_data(c, s);
-    if (common(c, conf->min_version, NULL, NULL, err, errlen) < 0)
+    if (common(c, conf->min_version, NULL, NULL, NULL, err, errlen) < 0)
         goto bad;
     /* Sessions are kept by the connection's server slot (tls.c), so a
      * pooled connection to the same server resumes. */

@@ -57,6 +57,20 @@ struct tp_tls_info {
 };
 bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out);
 
+/* The client certificate the handshake verified (mTLS), as the transport
+ * wrote it down once when the handshake ended: never recomputed per
+ * request, and the protocol above never calls the library for it. False
+ * when plain, when no certificate was sent, or when the listener did not
+ * ask for it (up_tls_server.peer_cert). Both strings are printable ASCII
+ * and live as long as the connection. */
+struct tp_peer_cert {
+    const char *subject;      /* RFC 2253 ("CN=alice,O=Example"); NULL: longer
+                                 than the transport keeps (TLS_SUBJECT_MAX) */
+    uint32_t subject_len;
+    const char *sha256;       /* the DER certificate's SHA-256, 64 lower-case hex digits */
+};
+bool tp_tls_peer_cert(struct worker *w, const struct conn *c, struct tp_peer_cert *out);
+
 /* TLS (tls.c); the protocol that accepts or dials starts it. */
 int tp_tls_accept(struct worker *w, struct conn *c, void *server);
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host);

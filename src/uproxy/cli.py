@@ -220,8 +220,10 @@ def cmd_run(a) -> int:
         log.error("%s", e)
         return 1
     for l in rt.cfg.listeners:
-        log.info("listening on %s:%d (%s%s -> cluster %s)", l.host, rt.port_of(l.name), l.mode,
-                 ", TLS" if l.tls else "", l.cluster)
+        log.info("listening on %s:%d (%s%s -> %s)", l.host, rt.port_of(l.name), l.mode,
+                 ", TLS" if l.tls else "",
+                 f"cluster {l.cluster}" if l.redirect is None else
+                 f"{l.redirect.code} to https, port {l.redirect.port}")
     from . import features as feat
     log.info("%d workers on CPUs %s; io_uring features: %s", rt.nworkers,
              ",".join(str(w.cpu) for w in rt.workers), ", ".join(feat.names(rt.features)) or "none")

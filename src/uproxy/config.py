@@ -313,6 +313,7 @@ class ListenerTLS:
     min_version: str = "1.2"
     ciphers: str = tls.DEFAULT_CIPHERS
     ciphersuites: str = tls.DEFAULT_CIPHERSUITES
+    curves: str = tls.DEFAULT_CURVES
     alpn: tuple = ("http/1.1",)
     handshake_timeout_ms: int = 10000
     client_ca: str | None = None
@@ -323,6 +324,16 @@ class ListenerTLS:
     ticket_rotate_ms: int = 12 * 3600_000
     session_timeout_s: int = 7200
     session_cache: int = 20000
+    client_subject_header: str | None = None      # mTLS: the verified subject, to the upstream
+    client_fingerprint_header: str | None = None  # mTLS: its SHA-256 fingerprint
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """redirect_https on a plain-HTTP listener: every request is answered
+    with this status and https://<host>[:port]<target> (docs/tls.md)."""
+    code: int = 308
+    port: int = 443
 
 
 @dataclass(frozen=True)
@@ -376,6 +387,7 @@ class Listener:
     tls: ListenerTLS | None = None
     methods: tuple | None = None         # the default of its routes (and of no route)
     allow_connect: bool = False
+    redirect: Redirect | None = None     # redirect_https: no cluster is asked
 
     @property
     def bind(self) -> str:
@@ -836,6 +848,14 @@ def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
             r.fail("ciphersuites", f"{s!r} is not a TLS 1.3 suite; they are "
                                    f"{', '.join(_SUITES)}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
             break
+    curves = r.str("curves", tls.DEFAULT_CURVES)
+    for c in (curves or "").split(":"):
+        if c not in tls.CURVES:
+            hint = difflib.get_close_matches(c, tls.CURVES, n=1)
+            r.fail("curves", f"{c!r} is not a curve uproxy knows; they are {', '.join(tls.CURVES)}"
+                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            curves = None
+            break
     http = mode == "http"
     alpn = []
     for j, p in enumerate(r.list("alpn", ["http/1.1"] if http else [])):
@@ -885,18 +905,63 @@ def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
         errs.warn(f"{key}.ticket_rotate", "keys from ticket_key_file are not rotated by uproxy: "
                                           "write a new first key into the file, then reload")
     timeout = r.duration_ms("session_timeout", 7200_000, lo=1000, hi=7 * 86400_000)
+    subject_h, fp_h = _cert_headers(r, mode, client_auth)
     t = ListenerTLS(
         certificates=tuple(certs), min_version=version,
         ciphers=ciphers or tls.DEFAULT_CIPHERS, ciphersuites=suites or tls.DEFAULT_CIPHERSUITES,
-        alpn=tuple(alpn),
+        curves=curves or tls.DEFAULT_CURVES, alpn=tuple(alpn),
         handshake_timeout_ms=r.duration_ms("handshake_timeout", 10000, lo=1),
         client_ca=client_ca, client_auth=client_auth,
         session_tickets=tickets, ticket_key_file=key_file if tickets else None, ticket_keys=keys,
         ticket_rotate_ms=rotate, session_timeout_s=max(1, timeout // 1000),
         session_cache=r.int("session_cache", 20000, lo=0, hi=1 << 22),
+        client_subject_header=subject_h, client_fingerprint_header=fp_h,
     )
     r.done()
     return t
+
+
+# Header lines the proxy itself frames, forwards or writes: a client
+# certificate's header may not take one of their names.
+_PROXY_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+                  "proxy-connection", "te", "trailer", "upgrade", "expect", "x-forwarded-for",
+                  "x-forwarded-proto", "x-forwarded-host"}
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$")
+
+
+def _cert_headers(r, mode, client_auth) -> tuple:
+    """client_subject_header and client_fingerprint_header: names of the
+    request headers that carry a verified client certificate's subject
+    and SHA-256 fingerprint to the upstream (None: not sent)."""
+    out = []
+    for k in ("client_subject_header", "client_fingerprint_header"):
+        v = r.str(k)
+        if v is None:
+            out.append(None)
+            continue
+        norm = v.lower().replace("_", "-")
+        if not _HEADER_NAME.match(v) or len(v) > 64:
+            r.fail(k, f"{v!r} is not a header name like \"X-Client-Cert-Sha256\" (letters, "
+                      f"digits and '-', at most 64)")
+            v = None
+        elif norm in _PROXY_HEADERS:
+            r.fail(k, f"{v!r} is a header the proxy frames or writes itself; choose a name "
+                      f"of your own, like \"X-Client-Subject\"")
+            v = None
+        elif mode != "http":
+            r.fail(k, f"{k} adds a request header: it needs mode = \"http\"")
+            v = None
+        elif client_auth == "none":
+            r.fail(k, f"{k} passes on a verified client certificate, which client_auth = "
+                      f"\"none\" never asks for: set client_ca and client_auth = \"optional\" "
+                      f"or \"required\"")
+            v = None
+        out.append(v)
+    if out[0] and out[1] and out[0].lower() == out[1].lower():
+        r.fail("client_fingerprint_header", f"{out[1]!r} is client_subject_header's name too; "
+                                            f"give each its own")
+        out[1] = None
+    return tuple(out)
 
 
 def _check_groups(errs, key, certs, ckeys):
@@ -1047,7 +1112,9 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
                    f"{bind!r}: bind needs an IP address, not a name (use 0.0.0.0 or ::)")
             host = port = None
     mode = r.str("mode", "tcp", choices=("tcp", "http"))
-    cluster = r.str("cluster", required=True)
+    redirect = _redirect(r)
+    # A redirecting listener asks no upstream: its cluster may be left out.
+    cluster = r.str("cluster", required=redirect is None)
 
     def known(c, key):
         if c is not None and c not in cluster_names:
@@ -1116,7 +1183,19 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         tls=_listener_tls(errs, f"listeners[{i}].tls", r.get("tls"), mode),
         methods=l_methods,
         allow_connect=l_connect,
+        redirect=redirect,
     )
+    if redirect is not None:
+        if mode != "http":
+            r.fail("redirect_https", "redirect_https answers HTTP requests: it needs "
+                                     "mode = \"http\"")
+        elif lst.tls is not None or "tls" in r.t:
+            r.fail("redirect_https", "this listener serves HTTPS already (it has tls), and would "
+                                     "send its clients to itself; redirect_https belongs on the "
+                                     "plain-HTTP listener (port 80)")
+        elif raw_routes:
+            r.fail("routes", "redirect_https answers every request itself, so no route is ever "
+                             "used: leave out the routes, or redirect_https")
     if raw_routes and tcp:
         _passthrough_checks(r, cluster, tls_clusters)
     if "sni_timeout" in r.t and not tcp:
@@ -1129,6 +1208,34 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
             r.fail("access_log", f"the directory {d} does not exist")
     r.done()
     return lst
+
+
+def _redirect(r) -> Redirect | None:
+    """redirect_https = true | 301 | 308 | { code = 301|308, port = N }:
+    true is 308 to port 443 (Caddy's choice: a 308 keeps the method and
+    body, where a 301 lets clients turn a POST into a GET)."""
+    v = r.get("redirect_https")
+    if v is None or v is False:
+        return None
+    hint = "redirect_https = true (308), 301, 308, or { code = 308, port = 8443 }"
+    if v is True:
+        return Redirect()
+    if isinstance(v, int) and not isinstance(v, bool):
+        code, port = v, 443
+    elif isinstance(v, dict):
+        rr = _Reader(r.errs, r._k("redirect_https"), v)
+        code = rr.get("code", 308)
+        port = rr.int("port", 443, lo=1, hi=65535)
+        rr.done()
+    else:
+        r.fail("redirect_https", f"must be {hint}, not {_kind(v)}")
+        return None
+    if code not in (301, 308) or isinstance(code, bool):
+        r.fail("redirect_https.code" if isinstance(v, dict) else "redirect_https",
+               f"{code!r}: the redirect is 301 or 308, permanent, as HTTPS is meant to be "
+               f"(308 keeps a POST a POST); write {hint}")
+        return None
+    return Redirect(code=code, port=port)
 
 
 def _max_header_fields(r) -> int:

@@ -121,6 +121,7 @@ def server_conf(t, ticket_keys: bytes, keep: list):
     conf.min_version = tls.VERSIONS[t.min_version]
     conf.ciphers = _cstr(t.ciphers, keep)
     conf.ciphersuites = _cstr(t.ciphersuites, keep)
+    conf.curves = _cstr(t.curves, keep)
     wire = tls.alpn_wire(t.alpn)
     if wire:
         alpn = ffi.new("uint8_t[]", wire)
@@ -134,6 +135,9 @@ def server_conf(t, ticket_keys: bytes, keep: list):
         conf.ticket_keys, conf.nticket_keys = keys, len(ticket_keys) // tls.TICKET_KEY_LEN
     conf.session_timeout_s = t.session_timeout_s
     conf.session_cache = t.session_cache
+    # The transport writes a client certificate's facts down at the end of
+    # each handshake only where a header will carry them.
+    conf.peer_cert = 1 if (t.client_subject_header or t.client_fingerprint_header) else 0
     return conf
 
 
@@ -158,6 +162,8 @@ def _library_key(base: str, message: str, t) -> str:
         return f"{base}.ciphers"
     if message.startswith("no usable TLS 1.3 suite"):
         return f"{base}.ciphersuites"
+    if message.startswith("no usable curve"):
+        return f"{base}.curves"
     if message.startswith("client CA bundle"):
         return f"{base}.client_ca"
     if message.startswith("CA bundle"):
@@ -341,7 +347,7 @@ class Tables:
             cl = c_listeners[i]
             cl.id = socks.id
             cl.mode = MODE[l.mode]
-            cl.cluster = cindex[l.cluster]
+            cl.cluster = cindex.get(l.cluster, 0)    # a redirecting listener may name none
             # An upgraded HTTP connection becomes a tunnel whose first bytes
             # are already in receive buffers: it is forwarded buffered.
             cl.forwarding = FORWARDING[l.forwarding] if l.mode == "tcp" else lib.UP_FWD_BUFFERED
@@ -389,6 +395,17 @@ class Tables:
             if l.name in self.tls.listeners:
                 cl.tls = self.tls.listeners[l.name]
                 cl.tls_handshake_timeout_ms = l.tls.handshake_timeout_ms
+                # "Name: " in strings, the name's length beside it (the core
+                # compares the name and sends the whole prefix).
+                if l.tls.client_subject_header:
+                    cl.cert_subject_off, _ = strings.add(l.tls.client_subject_header + ": ")
+                    cl.cert_subject_len = len(l.tls.client_subject_header)
+                if l.tls.client_fingerprint_header:
+                    cl.cert_sha256_off, _ = strings.add(l.tls.client_fingerprint_header + ": ")
+                    cl.cert_sha256_len = len(l.tls.client_fingerprint_header)
+            if l.redirect is not None:
+                cl.redirect_code = l.redirect.code
+                cl.redirect_port = l.redirect.port
 
         n = max(1, len(servers))
         self.health = ffi.new("uint8_t[]", n)

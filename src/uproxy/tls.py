@@ -30,6 +30,12 @@ from dataclasses import dataclass, field
 # CBC-SHA1, whatever the system's OpenSSL configuration would allow.
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 DEFAULT_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+# Key exchange: X25519 first (fast, and what clients offer first), then
+# the NIST curves Mozilla's profiles list. OpenSSL's own default adds X448
+# and P-521, which sslyze flags against Mozilla's "intermediate" profile.
+DEFAULT_CURVES = "X25519:P-256:P-384"
+CURVES = ("X25519", "X448", "P-256", "P-384", "P-521", "secp256r1", "secp384r1", "secp521r1",
+          "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192")
 VERSIONS = {"1.2": 0x0303, "1.3": 0x0304}
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -457,6 +463,8 @@ def status(cfg, tickets: TicketKeys | None = None, now: float | None = None) -> 
         listeners.append({
             "listener": l.name, "min_version": t.min_version, "alpn": list(t.alpn),
             "client_auth": t.client_auth, "handshake_timeout_ms": t.handshake_timeout_ms,
+            "client_subject_header": t.client_subject_header,
+            "client_fingerprint_header": t.client_fingerprint_header,
             "groups": ngroups,
             "certificates": [_cert_doc(c, g, now) for c, g in zip(t.certificates, cert_ctx)],
             "session_tickets": (tickets.describe(l.name, t) if tickets is not None

@@ -137,17 +137,25 @@ def test_no_python_per_connection(tmp_path):
         up.close()
 
 
-def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False):
+def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mtls=False,
+                            redirect=False):
     """The worker's allocation count after warm-up and n keep-alive requests
     on 4 connections (4 TLS handshakes with tls: only the per-request cost
-    differs between two runs)."""
+    differs between two runs). mtls: the clients present a certificate and
+    the listener passes its subject and fingerprint on in headers;
+    redirect: a plain listener that answers every request with a 308."""
     from http_upstream import HttpUpstream
     up = HttpUpstream()
     port = free_port()
-    log = str(tmp_path / f"alloc-http-{'tls-' if tls else ''}{n_requests}.log")
+    kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else ""
+    log = str(tmp_path / f"alloc-http-{kind}{n_requests}.log")
     lst = {"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}
+    status = b"HTTP/1.1 200"
+    if redirect:
+        lst["redirect_https"] = True
+        status = b"HTTP/1.1 308"
     wrap = lambda s: s                                   # noqa: E731
-    if tls:
+    if tls or mtls:
         import ssl
         d = tmp_path / f"pki-{n_requests}"
         d.mkdir()
@@ -157,6 +165,16 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False):
                        check=True, capture_output=True)
         lst["tls"] = {"certificates": [{"cert": str(d / "c.pem"), "key": str(d / "k.pem")}]}
         ctx = ssl.create_default_context(cafile=str(d / "c.pem"))
+        if mtls:
+            # A self-signed client certificate is its own CA bundle.
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(d / "ck.pem"),
+                            "-out", str(d / "cc.pem"), "-days", "2", "-subj", "/CN=alice/O=Example"],
+                           check=True, capture_output=True)
+            lst["tls"].update(client_ca=str(d / "cc.pem"), client_auth="required",
+                              client_subject_header="X-Client-Subject",
+                              client_fingerprint_header="X-Client-Cert-Sha256")
+            ctx.load_cert_chain(str(d / "cc.pem"), str(d / "ck.pem"))
         wrap = lambda s: ctx.wrap_socket(s, server_hostname="localhost")   # noqa: E731
     cfg = render_config({"workers": 1}, [lst], [{"name": "c", "servers": [up.addr]}])
     p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log, **profile_env})
@@ -166,9 +184,10 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False):
             files = [s.makefile("rb") for s in socks]
             for i in range(n):
                 s, f = socks[i % conns], files[i % conns]
-                s.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n" % i)
+                s.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                          b"X-Client-Subject: forged\r\n\r\n" % i)
                 line = f.readline()
-                assert line.startswith(b"HTTP/1.1 200"), line
+                assert line.startswith(status), line
                 length = 0
                 while (h := f.readline()) != b"\r\n":
                     if h.lower().startswith(b"content-length:"):
@@ -183,6 +202,12 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False):
     finally:
         assert p.stop() == 0
         up.close()
+    if mtls:                             # the path measured is the one with the headers
+        last = up.requests[-1]
+        assert last.header("x-client-subject") == "O=Example,CN=alice"
+        assert len(last.header("x-client-cert-sha256")) == 64
+    if redirect:
+        assert not up.requests
     counts = dict(map(int, l.split()) for l in open(log))
     assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
     return counts[tid]
@@ -199,6 +224,17 @@ def test_no_allocation_per_http_request(tmp_path, profile):
     b = _http_allocations_after(tmp_path, so, 10 * n, env)
     assert a > 0
     assert b - a <= 5, f"worker allocations grew with requests: {a} after {n}, {b} after {10 * n}"
+
+
+def test_no_allocation_per_redirect(tmp_path):
+    """Law 2 for redirect_https: the answer is a round of pointers into the
+    request's own bytes; N and then 10N redirects, the count stays flat."""
+    so = _build_interposer(tmp_path)
+    n = 200
+    a = _http_allocations_after(tmp_path, so, n, {}, redirect=True)
+    b = _http_allocations_after(tmp_path, so, 10 * n, {}, redirect=True)
+    assert a > 0
+    assert b - a <= 5, f"worker allocations grew with redirects: {a} after {n}, {b} after {10 * n}"
 
 
 def test_an_upstream_handler_exception_fails_its_test():
@@ -248,3 +284,17 @@ def test_tls_request_allocations_are_only_the_librarys(tmp_path):
     assert per_request <= OPENSSL_ALLOCS_PER_REQUEST + 0.05, (
         f"worker allocations per TLS request: {per_request:.2f} ({a} after {n}, {b} after {10 * n}); "
         f"the library accounts for {OPENSSL_ALLOCS_PER_REQUEST}")
+
+
+def test_client_certificate_headers_allocate_nothing_per_request(tmp_path):
+    """The mTLS headers' values are computed once per connection, at the
+    end of its handshake: per request, the worker allocates what it does
+    without them (the library's record objects), nothing more."""
+    so = _build_interposer(tmp_path)
+    n = 200
+    a = _http_allocations_after(tmp_path, so, n, {}, mtls=True)
+    b = _http_allocations_after(tmp_path, so, 10 * n, {}, mtls=True)
+    per_request = (b - a) / (9 * n)
+    print(f"mTLS keep-alive with certificate headers: {per_request:.2f} allocations per request")
+    assert per_request <= OPENSSL_ALLOCS_PER_REQUEST + 0.05, (
+        f"worker allocations per mTLS request: {per_request:.2f} ({a} after {n}, {b} after {10 * n})")

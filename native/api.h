@@ -158,6 +158,9 @@ struct up_listener {
      * (0: no such header); a client's own lines of these names are dropped. */
     uint32_t cert_subject_off, cert_subject_len;
     uint32_t cert_sha256_off, cert_sha256_len;
+    uint32_t stat_slot;       /* its statistics block (< UP_LISTENER_SLOTS): stable
+                                 across reloads for its name */
+    uint32_t pad6;
 };
 
 struct up_config {
@@ -191,6 +194,7 @@ struct up_control {
 #define UP_NOPS        64
 #define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
 #define UP_MAX_SERVERS 1024   /* server statistics slots */
+#define UP_LISTENER_SLOTS 128 /* listener statistics slots (distinct names over a process's life) */
 #define UP_NEVENTS     64
 
 enum up_counter {
@@ -301,7 +305,29 @@ struct up_shm_header {
                                  clock ticks since boot): a segment left by a
                                  process whose pid has since been reused does
                                  not match the process that has the pid now */
+    uint32_t listeners_offset;  /* struct up_shm_listener[listener_slots] */
+    uint32_t wlisteners_offset; /* struct up_shm_wlistener[nworkers][listener_slots] */
+    uint32_t listener_slots;    /* UP_LISTENER_SLOTS */
+    uint32_t pad;
+};
+
+/* Written by the control plane: what each listener slot is. */
+struct up_shm_listener {
+    char name[48];
+    uint32_t in_use;          /* 1 while the current configuration names it */
+    uint32_t mode;            /* UP_MODE_* */
     uint64_t pad;
+};
+
+/* Per worker per listener, written only by that worker: the listener and
+ * route panels of `uproxy top` and /metrics, for every listener (the
+ * access log is optional and may drop records). */
+struct up_shm_wlistener {
+    uint64_t accepted;        /* client connections */
+    uint64_t requests;        /* http: requests received */
+    uint64_t resp[5];         /* http: responses sent, by class 1xx..5xx */
+    uint64_t pad;
+    uint64_t hist_request[256];  /* http: request start to response end, us */
 };
 
 /* Written by the control plane: what each server slot is. */
@@ -485,6 +511,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *opts,
                                 struct up_control *ctl,
                                 struct up_shm_worker *shm,
                                 struct up_shm_wserver *servers,
+                                struct up_shm_wlistener *listeners,
                                 struct up_log_ring *log);
 /* The consistent-hash function, shared with the Python ring builder. */
 uint64_t up_hash(const uint8_t *data, size_t len);

@@ -447,6 +447,55 @@ def test_errors_first_status_classes_listeners_and_health(web):
     assert "66.7%" in _core_row(text, "all")
 
 
+def test_listeners_are_counted_without_an_access_log(proxy_factory):
+    """HAProxy's frontend rows: the core counts per listener (connections,
+    requests, responses by class, request times), so the listener panel and
+    /metrics have figures for every listener, with or without access_log,
+    and for TCP listeners too."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    ok = HttpUpstream(lambda req: Response(status=404 if req.target == "/missing" else 200))
+    web, api, raw, admin = free_port(), free_port(), free_port(), free_port()
+    p = proxy_factory(
+        [{"name": "web", "bind": f"127.0.0.1:{web}", "mode": "http", "cluster": "c"},
+         {"name": "api", "bind": f"127.0.0.1:{api}", "mode": "http", "cluster": "c"},
+         {"name": "raw", "bind": f"127.0.0.1:{raw}", "mode": "tcp", "cluster": "c"}],
+        [{"name": "c", "servers": [ok.addr]}], extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        col.sample()
+        assert _get(web, ["/"] * 6 + ["/missing"] * 2) == [200] * 6 + [404] * 2
+        assert _get(api, ["/"] * 3) == [200] * 3
+        for _ in range(4):
+            socket.create_connection(("127.0.0.1", raw), timeout=5).close()
+        time.sleep(0.3)
+        v = col.sample()
+    finally:
+        col.close()
+    seg = {l["name"]: l for l in p.stats()["listeners"]}
+    assert (seg["web"]["requests"], seg["web"]["resp_2xx"], seg["web"]["resp_4xx"]) == (8, 6, 2)
+    assert seg["web"]["accepted"] == 1 and seg["api"]["requests"] == 3     # one keep-alive client each
+    assert seg["raw"]["accepted"] == 4 and seg["raw"]["mode"] == "tcp"
+    assert sum(seg["web"]["hist"]) == 8
+    rows = {l["name"]: l for l in v["listeners"]}
+    assert rows["web"]["count"] == 8 and rows["web"]["err_pct"] == 25.0, rows["web"]
+    assert rows["web"]["status"] == {"1xx": 0, "2xx": 6, "3xx": 0, "4xx": 2, "5xx": 0}
+    assert rows["api"]["count"] == 3 and rows["api"]["p99_us"] is not None
+    assert rows["raw"]["count"] == 4
+    text = _render(v, once=True)
+    flat = " ".join(text.split())                    # the caption wraps
+    assert "no → rows for web, api: set access_log" in flat, text
+    m = {}
+    for fam in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{admin}/metrics").text):
+        for smp in fam.samples:
+            m[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    assert m[("uproxy_listener_requests_total", (("listener", "web"),))] == 8
+    assert m[("uproxy_listener_responses_total", (("class", "4xx"), ("listener", "web")))] == 2
+    assert m[("uproxy_listener_connections_total", (("listener", "raw"),))] == 4
+    assert ("uproxy_listener_requests_total", (("listener", "raw"),)) not in m
+    ok.close()
+
+
 def test_status_json_has_health_detail(proxy_factory):
     up = HttpUpstream()
     port, admin = free_port(), free_port()

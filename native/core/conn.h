@@ -63,7 +63,8 @@ struct conn {
     uint64_t hash_key;        /* balance = hash: the key's hash */
     uint32_t tnext, tprev;    /* timer wheel links */
     uint16_t tslot;           /* the wheel list this conn is on */
-    uint16_t listener;        /* index in cfg->listeners */
+    uint8_t listener;         /* index in cfg->listeners (< UP_MAX_LISTENERS) */
+    uint8_t lslot;            /* client: its listener's stat_slot */
     struct xfer x;            /* tcp: bytes on their way to the peer;
                                  http: bytes received, not yet released */
     /* http */

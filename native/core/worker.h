@@ -63,6 +63,7 @@ struct worker {
     struct up_shm_worker *shm;
     uint64_t *c;                    /* shm->c: this worker's counters */
     struct up_shm_wserver *srv;     /* this worker's per-server blocks */
+    struct up_shm_wlistener *lst;   /* this worker's per-listener blocks (by stat_slot) */
     struct up_log_ring *log;        /* this worker's access-log ring */
     uint64_t real_ms;               /* CLOCK_REALTIME, once per loop turn */
     const struct up_config *cfg;    /* the table new sessions use */

@@ -129,7 +129,10 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
 bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,
                     uint32_t off, const struct h1_request *r);
 const char *h1_error_text(uint16_t status, uint32_t *len);
-void h1_count_status(struct worker *w, uint16_t status);
+/* Counted in the worker's totals and its listener's block (c: the client). */
+void h1_count_request(struct worker *w, const struct conn *c);
+void h1_count_response(struct worker *w, const struct conn *c, uint16_t status);
+void h1_count_status(struct worker *w, const struct conn *c, uint16_t status);  /* and the error kinds */
 void h1_tunnel(struct worker *w, struct txn *t);
 
 /* h1_redirect.c */

@@ -41,6 +41,7 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     c->h1 = H_IDLE;
     c->fd = fd;
     c->listener_id = l->id;
+    c->lslot = (uint8_t)l->stat_slot;
     c->flags |= C_SESSION;
     w->clients++;
     w->c[UP_C_ACTIVE]++;
@@ -88,7 +89,7 @@ void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
 void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, const char *text,
                           uint32_t len)
 {
-    h1_count_status(w, status);
+    h1_count_status(w, c, status);
     if (c->state != CS_OPEN || (c->ops & (1u << OP_SEND))) {
         h1_client_close(w, c, false);
         return;

@@ -158,8 +158,8 @@ void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t
         t->flags |= TF_CLIENT_CLOSE;
     t->req_bid = base_bid;
     t->req_off = base_off + r->head_len;
-    h1_count_status(w, code);
-    w->c[UP_C_REQUESTS]++;
+    h1_count_status(w, c, code);
+    h1_count_request(w, c);
     w->c[UP_C_REDIRECTS]++;
     out_submit(w, o, c);
 }

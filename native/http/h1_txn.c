@@ -517,7 +517,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
         return;
     }
     log_begin(w, t, c, base, r, l);
-    w->c[UP_C_REQUESTS]++;
+    h1_count_request(w, c);
     if (!txn_build_head(w, t, base, base_bid, base_off, r)) {
         h1_client_reply_error(w, c, 431);
         return;
@@ -666,9 +666,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     if (!(t->flags & TF_RESP_DONE))
         splice_consider(w, t, BS_RESP);
     hist_add(w->shm->hist_upstream, w->now_us - t->t_sent);
-    w->c[r->status < 200 ? UP_C_RESP_1XX : r->status < 300 ? UP_C_RESP_2XX
-         : r->status < 400 ? UP_C_RESP_3XX : r->status < 500 ? UP_C_RESP_4XX
-         : UP_C_RESP_5XX]++;
+    h1_count_response(w, &w->conns[t->client], r->status);
     if (r->status >= 500) {
         w->srv[u->slot].errors++;
         w->srv[u->slot].resp_5xx++;
@@ -764,6 +762,8 @@ void txn_end(struct worker *w, struct txn *t)
     struct conn *c = &w->conns[t->client];
     splice_unhold(w, t);
     hist_add(w->shm->hist_request, w->now_us - t->t_start);
+    if (w->lst)
+        hist_add(w->lst[c->lslot].hist_request, w->now_us - t->t_start);
     log_end(w, t, t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
@@ -832,10 +832,24 @@ const char *h1_error_text(uint16_t status, uint32_t *len)
     return err_text[i];
 }
 
-void h1_count_status(struct worker *w, uint16_t status)
+void h1_count_request(struct worker *w, const struct conn *c)
 {
-    w->c[status < 200 ? UP_C_RESP_1XX : status < 300 ? UP_C_RESP_2XX
-         : status < 400 ? UP_C_RESP_3XX : status < 500 ? UP_C_RESP_4XX : UP_C_RESP_5XX]++;
+    w->c[UP_C_REQUESTS]++;
+    if (w->lst)
+        w->lst[c->lslot].requests++;
+}
+
+void h1_count_response(struct worker *w, const struct conn *c, uint16_t status)
+{
+    unsigned k = status < 200 ? 0 : status < 300 ? 1 : status < 400 ? 2 : status < 500 ? 3 : 4;
+    w->c[UP_C_RESP_1XX + k]++;
+    if (w->lst)
+        w->lst[c->lslot].resp[k]++;
+}
+
+void h1_count_status(struct worker *w, const struct conn *c, uint16_t status)
+{
+    h1_count_response(w, c, status);
     switch (status) {
     case 408: w->c[UP_C_ERR_HEADER_TIMEOUT]++; break;
     case 502: w->c[UP_C_ERR_BAD_GATEWAY]++; break;
@@ -883,10 +897,10 @@ void h1_tunnel(struct worker *w, struct txn *t)
 {
     struct conn *c = &w->conns[t->client], *u = &w->conns[t->up];
     const struct up_config *cfg = t->cfg;
-    uint16_t li = 0;
+    uint8_t li = 0;
     for (uint32_t i = 0; i < cfg->nlisteners; i++)
         if (cfg->listeners[i].id == c->listener_id)
-            li = (uint16_t)i;
+            li = (uint8_t)i;
     w->c[UP_C_UPGRADES]++;
     c->cfg = u->cfg = cfg;
     cfg->refs[w->o.index * 8]++;           /* the session's, taken over from the txn */

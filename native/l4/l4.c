@@ -490,7 +490,7 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     c->fd = fd;
     c->peer = uid;
     c->cfg = cfg;
-    c->listener = (uint16_t)(l - cfg->listeners);
+    c->listener = (uint8_t)(l - cfg->listeners);
     c->flags |= C_SESSION;
     u->kind = CK_L4_UPSTREAM;
     u->state = CS_CONNECTING;

@@ -130,6 +130,8 @@ void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe)
                 acceptors_pause(w, true);
         } else {
             const struct up_listener *l = &w->cfg->listeners[a->cfg_index];
+            if (w->lst)
+                w->lst[l->stat_slot].accepted++;
             switch (l->mode) {
             case UP_MODE_HTTP:
                 h1_start(w, l, res);

@@ -35,7 +35,7 @@ static void resume_starved(struct worker *w);
 
 struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
                                 struct up_shm_worker *shm, struct up_shm_wserver *servers,
-                                struct up_log_ring *log)
+                                struct up_shm_wlistener *listeners, struct up_log_ring *log)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
@@ -45,6 +45,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->shm = shm;
     w->c = shm->c;
     w->srv = servers;
+    w->lst = listeners;
     w->log = log;
     w->features = o->features;
     w->ring.ring_fd = -1;

@@ -132,6 +132,26 @@ class SegmentCollector:
             for s in servers:
                 fam.add_metric([s["cluster"], s["address"]], s[f])
             yield fam
+        # Per listener, as HAProxy's frontends: every listener, access log or not.
+        lsts = [l for l in snap.get("listeners", []) if l["in_use"]]
+        fam = CounterMetricFamily("uproxy_listener_connections", "Client connections accepted",
+                                  labels=["listener"])
+        for l in lsts:
+            fam.add_metric([l["name"]], l["accepted"])
+        yield fam
+        fam = CounterMetricFamily("uproxy_listener_requests", "HTTP requests received",
+                                  labels=["listener"])
+        for l in lsts:
+            if l["mode"] == "http":
+                fam.add_metric([l["name"]], l["requests"])
+        yield fam
+        fam = CounterMetricFamily("uproxy_listener_responses", "HTTP responses sent, by status class",
+                                  labels=["listener", "class"])
+        for l in lsts:
+            if l["mode"] == "http":
+                for k in range(1, 6):
+                    fam.add_metric([l["name"], f"{k}xx"], l[f"resp_{k}xx"])
+        yield fam
         fam = GaugeMetricFamily("uproxy_server_health", "Active health: 1 up, 0 down; "
                                 "absent while not checked", labels=labels)
         for s in servers:

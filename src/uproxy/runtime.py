@@ -109,7 +109,8 @@ class Worker:
         o.splice_min = p.body_splice_min
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
-                                     rt.segment.wservers[index], rt.segment.log_rings[index])
+                                     rt.segment.wservers[index], rt.segment.wlisteners[index],
+                                     rt.segment.log_rings[index])
         if self.ptr == ffi.NULL:
             raise StartError(f"worker {index}: cannot allocate its connection slab "
                              f"({p.max_connections} connections); lower max_connections")
@@ -280,10 +281,14 @@ class Runtime:
             for sv in c.servers:
                 slots[(c.name, sv.label)] = self.segment.server_slot(c.name, sv.label, self.generation)
         self.segment.retire_servers(set(slots))
+        lslots = {l.name: self.segment.listener_slot(l.name, lib.UP_MODE_HTTP if l.mode == "http"
+                                                      else lib.UP_MODE_TCP)
+                  for l in cfg.listeners}
+        self.segment.retire_listeners(set(lslots))
         for key in slots:
             if key in health:
                 self.segment.set_health(*key, health[key])
-        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots, contexts)
+        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots, contexts, lslots)
         if getattr(self, "access_log", None):
             self.access_log.configure(t)     # before the workers can log for it
         # in the list only once nothing can fail: collect() takes the last

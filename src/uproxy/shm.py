@@ -115,7 +115,11 @@ class Segment:
         self.worker_size = _align(ffi.sizeof("struct up_shm_worker"))
         wservers_off = workers_off + nworkers * self.worker_size
         row = lib.UP_MAX_SERVERS * ffi.sizeof("struct up_shm_wserver")
-        logs_off = _align(wservers_off + nworkers * row, 4096)
+        listeners_off = _align(wservers_off + nworkers * row)
+        lrow = lib.UP_LISTENER_SLOTS * ffi.sizeof("struct up_shm_wlistener")
+        wlisteners_off = _align(listeners_off + lib.UP_LISTENER_SLOTS
+                                * ffi.sizeof("struct up_shm_listener"))
+        logs_off = _align(wlisteners_off + nworkers * lrow, 4096)
         ring_size = _align(ffi.sizeof("struct up_log_ring"), 4096)
         size = logs_off + nworkers * ring_size
         fd = _create_private(self.path)
@@ -135,6 +139,9 @@ class Segment:
                          for i in range(nworkers)]
         self.log_rings = [ffi.cast("struct up_log_ring *", base + logs_off + i * ring_size)
                           for i in range(nworkers)]
+        self.listeners = ffi.cast("struct up_shm_listener *", base + listeners_off)
+        self.wlisteners = [ffi.cast("struct up_shm_wlistener *", base + wlisteners_off + i * lrow)
+                           for i in range(nworkers)]
         h = self.header
         h.version = lib.UP_SHM_VERSION
         h.header_size = hs
@@ -154,9 +161,13 @@ class Segment:
         h.workers_offset = workers_off
         h.wservers_offset = wservers_off
         h.logs_offset = logs_off
+        h.listeners_offset = listeners_off
+        h.wlisteners_offset = wlisteners_off
+        h.listener_slots = lib.UP_LISTENER_SLOTS
         h.log_records = lib.UP_LOG_RECORDS
         h.magic = lib.UP_SHM_MAGIC      # last: a reader trusts nothing before it
         self.slots = {}                 # (cluster, address) -> server slot
+        self.lslots = {}                # listener name -> listener slot
 
     def server_slot(self, cluster: str, address: str, generation: int) -> int:
         """A stable slot per (cluster, address): counters carry on across
@@ -177,6 +188,29 @@ class Segment:
         self.servers[slot].in_use = 1
         self.servers[slot].generation = generation
         return slot
+
+    def listener_slot(self, name: str, mode: int) -> int:
+        """A stable slot per listener name: its counters carry on across
+        reloads while it stays."""
+        slot = self.lslots.get(name)
+        if slot is None:
+            used = set(self.lslots.values())
+            free = [i for i in range(lib.UP_LISTENER_SLOTS) if i not in used]
+            if not free:
+                raise ValueError(f"more than {lib.UP_LISTENER_SLOTS} distinct listener names over "
+                                 f"this process's life; restart uproxy to reset listener statistics")
+            slot = free[0]
+            self.lslots[name] = slot
+            b = name.encode()[:47]
+            ffi.memmove(self.listeners[slot].name, b, len(b))
+        self.listeners[slot].mode = mode
+        self.listeners[slot].in_use = 1
+        return slot
+
+    def retire_listeners(self, live: set):
+        for name, slot in self.lslots.items():
+            if name not in live:
+                self.listeners[slot].in_use = 0
 
     def retire_servers(self, live: set):
         for key, slot in self.slots.items():
@@ -374,6 +408,34 @@ class Reader:
         row = h.max_servers * ffi.sizeof("struct up_shm_wserver")
         self.wservers = [ffi.cast("struct up_shm_wserver *", base + h.wservers_offset + i * row)
                          for i in range(h.nworkers)]
+        self.listeners = ffi.cast("struct up_shm_listener *", base + h.listeners_offset)
+        lrow = h.listener_slots * ffi.sizeof("struct up_shm_wlistener")
+        self.wlisteners = [ffi.cast("struct up_shm_wlistener *", base + h.wlisteners_offset + i * lrow)
+                           for i in range(h.nworkers)]
+
+    def listener_stats(self) -> list:
+        """Per listener (by name), summed over the workers: connections,
+        requests, responses by class and the request-time histogram."""
+        h = self.header
+        out = []
+        for slot in range(h.listener_slots):
+            ls = self.listeners[slot]
+            name = ffi.string(ls.name)
+            if not name:                  # never used
+                continue
+            per = [self.wlisteners[i][slot] for i in range(h.nworkers)]
+            resp = [sum(int(x.resp[k]) for x in per) for k in range(5)]
+            out.append({
+                "slot": slot,
+                "name": name.decode(errors="replace"),
+                "in_use": bool(ls.in_use),
+                "mode": "http" if int(ls.mode) == lib.UP_MODE_HTTP else "tcp",
+                "accepted": sum(int(x.accepted) for x in per),
+                "requests": sum(int(x.requests) for x in per),
+                **{f"resp_{k + 1}xx": resp[k] for k in range(5)},
+                "hist": hist.merge(list(x.hist_request) for x in per),
+            })
+        return out
 
     def snapshot(self) -> dict:
         from . import features as feat
@@ -429,11 +491,13 @@ class Reader:
             "latency": {k: hist.summary(v) for k, v in merged.items()},
             "hist": merged,
             "servers": servers,
+            "listeners": self.listener_stats(),
             "events": events,
         }
 
     def close(self):
         del self.header, self.workers, self.servers, self.events, self.wservers
+        del self.listeners, self.wlisteners
         self.buf = None
         self.mm.close()
 

@@ -278,7 +278,7 @@ def check_library(cfg: Config) -> list:
 
 class Tables:
     def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
-                 slots: dict, tls_contexts: TLSContexts | None = None):
+                 slots: dict, tls_contexts: TLSContexts | None = None, lslots: dict | None = None):
         """sockets: listener name -> ListenerSockets; health: (cluster, server label) ->
         bool; slots: (cluster, server label) -> statistics slot in the segment;
         tls_contexts: the TLS contexts of cfg (made here when not given), which
@@ -346,6 +346,7 @@ class Tables:
             keep.append(fds)
             cl = c_listeners[i]
             cl.id = socks.id
+            cl.stat_slot = (lslots or {}).get(l.name, 0)
             cl.mode = MODE[l.mode]
             cl.cluster = cindex.get(l.cluster, 0)    # a redirecting listener may name none
             # An upgraded HTTP connection becomes a tunnel whose first bytes

@@ -400,9 +400,11 @@ class Collector:
         return out
 
     def _listeners(self, cur, prev, dt, snap) -> list:
-        """Per listener and per listener -> cluster: req/s, status classes,
-        error share and p99 over the interval, from the access-log records
-        (logpeek); listeners without an access log have no figures."""
+        """Per listener: req/s (sessions/s on TCP), status classes, error
+        share and p99 over the interval, from the core's per-listener
+        counters (every listener); per listener -> cluster, the same from
+        the access-log records (logpeek), so only where access_log is on."""
+        counted = _listener_deltas(snap, prev["snap"] if prev else None)
         d = cur.get("detail") or {}
         lst = d.get("listeners") or []
         peek = cur.get("peek")
@@ -413,12 +415,17 @@ class Collector:
                     "cluster": "", "access_log": True, "routes": []}
                    for lid in sorted({k[0] for k in peek["groups"]})]
         for l in lst:
+            logged = bool(prev and peek is not None and l.get("access_log"))
             row = {"name": l["name"], "bind": l.get("bind", ""), "mode": l.get("mode"),
                    "cluster": l.get("cluster"), "access_log": l.get("access_log", False),
-                   "measured": bool(prev and peek is not None and l.get("access_log")),
-                   "routes": []}
+                   "measured": logged or l["name"] in counted, "routes": []}
             groups = (peek or {}).get("groups", {})
-            row.update(_group_figures(groups.get((l.get("id"), None)), dt, row["measured"]))
+            if l["name"] in counted:
+                row.update(_group_figures(counted[l["name"]], dt, True))
+            else:
+                row.update(_group_figures(groups.get((l.get("id"), None)), dt, row["measured"]))
+            row["measured"] = logged              # the → rows below: only from the access log
+            row["counted"] = l["name"] in counted
             if row["measured"]:
                 by_cluster = {}
                 for (lid, slot), g in groups.items():
@@ -532,6 +539,26 @@ def _status_cols(c, pc, dt, l7) -> dict:
         out["responses"] = n
         out["err_pct"] = round(100 * (c["err_no_server"] - pc["err_no_server"]) / n, 1) if n else 0.0
         out["err5_pct"] = out["err_pct"]
+    return out
+
+
+def _listener_deltas(snap, psnap) -> dict:
+    """name -> the interval's figures of a listener from the segment's
+    per-listener counters (responses by class, the request-time histogram;
+    a TCP listener's count is its connections), in _group_figures' form."""
+    if not psnap or "listeners" not in snap or "listeners" not in psnap:
+        return {}
+    before = {l["name"]: l for l in psnap["listeners"]}
+    out = {}
+    for l in snap["listeners"]:
+        p = before.get(l["name"])
+        if not l["in_use"] or p is None:
+            continue
+        status = {f"{k}xx": l[f"resp_{k}xx"] - p[f"resp_{k}xx"] for k in range(1, 6)}
+        count = (sum(status.values()) if l["mode"] == "http"
+                 else l["accepted"] - p["accepted"])
+        out[l["name"]] = {"count": count, "status": status,
+                          "hist": hist.delta(l["hist"], p["hist"])}
     return out
 
 

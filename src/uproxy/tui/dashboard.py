@@ -444,11 +444,12 @@ def listeners_table(v, width=200, flt="") -> Table:
     for l in v.get("listeners", []):
         if not _match(flt, *names(l)):
             continue
-        if not l["measured"]:
+        shown = l.get("counted", l["measured"])
+        if not l["measured"] and l.get("mode") == "http" and l.get("counted") is not None:
             unmeasured.append(l["name"])
         st = l.get("status") or {}
 
-        def cnt(k, m=l["measured"], s=st):
+        def cnt(k, m=shown and l.get("mode") != "tcp", s=st):
             return _num(s.get(k, 0)) if m else DASH
         rows.append([l["name"], _num(l["rps"]), _share(l["err_pct"]), _pct_cell(l, "p99"),
                      cnt("2xx"), cnt("4xx"), cnt("5xx"), l.get("bind", ""), l.get("cluster") or ""])
@@ -458,11 +459,11 @@ def listeners_table(v, width=200, flt="") -> Table:
             rows.append([f"  → {r['cluster']}", _num(r["rps"]), _share(r["err_pct"]),
                          _pct_cell(r, "p99"), _num(rs.get("2xx", 0)), _num(rs.get("4xx", 0)),
                          _num(rs.get("5xx", 0)), "", r["cluster"]])
-    notes = ["from the access-log records of the interval (the core keeps no per-listener "
-             "counters); status columns count requests; → rows: by the cluster that served"]
+    notes = ["listener rows: the core's counters over the interval (req/s is sessions/s on "
+             "TCP listeners); → rows: by the cluster that served, from the access-log records"]
     if unmeasured:
-        notes.append("no figures for " + ", ".join(unmeasured) + ": set access_log on the "
-                     "listener (HTTP) to measure it")
+        notes.append("no → rows for " + ", ".join(unmeasured) + ": set access_log on the "
+                     "listener to see its routes")
     lost = max([l.get("lost", 0) for l in v.get("listeners", [])] or [0])
     if lost:
         notes.append(f"{lost} records not seen (the rings wrapped): figures over the rest")

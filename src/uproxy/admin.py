@@ -187,6 +187,54 @@ class TLSCollector:
         yield cfam
 
 
+class ProvidersCollector:
+    """DNS answers and etcd's revision, from the control plane's providers."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        ps = getattr(self.runtime, "providers_status", None)
+        st = ps() if ps is not None else {}
+        addrs = GaugeMetricFamily("uproxy_dns_addresses", "Addresses a server name resolves to "
+                                  "now (the last answer, kept while resolvers fail)",
+                                  labels=["cluster", "name"])
+        fails = CounterMetricFamily("uproxy_dns_failures", "Lookups the resolvers did not "
+                                    "answer (the last answer stayed in force)",
+                                    labels=["cluster", "name"])
+        failing = GaugeMetricFamily("uproxy_dns_failing", "1 while the last lookup of a name "
+                                    "failed", labels=["cluster", "name"])
+        for e in st.get("dns") or ():
+            addrs.add_metric([e["cluster"], e["name"]], len(e["addresses"]))
+            fails.add_metric([e["cluster"], e["name"]], e["failures"])
+            failing.add_metric([e["cluster"], e["name"]], 1 if e["error"] else 0)
+        yield addrs
+        yield fails
+        yield failing
+        et = st.get("etcd")
+        if et:
+            g = GaugeMetricFamily("uproxy_etcd_revision", "etcd revision of the dynamic "
+                                  "configuration in force (0: none applied)")
+            g.add_metric([], et["applied_revision"] or 0)
+            yield g
+            g = GaugeMetricFamily("uproxy_etcd_connected", "1 while the etcd watch is up")
+            g.add_metric([], 1 if et["connected"] else 0)
+            yield g
+            c = CounterMetricFamily("uproxy_etcd_refused", "etcd revisions refused because "
+                                    "they did not validate (the last good one kept serving)")
+            c.add_metric([], et["refused"])
+            yield c
+            g = GaugeMetricFamily("uproxy_etcd_refused_revision", "The newest etcd revision "
+                                  "refused and not yet superseded by a good one (0: none)")
+            g.add_metric([], (et["last_refused"] or {}).get("revision", 0)
+                         if et["last_refused"] and not et["last_refused"].get("superseded") else 0)
+            yield g
+            c = CounterMetricFamily("uproxy_etcd_reconnects", "Times the etcd watch was "
+                                    "re-established after a failure")
+            c.add_metric([], et["reconnects"])
+            yield c
+
+
 def _fmt_le(v: float) -> str:
     return repr(float(v))
 
@@ -206,6 +254,7 @@ class AdminServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.registry.register(TLSCollector(runtime))
+        self.registry.register(ProvidersCollector(runtime))
         admin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -265,6 +314,10 @@ class AdminServer:
         snap["listeners"] = detail.listeners(self.runtime)
         cfg = getattr(self.runtime, "cfg", None)
         snap["tls"] = tls.status(cfg, getattr(self.runtime, "tickets", None)) if cfg else None
+        # where the configuration comes from: the watched file, DNS's
+        # answers, etcd's revision (docs/fleet.md)
+        ps = getattr(self.runtime, "providers_status", None)
+        snap["providers"] = ps() if ps is not None else None
         return snap
 
     def close(self):

@@ -206,7 +206,7 @@ def cmd_run(a) -> int:
     from .runtime import Runtime, StartError
     _setup_logging(a.verbose)
     log = logging.getLogger("uproxy")
-    rt = Runtime(a.config, workers=a.workers)
+    rt = Runtime(a.config, workers=a.workers, watch=a.watch)
     # Signals are taken before the workers start, so an early SIGTERM is
     # not lost; the workers block all signals themselves.
     rt.install_signals()
@@ -430,6 +430,7 @@ def parser() -> argparse.ArgumentParser:
         "uproxy run -c /etc/uproxy/uproxy.toml",
         "uproxy run -c uproxy.toml --workers 2      two pinned workers",
         "uproxy run -c uproxy.toml --dashboard      the proxy and its dashboard here",
+        "uproxy run -c uproxy.toml --watch          reload when the file changes",
         "taskset -c 2,3 uproxy run -c uproxy.toml   workers on CPUs 2 and 3"])
     r.add_argument("-c", "--config", required=True, metavar="FILE",
                    help="configuration file (TOML; see docs/configuration.md)")
@@ -437,6 +438,9 @@ def parser() -> argparse.ArgumentParser:
                    help="worker threads (default: [proxy] workers, else one per allowed CPU)")
     r.add_argument("--dashboard", action="store_true",
                    help="show the live dashboard in this terminal (q stops the proxy)")
+    r.add_argument("--watch", action="store_true",
+                   help="reload when the file (or a certificate it names) changes, as on "
+                        "SIGHUP ([proxy] watch = true does the same)")
     r.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                    help="with --dashboard: refresh interval (default: 1)")
     r.add_argument("-v", "--verbose", action="store_true",

@@ -289,6 +289,36 @@ class Health:
 
 
 @dataclass(frozen=True)
+class DNS:
+    """How a cluster's named servers are re-resolved (providers/dns.py):
+    on each answer's TTL, clamped to [min_ttl, max_ttl]; resolvers None
+    means the system's (/etc/resolv.conf)."""
+    resolvers: tuple | None = None       # ((ip, port), ...)
+    min_ttl_ms: int = 5000
+    max_ttl_ms: int = 300000
+    timeout_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class DNSName:
+    """A server given by a name that DNS answers for: kind "A" (every A and
+    AAAA address of name, on port) or "SRV" (the targets, ports and
+    weights of an SRV record)."""
+    kind: str
+    name: str
+    port: int = 0
+    weight: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"srv+{self.name}" if self.kind == "SRV" else f"{self.name}:{self.port}"
+
+    @property
+    def host(self) -> str:          # (the name a TLS cluster's default sni is taken from)
+        return self.name
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     servers: tuple
@@ -304,6 +334,8 @@ class Cluster:
     max_requests: int = 0
     health: Health | None = None
     tls: "ClusterTLS | None" = None      # TLS to the servers
+    dns: DNS | None = None               # re-resolve names (names), not only at load
+    names: tuple = ()                    # DNSName: servers that DNS adds to servers
 
 
 @dataclass(frozen=True)
@@ -412,12 +444,22 @@ class Proxy:
     body_splice_min: int = 32768
     user: str | None = None           # drop to this user after binding
     group: str | None = None
+    watch: bool = False               # reload when the file changes (providers/watch.py)
 
 
 @dataclass(frozen=True)
 class Admin:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class Etcd:
+    """Where the dynamic part of the configuration lives (providers/etcd.py)."""
+    endpoints: tuple                     # ((host, port), ...)
+    prefix: str = "/uproxy/"
+    timeout_ms: int = 3000
+    backoff_max_ms: int = 10000
 
 
 @dataclass(frozen=True)
@@ -428,6 +470,7 @@ class Config:
     clusters: dict = field(default_factory=dict)
     admin: Admin | None = None
     warnings: tuple = ()                 # ConfigError records that do not stop a load
+    etcd: Etcd | None = None
 
 
 # ---- small typed readers -------------------------------------------------
@@ -438,7 +481,8 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(k|kib|kb|m|mib|mb|g|gib|gb)?\s*$", re.I)
 # How a table is written, for "did you mean [[listeners]]?".
 _TABLES = {"proxy": "[proxy]", "admin": "[admin]", "listeners": "[[listeners]]",
            "clusters": "[[clusters]]", "listeners.routes": "[[listeners.routes]]",
-           "clusters.health": "[clusters.health]"}
+           "clusters.health": "[clusters.health]", "clusters.dns": "[clusters.dns]",
+           "dns": "[dns]", "etcd": "[etcd]"}
 
 
 class _Reader:
@@ -673,6 +717,7 @@ def _proxy(errs, raw) -> Proxy:
         body_splice_min=r.size("body_splice_min", 32768, 0, 1 << 30),
         user=r.str("user"),
         group=r.str("group"),
+        watch=r.bool("watch", False),
     )
     if p.user is not None:
         import pwd
@@ -692,8 +737,12 @@ def _proxy(errs, raw) -> Proxy:
     return p
 
 
-def _server(errs, key, v):
-    """A Server, or None (the mistake is in errs)."""
+SRV_PREFIX = "srv+"
+
+
+def _server(errs, key, v, dynamic=False):
+    """A Server, a DNSName (a name DNS answers for, when the cluster
+    re-resolves, or any "srv+" entry), or None (the mistake is in errs)."""
     weight = 1
     if isinstance(v, dict):
         r = _Reader(errs, key, v)
@@ -705,8 +754,19 @@ def _server(errs, key, v):
         key = key + ".address"
     else:
         addr = v
+    if isinstance(addr, str) and addr.startswith(SRV_PREFIX):
+        name = addr[len(SRV_PREFIX):].rstrip(".")
+        if not _SRV_NAME.match(name):
+            errs.add(key, f"{addr!r}: an SRV server is \"srv+_service._proto.name\", "
+                          f"like \"srv+_http._tcp.app.internal\"")
+            return None
+        return DNSName("SRV", name.lower(), 0, weight)
     try:
         host, port = parse_hostport(addr, "a server")
+        if dynamic and not _is_ip(host):
+            if not _HOSTNAME.match(host):
+                raise ValueError(f"{host!r} is not a host name")
+            return DNSName("A", host.lower().rstrip("."), port, weight)
         fam_sa = resolve(host, port)
     except ValueError as e:
         errs.add(key, str(e))
@@ -714,14 +774,71 @@ def _server(errs, key, v):
     return Server(host=host, port=port, address=fam_sa, weight=weight)
 
 
-def _cluster(errs, i, raw) -> Cluster:
+_SRV_NAME = re.compile(r"^_[A-Za-z0-9-]+\._(tcp|udp)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))+$")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _dns(errs, key, raw, defaults: dict | None) -> DNS | None:
+    """[clusters.dns] (or `dns = true`), over the top-level [dns] table's
+    defaults: the cluster's named servers are re-resolved on their TTL."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        errs.add(key, f"must be true or a table like {{ min_ttl = \"1s\" }}, not {_kind(raw)}")
+        return None
+    merged = dict(defaults or {})
+    merged.update(raw)
+    r = _Reader(errs, key, merged)
+    resolvers = None
+    if "resolvers" in merged:
+        resolvers = []
+        for j, v in enumerate(r.list("resolvers")):
+            try:
+                text = v if isinstance(v, str) and (v.count(":") == 1 or v.startswith("[")) else \
+                    (f"[{v}]:53" if isinstance(v, str) and ":" in v else f"{v}:53")
+                host, port = parse_hostport(text, "a resolver")
+                ipaddress.ip_address(host)
+            except ValueError:
+                errs.add(f"{key}.resolvers[{j}]", f"{v!r} is not a resolver address like "
+                                                   f"\"10.0.0.2\" or \"127.0.0.1:5353\"")
+                continue
+            resolvers.append((host, port))
+        if not resolvers:
+            r.fail("resolvers", "needs at least one address; leave it out to use the "
+                                "system's resolvers (/etc/resolv.conf)")
+            resolvers = None
+    d = DNS(resolvers=tuple(resolvers) if resolvers else None,
+            min_ttl_ms=r.duration_ms("min_ttl", 5000, lo=100),
+            max_ttl_ms=r.duration_ms("max_ttl", 300000, lo=100),
+            timeout_ms=r.duration_ms("timeout", 2000, lo=10, hi=60000))
+    if d.min_ttl_ms > d.max_ttl_ms:
+        r.fail("min_ttl", f"min_ttl ({d.min_ttl_ms} ms) is more than max_ttl ({d.max_ttl_ms} ms)")
+    r.done()
+    return d
+
+
+def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
     r = _Reader(errs, f"clusters[{i}]", raw)
     name = r.str("name", required=True)
     raw_servers = r.list("servers")
     if not raw_servers and r.ok:
         r.fail("servers", "needs at least one server, like [\"127.0.0.1:8080\"]")
-    servers = tuple(s for j, v in enumerate(raw_servers)
-                    if (s := _server(errs, f"clusters[{i}].servers[{j}]", v)) is not None)
+    dns = _dns(errs, f"clusters[{i}].dns", r.get("dns"), dns_defaults)
+    found = [s for j, v in enumerate(raw_servers)
+             if (s := _server(errs, f"clusters[{i}].servers[{j}]", v, dns is not None)) is not None]
+    servers = tuple(s for s in found if isinstance(s, Server))
+    names = tuple(s for s in found if isinstance(s, DNSName))
+    if names and dns is None:
+        dns = _dns(errs, f"clusters[{i}].dns", True, dns_defaults)   # "srv+" alone asks for it
     hash_key = r.str("hash_key", "client_ip")
     if hash_key != "client_ip" and not re.match(r"^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$", hash_key):
         r.fail("hash_key", f"{hash_key!r} must be \"client_ip\" or \"header:Name\"")
@@ -731,7 +848,7 @@ def _cluster(errs, i, raw) -> Cluster:
         balance=r.str("balance", "round_robin",
                       choices=("round_robin", "least_conn", "p2c", "hash")),
         connect_timeout_ms=r.duration_ms("connect_timeout", 5000, lo=1),
-        max_attempts=r.int("max_attempts", min(3, len(servers) + 1), lo=1, hi=16),
+        max_attempts=r.int("max_attempts", 3 if names else min(3, len(servers) + 1), lo=1, hi=16),
         fail_threshold=r.int("fail_threshold", 3, lo=0, hi=1000),
         eject_ms=r.duration_ms("eject_time", 10000),
         hash_key=hash_key,
@@ -740,7 +857,10 @@ def _cluster(errs, i, raw) -> Cluster:
         pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
         max_requests=r.int("max_requests", 0, lo=0),
         health=_health(errs, f"clusters[{i}].health", r.get("health")),
-        tls=_cluster_tls(errs, f"clusters[{i}].tls", r.get("tls"), servers),
+        tls=_cluster_tls(errs, f"clusters[{i}].tls", r.get("tls"),
+                         servers + tuple(n for n in names if n.kind == "A")),
+        dns=dns,
+        names=names,
     )
     r.done()
     return c
@@ -1322,16 +1442,34 @@ def _table_list(errs, top, name) -> list:
 
 def parse(text: str, path: str = "<config>") -> Config:
     """The configuration in text, or a ConfigError listing every mistake."""
+    return parse_raw(parse_toml(text, path), path, text)
+
+
+def parse_toml(text: str, path: str = "<config>") -> dict:
+    """tomllib's document, or a ConfigError at the line it names."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_AT.search(str(e))
         line = int(m.group(1)) if m else None
         raise ConfigError(path, "", f"not valid TOML: {e}", line,
                           _snippet(text.split("\n"), line)) from None
+
+
+def parse_raw(raw: dict, path: str = "<config>", text: str = "") -> Config:
+    """The checks of parse() on a document already read: the file's own,
+    or the file with the dynamic part from etcd laid over it (then text is
+    empty and errors carry key paths, not lines)."""
     errs = _Errors(path, text)
     top = _Reader(errs, "", raw)
     proxy = _proxy(errs, top.get("proxy", {}))
+    dns_defaults = top.get("dns")
+    if dns_defaults is not None and not isinstance(dns_defaults, dict):
+        errs.add("dns", f"must be a table ([dns]), not {_kind(dns_defaults)}")
+        dns_defaults = None
+    elif dns_defaults is not None:
+        _dns(errs, "dns", dns_defaults, None)     # checked once here, used by each cluster
+    etcd = _etcd(errs, top.get("etcd"))
     raw_clusters = _table_list(errs, top, "clusters")
     raw_listeners = _table_list(errs, top, "listeners")
     raw_admin = top.get("admin")
@@ -1341,7 +1479,7 @@ def parse(text: str, path: str = "<config>") -> Config:
     # listener that names it is not wrong too.
     names = {c["name"] for c in raw_clusters if isinstance(c, dict) and isinstance(c.get("name"), str)}
     for i, c in enumerate(raw_clusters):
-        cl = _cluster(errs, i, c)
+        cl = _cluster(errs, i, c, dns_defaults)
         if cl.name is None:
             continue
         if cl.name in clusters:
@@ -1376,7 +1514,34 @@ def parse(text: str, path: str = "<config>") -> Config:
     errs.raise_if_any()
     warnings = sorted(errs.warnings, key=lambda e: (e.line is None, e.line or 0))
     return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters,
-                  admin=admin, warnings=tuple(warnings))
+                  admin=admin, warnings=tuple(warnings), etcd=etcd)
+
+
+def _etcd(errs, raw) -> Etcd | None:
+    """[etcd] endpoints = ["127.0.0.1:2379"], prefix = "/uproxy/": the
+    dynamic part (clusters, routes) is read from there and watched."""
+    if raw is None:
+        return None
+    r = _Reader(errs, "etcd", raw)
+    endpoints = []
+    for j, v in enumerate(r.list("endpoints")):
+        try:
+            text = v[len("http://"):] if isinstance(v, str) and v.startswith("http://") else v
+            endpoints.append(parse_hostport(text, "an etcd endpoint"))
+        except ValueError as e:
+            errs.add(f"etcd.endpoints[{j}]", f"{e}; write \"host:2379\" (plain HTTP, etcd's "
+                                             f"client port)")
+    if not endpoints and "endpoints" not in errs.keys() and not any(
+            k.startswith("etcd.endpoints[") for k in errs.keys()):
+        r.fail("endpoints", "needs at least one etcd member, like [\"127.0.0.1:2379\"]")
+    prefix = r.str("prefix", "/uproxy/")
+    if prefix is not None and not prefix.endswith("/"):
+        r.fail("prefix", f"{prefix!r} must end with / (keys are <prefix>clusters/<name>)")
+    e = Etcd(endpoints=tuple(endpoints), prefix=prefix or "/uproxy/",
+             timeout_ms=r.duration_ms("timeout", 3000, lo=100, hi=60000),
+             backoff_max_ms=r.duration_ms("backoff_max", 10000, lo=100, hi=600000))
+    r.done()
+    return e
 
 
 def locate(path: str, key: str, message: str) -> ConfigError:
@@ -1414,14 +1579,18 @@ def _admin(errs, raw, binds) -> Admin | None:
     return admin
 
 
-def load(path: str) -> Config:
+def read(path: str) -> str:
+    """The file's text, or a ConfigError saying why it cannot be read."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not UTF-8 text: {e}") from None
-    return parse(text, os.path.abspath(path))
+
+
+def load(path: str) -> Config:
+    return parse(read(path), os.path.abspath(path))

@@ -19,7 +19,7 @@ from . import features as feat
 from . import shm
 from . import tls
 from ._native import ffi, lib
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, parse_raw, parse_toml, read
 from .listeners import ListenerSockets
 from .accesslog import AccessLog
 from .health import HealthChecker
@@ -137,10 +137,18 @@ class Worker:
 
 
 class Runtime:
-    def __init__(self, config_path: str, workers: int | None = None):
+    def __init__(self, config_path: str, workers: int | None = None, watch: bool = False):
         self.config_path = config_path
         self.workers_override = workers
-        self.cfg: Config | None = None
+        self.watch = watch                   # --watch (or [proxy] watch = true)
+        self.cfg: Config | None = None       # in force: with DNS's addresses
+        self.base_cfg: Config | None = None  # the file (and etcd's part), names unresolved
+        self.watcher = None                  # providers: see providers/__init__.py
+        self.dns = None
+        self.etcd = None
+        self._dns_dirty = False              # set by the DNS thread, taken by serve()
+        self._reload_source = "signal"
+        self.last_reload = None              # for /status: the last reload's outcome
         self.tables: list[Tables] = []      # newest last; older ones until released
         self.sockets: dict = {}              # (host, port) -> ListenerSockets
         self.generation = 0
@@ -158,7 +166,7 @@ class Runtime:
         why = feat.kernel_too_old()
         if why:
             raise StartError(why)
-        self.cfg = load(self.config_path)
+        self._start_providers_config()
         for w in self.cfg.warnings:
             log.warning("configuration warning: %s", w.one())
         p = self.cfg.proxy
@@ -209,6 +217,7 @@ class Runtime:
             self._abort_start()
             raise
         self.event(f"started generation {self.generation} with {n} workers")
+        self._start_providers()
         self.health.start()
         self.access_log.start()
         self.admin = None
@@ -319,31 +328,194 @@ class Runtime:
                 del self.sockets[key]
 
     # ---- reload ------------------------------------------------------------
-    def reload(self) -> bool:
+    def compose(self, snap=None) -> Config:
+        """The file, read now, with etcd's dynamic part laid over it: snap's
+        (a snapshot being tried) or else the last one accepted. The
+        configuration before DNS; the same checks either way
+        (config.parse_raw)."""
+        text = read(self.config_path)
+        path = os.path.abspath(self.config_path)
+        raw = parse_toml(text, path)
+        if snap is None and self.etcd is not None:
+            snap = self.etcd.in_force
+        if snap is not None and snap.kvs:
+            from .providers import dynamic
+            return parse_raw(dynamic.overlay(raw, snap.kvs, snap.where), path)
+        return parse_raw(raw, path, text)
+
+    def effective(self, base: Config) -> Config:
+        """base with the addresses DNS gives its clusters' names now."""
+        if self.dns is None:
+            return base
+        from .providers import dns
+        return dns.expand(base, self.dns.answers())
+
+    def reload(self, source: str | None = None) -> bool:
+        """Re-read the file (SIGHUP, `uproxy reload`, or the watcher: source
+        says which) and publish it; on any error the running configuration
+        stays, and the error is in the log, /status and the counters."""
+        source = source or self._reload_source
+        self._reload_source = "signal"
         started = time.monotonic_ns()
         warnings = []
         try:
-            cfg = load(self.config_path)
-            if (cfg.proxy.workers or self.nworkers) != self.nworkers and not self.workers_override:
+            base = self.compose()
+            if (base.proxy.workers or self.nworkers) != self.nworkers and not self.workers_override:
                 warnings.append(f"[proxy] workers changed; that takes a restart, "
                                 f"keeping {self.nworkers} workers")
                 log.warning("reload: %s", warnings[-1])
-            for w in cfg.warnings:
+            for w in base.warnings:
                 warnings.append(w.one())
                 log.warning("reload: configuration warning: %s", w.one())
-            self._publish(cfg)
-            self.health.configure(cfg)
+            self._apply(base, resolve_new=True)
         except (ConfigError, OSError, Exception) as e:
             self._record_reload(e, warnings, started)
             self.segment.header.reload_failures += 1
-            log.error("reload failed, still running generation %d: %s", self.generation, e)
-            self.event(f"reload failed{_brief(e)}")
+            self.last_reload = {"time_ms": int(time.time() * 1000), "source": source, "ok": False,
+                                "error": str(e), "generation": self.generation}
+            log.error("reload (%s) failed, still running generation %d: %s", source,
+                      self.generation, e)
+            # ("reload failed" first: `uproxy reload` looks the reason up by it)
+            self.event("reload failed" + ("" if source == "signal" else f" ({source})") + _brief(e))
             return False
         self._record_reload(None, warnings, started)
         self.segment.header.reloads += 1
-        log.info("reloaded %s: generation %d", self.config_path, self.generation)
-        self.event(f"reloaded: generation {self.generation}")
+        self.last_reload = {"time_ms": int(time.time() * 1000), "source": source, "ok": True,
+                            "error": None, "generation": self.generation}
+        log.info("reloaded %s (%s): generation %d", self.config_path, source, self.generation)
+        self.event(f"reloaded: generation {self.generation}" + ("" if source == "signal" else f" ({source})"))
         return True
+
+    def _apply(self, base: Config, resolve_new: bool = False):
+        """Publish base (with DNS's addresses) and point the providers at it.
+        Names new to DNS are asked first (resolve_new), so a cluster that
+        gains a name does not run a moment without its addresses."""
+        if self.dns is not None:
+            self.dns.configure(base)
+            if resolve_new:
+                self.dns.resolve_now(only_new=True)
+        cfg = self.effective(base)
+        self._publish(cfg)
+        self.base_cfg = base
+        self.health.configure(cfg)
+        if self.watcher is not None:
+            from .providers.watch import files_of
+            self.watcher.set_files(files_of(base))
+
+    def _apply_dns(self):
+        """The DNS thread saw an answer change: a new generation with the
+        addresses in force now (not a reload: the file is not read)."""
+        old = {(c.name, s.label) for c in self.cfg.clusters.values() for s in c.servers}
+        cfg = self.effective(self.base_cfg)
+        new = {(c.name, s.label) for c in cfg.clusters.values() for s in c.servers}
+        if new == old and all(self.cfg.clusters[n].servers == c.servers
+                              for n, c in cfg.clusters.items()):
+            return
+        try:
+            self._publish(cfg)
+        except Exception as e:
+            log.error("dns: publishing the new addresses failed, the previous ones stay in "
+                      "force (generation %d): %s", self.generation, e)
+            self.event(f"dns update failed{_brief(e)}")
+            return
+        self.health.configure(cfg)
+        diff = [f"+{c}/{a}" for c, a in sorted(new - old)] + [f"-{c}/{a}" for c, a in sorted(old - new)]
+        log.info("dns: generation %d: %s", self.generation, " ".join(diff) or "weights changed")
+        self.event(f"dns: generation {self.generation}: " + (" ".join(diff) or "weights"))
+
+    def _start_providers_config(self):
+        """At start, before the first table: the file, then (when it names
+        etcd) etcd's dynamic part, then one DNS answer for every name."""
+        # the providers' modules now: after dropping privileges the Python
+        # installation may not be readable any more
+        from .providers import dns, dynamic, watch  # noqa: F401
+        dns.warm()
+        base = self.compose()
+        if base.etcd is not None:
+            from .providers.etcd import EtcdProvider
+            self.etcd = EtcdProvider(base.etcd, self._etcd_changed)
+            snap = self.etcd.fetch_once()
+            if snap is not None:
+                try:
+                    base = self.compose(snap)
+                    self.etcd.accepted(snap)
+                except ConfigError as e:     # the file alone, until etcd holds a valid part
+                    self.etcd.refused(snap, e)
+        if any(c.names for c in base.clusters.values()):
+            from .providers.dns import DNSProvider
+            self.dns = DNSProvider(self._dns_changed)
+            self.dns.configure(base)
+            self.dns.resolve_now()
+        self.base_cfg = base
+        self.cfg = self.effective(base)
+        self.watch = self.watch or base.proxy.watch
+
+    def _start_providers(self):
+        if self.dns is None:
+            from .providers.dns import DNSProvider
+            self.dns = DNSProvider(self._dns_changed)    # a reload may add names later
+            self.dns.configure(self.base_cfg)
+        self.dns.start()
+        if self.watch:
+            from .providers.watch import FileWatcher, files_of
+            try:
+                self.watcher = FileWatcher(files_of(self.base_cfg), self._file_changed).start()
+                log.info("watching %s for changes", ", ".join(self.watcher.status()["files"]))
+            except OSError as e:
+                log.error("cannot watch the configuration file, reload it with SIGHUP: %s", e)
+        if self.etcd is not None:
+            self.etcd.start()
+
+    # called from the providers' threads: note, and wake the main loop
+    def _file_changed(self, paths):
+        log.info("watch: %s changed", ", ".join(os.path.basename(p) for p in paths))
+        self._reload_source = "watch"
+        self.reload_requested.set()
+        self.poke()
+
+    def _dns_changed(self):
+        self._dns_dirty = True
+        self.poke()
+
+    def _etcd_changed(self):
+        self.poke()
+
+    def poke(self):
+        """End the main loop's wait now (from another thread)."""
+        self.wake.set()
+        w = getattr(self, "_wake_w", None)
+        if w is not None:
+            try:
+                os.write(w, b"p")
+            except OSError:
+                pass
+
+    def _apply_etcd(self):
+        """A new snapshot of etcd's dynamic part: checked like a reload;
+        refused (and reported) when it does not validate."""
+        if self.etcd is None:
+            return
+        snap = self.etcd.take()
+        if snap is None:
+            return
+        try:
+            base = self.compose(snap)
+            self._apply(base, resolve_new=True)
+        except (ConfigError, OSError, Exception) as e:
+            self.etcd.refused(snap, e)
+            self.event(f"etcd revision {snap.revision} refused{_brief(e)}")
+            return
+        self.etcd.accepted(snap)
+        log.info("etcd: applied revision %d: generation %d", snap.revision, self.generation)
+        self.event(f"etcd revision {snap.revision}: generation {self.generation}")
+
+    def providers_status(self) -> dict:
+        return {
+            "watch": self.watcher.status() if self.watcher is not None else None,
+            "last_reload": self.last_reload,
+            "dns": self.dns.status() if self.dns is not None else [],
+            "etcd": self.etcd.status() if self.etcd is not None else None,
+        }
 
     def rotate_tickets(self) -> bool:
         """Every ticket_rotate: a new first session-ticket key for the
@@ -412,6 +584,7 @@ class Runtime:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_fd = r
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._wake_w = w                     # poke(): the providers' threads write here too
 
         def stop(*_):
             self._signalled["stop"] = True
@@ -450,6 +623,10 @@ class Runtime:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+            if self._dns_dirty:
+                self._dns_dirty = False
+                self._apply_dns()
+            self._apply_etcd()
             self.rotate_tickets()
             self.collect()
             dead = [w for w in self.workers if not w.thread.is_alive()]
@@ -472,6 +649,9 @@ class Runtime:
         self.segment.set_health(cluster, label, up)
 
     def stop(self) -> int:
+        for p in (self.watcher, self.dns, self.etcd):
+            if p is not None:
+                p.close()
         if getattr(self, "health", None):
             self.health.close()
         if getattr(self, "admin", None):

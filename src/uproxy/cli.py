@@ -386,6 +386,52 @@ def _last_event(r, prefix: str) -> str | None:
     return None
 
 
+# ---- publish ---------------------------------------------------------------------
+
+def cmd_publish(a) -> int:
+    """The dynamic part of a file that validates, to etcd, in one transaction."""
+    import tomllib
+    from .config import ConfigError, load, parse_hostport
+    from .providers import dynamic, etcd
+    try:
+        cfg = load(a.config)
+    except ConfigError as e:
+        for one in e.errors:
+            _err(f"{one.one()}")
+        _err("nothing published: fix the file first (uproxy check -c FILE shows every mistake)")
+        return 2
+    if a.etcd:
+        try:
+            endpoints = [parse_hostport(x.strip().removeprefix("http://"), "an etcd endpoint")
+                         for x in a.etcd.split(",") if x.strip()]
+        except ValueError as e:
+            _err(f"--etcd: {e}")
+            return 2
+    elif cfg.etcd is not None:
+        endpoints = list(cfg.etcd.endpoints)
+    else:
+        _err("no etcd to publish to: give --etcd host:2379[,host:2379...] or an [etcd] table in the file")
+        return 2
+    prefix = a.prefix or (cfg.etcd.prefix if cfg.etcd else "/uproxy/")
+    if not prefix.endswith("/"):
+        _err(f"--prefix {prefix!r} must end with /")
+        return 2
+    with open(a.config, "rb") as f:
+        kvs = dynamic.split(tomllib.load(f))
+    if a.dry_run:
+        for k, v in sorted(kvs.items()):
+            print(f"{prefix}{k} = {v}")
+        return 0
+    try:
+        rev, stale = etcd.publish(endpoints, prefix, kvs)
+    except ConnectionError as e:
+        _err(f"{e}; nothing was published")
+        return 1
+    print(f"published {len(kvs)} keys under {prefix} at revision {rev}"
+          + (f"; removed {len(stale)} that the file no longer has: {', '.join(stale)}" if stale else ""))
+    return 0
+
+
 # ---- doctor, top -------------------------------------------------------------------
 
 def cmd_doctor(a) -> int:
@@ -422,6 +468,7 @@ def parser() -> argparse.ArgumentParser:
                "  uproxy run -c uproxy.toml       run the proxy\n"
                "  uproxy top                      live dashboard of the running proxy\n"
                "  uproxy reload                   re-read the configuration, print the outcome\n"
+               "  uproxy publish -c uproxy.toml   its clusters and routes to etcd, for a fleet\n"
                "  uproxy <command> --help         each command's options and examples")
     p.add_argument("--version", action="version", version=f"uproxy {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="<command>")
@@ -490,6 +537,23 @@ def parser() -> argparse.ArgumentParser:
     rl.add_argument("--no-wait", action="store_true",
                     help="only send SIGHUP, do not wait for the outcome")
     rl.set_defaults(fn=cmd_reload)
+
+    pb = _sub(sub, "publish", "write a configuration's clusters and routes to etcd", [
+        "uproxy publish -c uproxy.toml                     to the file's [etcd] endpoints and prefix",
+        "uproxy publish -c uproxy.toml --etcd 10.0.0.5:2379,10.0.0.6:2379 --prefix /uproxy/prod/",
+        "uproxy publish -c uproxy.toml --dry-run           print the keys, write nothing"],
+        description="Validate a configuration file, then write its dynamic part (clusters and "
+                    "routes: docs/fleet.md)\nto etcd in one transaction, removing the keys the "
+                    "file no longer has. Every proxy\nwhose [etcd] names the same prefix applies "
+                    "it (or refuses it, and keeps serving).\n\n"
+                    "exit status: 0 published, 2 the file has mistakes, 1 etcd did not answer.")
+    pb.add_argument("-c", "--config", required=True, metavar="FILE",
+                    help="configuration file (TOML) whose clusters and routes are published")
+    pb.add_argument("--etcd", metavar="HOST:PORT[,...]",
+                    help="etcd members (default: the file's [etcd] endpoints)")
+    pb.add_argument("--prefix", help="key prefix (default: the file's [etcd] prefix, else /uproxy/)")
+    pb.add_argument("--dry-run", action="store_true", help="print the keys and values, write nothing")
+    pb.set_defaults(fn=cmd_publish)
 
     t = _sub(sub, "top", "live dashboard of a running proxy", [
         "sudo uproxy top                     with the eBPF kernel and CPU columns",

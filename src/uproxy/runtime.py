@@ -440,7 +440,8 @@ class Runtime:
                     base = self.compose(snap)
                     self.etcd.accepted(snap)
                 except ConfigError as e:     # the file alone, until etcd holds a valid part
-                    self.etcd.refused(snap, e)
+                    from .providers.dynamic import etcd_keys
+                    self.etcd.refused(snap, etcd_keys(str(e), snap.kvs))
         if any(c.names for c in base.clusters.values()):
             from .providers.dns import DNSProvider
             self.dns = DNSProvider(self._dns_changed)
@@ -502,8 +503,10 @@ class Runtime:
             base = self.compose(snap)
             self._apply(base, resolve_new=True)
         except (ConfigError, OSError, Exception) as e:
-            self.etcd.refused(snap, e)
-            self.event(f"etcd revision {snap.revision} refused{_brief(e)}")
+            from .providers.dynamic import etcd_keys
+            why = etcd_keys(str(e), snap.kvs)      # clusters[1] -> the key it came from
+            self.etcd.refused(snap, why)
+            self.event(f"etcd revision {snap.revision} refused{etcd_keys(_brief(e), snap.kvs)}")
             return
         self.etcd.accepted(snap)
         log.info("etcd: applied revision %d: generation %d", snap.revision, self.generation)

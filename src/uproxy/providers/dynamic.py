@@ -36,6 +36,20 @@ def split(raw: dict) -> dict:
     return out
 
 
+def etcd_keys(text: str, kvs: dict) -> str:
+    """An error about the overlaid document, with its key paths written as
+    the etcd keys they came from: "clusters[1].servers[0]" is
+    "clusters/web.servers[0]" when the second cluster key is clusters/web
+    (overlay() lays the clusters in key order)."""
+    import re
+    clusters = sorted(k for k in kvs if k.startswith(CLUSTERS))
+    if clusters:
+        text = re.sub(r"\bclusters\[(\d+)\]",
+                      lambda m: clusters[int(m.group(1))] if int(m.group(1)) < len(clusters)
+                      else m.group(0), text)
+    return text
+
+
 def overlay(raw: dict, kvs: dict, where: str) -> dict:
     """raw (the file's document) with the dynamic part kvs (relative key ->
     JSON text) laid over it. where names the source in errors ("etcd

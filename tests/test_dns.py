@@ -254,3 +254,29 @@ def test_a_name_that_does_not_resolve_at_start_is_asked_again(tmp_path, dnsmasq)
     finally:
         p.stop()
         a.close()
+
+
+def test_dns_settings_are_checked_where_they_are_written():
+    from uproxy.config import ConfigError, parse
+    base = ('[[listeners]]\nname = "l"\nbind = "127.0.0.1:1"\nmode = "http"\ncluster = "c"\n\n'
+            '[[clusters]]\nname = "c"\n')
+    c = parse(base + 'servers = ["app.internal:80", "srv+_http._tcp.app.internal", "127.0.0.1:9"]\n'
+              'dns = { min_ttl = "1s", resolvers = ["10.0.0.2", "127.0.0.1:5353"] }\n')
+    cl = c.clusters["c"]
+    assert [n.label for n in cl.names] == ["app.internal:80", "srv+_http._tcp.app.internal"]
+    assert [s.label for s in cl.servers] == ["127.0.0.1:9"]
+    assert cl.dns.resolvers == (("10.0.0.2", 53), ("127.0.0.1", 5353)) and cl.dns.min_ttl_ms == 1000
+    assert cl.max_attempts == 3
+    # without dns a name is resolved once, as before; srv+ alone turns dns on
+    assert parse(base + 'servers = ["srv+_http._tcp.a.internal"]\n').clusters["c"].dns is not None
+    try:
+        parse(base + 'servers = ["srv+a.internal"]\ndns = { min_ttl = "9s", max_ttl = "1s", '
+              'resolvers = ["nowhere"] }\n')
+    except ConfigError as e:
+        text = [x.one() for x in e.errors]
+    else:
+        raise AssertionError("accepted")
+    assert any("servers[0]: 'srv+a.internal': an SRV server is" in t for t in text), text
+    assert any("dns.min_ttl: min_ttl (9000 ms) is more than max_ttl (1000 ms)" in t for t in text), text
+    assert any("dns.resolvers[0]: 'nowhere' is not a resolver address" in t for t in text), text
+    assert all(":9:" in t or ":10:" in t for t in text), text      # each at its line

@@ -295,3 +295,36 @@ def test_an_instance_starts_without_etcd_then_catches_up(tmp_path):
         e.stop()
         a.close()
         b.close()
+
+
+def test_the_dynamic_part_splits_and_lays_over_the_file():
+    import tomllib
+    from uproxy.config import ConfigError, parse_raw
+    from uproxy.providers import dynamic
+    raw = tomllib.loads(instance_config(1, 2, ["127.0.0.1:2379"], ["127.0.0.1:8080"],
+                                        routes=[("/x", "app")]))
+    kvs = dynamic.split(raw)
+    assert sorted(kvs) == ["clusters/app", "routes/web"]
+    over = dynamic.overlay(raw, {"clusters/b": json.dumps({"servers": ["127.0.0.1:9"]}),
+                                 "routes/web": json.dumps([{"path_prefix": "/", "cluster": "b"}])}, "etcd")
+    assert [c["name"] for c in over["clusters"]] == ["b"]         # the name comes from the key
+    assert raw["clusters"][0]["name"] == "app"                    # the file's document is untouched
+    try:                                                          # the listener's default "app" is gone
+        parse_raw(over, "f.toml")
+    except ConfigError as e:
+        assert "no cluster named 'app'" in str(e)
+    else:
+        raise AssertionError("accepted a listener without its cluster")
+    try:
+        dynamic.overlay(raw, {"clusters/a": "{", "routes/nope": "[]", "other": "1",
+                              "clusters/x": json.dumps({"name": "y"})}, "etcd /p/ at revision 3")
+    except ConfigError as e:
+        text = [x.one() for x in e.errors]
+    else:
+        raise AssertionError("accepted")
+    assert text[0].startswith("etcd /p/ at revision 3: clusters/a: not JSON"), text
+    assert any("clusters/x: names cluster 'y'" in t for t in text), text
+    assert any("routes/nope: no listener named 'nope'" in t for t in text), text
+    assert any("other: unknown key" in t for t in text), text
+    assert dynamic.etcd_keys("clusters[1].servers[0]: bad", {"clusters/a": "", "clusters/b": ""}) \
+        == "clusters/b.servers[0]: bad"

@@ -72,7 +72,7 @@ def test_an_invalid_edit_keeps_the_running_configuration(tmp_path):
         assert last["ok"] is False and last["source"] == "watch"
         assert "proxy2" in last["error"]
         assert "uproxy_reload_failures_total 1.0" in metrics(admin)
-        assert "reload (watch) failed, still running generation" in p.output()
+        assert "reload failed (watch), still running generation" in p.output()
         t = time.monotonic()
         wait_for(lambda: client.seen_since("A", t), what="A still serving")
         # fixed: the next save applies

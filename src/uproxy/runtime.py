@@ -373,8 +373,8 @@ class Runtime:
             self.segment.header.reload_failures += 1
             self.last_reload = {"time_ms": int(time.time() * 1000), "source": source, "ok": False,
                                 "error": str(e), "generation": self.generation}
-            log.error("reload (%s) failed, still running generation %d: %s", source,
-                      self.generation, e)
+            why = "" if source == "signal" else f" ({source})"
+            log.error("reload failed%s, still running generation %d: %s", why, self.generation, e)
             # ("reload failed" first: `uproxy reload` looks the reason up by it)
             self.event("reload failed" + ("" if source == "signal" else f" ({source})") + _brief(e))
             return False
@@ -382,7 +382,8 @@ class Runtime:
         self.segment.header.reloads += 1
         self.last_reload = {"time_ms": int(time.time() * 1000), "source": source, "ok": True,
                             "error": None, "generation": self.generation}
-        log.info("reloaded %s (%s): generation %d", self.config_path, source, self.generation)
+        log.info("reloaded %s%s: generation %d", self.config_path,
+                 "" if source == "signal" else f" ({source})", self.generation)
         self.event(f"reloaded: generation {self.generation}" + ("" if source == "signal" else f" ({source})"))
         return True
 

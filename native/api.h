@@ -28,6 +28,7 @@
 #define UP_F_REGISTERED_FILES   64
 #define UP_F_REGISTERED_RING    128
 #define UP_F_KTLS               256  /* the kernel's tls ULP (CONFIG_TLS), not io_uring */
+#define UP_F_SOCKMAP            512  /* the sockmap program loaded (bpf/sockmap.c): L4 in the kernel */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -48,6 +49,7 @@ struct up_probe_result {
 #define UP_FWD_BUFFERED     1   /* recv into provided buffers, send */
 #define UP_FWD_SPLICE       2   /* io_uring polls, the worker calls splice() */
 #define UP_FWD_SPLICE_IOWQ  3   /* IORING_OP_SPLICE, run on io-wq threads */
+#define UP_FWD_SOCKMAP      4   /* the kernel redirects (bpf/sockmap.c); else splice */
 
 #define UP_MAX_LISTENERS 64
 #define UP_MAX_WORKERS   256
@@ -189,8 +191,9 @@ struct up_control {
 
 /* ---- shared-memory statistics segment (docs/stats-layout.md) ---------- */
 #define UP_SHM_MAGIC   0x48535958524f5055
-#define UP_SHM_VERSION 1
-#define UP_NCOUNTERS   64
+/* 2: 96 counters (1 had 64) */
+#define UP_SHM_VERSION 2
+#define UP_NCOUNTERS   96
 #define UP_NOPS        64
 #define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
 #define UP_MAX_SERVERS 1024   /* server statistics slots */
@@ -264,6 +267,9 @@ enum up_counter {
     UP_C_SNI_ERRORS,          /* closed: not TLS, a malformed, cut or oversized ClientHello */
     UP_C_SNI_TIMEOUTS,        /* closed: no whole ClientHello within sni_timeout */
     UP_C_REDIRECTS,           /* HTTP: requests answered with a redirect to https */
+    /* sockmap (L4 forwarded by the kernel) */
+    UP_C_SESSIONS_SOCKMAP,    /* L4 sessions handed to the kernel */
+    UP_C_SOCKMAP_REDIRECT_FAILS, /* redirects the program could not make (bytes passed to the worker) */
     UP_C__COUNT
 };
 
@@ -353,7 +359,7 @@ struct up_shm_worker {
     uint64_t config_generation;
     uint64_t features;
     uint64_t pad[2];
-    uint64_t c[64];           /* enum up_counter */
+    uint64_t c[96];           /* enum up_counter */
     uint64_t ops[64];         /* SQEs submitted, by IORING_OP_* */
     uint64_t hist_request[256];  /* HTTP: request start to response end, us */
     uint64_t hist_upstream[256]; /* HTTP: request sent to response head, us */
@@ -500,6 +506,10 @@ struct up_worker_opts {
     uint32_t queue_limit;     /* bytes buffered per direction before pausing */
     uint32_t head_buffers;    /* http: buffers for heads that span receives */
     uint32_t splice_min;      /* http: bodies with this much left go by splice (0: never) */
+    int32_t  sm_socks_fd;     /* sockmap (bpf/sockmap.c): the sockhash, or -1 */
+    int32_t  sm_ctl_fd;       /* its `ctl` map (the worker writes) */
+    int32_t  sm_cnt_fd;       /* its `cnt` map (the program writes) */
+    uint32_t pad_sm;
 };
 
 struct up_worker;

@@ -42,6 +42,7 @@ struct xfer {
 #define X_SHUT     2      /* FIN passed on to the peer (shutdown done) */
 #define X_PAUSED   4      /* receive stopped: queue over its limit */
 #define X_STARVED  8      /* receive stopped: no free buffer */
+#define X_FLUSH    16     /* sockmap: EOF seen, the FIN waits for the kernel's redirected bytes */
 #define X_HELD     32     /* receive held while a body switches to splice */
 
 struct conn {
@@ -92,5 +93,6 @@ struct conn {
 #define C_UP_FINISH  512  /* closing, nothing outstanding: finish it */
 #define C_UP_ADOPT   1024 /* its kind changed: the new protocol takes it */
 #define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT)
+#define C_SOCKMAP    2048 /* tcp: in the sockmap, the kernel moves its bytes (l4/sockmap.c) */
 
 #endif

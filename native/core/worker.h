@@ -44,6 +44,7 @@ enum op {
 #define UD_IDX(ud) ((uint32_t)(ud))
 
 struct txn;
+struct sm_sock;
 struct h1_request;
 struct h1_response;
 
@@ -91,6 +92,7 @@ struct worker {
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
     uint32_t nhandup, handup_cap;
 
+    struct sm_sock *sm;             /* l4: per connection slot, sockmap sessions (l4/sockmap.c), or NULL */
     void *tls;                      /* transport: per-connection TLS state */
     void *tls_bio;                  /* transport: the BIO method of this worker */
     void *tls_sessions;             /* transport: client sessions by server slot */

@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "l4/l4.h"
+#include "l4/sockmap.h"
 #include "upstream/upstream.h"
 #include "transport/transport.h"
 
@@ -33,12 +34,22 @@ static inline bool is_client(const struct conn *c)
     return c->kind == CK_L4_CLIENT;
 }
 
+/* Splice by the worker: "splice", and "sockmap" for the sessions it does
+ * not hand to the kernel (the program not loaded, a TLS side, bytes
+ * already read for SNI). */
+static inline bool worker_splices(const struct conn *c)
+{
+    uint32_t f = listener_of(c)->forwarding;
+    return f == UP_FWD_SPLICE || f == UP_FWD_SOCKMAP;
+}
+
 /* The session's idle deadline lives on the client connection; activity
  * only pushes it later, which the wheel handles lazily. */
 static inline void touch(struct worker *w, struct conn *c)
 {
     struct conn *client = is_client(c) ? c : peer_of(w, c);
-    if (client && client->expires_ms)
+    /* (A sockmap session's clock is its sockets' byte counters.) */
+    if (client && client->expires_ms && !(client->flags & C_SOCKMAP))
         client->expires_ms = w->now_ms + listener_of(client)->idle_timeout_ms;
 }
 
@@ -85,11 +96,21 @@ static void maybe_finish(struct worker *w, struct conn *c)
 /* Pass a FIN on. Called directly: io_uring would run IORING_OP_SHUTDOWN
  * on an io-wq thread (tens of microseconds of hand-over for a call that
  * takes one). */
+static void sockmap_recheck(struct worker *w, struct conn *src);
+
 static void shutdown_peer(struct worker *w, struct conn *src)
 {
     struct conn *dst = peer_of(w, src);
     if (src->x.flags & X_SHUT)
         return;
+    if ((src->flags & C_SOCKMAP) && !sm_flushed(w, src)) {
+        /* The kernel still holds bytes it redirected from src: a FIN now
+         * would overtake them (and they would be refused after it). */
+        src->x.flags |= X_FLUSH;
+        sockmap_recheck(w, src);
+        return;
+    }
+    src->x.flags &= ~X_FLUSH;
     src->x.flags |= X_SHUT;
     tp_shutdown(w, dst);
     if (shutdown(dst->fd, SHUT_WR) < 0 && errno != ENOTCONN) {
@@ -201,6 +222,8 @@ static void on_send(struct worker *w, struct conn *dst, struct io_uring_cqe *cqe
     }
     count_out(w, dst, (uint32_t)res);
     touch(w, dst);
+    if (src->flags & C_SOCKMAP)
+        sm_forwarded(w, src, (uint32_t)res);
     x->off += (uint32_t)res;
     x->queued -= (uint32_t)res;
     if (x->off == w->bufs.len[x->head]) {
@@ -366,7 +389,7 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 {
     if (c->state != CS_OPEN || cqe->res == -ECANCELED)
         return;
-    if (listener_of(c)->forwarding == UP_FWD_SPLICE) {
+    if (worker_splices(c)) {
         /* POLL_IN: c's data is ready; POLL_OUT: c can take its peer's. */
         pump(w, op == OP_POLL_IN ? c : peer_of(w, c));
         return;
@@ -380,11 +403,77 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
     }
 }
 
+/* ---- sockmap: the kernel moves the bytes (sockmap.c) ------------------ *
+ * The worker keeps a receive armed on each socket, which completes with
+ * the FIN, a reset, or bytes the program passed to it (forwarded like
+ * buffered bytes, above); the client's timer checks idleness from the
+ * sockets' byte counters and retries a FIN that waits for the kernel. */
+
+static uint64_t sockmap_check_ms(const struct up_listener *l);
+
+static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u)
+{
+    if (listener_of(c)->forwarding != UP_FWD_SOCKMAP || !sm_on(w) || !tp_spliceable(c) ||
+        !tp_spliceable(u) || c->x.head != NIL || (c->ops & (1u << OP_RECV)) ||
+        sm_start(w, c, u) < 0)
+        return false;
+    cnt(w, UP_C_SESSIONS_SOCKMAP, 1);
+    const struct up_listener *l = listener_of(c);
+    if (l->idle_timeout_ms)
+        timer_set(w, c, w->now_ms + sockmap_check_ms(l));
+    recv_arm(w, c);
+    recv_arm(w, u);
+    return true;
+}
+
+/* How often a session's idle clock is read: a quarter of the timeout, so
+ * an idle session is closed within 1.25 times it. */
+static uint64_t sockmap_check_ms(const struct up_listener *l)
+{
+    uint64_t q = l->idle_timeout_ms / 4;
+    return q < TICK_MS ? TICK_MS : q;
+}
+
+/* A FIN waits: look again at the next tick. */
+static void sockmap_recheck(struct worker *w, struct conn *src)
+{
+    struct conn *c = is_client(src) ? src : peer_of(w, src);
+    uint64_t at = w->now_ms + TICK_MS;
+    if (!c->expires_ms || c->expires_ms > at)
+        timer_set(w, c, at);
+}
+
+/* The client's deadline came: true while the session stays open. */
+static bool sockmap_expired(struct worker *w, struct conn *c)
+{
+    struct conn *u = peer_of(w, c);
+    for (int i = 0; i < 2; i++) {
+        struct conn *src = i ? u : c;
+        if ((src->x.flags & X_FLUSH) && c->state == CS_OPEN && u->state == CS_OPEN)
+            shutdown_peer(w, src);
+    }
+    if (c->state != CS_OPEN)
+        return true;              /* ended by the FINs just passed on */
+    const struct up_listener *l = listener_of(c);
+    uint64_t next = 0;
+    if (l->idle_timeout_ms) {
+        sm_moved(w, c);
+        uint64_t last = sm_active_ms(w, c);
+        if (w->now_ms - last >= l->idle_timeout_ms)
+            return false;
+        next = w->now_ms + sockmap_check_ms(l);
+    }
+    if ((c->x.flags | u->x.flags) & X_FLUSH && (!next || next > w->now_ms + TICK_MS))
+        next = w->now_ms + TICK_MS;
+    timer_set(w, c, next);
+    return true;
+}
+
 /* ---- session lifecycle ----------------------------------------------- */
 
 static void splice_start(struct worker *w, struct conn *src)
 {
-    if (listener_of(src)->forwarding == UP_FWD_SPLICE) {
+    if (worker_splices(src)) {
         pump(w, src);
     } else {
         src->x.last_in = w->pipes.size;   /* start with a splice, not a poll */
@@ -436,6 +525,8 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
             abort_session(w, c, true, true);
             return;
         }
+        if (sockmap_start(w, c, u))
+            return;
         bool spliced = true;
         start_direction(w, c, &spliced);
         start_direction(w, u, &spliced);
@@ -558,6 +649,7 @@ void l4_try_finish(struct worker *w, struct conn *c)
             pipe_put(w, s->x.pipe, s->x.in_pipe != 0);
             s->x.pipe = -1;
         }
+        sm_end(w, s, s->kind != CK_L4_UPSTREAM);
         if (s->kind == CK_L4_UPSTREAM)
             dial_gone(w, s);
         if (s->flags & C_SESSION) {
@@ -591,6 +683,8 @@ void l4_adopt(struct worker *w, struct conn *c)
 
 void l4_on_idle(struct worker *w, struct conn *c)
 {
+    if ((c->flags & C_SOCKMAP) && sockmap_expired(w, c))
+        return;
     w->c[c->tp != TP_PLAIN && !tp_ready(w, c) ? UP_C_TLS_HANDSHAKE_TIMEOUTS : UP_C_ERR_IDLE_TIMEOUT]++;
     abort_session(w, c, false, false);
 }

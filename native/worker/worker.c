@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include "worker/loop.h"
 #include "l4/l4.h"
+#include "l4/sockmap.h"
 #include "http/h1.h"
 
 /* Time is read once per loop turn, after the wait: everything that
@@ -32,6 +33,12 @@ static void tick_clock(struct worker *w)
 }
 
 static void resume_starved(struct worker *w);
+
+/* Every counter has its slot in the segment (a new one past the array
+ * means growing it, with a new layout version). */
+_Static_assert(UP_C__COUNT <= UP_NCOUNTERS, "enum up_counter outgrew up_shm_worker.c");
+_Static_assert(sizeof(((struct up_shm_worker *)0)->c) == UP_NCOUNTERS * sizeof(uint64_t),
+               "up_shm_worker.c is not UP_NCOUNTERS long");
 
 struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_control *ctl,
                                 struct up_shm_worker *shm, struct up_shm_wserver *servers,
@@ -75,6 +82,10 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
             w->txns = NULL;
         if (w->conns == MAP_FAILED)
             w->conns = NULL;
+        up_worker_free((struct up_worker *)w);
+        return NULL;
+    }
+    if (sm_init(w) < 0) {
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
@@ -417,6 +428,7 @@ void up_worker_free(struct up_worker *uw)
     struct worker *w = (struct worker *)uw;
     if (!w)
         return;
+    sm_free(w);
     if (w->conns)
         munmap(w->conns, sizeof(struct conn) * w->nconns);
     if (w->txns)

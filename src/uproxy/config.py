@@ -1286,7 +1286,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
     http = mode == "http"
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
-        forwarding=r.str("forwarding", "splice", choices=("splice", "splice_iowq", "buffered")),
+        forwarding=r.str("forwarding", "splice", choices=("splice", "splice_iowq", "buffered", "sockmap")),
         idle_timeout_ms=r.duration_ms("idle_timeout", 60000 if http else 300000),
         backlog=r.int("backlog", 4096, lo=1, hi=65535),
         routes=tuple(routes),

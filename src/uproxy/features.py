@@ -21,6 +21,10 @@ _TABLE = {
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),
+    # forwarding = "sockmap": the program (bpf/sockmap.c) loaded by the
+    # control plane at start; 6.4 has the sockmap fixes it relies on
+    # (src/uproxy/sockmap.py says why it could not load).
+    "sockmap": (512, "6.4"),
 }
 FEATURES = tuple(_TABLE)
 # What a 5.15 kernel lacks: disabling these exercises its code paths.

@@ -107,6 +107,10 @@ class Worker:
         o.queue_limit = p.queue_limit
         o.head_buffers = p.head_buffers
         o.splice_min = p.body_splice_min
+        sm = rt.sockmap
+        o.sm_socks_fd = sm.fds["socks"] if sm else -1
+        o.sm_ctl_fd = sm.fds["ctl"] if sm else -1
+        o.sm_cnt_fd = sm.fds["cnt"] if sm else -1
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
                                      rt.segment.wservers[index], rt.segment.wlisteners[index],
@@ -173,6 +177,7 @@ class Runtime:
         probed = probe()
         disabled = set(p.disable_features) | set(feat.from_env())
         self.features = probed & ~feat.mask(disabled)
+        self.sockmap = None
         cpus = allowed_cpus()
         n = self.workers_override or p.workers or len(cpus)
         self.nworkers = n
@@ -182,6 +187,7 @@ class Runtime:
         soft, _ = raise_nofile(fixed + n * 2 * p.max_connections)
         fit = max(1, (soft - fixed) // (2 * n))
         self.max_conns = min(p.max_connections, fit)
+        self._load_sockmap(disabled)
         if self.max_conns < p.max_connections:
             log.info("open-file limit %d allows %d client connections per worker "
                      "(max_connections is %d); raise it with ulimit -n or LimitNOFILE= "
@@ -231,6 +237,24 @@ class Runtime:
                                  f"{self.cfg.admin.host}:{self.cfg.admin.port}: {e.strerror}")
         return self
 
+    def _load_sockmap(self, disabled):
+        """forwarding = "sockmap": load the program once, at start, when a
+        listener asks for it (a reload that adds one later gets splice);
+        else those listeners splice, said in one line."""
+        want = [l.name for l in self.cfg.listeners if l.mode == "tcp" and l.forwarding == "sockmap"]
+        if not want:
+            return
+        if "sockmap" in disabled:
+            why = "switched off (disable_features / UPROXY_DISABLE)"
+        else:
+            from . import sockmap
+            self.sockmap, why = sockmap.load(2 * self.nworkers * self.max_conns)
+        if self.sockmap is not None:
+            self.features |= lib.UP_F_SOCKMAP
+            log.info("sockmap: program loaded; listeners %s forward in the kernel", ", ".join(want))
+        else:
+            log.warning("sockmap: listeners %s fall back to splice: %s", ", ".join(want), why)
+
     def _abort_start(self):
         lib.up_control_stop(self.control, 0)
         for w in self.workers:
@@ -246,6 +270,7 @@ class Runtime:
             s.close()
         self.sockets = {}
         self.segment.close()
+        self._close_sockmap()
 
     # ---- tables ----------------------------------------------------------
     def _sockets_for(self, cfg: Config) -> dict:
@@ -691,7 +716,21 @@ class Runtime:
         if getattr(self, "access_log", None):
             self.access_log.close()
         self.segment.close()
+        self._close_sockmap()
         return code
+
+    def _close_sockmap(self):
+        if getattr(self, "sockmap", None) is not None and not any(
+                w.thread.is_alive() for w in self.workers):
+            try:
+                fails = self.sockmap.redirect_fails()
+            except Exception:
+                fails = 0
+            if fails:
+                log.warning("sockmap: %d redirects were refused (their bytes went through "
+                            "the workers instead)", fails)
+            self.sockmap.close()
+            self.sockmap = None
 
     def port_of(self, listener_name: str) -> int:
         for l in self.cfg.listeners:

@@ -21,7 +21,7 @@ BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALAN
 RING_POINTS = 160       # points per unit of weight on a consistent-hash ring
 MODE = {"tcp": lib.UP_MODE_TCP, "http": lib.UP_MODE_HTTP}
 FORWARDING = {"buffered": lib.UP_FWD_BUFFERED, "splice": lib.UP_FWD_SPLICE,
-              "splice_iowq": lib.UP_FWD_SPLICE_IOWQ}
+              "splice_iowq": lib.UP_FWD_SPLICE_IOWQ, "sockmap": lib.UP_FWD_SOCKMAP}
 
 
 def sockaddr(family, sa) -> bytes:

@@ -1,0 +1,37 @@
+/*
+ * forwarding = "sockmap" (sockmap.c): the worker's side of bpf/sockmap.c,
+ * the map updates that hand a session to the kernel and take it back.
+ */
+#ifndef UPROXY_SOCKMAP_H
+#define UPROXY_SOCKMAP_H
+#include "core/worker.h"
+
+/* Per connection slot, apart from struct conn (cold: sockmap sessions only). */
+struct sm_sock {
+    uint64_t cookie;          /* the socket's cookie: its key in the maps */
+    uint64_t forwarded;       /* bytes the worker wrote on for this socket since it entered the map */
+    uint64_t seen;            /* client: bytes both sockets had received at the last look */
+    uint64_t active_ms;       /* client: when seen last changed */
+};
+
+/* Is the program loaded and handed to this worker? */
+static inline bool sm_on(const struct worker *w)
+{
+    return w->sm != NULL;
+}
+
+int sm_init(struct worker *w);
+void sm_free(struct worker *w);
+/* Both sockets into the maps; 0, or -1 with nothing left behind (the
+ * session is then spliced). Only for a session nothing was read from. */
+int sm_start(struct worker *w, struct conn *c, struct conn *u);
+/* The worker wrote n bytes it had received from src into src's peer. */
+void sm_forwarded(struct worker *w, struct conn *src, uint32_t n);
+/* May src's FIN be passed on (the peer holds every byte redirected to it)? */
+bool sm_flushed(struct worker *w, struct conn *src);
+/* Did any byte arrive at client c or its peer since the last call? */
+bool sm_moved(struct worker *w, struct conn *c);
+uint64_t sm_active_ms(struct worker *w, struct conn *c);
+void sm_end(struct worker *w, struct conn *c, bool from_client);
+
+#endif

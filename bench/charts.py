@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
+ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "uproxy-sockmap", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
          "envoy", "traefik", "traefik-fast", "caddy"]
 COLORS = {"uproxy": "#d62728", "nginx": "#2ca02c", "haproxy": "#1f77b4", "envoy": "#9467bd",
           "traefik": "#ff7f0e", "caddy": "#8c564b"}

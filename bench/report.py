@@ -14,7 +14,7 @@ TLS_END = "<!-- /tls-section -->"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
+ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "uproxy-sockmap", "nginx", "nginx-bigbuf", "haproxy", "haproxy-splice",
          "envoy", "traefik", "traefik-fast", "caddy"]
 
 

@@ -52,6 +52,21 @@ def test_json_has_every_check_with_a_status(env):
     assert doc["can_run"] and r.returncode == 0
 
 
+def test_sockmap_says_whether_and_why_not():
+    r = _run("--json", env={"UPROXY_NO_LIBURING_PROBE": "1"})
+    names = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    from uproxy import sockmap
+    why = sockmap.unavailable()
+    assert names["sockmap"]["available"] == (why is None), names["sockmap"]
+    if why is None:
+        assert names["sockmap"]["status"] == "ok"
+    r = _run("--json", env={"UPROXY_NO_LIBURING_PROBE": "1",
+                            "UPROXY_SOCKMAP_FAIL": "not root: refused for the test"})
+    c = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["sockmap"]
+    assert c["status"] == "missing" and not c["available"]
+    assert "refused for the test" in c["detail"] and "root" in c["fix"]
+
+
 def test_human_output_has_a_line_per_check():
     r = _run()
     assert r.returncode == 0, r.stdout + r.stderr

@@ -88,7 +88,8 @@ def _allocations_after(tmp_path, so, forwarding, n_conns, profile_env):
     return counts[tid]
 
 
-@pytest.mark.parametrize("forwarding", ["splice", "buffered"])
+# ("sockmap" where the program loads; else it splices, which is tested too)
+@pytest.mark.parametrize("forwarding", ["splice", "buffered", "sockmap"])
 @pytest.mark.parametrize("profile", ["full", "5.15"])
 def test_no_allocation_per_connection(tmp_path, forwarding, profile):
     """Law 2: a worker's malloc/calloc/realloc count does not grow with the

@@ -467,3 +467,27 @@ def test_falls_back_to_splice_when_it_cannot_load(proxy_factory, servers):
     assert p.total("sessions_splice") == 1 and p.total("sessions_sockmap") == 0
     lines = [l for l in p.output().splitlines() if "sockmap" in l]
     assert len(lines) == 1 and "refused on purpose" in lines[0], lines
+
+
+def test_stats_and_top_show_the_kernels_sessions(proxy_factory, servers):
+    import subprocess
+    import sys
+    from support import ROOT
+    up = servers(echo)
+    p = sm_proxy(proxy_factory, [up.addr], proxy={"workers": 1})
+    with connect(p.port) as s:
+        s.sendall(b"x" * 1000)
+        got = b""
+        while len(got) < 1000:
+            got += s.recv(65536)
+    wait_for(lambda: p.total("closed") == 1, what="the session to end")
+    r = subprocess.run([sys.executable, "-m", "uproxy", "stats", "--pid", str(p.pid)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    lines = {l.split()[0]: l.split()[1] for l in r.stdout.splitlines()[1:] if len(l.split()) == 2}
+    assert lines["sessions_sockmap"] == "1" and lines["sockmap_redirect_fails"] == "0", r.stdout
+    assert lines["bytes_from_clients"] == "1000" and lines["bytes_to_clients"] == "1000", r.stdout
+    from uproxy.tui import dashboard
+    line = dashboard._status_line({"unit": "sessions", "total": {
+        "rps": 1.0, "err_pct": 0, "p99_us": None, "p99_is_max": False, "lat_count": 0,
+        "sockmap_sessions": 1, "sockmap_fails": 0}, "clusters": []}).plain
+    assert "sockmap 1 sess, 0 redirects refused" in line

@@ -159,3 +159,20 @@ class UproxySpliceIowq(UproxyBuffered):
     label = "uproxy, splice_iowq"
     tuning = 'as uproxy, with forwarding = "splice_iowq" (IORING_OP_SPLICE, run by io-wq threads)'
     forwarding = "splice_iowq"
+
+
+class UproxySockmap(UproxyBuffered):
+    """The kernel moves the bytes (bpf/sockmap.c): the proxy's own CPU
+    leaves out the redirects, which run in the senders' softirq and in
+    kworkers, so compare its machine CPU per GiB, not its proxy CPU."""
+    name = "uproxy-sockmap"
+    label = "uproxy, sockmap"
+    tuning = 'as uproxy, with forwarding = "sockmap" (eBPF stream verdict on a sockhash; needs root)'
+    forwarding = "sockmap"
+
+    def missing(self):
+        m = super().missing()
+        if m:
+            return m
+        from uproxy import sockmap
+        return sockmap.unavailable()

@@ -256,6 +256,9 @@ def cmd_stats(a) -> int:
     for k in ("accepted", "active", "closed", "bytes_from_clients", "bytes_to_clients",
               "upstream_connects", "err_connect_refused", "err_connect_timeout", "err_no_server"):
         print(f"  {k:24} {t[k]}")
+    if t["sessions_sockmap"]:
+        for k in ("sessions_sockmap", "sockmap_redirect_fails"):
+            print(f"  {k:24} {t[k]}")
     classes = [f"resp_{c}xx" for c in range(1, 6)]
     http = bool(t["requests"] or any(t[k] for k in classes))
     if http:

@@ -183,8 +183,9 @@ def check_io_uring() -> list:
                           "" if not no else "a newer kernel enables the faster paths; uproxy "
                           "falls back without them", flags=flags, source=flags_source))
     if core_features is not None:
-        # kTLS is not an io_uring feature and has its own check (check_tls)
-        lacking = [f for f in feat.FEATURES if f not in core_features and f != "ktls"]
+        # kTLS and sockmap are not io_uring features and have their own
+        # checks (check_tls, check_sockmap)
+        lacking = [f for f in feat.FEATURES if f not in core_features and f not in ("ktls", "sockmap")]
         out.append(_check("uproxy_features", "ok" if not lacking else "warn",
                           "the C core will use: " + (", ".join(core_features) or "none")
                           + (f"; not here: {', '.join(lacking)}" if lacking else ""),
@@ -248,6 +249,29 @@ def check_tls(release: str | None = None, ktls: bool | None = None,
     out.append(_check("ktls", "missing", f"kTLS not available: {why}; uproxy encrypts in "
                       f"user space", fix, available=False, config_tls=config))
     return out
+
+
+def check_sockmap() -> dict:
+    """Can tcp listeners use forwarding = "sockmap" here: the program
+    loaded and attached for real, as `uproxy run` does at start."""
+    from . import sockmap
+    why = sockmap.unavailable()
+    if why is None:
+        prog, why = sockmap.load(64)
+        if prog is not None:
+            prog.close()
+            return _check("sockmap", "ok", "forwarding = \"sockmap\" is available: the "
+                          "program loads and attaches to its sockhash (disable_features = "
+                          "[\"sockmap\"] turns it off)", available=True)
+    if "not root" in why:
+        fix = ("start uproxy as root (it loads the program at start, before [proxy] user "
+               "drops privileges)")
+    elif why.startswith("Linux"):
+        fix = f"Linux {sockmap.MIN_KERNEL[0]}.{sockmap.MIN_KERNEL[1]} or newer"
+    else:
+        fix = "sudo scripts/setup (kernel headers, python3-bpfcc)"
+    return _check("sockmap", "missing", f"forwarding = \"sockmap\" falls back to splice: {why}",
+                  fix, available=False)
 
 
 def check_ebpf() -> list:
@@ -346,6 +370,11 @@ def collect() -> dict:
         checks.append(_check("tls_library", "missing", f"the C core cannot be loaded: {e}",
                              "scripts/setup (builds the C core)"))
     checks.extend(check_ebpf())
+    try:
+        checks.append(check_sockmap())
+    except Exception as e:
+        checks.append(_check("sockmap", "missing", f"cannot check sockmap: {e}",
+                             "sudo scripts/setup", available=False))
     checks.extend(check_limits())
     blockers = [c for c in checks if c["blocker"]]
     return {"version": __version__, "kernel": platform.release(), "can_run": not blockers,

@@ -364,7 +364,9 @@ class Collector:
                "errors_s": s("errors_s"), "uring_ops_s": s("uring_ops_s"),
                "iowq_punts_s": s("iowq_punts_s"), "cpu_pct": s("cpu_pct"),
                "resp": {k: t[k] for k in L7_COUNTERS[1:]},
-               "no_server": t["err_no_server"]}
+               "no_server": t["err_no_server"],
+               "sockmap_sessions": t.get("sessions_sockmap", 0),
+               "sockmap_fails": t.get("sockmap_redirect_fails", 0)}
         out.update(_status_cols(t, psnap["total"] if psnap else None, dt, l7))
         return out
 

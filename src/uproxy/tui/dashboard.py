@@ -205,6 +205,12 @@ def _status_line(v, compact=False) -> Text:
     else:
         err = tot.get("err_pct")
         t.append(f"  no server {_share(err)}", style="bold red" if err else "")
+        if tot.get("sockmap_sessions"):
+            # sessions the kernel moved; a refused redirect's bytes went
+            # through the worker instead (counted when its session ends)
+            fails = tot.get("sockmap_fails") or 0
+            t.append(f"  sockmap {_num(tot['sockmap_sessions'])} sess")
+            t.append(f", {fails} redirects refused", style="bold red" if fails else "")
     t.append(f"  p99 {_pct_cell(tot, 'p99')}")
     for c in _bad_clusters(v):
         t.append("\n✖ " + c, style="bold red")

@@ -27,7 +27,7 @@ struct sm_ctl {
 struct sm_cnt {
     u64 passed;      /* bytes given to the worker (this socket's own queue) */
     u64 redirected;  /* bytes sent on to the peer by the kernel */
-    u64 failed;      /* redirects refused (the peer not in the map): passed instead */
+    u64 failed;      /* redirects refused after the first (the peer left the map): passed instead */
     u64 pad;
 };
 
@@ -67,15 +67,19 @@ int sm_verdict(struct __sk_buff *skb)
     }
     u64 peer = c->peer;
     if (socks.sk_redirect_hash(skb, &peer, 0) != SK_PASS) {
-        /* The peer is not in the map (the instant between the two inserts
-         * at the start, or the session is ending): the bytes are not lost,
-         * they go to the worker like any passed bytes. */
-        n->failed++;
+        /* The peer is not in the map: the bytes are not lost, they go to
+         * the worker like any passed bytes. Before this socket's first
+         * redirect that is the hand-over (the instant between the two
+         * inserts), not a failure; after it, the peer left the map while
+         * the session was still moving bytes, which is counted. */
         n->passed += skb->len;
-        u32 k = 0;
-        u64 *f = fails.lookup(&k);
-        if (f)
-            (*f)++;
+        if (n->redirected) {
+            n->failed++;
+            u32 k = 0;
+            u64 *f = fails.lookup(&k);
+            if (f)
+                (*f)++;
+        }
         return SK_PASS;
     }
     n->redirected += skb->len;

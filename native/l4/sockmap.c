@@ -32,10 +32,12 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 #include "l4/l4.h"
 #include "l4/sockmap.h"
 
@@ -57,10 +59,7 @@ struct sm_cnt {
  * bytes_sent, and linux/tcp.h clashes with netinet/tcp.h. */
 #define TI_BYTES_ACKED    120
 #define TI_BYTES_RECEIVED 128
-#define TI_NOTSENT_BYTES  144
-#define TI_BYTES_SENT     200
-#define TI_BYTES_RETRANS  208
-#define TI_NEED           216
+#define TI_NEED           136
 
 static long bpf_call(int cmd, union bpf_attr *a)
 {
@@ -159,8 +158,16 @@ static void forget(struct worker *w, uint64_t ck)
 int sm_start(struct worker *w, struct conn *c, struct conn *u)
 {
     struct sm_sock *sc = sm_of(w, c), *su = sm_of(w, u);
-    *sc = (struct sm_sock){ .cookie = cookie_of(c->fd), .active_ms = w->now_ms };
-    *su = (struct sm_sock){ .cookie = cookie_of(u->fd), .active_ms = w->now_ms };
+    uint8_t tc[256], tu[256];
+    /* What each socket's peer had acknowledged before the session's first
+     * byte was written into it (its SYN, on some kernels): sm_flushed
+     * counts from there. */
+    if (!tcp_info_of(c->fd, tc) || !tcp_info_of(u->fd, tu))
+        return -1;
+    *sc = (struct sm_sock){ .cookie = cookie_of(c->fd), .active_ms = w->now_ms,
+                            .base = ti_u64(tc, TI_BYTES_ACKED) };
+    *su = (struct sm_sock){ .cookie = cookie_of(u->fd), .active_ms = w->now_ms,
+                            .base = ti_u64(tu, TI_BYTES_ACKED) };
     if (!sc->cookie || !su->cookie)
         return -1;
     struct sm_ctl kc = { .peer = su->cookie }, ku = { .peer = sc->cookie };
@@ -206,21 +213,22 @@ void sm_forwarded(struct worker *w, struct conn *src, uint32_t n)
 }
 
 /* Has the peer's socket taken every byte the kernel redirected from src?
- * Written into the peer = bytes sent (less retransmissions) + bytes not yet
- * sent, all from one TCP_INFO (taken under the socket's lock); nothing was
- * written into it before the session entered the map, so this counts the
- * session's bytes alone: the program's redirects and the worker's own. */
+ * Bytes written into the peer since the hand-over (nothing was written
+ * before it) = acknowledged since then + still in its send queue
+ * (SIOCOUTQ: write_seq - snd_una). Read in that order, an ACK between the
+ * two calls can only make the sum smaller than the truth, so the FIN is
+ * never passed on early, only looked at again. */
 bool sm_flushed(struct worker *w, struct conn *src)
 {
     struct sm_sock *s = sm_of(w, src);
+    const struct conn *dst = &w->conns[src->peer];
     struct sm_cnt n;
     uint8_t ti[256];
-    if (map_lookup(w->o.sm_cnt_fd, &s->cookie, &n) < 0 ||
-        !tcp_info_of(w->conns[src->peer].fd, ti))
+    int outq = 0;
+    if (map_lookup(w->o.sm_cnt_fd, &s->cookie, &n) < 0 || !tcp_info_of(dst->fd, ti) ||
+        ioctl(dst->fd, SIOCOUTQ, &outq) < 0)
         return true;              /* nothing to wait for that can be known */
-    uint32_t notsent;
-    memcpy(&notsent, ti + TI_NOTSENT_BYTES, sizeof notsent);
-    uint64_t written = ti_u64(ti, TI_BYTES_SENT) - ti_u64(ti, TI_BYTES_RETRANS) + notsent;
+    uint64_t written = ti_u64(ti, TI_BYTES_ACKED) - sm_of(w, dst)->base + (uint64_t)outq;
     return written >= n.redirected + s->forwarded;
 }
 

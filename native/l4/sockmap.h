@@ -12,6 +12,7 @@ struct sm_sock {
     uint64_t forwarded;       /* bytes the worker wrote on for this socket since it entered the map */
     uint64_t seen;            /* client: bytes both sockets had received at the last look */
     uint64_t active_ms;       /* client: when seen last changed */
+    uint64_t base;            /* tcpi_bytes_acked when the session entered the map */
 };
 
 /* Is the program loaded and handed to this worker? */

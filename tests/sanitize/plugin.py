@@ -50,6 +50,9 @@ def sanitized_env(env=None, leaks=True) -> dict:
     asan = ASAN_OPTIONS if leaks else ASAN_OPTIONS.replace("detect_leaks=1", "detect_leaks=0")
     env.update(LD_PRELOAD=runtime(), ASAN_OPTIONS=asan, UBSAN_OPTIONS=UBSAN_OPTIONS,
                LSAN_OPTIONS=LSAN_OPTIONS)
+    # The sanitized package is an installed copy: its eBPF programs (the
+    # sockmap program the proxy loads at start) are the checkout's.
+    env.setdefault("UPROXY_BPF_DIR", os.path.join(ROOT, "bpf"))
     return env
 
 

@@ -389,6 +389,12 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 {
     if (c->state != CS_OPEN || cqe->res == -ECANCELED)
         return;
+    if (c->flags & C_SOCKMAP) {
+        /* The end (or passed bytes before it): the receive reads what the
+         * program passed, then the EOF or the error. */
+        recv_arm(w, c);
+        return;
+    }
     if (worker_splices(c)) {
         /* POLL_IN: c's data is ready; POLL_OUT: c can take its peer's. */
         pump(w, op == OP_POLL_IN ? c : peer_of(w, c));
@@ -410,6 +416,7 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
  * sockets' byte counters and retries a FIN that waits for the kernel. */
 
 static uint64_t sockmap_check_ms(const struct up_listener *l);
+static void sockmap_watch(struct worker *w, struct conn *s, bool readable);
 
 static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u)
 {
@@ -421,9 +428,21 @@ static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u)
     const struct up_listener *l = listener_of(c);
     if (l->idle_timeout_ms)
         timer_set(w, c, w->now_ms + sockmap_check_ms(l));
-    recv_arm(w, c);
-    recv_arm(w, u);
+    sockmap_watch(w, c, sm_kick(w, c));
+    sockmap_watch(w, u, sm_kick(w, u));
     return true;
+}
+
+/* What the worker waits for on a socket the kernel forwards: a receive
+ * when there is something to read; else a poll for the end alone (FIN,
+ * reset, error), which every skb's wake-up passes by (its events are
+ * POLLIN only), so the worker is not woken per packet. */
+static void sockmap_watch(struct worker *w, struct conn *s, bool readable)
+{
+    if (readable)
+        recv_arm(w, s);
+    else
+        conn_poll_arm(w, s, OP_POLL_IN, POLLRDHUP);
 }
 
 /* How often a session's idle clock is read: a quarter of the timeout, so

@@ -187,18 +187,27 @@ int sm_start(struct worker *w, struct conn *c, struct conn *u)
         goto undo;
     c->flags |= C_SOCKMAP;
     u->flags |= C_SOCKMAP;
-    /* Bytes that arrived before a socket entered the map wait in its
-     * receive queue, where no verdict runs until the next arrival (a
-     * client that sent its request and now waits for the answer would wait
-     * for ever). The receive l4.c arms on each socket right after this is
-     * what sends them on: a recvmsg on a socket in the map runs the verdict
-     * on its queue first (tcp_bpf_recvmsg_parser), and io_uring calls it at
-     * once, or as soon as its poll sees the queued bytes. */
     return 0;
 undo:
     forget(w, sc->cookie);
     forget(w, su->cookie);
     return -1;
+}
+
+/* Bytes that arrived before a socket entered the map wait in its receive
+ * queue, where no verdict runs until the next arrival (a client that sent
+ * its request and now waits for the answer would wait for ever). A
+ * receive on a socket in the map runs the verdict on that queue first
+ * (tcp_bpf_recvmsg_parser), so a peek sends them on; what it then sees is
+ * what the program passed to the worker (a redirect refused in the instant
+ * between the two inserts), or the FIN. True when the worker has something
+ * to read now. */
+bool sm_kick(struct worker *w, struct conn *c)
+{
+    (void)w;
+    char b;
+    ssize_t r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return !(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
 }
 
 void sm_forwarded(struct worker *w, struct conn *src, uint32_t n)

@@ -26,6 +26,10 @@ void sm_free(struct worker *w);
 /* Both sockets into the maps; 0, or -1 with nothing left behind (the
  * session is then spliced). Only for a session nothing was read from. */
 int sm_start(struct worker *w, struct conn *c, struct conn *u);
+/* Right after sm_start, per socket: run the verdict on what waited in its
+ * queue; true when the worker has something to read (passed bytes, a FIN,
+ * an error). */
+bool sm_kick(struct worker *w, struct conn *c);
 /* The worker wrote n bytes it had received from src into src's peer. */
 void sm_forwarded(struct worker *w, struct conn *src, uint32_t n);
 /* May src's FIN be passed on (the peer holds every byte redirected to it)? */

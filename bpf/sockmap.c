@@ -32,8 +32,11 @@ struct sm_cnt {
 };
 
 BPF_SOCKHASH(socks, u64, SM_ENTRIES);
-BPF_HASH(ctl, u64, struct sm_ctl, SM_ENTRIES);
-BPF_HASH(cnt, u64, struct sm_cnt, SM_ENTRIES);
+/* Not preallocated: sized for every connection every worker may hold, they
+ * would otherwise take that memory at start; entries come and go with the
+ * sessions (the worker's updates, never the program's, create them). */
+BPF_F_TABLE("hash", u64, struct sm_ctl, ctl, SM_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", u64, struct sm_cnt, cnt, SM_ENTRIES, BPF_F_NO_PREALLOC);
 /* Redirects refused, proxy-wide: what `uproxy stats` shows without waiting
  * for the sessions to end (the per-socket count goes to the worker's
  * counters when its session ends). */

@@ -491,3 +491,23 @@ def test_stats_and_top_show_the_kernels_sessions(proxy_factory, servers):
         "rps": 1.0, "err_pct": 0, "p99_us": None, "p99_is_max": False, "lat_count": 0,
         "sockmap_sessions": 1, "sockmap_fails": 0}, "clusters": []}).plain
     assert "sockmap 1 sess, 0 redirects refused" in line
+
+
+def test_a_reload_that_adds_sockmap_splices_and_says_so(proxy_factory, servers):
+    from support import render_config
+    up = servers(echo)
+    p = sm_proxy(proxy_factory, [up.addr], proxy={"workers": 1}, forwarding="splice")
+    lst = {"name": "t", "bind": f"127.0.0.1:{p.port}", "mode": "tcp", "cluster": "c",
+           "forwarding": "sockmap"}
+    with open(p.path, "w") as f:
+        f.write(render_config({"workers": 1}, [lst], [{"name": "c", "servers": [up.addr]}]))
+    p.reload()
+    wait_for(lambda: p.stats()["reloads"] >= 1, 10, what="the reload")
+    with connect(p.port) as s:
+        s.sendall(b"after")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_until_close(s) == b"after"
+    wait_for(lambda: p.total("closed") == 1, what="the session to end")
+    assert p.total("sessions_splice") == 1 and p.total("sessions_sockmap") == 0
+    lines = [l for l in p.output().splitlines() if "sockmap:" in l]
+    assert len(lines) == 1 and "loaded at start only" in lines[0], lines

@@ -242,6 +242,7 @@ class Runtime:
         listener asks for it (a reload that adds one later gets splice);
         else those listeners splice, said in one line."""
         want = [l.name for l in self.cfg.listeners if l.mode == "tcp" and l.forwarding == "sockmap"]
+        self._sockmap_said = set(want)
         if not want:
             return
         if "sockmap" in disabled:
@@ -254,6 +255,18 @@ class Runtime:
             log.info("sockmap: program loaded; listeners %s forward in the kernel", ", ".join(want))
         else:
             log.warning("sockmap: listeners %s fall back to splice: %s", ", ".join(want), why)
+
+    def _sockmap_after_start(self, cfg):
+        """A reload that names sockmap listeners the program was not loaded
+        for (it loads at start only): one line for the new ones."""
+        if self.sockmap is not None:
+            return
+        want = {l.name for l in cfg.listeners if l.mode == "tcp" and l.forwarding == "sockmap"}
+        new = sorted(want - getattr(self, "_sockmap_said", set()))
+        self._sockmap_said = want
+        if new:
+            log.warning("sockmap: listeners %s fall back to splice: the program is loaded at "
+                        "start only (restart uproxy to load it)", ", ".join(new))
 
     def _abort_start(self):
         lib.up_control_stop(self.control, 0)
@@ -422,6 +435,7 @@ class Runtime:
                 self.dns.resolve_now(only_new=True)
         cfg = self.effective(base)
         self._publish(cfg)
+        self._sockmap_after_start(cfg)
         self.base_cfg = base
         self.health.configure(cfg)
         if self.watcher is not None:

@@ -115,6 +115,10 @@ void h1_client_cut(struct worker *w, struct conn *c);
 struct txn *txn_of(struct worker *w, const struct conn *c);
 struct txn *txn_alloc(struct worker *w);
 void out_submit(struct worker *w, struct out *o, struct conn *to);
+/* A transaction for the request head r of c, bound to the configuration in
+ * force (a reference taken), c busy with it; NULL when none is free (503
+ * sent). txn_begin and h1_redirect start from it. */
+struct txn *txn_open(struct worker *w, struct conn *c, const struct h1_request *r);
 void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
 void txn_req_pump(struct worker *w, struct txn *t);

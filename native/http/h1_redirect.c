@@ -77,21 +77,9 @@ static uint32_t put_port(char *dst, uint16_t port)
 void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                  uint32_t base_off, const struct h1_request *r, const struct up_listener *l)
 {
-    struct txn *t = txn_alloc(w);
-    if (!t) {
-        h1_client_reply_error(w, c, 503);
+    struct txn *t = txn_open(w, c, r);
+    if (!t)
         return;
-    }
-    const struct up_config *cfg = w->cfg;
-    c->txn = (uint32_t)(t - w->txns);
-    c->h1 = H_TXN;
-    t->client = (uint32_t)(c - w->conns);
-    t->cfg = cfg;
-    cfg->refs[w->o.index * 8]++;
-    t->t_start = w->now_us;
-    t->method = r->method;
-    t->minor = r->minor;
-    t->keep_alive = r->keep_alive;
     t->bytes_in = r->head_len;
     log_begin(w, t, c, base, r, l);
 

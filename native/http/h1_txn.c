@@ -439,14 +439,12 @@ static uint64_t hash_key(struct worker *w, const struct conn *c, const struct up
     return up_hash(c->addr, c->addr_len);
 }
 
-/* A parsed request head at the front of c's queue starts a transaction. */
-void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
-               uint32_t base_off, const struct h1_request *r, const struct up_listener *l)
+struct txn *txn_open(struct worker *w, struct conn *c, const struct h1_request *r)
 {
     struct txn *t = txn_alloc(w);
     if (!t) {
         h1_client_reply_error(w, c, 503);
-        return;
+        return NULL;
     }
     const struct up_config *cfg = w->cfg;
     c->txn = (uint32_t)(t - w->txns);
@@ -458,6 +456,17 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->method = r->method;
     t->minor = r->minor;
     t->keep_alive = r->keep_alive;
+    return t;
+}
+
+/* A parsed request head at the front of c's queue starts a transaction. */
+void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
+               uint32_t base_off, const struct h1_request *r, const struct up_listener *l)
+{
+    struct txn *t = txn_open(w, c, r);
+    if (!t)
+        return;
+    const struct up_config *cfg = t->cfg;
     t->req_body = r->body;
     t->req_left = r->content_length;
     if (r->body == H1_BODY_CHUNKED)

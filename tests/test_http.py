@@ -683,6 +683,53 @@ def test_reload_under_load_loses_nothing(proxy_factory, tmp_path):
     b.close()
 
 
+def test_keep_alive_client_keeps_its_listener_when_a_reload_reorders_them(proxy_factory):
+    """A client connection finds its listener by index, checked against the
+    listener's stable id: a reload that puts another listener first must not
+    send its next request to that listener's cluster, and one that removes its
+    listener closes it."""
+    a = HttpUpstream(lambda req: Response(body=b"a"))
+    b = HttpUpstream(lambda req: Response(body=b"b"))
+    pa, pb = free_port(), free_port()
+    la = {"name": "la", "bind": f"127.0.0.1:{pa}", "mode": "http", "cluster": "ca"}
+    lb = {"name": "lb", "bind": f"127.0.0.1:{pb}", "mode": "http", "cluster": "cb"}
+    p = proxy_factory([la, lb], [{"name": "ca", "servers": [a.addr]}, {"name": "cb", "servers": [b.addr]}],
+                      proxy={"workers": 1})
+    original = open(p.path).read()
+    with socket.create_connection(("127.0.0.1", pb), timeout=5) as s:
+        f = s.makefile("rb")
+
+        def get():
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = f.readline()
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            return head[:12], f.read(1)
+        assert get() == (b"HTTP/1.1 200", b"b")
+        # The same listeners, lb first: the open connection still belongs to lb.
+        i = original.index("[[listeners]]")
+        j = original.index("[[listeners]]", i + 1)
+        k = original.index("[[clusters]]")
+        with open(p.path, "w") as out:
+            out.write(original[:i] + original[j:k] + original[i:j] + original[k:])
+        p.reload()
+        wait_for(lambda: all(w["config_generation"] == 2 for w in p.stats()["workers"]),
+                 what="the worker to take the reload")
+        for _ in range(3):
+            assert get() == (b"HTTP/1.1 200", b"b")
+        # lb leaves: its idle client connection is closed, la still answers.
+        with open(p.path, "w") as out:
+            out.write(original[:j] + original[k:])
+        p.reload()
+        wait_for(lambda: all(w["config_generation"] == 3 for w in p.stats()["workers"]),
+                 what="the worker to take the second reload")
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert f.read() == b""
+    assert httpx.get(f"http://127.0.0.1:{pa}/").text == "a"
+    a.close()
+    b.close()
+
+
 def test_bad_reload_keeps_the_old_configuration(proxy_factory):
     up = HttpUpstream()
     p = http_proxy(proxy_factory, [up.addr])

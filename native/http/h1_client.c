@@ -14,12 +14,22 @@
 
 #define LINGER_MS 2000
 
-static const struct up_listener *listener_for(struct worker *w, const struct conn *c)
+/* The client's listener in the worker's current table. c->listener is its
+ * index there, checked against the stable id: it holds until a reload
+ * reorders the listeners, and the one scan after such a reload moves it,
+ * so a request costs one comparison. NULL: the listener left. */
+static const struct up_listener *listener_for(struct worker *w, struct conn *c)
 {
     const struct up_config *cfg = w->cfg;
-    for (uint32_t i = 0; cfg && i < cfg->nlisteners; i++)
-        if (cfg->listeners[i].id == c->listener_id)
+    if (!cfg)
+        return NULL;
+    if (c->listener < cfg->nlisteners && cfg->listeners[c->listener].id == c->listener_id)
+        return &cfg->listeners[c->listener];
+    for (uint32_t i = 0; i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].id == c->listener_id) {
+            c->listener = (uint8_t)i;
             return &cfg->listeners[i];
+        }
     return NULL;
 }
 
@@ -41,6 +51,8 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     c->h1 = H_IDLE;
     c->fd = fd;
     c->listener_id = l->id;
+    if (w->cfg && l >= w->cfg->listeners && l < w->cfg->listeners + w->cfg->nlisteners)
+        c->listener = (uint8_t)(l - w->cfg->listeners);   /* listener_for's first guess */
     c->lslot = (uint8_t)l->stat_slot;
     c->flags |= C_SESSION;
     w->clients++;

@@ -127,7 +127,11 @@ struct up_route {
                                  parser does not name */
     uint32_t deny_off, deny_len;  /* in strings: the whole 405 answer (with
                                      its Allow), or 0 length: 501 */
+    uint32_t stat_slot;       /* http: its statistics block (a listener slot whose
+                                 parent is its listener's), or UP_NO_SLOT */
 };
+
+#define UP_NO_SLOT 0xffff
 
 struct up_listener {
     uint32_t id;              /* stable across reloads while the socket lives */
@@ -192,12 +196,13 @@ struct up_control {
 /* ---- shared-memory statistics segment (docs/stats-layout.md) ---------- */
 #define UP_SHM_MAGIC   0x48535958524f5055
 /* 2: 96 counters (1 had 64) */
-#define UP_SHM_VERSION 2
+#define UP_SHM_VERSION 3
 #define UP_NCOUNTERS   96
 #define UP_NOPS        64
 #define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
 #define UP_MAX_SERVERS 1024   /* server statistics slots */
-#define UP_LISTENER_SLOTS 128 /* listener statistics slots (distinct names over a process's life) */
+#define UP_LISTENER_SLOTS 512 /* listener and route statistics slots (distinct ones over a process's life) */
+#define UP_LISTENER_ONLY_SLOTS 128 /* the first ones, listeners' (conn.lslot is a byte); routes take the rest */
 #define UP_NEVENTS     64
 
 enum up_counter {
@@ -322,7 +327,8 @@ struct up_shm_listener {
     char name[48];
     uint32_t in_use;          /* 1 while the current configuration names it */
     uint32_t mode;            /* UP_MODE_* */
-    uint64_t pad;
+    uint32_t parent;          /* a route's: its listener's slot + 1; 0: a listener */
+    uint32_t route;           /* a route's: its index in the listener's routes */
 };
 
 /* Per worker per listener, written only by that worker: the listener and

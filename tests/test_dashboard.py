@@ -421,12 +421,14 @@ def test_errors_first_status_classes_listeners_and_health(web):
         assert round(tot[f"r{k}_s"] * dt) == n, (k, tot)
     assert tot["err_pct"] == 66.7 and tot["err5_pct"] == 33.3
     assert round(sum(c["r5xx_s"] for c in v["cores"]) * dt) == 10
-    # the listener and its routes, from the access-log records
+    # the listener and its routes, from the core's per-route counters
     (l,) = v["listeners"]
     assert l["name"] == "web" and l["measured"] and l["count"] == 30 and l["err_pct"] == 66.7
-    routes = {r["cluster"]: r for r in l["routes"]}
-    assert routes["good"]["count"] == 20 and routes["good"]["err_pct"] == 50.0
-    assert routes["(no server)"]["count"] == 10 and routes["(no server)"]["status"] == {"5xx": 10}
+    routes = {r["label"]: r for r in l["routes"]}
+    assert set(routes) == {"*/dead → gone", "(no route) → good"}, routes
+    assert routes["(no route) → good"]["count"] == 20 and routes["(no route) → good"]["err_pct"] == 50.0
+    dead = routes["*/dead → gone"]
+    assert dead["count"] == 10 and dead["status"]["5xx"] == 10 and dead["err_pct"] == 100.0
     assert l["p99_us"] is not None and l["p99_is_max"]        # 30 values: a maximum, flagged
     # the cluster without a healthy server, and the health detail
     gone = {c["cluster"]: c for c in v["clusters"]}["gone"]
@@ -442,7 +444,7 @@ def test_errors_first_status_classes_listeners_and_health(web):
     text = _render(v, once=True)
     assert "✖ cluster gone: no healthy server" in text
     assert "errors 66.7% (5xx 33.3%)" in text
-    assert "→ (no server)" in text and "→ good" in text
+    assert "*/dead → gone" in text and "(no route) → good" in text
     assert "fail: Connection refused" in text and "ok " in text
     assert "66.7%" in _core_row(text, "all")
 
@@ -494,6 +496,66 @@ def test_listeners_are_counted_without_an_access_log(proxy_factory):
     assert m[("uproxy_listener_connections_total", (("listener", "raw"),))] == 4
     assert ("uproxy_listener_requests_total", (("listener", "raw"),)) not in m
     ok.close()
+
+
+def test_routes_are_counted_without_an_access_log_and_keep_their_counters(proxy_factory):
+    """Traefik's router rows: the core counts per HTTP route (requests it
+    routed, responses by class, times), shown in the listener panel and
+    /metrics with no access log; a route keeps its counters when a reload
+    puts another route before it."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    a = HttpUpstream(lambda req: Response(status=404 if req.target.endswith("/missing") else 200))
+    b = HttpUpstream(lambda req: Response(status=500))
+    web, admin = free_port(), free_port()
+    p = proxy_factory(
+        [{"name": "web", "bind": f"127.0.0.1:{web}", "mode": "http", "cluster": "a",
+          "routes": [{"path_prefix": "/api", "cluster": "a"},
+                     {"host": "b.test", "cluster": "b"}]}],
+        [{"name": "a", "servers": [a.addr]}, {"name": "b", "servers": [b.addr]}],
+        extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        col.sample()
+        assert _get(web, ["/api/x"] * 4 + ["/api/missing"] * 2 + ["/other"] * 3) == \
+            [200] * 4 + [404] * 2 + [200] * 3
+        with httpx.Client(base_url=f"http://127.0.0.1:{web}", headers={"Host": "b.test"}) as c:
+            assert [c.get("/").status_code for _ in range(5)] == [500] * 5
+        time.sleep(0.3)
+        v = col.sample()
+    finally:
+        col.close()
+    (l,) = [l for l in p.stats()["listeners"] if l["name"] == "web"]
+    seg = {r["name"]: r for r in l["routes"]}
+    assert (seg["web */api"]["requests"], seg["web */api"]["resp_2xx"], seg["web */api"]["resp_4xx"]) == (6, 4, 2)
+    assert (seg["web b.test"]["requests"], seg["web b.test"]["resp_5xx"]) == (5, 5)
+    assert sum(seg["web */api"]["hist"]) == 6
+    rows = {r["label"]: r for r in v["listeners"][0]["routes"]}
+    assert rows["*/api → a"]["count"] == 6 and rows["*/api → a"]["err_pct"] == 33.3
+    assert rows["b.test → b"]["count"] == 5 and rows["b.test → b"]["err_pct"] == 100.0
+    assert rows["(no route) → a"]["count"] == 3
+    text = _render(v, once=True)
+    assert "*/api → a" in text and "b.test → b" in text
+    m = {}
+    for fam in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{admin}/metrics").text):
+        for smp in fam.samples:
+            m[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+    assert m[("uproxy_route_requests_total", (("listener", "web"), ("route", "*/api")))] == 6
+    assert m[("uproxy_route_responses_total", (("class", "5xx"), ("listener", "web"), ("route", "b.test")))] == 5
+    # A route put first: the others keep their counts (slots by what they match).
+    cfg = open(p.path).read()
+    i = cfg.index("[[listeners.routes]]")
+    with open(p.path, "w") as f:
+        f.write(cfg[:i] + '[[listeners.routes]]\npath_prefix = "/new"\ncluster = "b"\n\n' + cfg[i:])
+    p.reload()
+    wait_for(lambda: all(w["config_generation"] == 2 for w in p.stats()["workers"]), what="the reload")
+    assert _get(web, ["/api/y"]) == [200]
+    (l,) = [l for l in p.stats()["listeners"] if l["name"] == "web"]
+    seg = {r["name"]: r for r in l["routes"]}
+    assert seg["web */api"]["requests"] == 7 and seg["web */api"]["route"] == 1
+    assert seg["web */new"]["requests"] == 0 and seg["web */new"]["route"] == 0
+    a.close()
+    b.close()
 
 
 def test_status_json_has_health_detail(proxy_factory):

@@ -77,7 +77,7 @@ struct txn {
     uint8_t method, minor, req_body, resp_body;
     uint8_t attempts;
     uint8_t keep_alive;       /* the client asked to keep the connection */
-    uint16_t pad;
+    uint16_t rslot;           /* its route's statistics slot, or UP_NO_SLOT */
     uint64_t req_left, resp_left;       /* LENGTH bodies: bytes to go */
     struct h1_chunked req_ck, resp_ck;  /* CHUNKED bodies */
     uint32_t req_bid, req_off;          /* client queue: next byte to send */

@@ -456,6 +456,7 @@ struct txn *txn_open(struct worker *w, struct conn *c, const struct h1_request *
     t->method = r->method;
     t->minor = r->minor;
     t->keep_alive = r->keep_alive;
+    t->rslot = UP_NO_SLOT;            /* until a route takes it */
     return t;
 }
 
@@ -497,6 +498,10 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     }
     const struct up_route *rt = route(cfg, l, host, host_len, path, path_len);
     t->cluster = rt ? rt->cluster : l->cluster;
+    if (rt && rt->stat_slot != UP_NO_SLOT && w->lst) {
+        t->rslot = (uint16_t)rt->stat_slot;
+        w->lst[t->rslot].requests++;
+    }
     if (__builtin_expect(!((rt ? rt->methods : METHODS_DEFAULT) & (1u << r->method)), 0)) {
         /* A method the route does not allow: 405 with the route's Allow
          * (built at load), or 501 for CONNECT where nothing named methods. */
@@ -771,8 +776,11 @@ void txn_end(struct worker *w, struct txn *t)
     struct conn *c = &w->conns[t->client];
     splice_unhold(w, t);
     hist_add(w->shm->hist_request, w->now_us - t->t_start);
-    if (w->lst)
+    if (w->lst) {
         hist_add(w->lst[c->lslot].hist_request, w->now_us - t->t_start);
+        if (t->rslot != UP_NO_SLOT)
+            hist_add(w->lst[t->rslot].hist_request, w->now_us - t->t_start);
+    }
     log_end(w, t, t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
@@ -852,8 +860,14 @@ void h1_count_response(struct worker *w, const struct conn *c, uint16_t status)
 {
     unsigned k = status < 200 ? 0 : status < 300 ? 1 : status < 400 ? 2 : status < 500 ? 3 : 4;
     w->c[UP_C_RESP_1XX + k]++;
-    if (w->lst)
+    if (w->lst) {
         w->lst[c->lslot].resp[k]++;
+        if (c->txn != NIL) {              /* and its route's, once routed */
+            uint16_t rs = w->txns[c->txn].rslot;
+            if (rs != UP_NO_SLOT)
+                w->lst[rs].resp[k]++;
+        }
+    }
 }
 
 void h1_count_status(struct worker *w, const struct conn *c, uint16_t status)

@@ -152,12 +152,32 @@ class SegmentCollector:
                 for k in range(1, 6):
                     fam.add_metric([l["name"], f"{k}xx"], l[f"resp_{k}xx"])
         yield fam
+        # Per HTTP route, as Traefik's routers: route = what it matches,
+        # "host/path prefix" ("*" for any host).
+        routes = [(l, r) for l in lsts for r in l.get("routes", ()) if r["in_use"]]
+        fam = CounterMetricFamily("uproxy_route_requests", "HTTP requests the route took",
+                                  labels=["listener", "route"])
+        for l, r in routes:
+            fam.add_metric([l["name"], _route_label(l, r)], r["requests"])
+        yield fam
+        fam = CounterMetricFamily("uproxy_route_responses", "HTTP responses to the route's requests, "
+                                  "by status class", labels=["listener", "route", "class"])
+        for l, r in routes:
+            for k in range(1, 6):
+                fam.add_metric([l["name"], _route_label(l, r), f"{k}xx"], r[f"resp_{k}xx"])
+        yield fam
         fam = GaugeMetricFamily("uproxy_server_health", "Active health: 1 up, 0 down; "
                                 "absent while not checked", labels=labels)
         for s in servers:
             if s["health"] in ("up", "down"):
                 fam.add_metric([s["cluster"], s["address"]], 1 if s["health"] == "up" else 0)
         yield fam
+
+
+def _route_label(listener: dict, route: dict) -> str:
+    """A route's name in the segment is "<listener> <host><path prefix>"."""
+    n = route["name"]
+    return n[len(listener["name"]) + 1:] if n.startswith(listener["name"] + " ") else n
 
 
 class TLSCollector:

@@ -331,7 +331,12 @@ class Runtime:
         lslots = {l.name: self.segment.listener_slot(l.name, lib.UP_MODE_HTTP if l.mode == "http"
                                                       else lib.UP_MODE_TCP)
                   for l in cfg.listeners}
-        self.segment.retire_listeners(set(lslots))
+        for l in cfg.listeners:
+            if l.mode == "http":
+                for j, r in enumerate(l.routes):
+                    lslots[("route", l.name, j)] = self.segment.route_slot(l.name, j, r.host,
+                                                                           r.path_prefix)
+        self.segment.retire_listeners(set(lslots.values()))
         for key in slots:
             if key in health:
                 self.segment.set_health(*key, health[key])

@@ -192,24 +192,44 @@ class Segment:
     def listener_slot(self, name: str, mode: int) -> int:
         """A stable slot per listener name: its counters carry on across
         reloads while it stays."""
-        slot = self.lslots.get(name)
-        if slot is None:
-            used = set(self.lslots.values())
-            free = [i for i in range(lib.UP_LISTENER_SLOTS) if i not in used]
-            if not free:
-                raise ValueError(f"more than {lib.UP_LISTENER_SLOTS} distinct listener names over "
-                                 f"this process's life; restart uproxy to reset listener statistics")
-            slot = free[0]
-            self.lslots[name] = slot
-            b = name.encode()[:47]
-            ffi.memmove(self.listeners[slot].name, b, len(b))
+        slot = self._slot(name, name, range(lib.UP_LISTENER_ONLY_SLOTS), "listener names")
         self.listeners[slot].mode = mode
         self.listeners[slot].in_use = 1
         return slot
 
+    def route_slot(self, listener: str, index: int, host, path_prefix) -> int:
+        """A stable statistics slot for an HTTP route, by what it matches
+        (its listener, host and path prefix): the same route keeps its
+        counters across reloads, even when routes before it come or go."""
+        label = f"{host or '*'}{path_prefix or ''}"
+        parent = self.lslots[listener]
+        slot = self._slot(("route", listener, host, path_prefix), f"{listener} {label}",
+                          range(lib.UP_LISTENER_ONLY_SLOTS, lib.UP_LISTENER_SLOTS), "routes")
+        ls = self.listeners[slot]
+        ls.mode = lib.UP_MODE_HTTP
+        ls.parent = parent + 1
+        ls.route = index
+        ls.in_use = 1
+        return slot
+
+    def _slot(self, key, name: str, span: range, what: str) -> int:
+        slot = self.lslots.get(key)
+        if slot is None:
+            used = set(self.lslots.values())
+            free = [i for i in span if i not in used]
+            if not free:
+                raise ValueError(f"more than {len(span)} distinct {what} over this process's life; "
+                                 f"restart uproxy to reset their statistics")
+            slot = free[0]
+            self.lslots[key] = slot
+            b = name.encode()[:47]
+            ffi.memmove(self.listeners[slot].name, b, len(b))
+        return slot
+
     def retire_listeners(self, live: set):
-        for name, slot in self.lslots.items():
-            if name not in live:
+        """Marks unused every listener and route slot not in live (slots)."""
+        for slot in self.lslots.values():
+            if slot not in live:
                 self.listeners[slot].in_use = 0
 
     def retire_servers(self, live: set):
@@ -415,9 +435,11 @@ class Reader:
 
     def listener_stats(self) -> list:
         """Per listener (by name), summed over the workers: connections,
-        requests, responses by class and the request-time histogram."""
+        requests, responses by class and the request-time histogram; under
+        "routes", the same for each of its HTTP routes (requests it routed,
+        their responses and times), in their order."""
         h = self.header
-        out = []
+        out, routes = [], []
         for slot in range(h.listener_slots):
             ls = self.listeners[slot]
             name = ffi.string(ls.name)
@@ -425,7 +447,7 @@ class Reader:
                 continue
             per = [self.wlisteners[i][slot] for i in range(h.nworkers)]
             resp = [sum(int(x.resp[k]) for x in per) for k in range(5)]
-            out.append({
+            row = {
                 "slot": slot,
                 "name": name.decode(errors="replace"),
                 "in_use": bool(ls.in_use),
@@ -434,7 +456,18 @@ class Reader:
                 "requests": sum(int(x.requests) for x in per),
                 **{f"resp_{k + 1}xx": resp[k] for k in range(5)},
                 "hist": hist.merge(list(x.hist_request) for x in per),
-            })
+            }
+            if ls.parent:                 # an HTTP route's: under its listener
+                row.update(parent=int(ls.parent) - 1, route=int(ls.route))
+                del row["accepted"]
+                routes.append(row)
+            else:
+                row["routes"] = []
+                out.append(row)
+        by_slot = {r["slot"]: r for r in out}
+        for r in sorted(routes, key=lambda r: r["route"]):
+            if r["parent"] in by_slot:
+                by_slot[r["parent"]]["routes"].append(r)
         return out
 
     def snapshot(self) -> dict:

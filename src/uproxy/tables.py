@@ -374,6 +374,7 @@ class Tables:
                 for k, rt in enumerate(rts):
                     r = routes[k]
                     r.cluster = cindex[rt.cluster]
+                    r.stat_slot = (lslots or {}).get(("route", l.name, k), lib.UP_NO_SLOT)
                     r.methods, r.deny_off, r.deny_len = method_policy(
                         rt.methods, rt.allow_connect, strings)
                     # An http route matches the Host, a tcp route the

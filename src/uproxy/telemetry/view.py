@@ -428,7 +428,21 @@ class Collector:
                 row.update(_group_figures(groups.get((l.get("id"), None)), dt, row["measured"]))
             row["measured"] = logged              # the → rows below: only from the access log
             row["counted"] = l["name"] in counted
-            if row["measured"]:
+            by_route = counted.get(l["name"], {}).get("routes")
+            if by_route and l.get("routes"):
+                # Per route, from the core's counters (access log or not).
+                for j, r in enumerate(l["routes"]):
+                    label = f"{r.get('host') or '*'}{r.get('path_prefix') or ''} → {r['cluster']}"
+                    row["routes"].append({"cluster": r["cluster"], "label": label, "route": j,
+                                          **_group_figures(by_route.get(j), dt, True)})
+                # What no route took: the listener's own cluster (and the
+                # requests refused before routing).
+                rest = _minus(counted[l["name"]], by_route.values())
+                row["routes"].append({"cluster": l.get("cluster"), "route": None,
+                                      "label": f"(no route) → {l.get('cluster') or '-'}",
+                                      **_group_figures(rest, dt, True)})
+                row["measured"] = True
+            elif row["measured"]:
                 by_cluster = {}
                 for (lid, slot), g in groups.items():
                     if lid != l.get("id") or slot is None:
@@ -560,7 +574,31 @@ def _listener_deltas(snap, psnap) -> dict:
         count = (sum(status.values()) if l["mode"] == "http"
                  else l["accepted"] - p["accepted"])
         out[l["name"]] = {"count": count, "status": status,
-                          "hist": hist.delta(l["hist"], p["hist"])}
+                          "hist": hist.delta(l["hist"], p["hist"]), "routes": {}}
+        # Its HTTP routes (the core's per-route counters), by their index
+        # in the current configuration.
+        pr = {r["slot"]: r for r in p.get("routes", ())}
+        for r in l.get("routes", ()):
+            q = pr.get(r["slot"])
+            if not r["in_use"] or q is None:
+                continue
+            st = {f"{k}xx": r[f"resp_{k}xx"] - q[f"resp_{k}xx"] for k in range(1, 6)}
+            out[l["name"]]["routes"][r["route"]] = {
+                "count": sum(st.values()), "status": st, "hist": hist.delta(r["hist"], q["hist"])}
+    return out
+
+
+def _minus(whole: dict, parts) -> dict:
+    """whole's count, status classes and histogram less the parts'."""
+    out = {"count": whole["count"], "status": dict(whole["status"]), "hist": list(whole["hist"])}
+    for g in parts:
+        out["count"] -= g["count"]
+        for k, n in g["status"].items():
+            out["status"][k] = out["status"].get(k, 0) - n
+        out["hist"] = [a - b for a, b in zip(out["hist"], g["hist"])]
+    out["count"] = max(out["count"], 0)
+    out["status"] = {k: max(n, 0) for k, n in out["status"].items()}
+    out["hist"] = [max(n, 0) for n in out["hist"]]
     return out
 
 

@@ -462,11 +462,13 @@ def listeners_table(v, width=200, flt="") -> Table:
         styles[len(rows) - 1] = "bold"
         for r in l["routes"]:
             rs = r.get("status") or {}
-            rows.append([f"  → {r['cluster']}", _num(r["rps"]), _share(r["err_pct"]),
+            rows.append([f"  {r['label']}" if r.get("label") else f"  → {r['cluster']}",
+                         _num(r["rps"]), _share(r["err_pct"]),
                          _pct_cell(r, "p99"), _num(rs.get("2xx", 0)), _num(rs.get("4xx", 0)),
                          _num(rs.get("5xx", 0)), "", r["cluster"]])
     notes = ["listener rows: the core's counters over the interval (req/s is sessions/s on "
-             "TCP listeners); → rows: by the cluster that served, from the access-log records"]
+             "TCP listeners); route rows (host/path → cluster): the core's per-route counters; "
+             "→ cluster rows of a listener without routes: from the access-log records"]
     if unmeasured:
         notes.append("no → rows for " + ", ".join(unmeasured) + ": set access_log on the "
                      "listener to see its routes")

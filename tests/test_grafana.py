@@ -54,7 +54,8 @@ def grouping_labels(expr) -> set:
 def scrape(proxy_factory):
     up = HttpUpstream()
     port, admin = free_port(), free_port()
-    proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}],
+    proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
+                    "routes": [{"path_prefix": "/", "cluster": "c"}]}],
                   [{"name": "c", "servers": [up.addr], "health": {"path": "/", "interval": "100ms"}}],
                   extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
     with httpx.Client() as c:

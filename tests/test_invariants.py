@@ -139,7 +139,7 @@ def test_no_python_per_connection(tmp_path):
 
 
 def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mtls=False,
-                            redirect=False):
+                            redirect=False, conns=4, locks=False):
     """The worker's allocation count after warm-up and n keep-alive requests
     on 4 connections (4 TLS handshakes with tls: only the per-request cost
     differs between two runs). mtls: the clients present a certificate and
@@ -149,7 +149,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     up = HttpUpstream()
     port = free_port()
     kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else ""
-    log = str(tmp_path / f"alloc-http-{kind}{n_requests}.log")
+    log = str(tmp_path / f"alloc-http-{kind}{n_requests}-{conns}.log")
+    lock_log = log[:-4] + ".locks"
     lst = {"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}
     status = b"HTTP/1.1 200"
     if redirect:
@@ -158,7 +159,7 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     wrap = lambda s: s                                   # noqa: E731
     if tls or mtls:
         import ssl
-        d = tmp_path / f"pki-{n_requests}"
+        d = tmp_path / f"pki-{n_requests}-{conns}"
         d.mkdir()
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                         "-nodes", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem"), "-days", "2",
@@ -178,7 +179,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
             ctx.load_cert_chain(str(d / "cc.pem"), str(d / "ck.pem"))
         wrap = lambda s: ctx.wrap_socket(s, server_hostname="localhost")   # noqa: E731
     cfg = render_config({"workers": 1}, [lst], [{"name": "c", "servers": [up.addr]}])
-    p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log, **profile_env})
+    p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log,
+                                  "UPROXY_LOCK_LOG": lock_log, **profile_env})
     try:
         def burst(n, conns=4):
             socks = [wrap(socket.create_connection(("127.0.0.1", port))) for _ in range(conns)]
@@ -197,7 +199,7 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
             for s in socks:
                 s.close()
         burst(300)                       # warm-up: pool, rings, assembly buffers
-        burst(n_requests)
+        burst(n_requests, conns)
         wait_for(lambda: p.total("active") == 0, what="connections to close")
         tid = p.stats()["workers"][0]["tid"]
     finally:
@@ -211,6 +213,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
         assert not up.requests
     counts = dict(map(int, l.split()) for l in open(log))
     assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
+    if locks:
+        return counts[tid], dict(map(int, l.split()) for l in open(lock_log)).get(tid, 0)
     return counts[tid]
 
 
@@ -285,6 +289,29 @@ def test_tls_request_allocations_are_only_the_librarys(tmp_path):
     assert per_request <= OPENSSL_ALLOCS_PER_REQUEST + 0.05, (
         f"worker allocations per TLS request: {per_request:.2f} ({a} after {n}, {b} after {10 * n}); "
         f"the library accounts for {OPENSSL_ALLOCS_PER_REQUEST}")
+
+
+def test_tls_locks_per_request_and_per_handshake_are_counted(tmp_path, capsys):
+    """Law 8 for the TLS library's locks, in the running proxy: the worker
+    thread's pthread mutex and rwlock calls (the interposer counts them).
+    A TLS keep-alive request takes none (after warm-up): N then 10N requests
+    on 4 connections leave the count flat. A full handshake takes OpenSSL
+    3's provider rwlocks: 10N requests on 4 and then on 40 connections give
+    the locks per handshake, reported (docs/tls.md), and bounded so that a
+    change that multiplies them fails."""
+    so = _build_interposer(tmp_path)
+    n = 200
+    _, a = _http_allocations_after(tmp_path, so, n, {}, tls=True, locks=True)
+    _, b = _http_allocations_after(tmp_path, so, 10 * n, {}, tls=True, locks=True)
+    _, c = _http_allocations_after(tmp_path, so, 10 * n, {}, tls=True, conns=40, locks=True)
+    assert b > 0, "the interposer saw no lock call in the worker thread (OpenSSL takes some)"
+    per_request = (b - a) / (9 * n)
+    per_handshake = (c - b) / 36
+    with capsys.disabled():
+        print(f"\nTLS locks in the worker: {per_request:.3f} per keep-alive request, "
+              f"{per_handshake:.0f} per full handshake (OpenSSL's)")
+    assert b - a <= 5, f"lock calls grew with TLS requests: {a} after {n}, {b} after {10 * n}"
+    assert 0 < per_handshake < 2000, per_handshake
 
 
 def test_client_certificate_headers_allocate_nothing_per_request(tmp_path):

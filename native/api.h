@@ -183,6 +183,18 @@ struct up_config {
     uint64_t *refs;           /* [nworkers * 8]: live work holding this table */
     uint8_t *server_health;   /* [nservers]: 1 up, 0 down (active checks) */
     const char *strings;      /* host names, path prefixes, header names */
+    const struct up_acme_token *acme;  /* HTTP-01 answers (issue 13), or NULL */
+    uint32_t nacme;
+    uint32_t pad_acme;
+};
+
+/* ACME HTTP-01 (src/uproxy/acme/): GET /.well-known/acme-challenge/<token>
+ * is answered by the core (native/http/h1_acme.c) before routing, on every
+ * http listener, while the control plane waits for a validation. Both
+ * texts are in up_config.strings; the answer is the whole response. */
+struct up_acme_token {
+    uint32_t token_off, token_len;
+    uint32_t answer_off, answer_len;
 };
 
 /* What Python writes for the workers to read; one per process. */
@@ -471,6 +483,18 @@ struct up_tls_server {
     uint32_t session_cache;   /* TLS 1.2 session-id cache entries per worker, 0: off */
     uint32_t peer_cert;       /* 1: keep a verified client certificate's subject
                                  and fingerprint per connection (tp_tls_peer_cert) */
+    /* ACME TLS-ALPN-01 (RFC 8737): a handshake offering acme-tls/1 for a
+     * name listed here gets that challenge certificate; acme_alpn set and
+     * the name not listed: refused. */
+    const struct up_tls_acme *acme;
+    uint32_t nacme;
+    uint32_t acme_alpn;       /* 1: an ACME listener (answers acme-tls/1) */
+};
+
+struct up_tls_acme {
+    const char *name;         /* lower case */
+    const char *cert;         /* PEM files of the challenge certificate */
+    const char *key;
 };
 
 /* A cluster's TLS to its servers. */

@@ -143,6 +143,10 @@ void h1_tunnel(struct worker *w, struct txn *t);
 void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                  uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
 
+/* h1_acme.c: true when the request was an ACME HTTP-01 validation (answered) */
+bool h1_acme(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
+             uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
+
 /* h1_splice.c */
 void splice_consider(struct worker *w, struct txn *t, int dir);
 void splice_progress(struct worker *w, struct txn *t);

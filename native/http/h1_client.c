@@ -199,6 +199,8 @@ void h1_client_next(struct worker *w, struct conn *c)
     }
     c->attempts = 0;
     set_timer(w, c, l->idle_timeout_ms);
+    if (__builtin_expect(w->cfg->nacme != 0, 0) && h1_acme(w, c, p, c->x.head, c->x.off, r, l))
+        return;
     if (l->redirect_code) {
         h1_redirect(w, c, p, c->x.head, c->x.off, r, l);
         return;

@@ -25,6 +25,14 @@ struct tls_name {
     uint8_t wildcard;
 };
 
+/* A TLS-ALPN-01 challenge: its own context holding only the challenge
+ * certificate, which a validator's handshake is switched to. */
+struct tls_acme {
+    char name[254];
+    uint16_t len;
+    SSL_CTX *ctx;
+};
+
 struct tls_server {
     SSL_CTX *ctx[TLS_MAX_CTX];
     uint32_t nctx;
@@ -39,6 +47,9 @@ struct tls_server {
     uint8_t verify;           /* client side: verify the server */
     uint8_t peer_cert;        /* server side: keep the client certificate's facts */
     char sni[254];            /* client side: the name to send and verify */
+    uint8_t acme_alpn;        /* server side: answers acme-tls/1 */
+    uint32_t nacme;
+    struct tls_acme *acme;    /* [nacme] */
 };
 
 enum tls_state {

@@ -36,6 +36,10 @@ static void server_put(struct tls_server *s)
     if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL))
         return;
     free(s->names);
+    for (uint32_t i = 0; i < s->nacme; i++)
+        if (s->acme[i].ctx)
+            SSL_CTX_free(s->acme[i].ctx);   /* a validator's SSL keeps its own reference */
+    free(s->acme);
     if (s->keys) {
         OPENSSL_cleanse(s->keys, 80 * (size_t)s->nkeys);
         free(s->keys);
@@ -101,13 +105,48 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* TLS-ALPN-01 (RFC 8737): an ACME validator offers acme-tls/1 alone, for
+ * the name it validates. It gets that name's challenge certificate (the
+ * context is switched here, before the library picks a certificate) and
+ * acme-tls/1; a name without a challenge is refused with the alert the RFC
+ * names. Other clients never see acme-tls/1. */
+static const unsigned char ACME_TLS1[] = "\x0a" "acme-tls/1";
+
+static bool acme_offered(const unsigned char *in, unsigned int inlen)
+{
+    for (unsigned int i = 0; i < inlen; i += 1u + in[i])
+        if (in[i] == 10 && i + 11 <= inlen && memcmp(in + i, ACME_TLS1, 11) == 0)
+            return true;
+    return false;
+}
+
+static int acme_select(SSL *ssl, const struct tls_server *s, const unsigned char **out,
+                       unsigned char *outlen)
+{
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    size_t len = name ? strlen(name) : 0;
+    if (len && name[len - 1] == '.')
+        len--;
+    for (uint32_t i = 0; i < s->nacme && len; i++)
+        if (s->acme[i].len == len && strncasecmp(s->acme[i].name, name, len) == 0) {
+            SSL_set_SSL_CTX(ssl, s->acme[i].ctx);
+            *out = ACME_TLS1 + 1;
+            *outlen = 10;
+            return SSL_TLSEXT_ERR_OK;
+        }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;      /* no_application_protocol */
+}
+
 /* ALPN: the first of our protocols (in our order) that the client offers;
  * a client offering none of them gets the handshake without ALPN. */
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg)
 {
-    (void)ssl;
     const struct tls_server *s = arg;
+    if (__builtin_expect(s->acme_alpn, 0) && acme_offered(in, inlen))
+        return acme_select(ssl, s, out, outlen);
+    if (!s->alpn_len)
+        return SSL_TLSEXT_ERR_NOACK;
     unsigned char *o;
     if (SSL_select_next_proto(&o, outlen, s->alpn, s->alpn_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK;
@@ -199,6 +238,45 @@ static int common(SSL_CTX *c, uint32_t min_version, const char *ciphers, const c
     return 0;
 }
 
+/* The challenge certificates' contexts (TLS-ALPN-01), built with the
+ * table like the listener's own, so that a validator's handshake reads
+ * nothing the control plane may change. */
+static int acme_load(struct tls_server *s, const struct up_tls_server *conf, char *err, size_t n)
+{
+    s->acme_alpn = conf->acme_alpn != 0;
+    if (!conf->nacme)
+        return 0;
+    s->acme = calloc(conf->nacme, sizeof *s->acme);
+    if (!s->acme) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    s->nacme = conf->nacme;
+    for (uint32_t i = 0; i < conf->nacme; i++) {
+        const struct up_tls_acme *a = &conf->acme[i];
+        size_t l = strlen(a->name);
+        SSL_CTX *c = SSL_CTX_new(TLS_server_method());
+        if (!c || l >= sizeof s->acme[i].name) {
+            if (c)
+                SSL_CTX_free(c);
+            fail(err, n, "ACME challenge context for", a->name);
+            return -1;
+        }
+        s->acme[i].ctx = c;
+        memcpy(s->acme[i].name, a->name, l + 1);
+        s->acme[i].len = (uint16_t)l;
+        SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+        SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+        SSL_CTX_set_num_tickets(c, 0);
+        if (SSL_CTX_use_certificate_file(c, a->cert, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_use_PrivateKey_file(c, a->key, SSL_FILETYPE_PEM) != 1) {
+            fail(err, n, "ACME challenge certificate", a->cert);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errlen)
 {
     struct tls_server *s = calloc(1, sizeof *s);
@@ -227,7 +305,7 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
             goto bad;
         SSL_CTX_set_tlsext_servername_callback(c, servername_cb);
         SSL_CTX_set_tlsext_servername_arg(c, s);
-        if (conf->alpn_len)
+        if (conf->alpn_len || conf->acme_alpn)
             SSL_CTX_set_alpn_select_cb(c, alpn_cb, s);
         SSL_CTX_set_timeout(c, conf->session_timeout_s ? conf->session_timeout_s : 7200);
         if (conf->session_cache) {
@@ -305,6 +383,8 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
         memcpy(s->alpn, conf->alpn, conf->alpn_len);
         s->alpn_len = conf->alpn_len;
     }
+    if (acme_load(s, conf, err, errlen) < 0)
+        goto bad;
     if (conf->nticket_keys) {
         s->keys = malloc(80 * (size_t)conf->nticket_keys);
         if (!s->keys)

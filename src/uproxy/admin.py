@@ -205,6 +205,30 @@ class TLSCollector:
                 cfam.add_metric([c.name, c.tls.cert.cert, c.tls.cert.label], c.tls.cert.not_after)
         yield fam
         yield cfam
+        yield from self._acme()
+
+    def _acme(self):
+        """ACME's certificates: seconds left (negative: expired, -1 and
+        state placeholder: none issued yet) and failures in a row."""
+        m = getattr(self.runtime, "acme", None)
+        if m is None:
+            return
+        left = GaugeMetricFamily("uproxy_certificate_expiry_seconds", "Seconds until an ACME "
+                                 "certificate expires (alert well before 0)", labels=["name"])
+        fails = GaugeMetricFamily("uproxy_acme_failures", "ACME orders that failed in a row "
+                                  "for a certificate (0 once one succeeds)", labels=["name"])
+        issued = GaugeMetricFamily("uproxy_acme_certificate_issued", "1 when an ACME "
+                                   "certificate is issued, 0 while the placeholder serves",
+                                   labels=["name"])
+        for e in m.status():
+            name = e["names"][0]
+            if e["expires_in_s"] is not None:
+                left.add_metric([name], e["expires_in_s"])
+            fails.add_metric([name], e["failures"])
+            issued.add_metric([name], 1 if e["state"] == "issued" else 0)
+        yield left
+        yield fails
+        yield issued
 
 
 class ProvidersCollector:

@@ -17,9 +17,10 @@ import re
 import socket
 import ssl
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import tls
+from .acme import settings as acme_settings
 from .features import FEATURES
 
 
@@ -358,6 +359,8 @@ class ListenerTLS:
     session_cache: int = 20000
     client_subject_header: str | None = None      # mTLS: the verified subject, to the upstream
     client_fingerprint_header: str | None = None  # mTLS: its SHA-256 fingerprint
+    acme: tuple = ()                     # certificates to obtain: tuples of names (uproxy/acme/)
+    acme_alpn: tuple = ()                # TLS-ALPN-01 challenges now: (name, cert, key)
 
 
 @dataclass(frozen=True)
@@ -471,6 +474,8 @@ class Config:
     admin: Admin | None = None
     warnings: tuple = ()                 # ConfigError records that do not stop a load
     etcd: Etcd | None = None
+    acme: "acme_settings.Acme | None" = None
+    acme_tokens: tuple = ()              # HTTP-01 answers now: (token, key authorization)
 
 
 # ---- small typed readers -------------------------------------------------
@@ -482,7 +487,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(k|kib|kb|m|mib|mb|g|gib|gb)?\s*$", re.I)
 _TABLES = {"proxy": "[proxy]", "admin": "[admin]", "listeners": "[[listeners]]",
            "clusters": "[[clusters]]", "listeners.routes": "[[listeners.routes]]",
            "clusters.health": "[clusters.health]", "clusters.dns": "[clusters.dns]",
-           "dns": "[dns]", "etcd": "[etcd]"}
+           "dns": "[dns]", "etcd": "[etcd]", "acme": "[acme]"}
 
 
 class _Reader:
@@ -936,7 +941,10 @@ def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
     r = _Reader(errs, key, raw)
     certs, ckeys = [], []
     raw_certs = r.list("certificates")
-    if not raw_certs and "certificates" not in r.t:
+    acme = acme_settings.listener(errs, f"{key}.acme", r.get("acme")) if "acme" in r.t else ()
+    if acme or "acme" in r.t:
+        pass                            # certificates come from the CA (and may be added)
+    elif not raw_certs and "certificates" not in r.t:
         r.fail("certificates", "is required: certificates = [{ cert = \"site.pem\", "
                                "key = \"site.key\" }]")
     elif not raw_certs:
@@ -1035,7 +1043,7 @@ def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
         session_tickets=tickets, ticket_key_file=key_file if tickets else None, ticket_keys=keys,
         ticket_rotate_ms=rotate, session_timeout_s=max(1, timeout // 1000),
         session_cache=r.int("session_cache", 20000, lo=0, hi=1 << 22),
-        client_subject_header=subject_h, client_fingerprint_header=fp_h,
+        client_subject_header=subject_h, client_fingerprint_header=fp_h, acme=acme,
     )
     r.done()
     return t
@@ -1305,6 +1313,9 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         allow_connect=l_connect,
         redirect=redirect,
     )
+    if lst.tls is not None and lst.tls.acme:
+        lst = replace(lst, tls=replace(lst.tls, acme=acme_settings.resolve(
+            errs, f"listeners[{i}].tls.acme", lst.tls.acme, routes)))
     if redirect is not None:
         if mode != "http":
             r.fail("redirect_https", "redirect_https answers HTTP requests: it needs "
@@ -1510,11 +1521,16 @@ def parse_raw(raw: dict, path: str = "<config>", text: str = "") -> Config:
     admin = _admin(errs, raw_admin, binds)
     if admin:
         errs.binds.append(("admin.bind", admin.host, admin.port))
+    acme = acme_settings.parse(errs, top.get("acme"), _Reader)
+    for i, l in enumerate(listeners):
+        if l.tls is not None and l.tls.acme and acme is None and "acme" not in top.t:
+            errs.add(f"listeners[{i}].tls.acme", "needs an [acme] table: the CA's directory, "
+                     "your email and agree_terms = true (docs/tls.md, Automatic certificates)")
     top.done()
     errs.raise_if_any()
     warnings = sorted(errs.warnings, key=lambda e: (e.line is None, e.line or 0))
     return Config(path=path, proxy=proxy, listeners=tuple(listeners), clusters=clusters,
-                  admin=admin, warnings=tuple(warnings), etcd=etcd)
+                  admin=admin, warnings=tuple(warnings), etcd=etcd, acme=acme)
 
 
 def _etcd(errs, raw) -> Etcd | None:

@@ -150,6 +150,8 @@ class Runtime:
         self.watcher = None                  # providers: see providers/__init__.py
         self.dns = None
         self.etcd = None
+        self.acme = None                     # acme/manager.py: automatic certificates
+        self._main_calls = []                # (fn, event, box): run by serve() for other threads
         self._dns_dirty = False              # set by the DNS thread, taken by serve()
         self._reload_source = "signal"
         self.last_reload = None              # for /status: the last reload's outcome
@@ -387,11 +389,56 @@ class Runtime:
         return parse_raw(raw, path, text)
 
     def effective(self, base: Config) -> Config:
-        """base with the addresses DNS gives its clusters' names now."""
-        if self.dns is None:
-            return base
-        from .providers import dns
-        return dns.expand(base, self.dns.answers())
+        """base with the addresses DNS gives its clusters' names now, and
+        the certificates and challenges ACME holds now."""
+        cfg = base
+        if self.dns is not None:
+            from .providers import dns
+            cfg = dns.expand(base, self.dns.answers())
+        if self.acme is not None:
+            cfg = self.acme.expand(cfg)
+        return cfg
+
+    # ---- ACME (acme/manager.py) ----------------------------------------------
+    def _acme_configure(self, base: Config):
+        if base.acme is not None and self.acme is None:
+            from .acme.manager import Manager
+            self.acme = Manager(self, base.acme)
+            if self.workers:                 # added by a reload: its thread starts now
+                self.acme.start()
+        if self.acme is not None:
+            self.acme.configure(base)
+
+    def publish_acme(self) -> int:
+        """Main thread: a new generation with ACME's certificates and
+        challenges as they are now (not a reload: the file is not read)."""
+        self._publish(self.effective(self.base_cfg))
+        return self.generation
+
+    def run_in_main(self, fn, timeout: float):
+        """fn's result, run by the main loop (which owns the tables); None
+        when it failed (logged) or did not run within timeout."""
+        if threading.current_thread() is threading.main_thread() or not self.workers:
+            return fn()
+        done, box = threading.Event(), []
+        self._main_calls.append((fn, done, box))
+        self.poke()
+        done.wait(timeout)
+        return box[0] if box else None
+
+    def _run_main_calls(self):
+        while self._main_calls:
+            fn, done, box = self._main_calls.pop(0)
+            try:
+                box.append(fn())
+            except Exception as e:
+                log.error("acme: publishing failed, the tables in force stay: %s", e)
+                self.event(f"acme: publish failed{_brief(e)}")
+            done.set()
+
+    def workers_at(self, generation: int) -> bool:
+        return all(lib.up_worker_generation(self.segment.workers[w.index]) >= generation
+                   for w in self.workers if w.thread.is_alive())
 
     def reload(self, source: str | None = None) -> bool:
         """Re-read the file (SIGHUP, `uproxy reload`, or the watcher: source
@@ -438,6 +485,7 @@ class Runtime:
             self.dns.configure(base)
             if resolve_new:
                 self.dns.resolve_now(only_new=True)
+        self._acme_configure(base)
         cfg = self.effective(base)
         self._publish(cfg)
         self._sockmap_after_start(cfg)
@@ -493,6 +541,7 @@ class Runtime:
             self.dns.configure(base)
             self.dns.resolve_now()
         self.base_cfg = base
+        self._acme_configure(base)           # the stored certificates, before anything is asked
         self.cfg = self.effective(base)
         self.watch = self.watch or base.proxy.watch
 
@@ -511,6 +560,8 @@ class Runtime:
                 log.error("cannot watch the configuration file, reload it with SIGHUP: %s", e)
         if self.etcd is not None:
             self.etcd.start()
+        if self.acme is not None:
+            self.acme.start()
 
     # called from the providers' threads: note, and wake the main loop
     def _file_changed(self, paths):
@@ -563,6 +614,7 @@ class Runtime:
             "last_reload": self.last_reload,
             "dns": self.dns.status() if self.dns is not None else [],
             "etcd": self.etcd.status() if self.etcd is not None else None,
+            "acme": self.acme.status() if self.acme is not None else None,
         }
 
     def rotate_tickets(self) -> bool:
@@ -619,7 +671,8 @@ class Runtime:
     def event(self, text: str):
         self.events.append((time.time(), text))
         del self.events[:-50]
-        self.segment.event(text)
+        if getattr(self, "segment", None) is not None:
+            self.segment.event(text)
 
     # ---- run and stop --------------------------------------------------
     def install_signals(self):
@@ -675,6 +728,7 @@ class Runtime:
                 self._dns_dirty = False
                 self._apply_dns()
             self._apply_etcd()
+            self._run_main_calls()
             self.rotate_tickets()
             self.collect()
             dead = [w for w in self.workers if not w.thread.is_alive()]
@@ -697,7 +751,7 @@ class Runtime:
         self.segment.set_health(cluster, label, up)
 
     def stop(self) -> int:
-        for p in (self.watcher, self.dns, self.etcd):
+        for p in (self.watcher, self.dns, self.etcd, self.acme):
             if p is not None:
                 p.close()
         if getattr(self, "health", None):

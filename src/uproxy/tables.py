@@ -138,6 +138,14 @@ def server_conf(t, ticket_keys: bytes, keep: list):
     # The transport writes a client certificate's facts down at the end of
     # each handshake only where a header will carry them.
     conf.peer_cert = 1 if (t.client_subject_header or t.client_fingerprint_header) else 0
+    if t.acme:                          # an ACME listener answers acme-tls/1 (TLS-ALPN-01)
+        conf.acme_alpn = 1
+        chal = ffi.new("struct up_tls_acme[]", max(1, len(t.acme_alpn)))
+        keep.append(chal)
+        for j, (name, cert, key) in enumerate(t.acme_alpn):
+            chal[j].name, chal[j].cert, chal[j].key = (_cstr(name, keep), _cstr(cert, keep),
+                                                       _cstr(key, keep))
+        conf.acme, conf.nacme = chal, len(t.acme_alpn)
     return conf
 
 
@@ -430,6 +438,15 @@ class Tables:
         t.cluster_wstate = cwstate
         t.refs = self.refs
         t.server_health = self.health
+        if cfg.acme_tokens:                 # HTTP-01 answers (native/http/h1_acme.c)
+            toks = ffi.new("struct up_acme_token[]", len(cfg.acme_tokens))
+            for k, (token, keyauth) in enumerate(cfg.acme_tokens):
+                answer = ("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                          f"Content-Length: {len(keyauth)}\r\nConnection: close\r\n\r\n{keyauth}")
+                toks[k].token_off, toks[k].token_len = strings.add(token)
+                toks[k].answer_off, toks[k].answer_len = strings.add(answer)
+            keep.append(toks)
+            t.acme, t.nacme = toks, len(cfg.acme_tokens)
         self.strings = ffi.new("char[]", bytes(strings.data) + b"\0")
         t.strings = self.strings
         self.ptr = t

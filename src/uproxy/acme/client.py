@@ -143,7 +143,8 @@ class Client:
 
 def _typ(chall) -> str:
     # tls-alpn-01 is not a class of the library (an UnrecognizedChallenge)
-    return getattr(chall, "typ", None) or getattr(chall, "jobj", {}).get("type", "")
+    typ = getattr(chall, "typ", None)
+    return typ if isinstance(typ, str) else getattr(chall, "jobj", {}).get("type", "")
 
 
 def _failure(e, what: str) -> Failure:

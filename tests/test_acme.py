@@ -201,7 +201,7 @@ class TLSClient:
 
 
 def _conf(storage, directory, ca, http_port, tls_port, admin, app_port, acme="[\"%s\"]" % A,
-          challenges=("http-01",), retry_min="300ms", extra_tls=""):
+          challenges=("http-01",), retry_min="300ms", extra_tls="", redirect=False):
     ch = ", ".join(f'"{c}"' for c in challenges)
     return f"""
 [proxy]
@@ -224,7 +224,7 @@ retry_max = "2s"
 name = "plain"
 bind = "127.0.0.1:{http_port}"
 mode = "http"
-cluster = "app"
+{'redirect_https = true' if redirect else 'cluster = "app"'}
 
 [[listeners]]
 name = "https"
@@ -279,8 +279,10 @@ def _issued(lab, pebble, name=A, timeout=30):
 # ---- first issuance ----------------------------------------------------------------
 
 def test_http01_first_issuance_then_a_restart_serves_the_stored_one(lab):
+    # the usual port-80 listener redirects everything: validations still pass
+    # (the VA would follow a 308 to the https upstream, whose answer is wrong)
     pebble = lab.pebble()
-    p = lab.proxy(pebble, challenges=("http-01",))
+    p = lab.proxy(pebble, challenges=("http-01",), redirect=True)
     first = peer(lab.tls, A)
     assert first["issuer"] == f"CN={A}"            # the placeholder, self-signed
     client = TLSClient(lab.tls)
@@ -296,6 +298,9 @@ def test_http01_first_issuance_then_a_restart_serves_the_stored_one(lab):
     assert f'uproxy_acme_certificate_issued{{name="{A}"}} 1.0' in m
     assert 'uproxy_certificate_expiry_seconds{name="a.uproxy.test"}' in m
     serial = peer(lab.tls, A)["serial"]
+    c = http.client.HTTPConnection("127.0.0.1", lab.http, timeout=5)
+    c.request("GET", "/.well-known/acme-challenge/unknown", headers={"Host": A})
+    assert c.getresponse().status == 308          # a token not being validated: as usual
     assert p.stop() == 0
     # restart with the CA gone: the stored certificate is served at once
     pebble.stop()
@@ -463,3 +468,13 @@ def test_scheduler_renews_at_two_thirds_and_backs_off():
     assert scheduler.backoff(e, 0.0, 60, 86400, "rate_limited", rng=rng) >= 3600
     e.failures = 30                                   # capped, and never past half the time left
     assert scheduler.backoff(e, 89 * 86400.0, 60, 30 * 86400, "network", rng=rng) <= 89 * 86400 + 43200
+
+
+def test_rate_limit_and_validation_answers_are_explained():
+    from acme import messages
+    from uproxy.acme.client import _failure
+    f = _failure(messages.Error(typ="urn:ietf:params:acme:error:rateLimited",
+                                detail="too many certificates already issued"), "x.test")
+    assert f.kind == "rate_limited" and "rate limit" in str(f)
+    f = _failure(messages.Error(typ="urn:ietf:params:acme:error:unauthorized", detail="no"), "x.test")
+    assert f.kind == "refused"

@@ -297,7 +297,7 @@ def test_http01_first_issuance_then_a_restart_serves_the_stored_one(lab):
     m = metrics(lab.admin)
     assert f'uproxy_acme_certificate_issued{{name="{A}"}} 1.0' in m
     assert 'uproxy_certificate_expiry_seconds{name="a.uproxy.test"}' in m
-    serial = peer(lab.tls, A)["serial"]
+    serial = peer(lab.tls, A, pebble.root())["serial"]
     c = http.client.HTTPConnection("127.0.0.1", lab.http, timeout=5)
     c.request("GET", "/.well-known/acme-challenge/unknown", headers={"Host": A})
     assert c.getresponse().status == 308          # a token not being validated: as usual
@@ -336,7 +336,9 @@ def test_a_short_lived_certificate_is_renewed_without_a_failed_request(lab):
     pebble = lab.pebble(validity_s=9)
     p = lab.proxy(pebble)
     _issued(lab, pebble)
-    serial = peer(lab.tls, A)["serial"]
+    # (every worker runs it once the log says so; before, one may not yet)
+    wait_for(lambda: "certificate for a.uproxy.test issued" in p.output(), what="the log line")
+    serial = peer(lab.tls, A, pebble.root())["serial"]
     client = TLSClient(lab.tls)
     wait_for(lambda: peer(lab.tls, A, pebble.root())["serial"] != serial, timeout=20,
              what="the renewed certificate")

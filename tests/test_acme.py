@@ -271,9 +271,14 @@ def lab(tmp_path):
     dns.stop()
 
 
-def _issued(lab, pebble, name=A, timeout=30):
+def _issued(lab, pebble, name=A, timeout=30, p=None):
+    """A certificate for name that verifies; with p, also every worker
+    running it (the log's line comes once all of them do)."""
     wait_for(lambda: verifies(lab.tls, name, pebble), timeout=timeout,
              what=f"a certificate for {name} that verifies against Pebble's root")
+    if p is not None:
+        wait_for(lambda: any(name in ln and " issued, valid until" in ln
+                             for ln in p.output().splitlines()), what="the log line")
 
 
 # ---- first issuance ----------------------------------------------------------------
@@ -286,7 +291,7 @@ def test_http01_first_issuance_then_a_restart_serves_the_stored_one(lab):
     first = peer(lab.tls, A)
     assert first["issuer"] == f"CN={A}"            # the placeholder, self-signed
     client = TLSClient(lab.tls)
-    _issued(lab, pebble)
+    _issued(lab, pebble, p=p)
     time.sleep(0.3)
     client.stop()
     assert client.failures == [], client.failures[:5]
@@ -313,8 +318,8 @@ def test_tls_alpn01_two_domains_on_one_listener(lab):
     pebble = lab.pebble()
     p = lab.proxy(pebble, challenges=("tls-alpn-01",), acme=f'["{A}", "{B}"]')
     client = TLSClient(lab.tls, names=(A, B))
-    _issued(lab, pebble, A)
-    _issued(lab, pebble, B)
+    _issued(lab, pebble, A, p=p)
+    _issued(lab, pebble, B, p=p)
     client.stop()
     assert client.failures == [], client.failures[:5]
     a, b = peer(lab.tls, A, pebble.root()), peer(lab.tls, B, pebble.root())
@@ -324,8 +329,8 @@ def test_tls_alpn01_two_domains_on_one_listener(lab):
 
 def test_san_certificate_for_two_names(lab):
     pebble = lab.pebble()
-    lab.proxy(pebble, acme=f'{{ domains = ["{A}", "{B}"], san = true }}')
-    _issued(lab, pebble, A)
+    p = lab.proxy(pebble, acme=f'{{ domains = ["{A}", "{B}"], san = true }}')
+    _issued(lab, pebble, A, p=p)
     a, b = peer(lab.tls, A, pebble.root()), peer(lab.tls, B, pebble.root())
     assert sorted(a["names"]) == [A, B] and a["serial"] == b["serial"]
 
@@ -335,9 +340,7 @@ def test_san_certificate_for_two_names(lab):
 def test_a_short_lived_certificate_is_renewed_without_a_failed_request(lab):
     pebble = lab.pebble(validity_s=9)
     p = lab.proxy(pebble)
-    _issued(lab, pebble)
-    # (every worker runs it once the log says so; before, one may not yet)
-    wait_for(lambda: "certificate for a.uproxy.test issued" in p.output(), what="the log line")
+    _issued(lab, pebble, p=p)
     serial = peer(lab.tls, A, pebble.root())["serial"]
     client = TLSClient(lab.tls)
     wait_for(lambda: peer(lab.tls, A, pebble.root())["serial"] != serial, timeout=20,

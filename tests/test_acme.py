@@ -483,3 +483,20 @@ def test_rate_limit_and_validation_answers_are_explained():
     assert f.kind == "rate_limited" and "rate limit" in str(f)
     f = _failure(messages.Error(typ="urn:ietf:params:acme:error:unauthorized", detail="no"), "x.test")
     assert f.kind == "refused"
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    from uproxy.acme import storage
+    path = os.path.join(str(tmp_path), "certs", "x.pem")
+    storage.write_atomic(path, b"old certificate and key")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+    def crash(fd):
+        raise OSError(5, "Input/output error")       # the disk fails before the rename
+    monkeypatch.setattr(storage.os, "fsync", crash)
+    with pytest.raises(OSError):
+        storage.write_atomic(path, b"new certificate" * 1000)
+    monkeypatch.undo()
+    with open(path, "rb") as f:
+        assert f.read() == b"old certificate and key"
+    assert os.listdir(os.path.dirname(path)) == ["x.pem"]     # no temporary file left

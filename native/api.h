@@ -166,7 +166,8 @@ struct up_listener {
     uint32_t cert_sha256_off, cert_sha256_len;
     uint32_t stat_slot;       /* its statistics block (< UP_LISTENER_SLOTS): stable
                                  across reloads for its name */
-    uint32_t pad6;
+    uint8_t http2;            /* http: HTTP/2 from clients (ALPN h2, h2c by prior knowledge) */
+    uint8_t pad6[3];
 };
 
 struct up_config {
@@ -287,6 +288,12 @@ enum up_counter {
     /* sockmap (L4 forwarded by the kernel) */
     UP_C_SESSIONS_SOCKMAP,    /* L4 sessions handed to the kernel */
     UP_C_SOCKMAP_REDIRECT_FAILS, /* redirects the program could not make (bytes passed to the worker) */
+    /* HTTP/2 from clients (docs/http2.md) */
+    UP_C_H2_CONNECTIONS,      /* client connections that spoke HTTP/2 */
+    UP_C_H2_STREAMS,          /* streams opened (each one transaction) */
+    UP_C_H2_REFUSED,          /* streams refused: no slot, draining (REFUSED_STREAM) */
+    UP_C_H2_RESETS,           /* streams the client reset while their transaction ran */
+    UP_C_H2_FLOODS,           /* connections cut for frames that do nothing (GOAWAY) */
     UP_C__COUNT
 };
 

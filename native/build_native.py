@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # A folder per layer (DESIGN.md section 4), lowest first; a layer's files
 # call only into their own folder and the ones before it
 # (tests/unit/test_layers.py checks the objects' symbols).
-LAYERS = ["core", "upstream", "transport", "l4", "http", "worker"]
+LAYERS = ["core", "upstream", "transport", "l4", "http", "http2", "worker"]
 SOURCES = sorted(
     os.path.relpath(os.path.join(HERE, layer, f))
     for layer in LAYERS for f in os.listdir(os.path.join(HERE, layer)) if f.endswith(".c")
@@ -65,7 +65,8 @@ def _flags():
 
 def link_args():
     # OpenSSL (libssl-dev) for TLS: its one door is native/transport/tls*.c.
-    return _pkg_config("--libs") + ["-lssl", "-lcrypto"] + shlex.split(
+    # nghttp2 (libnghttp2-dev) for HTTP/2: its one door is native/http2/h2_codec.c.
+    return _pkg_config("--libs") + ["-lssl", "-lcrypto", "-lnghttp2"] + shlex.split(
         os.environ.get("UPROXY_LDFLAGS", ""))
 
 

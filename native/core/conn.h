@@ -18,6 +18,9 @@ enum conn_kind {
     CK_H1_CLIENT,
     CK_H1_UPSTREAM,
     CK_L4_HELLO,      /* an L4 client whose ClientHello will pick the cluster (SNI) */
+    CK_H2_CLIENT,     /* a client connection speaking HTTP/2 (http2/) */
+    CK_H2_STREAM,     /* one HTTP/2 stream: no socket, the client side of a transaction;
+                         slot names its CK_H2_CLIENT connection */
 };
 
 enum conn_state {
@@ -92,7 +95,9 @@ struct conn {
  * so what only the connection's protocol can do waits for the loop. */
 #define C_UP_FINISH  512  /* closing, nothing outstanding: finish it */
 #define C_UP_ADOPT   1024 /* its kind changed: the new protocol takes it */
-#define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT)
+#define C_UP_KICK    4096 /* a protocol above has work on it: an HTTP/2 stream's
+                             transaction moved (its response goes to the stream) */
+#define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT | C_UP_KICK)
 #define C_SOCKMAP    2048 /* tcp: in the sockmap, the kernel moves its bytes (l4/sockmap.c) */
 
 #endif

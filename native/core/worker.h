@@ -98,6 +98,7 @@ struct worker {
     void *tls_sessions;             /* transport: client sessions by server slot */
     void *tls_peer;                 /* transport: client certificates' facts, per connection (cold) */
     void *tls_names;                /* transport: the one BIO a certificate's subject is printed into */
+    void *h2;                       /* http2: the codec's arena and per-connection state */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
     uint32_t *txn_free;

@@ -49,7 +49,7 @@ void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint
     lr->host_len = lr->ua_len = lr->referer_len = 0;
     struct tp_tls_info ti;
     lr->tls_version = lr->tls_resumed = lr->sni_len = lr->cipher_len = 0;
-    if (tp_tls_info(w, c, &ti)) {
+    if (tp_tls_info(w, h1_wire(w, c), &ti)) {
         lr->tls_version = ti.version;
         lr->tls_resumed = ti.resumed;
         if (ti.cipher)

@@ -68,6 +68,14 @@ struct bsplice {
 #define TF_INTERIM       4096 /* a 1xx reached the client (a final answer may still follow) */
 #define TF_ERROR_PENDING 8192 /* the proxy's answer (status) goes once the 1xx round is out */
 
+/* Where a transaction's response goes. The transaction never calls the
+ * protocol above it: for a stream it hands the stream's connection up to
+ * the loop (C_UP_KICK), whose switch on the kind reaches HTTP/2. */
+enum txn_sink {
+    TS_CLIENT,        /* HTTP/1.1 bytes to the client connection's socket */
+    TS_STREAM,        /* an HTTP/2 stream (the client is a CK_H2_STREAM) */
+};
+
 struct txn {
     uint32_t client, up;      /* conn indexes (up: NIL until chosen) */
     const struct up_config *cfg;
@@ -91,8 +99,11 @@ struct txn {
     uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
     uint8_t logging;                    /* lr is being filled */
     uint8_t keep_underscores;           /* the listener's underscores_in_headers */
-    uint8_t pad3[2];
+    uint8_t sink;                       /* enum txn_sink */
+    uint8_t pad3;
     const struct up_listener *listener; /* its client's (in cfg, which the txn holds) */
+    const char *reply;                  /* TS_STREAM: the proxy's own answer (HTTP/1.1 text) */
+    uint32_t reply_len;
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
@@ -128,6 +139,7 @@ void txn_end(struct worker *w, struct txn *t);
 void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_client);
 void txn_free(struct worker *w, struct txn *t);
 bool out_push(struct out *o, const void *p, size_t n);
+void out_advance(struct out *o, uint32_t n);
 int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
                       const struct h1_response *r);
 bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,
@@ -192,6 +204,13 @@ static inline struct h1_request *w_req(struct worker *w)
 static inline struct h1_response *w_resp(struct worker *w)
 {
     return w->resp_scratch;
+}
+
+/* The connection whose socket carries c's bytes: c itself, or for an
+ * HTTP/2 stream its connection (its transport, its TLS facts). */
+static inline const struct conn *h1_wire(const struct worker *w, const struct conn *c)
+{
+    return c->kind == CK_H2_STREAM ? &w->conns[c->slot] : c;
 }
 
 /* Progress on either side pushes the transaction's idle deadline (kept on

@@ -107,6 +107,15 @@ void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, con
         return;
     }
     struct txn *t = txn_of(w, c);
+    if (t && t->sink == TS_STREAM) {
+        /* An HTTP/2 stream: its protocol turns the text into frames. */
+        t->flags |= TF_ERROR_REPLY | TF_REPLIED;
+        t->status = status;
+        t->reply = text;
+        t->reply_len = len;
+        conn_hand_up(w, c, C_UP_KICK);
+        return;
+    }
     if (t)
         t->flags |= TF_ERROR_REPLY | TF_REPLIED;
     else
@@ -142,6 +151,25 @@ void h1_finish(struct worker *w, struct conn *c)
     h1_recv_arm(w, c);
 }
 
+/* HTTP/2's connection preface on a listener with http2 = true (h2c by
+ * prior knowledge, or what follows ALPN h2): the connection changes kind
+ * and the loop gives it to HTTP/2 with what it has received. True when
+ * the bytes are (or may still become) the preface. */
+static bool h2_preface(struct worker *w, struct conn *c, const uint8_t *p, uint32_t n)
+{
+    static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    uint32_t k = n < sizeof PREFACE - 1 ? n : (uint32_t)sizeof PREFACE - 1;
+    if (memcmp(p, PREFACE, k))
+        return false;
+    if (k < sizeof PREFACE - 1)
+        return true;                  /* the rest of it is on its way */
+    c->kind = CK_H2_CLIENT;
+    c->attempts = 0;
+    timer_cancel(w, c);
+    conn_hand_up(w, c, C_UP_ADOPT);
+    return true;
+}
+
 /* Parse the next request at the front of the queue, if there is one. */
 void h1_client_next(struct worker *w, struct conn *c)
 {
@@ -167,6 +195,8 @@ void h1_client_next(struct worker *w, struct conn *c)
         c->attempts = 0;               /* client: 0 keep-alive wait, 1 head wait */
         return;
     }
+    if (l->http2 && p[0] == 'P' && h2_preface(w, c, p, n))
+        return;
     struct h1_limits lim = { l->max_head, l->max_target, l->max_fields };
     struct h1_request *r = w_req(w);
     int rc = h1_parse_request(p, n, &lim, r);
@@ -366,7 +396,7 @@ void h1_try_finish(struct worker *w, struct conn *c)
         if (!s)
             continue;
         q_release_all(w, s);
-        if (s->kind == CK_H1_CLIENT) {
+        if (s->kind != CK_H1_UPSTREAM) {      /* a client: HTTP/1, HTTP/2, a stream */
             struct txn *t = txn_of(w, s);
             if (t)
                 txn_free(w, t);

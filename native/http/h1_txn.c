@@ -75,7 +75,7 @@ void out_submit(struct worker *w, struct out *o, struct conn *to)
 }
 
 /* After a short send: drop what went out from the front of the round. */
-static void out_advance(struct out *o, uint32_t n)
+void out_advance(struct out *o, uint32_t n)
 {
     o->left -= n;
     while (n) {
@@ -161,7 +161,7 @@ static bool cert_lines(struct worker *w, struct txn *t, const struct conn *c)
     const char *strings = t->cfg->strings;
     struct tp_peer_cert pc;
     bool ok = true;
-    if (!tp_tls_peer_cert(w, c, &pc))
+    if (!tp_tls_peer_cert(w, h1_wire(w, c), &pc))
         return true;
     if (l->cert_subject_len && pc.subject) {
         ok &= out_push(&t->req, strings + l->cert_subject_off, l->cert_subject_len + 2);
@@ -229,7 +229,7 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         PUT(ip, iplen);
         PUT("\r\n", 2);
     }
-    if (c->tp == TP_TLS)
+    if (h1_wire(w, c)->tp == TP_TLS)
         PUT(S_XFPS, sizeof S_XFPS - 1);
     else
         PUT(S_XFP, sizeof S_XFP - 1);
@@ -457,6 +457,7 @@ struct txn *txn_open(struct worker *w, struct conn *c, const struct h1_request *
     t->minor = r->minor;
     t->keep_alive = r->keep_alive;
     t->rslot = UP_NO_SLOT;            /* until a route takes it */
+    t->sink = c->kind == CK_H2_STREAM ? TS_STREAM : TS_CLIENT;
     return t;
 }
 
@@ -627,6 +628,11 @@ void txn_resp_pump(struct worker *w, struct txn *t)
     /* A 1xx does not answer the request: after one, the proxy can still
      * send a final response of its own if the upstream fails. */
     t->flags |= (t->flags & TF_RESP_HEAD) ? TF_REPLIED : TF_INTERIM;
+    if (t->sink == TS_STREAM) {
+        t->resp.active = 1;           /* the stream's protocol takes the round */
+        conn_hand_up(w, c, C_UP_KICK);
+        return;
+    }
     out_submit(w, &t->resp, c);
 }
 
@@ -637,6 +643,13 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
 {
     struct conn *u = &w->conns[t->up];
     out_reset(&t->resp);
+    if (t->sink == TS_STREAM && r->status < 200) {
+        /* An interim head is not passed to an HTTP/2 stream: dropped, and
+         * the next head read. */
+        q_release_to(w, u, u->x.head, u->x.off + r->head_len);
+        h1_upstream_progress(w, u);
+        return 0;
+    }
     if (r->status < 200 && r->status != 101) {
         /* Interim (100 Continue and friends): forwarded as it is, without
          * the empty lines the parser skipped before it. */
@@ -660,7 +673,14 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         t->flags |= TF_UP_CLOSE;      /* the upstream will close: not reusable */
     t->flags |= TF_RESP_HEAD;
     timer_cancel(w, u);               /* the response timeout is met */
-    if (!build_resp_head(w, t, base, r)) {
+    if (t->sink == TS_STREAM) {
+        /* The head as the upstream sent it: the stream's protocol reads
+         * it from the front of the round and writes its own. */
+        if (!out_push(&t->resp, base, r->head_len)) {
+            txn_abort(w, t, 502, false);
+            return -1;
+        }
+    } else if (!build_resp_head(w, t, base, r)) {
         txn_abort(w, t, 502, false);
         return -1;
     }
@@ -792,6 +812,17 @@ void txn_end(struct worker *w, struct txn *t)
         h1_upstream_release(w, u, reusable);
     }
     q_release_to(w, c, t->req_bid, t->req_off);
+    if (t->sink == TS_STREAM) {
+        /* The stream ends its body when its protocol is told. */
+        c->txn = NIL;
+        c->peer = NIL;
+        txn_free(w, t);
+        q_release_all(w, c);
+        timer_cancel(w, c);
+        c->h1 = H_LINGER;
+        conn_hand_up(w, c, C_UP_KICK);
+        return;
+    }
     bool keep = !(t->flags & TF_CLIENT_CLOSE) && (t->flags & TF_REQ_DONE) && !w->stopping &&
                 !(c->x.flags & X_EOF);
     c->txn = NIL;

@@ -18,6 +18,14 @@
 
 void h1_recv_arm(struct worker *w, struct conn *c)
 {
+    if (c->kind == CK_H2_STREAM) {
+        /* A stream has no socket: its bytes come from its connection's
+         * DATA frames, whose window its protocol holds while the queue is
+         * over its limit. "Receive again" is a word to that protocol. */
+        if (c->state == CS_OPEN && !(c->x.flags & X_PAUSED))
+            conn_hand_up(w, c, C_UP_KICK);
+        return;
+    }
     if (c->state != CS_OPEN || (c->x.flags & (X_EOF | X_PAUSED | X_STARVED | X_HELD)) ||
         (c->ops & (1u << OP_RECV)))
         return;
@@ -337,7 +345,8 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
     const struct up_cluster *cl = t ? &t->cfg->clusters[t->cluster] : NULL;
     /* Learn from this response how to read the next one. The multishot
      * receive, if armed, is left alone: the change applies at its re-arm. */
-    if (t && t->bytes_out >= w->o.splice_min && w->o.splice_min && tp_spliceable(u) &&
+    if (t && t->sink == TS_CLIENT && t->bytes_out >= w->o.splice_min && w->o.splice_min &&
+        tp_spliceable(u) &&
         tp_spliceable(&w->conns[t->client])) {
         if (!(u->flags & C_HEADRECV) && (u->ops & (1u << OP_RECV)))
             conn_cancel_ops_of(w, u, OP_RECV);     /* re-armed head-sized below */

@@ -1121,3 +1121,34 @@ fail:
     c->error = err;
     return -1;
 }
+
+int64_t h1_chunked_data(struct h1_chunked *c, const uint8_t *buf, size_t len, size_t max,
+                        size_t *data_off, size_t *data_len, int *done)
+{
+    size_t used = 0;
+    *data_off = *data_len = 0;
+    *done = 0;
+    while (used < len) {
+        if (c->state == CS_DATA && c->remaining) {
+            size_t take = len - used;
+            if (take > c->remaining)
+                take = (size_t)c->remaining;
+            if (take > max)
+                take = max;
+            if (!take)
+                break;
+            *data_off = used;
+            *data_len = take;
+            if (h1_chunked_feed(c, buf + used, take, done) < 0)
+                return -1;
+            return (int64_t)(used + take);
+        }
+        int64_t k = h1_chunked_feed(c, buf + used, 1, done);
+        if (k < 0)
+            return -1;
+        used += (size_t)k;
+        if (*done || !k)
+            break;
+    }
+    return (int64_t)used;
+}

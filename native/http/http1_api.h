@@ -150,4 +150,12 @@ void h1_chunked_init(struct h1_chunked *c);
  * exactly at the message's end (what follows is the next message). */
 int64_t h1_chunked_feed(struct h1_chunked *c, const uint8_t *buf, size_t len, int *done);
 
+/* The same, for a reader that wants the data without the framing (an
+ * HTTP/2 stream): feeds framing bytes until the next data, then at most
+ * max data bytes, and stops. Returns the bytes used (<= len), -1 on
+ * malformed framing; the data among them are buf[*data_off ..
+ * *data_off + *data_len). */
+int64_t h1_chunked_data(struct h1_chunked *c, const uint8_t *buf, size_t len, size_t max,
+                        size_t *data_off, size_t *data_len, int *done);
+
 #endif

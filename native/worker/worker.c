@@ -19,6 +19,7 @@
 #include "l4/l4.h"
 #include "l4/sockmap.h"
 #include "http/h1.h"
+#include "http2/h2.h"
 
 /* Time is read once per loop turn, after the wait: everything that
  * completes in one turn happened at the same moment as far as deadlines,
@@ -85,7 +86,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
-    if (sm_init(w) < 0) {
+    if (sm_init(w) < 0 || h2_worker_init(w) < 0) {
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
@@ -198,6 +199,7 @@ enum event {
     EV_ADOPT,         /* its kind changed (an HTTP upgrade became a tunnel) */
     EV_RESUME,        /* a receive that starved for buffers may start again */
     EV_CUT,           /* the drain deadline passed: end it now */
+    EV_KICK,          /* a protocol above has work on it (C_UP_KICK) */
 };
 
 /* The one place that names every protocol (DESIGN.md section 4): a switch
@@ -228,6 +230,8 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
             if (c->kind == CK_L4_CLIENT)
                 l4_abort(w, c);
             break;
+        case EV_KICK:
+            break;
         }
         break;
     case CK_L4_HELLO:
@@ -250,6 +254,7 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
             l4_abort(w, c);
             break;
         case EV_ADOPT:
+        case EV_KICK:
             break;
         }
         break;
@@ -270,9 +275,16 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
                 h1_upstream_expired(w, c);
             break;
         case EV_FINISH:
+            /* An upstream finishing with an HTTP/2 stream: the stream's
+             * codec forgets it first (both are released together). */
+            if (c->peer != NIL && w->conns[c->peer].kind == CK_H2_STREAM &&
+                w->conns[c->peer].state == CS_CLOSING)
+                h2_stream_detach(w, &w->conns[c->peer]);
             h1_try_finish(w, c);
             break;
         case EV_ADOPT:
+            if (client && c->kind == CK_H2_CLIENT)
+                to_protocol(w, c, EV_ADOPT, op, cqe);   /* the preface changed its kind */
             break;
         case EV_RESUME:
             h1_recv_arm(w, c);
@@ -281,9 +293,53 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
             if (client)
                 h1_client_cut(w, c);
             break;
+        case EV_KICK:
+            break;
         }
         break;
     }
+    case CK_H2_CLIENT:
+        switch (ev) {
+        case EV_CQE:
+            h2_conn_cqe(w, c, op, cqe);
+            break;
+        case EV_EXPIRED:
+            h2_conn_expired(w, c);
+            break;
+        case EV_FINISH:
+            h2_conn_finish(w, c);
+            break;
+        case EV_ADOPT:
+            h2_adopt(w, c);
+            break;
+        case EV_RESUME:
+            h1_recv_arm(w, c);
+            break;
+        case EV_CUT:
+            h2_conn_cut(w, c);
+            break;
+        case EV_KICK:
+            h2_flush(w, c);
+            break;
+        }
+        break;
+    case CK_H2_STREAM:
+        /* No socket: its completions are its connection's; its deadline
+         * and its end are the transaction's, as for an HTTP/1.1 client. */
+        switch (ev) {
+        case EV_EXPIRED:
+            h1_client_expired(w, c);
+            break;
+        case EV_FINISH:
+            h2_stream_finish(w, c);
+            break;
+        case EV_KICK:
+            h2_stream_kick(w, c);
+            break;
+        default:
+            break;
+        }
+        break;
     default:
         break;
     }
@@ -299,6 +355,8 @@ static void run_handed_up(struct worker *w)
     while ((c = conn_next_handed_up(w, &why))) {
         if ((why & C_UP_ADOPT) && c->state == CS_OPEN)
             to_protocol(w, c, EV_ADOPT, OP_NONE, NULL);
+        if ((why & C_UP_KICK) && c->state == CS_OPEN)
+            to_protocol(w, c, EV_KICK, OP_NONE, NULL);
         if ((why & C_UP_FINISH) && c->state == CS_CLOSING && !c->inflight)
             to_protocol(w, c, EV_FINISH, OP_NONE, NULL);
     }
@@ -371,6 +429,7 @@ static bool control(struct worker *w)
         w->drain_deadline_ms = w->now_ms + w->ctl->drain_timeout_ms;
         acceptors_stop(w);
         h1_stop_idle(w);
+        h2_stop_all(w);
         run_handed_up(w);
         __atomic_store_n(&w->shm->state, UP_WS_DRAINING, __ATOMIC_RELEASE);
     }
@@ -429,6 +488,7 @@ void up_worker_free(struct up_worker *uw)
     if (!w)
         return;
     sm_free(w);
+    h2_worker_free(w);
     if (w->conns)
         munmap(w->conns, sizeof(struct conn) * w->nconns);
     if (w->txns)

@@ -423,6 +423,7 @@ class Listener:
     methods: tuple | None = None         # the default of its routes (and of no route)
     allow_connect: bool = False
     redirect: Redirect | None = None     # redirect_https: no cluster is asked
+    http2: bool = False                  # HTTP/2 from clients: ALPN h2 over TLS, h2c by prior knowledge
 
     @property
     def bind(self) -> str:
@@ -931,7 +932,7 @@ def _pair(errs, key, cert, keyf):
     return c
 
 
-def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
+def _listener_tls(errs, key, raw, mode, http2=False) -> ListenerTLS | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -986,12 +987,17 @@ def _listener_tls(errs, key, raw, mode) -> ListenerTLS | None:
             break
     http = mode == "http"
     alpn = []
-    for j, p in enumerate(r.list("alpn", ["http/1.1"] if http else [])):
+    # With http2 = true, h2 is offered first: a client that speaks both
+    # picks HTTP/2 (the server's order wins in the select callback).
+    for j, p in enumerate(r.list("alpn", (["h2", "http/1.1"] if http2 else ["http/1.1"]) if http else [])):
         if not isinstance(p, str) or not 0 < len(p.encode()) < 256:
             errs.add(f"{key}.alpn[{j}]", f"{p!r} is not a protocol name like \"http/1.1\"")
-        elif http and p not in ("http/1.1", "http/1.0"):
-            errs.add(f"{key}.alpn[{j}]", f"{p!r}: an http listener speaks HTTP/1.x only "
-                     f"(h2 comes with HTTP/2); use [\"http/1.1\"]")
+        elif http and p == "h2" and not http2:
+            errs.add(f"{key}.alpn[{j}]", "\"h2\" needs http2 = true on the listener "
+                     "(which offers [\"h2\", \"http/1.1\"] by default)")
+        elif http and p not in ("http/1.1", "http/1.0", "h2"):
+            errs.add(f"{key}.alpn[{j}]", f"{p!r}: an http listener speaks HTTP/1.x "
+                     f"and, with http2 = true, h2; use [\"http/1.1\"]")
         else:
             alpn.append(p)
     if len(tls.alpn_wire(alpn)) > tls.MAX_ALPN_WIRE:
@@ -1308,14 +1314,21 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         underscores_in_headers=r.bool("underscores_in_headers", False),
         access_log=r.str("access_log"),
         access_log_format=r.str("access_log_format", "json", choices=("json", "combined")),
-        tls=_listener_tls(errs, f"listeners[{i}].tls", r.get("tls"), mode),
+        tls=_listener_tls(errs, f"listeners[{i}].tls", r.get("tls"), mode,
+                          http2=r.t.get("http2") is True),
         methods=l_methods,
         allow_connect=l_connect,
         redirect=redirect,
+        http2=r.bool("http2", False),
     )
     if lst.tls is not None and lst.tls.acme:
         lst = replace(lst, tls=replace(lst.tls, acme=acme_settings.resolve(
             errs, f"listeners[{i}].tls.acme", lst.tls.acme, routes)))
+    if lst.http2 and mode != "http":
+        r.fail("http2", "http2 = true needs mode = \"http\" (a tcp listener passes "
+                        "HTTP/2 through untouched)")
+    if lst.http2 and redirect is not None:
+        r.fail("http2", "a redirect_https listener answers HTTP/1.x only; leave out http2")
     if redirect is not None:
         if mode != "http":
             r.fail("redirect_https", "redirect_https answers HTTP requests: it needs "

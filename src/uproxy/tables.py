@@ -370,6 +370,7 @@ class Tables:
             cl.sni_timeout_ms = l.sni_timeout_ms
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
+            cl.http2 = 1 if l.http2 else 0
             rts = list(l.routes)
             # (http only: on a tcp listener a route means SNI passthrough)
             if l.mode == "http" and (l.methods is not None or l.allow_connect):

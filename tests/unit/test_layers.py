@@ -21,7 +21,8 @@ MAY_CALL = {
     "transport": {"core", "transport"},
     "l4": {"core", "upstream", "transport", "l4"},
     "http": {"core", "upstream", "transport", "http"},
-    "worker": {"core", "upstream", "transport", "l4", "http", "worker"},
+    "http2": {"core", "upstream", "transport", "http", "http2"},
+    "worker": {"core", "upstream", "transport", "l4", "http", "http2", "worker"},
 }
 
 

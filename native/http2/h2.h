@@ -1,0 +1,153 @@
+/*
+ * HTTP/2 from clients: a layer above HTTP/1.1's transaction. A client
+ * connection that speaks HTTP/2 (ALPN h2, or h2c by prior knowledge: the
+ * connection preface on a listener with http2 = true) becomes a
+ * CK_H2_CLIENT; each of its streams gets a connection slot of its own
+ * (CK_H2_STREAM, no socket) whose receive queue holds the request as
+ * HTTP/1.1 bytes (a head written from the HEADERS, the body from DATA), so
+ * the stream is one ordinary transaction on the pooled HTTP/1.1 upstream
+ * side: routing, balancing, retries, the access log and the counters are
+ * the HTTP/1.1 ones. The transaction's sink (enum txn_sink) says its
+ * response goes to a stream: it hands the stream connection up to the loop
+ * (C_UP_KICK), which calls h2_stream_kick() here; the transaction never
+ * calls this layer.
+ *
+ * The codec (nghttp2) sits behind h2_codec.c alone: its callbacks become
+ * struct h2_ev events that h2_conn.c switches on, and its memory comes from
+ * the worker's arena (core/arena.c).
+ */
+#ifndef UPROXY_H2_H
+#define UPROXY_H2_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "core/worker.h"
+#include "core/arena.h"
+#include "http/http1_api.h"
+
+/* The settings every HTTP/2 connection announces (docs/http2.md). */
+#define H2_MAX_STREAMS     128      /* SETTINGS_MAX_CONCURRENT_STREAMS */
+#define H2_STREAM_WINDOW   65535    /* SETTINGS_INITIAL_WINDOW_SIZE (the default) */
+#define H2_DEFLATE_TABLE   4096     /* our HPACK encoder's dynamic table, at most */
+#define H2_GLITCHES        1000     /* empty DATA / useless frames before GOAWAY */
+
+/* What the codec reports; h2_conn.c switches on kind. */
+enum h2_ev_kind {
+    H2E_BEGIN,        /* a request's HEADERS begin on a new stream */
+    H2E_HEADER,       /* one field of it (name, value) */
+    H2E_REQUEST,      /* its header block ended (end_stream: no body) */
+    H2E_DATA,         /* request body bytes (buf, len) */
+    H2E_END_STREAM,   /* the client's side of the stream ended */
+    H2E_CLOSED,       /* the stream is closed (code: its error code) */
+    H2E_READ,         /* the codec wants response body bytes into buf (len at most) */
+    H2E_GLITCH,       /* a frame that does nothing (empty DATA, ...): counted */
+};
+
+struct h2_ev {
+    uint8_t kind;
+    uint8_t end_stream;
+    uint8_t eof;              /* H2E_READ: set when the body ended */
+    uint8_t deferred;         /* H2E_READ: set when nothing is ready yet */
+    int32_t stream;
+    uint32_t sc;              /* the stream's connection, or NIL */
+    const uint8_t *name, *value;
+    size_t nlen, vlen;
+    uint8_t *buf;             /* H2E_DATA: the bytes; H2E_READ: room for them */
+    size_t len, n;            /* H2E_READ: n bytes written */
+    uint32_t code;
+};
+
+/* One response header field for h2c_respond (lower-case names). */
+struct h2_field {
+    const uint8_t *name, *value;
+    size_t nlen, vlen;
+};
+
+/* Per connection slot (indexed like w->conns): an HTTP/2 connection's
+ * state, or a stream's. Cold: only HTTP/2 connections touch theirs. */
+#define ST_LINE      1        /* stream: request line and Host written */
+#define ST_CHUNKED   2        /* stream: the request body is sent chunked */
+#define ST_CLEN      4        /* stream: the client gave content-length */
+#define ST_HEAD      8        /* stream: response HEADERS submitted */
+#define ST_EOF       16       /* stream: END_STREAM submitted */
+#define ST_ENDED     32       /* stream: the client's side ended */
+#define ST_DETACHED  64       /* stream: the codec forgot it */
+#define ST_DEFERRED  128      /* stream: the codec waits for body bytes */
+#define ST_BAD       256      /* stream: its head could not be written */
+#define ST_REFUSED   512      /* stream: no slot for it; reset */
+#define CF_DRAIN     1        /* conn: GOAWAY sent, ends when its streams do */
+#define CF_CLOSE     2        /* conn: close once what is queued is out */
+struct h2_slot {
+    void *session;            /* conn: the codec's session */
+    struct worker *w;         /* the codec's callbacks find the worker here */
+    uint32_t self;            /* this slot's connection */
+    uint32_t owner;           /* stream: its connection */
+    uint32_t snext, sprev;    /* stream: links in its connection's list */
+    uint32_t streams;         /* conn: head of its streams' list */
+    uint32_t nstreams;        /* conn: streams open */
+    int32_t id;               /* stream: its id */
+    uint32_t unconsumed;      /* stream: body bytes whose window is held back */
+    uint32_t out_bid, out_len, out_off;   /* conn: the send buffer */
+    const uint8_t *pend;      /* conn: codec output not yet copied out */
+    size_t pend_len;
+    uint32_t glitches;        /* conn */
+    uint16_t flags;           /* ST_* or CF_* */
+    /* stream: the request head being written into hbid */
+    uint32_t hbid;
+    uint16_t hlen, ptail;
+    uint16_t m_off, m_len, p_off, p_len, a_off, a_len;
+    /* stream: the response body (de-chunked) or the proxy's own answer */
+    struct h1_chunked ck;
+    const uint8_t *rbody;
+    uint32_t rleft;
+};
+
+struct h2_worker {
+    struct arena arena;
+    void *callbacks, *option;
+    struct h2_slot *slots;
+    uint64_t mem[8];          /* the codec's nghttp2_mem (opaque here) */
+};
+
+static inline struct h2_slot *h2_slot_of(struct worker *w, const struct conn *c)
+{
+    return &((struct h2_worker *)w->h2)->slots[c - w->conns];
+}
+
+/* h2_codec.c: nghttp2, and nothing else calls it. */
+int h2c_worker_init(struct worker *w, struct h2_worker *hw);
+void h2c_worker_free(struct h2_worker *hw);
+int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list);
+void h2c_close(struct worker *w, struct h2_slot *s);
+int h2c_recv(struct h2_slot *s, const uint8_t *p, size_t n);
+ssize_t h2c_send(struct h2_slot *s, const uint8_t **p);
+bool h2c_alive(struct h2_slot *s);
+int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body);
+void h2c_resume(struct h2_slot *s, int32_t id);
+void h2c_reset(struct h2_slot *s, int32_t id, uint32_t code);
+void h2c_consume(struct h2_slot *s, int32_t id, size_t n);
+void h2c_goaway(struct h2_slot *s, uint32_t code);
+void h2c_bind(struct h2_slot *s, int32_t id, uint32_t sc);
+enum { H2C_NO_ERROR = 0, H2C_PROTOCOL_ERROR = 1, H2C_INTERNAL_ERROR = 2, H2C_REFUSED_STREAM = 7,
+       H2C_CANCEL = 8, H2C_ENHANCE_YOUR_CALM = 11 };
+
+/* h2_conn.c: called by the codec for each event (0 go on; 1 reset this
+ * stream; -1 end the connection). */
+int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev);
+
+/* h2_conn.c: what the loop calls. */
+int h2_worker_init(struct worker *w);
+void h2_worker_free(struct worker *w);
+void h2_adopt(struct worker *w, struct conn *c);
+void h2_conn_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe);
+void h2_conn_expired(struct worker *w, struct conn *c);
+void h2_conn_finish(struct worker *w, struct conn *c);
+void h2_conn_cut(struct worker *w, struct conn *c);
+void h2_flush(struct worker *w, struct conn *c);
+void h2_stream_kick(struct worker *w, struct conn *sc);
+void h2_stream_finish(struct worker *w, struct conn *sc);
+void h2_stream_detach(struct worker *w, struct conn *sc);
+void h2_stop_all(struct worker *w);
+
+#endif

@@ -1,0 +1,281 @@
+/*
+ * The HTTP/2 codec: nghttp2, behind this one file (DESIGN.md law 8). The
+ * library frames, parses, compresses headers (HPACK) and keeps the flow
+ * control windows; its callbacks end here and become struct h2_ev events
+ * for h2_conn.c, which switches on their kind. Its memory comes from the
+ * worker's arena (core/arena.c), never from malloc after start: one
+ * callbacks object and one option set per worker, made at start.
+ *
+ * The defences the library gives are set here: concurrent streams, the
+ * header list size, our encoder's dynamic table, the rate of stream resets
+ * (CVE-2023-44487), CONTINUATION frames per header block (CVE-2024-28182),
+ * SETTINGS entries, and the queue of ACKs a client that does not read can
+ * pile up (PING and SETTINGS floods); each ends the connection with GOAWAY.
+ */
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+#include "http2/h2.h"
+
+_Static_assert(sizeof(nghttp2_mem) <= sizeof(((struct h2_worker *)0)->mem), "nghttp2_mem");
+
+static void *m_malloc(size_t n, void *ud)
+{
+    return arena_alloc(ud, n);
+}
+
+static void m_free(void *p, void *ud)
+{
+    arena_release(ud, p);
+}
+
+static void *m_calloc(size_t k, size_t n, void *ud)
+{
+    void *p = arena_alloc(ud, k * n);
+    if (p)
+        memset(p, 0, k * n);
+    return p;
+}
+
+static void *m_realloc(void *p, size_t n, void *ud)
+{
+    return arena_realloc(ud, p, n);
+}
+
+static uint32_t sc_of(nghttp2_session *ss, int32_t id)
+{
+    uintptr_t v = (uintptr_t)nghttp2_session_get_stream_user_data(ss, id);
+    return v ? (uint32_t)(v - 1) : NIL;
+}
+
+static int emit(struct h2_slot *s, struct h2_ev *ev)
+{
+    return h2_on_event(s->w, s, ev);
+}
+
+static int on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
+{
+    (void)ss;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct h2_ev ev = { .kind = H2E_BEGIN, .stream = f->hd.stream_id, .sc = NIL };
+    int r = emit(ud, &ev);
+    return r < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+}
+
+static int on_header(nghttp2_session *ss, const nghttp2_frame *f, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    (void)flags;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;                 /* trailers: not passed on (HTTP/1.1 upstreams) */
+    struct h2_ev ev = { .kind = H2E_HEADER, .stream = f->hd.stream_id,
+                        .sc = sc_of(ss, f->hd.stream_id), .name = name, .nlen = nlen,
+                        .value = value, .vlen = vlen };
+    int r = emit(ud, &ev);
+    if (r < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return r ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+static int on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
+{
+    int32_t id = f->hd.stream_id;
+    bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    struct h2_ev ev = { .stream = id, .end_stream = end };
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        ev.sc = sc_of(ss, id);
+        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            ev.kind = H2E_REQUEST;
+        } else if (end) {
+            ev.kind = H2E_END_STREAM;      /* trailers end the request */
+        } else {
+            return 0;
+        }
+        break;
+    case NGHTTP2_DATA:
+        ev.sc = sc_of(ss, id);
+        if (end)
+            ev.kind = H2E_END_STREAM;
+        else if (f->hd.length == 0)
+            ev.kind = H2E_GLITCH;          /* an empty DATA frame: nothing */
+        else
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    int r = emit(ud, &ev);
+    if (r < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (r > 0)
+        nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
+static int on_data(nghttp2_session *ss, uint8_t flags, int32_t id, const uint8_t *data,
+                   size_t len, void *ud)
+{
+    (void)flags;
+    struct h2_ev ev = { .kind = H2E_DATA, .stream = id, .sc = sc_of(ss, id),
+                        .buf = (uint8_t *)data, .len = len };
+    int r = emit(ud, &ev);
+    if (r < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (r > 0)
+        nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
+static int on_close(nghttp2_session *ss, int32_t id, uint32_t code, void *ud)
+{
+    struct h2_ev ev = { .kind = H2E_CLOSED, .stream = id, .sc = sc_of(ss, id), .code = code };
+    emit(ud, &ev);
+    return 0;
+}
+
+static ssize_t on_read(nghttp2_session *ss, int32_t id, uint8_t *buf, size_t len,
+                       uint32_t *dflags, nghttp2_data_source *src, void *ud)
+{
+    (void)src;
+    struct h2_ev ev = { .kind = H2E_READ, .stream = id, .sc = sc_of(ss, id), .buf = buf,
+                        .len = len };
+    if (emit(ud, &ev) < 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (ev.eof)
+        *dflags |= NGHTTP2_DATA_FLAG_EOF;
+    else if (!ev.n)
+        return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)ev.n;
+}
+
+int h2c_worker_init(struct worker *w, struct h2_worker *hw)
+{
+    (void)w;
+    nghttp2_session_callbacks *cb;
+    nghttp2_option *opt;
+    if (nghttp2_session_callbacks_new(&cb) || nghttp2_option_new(&opt))
+        return -1;
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_close);
+    /* Windows are given back when the bytes went on (h2_conn.c), so a
+     * stream whose upstream is slow cannot make the proxy buffer more. */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, H2_DEFLATE_TABLE);
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    nghttp2_option_set_max_settings(opt, 32);
+    nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
+    nghttp2_option_set_max_continuations(opt, 8);
+    /* No closed streams kept for priorities: priorities are ignored. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    hw->callbacks = cb;
+    hw->option = opt;
+    nghttp2_mem *m = (nghttp2_mem *)hw->mem;
+    *m = (nghttp2_mem){ &hw->arena, m_malloc, m_free, m_calloc, m_realloc };
+    return 0;
+}
+
+void h2c_worker_free(struct h2_worker *hw)
+{
+    if (hw->callbacks)
+        nghttp2_session_callbacks_del(hw->callbacks);
+    if (hw->option)
+        nghttp2_option_del(hw->option);
+    hw->callbacks = hw->option = NULL;
+}
+
+int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+{
+    struct h2_worker *hw = w->h2;
+    nghttp2_session *ss;
+    if (nghttp2_session_server_new3(&ss, hw->callbacks, s, hw->option, (nghttp2_mem *)hw->mem))
+        return -1;
+    nghttp2_settings_entry iv[] = {
+        { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS },
+        { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
+        { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list },
+        { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+    };
+    if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) ||
+        /* The connection's window covers every stream's: one stream whose
+         * window is held back does not stall the others' uploads. */
+        nghttp2_session_set_local_window_size(ss, NGHTTP2_FLAG_NONE, 0,
+                                              H2_MAX_STREAMS * H2_STREAM_WINDOW)) {
+        nghttp2_session_del(ss);
+        return -1;
+    }
+    s->session = ss;
+    return 0;
+}
+
+void h2c_close(struct worker *w, struct h2_slot *s)
+{
+    (void)w;
+    if (s->session)
+        nghttp2_session_del(s->session);
+    s->session = NULL;
+}
+
+int h2c_recv(struct h2_slot *s, const uint8_t *p, size_t n)
+{
+    ssize_t r = nghttp2_session_mem_recv(s->session, p, n);
+    return r < 0 ? -1 : 0;
+}
+
+ssize_t h2c_send(struct h2_slot *s, const uint8_t **p)
+{
+    ssize_t r = nghttp2_session_mem_send(s->session, p);
+    return r < 0 ? -1 : r;
+}
+
+bool h2c_alive(struct h2_slot *s)
+{
+    return s->session && (nghttp2_session_want_read(s->session) ||
+                          nghttp2_session_want_write(s->session));
+}
+
+#define NV_MAX 260
+int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
+{
+    nghttp2_nv nv[NV_MAX];
+    if (nf > NV_MAX)
+        nf = NV_MAX;
+    for (size_t i = 0; i < nf; i++)
+        nv[i] = (nghttp2_nv){ (uint8_t *)f[i].name, (uint8_t *)f[i].value, f[i].nlen, f[i].vlen,
+                              NGHTTP2_NV_FLAG_NONE };
+    nghttp2_data_provider dp = { .read_callback = on_read };
+    return nghttp2_submit_response(s->session, id, nv, nf, body ? &dp : NULL) ? -1 : 0;
+}
+
+void h2c_resume(struct h2_slot *s, int32_t id)
+{
+    nghttp2_session_resume_data(s->session, id);
+}
+
+void h2c_reset(struct h2_slot *s, int32_t id, uint32_t code)
+{
+    nghttp2_submit_rst_stream(s->session, NGHTTP2_FLAG_NONE, id, code);
+}
+
+void h2c_consume(struct h2_slot *s, int32_t id, size_t n)
+{
+    if (nghttp2_session_consume(s->session, id, n))
+        nghttp2_session_consume_connection(s->session, n);
+}
+
+/* GOAWAY naming the last stream the proxy took: the client may send the
+ * ones after it again on a new connection, knowing none was processed. */
+void h2c_goaway(struct h2_slot *s, uint32_t code)
+{
+    nghttp2_submit_goaway(s->session, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(s->session), code, NULL, 0);
+}
+
+void h2c_bind(struct h2_slot *s, int32_t id, uint32_t sc)
+{
+    nghttp2_session_set_stream_user_data(s->session, id,
+                                         sc == NIL ? NULL : (void *)(uintptr_t)(sc + 1));
+}

@@ -1,0 +1,814 @@
+/*
+ * HTTP/2 connections and their streams (h2.h). A connection feeds what it
+ * receives to the codec and sends what the codec writes, one send at a
+ * time from one buffer of the pool; events from the codec open streams,
+ * write their requests as HTTP/1.1 into the stream connection's queue and
+ * start one transaction each. A transaction's response comes back through
+ * h2_stream_kick(): its head becomes a HEADERS frame, its body (de-chunked)
+ * DATA frames as the client's windows allow. A client that does not read
+ * holds its one send buffer and its streams' rounds, nothing more: the
+ * upstream connections behind them stop being read (their queue limit).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <string.h>
+#include <sys/mman.h>
+#include "http2/h2.h"
+#include "http/h1.h"
+
+static struct h2_worker *hw_of(struct worker *w)
+{
+    return w->h2;
+}
+
+int h2_worker_init(struct worker *w)
+{
+    struct h2_worker *hw = calloc(1, sizeof *hw);
+    if (!hw)
+        return -1;
+    w->h2 = hw;
+    hw->slots = mmap(NULL, sizeof(struct h2_slot) * w->nconns, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (hw->slots == MAP_FAILED) {
+        hw->slots = NULL;
+        return -1;
+    }
+    /* The codec's memory: reserved here, committed as connections use it,
+     * reused through the arena's free lists (docs/http2.md has the sizes). */
+    size_t per = 160u << 10;
+    if (arena_init(&hw->arena, (size_t)(w->nconns / 2 + 64) * per) < 0)
+        return -1;
+    return h2c_worker_init(w, hw);
+}
+
+void h2_worker_free(struct worker *w)
+{
+    struct h2_worker *hw = hw_of(w);
+    if (!hw)
+        return;
+    h2c_worker_free(hw);
+    arena_free_all(&hw->arena);
+    if (hw->slots)
+        munmap(hw->slots, sizeof(struct h2_slot) * w->nconns);
+    free(hw);
+    w->h2 = NULL;
+}
+
+static const struct up_listener *listener_of(struct worker *w, const struct conn *c)
+{
+    const struct up_config *cfg = w->cfg;
+    for (uint32_t i = 0; cfg && i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].id == c->listener_id)
+            return &cfg->listeners[i];
+    return NULL;
+}
+
+/* ---- the connection --------------------------------------------------- */
+
+static void conn_end(struct worker *w, struct conn *c);
+
+void h2_adopt(struct worker *w, struct conn *c)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    const struct up_listener *l = listener_of(w, c);
+    memset(s, 0, sizeof *s);
+    s->w = w;
+    s->self = (uint32_t)(c - w->conns);
+    s->streams = NIL;
+    s->out_bid = NIL;
+    w->c[UP_C_H2_CONNECTIONS]++;
+    uint32_t hl = l ? l->max_head : 16384;
+    if (hl > w->bufs.size - 1024)
+        hl = w->bufs.size - 1024;     /* a head is written into one buffer */
+    if (!l || h2c_open(w, s, hl) < 0) {
+        h1_client_close(w, c, true);
+        return;
+    }
+    timer_set(w, c, w->now_ms + l->keepalive_timeout_ms);
+    /* What came before the switch (the preface, perhaps the first frames). */
+    struct bufpool *bp = &w->bufs;
+    uint32_t off = c->x.off;
+    for (uint32_t b = c->x.head; b != NIL; b = bp->next[b], off = 0) {
+        if (h2c_recv(s, buf_data(bp, b) + off, bp->len[b] - off) < 0) {
+            s->flags |= CF_CLOSE;
+            break;
+        }
+    }
+    q_release_all(w, c);
+    if (c->state == CS_OPEN) {
+        h2_flush(w, c);
+        h1_recv_arm(w, c);
+    }
+}
+
+/* Send what the codec has written, one buffer at a time. */
+void h2_flush(struct worker *w, struct conn *c)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)))
+        return;
+    if (s->out_bid == NIL) {
+        s->out_bid = bufpool_take(w);
+        if (s->out_bid == NIL)
+            return;                   /* retried at the next event of this connection */
+        s->out_len = s->out_off = 0;
+    }
+    uint8_t *buf = buf_data(&w->bufs, s->out_bid);
+    uint32_t cap = w->bufs.size;
+    for (;;) {
+        if (!s->pend_len) {
+            const uint8_t *p;
+            ssize_t n = h2c_send(s, &p);
+            if (n < 0) {
+                conn_end(w, c);
+                return;
+            }
+            if (!n)
+                break;
+            s->pend = p;
+            s->pend_len = (size_t)n;
+        }
+        size_t take = cap - s->out_len < s->pend_len ? cap - s->out_len : s->pend_len;
+        memcpy(buf + s->out_len, s->pend, take);
+        s->out_len += (uint32_t)take;
+        s->pend += take;
+        s->pend_len -= take;
+        if (s->out_len == cap)
+            break;
+    }
+    if (s->out_len) {
+        tp_send(w, c, buf, s->out_len);
+        return;
+    }
+    if ((s->flags & CF_CLOSE) || !h2c_alive(s) || ((s->flags & CF_DRAIN) && !s->nstreams))
+        conn_end(w, c);
+}
+
+static void on_sent(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    int res = tp_sent(w, c, cqe);
+    if (c->state != CS_OPEN)
+        return;
+    if (res < 0) {
+        w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_OTHER]++;
+        conn_end(w, c);
+        return;
+    }
+    w->c[UP_C_BYTES_TO_CLIENTS] += (uint64_t)res;
+    s->out_off += (uint32_t)res;
+    if (s->out_off < s->out_len) {
+        tp_send(w, c, buf_data(&w->bufs, s->out_bid) + s->out_off, s->out_len - s->out_off);
+        return;
+    }
+    s->out_len = s->out_off = 0;
+    h2_flush(w, c);
+}
+
+static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    uint32_t bid;
+    int res = tp_received(w, c, cqe, &bid);
+    if (bid != NIL) {
+        if (c->state == CS_OPEN && res > 0 && s->session) {
+            w->c[UP_C_BYTES_FROM_CLIENTS] += (uint64_t)res;
+            if (h2c_recv(s, buf_data(&w->bufs, bid), (size_t)res) < 0)
+                s->flags |= CF_CLOSE;     /* the codec queued its GOAWAY */
+        }
+        bufpool_put(w, bid);
+    }
+    if (c->state != CS_OPEN)
+        return;
+    if (res == 0) {
+        c->x.flags |= X_EOF;
+        conn_end(w, c);
+        return;
+    }
+    if (res < 0 && res != -EAGAIN && res != -ECANCELED) {
+        if (res == -ENOBUFS) {
+            conn_starve(w, c);
+            return;
+        }
+        w->c[res == -ECONNRESET ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_OTHER]++;
+        conn_end(w, c);
+        return;
+    }
+    if (!s->nstreams && !(s->flags & CF_DRAIN)) {
+        const struct up_listener *l = listener_of(w, c);
+        if (!l) {
+            s->flags |= CF_DRAIN;     /* its listener left the configuration */
+            h2c_goaway(s, H2C_NO_ERROR);
+        } else {
+            timer_set(w, c, w->now_ms + l->keepalive_timeout_ms);
+        }
+    }
+    h2_flush(w, c);
+    if (!more && c->state == CS_OPEN)
+        h1_recv_arm(w, c);
+}
+
+void h2_conn_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe)
+{
+    switch (op) {
+    case OP_RECV:
+        on_recv(w, c, cqe);
+        break;
+    case OP_SEND:
+        on_sent(w, c, cqe);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Idle past keepalive_timeout (no stream open): GOAWAY, then close. */
+void h2_conn_expired(struct worker *w, struct conn *c)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (s->nstreams) {
+        const struct up_listener *l = listener_of(w, c);
+        timer_set(w, c, w->now_ms + (l ? l->keepalive_timeout_ms : 10000));
+        return;
+    }
+    if (!s->session || (s->flags & CF_CLOSE)) {
+        conn_end(w, c);
+        return;
+    }
+    h2c_goaway(s, H2C_NO_ERROR);
+    s->flags |= CF_CLOSE;
+    timer_set(w, c, w->now_ms + H1_REPLY_MS);
+    h2_flush(w, c);
+}
+
+static void stream_unlink(struct worker *w, struct h2_slot *st);
+
+/* The connection ends: its streams' transactions are aborted (their
+ * upstream connections closed), the codec's session goes. */
+static void conn_end(struct worker *w, struct conn *c)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (c->state != CS_OPEN)
+        return;
+    while (s->streams != NIL) {
+        struct conn *sc = &w->conns[s->streams];
+        struct h2_slot *st = h2_slot_of(w, sc);
+        stream_unlink(w, st);
+        st->flags |= ST_DETACHED;
+        struct txn *t = txn_of(w, sc);
+        if (t && sc->h1 == H_TXN && !(t->flags & TF_ERROR_REPLY))
+            txn_abort(w, t, 0, false);
+        else
+            conn_close(w, sc, false);
+    }
+    h2c_close(w, s);
+    h1_client_close(w, c, false);
+}
+
+void h2_conn_cut(struct worker *w, struct conn *c)
+{
+    conn_end(w, c);
+}
+
+void h2_conn_finish(struct worker *w, struct conn *c)
+{
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (s->out_bid != NIL) {
+        bufpool_put(w, s->out_bid);
+        s->out_bid = NIL;
+    }
+    h2c_close(w, s);
+    h1_try_finish(w, c);
+}
+
+/* On SIGTERM: every HTTP/2 client gets GOAWAY with the last stream the
+ * proxy took, finishes those, then closes. */
+void h2_stop_all(struct worker *w)
+{
+    for (uint32_t i = 0; i < w->nconns; i++) {
+        struct conn *c = &w->conns[i];
+        if (c->kind != CK_H2_CLIENT || c->state != CS_OPEN)
+            continue;
+        struct h2_slot *s = h2_slot_of(w, c);
+        if (!s->session || (s->flags & CF_DRAIN))
+            continue;
+        s->flags |= CF_DRAIN;
+        h2c_goaway(s, H2C_NO_ERROR);
+        h2_flush(w, c);
+    }
+}
+
+/* ---- streams ---------------------------------------------------------- */
+
+static void stream_unlink(struct worker *w, struct h2_slot *st)
+{
+    struct h2_slot *s = &hw_of(w)->slots[st->owner];
+    if (st->sprev != NIL)
+        hw_of(w)->slots[st->sprev].snext = st->snext;
+    else if (s->streams == st->self)
+        s->streams = st->snext;
+    if (st->snext != NIL)
+        hw_of(w)->slots[st->snext].sprev = st->sprev;
+    st->snext = st->sprev = NIL;
+    if (s->nstreams)
+        s->nstreams--;
+}
+
+static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot *s, int32_t id)
+{
+    /* A stream needs its own slot, an upstream's and a transaction. */
+    if (w->nfree < 2 || !w->ntxn_free || w->stopping || (s->flags & (CF_DRAIN | CF_CLOSE)))
+        return NULL;
+    uint32_t hb = bufpool_take(w);
+    if (hb == NIL)
+        return NULL;
+    struct conn *sc = conn_alloc(w);
+    sc->kind = CK_H2_STREAM;
+    sc->state = CS_OPEN;
+    sc->h1 = H_IDLE;
+    sc->slot = s->self;               /* its connection: the wire (h1_wire) */
+    sc->listener_id = c->listener_id;
+    sc->lslot = c->lslot;
+    sc->addr_len = c->addr_len;
+    sc->port = c->port;
+    memcpy(sc->addr, c->addr, sizeof sc->addr);
+    struct h2_slot *st = h2_slot_of(w, sc);
+    memset(st, 0, sizeof *st);
+    st->w = w;
+    st->self = (uint32_t)(sc - w->conns);
+    st->owner = s->self;
+    st->id = id;
+    st->hbid = hb;
+    st->ptail = (uint16_t)w->bufs.size;
+    st->out_bid = NIL;
+    st->streams = NIL;
+    st->sprev = NIL;
+    st->snext = s->streams;
+    if (s->streams != NIL)
+        hw_of(w)->slots[s->streams].sprev = st->self;
+    s->streams = st->self;
+    s->nstreams++;
+    w->c[UP_C_H2_STREAMS]++;
+    timer_cancel(w, c);               /* the streams keep time now */
+    return sc;
+}
+
+static bool put(struct worker *w, struct h2_slot *st, const void *p, size_t n)
+{
+    if ((size_t)st->hlen + n > st->ptail)
+        return false;
+    memcpy(buf_data(&w->bufs, st->hbid) + st->hlen, p, n);
+    st->hlen = (uint16_t)(st->hlen + n);
+    return true;
+}
+
+/* A pseudo-header's value, kept at the buffer's end until the request
+ * line can be written (they all come before the first regular field). */
+static bool keep(struct worker *w, struct h2_slot *st, const uint8_t *v, size_t n, uint16_t *off,
+                 uint16_t *len)
+{
+    if (st->hlen + n > st->ptail)
+        return false;
+    st->ptail = (uint16_t)(st->ptail - n);
+    memcpy(buf_data(&w->bufs, st->hbid) + st->ptail, v, n);
+    *off = st->ptail;
+    *len = (uint16_t)n;
+    return true;
+}
+
+static bool request_line(struct worker *w, struct h2_slot *st)
+{
+    if (st->flags & ST_LINE)
+        return true;
+    st->flags |= ST_LINE;
+    const uint8_t *b = buf_data(&w->bufs, st->hbid);
+    /* The line goes at the start, the values are at the end: they never
+     * overlap while hlen stays below ptail (put checks). */
+    bool ok = put(w, st, b + st->m_off, st->m_len) && put(w, st, " ", 1) &&
+              put(w, st, b + st->p_off, st->p_len) && put(w, st, " HTTP/1.1\r\n", 11);
+    if (ok && st->a_len)
+        ok = put(w, st, "Host: ", 6) && put(w, st, b + st->a_off, st->a_len) &&
+             put(w, st, "\r\n", 2);
+    return ok;
+}
+
+static bool name_is(const struct h2_ev *ev, const char *n)
+{
+    size_t k = strlen(n);
+    return ev->nlen == k && !memcmp(ev->name, n, k);
+}
+
+static void on_header(struct worker *w, struct h2_slot *st, const struct h2_ev *ev)
+{
+    if (st->flags & ST_BAD)
+        return;
+    bool ok = true;
+    if (ev->nlen && ev->name[0] == ':') {
+        if (name_is(ev, ":method"))
+            ok = keep(w, st, ev->value, ev->vlen, &st->m_off, &st->m_len);
+        else if (name_is(ev, ":path"))
+            ok = keep(w, st, ev->value, ev->vlen, &st->p_off, &st->p_len);
+        else if (name_is(ev, ":authority"))
+            ok = keep(w, st, ev->value, ev->vlen, &st->a_off, &st->a_len);
+    } else {
+        ok = request_line(w, st);
+        if (name_is(ev, "host") && st->a_len)
+            return;                   /* :authority is the Host */
+        if (name_is(ev, "content-length"))
+            st->flags |= ST_CLEN;
+        ok = ok && put(w, st, ev->name, ev->nlen) && put(w, st, ": ", 2) &&
+             put(w, st, ev->value, ev->vlen) && put(w, st, "\r\n", 2);
+    }
+    if (!ok)
+        st->flags |= ST_BAD;
+}
+
+static void status_text(char code[4], uint16_t status)
+{
+    code[0] = (char)('0' + status / 100 % 10);
+    code[1] = (char)('0' + status / 10 % 10);
+    code[2] = (char)('0' + status % 10);
+    code[3] = 0;
+}
+
+static void reply_simple(struct worker *w, struct h2_slot *s, struct h2_slot *st, uint16_t status)
+{
+    char code[4];
+    status_text(code, status);
+    struct h2_field f = { (const uint8_t *)":status", (const uint8_t *)code, 7, 3 };
+    st->flags |= ST_HEAD | ST_EOF;
+    (void)w;
+    h2c_respond(s, st->id, &f, 1, false);
+}
+
+/* The head is complete: it goes into the stream connection's queue and
+ * starts a transaction like any HTTP/1.1 request. */
+static void on_request(struct worker *w, struct conn *c, struct h2_slot *s, struct conn *sc,
+                       bool end_stream)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    const struct up_listener *l = listener_of(w, c);
+    bool ok = !(st->flags & ST_BAD) && request_line(w, st);
+    if (end_stream)
+        st->flags |= ST_ENDED;
+    else if (!(st->flags & ST_CLEN)) {
+        st->flags |= ST_CHUNKED;     /* a body of unknown length */
+        ok = ok && put(w, st, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    ok = ok && put(w, st, "\r\n", 2);
+    if (!ok || !l) {
+        w->c[UP_C_ERR_BAD_REQUEST]++;
+        reply_simple(w, s, st, 431);
+        return;
+    }
+    if (st->m_len == 7 && !memcmp(buf_data(&w->bufs, st->hbid) + st->m_off, "CONNECT", 7)) {
+        reply_simple(w, s, st, 501);   /* no tunnels over HTTP/2 (yet) */
+        return;
+    }
+    q_push(w, sc, st->hbid, st->hlen);
+    st->hbid = NIL;
+    const uint8_t *p;
+    uint32_t n = q_contiguous(w, sc, &p);
+    struct h1_limits lim = { l->max_head, l->max_target, l->max_fields };
+    struct h1_request *r = w_req(w);
+    if (h1_parse_request(p, n, &lim, r) != H1_DONE) {
+        w->c[UP_C_ERR_BAD_REQUEST]++;
+        reply_simple(w, s, st, r->error_status ? r->error_status : 400);
+        return;
+    }
+    if (l->idle_timeout_ms)
+        timer_set(w, sc, w->now_ms + l->idle_timeout_ms);
+    txn_begin(w, sc, p, sc->x.head, sc->x.off, r, l);
+}
+
+/* Request body bytes go into the stream connection's queue, framed as
+ * chunks when the client gave no length; the window they took is given
+ * back at once, or once the queue has drained below its limit. */
+static bool body_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n)
+{
+    struct bufpool *bp = &w->bufs;
+    while (n) {
+        uint32_t t = sc->x.tail;
+        if (t == NIL || bp->len[t] == buf_cap(bp, t)) {
+            t = bufpool_take(w);
+            if (t == NIL)
+                return false;
+            q_push(w, sc, t, 0);
+        }
+        uint32_t room = buf_cap(bp, t) - bp->len[t];
+        uint32_t k = n < room ? (uint32_t)n : room;
+        memcpy(buf_data(bp, t) + bp->len[t], p, k);
+        bp->len[t] += k;
+        sc->x.queued += k;
+        p += k;
+        n -= k;
+    }
+    return true;
+}
+
+static void on_data(struct worker *w, struct h2_slot *s, struct conn *sc, const struct h2_ev *ev)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    struct txn *t = txn_of(w, sc);
+    if (!t || sc->h1 != H_TXN || (t->flags & TF_REQ_DONE)) {
+        h2c_consume(s, ev->stream, ev->len);   /* nobody wants it: dropped */
+        return;
+    }
+    bool ok = true;
+    if (st->flags & ST_CHUNKED) {
+        char line[20];
+        int k = snprintf(line, sizeof line, "%zx\r\n", ev->len);
+        ok = body_put(w, sc, (const uint8_t *)line, (size_t)k) && body_put(w, sc, ev->buf, ev->len) &&
+             body_put(w, sc, (const uint8_t *)"\r\n", 2);
+    } else {
+        ok = body_put(w, sc, ev->buf, ev->len);
+    }
+    if (!ok) {
+        txn_abort(w, t, 503, false);
+        return;
+    }
+    if (sc->x.queued > w->o.queue_limit || (sc->x.flags & X_PAUSED)) {
+        sc->x.flags |= X_PAUSED;       /* q_release_to clears it and kicks us */
+        st->unconsumed += (uint32_t)ev->len;
+    } else {
+        h2c_consume(s, ev->stream, ev->len);
+    }
+    txn_touch(w, t);
+    txn_req_pump(w, t);
+}
+
+static void on_end_stream(struct worker *w, struct conn *sc)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    st->flags |= ST_ENDED;
+    struct txn *t = txn_of(w, sc);
+    if (!t || sc->h1 != H_TXN)
+        return;
+    if ((st->flags & ST_CHUNKED) && !body_put(w, sc, (const uint8_t *)"0\r\n\r\n", 5)) {
+        txn_abort(w, t, 503, false);
+        return;
+    }
+    txn_req_pump(w, t);
+}
+
+/* The codec closed the stream: its transaction, if one is still under
+ * way, is over (the client reset it, or the connection ends). */
+static void on_closed(struct worker *w, struct conn *sc)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    if (st->flags & ST_DETACHED)
+        return;
+    stream_unlink(w, st);
+    st->flags |= ST_DETACHED;
+    if (sc->state != CS_OPEN)
+        return;
+    struct txn *t = txn_of(w, sc);
+    if (t && sc->h1 == H_TXN && !(t->flags & TF_ERROR_REPLY)) {
+        w->c[UP_C_H2_RESETS]++;
+        txn_abort(w, t, 0, false);
+    } else {
+        conn_close(w, sc, false);
+    }
+}
+
+/* Body bytes for the codec: the proxy's own answer, or the transaction's
+ * response round (a chunked body loses its framing on the way). */
+static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    struct txn *t = txn_of(w, sc);
+    if (st->rbody) {
+        uint32_t k = st->rleft < ev->len ? st->rleft : (uint32_t)ev->len;
+        memcpy(ev->buf, st->rbody, k);
+        st->rbody += k;
+        st->rleft -= k;
+        ev->n = k;
+        ev->eof = !st->rleft;
+        if (ev->eof)
+            st->flags |= ST_EOF;
+        return;
+    }
+    if (!t || sc->h1 != H_TXN) {
+        ev->eof = 1;                  /* the transaction ended: so does the body */
+        st->flags |= ST_EOF;
+        return;
+    }
+    struct out *o = &t->resp;
+    size_t n = 0;
+    while (o->active && o->left && n < ev->len) {
+        struct iovec *v = &o->iov[o->first];
+        const uint8_t *p = v->iov_base;
+        size_t off = 0, dlen, used;
+        if (t->resp_body == H1_BODY_CHUNKED) {
+            int done = 0;
+            int64_t u = h1_chunked_data(&st->ck, p, v->iov_len, ev->len - n, &off, &dlen, &done);
+            if (u <= 0) {
+                /* (The transaction checked this framing already.) */
+                out_advance(o, (uint32_t)v->iov_len);
+                continue;
+            }
+            used = (size_t)u;
+        } else {
+            dlen = used = v->iov_len < ev->len - n ? v->iov_len : ev->len - n;
+        }
+        memcpy(ev->buf + n, p + off, dlen);
+        n += dlen;
+        out_advance(o, (uint32_t)used);
+    }
+    ev->n = n;
+    if (o->active && !o->left)
+        conn_hand_up(w, sc, C_UP_KICK);   /* the round is out: the transaction goes on */
+    if (!o->left && (t->flags & TF_RESP_DONE)) {
+        ev->eof = 1;
+        st->flags |= ST_EOF;
+    } else if (!n) {
+        st->flags |= ST_DEFERRED;
+    }
+}
+
+int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev)
+{
+    struct conn *c = &w->conns[s->self];
+    struct conn *sc = ev->sc == NIL ? NULL : &w->conns[ev->sc];
+    if (sc && (sc->kind != CK_H2_STREAM || h2_slot_of(w, sc)->owner != s->self ||
+               h2_slot_of(w, sc)->id != ev->stream))
+        sc = NULL;                    /* a stale binding: the stream was forgotten */
+    switch (ev->kind) {
+    case H2E_BEGIN:
+        sc = stream_open(w, c, s, ev->stream);
+        if (!sc) {
+            w->c[UP_C_H2_REFUSED]++;
+            h2c_reset(s, ev->stream, H2C_REFUSED_STREAM);
+            return 0;
+        }
+        h2c_bind(s, ev->stream, (uint32_t)(sc - w->conns));
+        return 0;
+    case H2E_HEADER:
+        if (sc && sc->h1 == H_IDLE)
+            on_header(w, h2_slot_of(w, sc), ev);
+        return 0;
+    case H2E_REQUEST:
+        if (sc && sc->h1 == H_IDLE)
+            on_request(w, c, s, sc, ev->end_stream);
+        return 0;
+    case H2E_DATA:
+        if (sc)
+            on_data(w, s, sc, ev);
+        else
+            h2c_consume(s, ev->stream, ev->len);
+        return 0;
+    case H2E_END_STREAM:
+        if (sc)
+            on_end_stream(w, sc);
+        return 0;
+    case H2E_CLOSED:
+        if (sc)
+            on_closed(w, sc);
+        return 0;
+    case H2E_READ:
+        if (sc)
+            on_read(w, sc, ev);
+        else
+            ev->eof = 1;
+        return 0;
+    case H2E_GLITCH:
+        if (++s->glitches > H2_GLITCHES) {
+            w->c[UP_C_H2_FLOODS]++;
+            h2c_goaway(s, H2C_ENHANCE_YOUR_CALM);
+            s->flags |= CF_CLOSE;
+            return -1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+/* The response head (at the front of the round, as the upstream sent it,
+ * or the proxy's own answer) as a HEADERS frame: names in lower case,
+ * hop-by-hop and HTTP/1.1 framing fields left out. */
+static const char *const DROP[] = { "connection", "keep-alive", "proxy-connection",
+                                    "transfer-encoding", "upgrade", "te", NULL };
+
+static bool dropped(const uint8_t *n, size_t k)
+{
+    for (int i = 0; DROP[i]; i++)
+        if (strlen(DROP[i]) == k && !strncasecmp((const char *)n, DROP[i], k))
+            return true;
+    return false;
+}
+
+static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
+                       const uint8_t *base, uint32_t len, uint8_t method, bool body,
+                       uint32_t *head_len)
+{
+    static const struct h1_limits lim = { 0, 0, H1_MAX_HEADERS };
+    struct h1_response *r = w_resp(w);
+    if (h1_parse_response(base, len, &lim, method, r) != H1_DONE)
+        return -1;
+    *head_len = r->head_len;
+    struct h2_field f[260];
+    uint8_t *low = w->scratch;        /* lower-cased names, one response at a time */
+    size_t used = 0, nf = 0;
+    char code[4];
+    status_text(code, r->status);
+    f[nf++] = (struct h2_field){ (const uint8_t *)":status", (const uint8_t *)code, 7, 3 };
+    for (uint16_t i = 0; i < r->nheaders && nf < 260; i++) {
+        const struct h1_header *h = &r->h[i];
+        const uint8_t *n = base + h->name_off;
+        if ((h->flags & H1_HF_HOP) || dropped(n, h->name_len) || used + h->name_len > SCRATCH_SIZE)
+            continue;
+        for (uint32_t k = 0; k < h->name_len; k++)
+            low[used + k] = (uint8_t)((n[k] >= 'A' && n[k] <= 'Z') ? n[k] | 0x20 : n[k]);
+        f[nf++] = (struct h2_field){ low + used, base + h->value_off, h->name_len, h->value_len };
+        used += h->name_len;
+    }
+    st->flags |= ST_HEAD | (body ? 0 : ST_EOF);
+    return h2c_respond(s, st->id, f, nf, body);
+}
+
+/* The transaction moved (the loop hands the stream up, C_UP_KICK): a head
+ * to submit, body bytes ready, a round the codec has taken, an answer of
+ * the proxy's own, or the end. */
+void h2_stream_kick(struct worker *w, struct conn *sc)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    if (st->flags & ST_DETACHED)
+        return;
+    struct conn *c = &w->conns[st->owner];
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (!s->session || c->state != CS_OPEN)
+        return;
+    struct txn *t = txn_of(w, sc);
+    if (st->unconsumed && !(sc->x.flags & X_PAUSED)) {
+        h2c_consume(s, st->id, st->unconsumed);
+        st->unconsumed = 0;
+    }
+    if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD)) {
+        /* The proxy's own answer (an HTTP/1.1 text): its head and body. */
+        uint32_t hl;
+        if (submit_head(w, s, st, (const uint8_t *)t->reply, t->reply_len, H1_M_GET, true, &hl) < 0)
+            h2c_reset(s, st->id, H2C_INTERNAL_ERROR);
+        st->rbody = (const uint8_t *)t->reply + hl;
+        st->rleft = t->reply_len - hl;
+    } else if (t && sc->h1 == H_TXN && (t->flags & TF_RESP_HEAD) && t->resp.active &&
+               !(st->flags & ST_HEAD)) {
+        struct out *o = &t->resp;
+        uint32_t hl = 0;
+        bool body = t->resp_body != H1_BODY_NONE && t->method != H1_M_HEAD;
+        if (submit_head(w, s, st, o->iov[o->first].iov_base, (uint32_t)o->iov[o->first].iov_len,
+                        t->method, body, &hl) < 0) {
+            txn_abort(w, t, 502, false);
+            h2_flush(w, c);
+            return;
+        }
+        if (t->resp_body == H1_BODY_CHUNKED)
+            h1_chunked_init(&st->ck);
+        out_advance(o, hl);
+    }
+    if (t && sc->h1 == H_TXN && t->resp.active && !t->resp.left && (st->flags & ST_HEAD)) {
+        /* The round is all in the codec's hands: the transaction goes on
+         * (the next round, or its end). */
+        txn_sent(w, t, &t->resp, sc, 0);
+        t = txn_of(w, sc);
+    }
+    if ((st->flags & (ST_HEAD | ST_EOF)) == ST_HEAD) {
+        st->flags &= ~ST_DEFERRED;
+        h2c_resume(s, st->id);
+    }
+    h2_flush(w, c);
+}
+
+/* The stream connection is closing with nothing outstanding: the codec
+ * forgets it (a stream still open is reset), then it is finished with
+ * its transaction's upstream connection like an HTTP/1.1 client. */
+void h2_stream_detach(struct worker *w, struct conn *sc)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    if (st->hbid != NIL)
+        bufpool_put(w, st->hbid);
+    st->hbid = NIL;
+    if (st->flags & ST_DETACHED)
+        return;
+    st->flags |= ST_DETACHED;
+    struct conn *c = &w->conns[st->owner];
+    struct h2_slot *s = h2_slot_of(w, c);
+    stream_unlink(w, st);
+    if (s->session) {
+        h2c_bind(s, st->id, NIL);
+        h2c_reset(s, st->id, H2C_INTERNAL_ERROR);
+        h2_flush(w, c);
+    }
+}
+
+void h2_stream_finish(struct worker *w, struct conn *sc)
+{
+    h2_stream_detach(w, sc);
+    struct conn *c = &w->conns[h2_slot_of(w, sc)->owner];
+    struct h2_slot *s = h2_slot_of(w, c);
+    if (c->kind == CK_H2_CLIENT && c->state == CS_OPEN && (s->flags & CF_DRAIN) && !s->nstreams)
+        h2_flush(w, c);               /* the last stream of a draining connection */
+    h1_try_finish(w, sc);
+}

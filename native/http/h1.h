@@ -206,6 +206,18 @@ static inline struct h1_response *w_resp(struct worker *w)
     return w->resp_scratch;
 }
 
+/* How many received bytes a connection may queue before its receive
+ * stops. An HTTP/2 stream's transaction (both its ends) holds far less
+ * than a connection's: a client may open H2_MAX_STREAMS of them, and one
+ * that does not read must not take the worker's buffers. */
+#define H1_STREAM_QUEUE 16384
+static inline uint32_t h1_queue_limit(const struct worker *w, const struct conn *c)
+{
+    if (c->txn != NIL && w->txns[c->txn].sink == TS_STREAM)
+        return H1_STREAM_QUEUE;
+    return w->o.queue_limit;
+}
+
 /* The connection whose socket carries c's bytes: c itself, or for an
  * HTTP/2 stream its connection (its transport, its TLS facts). */
 static inline const struct conn *h1_wire(const struct worker *w, const struct conn *c)

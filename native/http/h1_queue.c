@@ -53,7 +53,7 @@ void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off)
         bufpool_put(w, bid);
     }
     /* Backpressure ends when the queue has drained to half its limit. */
-    if ((x->flags & X_PAUSED) && x->queued <= w->o.queue_limit / 2) {
+    if ((x->flags & X_PAUSED) && x->queued <= h1_queue_limit(w, c) / 2) {
         x->flags &= ~X_PAUSED;
         h1_recv_arm(w, c);
     }

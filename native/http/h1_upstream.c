@@ -30,7 +30,10 @@ void h1_recv_arm(struct worker *w, struct conn *c)
         (c->ops & (1u << OP_RECV)))
         return;
     bool head = (c->flags & C_HEADRECV) && w->o.splice_min;
-    tp_recv_arm(w, c, head ? HEAD_RECV : 0);
+    /* For an HTTP/2 stream one buffer at a time: a multishot receive
+     * would queue far past the stream's small limit before it stopped. */
+    bool stream = c->txn != NIL && w->txns[c->txn].sink == TS_STREAM;
+    tp_recv_arm(w, c, head ? HEAD_RECV : stream ? w->bufs.size : 0);
 }
 
 static void link_txn(struct worker *w, struct txn *t, struct conn *u)
@@ -42,6 +45,8 @@ static void link_txn(struct worker *w, struct txn *t, struct conn *u)
     c->peer = t->up;
     dial_busy(w, u);
     w->srv[u->slot].requests++;
+    if (t->sink == TS_STREAM && (u->ops & (1u << OP_RECV)) && !(u->flags & C_HEADRECV))
+        conn_cancel_ops_of(w, u, OP_RECV);   /* re-armed one buffer at a time */
 }
 
 static void dial_server(struct worker *w, struct txn *t, struct conn *u);
@@ -260,7 +265,7 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
             struct txn *t = txn_of(w, u);
             if (t)
                 txn_touch(w, t);
-            if (u->x.queued > w->o.queue_limit && !(u->x.flags & X_PAUSED)) {
+            if (u->x.queued > h1_queue_limit(w, u) && !(u->x.flags & X_PAUSED)) {
                 u->x.flags |= X_PAUSED;
                 if (more)
                     conn_cancel_ops_of(w, u, OP_RECV);

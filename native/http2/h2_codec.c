@@ -197,7 +197,6 @@ int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
         { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS },
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
         { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list },
-        { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
     };
     if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) ||
         /* The connection's window covers every stream's: one stream whose

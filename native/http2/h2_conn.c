@@ -174,7 +174,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     uint32_t bid;
     int res = tp_received(w, c, cqe, &bid);
     if (bid != NIL) {
-        if (c->state == CS_OPEN && res > 0 && s->session) {
+        if (c->state == CS_OPEN && res > 0 && s->session && !(s->flags & CF_CLOSE)) {
             w->c[UP_C_BYTES_FROM_CLIENTS] += (uint64_t)res;
             if (h2c_recv(s, buf_data(&w->bufs, bid), (size_t)res) < 0)
                 s->flags |= CF_CLOSE;     /* the codec queued its GOAWAY */
@@ -530,7 +530,7 @@ static void on_data(struct worker *w, struct h2_slot *s, struct conn *sc, const 
         txn_abort(w, t, 503, false);
         return;
     }
-    if (sc->x.queued > w->o.queue_limit || (sc->x.flags & X_PAUSED)) {
+    if (sc->x.queued > h1_queue_limit(w, sc) || (sc->x.flags & X_PAUSED)) {
         sc->x.flags |= X_PAUSED;       /* q_release_to clears it and kicks us */
         st->unconsumed += (uint32_t)ev->len;
     } else {
@@ -675,7 +675,7 @@ int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev)
             ev->eof = 1;
         return 0;
     case H2E_GLITCH:
-        if (++s->glitches > H2_GLITCHES) {
+        if (++s->glitches > H2_GLITCHES && !(s->flags & CF_CLOSE)) {
             w->c[UP_C_H2_FLOODS]++;
             h2c_goaway(s, H2C_ENHANCE_YOUR_CALM);
             s->flags |= CF_CLOSE;

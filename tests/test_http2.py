@@ -1,0 +1,562 @@
+"""HTTP/2 from clients (issue 17, the downstream half): ALPN h2 over TLS and
+h2c by prior knowledge on listeners with http2 = true, each stream one
+transaction on the HTTP/1.1 upstream side. Real clients no one here wrote
+(curl, nghttp, h2load, Python's h2 and httpx) against real `uproxy run`
+processes; the hostile ones speak raw frames (Python's h2 for HPACK)."""
+import asyncio
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from http_upstream import HttpUpstream, Response
+from support import ROOT, Proxy, free_port, render_config, wait_for
+
+h2 = pytest.importorskip("h2", reason="Python's h2 (pyproject test extras) is not installed")
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.events  # noqa: E402
+import hpack  # noqa: E402
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def need(tool):
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} is not installed (Debian nghttp2-client / curl; scripts/setup --test)")
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    d = tmp_path_factory.mktemp("h2pki")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", "k.pem", "-out", "c.pem",
+                    "-days", "5", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost"], cwd=d, check=True, capture_output=True)
+    return {"cert": str(d / "c.pem"), "key": str(d / "k.pem")}
+
+
+def h2_proxy(proxy_factory, servers, tls=None, listener=None, cluster=None):
+    port = free_port()
+    lst = {"name": "h2", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
+           "http2": True}
+    if tls:
+        lst["tls"] = {"certificates": [tls]}
+    lst.update(listener or {})
+    cl = {"name": "c", "servers": servers}
+    cl.update(cluster or {})
+    p = proxy_factory([lst], [cl], proxy={"workers": 1})
+    p.port = port
+    return p
+
+
+def curl(*args, timeout=20):
+    r = subprocess.run(["curl", "-sS", "--max-time", str(timeout), *args], capture_output=True,
+                       timeout=timeout + 5)
+    return r
+
+
+# ---- a raw client: frames on a socket ----------------------------------------
+
+def frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", sid) + payload
+
+
+DATA, HEADERS, RST, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, END_HEADERS, ACK = 1, 4, 1
+
+
+def req_block(enc, path="/", method="GET", authority="localhost", extra=()):
+    return enc.encode([(":method", method), (":scheme", "http"), (":path", path),
+                       (":authority", authority), *extra])
+
+
+class Raw:
+    """A socket that has sent the preface and an empty SETTINGS."""
+
+    def __init__(self, port, settings=b""):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.s.sendall(PREFACE + frame(SETTINGS, 0, 0, settings))
+        self.enc = hpack.Encoder()
+        self.dec = hpack.Decoder()
+        self.buf = b""
+
+    def send(self, b):
+        self.s.sendall(b)
+
+    def frames(self, until, timeout=10):
+        """Read frames until until(type, flags, sid, payload) is true (returns
+        it) or the connection closes (None)."""
+        self.s.settimeout(timeout)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            while len(self.buf) >= 9:
+                n = int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) < 9 + n:
+                    break
+                t, fl, sid = self.buf[3], self.buf[4], int.from_bytes(self.buf[5:9], "big") & 0x7fffffff
+                pl = self.buf[9:9 + n]
+                self.buf = self.buf[9 + n:]
+                if until(t, fl, sid, pl):
+                    return (t, fl, sid, pl)
+            try:
+                b = self.s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                return None
+            if not b:
+                return None
+            self.buf += b
+        return None
+
+    def goaway(self, timeout=10):
+        f = self.frames(lambda t, *_: t == GOAWAY, timeout)
+        return None if f is None else int.from_bytes(f[3][4:8], "big")
+
+    def closed(self, timeout=10):
+        """True once the proxy has closed the connection (after a GOAWAY or not)."""
+        return self.frames(lambda *_: False, timeout) is None
+
+    def close(self):
+        self.s.close()
+
+
+# ---- clients no one here wrote -------------------------------------------------
+
+def test_h2c_prior_knowledge_curl_get_and_post(proxy_factory):
+    """curl --http2-prior-knowledge: GET and POST become HTTP/1.1 requests
+    with Host from :authority and the proxy's forwarded headers."""
+    need("curl")
+    up = HttpUpstream(lambda req: Response(body=b"got " + req.method.encode() + b" " +
+                                           req.target.encode() + b" " + req.body))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    r = curl("-i", "--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/a?q=1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"HTTP/2 200"), r.stdout[:200]
+    assert r.stdout.endswith(b"got GET /a?q=1 ")
+    r = curl("--http2-prior-knowledge", "--data-binary", "hello body",
+             f"http://127.0.0.1:{p.port}/post")
+    assert r.stdout == b"got POST /post hello body", r.stdout
+    req = up.requests[0]
+    assert req.version == "HTTP/1.1"
+    assert req.header("host") == f"127.0.0.1:{p.port}"
+    assert req.header("x-forwarded-proto") == "http"
+    assert req.header("x-forwarded-for") == "127.0.0.1"
+    assert p.total("h2_connections") == 2 and p.total("h2_streams") == 2
+    up.close()
+
+
+def test_h2_over_tls_alpn_prefers_h2(proxy_factory, cert):
+    """ALPN: h2 is preferred; a client that offers only http/1.1 gets it on
+    the same listener; X-Forwarded-Proto says https for both."""
+    need("curl")
+    up = HttpUpstream(lambda req: Response(body=req.header("x-forwarded-proto").encode()))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"], tls=cert)
+    base = f"https://localhost:{p.port}/"
+    res = ["--resolve", f"localhost:{p.port}:127.0.0.1", "--cacert", cert["cert"]]
+    r = curl("-i", "--http2", *res, base)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"HTTP/2 200") and r.stdout.endswith(b"https"), r.stdout
+    r = curl("-i", "--http1.1", *res, base)
+    assert r.stdout.startswith(b"HTTP/1.1 200") and r.stdout.endswith(b"https"), r.stdout
+    # Python's ssl with ALPN ["h2", "http/1.1"]: the server picks h2.
+    ctx = ssl.create_default_context(cafile=cert["cert"])
+    ctx.set_alpn_protocols(["http/1.1", "h2"])
+    with socket.create_connection(("127.0.0.1", p.port)) as s, \
+            ctx.wrap_socket(s, server_hostname="localhost") as t:
+        assert t.selected_alpn_protocol() == "h2"
+    up.close()
+
+
+def test_nghttp_and_h2load_many_streams(proxy_factory, cert):
+    """nghttp fetches; h2load runs 100 concurrent streams on each of 2
+    connections, over h2c and over TLS: every request succeeds."""
+    need("nghttp")
+    need("h2load")
+    up = HttpUpstream(lambda req: Response(body=b"x" * 64))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    r = subprocess.run(["nghttp", "-v", f"http://127.0.0.1:{p.port}/n"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0 and "recv DATA frame <length=64" in r.stdout, r.stdout[-800:]
+    r = subprocess.run(["h2load", "-n", "2000", "-c", "2", "-m", "100",
+                        f"http://127.0.0.1:{p.port}/load"], capture_output=True, text=True,
+                       timeout=60)
+    assert "2000 succeeded, 0 failed" in r.stdout and "2000 2xx" in r.stdout, r.stdout
+    p2 = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"], tls=cert)
+    r = subprocess.run(["h2load", "-n", "1000", "-c", "2", "-m", "50",
+                        f"https://127.0.0.1:{p2.port}/tls"], capture_output=True, text=True,
+                       timeout=60)
+    assert "1000 succeeded, 0 failed" in r.stdout and "h2" in r.stdout, r.stdout
+    up.close()
+
+
+def test_httpx_parallel_streams_one_connection(proxy_factory):
+    """httpx[http2] with 100 requests at once on one connection (a browser's
+    page of resources): all answered, each with its own body."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("h2")
+    up = HttpUpstream(lambda req: Response(body=req.target.encode() * 10,
+                                           delay=0.05 if req.target.endswith("7") else 0))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+
+    async def run():
+        # http1=False: prior knowledge, as httpx speaks h2c only then.
+        async with httpx.AsyncClient(http1=False, http2=True) as c:
+            return await asyncio.gather(*[c.get(f"http://127.0.0.1:{p.port}/r{i}")
+                                          for i in range(100)])
+    rs = asyncio.run(run())
+    assert all(r.http_version == "HTTP/2" for r in rs)
+    assert [r.content for r in rs] == [f"/r{i}".encode() * 10 for i in range(100)]
+    assert p.total("h2_connections") == 1
+    up.close()
+
+
+def test_bodies_large_and_chunked(proxy_factory):
+    """Request bodies with and without content-length (the upstream gets
+    them chunked), and 4 MiB responses by content-length and chunked, whole."""
+    need("curl")
+    big = os.urandom(4 << 20)
+
+    def handler(req):
+        if req.target == "/echo":
+            return Response(body=hashlib.sha256(req.body).hexdigest().encode() +
+                            b" " + (req.header("transfer-encoding") or "len").encode())
+        return Response(body=big, chunked=req.target == "/chunked", chunk_size=100000)
+    up = HttpUpstream(handler)
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    for path in ("/length", "/chunked"):
+        r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}{path}", timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert hashlib.sha256(r.stdout).hexdigest() == hashlib.sha256(big).hexdigest(), path
+    body = os.urandom(3 << 20)
+    path = os.path.join(ROOT, ".pytest-h2-body")
+    try:
+        with open(path, "wb") as fh:
+            fh.write(body)
+        r = curl("--http2-prior-knowledge", "--data-binary", f"@{path}",
+                 f"http://127.0.0.1:{p.port}/echo", timeout=30)
+        assert r.stdout == hashlib.sha256(body).hexdigest().encode() + b" len", r.stdout
+    finally:
+        os.unlink(path)
+    # No content-length (h2 library, END_STREAM on the last DATA): chunked.
+    raw = Raw(p.port)
+    blk = req_block(raw.enc, "/echo", "POST")
+    raw.send(frame(HEADERS, END_HEADERS, 1, blk))
+    part = os.urandom(15000)          # (frames of at most 16 KiB)
+    raw.send(frame(DATA, 0, 1, part) + frame(DATA, END_STREAM, 1, part))
+    f = raw.frames(lambda t, fl, sid, pl: t == DATA and sid == 1)
+    assert f is not None
+    assert f[3].startswith(hashlib.sha256(part + part).hexdigest().encode() + b" chunked"), f[3]
+    raw.close()
+    up.close()
+
+
+def test_upstream_down_is_an_answer_on_the_stream(proxy_factory):
+    """A dead upstream is a 502 on its stream; the connection stays and the
+    next stream on it is answered too."""
+    dead = free_port()
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{dead}"], cluster={"max_attempts": 1})
+    # (Not curl with two URLs: Debian's curl 7.88 fails to reuse an h2c
+    # connection, against nginx too.)
+    raw = Raw(p.port)
+    for sid in (1, 3):
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM, sid, req_block(raw.enc, f"/{sid}")))
+        f = raw.frames(lambda t, fl, s, pl: t == HEADERS and s == sid)
+        assert f is not None
+        assert dict(raw.dec.decode(f[3]))[":status"] == "502"
+        raw.frames(lambda t, fl, s, pl: t == DATA and s == sid and fl & END_STREAM)
+    raw.close()
+    assert p.total("h2_connections") == 1
+
+
+def test_mixed_h1_and_h2c_on_one_port(proxy_factory):
+    """The preface tells h2c from HTTP/1.1: both at once on one port."""
+    need("curl")
+    up = HttpUpstream(lambda req: Response(body=b"v" + req.target.encode()))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    errs = []
+
+    def run(flag, n):
+        for i in range(n):
+            r = curl("-i", flag, f"http://127.0.0.1:{p.port}/{flag}{i}")
+            want = b"HTTP/2 200" if "prior" in flag else b"HTTP/1.1 200"
+            if not (r.stdout.startswith(want) and r.stdout.endswith(f"v/{flag}{i}".encode())):
+                errs.append(r.stdout[:100])
+    ts = [threading.Thread(target=run, args=(f, 20)) for f in
+          ("--http2-prior-knowledge", "--http1.1", "--http2-prior-knowledge", "--http1.1")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errs, errs[:3]
+    up.close()
+
+
+def test_slow_stream_does_not_stall_others(proxy_factory):
+    """One stream whose upstream takes 2 s and another that answers at once,
+    on one connection: the fast one is not held behind the slow one."""
+    up = HttpUpstream(lambda req: Response(body=b"ok", delay=2.0 if req.target == "/slow" else 0))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, req_block(raw.enc, "/slow")))
+    t0 = time.monotonic()
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 3, req_block(raw.enc, "/fast")))
+    f = raw.frames(lambda t, fl, sid, pl: t == DATA and (fl & END_STREAM))
+    assert f is not None and f[2] == 3, f
+    assert time.monotonic() - t0 < 1.5
+    f = raw.frames(lambda t, fl, sid, pl: t == DATA and (fl & END_STREAM), timeout=10)
+    assert f is not None and f[2] == 1
+    raw.close()
+    up.close()
+
+
+def test_client_that_never_reads_is_bounded(proxy_factory):
+    """A client opens streams for 4 MiB responses and never reads (nor
+    opens its window): the proxy's memory stays bounded and another client
+    is served meanwhile."""
+    need("curl")
+    up = HttpUpstream(lambda req: Response(body=b"z" * (4 << 20)))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    rss0 = p.rss_kib()
+    raws = []
+    for _ in range(4):
+        raw = Raw(p.port)
+        raw.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for sid in range(1, 40, 2):
+            raw.send(frame(HEADERS, END_HEADERS | END_STREAM, sid, req_block(raw.enc, f"/{sid}")))
+        raws.append(raw)
+    time.sleep(1.5)
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+             f"http://127.0.0.1:{p.port}/other", timeout=30)
+    assert r.stdout == b"200 4194304", r.stdout
+    grown = p.rss_kib() - rss0
+    # 80 streams of 4 MiB would be 320 MiB if the proxy buffered them.
+    assert grown < 64 * 1024, f"RSS grew by {grown} KiB for clients that do not read"
+    for raw in raws:
+        raw.close()
+    up.close()
+
+
+# ---- defences: Python's h2 / raw frames as the hostile client -------------------------
+
+def test_rapid_reset_is_cut(proxy_factory):
+    """CVE-2023-44487: a client opening and cancelling streams as fast as it
+    can is bounded (the reset rate limit) and then cut with GOAWAY."""
+    up = HttpUpstream(lambda req: Response(body=b"r", delay=0.5))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    out = b""
+    sid = 1
+    for _ in range(3000):
+        out += frame(HEADERS, END_HEADERS | END_STREAM, sid, req_block(raw.enc, "/")) + \
+            frame(RST, 0, sid, struct.pack(">I", 8))
+        sid += 2
+    try:
+        raw.send(out)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    code = raw.goaway()
+    assert code is not None, "no GOAWAY for a rapid reset flood"
+    assert raw.closed()
+    assert p.total("h2_streams") < 3000
+    raw.close()
+    # The proxy still serves.
+    ok = Raw(p.port)
+    ok.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, req_block(ok.enc, "/")))
+    assert ok.frames(lambda t, fl, sid, pl: t == DATA and sid == 1) is not None
+    ok.close()
+    up.close()
+
+
+def test_continuation_flood_is_cut(proxy_factory):
+    """CVE-2024-28182: endless CONTINUATION frames after a HEADERS without
+    END_HEADERS: the connection is cut, without buffering them all."""
+    up = HttpUpstream()
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    blk = req_block(raw.enc, "/")
+    raw.send(frame(HEADERS, 0, 1, blk))
+    e = hpack.Encoder()
+    try:
+        for i in range(2000):
+            raw.send(frame(CONTINUATION, 0, 1, e.encode([(f"x-h{i}", "v" * 100)])))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert raw.closed()
+    raw.close()
+
+
+def test_settings_and_ping_floods_are_cut(proxy_factory):
+    """SETTINGS and PING frames whose ACKs the client never reads pile up in
+    the proxy's queue: past the limit the connection is cut."""
+    up = HttpUpstream()
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    for kind in (PING, SETTINGS):
+        raw = Raw(p.port)
+        raw.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        one = frame(PING, 0, 0, b"12345678") if kind == PING else frame(SETTINGS, 0, 0, b"")
+        closed = False
+        try:
+            for _ in range(100):
+                raw.send(one * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        assert closed or raw.closed(timeout=10), f"a {kind} flood was not cut"
+        raw.close()
+
+
+def test_empty_data_flood_is_cut(proxy_factory):
+    """Empty DATA frames (no END_STREAM) do nothing but cost work: past
+    H2_GLITCHES the connection gets GOAWAY ENHANCE_YOUR_CALM."""
+    up = HttpUpstream(lambda req: Response(body=b"e", delay=3))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    raw.send(frame(HEADERS, END_HEADERS, 1, req_block(raw.enc, "/", "POST")))
+    try:
+        raw.send(frame(DATA, 0, 1) * 5000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert raw.goaway() == 11          # ENHANCE_YOUR_CALM
+    assert p.total("h2_floods") == 1
+    raw.close()
+
+
+def test_stream_id_misuse_is_a_protocol_error(proxy_factory):
+    """An even (server-side) stream id: GOAWAY PROTOCOL_ERROR. A new stream
+    id below the last one is ignored, as nghttp2 does (it cannot tell it
+    from a late frame of a stream it forgot): not answered, not forwarded,
+    and the connection goes on."""
+    up = HttpUpstream()
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 2, req_block(raw.enc, "/")))
+    assert raw.goaway() == 1
+    raw.close()
+    raw = Raw(p.port)
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 5, req_block(raw.enc, "/")))
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 3, req_block(raw.enc, "/three")))
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 7, req_block(raw.enc, "/")))
+    f = raw.frames(lambda t, fl, s, pl: t == DATA and s == 7 and fl & END_STREAM)
+    assert f is not None
+    assert "/three" not in [r.target for r in up.requests]
+    raw.close()
+
+
+def test_more_streams_than_advertised_are_refused(proxy_factory):
+    """More concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS (128):
+    the extra ones are reset (REFUSED_STREAM or PROTOCOL_ERROR), the
+    others answered."""
+    up = HttpUpstream(lambda req: Response(body=b"m", delay=1.0))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    # Wait for the proxy's SETTINGS (the limit applies once it is known).
+    s = raw.frames(lambda t, fl, sid, pl: t == SETTINGS and not fl & ACK)
+    assert s is not None
+    vals = {int.from_bytes(s[3][i:i + 2], "big"): int.from_bytes(s[3][i + 2:i + 6], "big")
+            for i in range(0, len(s[3]), 6)}
+    assert vals[3] == 128
+    raw.send(frame(SETTINGS, ACK, 0))
+    out = b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, req_block(raw.enc, "/"))
+                   for i in range(140))
+    raw.send(out)
+    f = raw.frames(lambda t, fl, sid, pl: t in (RST, GOAWAY))
+    assert f is not None, "the 129th stream was accepted"
+    raw.close()
+
+
+def test_header_list_too_large_is_refused(proxy_factory):
+    """An HPACK block that decodes past max_header_size (an HPACK bomb: one
+    big indexed field repeated) is refused, not forwarded."""
+    up = HttpUpstream()
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"], listener={"max_header_size": 4096})
+    raw = Raw(p.port)
+    enc = raw.enc
+    blk = req_block(enc, "/", extra=[("x-bomb", "b" * 3000)])
+    blk += enc.encode([("x-bomb", "b" * 3000)] * 60)     # indexed: 60 tiny references
+    raw.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, blk))
+    f = raw.frames(lambda t, fl, sid, pl: t in (RST, GOAWAY) or (t == HEADERS and sid == 1))
+    assert f is not None
+    if f[0] == HEADERS:
+        assert dict(raw.dec.decode(f[3]))[":status"] == "431"
+    assert not up.requests
+    raw.close()
+
+
+# ---- drain ---------------------------------------------------------------------
+
+def test_sigterm_drains_with_goaway(tmp_path):
+    """SIGTERM with streams under way: GOAWAY names the last stream taken,
+    the streams under way finish, then the proxy exits."""
+    up = HttpUpstream(lambda req: Response(body=b"done", delay=1.0))
+    port = free_port()
+    cfg = render_config({"workers": 1},
+                        [{"name": "h2", "bind": f"127.0.0.1:{port}", "mode": "http",
+                          "cluster": "c", "http2": True}],
+                        [{"name": "c", "servers": [f"127.0.0.1:{up.port}"]}])
+    p = Proxy(tmp_path, cfg)
+    raw = Raw(port)
+    for sid in (1, 3, 5):
+        raw.send(frame(HEADERS, END_HEADERS | END_STREAM, sid, req_block(raw.enc, f"/{sid}")))
+    wait_for(lambda: len(up.requests) == 3 or None, what="requests at the upstream")
+    os.kill(p.pid, signal.SIGTERM)
+    g = raw.frames(lambda t, *_: t == GOAWAY)
+    assert g is not None and int.from_bytes(g[3][:4], "big") == 5
+    done = set()
+    while len(done) < 3:
+        f = raw.frames(lambda t, fl, sid, pl: t == DATA and fl & END_STREAM)
+        assert f is not None, f"streams finished: {done}"
+        assert f[3] == b"done"
+        done.add(f[2])
+    assert p.p.wait(20) == 0
+    raw.close()
+    up.close()
+
+
+# ---- law 2 ---------------------------------------------------------------------
+
+def _alloc_run(tmp_path, so, n):
+    up = HttpUpstream(lambda req: Response(body=b"a" * 64))
+    port = free_port()
+    log = str(tmp_path / f"alloc-h2-{n}.log")
+    cfg = render_config({"workers": 1},
+                        [{"name": "h2", "bind": f"127.0.0.1:{port}", "mode": "http",
+                          "cluster": "c", "http2": True}],
+                        [{"name": "c", "servers": [f"127.0.0.1:{up.port}"]}])
+    p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log})
+    try:
+        def batch(k):
+            r = subprocess.run(["h2load", "-n", str(k), "-c", "4", "-m", "10",
+                                f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                               timeout=60)
+            assert f"{k} succeeded" in r.stdout, r.stdout
+        batch(400)                     # warm-up: the arena's free lists fill
+        batch(n)
+        tid = p.stats()["workers"][0]["tid"]
+    finally:
+        assert p.stop() == 0
+        up.close()
+    counts = dict(map(int, l.split()) for l in open(log))
+    assert tid in counts
+    return counts[tid]
+
+
+def test_no_allocation_per_h2_request(tmp_path):
+    """Law 2 for HTTP/2: a worker's malloc count does not grow with the
+    number of streams and connections (N vs 10N): nghttp2 allocates from
+    the worker's arena."""
+    need("h2load")
+    so = str(tmp_path / "alloccount.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", so,
+                    os.path.join(ROOT, "tests", "native", "alloccount.c")], check=True)
+    a = _alloc_run(tmp_path, so, 400)
+    b = _alloc_run(tmp_path, so, 4000)
+    assert a > 0
+    assert b - a <= 5, f"worker allocations grew with HTTP/2 requests: {a} after 400, {b} after 4000"

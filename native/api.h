@@ -294,6 +294,8 @@ enum up_counter {
     UP_C_H2_REFUSED,          /* streams refused: no slot, draining (REFUSED_STREAM) */
     UP_C_H2_RESETS,           /* streams the client reset while their transaction ran */
     UP_C_H2_FLOODS,           /* connections cut for frames that do nothing (GOAWAY) */
+    UP_C_H2_ARENA_BYTES,      /* gauge: bytes of the codec's arena carved (committed at most) */
+    UP_C_H2_ARENA_ALLOCS,     /* the codec's allocations, all served by the arena */
     UP_C__COUNT
 };
 

@@ -387,7 +387,7 @@ MISTAKES = [
     ("unknown key in a pair", '{{ certificates = [{{ cert = "{www_ec}", kee = "{www_ec_key}" }}] }}',
      "listeners[0].tls.certificates[0].kee", "did you mean 'key'?"),
     ("h2 on http", '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], alpn = ["h2"] }}',
-     "listeners[0].tls.alpn[0]", "HTTP/1.x only"),
+     "listeners[0].tls.alpn[0]", "needs http2 = true"),
     ("client auth without a CA", '{{ certificates = [{{ cert = "{www_ec}", key = "{www_ec_key}" }}], '
                                  'client_auth = "required" }}',
      "listeners[0].tls.client_auth", "needs client_ca"),

@@ -68,6 +68,7 @@ static const struct up_listener *listener_of(struct worker *w, const struct conn
 /* ---- the connection --------------------------------------------------- */
 
 static void conn_end(struct worker *w, struct conn *c);
+static void arena_gauges(struct worker *w);
 
 void h2_adopt(struct worker *w, struct conn *c)
 {
@@ -87,6 +88,7 @@ void h2_adopt(struct worker *w, struct conn *c)
         return;
     }
     timer_set(w, c, w->now_ms + l->keepalive_timeout_ms);
+    arena_gauges(w);
     /* What came before the switch (the preface, perhaps the first frames). */
     struct bufpool *bp = &w->bufs;
     uint32_t off = c->x.off;
@@ -281,6 +283,7 @@ void h2_conn_finish(struct worker *w, struct conn *c)
         s->out_bid = NIL;
     }
     h2c_close(w, s);
+    arena_gauges(w);
     h1_try_finish(w, c);
 }
 
@@ -301,6 +304,14 @@ void h2_stop_all(struct worker *w)
     }
 }
 
+/* The arena's figures, as gauges (per connection, not per request). */
+static void arena_gauges(struct worker *w)
+{
+    struct arena *a = &hw_of(w)->arena;
+    w->c[UP_C_H2_ARENA_BYTES] = a->used;
+    w->c[UP_C_H2_ARENA_ALLOCS] = a->allocs;
+}
+
 /* ---- streams ---------------------------------------------------------- */
 
 static void stream_unlink(struct worker *w, struct h2_slot *st)
@@ -313,8 +324,13 @@ static void stream_unlink(struct worker *w, struct h2_slot *st)
     if (st->snext != NIL)
         hw_of(w)->slots[st->snext].sprev = st->sprev;
     st->snext = st->sprev = NIL;
-    if (s->nstreams)
-        s->nstreams--;
+    if (s->nstreams && !--s->nstreams) {
+        /* The last stream ended: the connection keeps time again. */
+        struct conn *c = &w->conns[st->owner];
+        const struct up_listener *l = listener_of(w, c);
+        if (c->state == CS_OPEN && !(s->flags & CF_CLOSE))
+            timer_set(w, c, w->now_ms + (l ? l->keepalive_timeout_ms : 10000));
+    }
 }
 
 static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot *s, int32_t id)

@@ -56,12 +56,20 @@ void h2_worker_free(struct worker *w)
     w->h2 = NULL;
 }
 
-static const struct up_listener *listener_of(struct worker *w, const struct conn *c)
+/* By index, checked against the stable id (as h1_client.c's): one
+ * comparison per stream; the scan only after a reload reordered them. */
+static const struct up_listener *listener_of(struct worker *w, struct conn *c)
 {
     const struct up_config *cfg = w->cfg;
-    for (uint32_t i = 0; cfg && i < cfg->nlisteners; i++)
-        if (cfg->listeners[i].id == c->listener_id)
+    if (!cfg)
+        return NULL;
+    if (c->listener < cfg->nlisteners && cfg->listeners[c->listener].id == c->listener_id)
+        return &cfg->listeners[c->listener];
+    for (uint32_t i = 0; i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].id == c->listener_id) {
+            c->listener = (uint8_t)i;
             return &cfg->listeners[i];
+        }
     return NULL;
 }
 
@@ -347,6 +355,7 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
     sc->h1 = H_IDLE;
     sc->slot = s->self;               /* its connection: the wire (h1_wire) */
     sc->listener_id = c->listener_id;
+    sc->listener = c->listener;
     sc->lslot = c->lslot;
     sc->addr_len = c->addr_len;
     sc->port = c->port;

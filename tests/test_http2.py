@@ -203,6 +203,9 @@ def test_h2c_prior_knowledge_curl_get_and_post(proxy_factory):
     assert req.header("x-forwarded-proto") == "http"
     assert req.header("x-forwarded-for") == "127.0.0.1"
     assert p.total("h2_connections") == 2 and p.total("h2_streams") == 2
+    # The upstream connection of the first stream served the second (the
+    # pool), and a stream that ended normally is not counted as reset.
+    assert p.total("pool_hits") == 1 and p.total("h2_resets") == 0
     up.close()
 
 

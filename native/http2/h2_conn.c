@@ -592,6 +592,13 @@ static void on_closed(struct worker *w, struct conn *sc)
         return;
     struct txn *t = txn_of(w, sc);
     if (t && sc->h1 == H_TXN && !(t->flags & TF_ERROR_REPLY)) {
+        if (st->flags & ST_EOF) {
+            /* The whole response is in the codec's hands (it closed the
+             * stream as it sent the end): the transaction ends at its
+             * kick, and its upstream connection goes back to the pool. */
+            conn_hand_up(w, sc, C_UP_KICK);
+            return;
+        }
         w->c[UP_C_H2_RESETS]++;
         txn_abort(w, t, 0, false);
     } else {
@@ -760,13 +767,20 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
 void h2_stream_kick(struct worker *w, struct conn *sc)
 {
     struct h2_slot *st = h2_slot_of(w, sc);
-    if (st->flags & ST_DETACHED)
+    struct txn *t = txn_of(w, sc);
+    if (st->flags & ST_DETACHED) {
+        /* The stream closed after its last byte: its transaction finishes
+         * (the round is out), then the stream's slot goes. */
+        if (t && sc->h1 == H_TXN && t->resp.active && !t->resp.left)
+            txn_sent(w, t, &t->resp, sc, 0);
+        if (sc->state == CS_OPEN && !txn_of(w, sc))
+            conn_close(w, sc, false);
         return;
+    }
     struct conn *c = &w->conns[st->owner];
     struct h2_slot *s = h2_slot_of(w, c);
     if (!s->session || c->state != CS_OPEN)
         return;
-    struct txn *t = txn_of(w, sc);
     if (st->unconsumed && !(sc->x.flags & X_PAUSED)) {
         h2c_consume(s, st->id, st->unconsumed);
         st->unconsumed = 0;

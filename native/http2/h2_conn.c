@@ -346,7 +346,11 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
     /* A stream needs its own slot, an upstream's and a transaction. */
     if (w->nfree < 2 || !w->ntxn_free || w->stopping || (s->flags & (CF_DRAIN | CF_CLOSE)))
         return NULL;
+    /* The head is written into a buffer of the pool, or an assembly
+     * buffer when the pool's stack is short (the kernel holds the rest). */
     uint32_t hb = bufpool_take(w);
+    if (hb == NIL)
+        hb = hbuf_get(w);
     if (hb == NIL)
         return NULL;
     struct conn *sc = conn_alloc(w);
@@ -367,7 +371,8 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
     st->owner = s->self;
     st->id = id;
     st->hbid = hb;
-    st->ptail = (uint16_t)w->bufs.size;
+    uint32_t cap = buf_cap(&w->bufs, hb);
+    st->ptail = (uint16_t)(cap > 65535 ? 65535 : cap);    /* (a head is at most 32 KiB) */
     st->out_bid = NIL;
     st->streams = NIL;
     st->sprev = NIL;

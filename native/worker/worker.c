@@ -282,9 +282,7 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
                 h2_stream_detach(w, &w->conns[c->peer]);
             h1_try_finish(w, c);
             break;
-        case EV_ADOPT:
-            if (client && c->kind == CK_H2_CLIENT)
-                to_protocol(w, c, EV_ADOPT, op, cqe);   /* the preface changed its kind */
+        case EV_ADOPT:                  /* (a preface makes it CK_H2_CLIENT, adopted below) */
             break;
         case EV_RESUME:
             h1_recv_arm(w, c);

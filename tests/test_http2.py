@@ -575,6 +575,25 @@ def test_sigterm_drains_with_goaway(tmp_path):
     up.close()
 
 
+def test_reload_under_load_loses_nothing(proxy_factory):
+    """SIGHUP while h2load runs 10 streams on each of 4 connections: the
+    connections stay, every request is answered."""
+    need("h2load")
+    up = HttpUpstream(lambda req: Response(body=b"r" * 64))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    h = subprocess.Popen(["h2load", "-n", "30000", "-c", "4", "-m", "10",
+                          f"http://127.0.0.1:{p.port}/"], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: p.total("h2_streams") > 500 or None, what="streams under way")
+    gen = p.stats()["workers"][0].get("config_generation")
+    p.reload()
+    wait_for(lambda: p.stats()["workers"][0].get("config_generation") != gen or None,
+             what="the reload to reach the worker")
+    assert h.poll() is None, "h2load ended before the reload: the test proves nothing"
+    out = h.communicate(timeout=60)[0]
+    assert "30000 succeeded, 0 failed" in out, out
+    up.close()
+
+
 # ---- law 2 ---------------------------------------------------------------------
 
 def _alloc_run(tmp_path, so, n):

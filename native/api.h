@@ -129,6 +129,7 @@ struct up_route {
                                      its Allow), or 0 length: 501 */
     uint32_t stat_slot;       /* http: its statistics block (a listener slot whose
                                  parent is its listener's), or UP_NO_SLOT */
+    uint32_t policy;          /* http: 1 + index in up_config.policies, 0: none */
 };
 
 #define UP_NO_SLOT 0xffff
@@ -187,6 +188,15 @@ struct up_config {
     const struct up_acme_token *acme;  /* HTTP-01 answers (issue 13), or NULL */
     uint32_t nacme;
     uint32_t pad_acme;
+    /* http policies (native/http/h1_policy.c), compiled at load */
+    const struct up_policy *policies;
+    const struct up_step *steps;
+    const struct up_cidr *cidrs;
+    void *const *regexes;     /* pcre2_code *, JIT-compiled (up_regex_compile) */
+    uint32_t npolicies, nsteps;
+    uint32_t ninflight;       /* in-flight limit slots */
+    uint32_t pad_pol;
+    uint32_t *inflight;       /* [nworkers * UP_INFLIGHT_ROW]: one row per worker, its writer */
 };
 
 /* ACME HTTP-01 (src/uproxy/acme/): GET /.well-known/acme-challenge/<token>
@@ -197,6 +207,67 @@ struct up_acme_token {
     uint32_t token_off, token_len;
     uint32_t answer_off, answer_len;
 };
+
+/* ---- HTTP policies (native/http/h1_policy.c, docs/http.md) -------------
+ * A route's policy is a list of steps, compiled at load, that the
+ * transaction runs with one switch per step; a route without one pays a
+ * single branch. Strings (names, whole header lines, prefixes) are in
+ * up_config.strings by (off, len). */
+enum up_step_kind {
+    UP_STEP_DENY = 1,         /* cidrs [first, first+count): a client in one gets 403 */
+    UP_STEP_ALLOW,            /* cidrs: a client in none gets 403 */
+    UP_STEP_RATE,             /* a token bucket per client address (429) */
+    UP_STEP_BODY,             /* x: max request body bytes (413) */
+    UP_STEP_INFLIGHT,         /* x: requests under way on the route at most (503); first: slot */
+    UP_STEP_REDIRECT,         /* code; a: scheme ("" keeps), b: host ("" keeps);
+                                 c: path prefix put in place of the route's (cut = route's length) */
+    UP_STEP_STRIP_PREFIX,     /* a: the prefix taken off the path */
+    UP_STEP_ADD_PREFIX,       /* a: the prefix put before the path */
+    UP_STEP_REPLACE_PATH,     /* a: the whole new path */
+    UP_STEP_REGEX,            /* first: regex index; a: the replacement ($1 ...) */
+    UP_STEP_REQ_REMOVE,       /* a: a request header name the client's lines of are dropped */
+    UP_STEP_REQ_ADD,          /* a: a whole "Name: value\r\n" line added */
+    UP_STEP_REAL_IP,          /* X-Real-IP: <client> added (a REQ_REMOVE of it precedes) */
+    UP_STEP_FORWARDED,        /* Forwarded: for=...;proto=...;host=... added */
+    UP_STEP_RESP_REMOVE,      /* a: a response header name dropped */
+    UP_STEP_RESP_ADD          /* a: a whole line added to responses */
+};
+
+#define UP_INFLIGHT_ROW 16    /* uint32 per worker row: one cache line */
+#define UP_POL_XF_OFF   1     /* no X-Forwarded-*: the client's dropped, none added */
+#define UP_POL_TRUSTED  2     /* trusted_proxies given: the real client comes from X-Forwarded-For */
+
+struct up_step {
+    uint16_t kind;            /* enum up_step_kind */
+    uint16_t code;            /* redirect status */
+    uint32_t a_off, a_len;
+    uint32_t b_off, b_len;
+    uint32_t c_off, c_len;
+    uint32_t first, count;
+    uint32_t cut;             /* redirect: bytes of the route's path prefix replaced */
+    uint32_t pad;
+    uint64_t x, y;            /* rate: milli-tokens per second, bucket size in milli-tokens */
+};
+
+struct up_policy {
+    uint32_t first, count;    /* request steps (access, limits, redirect, rewrites, headers) */
+    uint32_t resp_first, resp_count;  /* response header steps */
+    uint32_t flags;           /* UP_POL_* */
+    uint32_t trusted_first, trusted_count;  /* cidrs of trusted proxies */
+    uint32_t id;              /* rate limiting: this policy's buckets (stable per config) */
+};
+
+struct up_cidr {
+    uint8_t addr[16];         /* network bytes (4 used for IPv4) */
+    uint8_t len;              /* 4 or 16 */
+    uint8_t bits;             /* prefix length */
+    uint8_t pad[6];
+};
+
+/* A regex, compiled (with PCRE2's JIT where the CPU has it) for the
+ * tables; NULL with err filled when it does not compile. */
+void *up_regex_compile(const char *pattern, char *err, size_t errlen, uint32_t *captures);
+void up_regex_free(void *re);
 
 /* What Python writes for the workers to read; one per process. */
 struct up_control {

@@ -27,6 +27,10 @@ def test_no_lock_symbols():
     out = subprocess.run(["ldd", native_module()], capture_output=True, text=True).stdout
     libs += [l.split("=>")[1].split()[0] for l in out.splitlines() if "liburing" in l]
     assert len(libs) == 2, f"liburing not found among {out}"
+    # PCRE2 (regex rewrites) has one mutex, its JIT's executable-memory
+    # allocator's, taken when a regex is compiled at load: the policy
+    # allocation test counts the locks a worker takes per request (none).
+    assert any("libpcre2-8" in l for l in out.splitlines()), f"libpcre2-8 not among {out}"
     bad = re.compile(r"\b(pthread_(mutex|rwlock|spin|cond)_\w+|sem_(wait|post|timedwait)|mtx_lock|cnd_wait)\b")
     for lib in libs:
         syms = subprocess.run(["nm", "-D", lib], capture_output=True, text=True, check=True).stdout
@@ -138,8 +142,30 @@ def test_no_python_per_connection(tmp_path):
         up.close()
 
 
+# A route with every policy uproxy has (tests/test_policies.py tests each
+# one's behaviour), and one that redirects: what the allocation and lock
+# tests send their requests through with policies=True.
+EVERY_POLICY = {
+    "trusted_proxies": ["10.0.0.0/8"],
+    "via": True,
+    "routes": [
+        {"path_prefix": "/old/", "cluster": "c", "redirect": {"code": 301, "path_prefix": "/new/"}},
+        {"path_prefix": "/", "cluster": "c",
+         "request_headers": {"set": {"X-Env": "prod", "Host": "in.example"}, "add": {"X-A": "1"},
+                             "remove": ["X-Debug"]},
+         "response_headers": {"set": {"Cache-Control": "no-store"}, "add": {"X-Served-By": "u"},
+                              "remove": ["Server"]},
+         "forwarded": True, "x_real_ip": True,
+         "allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.99"],
+         "rate_limit": {"rate": 1000000, "burst": 100000}, "max_in_flight": 1000,
+         "max_body_size": "1m",
+         "rewrite": {"regex": r"^/r(\d+)$", "replacement": "/rewritten/$1"}},
+    ],
+}
+
+
 def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mtls=False,
-                            redirect=False, conns=4, locks=False):
+                            redirect=False, conns=4, locks=False, policies=False):
     """The worker's allocation count after warm-up and n keep-alive requests
     on 4 connections (4 TLS handshakes with tls: only the per-request cost
     differs between two runs). mtls: the clients present a certificate and
@@ -148,7 +174,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     from http_upstream import HttpUpstream
     up = HttpUpstream()
     port = free_port()
-    kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else ""
+    kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else \
+        "policies-" if policies else ""
     log = str(tmp_path / f"alloc-http-{kind}{n_requests}-{conns}.log")
     lock_log = log[:-4] + ".locks"
     lst = {"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c"}
@@ -156,6 +183,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     if redirect:
         lst["redirect_https"] = True
         status = b"HTTP/1.1 308"
+    if policies:
+        lst.update(EVERY_POLICY)
     wrap = lambda s: s                                   # noqa: E731
     if tls or mtls:
         import ssl
@@ -187,10 +216,12 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
             files = [s.makefile("rb") for s in socks]
             for i in range(n):
                 s, f = socks[i % conns], files[i % conns]
-                s.sendall(b"GET /r%d HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
-                          b"X-Client-Subject: forged\r\n\r\n" % i)
+                target = b"/old/%d" % i if policies and i % 4 == 3 else b"/r%d" % i
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                          b"X-Client-Subject: forged\r\n\r\n" % target)
                 line = f.readline()
-                assert line.startswith(status), line
+                assert line.startswith(b"HTTP/1.1 301" if target.startswith(b"/old/")
+                                       else status), line
                 length = 0
                 while (h := f.readline()) != b"\r\n":
                     if h.lower().startswith(b"content-length:"):
@@ -211,9 +242,13 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
         assert len(last.header("x-client-cert-sha256")) == 64
     if redirect:
         assert not up.requests
+    if policies:                         # the path measured is the one with every policy
+        last = up.requests[-1]
+        assert last.target.startswith("/rewritten/") and last.header("x-env") == "prod"
+        assert last.header("x-real-ip") == "127.0.0.1" and last.header("forwarded")
     counts = dict(map(int, l.split()) for l in open(log))
     assert tid in counts, f"the allocation log has no line for the worker thread {tid}: {counts}"
-    if locks:
+    if locks or policies:
         return counts[tid], dict(map(int, l.split()) for l in open(lock_log)).get(tid, 0)
     return counts[tid]
 
@@ -229,6 +264,21 @@ def test_no_allocation_per_http_request(tmp_path, profile):
     b = _http_allocations_after(tmp_path, so, 10 * n, env)
     assert a > 0
     assert b - a <= 5, f"worker allocations grew with requests: {a} after {n}, {b} after {10 * n}"
+
+
+def test_no_allocation_nor_lock_per_request_with_every_policy(tmp_path):
+    """Laws 1 and 2 for a route with every policy (headers, trusted
+    proxies, access rules, rate and in-flight limits, body size, a regex
+    rewrite) and a redirecting one: N and then 10N requests, the worker's
+    allocations and the mutexes it takes stay flat (PCRE2's JIT has a lock,
+    for its executable memory, taken when a regex is compiled at load)."""
+    so = _build_interposer(tmp_path)
+    n = 200
+    a, la = _http_allocations_after(tmp_path, so, n, {}, policies=True)
+    b, lb = _http_allocations_after(tmp_path, so, 10 * n, {}, policies=True)
+    assert a > 0
+    assert b - a <= 5, f"worker allocations grew with requests: {a} after {n}, {b} after {10 * n}"
+    assert lb - la <= 2, f"worker locks grew with requests: {la} after {n}, {lb} after {10 * n}"
 
 
 def test_no_allocation_per_redirect(tmp_path):

@@ -46,6 +46,7 @@ enum op {
 struct txn;
 struct sm_sock;
 struct h1_request;
+struct pol_worker;
 struct h1_response;
 
 struct acceptor {
@@ -107,6 +108,7 @@ struct worker {
     uint32_t *pool_count;
     struct h1_request *req_scratch; /* parse results, one parse at a time */
     struct h1_response *resp_scratch;
+    struct pol_worker *pol;         /* http policies: rate buckets, regex match data (h1_policy.h) */
     bool stopping;
     uint64_t drain_deadline_ms;
     bool tick_armed;

@@ -14,6 +14,7 @@
 #include "http/http1_api.h"
 #include "upstream/upstream.h"
 #include "transport/transport.h"
+#include "http/h1_policy.h"
 
 enum h1_conn_state {
     H_IDLE,           /* client: between requests (or before the first) */
@@ -67,6 +68,8 @@ struct bsplice {
 #define TF_UP_CLOSE      2048 /* the upstream will not keep its connection */
 #define TF_INTERIM       4096 /* a 1xx reached the client (a final answer may still follow) */
 #define TF_ERROR_PENDING 8192 /* the proxy's answer (status) goes once the 1xx round is out */
+#define TF_XF_UNTRUSTED  16384 /* policy: the client's X-Forwarded-For is not passed on */
+#define TF_XF_OFF        32768 /* policy: no X-Forwarded-* at all */
 
 /* Where a transaction's response goes. The transaction never calls the
  * protocol above it: for a stream it hands the stream's connection up to
@@ -104,10 +107,18 @@ struct txn {
     const struct up_listener *listener; /* its client's (in cfg, which the txn holds) */
     const char *reply;                  /* TS_STREAM: the proxy's own answer (HTTP/1.1 text) */
     uint32_t reply_len;
+    const struct up_policy *pol;        /* its route's policy (h1_policy.c), or NULL */
+    uint32_t inflight;                  /* 1 + the in-flight slot it counts in, or 0 */
+    uint16_t line_len;                  /* a rewritten request line in line[] (0: none) */
+    uint8_t real_len;                   /* the client's address for policies: 4 or 16 */
+    uint8_t pad4;
+    uint8_t real_addr[16];              /* (the peer's, or through trusted proxies) */
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
     char scratch[1024];                 /* the header lines the proxy adds */
+    char pscratch[192];                 /* policy: X-Real-IP, Forwarded's for=, a 429 */
+    char line[1024];                    /* policy: a rewritten request line */
 };
 
 /* h1_client.c */
@@ -145,6 +156,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
 bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,
                     uint32_t off, const struct h1_request *r);
 const char *h1_error_text(uint16_t status, uint32_t *len);
+size_t h1_format_addr(const uint8_t *addr, uint8_t len, char *dst, size_t cap);
 /* Counted in the worker's totals and its listener's block (c: the client). */
 void h1_count_request(struct worker *w, const struct conn *c);
 void h1_count_response(struct worker *w, const struct conn *c, uint16_t status);
@@ -152,6 +164,7 @@ void h1_count_status(struct worker *w, const struct conn *c, uint16_t status);  
 void h1_tunnel(struct worker *w, struct txn *t);
 
 /* h1_redirect.c */
+uint32_t h1_host_part(const uint8_t *h, uint32_t n);
 void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                  uint32_t base_off, const struct h1_request *r, const struct up_listener *l);
 

@@ -26,7 +26,7 @@ static const char S_END[] = "\r\n";
  * digits, '-', '.', '_' and '~', or a bracketed IPv6 literal, then at most
  * ":digits". The client chose it, but a shared cache keeps the answer:
  * nothing else (no '@', '/', '\', quotes) goes into the Location. */
-static uint32_t host_part(const uint8_t *h, uint32_t n)
+uint32_t h1_host_part(const uint8_t *h, uint32_t n)
 {
     uint32_t i = 0;
     if (n && h[0] == '[') {
@@ -108,7 +108,7 @@ void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t
     }
     /* No host (an HTTP/1.0 request without one), a host a Location cannot
      * carry, or a target without a path (CONNECT's, OPTIONS *): 400. */
-    uint32_t name_len = host ? host_part(host, host_len) : 0;
+    uint32_t name_len = host ? h1_host_part(host, host_len) : 0;
     if (!ok || !name_len) {
         t->flags |= TF_CLIENT_CLOSE;
         log_end(w, t, 400);

@@ -95,12 +95,12 @@ void out_advance(struct out *o, uint32_t n)
 
 /* Dotted quad by hand: inet_ntop goes through sprintf, and was a fifth of
  * the worker's own instructions per request. */
-static size_t format_addr(const struct conn *c, char *dst, size_t cap)
+size_t h1_format_addr(const uint8_t *addr, uint8_t len, char *dst, size_t cap)
 {
-    if (c->addr_len == 4) {
+    if (len == 4) {
         char *p = dst;
         for (int i = 0; i < 4; i++) {
-            unsigned v = c->addr[i];
+            unsigned v = addr[i];
             if (v >= 100) {
                 *p++ = (char)('0' + v / 100);
                 v %= 100;
@@ -113,7 +113,7 @@ static size_t format_addr(const struct conn *c, char *dst, size_t cap)
         }
         return (size_t)(p - dst - 1);
     }
-    if (c->addr_len != 16 || !inet_ntop(AF_INET6, c->addr, dst, (socklen_t)cap))
+    if (len != 16 || !inet_ntop(AF_INET6, addr, dst, (socklen_t)cap))
         return 0;
     return strlen(dst);
 }
@@ -188,10 +188,13 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     struct out *o = &t->req;
     struct conn *c = &w->conns[t->client];
     bool upgrade = r->upgrade;
-    bool ok = out_push(o, base + r->skip, r->line_len);
-    uint16_t host = r->host;
+    /* A policy's rewritten request line (h1_policy.c), else the client's. */
+    bool ok = t->line_len ? out_push(o, t->line, t->line_len)
+                          : out_push(o, base + r->skip, r->line_len);
+    uint16_t host = (t->flags & TF_XF_OFF) ? 0xffff : r->host;
     const struct up_listener *l = t->listener;
     bool cert_hdrs = l && (l->cert_subject_len | l->cert_sha256_len);
+    bool filter = cert_hdrs || t->pol;
     size_t need = sizeof S_XFF + 48 + sizeof S_XFPS + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
@@ -207,7 +210,7 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
             continue;
         /* The client certificate's headers are the proxy's to write: a
          * client's own are never passed on, certificate or not. */
-        if (__builtin_expect(cert_hdrs, 0) && cert_header(t, base, h))
+        if (__builtin_expect(filter, 0) && (cert_header(t, base, h) || pol_drop_req(t, base, h)))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
@@ -218,18 +221,21 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     char *sp = t->scratch;
 #define PUT(src, n) (memcpy(sp, (src), (n)), sp += (n))
     char ip[64];
-    size_t iplen = format_addr(c, ip, sizeof ip);
+    size_t iplen = (t->flags & TF_XF_OFF) ? 0 : h1_format_addr(c->addr, c->addr_len, ip, sizeof ip);
     if (iplen) {
         PUT(S_XFF, sizeof S_XFF - 1);
         for (uint16_t i = 0; i < r->nheaders; i++)
-            if ((r->h[i].flags & H1_HF_XFF) && r->h[i].value_len) {
+            if ((r->h[i].flags & H1_HF_XFF) && r->h[i].value_len &&
+                !(t->flags & TF_XF_UNTRUSTED)) {
                 PUT(base + r->h[i].value_off, r->h[i].value_len);
                 PUT(S_COMMA, 2);
             }
         PUT(ip, iplen);
         PUT("\r\n", 2);
     }
-    if (h1_wire(w, c)->tp == TP_TLS)
+    if (t->flags & TF_XF_OFF)
+        ;
+    else if (h1_wire(w, c)->tp == TP_TLS)
         PUT(S_XFPS, sizeof S_XFPS - 1);
     else
         PUT(S_XFP, sizeof S_XFP - 1);
@@ -246,6 +252,8 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     ok &= out_push(o, t->scratch, (size_t)(sp - t->scratch));
     if (__builtin_expect(cert_hdrs, 0))
         ok &= cert_lines(w, t, c);
+    if (__builtin_expect(t->pol != NULL, 0))
+        ok &= pol_req_lines(w, t, base, r);
     /* The head's own empty line: the body that follows it continues the
      * same iovec. */
     ok &= out_push(o, base + r->head_len - 2, 2);
@@ -264,8 +272,12 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
         const struct h1_header *h = &r->h[i];
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
             continue;
+        if (__builtin_expect(t->pol != NULL, 0) && pol_drop_resp(t, base, h))
+            continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
+    if (__builtin_expect(t->pol != NULL, 0))
+        ok &= pol_resp_lines(t);
     if (upgrade)
         ok &= PUSH(o, S_CONN_UPGRADE);
     else if (r->status >= 200 && (t->flags & TF_CLIENT_CLOSE))
@@ -379,6 +391,8 @@ struct txn *txn_alloc(struct worker *w)
 void txn_free(struct worker *w, struct txn *t)
 {
     splice_release(w, t);
+    if (__builtin_expect(t->pol != NULL, 0))
+        pol_end(w, t);
     if (t->cfg) {
         t->cfg->refs[w->o.index * 8]--;
         t->cfg = NULL;
@@ -523,6 +537,10 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->max_body = l->max_body;
     t->keep_underscores = l->keep_underscores != 0;
     t->bytes_in = r->head_len;
+    /* The route's policy (h1_policy.c): the one branch a route without
+     * one pays. It may answer the request itself. */
+    if (__builtin_expect(rt && rt->policy, 0) && pol_request(w, t, c, rt, base, r, l))
+        return;
     if (t->max_body && r->body == H1_BODY_LENGTH && r->content_length > t->max_body) {
         /* Refused before a byte of it is read or forwarded. */
         t->flags |= TF_CLIENT_CLOSE;

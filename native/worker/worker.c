@@ -86,7 +86,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
-    if (sm_init(w) < 0 || h2_worker_init(w) < 0) {
+    if (sm_init(w) < 0 || h2_worker_init(w) < 0 || pol_worker_init(w) < 0) {
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
@@ -487,6 +487,7 @@ void up_worker_free(struct up_worker *uw)
         return;
     sm_free(w);
     h2_worker_free(w);
+    pol_worker_free(w);
     if (w->conns)
         munmap(w->conns, sizeof(struct conn) * w->nconns);
     if (w->txns)

@@ -156,6 +156,10 @@ def cmd_check(a) -> int:
         # and freed, as the proxy will make them
         from .tables import check_library
         config_errors = check_library(cfg)
+    elif cfg is not None:
+        # a rewrite's regex: PCRE2 judges it, as the proxy will compile it
+        from .tables import check_regexes
+        config_errors = check_regexes(cfg)
     for e in config_errors:
         print(_show("configuration error", e.path, e.line, e.key, e.message, e.snippet),
               file=sys.stderr)

@@ -388,6 +388,54 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
 MAX_HEADER_FIELDS = 1024             # the parser's result arrays (H1_MAX_HEADERS)
 
 
+# ---- per-route HTTP policies (docs/configuration.md "Policies") -------------
+
+@dataclass(frozen=True)
+class PolicyRedirect:
+    """redirect = { ... }: answer with a redirect, asking no upstream."""
+    code: int = 302
+    scheme: str | None = None            # None: the request's
+    host: str | None = None              # None: the request's Host
+    path_prefix: str | None = None       # in place of the route's path_prefix
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """rewrite = { ... }: the path the upstream gets (the query is kept)."""
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    replace_path: str | None = None
+    regex: str | None = None
+    replacement: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a route (or, as their default, a listener) does to a request
+    besides routing it; compiled into steps by tables.compile_policy."""
+    request_set: tuple = ()              # ((name, value), ...)
+    request_add: tuple = ()
+    request_remove: tuple = ()
+    response_set: tuple = ()
+    response_add: tuple = ()
+    response_remove: tuple = ()
+    via: str | None = None               # "1.1 uproxy"
+    forwarded: bool = False              # RFC 7239 Forwarded
+    x_real_ip: bool = False
+    x_forwarded: bool = True             # X-Forwarded-For/-Proto/-Host
+    trusted_proxies: tuple = ()          # ipaddress networks (listener only)
+    allow: tuple = ()
+    deny: tuple = ()
+    rate_limit: tuple | None = None      # (requests per second, burst)
+    max_in_flight: int | None = None
+    max_body_size: int | None = None     # a route's own (a listener's is Listener.max_body_size)
+    redirect: PolicyRedirect | None = None
+    rewrite: Rewrite | None = None
+
+    def empty(self) -> bool:
+        return self == Policy()
+
+
 @dataclass(frozen=True)
 class Route:
     cluster: str
@@ -396,6 +444,7 @@ class Route:
     methods: tuple | None = None     # http; None: every method but CONNECT
     allow_connect: bool = False      # http
     sni: str | None = None           # tcp: the ClientHello's server name, exact or "*.example.com"
+    policy: Policy = Policy()        # http: the listener's, with the route's own keys
 
 
 @dataclass(frozen=True)
@@ -424,6 +473,7 @@ class Listener:
     allow_connect: bool = False
     redirect: Redirect | None = None     # redirect_https: no cluster is asked
     http2: bool = False                  # HTTP/2 from clients: ALPN h2 over TLS, h2c by prior knowledge
+    policy: Policy = Policy()            # http: the default of its routes (and of no route)
 
     @property
     def bind(self) -> str:
@@ -1267,6 +1317,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
     for k in ("methods", "allow_connect", "max_header_fields"):
         if k in r.t and tcp:
             r.fail(k, f"{k} needs mode = \"http\"")
+    l_policy = _listener_policy(errs, r, tcp)
     for j, raw_route in enumerate(raw_routes):
         rr = _Reader(errs, f"listeners[{i}].routes[{j}]", raw_route)
         if not rr.ok:
@@ -1293,10 +1344,11 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
             rr.fail("path_prefix", f"{prefix!r} must start with /")
         methods = _methods(rr)
         allow_connect = rr.bool("allow_connect", l_connect)
+        policy = _route_policy(errs, rr, l_policy)
         rr.done()
         routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix,
                             methods=methods if "methods" in rr.t else l_methods,
-                            allow_connect=allow_connect))
+                            allow_connect=allow_connect, policy=policy))
     http = mode == "http"
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
@@ -1320,6 +1372,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         allow_connect=l_connect,
         redirect=redirect,
         http2=r.bool("http2", False),
+        policy=l_policy,
     )
     if lst.tls is not None and lst.tls.acme:
         lst = replace(lst, tls=replace(lst.tls, acme=acme_settings.resolve(
@@ -1329,6 +1382,9 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
                         "HTTP/2 through untouched)")
     if lst.http2 and redirect is not None:
         r.fail("http2", "a redirect_https listener answers HTTP/1.x only; leave out http2")
+    if redirect is not None and not l_policy.empty():
+        r.fail("redirect_https", "redirect_https answers every request before any policy "
+                                 "would run: leave out the policy keys, or redirect_https")
     if redirect is not None:
         if mode != "http":
             r.fail("redirect_https", "redirect_https answers HTTP requests: it needs "
@@ -1398,6 +1454,259 @@ def _max_header_fields(r) -> int:
 
 
 _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+
+
+# ---- per-route HTTP policies ---------------------------------------------------
+
+POLICY_KEYS = ("request_headers", "response_headers", "via", "forwarded", "x_real_ip",
+               "x_forwarded", "allow", "deny", "rate_limit", "max_in_flight", "redirect",
+               "rewrite")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Lines the proxy owns: framing and connection management (a wrong one
+# would split a request in two), and the X-Forwarded-* it writes itself.
+_OWNED = {"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+          "te", "trailer", "upgrade"}
+_XF = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+REGEX_CAPTURES = 15                     # POL_CAPTURES - 1 (h1_policy.h): $0..$15
+
+
+def _header_name(r, key, name, request, how):
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        r.fail(key, f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~, "
+                    "no spaces or ':')")
+        return None
+    low = name.lower()
+    if low in _OWNED:
+        r.fail(key, f"{name} is the proxy's to write (framing and connection management); "
+                    "it cannot be set, added or removed")
+        return None
+    if low in _XF:
+        r.fail(key, f"{name} is written by the proxy: use x_forwarded = false to send none, "
+                    "and trusted_proxies to pass a load balancer's on")
+        return None
+    if low == "host" and (not request or how != "set"):
+        r.fail(key, "Host can only be set (on requests), never added or removed: a request "
+                    "has exactly one")
+        return None
+    return name
+
+
+def _header_value(r, key, v):
+    if not isinstance(v, str):
+        r.fail(key, f"must be a string, not {_kind(v)}")
+        return None
+    if any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127 for ch in v):
+        r.fail(key, "a header value cannot hold control characters (CR, LF, NUL, ...)")
+        return None
+    if v != v.strip():
+        r.fail(key, "a header value cannot start or end with whitespace")
+        return None
+    return v
+
+
+def _headers(errs, key, raw, request) -> tuple:
+    """request_headers / response_headers = { set = {...}, add = {...}, remove = [...] }:
+    (set pairs, add pairs, remove names)."""
+    if raw is None:
+        return (), (), ()
+    r = _Reader(errs, key, raw)
+    out = []
+    for how in ("set", "add"):
+        pairs = []
+        t = r.get(how, {})
+        if not isinstance(t, dict):
+            r.fail(how, f"must be a table of name = \"value\", not {_kind(t)}")
+            t = {}
+        for name, v in t.items():
+            n = _header_name(r, f"{how}.{name}", name, request, how)
+            val = _header_value(r, f"{how}.{name}", v)
+            if n and val is not None:
+                pairs.append((n, val))
+        out.append(tuple(pairs))
+    names = []
+    for k, name in enumerate(r.list("remove")):
+        n = _header_name(r, f"remove[{k}]", name, request, "remove")
+        if n:
+            names.append(n)
+    set_names = {n.lower() for n, _ in out[0]}
+    for n in names:
+        if n.lower() in set_names:
+            r.fail("remove", f"{n} is both set and removed: set already replaces the client's")
+    r.done()
+    return out[0], out[1], tuple(names)
+
+
+def _networks(r, name) -> tuple:
+    out = []
+    for k, v in enumerate(r.list(name)):
+        if not isinstance(v, str):
+            r.fail(f"{name}[{k}]", f"must be a network like \"10.0.0.0/8\" or an address, "
+                                   f"not {_kind(v)}")
+            continue
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            r.fail(f"{name}[{k}]", f"{v!r} is not a network like \"10.0.0.0/8\", "
+                                   "\"2001:db8::/32\" or an address")
+    if name in r.t and not out and isinstance(r.t[name], list) and not r.t[name]:
+        r.fail(name, "is empty; give at least one network, or leave it out")
+    return tuple(out)
+
+
+def _rate_limit(errs, key, raw):
+    r = _Reader(errs, key, raw)
+    rate = r.get("rate", None, required=True)
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not 0.001 <= rate <= 1_000_000):
+        r.fail("rate", f"must be a number of requests per second between 0.001 and 1000000 "
+                       f"(got {rate!r})")
+        rate = None
+    burst = r.int("burst", None, lo=1, hi=1_000_000)
+    r.done()
+    if rate is None:
+        return None
+    return (float(rate), burst if burst is not None else max(1, int(-(-rate // 1))))
+
+
+def _policy_redirect(errs, key, raw):
+    r = _Reader(errs, key, raw)
+    code = r.int("code", 302)
+    if code not in (301, 302, 307, 308):
+        r.fail("code", f"must be 301, 302, 307 or 308 (got {code})")
+        code = 302
+    scheme = r.str("scheme", choices=("http", "https"))
+    host = r.str("host")
+    if host is not None:
+        try:
+            h, _ = parse_hostport(host if re.search(r":\d+$", host) else host + ":1", "host")
+            if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", h) and not _is_ip(h):
+                raise ValueError
+        except ValueError:
+            r.fail("host", f"{host!r} is not a host name (with an optional :port)")
+            host = None
+    prefix = r.str("path_prefix")
+    if prefix is not None and (not prefix.startswith("/") or any(ord(c) <= 32 for c in prefix)):
+        r.fail("path_prefix", f"{prefix!r} must start with / and hold no spaces")
+        prefix = None
+    if r.ok and not any(k in r.t for k in ("scheme", "host", "path_prefix")):
+        r.fail("scheme", "a redirect needs a scheme, a host, a path_prefix, or some of them")
+    r.done()
+    return PolicyRedirect(code=code, scheme=scheme, host=host, path_prefix=prefix)
+
+
+def _rewrite(errs, key, raw):
+    r = _Reader(errs, key, raw)
+    vals = {}
+    for k in ("strip_prefix", "add_prefix", "replace_path"):
+        v = r.str(k)
+        if v is not None and (not v.startswith("/") or any(ord(c) <= 32 or c == "?" for c in v)):
+            r.fail(k, f"{v!r} must start with / and hold no spaces or '?'")
+            v = None
+        vals[k] = v
+    regex = r.str("regex")
+    repl = r.str("replacement")
+    if regex is not None and repl is None:
+        r.fail("replacement", "a regex rewrite needs a replacement (\"/new/$1\")")
+    if repl is not None and regex is None:
+        r.fail("regex", "a replacement needs a regex to match the path with")
+    if repl is not None and any(ord(c) <= 32 for c in repl):
+        r.fail("replacement", "the replacement cannot hold spaces or control characters")
+    if vals["replace_path"] and (vals["strip_prefix"] or vals["add_prefix"] or regex):
+        r.fail("replace_path", "replace_path replaces the whole path: give it alone")
+    if regex and (vals["strip_prefix"] or vals["add_prefix"]):
+        r.fail("regex", "a regex rewrite goes alone (its replacement can add and strip)")
+    if r.ok and not (regex or repl or any(vals.values())):
+        r.fail("strip_prefix", "a rewrite needs strip_prefix, add_prefix, replace_path, or "
+                               "regex with replacement")
+    r.done()
+    return Rewrite(regex=regex, replacement=repl, **vals)
+
+
+def _via(r):
+    v = r.get("via", None)
+    if v is None or v is False:
+        return None
+    if v is True:
+        return "1.1 uproxy"
+    if isinstance(v, str) and _TOKEN.match(v):
+        return f"1.1 {v}"
+    r.fail("via", "must be true (\"Via: 1.1 uproxy\") or a name for this proxy (a token, no "
+                  f"spaces), not {v!r}")
+    return None
+
+
+def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
+    """The policy keys of a listener (base None) or of one of its routes
+    (base: the listener's): each key a route gives replaces the listener's,
+    except request_headers and response_headers, whose set, add and remove
+    are added to the listener's."""
+    base = base or Policy()
+    kw = {}
+    for which, request in (("request_headers", True), ("response_headers", False)):
+        if which in r.t:
+            st, ad, rm = _headers(errs, r._k(which), r.get(which), request)
+            pre = "request" if request else "response"
+            own = {n.lower() for n, _ in st}
+            kw[f"{pre}_set"] = tuple(p for p in getattr(base, f"{pre}_set")
+                                     if p[0].lower() not in own) + st
+            kw[f"{pre}_add"] = getattr(base, f"{pre}_add") + ad
+            kw[f"{pre}_remove"] = getattr(base, f"{pre}_remove") + rm
+        else:
+            r.used.add(which)
+    if "via" in r.t:
+        kw["via"] = _via(r)
+    for k in ("forwarded", "x_real_ip", "x_forwarded"):
+        if k in r.t:
+            kw[k] = r.bool(k, getattr(base, k))
+        r.used.add(k)
+    for k in ("allow", "deny"):
+        if k in r.t:
+            kw[k] = _networks(r, k)
+        r.used.add(k)
+    if "rate_limit" in r.t:
+        kw["rate_limit"] = _rate_limit(errs, r._k("rate_limit"), r.get("rate_limit"))
+    if "max_in_flight" in r.t:
+        kw["max_in_flight"] = r.int("max_in_flight", None, lo=1, hi=1 << 30)
+    if "redirect" in r.t:
+        kw["redirect"] = _policy_redirect(errs, r._k("redirect"), r.get("redirect"))
+    if "rewrite" in r.t:
+        kw["rewrite"] = _rewrite(errs, r._k("rewrite"), r.get("rewrite"))
+    for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via"):
+        r.used.add(k)
+    return Policy(**{**base.__dict__, **kw})
+
+
+def _listener_policy(errs, r, tcp) -> Policy:
+    """A listener's policy keys (with trusted_proxies, which only a
+    listener has: it is about who connects)."""
+    present = [k for k in POLICY_KEYS + ("trusted_proxies",) if k in r.t]
+    if tcp:
+        for k in present:
+            r.used.add(k)
+            r.fail(k, f"{k} is an HTTP policy: it needs mode = \"http\"")
+        return Policy()
+    p = _policy(errs, r, None)
+    if "trusted_proxies" in r.t:
+        p = Policy(**{**p.__dict__, "trusted_proxies": _networks(r, "trusted_proxies")})
+    r.used.add("trusted_proxies")
+    return p
+
+
+def _route_policy(errs, rr, base: Policy) -> Policy:
+    if "trusted_proxies" in rr.t:
+        rr.used.add("trusted_proxies")
+        rr.fail("trusted_proxies", "trusted_proxies is about who connects: it goes on the "
+                                   "listener, for all its routes")
+    p = _policy(errs, rr, base)
+    if "max_body_size" in rr.t:
+        p = Policy(**{**p.__dict__, "max_body_size": rr.size("max_body_size", 0, 1, 1 << 50)})
+    rr.used.add("max_body_size")
+    if p.redirect is not None and p.rewrite is not None and (
+            "redirect" in rr.t or "rewrite" in rr.t):
+        rr.fail("redirect" if "redirect" in rr.t else "rewrite",
+                "a route that redirects never forwards, so a rewrite would not be used: "
+                "give one of redirect and rewrite")
+    return p
 
 
 def _toml_str(v) -> str:

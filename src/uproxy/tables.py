@@ -9,12 +9,13 @@ session still holds it (see Runtime.collect).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 
 from . import tls
 from ._native import ffi, lib
-from .config import Config, ConfigError, Route, locate
+from .config import REGEX_CAPTURES, Config, ConfigError, Policy, Route, locate
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
@@ -280,8 +281,193 @@ def check_library(cfg: Config) -> list:
     try:
         TLSContexts(cfg, 1).free()
     except ConfigError as e:
-        return [e]
-    return []
+        return [e] + check_regexes(cfg)
+    return check_regexes(cfg)
+
+
+# ---- per-route HTTP policies (native/http/h1_policy.c) -----------------------
+
+def _replacement_refs(text: str) -> list:
+    """The group numbers a PCRE2 replacement names ($1, ${2})."""
+    return [int(m.group(1) or m.group(2)) for m in re.finditer(r"\$(?:(\d+)|\{(\d+)\})", text)]
+
+
+def regex_error(pattern: str, replacement: str | None) -> str | None:
+    """Why a rewrite's regex (and its replacement) cannot be used, or None."""
+    err = ffi.new("char[]", 256)
+    n = ffi.new("uint32_t *")
+    re_ = lib.up_regex_compile(pattern.encode(), err, 256, n)
+    if re_ == ffi.NULL:
+        return f"the regex does not compile: {ffi.string(err).decode(errors='replace')}"
+    lib.up_regex_free(re_)
+    if n[0] > REGEX_CAPTURES:
+        return f"the regex has {n[0]} capture groups; at most {REGEX_CAPTURES} can be used"
+    for k in _replacement_refs(replacement or ""):
+        if k > n[0]:
+            return (f"the replacement names ${k}, but the regex has {n[0]} capture group"
+                    f"{'' if n[0] == 1 else 's'}")
+    return None
+
+
+def check_regexes(cfg: Config) -> list:
+    """ConfigErrors for rewrite regexes PCRE2 refuses (for `uproxy check`)."""
+    out = []
+    for i, l in enumerate(cfg.listeners):
+        where = [(f"listeners[{i}]", l.policy)] + [
+            (f"listeners[{i}].routes[{j}]", rt.policy) for j, rt in enumerate(l.routes)]
+        for key, p in where:
+            rw = p.rewrite
+            if rw is not None and rw.regex is not None:
+                why = regex_error(rw.regex, rw.replacement)
+                if why:
+                    k = f"{key}.rewrite.{'replacement' if 'replacement names' in why else 'regex'}"
+                    if not any(e.key == k for e in out):
+                        out.append(locate(cfg.path, k, why))
+    return out
+
+
+class PolicyTables:
+    """Every route's policy of one configuration, compiled into the arrays
+    up_config points at: steps, networks, regexes, in-flight slots."""
+
+    def __init__(self, strings: "Strings"):
+        self.strings = strings
+        self.policies = []              # (first, count, resp_first, resp_count, flags, tfirst, tcount)
+        self.steps = []                 # dicts of struct up_step fields
+        self.cidrs = []                 # ipaddress networks
+        self.regexes = []               # ffi.gc'd pcre2 codes
+        self.ninflight = 0
+
+    def _cidrs(self, nets) -> tuple:
+        first = len(self.cidrs)
+        self.cidrs += list(nets)
+        return first, len(nets)
+
+    def _line(self, name, value) -> tuple:
+        return self.strings.add(f"{name}: {value}\r\n")
+
+    def add(self, p: Policy, route_prefix: str, cfg_path: str, key: str) -> int:
+        """p compiled for a route with path_prefix route_prefix: its 1 + index,
+        or 0 when it does nothing."""
+        if p.empty():
+            return 0
+        steps = []
+
+        def step(kind, **f):
+            steps.append({"kind": kind, **f})
+        if p.deny:
+            first, n = self._cidrs(p.deny)
+            step(lib.UP_STEP_DENY, first=first, count=n)
+        if p.allow:
+            first, n = self._cidrs(p.allow)
+            step(lib.UP_STEP_ALLOW, first=first, count=n)
+        if p.rate_limit:
+            rate, burst = p.rate_limit
+            step(lib.UP_STEP_RATE, x=max(1, int(rate * 1000)), y=burst * 1000)
+        if p.max_body_size:
+            step(lib.UP_STEP_BODY, x=p.max_body_size)
+        if p.max_in_flight:
+            step(lib.UP_STEP_INFLIGHT, x=p.max_in_flight, first=self.ninflight)
+            self.ninflight += 1
+        if p.redirect:
+            rd = p.redirect
+            f = {"code": rd.code, "cut": len(route_prefix) if rd.path_prefix is not None else 0}
+            if rd.scheme:
+                f["a_off"], f["a_len"] = self.strings.add(rd.scheme)
+            if rd.host:
+                f["b_off"], f["b_len"] = self.strings.add(rd.host)
+            if rd.path_prefix is not None:
+                # "/new/" in place of the route's "/old/"; a prefix without
+                # its own trailing '/' takes the path's.
+                f["c_off"], f["c_len"] = self.strings.add(rd.path_prefix)
+            step(lib.UP_STEP_REDIRECT, **f)
+        rw = p.rewrite
+        if rw:
+            if rw.strip_prefix:
+                o, n = self.strings.add(rw.strip_prefix)
+                step(lib.UP_STEP_STRIP_PREFIX, a_off=o, a_len=n)
+            if rw.add_prefix:
+                o, n = self.strings.add(rw.add_prefix)
+                step(lib.UP_STEP_ADD_PREFIX, a_off=o, a_len=n)
+            if rw.replace_path:
+                o, n = self.strings.add(rw.replace_path)
+                step(lib.UP_STEP_REPLACE_PATH, a_off=o, a_len=n)
+            if rw.regex:
+                why = regex_error(rw.regex, rw.replacement)
+                if why:
+                    raise locate(cfg_path, f"{key}.rewrite.regex", why)
+                err = ffi.new("char[]", 256)
+                ncap = ffi.new("uint32_t *")
+                code = ffi.gc(lib.up_regex_compile(rw.regex.encode(), err, 256, ncap),
+                              lib.up_regex_free)
+                self.regexes.append(code)
+                o, n = self.strings.add(rw.replacement)
+                step(lib.UP_STEP_REGEX, first=len(self.regexes) - 1, a_off=o, a_len=n)
+        removes = [n for n, _ in p.request_set] + list(p.request_remove)
+        if p.x_real_ip:
+            removes.append("X-Real-IP")
+        if p.forwarded:
+            removes.append("Forwarded")
+        for name in dict.fromkeys(n.lower() for n in removes):
+            o, n = self.strings.add(name)
+            step(lib.UP_STEP_REQ_REMOVE, a_off=o, a_len=n)
+        for name, value in p.request_set + p.request_add:
+            o, n = self._line(name, value)
+            step(lib.UP_STEP_REQ_ADD, a_off=o, a_len=n)
+        if p.via:
+            o, n = self._line("Via", p.via)
+            step(lib.UP_STEP_REQ_ADD, a_off=o, a_len=n)
+        if p.x_real_ip:
+            step(lib.UP_STEP_REAL_IP)
+        if p.forwarded:
+            step(lib.UP_STEP_FORWARDED)
+        resp_first = len(steps)
+        for name in dict.fromkeys(n.lower() for n in [n for n, _ in p.response_set] +
+                                  list(p.response_remove)):
+            o, n = self.strings.add(name)
+            step(lib.UP_STEP_RESP_REMOVE, a_off=o, a_len=n)
+        for name, value in p.response_set + p.response_add:
+            o, n = self._line(name, value)
+            step(lib.UP_STEP_RESP_ADD, a_off=o, a_len=n)
+        base = len(self.steps)
+        self.steps += steps
+        flags = (0 if p.x_forwarded else lib.UP_POL_XF_OFF) | \
+            (lib.UP_POL_TRUSTED if p.trusted_proxies else 0)
+        tfirst, tcount = self._cidrs(p.trusted_proxies)
+        self.policies.append((base, resp_first, base + resp_first, len(steps) - resp_first,
+                              flags, tfirst, tcount))
+        return len(self.policies)
+
+    def publish(self, t, nworkers: int, keep: list):
+        """Point the tables' policy fields at C arrays of what was added."""
+        if not self.policies:
+            return
+        pol = ffi.new("struct up_policy[]", len(self.policies))
+        for i, (first, count, rfirst, rcount, flags, tfirst, tcount) in enumerate(self.policies):
+            pol[i].first, pol[i].count = first, count
+            pol[i].resp_first, pol[i].resp_count = rfirst, rcount
+            pol[i].flags, pol[i].id = flags, i
+            pol[i].trusted_first, pol[i].trusted_count = tfirst, tcount
+        steps = ffi.new("struct up_step[]", max(1, len(self.steps)))
+        for i, f in enumerate(self.steps):
+            for k, v in f.items():
+                setattr(steps[i], k, v)
+        cidrs = ffi.new("struct up_cidr[]", max(1, len(self.cidrs)))
+        for i, net in enumerate(self.cidrs):
+            raw = net.network_address.packed
+            ffi.memmove(cidrs[i].addr, raw, len(raw))
+            cidrs[i].len = len(raw)
+            cidrs[i].bits = net.prefixlen
+        regexes = ffi.new("void *[]", max(1, len(self.regexes)))
+        for i, code in enumerate(self.regexes):
+            regexes[i] = code
+        row = (self.ninflight + lib.UP_INFLIGHT_ROW - 1) // lib.UP_INFLIGHT_ROW * lib.UP_INFLIGHT_ROW
+        inflight = ffi.new("uint32_t[]", max(1, nworkers * row))
+        keep += [pol, steps, cidrs, regexes, inflight, self.regexes]
+        t.policies, t.npolicies = pol, len(self.policies)
+        t.steps, t.nsteps = steps, len(self.steps)
+        t.cidrs, t.regexes = cidrs, regexes
+        t.ninflight, t.inflight = self.ninflight, inflight
 
 
 class Tables:
@@ -347,6 +533,7 @@ class Tables:
                 cc.tls = self.tls.clusters[c.name]
             first += len(c.servers)
 
+        policies = PolicyTables(strings)
         c_listeners = ffi.new("struct up_listener[]", len(cfg.listeners))
         for i, l in enumerate(cfg.listeners):
             socks = sockets[l.name]
@@ -373,11 +560,12 @@ class Tables:
             cl.http2 = 1 if l.http2 else 0
             rts = list(l.routes)
             # (http only: on a tcp listener a route means SNI passthrough)
-            if l.mode == "http" and (l.methods is not None or l.allow_connect):
-                # The listener's own method policy: a last route that
-                # matches everything, with the listener's cluster.
+            if l.mode == "http" and (l.methods is not None or l.allow_connect or
+                                     not l.policy.empty()):
+                # The listener's own method policy and policies: a last
+                # route that matches everything, with the listener's cluster.
                 rts.append(Route(cluster=l.cluster, methods=l.methods,
-                                 allow_connect=l.allow_connect))
+                                 allow_connect=l.allow_connect, policy=l.policy))
             if rts:
                 routes = ffi.new("struct up_route[]", len(rts))
                 for k, rt in enumerate(rts):
@@ -399,6 +587,9 @@ class Tables:
                         r.host_off, r.host_len = strings.add(name)
                     if rt.path_prefix:
                         r.path_off, r.path_len = strings.add(rt.path_prefix)
+                    if l.mode == "http":
+                        key = f"listeners[{i}]" + (f".routes[{k}]" if k < len(l.routes) else "")
+                        r.policy = policies.add(rt.policy, rt.path_prefix, cfg.path, key)
                 keep.append(routes)
                 cl.routes = routes
                 cl.nroutes = len(rts)
@@ -448,6 +639,7 @@ class Tables:
                 toks[k].answer_off, toks[k].answer_len = strings.add(answer)
             keep.append(toks)
             t.acme, t.nacme = toks, len(cfg.acme_tokens)
+        policies.publish(t, nworkers, keep)
         self.strings = ffi.new("char[]", bytes(strings.data) + b"\0")
         t.strings = self.strings
         self.ptr = t

@@ -1,0 +1,662 @@
+/*
+ * Per-route HTTP policies: what nginx and HAProxy call directives and
+ * Traefik middlewares (access rules, rate and in-flight limits, body size,
+ * redirects, rewrites, header edits), compiled by the control plane into a
+ * list of steps per route (struct up_step in the published tables) and run
+ * here with one switch per step: no function pointer, no allocation, no
+ * Python. A route without a policy never comes here (t->pol is NULL: the
+ * callers test that one pointer).
+ *
+ * Per-worker state is made once when the worker starts: the token buckets
+ * of rate limits (a fixed table, see h1_policy.h) and the PCRE2 match data
+ * regex rewrites use. Compiled regexes belong to the tables and are only
+ * read (PCRE2's compiled code, JIT included, is safe to share that way).
+ *
+ * In-flight limits count in the tables' per-worker rows (one writer each):
+ * a worker adds up every row to decide, which needs no lock and may be off
+ * by the requests other workers start at the same instant (docs/http.md).
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <arpa/inet.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "http/h1.h"
+
+/* ---- worker state ---------------------------------------------------------- */
+
+int pol_worker_init(struct worker *w)
+{
+    w->pol = calloc(1, sizeof *w->pol);
+    if (!w->pol)
+        return -1;
+    w->pol->match = pcre2_match_data_create(POL_CAPTURES, NULL);
+    return w->pol->match ? 0 : -1;
+}
+
+void pol_worker_free(struct worker *w)
+{
+    if (!w->pol)
+        return;
+    pcre2_match_data_free(w->pol->match);
+    free(w->pol);
+    w->pol = NULL;
+}
+
+void *up_regex_compile(const char *pattern, char *err, size_t errlen, uint32_t *captures)
+{
+    int code;
+    PCRE2_SIZE at;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, 0, &code, &at, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[160];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        snprintf(err, errlen, "%s at offset %zu", (const char *)msg, (size_t)at);
+        return NULL;
+    }
+    /* Without a JIT (an unsupported CPU) the interpreter runs instead,
+     * which may take heap memory for deep backtracking. */
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    uint32_t n = 0;
+    pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &n);
+    *captures = n;
+    return re;
+}
+
+void up_regex_free(void *re)
+{
+    pcre2_code_free(re);
+}
+
+/* ---- the client's address -------------------------------------------------- */
+
+static bool in_cidrs(const struct up_cidr *cs, uint32_t n, const uint8_t *a, uint8_t len)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const struct up_cidr *k = &cs[i];
+        if (k->len != len)
+            continue;
+        uint32_t whole = k->bits / 8, rest = k->bits % 8;
+        if (memcmp(k->addr, a, whole))
+            continue;
+        if (rest && ((k->addr[whole] ^ a[whole]) & (uint8_t)(0xff00 >> rest)))
+            continue;
+        return true;
+    }
+    return false;
+}
+
+/* An IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is an IPv4 one to
+ * the rules. */
+static void set_real(struct txn *t, const uint8_t *a, uint8_t len)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (len == 16 && !memcmp(a, mapped, 12)) {
+        a += 12;
+        len = 4;
+    }
+    memcpy(t->real_addr, a, len);
+    t->real_len = len;
+}
+
+/* One X-Forwarded-For element ("1.2.3.4", "2001:db8::1", "[2001:db8::1]"),
+ * parsed into a; false when it is not an address. */
+static bool parse_ip(const uint8_t *p, uint32_t n, uint8_t *a, uint8_t *len)
+{
+    char tmp[48];
+    while (n && (*p == ' ' || *p == '\t'))
+        p++, n--;
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+    if (n >= 2 && p[0] == '[' && p[n - 1] == ']')
+        p++, n -= 2;
+    if (!n || n >= sizeof tmp)
+        return false;
+    memcpy(tmp, p, n);
+    tmp[n] = 0;
+    if (inet_pton(AF_INET, tmp, a) == 1) {
+        *len = 4;
+        return true;
+    }
+    if (inet_pton(AF_INET6, tmp, a) == 1) {
+        *len = 16;
+        return true;
+    }
+    return false;
+}
+
+/* Through trusted proxies (nginx's real_ip_recursive, Traefik's
+ * forwardedHeaders.trustedIPs): the rightmost X-Forwarded-For address that
+ * is not itself a trusted proxy is the client. A peer that is not trusted
+ * is the client, and its X-Forwarded-For is not passed on. */
+static void real_client(const struct up_config *cfg, const struct up_policy *pol, struct txn *t,
+                        const struct conn *c, const uint8_t *base, const struct h1_request *r)
+{
+    const struct up_cidr *tr = cfg->cidrs + pol->trusted_first;
+    set_real(t, c->addr, c->addr_len);
+    if (!in_cidrs(tr, pol->trusted_count, t->real_addr, t->real_len)) {
+        t->flags |= TF_XF_UNTRUSTED;
+        return;
+    }
+    for (int i = (int)r->nheaders - 1; i >= 0; i--) {
+        const struct h1_header *h = &r->h[i];
+        if (!(h->flags & H1_HF_XFF))
+            continue;
+        const uint8_t *v = base + h->value_off;
+        uint32_t end = h->value_len;
+        while (end) {
+            uint32_t start = end;
+            while (start && v[start - 1] != ',')
+                start--;
+            uint8_t a[16], len;
+            if (!parse_ip(v + start, end - start, a, &len))
+                return;                   /* garbage: the last good one stands */
+            set_real(t, a, len);
+            if (!in_cidrs(tr, pol->trusted_count, t->real_addr, t->real_len))
+                return;
+            end = start ? start - 1 : 0;
+        }
+    }
+}
+
+/* ---- limits ------------------------------------------------------------------ */
+
+/* Take a token from the client's bucket for step s (index si); false with
+ * the seconds until one is back when it is empty. */
+static bool rate_take(struct worker *w, const struct txn *t, const struct up_step *s, uint32_t si,
+                      uint32_t *retry_s)
+{
+    struct pol_bucket *tab = w->pol->buckets;
+    uint32_t gen = (uint32_t)t->cfg->generation;
+    uint8_t key[16] = { 0 };
+    memcpy(key, t->real_addr, t->real_len);
+    uint64_t h = up_hash(key, 16) ^ ((uint64_t)si * 0x9e3779b97f4a7c15ull);
+    uint32_t at = (uint32_t)(h ^ (h >> 32)) & (POL_BUCKETS - 1) & ~(uint32_t)(POL_WINDOW - 1);
+    struct pol_bucket *b = NULL, *oldest = &tab[at];
+    for (uint32_t i = at; i < at + POL_WINDOW; i++) {
+        struct pol_bucket *e = &tab[i];
+        if (e->step == si && e->gen == gen && e->last_ms && !memcmp(e->addr, key, 16)) {
+            b = e;
+            break;
+        }
+        if (e->last_ms < oldest->last_ms)
+            oldest = e;
+    }
+    if (!b) {                             /* a new client: a full bucket */
+        b = oldest;
+        memcpy(b->addr, key, 16);
+        b->step = si;
+        b->gen = gen;
+        b->tokens = s->y;
+        b->last_ms = w->now_ms ? w->now_ms : 1;
+    } else if (w->now_ms > b->last_ms) {
+        uint64_t add = (w->now_ms - b->last_ms) * s->x / 1000;
+        if (add) {                        /* (a remainder waits for more time) */
+            b->tokens = b->tokens + add > s->y ? s->y : b->tokens + add;
+            b->last_ms = w->now_ms;
+        }
+    }
+    if (b->tokens >= 1000) {
+        b->tokens -= 1000;
+        return true;
+    }
+    uint64_t need = 1000 - b->tokens;
+    *retry_s = (uint32_t)((need + s->x - 1) / s->x);
+    if (!*retry_s)
+        *retry_s = 1;
+    return false;
+}
+
+static uint32_t inflight_row(const struct up_config *cfg)
+{
+    return (cfg->ninflight + UP_INFLIGHT_ROW - 1) & ~(uint32_t)(UP_INFLIGHT_ROW - 1);
+}
+
+/* Under the route's limit, summed over the workers' rows: counted. */
+static bool inflight_take(struct worker *w, struct txn *t, const struct up_step *s)
+{
+    const struct up_config *cfg = t->cfg;
+    uint32_t row = inflight_row(cfg), sum = 0;
+    for (uint32_t i = 0; i < cfg->nworkers; i++)
+        sum += __atomic_load_n(&cfg->inflight[i * row + s->first], __ATOMIC_RELAXED);
+    if (sum >= s->x)
+        return false;
+    uint32_t *mine = &cfg->inflight[w->o.index * row + s->first];
+    __atomic_store_n(mine, *mine + 1, __ATOMIC_RELAXED);
+    t->inflight = s->first + 1;
+    return true;
+}
+
+void pol_end(struct worker *w, struct txn *t)
+{
+    if (!t->inflight)
+        return;
+    const struct up_config *cfg = t->cfg;
+    uint32_t *mine = &cfg->inflight[w->o.index * inflight_row(cfg) + t->inflight - 1];
+    __atomic_store_n(mine, *mine - 1, __ATOMIC_RELAXED);
+    t->inflight = 0;
+}
+
+/* ---- the proxy's answers --------------------------------------------------- */
+
+static const char S_403[] = "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+                            "Content-Length: 10\r\nConnection: close\r\n\r\nForbidden\n";
+static const char S_429[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                            "Content-Length: 18\r\nConnection: close\r\nRetry-After: ";
+static const char S_429_END[] = "\r\n\r\nToo Many Requests\n";
+
+static uint32_t put_uint(char *dst, uint32_t v)
+{
+    char tmp[10];
+    uint32_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (uint32_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* Refuse the request with the policy's status, and close. */
+static void refuse(struct worker *w, struct txn *t, struct conn *c, const uint8_t *base,
+                   const struct h1_request *r, const struct up_listener *l, uint16_t status,
+                   uint32_t retry_s)
+{
+    t->flags |= TF_CLIENT_CLOSE;
+    log_begin(w, t, c, base, r, l);
+    log_end(w, t, status);
+    if (status == 403) {
+        h1_client_reply_text(w, c, status, S_403, sizeof S_403 - 1);
+    } else if (status == 429) {
+        char *p = t->pscratch;
+        memcpy(p, S_429, sizeof S_429 - 1);
+        p += sizeof S_429 - 1;
+        p += put_uint(p, retry_s);
+        memcpy(p, S_429_END, sizeof S_429_END - 1);
+        p += sizeof S_429_END - 1;
+        h1_client_reply_text(w, c, status, t->pscratch, (uint32_t)(p - t->pscratch));
+    } else {
+        h1_client_reply_error(w, c, status);
+    }
+}
+
+/* ---- targets ----------------------------------------------------------------- */
+
+struct target {
+    const uint8_t *pre;       /* an absolute form's "scheme://authority", kept */
+    uint32_t pre_len;
+    const uint8_t *path;
+    uint32_t path_len;
+    const uint8_t *query;     /* from '?' on, kept */
+    uint32_t query_len;
+};
+
+static void split_target(const uint8_t *base, const struct h1_request *r, struct target *tg)
+{
+    const uint8_t *p = base + r->target_off, *end = p + r->target_len;
+    tg->pre = p;
+    tg->pre_len = 0;
+    if (r->target_form == H1_T_ABSOLUTE) {
+        const uint8_t *s = memchr(p, ':', r->target_len);
+        if (s && end - s >= 3) {
+            const uint8_t *q = s + 3;
+            while (q < end && *q != '/' && *q != '?')
+                q++;
+            tg->pre_len = (uint32_t)(q - p);
+            p = q;
+        }
+    }
+    const uint8_t *q = memchr(p, '?', (size_t)(end - p));
+    tg->path = p;
+    tg->path_len = (uint32_t)((q ? q : end) - p);
+    tg->query = q ? q : end;
+    tg->query_len = (uint32_t)(end - tg->query);
+}
+
+static bool starts(const uint8_t *p, uint32_t n, const char *pre, uint32_t len)
+{
+    return n >= len && !memcmp(p, pre, len);
+}
+
+/* One rewrite step on the path: the new path into the worker's other
+ * buffer (or a pointer into the tables). false: it did not fit (414). */
+static bool rewrite(struct worker *w, const struct up_config *cfg, const struct up_step *s,
+                    struct target *tg, int *buf)
+{
+    const char *a = cfg->strings + s->a_off;
+    char *out = w->pol->path[*buf];
+    switch (s->kind) {
+    case UP_STEP_STRIP_PREFIX:
+        if (!starts(tg->path, tg->path_len, a, s->a_len))
+            return true;
+        tg->path += s->a_len;
+        tg->path_len -= s->a_len;
+        if (!tg->path_len || tg->path[0] != '/') {     /* "/api" off "/api/x" or "/apix" */
+            if (tg->path_len + 1 > POL_PATH_MAX)
+                return false;
+            out[0] = '/';
+            memcpy(out + 1, tg->path, tg->path_len);
+            tg->path = (const uint8_t *)out;
+            tg->path_len++;
+            *buf ^= 1;
+        }
+        return true;
+    case UP_STEP_ADD_PREFIX:
+        if (s->a_len + tg->path_len > POL_PATH_MAX)
+            return false;
+        memcpy(out, a, s->a_len);
+        memcpy(out + s->a_len, tg->path, tg->path_len);
+        tg->path = (const uint8_t *)out;
+        tg->path_len += s->a_len;
+        *buf ^= 1;
+        return true;
+    case UP_STEP_REPLACE_PATH:
+        tg->path = (const uint8_t *)a;
+        tg->path_len = s->a_len;
+        return true;
+    case UP_STEP_REGEX: {
+        PCRE2_SIZE n = POL_PATH_MAX;
+        int rc = pcre2_substitute(cfg->regexes[s->first], tg->path, tg->path_len, 0, 0,
+                                  w->pol->match, NULL, (PCRE2_SPTR)a, s->a_len,
+                                  (PCRE2_UCHAR *)out, &n);
+        if (rc == PCRE2_ERROR_NOMEMORY)
+            return false;
+        if (rc <= 0)
+            return true;                  /* no match (or a match error): as it was */
+        tg->path = (const uint8_t *)out;
+        tg->path_len = (uint32_t)n;
+        *buf ^= 1;
+        return true;
+    }
+    default:
+        return true;
+    }
+}
+
+/* The request line the upstream gets: the method and version as the
+ * client sent them, the rewritten target between them. */
+static bool write_line(struct txn *t, const uint8_t *base, const struct h1_request *r,
+                       const struct target *tg)
+{
+    const uint8_t *line = base + r->skip, *tend = base + r->target_off + r->target_len;
+    uint32_t head = r->target_off - r->skip;           /* "GET " */
+    uint32_t tail = (uint32_t)(line + r->line_len - tend);  /* " HTTP/1.1\r\n" */
+    uint32_t n = head + tg->pre_len + tg->path_len + tg->query_len + tail;
+    if (n > sizeof t->line)
+        return false;
+    char *p = t->line;
+#define PUT(src, len) (memcpy(p, (src), (len)), p += (len))
+    PUT(line, head);
+    PUT(tg->pre, tg->pre_len);
+    PUT(tg->path, tg->path_len);
+    PUT(tg->query, tg->query_len);
+    PUT(tend, tail);
+#undef PUT
+    t->line_len = (uint16_t)n;
+    return true;
+}
+
+/* ---- redirects --------------------------------------------------------------- */
+
+static const char *status_line(uint16_t code, uint32_t *len)
+{
+    static const char s301[] = "HTTP/1.1 301 Moved Permanently\r\nLocation: ";
+    static const char s302[] = "HTTP/1.1 302 Found\r\nLocation: ";
+    static const char s307[] = "HTTP/1.1 307 Temporary Redirect\r\nLocation: ";
+    static const char s308[] = "HTTP/1.1 308 Permanent Redirect\r\nLocation: ";
+    switch (code) {
+    case 301: *len = sizeof s301 - 1; return s301;
+    case 302: *len = sizeof s302 - 1; return s302;
+    case 307: *len = sizeof s307 - 1; return s307;
+    default: *len = sizeof s308 - 1; return s308;
+    }
+}
+
+/* Answer with the redirect: a round of fixed strings, table strings and
+ * the request's own bytes (held until it is out), as h1_redirect.c does. */
+static void redirect(struct worker *w, struct txn *t, struct conn *c, const struct up_step *s,
+                     const uint8_t *base, const struct h1_request *r, const struct up_listener *l)
+{
+    const char *strings = t->cfg->strings;
+    struct target tg;
+    split_target(base, r, &tg);
+    const uint8_t *host = NULL;
+    uint32_t host_len = 0;
+    if (tg.pre_len) {
+        const uint8_t *s3 = memchr(tg.pre, ':', tg.pre_len);
+        host = s3 + 3;
+        host_len = (uint32_t)(tg.pre + tg.pre_len - host);
+    } else if (r->host != 0xffff) {
+        host = base + r->h[r->host].value_off;
+        host_len = r->h[r->host].value_len;
+    }
+    uint32_t name_len = host ? h1_host_part(host, host_len) : 0;
+    if (s->b_len) {
+        host = (const uint8_t *)strings + s->b_off;
+        host_len = s->b_len;
+    } else if (!name_len || r->target_form == H1_T_AUTHORITY || r->target_form == H1_T_ASTERISK) {
+        refuse(w, t, c, base, r, l, 400, 0);
+        return;
+    } else if (s->a_len) {
+        host_len = name_len;              /* another scheme: not this port */
+    }
+    log_begin(w, t, c, base, r, l);
+    bool close = !r->keep_alive || r->body != H1_BODY_NONE || w->stopping;
+    struct out *o = &t->resp;
+    uint32_t n;
+    const char *sl = status_line(s->code, &n);
+    out_push(o, sl, n);
+    if (s->a_len)
+        out_push(o, strings + s->a_off, s->a_len);
+    else if (c->tp == TP_TLS)
+        out_push(o, "https", 5);
+    else
+        out_push(o, "http", 4);
+    out_push(o, "://", 3);
+    out_push(o, host, host_len);
+    uint32_t cut = s->cut <= tg.path_len ? s->cut : tg.path_len;
+    if (s->c_len)
+        out_push(o, strings + s->c_off, s->c_len);
+    else if (tg.path_len == cut || tg.path[cut] != '/')
+        out_push(o, "/", 1);
+    out_push(o, tg.path + cut, tg.path_len - cut);
+    out_push(o, tg.query, tg.query_len);
+    out_push(o, "\r\nContent-Length: 0\r\n", 21);
+    if (close)
+        out_push(o, "Connection: close\r\n\r\n", 21);
+    else if (r->minor == 0)
+        out_push(o, "Connection: keep-alive\r\n\r\n", 26);
+    else
+        out_push(o, "\r\n", 2);
+    t->status = s->code;
+    t->bytes_out = o->left;
+    t->flags |= TF_REQ_DONE | TF_RESP_HEAD | TF_RESP_DONE | TF_REPLIED;
+    if (close)
+        t->flags |= TF_CLIENT_CLOSE;
+    t->req_bid = t->start_bid;
+    t->req_off = t->start_off + r->head_len;
+    h1_count_status(w, c, s->code);
+    w->c[UP_C_REDIRECTS]++;
+    out_submit(w, o, c);
+}
+
+/* ---- the request's steps --------------------------------------------------- */
+
+bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct up_route *rt,
+                 const uint8_t *base, const struct h1_request *r, const struct up_listener *l)
+{
+    const struct up_config *cfg = t->cfg;
+    const struct up_policy *pol = &cfg->policies[rt->policy - 1];
+    t->pol = pol;
+    if (pol->flags & UP_POL_XF_OFF)
+        t->flags |= TF_XF_OFF;
+    if (pol->flags & UP_POL_TRUSTED)
+        real_client(cfg, pol, t, c, base, r);
+    else
+        set_real(t, c->addr, c->addr_len);
+    struct target tg;
+    bool rewritten = false;
+    int buf = 0;
+    for (uint32_t i = pol->first; i < pol->first + pol->count; i++) {
+        const struct up_step *s = &cfg->steps[i];
+        uint32_t retry_s = 0;
+        switch ((enum up_step_kind)s->kind) {
+        case UP_STEP_DENY:
+            if (in_cidrs(cfg->cidrs + s->first, s->count, t->real_addr, t->real_len)) {
+                refuse(w, t, c, base, r, l, 403, 0);
+                return true;
+            }
+            break;
+        case UP_STEP_ALLOW:
+            if (!in_cidrs(cfg->cidrs + s->first, s->count, t->real_addr, t->real_len)) {
+                refuse(w, t, c, base, r, l, 403, 0);
+                return true;
+            }
+            break;
+        case UP_STEP_RATE:
+            if (!rate_take(w, t, s, i, &retry_s)) {
+                refuse(w, t, c, base, r, l, 429, retry_s);
+                return true;
+            }
+            break;
+        case UP_STEP_BODY:
+            t->max_body = s->x;
+            break;
+        case UP_STEP_INFLIGHT:
+            if (!inflight_take(w, t, s)) {
+                refuse(w, t, c, base, r, l, 503, 0);
+                return true;
+            }
+            break;
+        case UP_STEP_REDIRECT:
+            redirect(w, t, c, s, base, r, l);
+            return true;
+        case UP_STEP_STRIP_PREFIX:
+        case UP_STEP_ADD_PREFIX:
+        case UP_STEP_REPLACE_PATH:
+        case UP_STEP_REGEX:
+            if (!rewritten) {
+                split_target(base, r, &tg);
+                rewritten = true;
+            }
+            if (!rewrite(w, cfg, s, &tg, &buf)) {
+                refuse(w, t, c, base, r, l, 414, 0);
+                return true;
+            }
+            break;
+        default:                          /* header steps: when the head is built */
+            break;
+        }
+    }
+    if (rewritten && !write_line(t, base, r, &tg)) {
+        refuse(w, t, c, base, r, l, 414, 0);
+        return true;
+    }
+    return false;
+}
+
+/* ---- headers ------------------------------------------------------------------- */
+
+static bool drops(const struct up_config *cfg, uint32_t first, uint32_t count, uint16_t kind,
+                  const uint8_t *base, const struct h1_header *h)
+{
+    for (uint32_t i = first; i < first + count; i++) {
+        const struct up_step *s = &cfg->steps[i];
+        if (s->kind == kind && s->a_len == h->name_len &&
+            !strncasecmp(cfg->strings + s->a_off, (const char *)base + h->name_off, h->name_len))
+            return true;
+    }
+    return false;
+}
+
+bool pol_drop_req(const struct txn *t, const uint8_t *base, const struct h1_header *h)
+{
+    return t->pol && drops(t->cfg, t->pol->first, t->pol->count, UP_STEP_REQ_REMOVE, base, h);
+}
+
+bool pol_drop_resp(const struct txn *t, const uint8_t *base, const struct h1_header *h)
+{
+    return drops(t->cfg, t->pol->resp_first, t->pol->resp_count, UP_STEP_RESP_REMOVE, base, h);
+}
+
+/* The client's address as a Forwarded node: IPv6 quoted and bracketed. */
+static size_t addr_text(const struct txn *t, char *dst, size_t cap)
+{
+    return h1_format_addr(t->real_addr, t->real_len, dst, cap);
+}
+
+bool pol_req_lines(struct worker *w, struct txn *t, const uint8_t *base, const struct h1_request *r)
+{
+    const struct up_config *cfg = t->cfg;
+    const struct up_policy *pol = t->pol;
+    struct out *o = &t->req;
+    char *p = t->pscratch;
+    bool ok = true;
+    for (uint32_t i = pol->first; i < pol->first + pol->count; i++) {
+        const struct up_step *s = &cfg->steps[i];
+        switch ((enum up_step_kind)s->kind) {
+        case UP_STEP_REQ_ADD:
+            ok &= out_push(o, cfg->strings + s->a_off, s->a_len);
+            break;
+        case UP_STEP_REAL_IP: {
+            char *start = p;
+            memcpy(p, "X-Real-IP: ", 11);
+            p += 11;
+            p += addr_text(t, p, 48);
+            memcpy(p, "\r\n", 2);
+            p += 2;
+            ok &= out_push(o, start, (size_t)(p - start));
+            break;
+        }
+        case UP_STEP_FORWARDED: {
+            /* RFC 7239: for= the client, proto= the scheme it used, host=
+             * the Host it asked for (quoted: a port's ':' is not a token). */
+            char *start = p;
+            bool v6 = t->real_len == 16;
+            memcpy(p, v6 ? "Forwarded: for=\"[" : "Forwarded: for=", v6 ? 17 : 15);
+            p += v6 ? 17 : 15;
+            p += addr_text(t, p, 48);
+            if (v6) {
+                memcpy(p, "]\"", 2);
+                p += 2;
+            }
+            bool tls = w->conns[t->client].tp == TP_TLS;
+            memcpy(p, tls ? ";proto=https" : ";proto=http", tls ? 12 : 11);
+            p += tls ? 12 : 11;
+            const uint8_t *host = r->host != 0xffff ? base + r->h[r->host].value_off : NULL;
+            uint32_t hl = host ? r->h[r->host].value_len : 0;
+            if (host && h1_host_part(host, hl)) {
+                memcpy(p, ";host=\"", 7);
+                p += 7;
+                ok &= out_push(o, start, (size_t)(p - start));
+                ok &= out_push(o, host, hl);
+                start = p;
+                *p++ = '"';
+            }
+            memcpy(p, "\r\n", 2);
+            p += 2;
+            ok &= out_push(o, start, (size_t)(p - start));
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    return ok;
+}
+
+bool pol_resp_lines(struct txn *t)
+{
+    const struct up_config *cfg = t->cfg;
+    const struct up_policy *pol = t->pol;
+    bool ok = true;
+    for (uint32_t i = pol->resp_first; i < pol->resp_first + pol->resp_count; i++) {
+        const struct up_step *s = &cfg->steps[i];
+        if (s->kind == UP_STEP_RESP_ADD)
+            ok &= out_push(&t->resp, cfg->strings + s->a_off, s->a_len);
+    }
+    return ok;
+}

@@ -1,0 +1,349 @@
+"""Per-route HTTP policies (issue 16): header edits, X-Forwarded-* and
+trusted proxies, redirects, rewrites, access rules and limits, through a
+real uproxy process with real clients (raw sockets, curl) and a real
+upstream that records what it receives (tests/http_upstream.py)."""
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from http_upstream import HttpUpstream, Response
+from support import free_port
+from test_http import http_proxy
+
+
+def ask(port, head: bytes, host="127.0.0.1", body=b""):
+    """One request on its own connection: (status, headers (lower-case
+    names, in order), body)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(head + body)
+        f = s.makefile("rb")
+        line = f.readline()
+        status = int(line.split()[1])
+        headers = []
+        while True:
+            l = f.readline()
+            if l in (b"\r\n", b""):
+                break
+            k, v = l.decode("latin-1").split(":", 1)
+            headers.append((k.strip().lower(), v.strip()))
+        n = int(dict(headers).get("content-length", "0"))
+        return status, headers, f.read(n)
+
+
+def get(port, target="/", extra=b"", host=b"example.com"):
+    return ask(port, b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" +
+               extra + b"Connection: close\r\n\r\n")
+
+
+def start(proxy_factory, listener, handler=None):
+    up = HttpUpstream(handler)
+    p = http_proxy(proxy_factory, [up.addr], listener=listener)
+    return up, p
+
+
+def test_request_and_response_headers_set_add_remove(proxy_factory):
+    """Listener defaults and a route's own keys together: set replaces the
+    client's lines, add adds one, remove drops them; Via, X-Real-IP and an
+    RFC 7239 Forwarded on requests; the response edited the same way."""
+    up, p = start(proxy_factory, {
+        "request_headers": {"set": {"X-Env": "prod"}, "remove": ["X-Debug"]},
+        "response_headers": {"remove": ["Server"]},
+        "routes": [
+            {"path_prefix": "/h", "cluster": "c", "via": True, "x_real_ip": True,
+             "forwarded": True,
+             "request_headers": {"add": {"X-Added": "1"}, "set": {"Host": "internal.example"}},
+             "response_headers": {"set": {"Cache-Control": "no-store"},
+                                  "add": {"X-Served-By": "uproxy"}}},
+            {"path_prefix": "/", "cluster": "c"},
+        ]},
+        handler=lambda req: Response(body=b"ok", headers=[("Server", "secret/1.0"),
+                                                          ("Cache-Control", "max-age=60")]))
+    status, headers, body = get(p.port, "/h/x", b"X-Env: dev\r\nX-Debug: 1\r\nX-Real-IP: 6.6.6.6\r\n"
+                                b"Forwarded: for=6.6.6.6\r\nX-Added: 0\r\n")
+    assert (status, body) == (200, b"ok")
+    req = up.requests[-1]
+    assert req.header_lines("X-Env") == ["prod"]
+    assert req.header("X-Debug") is None
+    assert req.header_lines("X-Added") == ["0", "1"]
+    assert req.header_lines("Host") == ["internal.example"]
+    assert req.header("Via") == "1.1 uproxy"
+    assert req.header_lines("X-Real-IP") == ["127.0.0.1"]
+    assert req.header_lines("Forwarded") == ['for=127.0.0.1;proto=http;host="example.com"']
+    names = [k for k, _ in headers]
+    assert "server" not in names
+    assert [v for k, v in headers if k == "cache-control"] == ["no-store"]
+    assert dict(headers)["x-served-by"] == "uproxy"
+    # The other route has the listener's keys only.
+    status, headers, _ = get(p.port, "/other", b"X-Env: dev\r\nX-Debug: 1\r\n")
+    req = up.requests[-1]
+    assert req.header_lines("X-Env") == ["prod"] and req.header("X-Debug") is None
+    assert req.header("Via") is None and req.header("X-Real-IP") is None
+    assert "server" not in [k for k, _ in headers]
+    assert dict(headers)["cache-control"] == "max-age=60"
+    up.close()
+
+
+def test_x_forwarded_off_and_trusted_proxies(proxy_factory):
+    """x_forwarded = false sends none (and drops the client's); with
+    trusted_proxies the client's X-Forwarded-For is passed on only from a
+    trusted peer, and the real client (for X-Real-IP, access rules and
+    rate limits) is its rightmost untrusted address."""
+    up, p = start(proxy_factory, {
+        "trusted_proxies": ["127.0.0.0/8", "10.0.0.0/8"],
+        "routes": [
+            {"path_prefix": "/off", "cluster": "c", "x_forwarded": False},
+            {"path_prefix": "/deny", "cluster": "c", "deny": ["203.0.113.0/24"]},
+            {"path_prefix": "/", "cluster": "c", "x_real_ip": True},
+        ]})
+    get(p.port, "/off", b"X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n")
+    req = up.requests[-1]
+    assert [h for h in req.headers if h[0].lower().startswith("x-forwarded")] == []
+    get(p.port, "/", b"X-Forwarded-For: 198.51.100.7, 10.1.2.3\r\n")
+    req = up.requests[-1]
+    assert req.header("X-Forwarded-For") == "198.51.100.7, 10.1.2.3, 127.0.0.1"
+    assert req.header("X-Real-IP") == "198.51.100.7"
+    status, _, _ = get(p.port, "/deny", b"X-Forwarded-For: 203.0.113.9\r\n")
+    assert status == 403
+    status, _, _ = get(p.port, "/deny", b"X-Forwarded-For: 198.51.100.7\r\n")
+    assert status == 200
+    up.close()
+    # A peer that is not trusted: its X-Forwarded-For is its own invention.
+    up, p = start(proxy_factory, {"trusted_proxies": ["10.0.0.0/8"], "x_real_ip": True})
+    get(p.port, "/", b"X-Forwarded-For: 198.51.100.7\r\n")
+    req = up.requests[-1]
+    assert req.header("X-Forwarded-For") == "127.0.0.1"
+    assert req.header("X-Real-IP") == "127.0.0.1"
+    up.close()
+
+
+def test_redirects_by_scheme_host_and_path_prefix(proxy_factory):
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/old/", "cluster": "c",
+         "redirect": {"code": 301, "path_prefix": "/new/"}},
+        {"host": "old.example", "cluster": "c",
+         "redirect": {"code": 308, "scheme": "https", "host": "new.example"}},
+        {"path_prefix": "/secure", "cluster": "c", "redirect": {"scheme": "https"}},
+        {"path_prefix": "/tmp", "cluster": "c",
+         "redirect": {"code": 307, "host": "other.example:8443"}},
+    ]})
+    cases = [
+        ("/old/a/b?x=1", b"example.com:8080", 301, "http://example.com:8080/new/a/b?x=1"),
+        ("/z?q", b"old.example", 308, "https://new.example/z?q"),
+        ("/secure/p", b"example.com:8080", 302, "https://example.com/secure/p"),
+        ("/tmp/", b"example.com", 307, "http://other.example:8443/tmp/"),
+    ]
+    for target, host, code, location in cases:
+        status, headers, _ = get(p.port, target, host=host)
+        assert (status, dict(headers).get("location")) == (code, location), target
+    assert not up.requests, "a redirect asks no upstream"
+    # Keep-alive: two redirects on one connection.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(b"GET /old/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /old/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        data = b""
+        while data.count(b"Location:") < 2:
+            b = s.recv(4096)
+            assert b, data
+            data += b
+    assert b"Location: http://h/new/1\r\n" in data and b"Location: http://h/new/2\r\n" in data
+    up.close()
+
+
+def test_rewrites_strip_add_replace_and_regex(proxy_factory):
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/api/", "cluster": "c", "rewrite": {"strip_prefix": "/api"}},
+        {"path_prefix": "/app", "cluster": "c",
+         "rewrite": {"strip_prefix": "/app", "add_prefix": "/v2"}},
+        {"path_prefix": "/fixed", "cluster": "c", "rewrite": {"replace_path": "/index.html"}},
+        {"path_prefix": "/user/", "cluster": "c",
+         "rewrite": {"regex": r"^/user/(\d+)/(\w+)$", "replacement": "/u/$2?id=$1&x=${1}"}},
+    ]})
+    cases = [("/api/items?page=2", "/items?page=2"), ("/api/", "/"),
+             ("/app", "/v2/"), ("/app/x/y", "/v2/x/y"),
+             ("/fixed/anything?q=1", "/index.html?q=1"),
+             ("/user/42/profile", "/u/profile?id=42&x=42"), ("/user/abc", "/user/abc")]
+    for sent, seen in cases:
+        status, _, _ = get(p.port, sent)
+        assert status == 200
+        assert up.requests[-1].target == seen, sent
+    # An absolute-form target keeps its scheme and authority.
+    status, _, _ = ask(p.port, b"GET http://example.com/api/z HTTP/1.1\r\nHost: example.com\r\n"
+                       b"Connection: close\r\n\r\n")
+    assert status == 200 and up.requests[-1].target == "http://example.com/z"
+    # A rewrite that grows past the room for a request line: 414, not a cut target.
+    status, _, _ = get(p.port, "/app/" + "a" * 1500)
+    assert status == 414
+    up.close()
+
+
+def test_allow_and_deny_by_network(proxy_factory):
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/lan", "cluster": "c", "allow": ["10.0.0.0/8", "192.168.0.0/16"]},
+        {"path_prefix": "/local", "cluster": "c", "allow": ["127.0.0.0/8"],
+         "deny": ["127.0.0.2"]},
+        {"path_prefix": "/", "cluster": "c"},
+    ]})
+    assert get(p.port, "/lan")[0] == 403
+    assert get(p.port, "/local")[0] == 200
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5,
+                                  source_address=("127.0.0.2", 0)) as s:
+        s.sendall(b"GET /local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 403 ")
+    assert [r.target for r in up.requests] == ["/local"]
+    up.close()
+
+
+def test_allow_ipv6_client(proxy_factory):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    up = HttpUpstream()
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"[::1]:{port}", "mode": "http", "cluster": "c",
+                        "routes": [{"path_prefix": "/v6", "cluster": "c", "allow": ["::1/128"]},
+                                   {"path_prefix": "/", "cluster": "c", "deny": ["::/0"]}]}],
+                      [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1})
+    assert ask(port, b"GET /v6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", host="::1")[0] == 200
+    assert ask(port, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", host="::1")[0] == 403
+    up.close()
+
+
+def test_rate_limit_per_client_with_burst_and_retry_after(proxy_factory):
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/limited", "cluster": "c", "rate_limit": {"rate": 2, "burst": 3}},
+        {"path_prefix": "/", "cluster": "c"}]})
+    got = [get(p.port, "/limited") for _ in range(5)]
+    statuses = [g[0] for g in got]
+    assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429], statuses
+    assert dict(got[3][1])["retry-after"] == "1"
+    assert get(p.port, "/free")[0] == 200              # another route: no limit
+    # Another client address has its own bucket.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5,
+                                  source_address=("127.0.0.3", 0)) as s:
+        s.sendall(b"GET /limited HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    time.sleep(0.6)                                     # 2 per second: one token back
+    assert get(p.port, "/limited")[0] == 200
+    assert get(p.port, "/limited")[0] == 429
+    up.close()
+
+
+def test_max_body_size_per_route(proxy_factory):
+    up, p = start(proxy_factory, {"max_body_size": "1m", "routes": [
+        {"path_prefix": "/small", "cluster": "c", "max_body_size": 100},
+        {"path_prefix": "/", "cluster": "c"}]},
+        handler=lambda req: Response(body=b"took %d" % req.body_len))
+    post = b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    assert ask(p.port, post % (b"/small", 101), body=b"x" * 101)[0] == 413
+    assert ask(p.port, post % (b"/small", 100), body=b"x" * 100)[:3:2] == (200, b"took 100")
+    assert ask(p.port, post % (b"/big", 5000), body=b"x" * 5000)[:3:2] == (200, b"took 5000")
+    assert not [r for r in up.requests if r.body_len == 101]
+    up.close()
+
+
+def test_max_in_flight_per_route(proxy_factory):
+    release = threading.Event()
+
+    def handler(req):
+        if req.target == "/slow":
+            release.wait(5)
+        return Response(body=b"done")
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/slow", "cluster": "c", "max_in_flight": 1},
+        {"path_prefix": "/", "cluster": "c"}]}, handler=handler)
+    first = []
+    t = threading.Thread(target=lambda: first.append(get(p.port, "/slow")))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not [c for c in up.conns] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert get(p.port, "/slow")[0] == 503               # the one allowed is under way
+    assert get(p.port, "/other")[0] == 200
+    release.set()
+    t.join(5)
+    assert first and first[0][0] == 200
+    assert get(p.port, "/slow")[0] == 200               # given back when it ended
+    up.close()
+
+
+def test_curl_through_a_route_with_every_policy(proxy_factory):
+    """A real client (curl) through the common set at once."""
+    curl = shutil.which("curl")
+    if not curl:
+        pytest.skip("curl is not installed")
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/api/", "cluster": "c", "allow": ["127.0.0.0/8"],
+         "rate_limit": {"rate": 1000, "burst": 100}, "rewrite": {"strip_prefix": "/api"},
+         "request_headers": {"set": {"X-Env": "prod"}},
+         "response_headers": {"add": {"X-Served-By": "uproxy"}}}]})
+    out = subprocess.run([curl, "-s", "-i", f"{p.url}/api/v1/items"], capture_output=True,
+                         timeout=10).stdout
+    assert out.startswith(b"HTTP/1.1 200") and b"X-Served-By: uproxy" in out
+    assert up.requests[-1].target == "/v1/items" and up.requests[-1].header("X-Env") == "prod"
+    up.close()
+
+
+# ---- what `uproxy check` says ----------------------------------------------------
+
+def _check(tmp_path, listener_extra: str, route_extra: str = "") -> str:
+    cfg = tmp_path / "u.toml"
+    cfg.write_text(f"""
+[[clusters]]
+name = "c"
+servers = ["127.0.0.1:9"]
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:{free_port()}"
+mode = "http"
+cluster = "c"
+{listener_extra}
+
+[[listeners.routes]]
+path_prefix = "/r/"
+cluster = "c"
+{route_extra}
+""")
+    r = subprocess.run([sys.executable, "-m", "uproxy", "check", "--no-bind", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=30)
+    return r.stderr if r.returncode else ""
+
+
+@pytest.mark.parametrize("listener_extra,route_extra,expect", [
+    ("", 'rewrite = { regex = "^/(a", replacement = "/$1" }',
+     "listeners[0].routes[0].rewrite.regex: the regex does not compile: missing closing parenthesis"),
+    ("", 'rewrite = { regex = "^/(a)", replacement = "/$2" }',
+     "routes[0].rewrite.replacement: the replacement names $2, but the regex has 1 capture group"),
+    ('request_headers = { set = { "X Bad" = "v" } }', "",
+     "listeners[0].request_headers.set.X Bad: 'X Bad' is not a header name"),
+    ("", 'response_headers = { remove = ["Content-Length"] }',
+     "Content-Length is the proxy's to write"),
+    ("", 'request_headers = { add = { X-Forwarded-For = "1.2.3.4" } }',
+     "use x_forwarded = false"),
+    ("", 'request_headers = { set = { X-A = "a\\r\\nb" } }', "control characters"),
+    ("", 'allow = ["10.0.0.300/8"]', "routes[0].allow[0]: '10.0.0.300/8' is not a network"),
+    ("", "rate_limit = { burst = 5 }", "routes[0].rate_limit.rate: is required"),
+    ("", "redirect = { code = 303, scheme = \"https\" }", "must be 301, 302, 307 or 308"),
+    ("", "trusted_proxies = [\"10.0.0.0/8\"]", "it goes on the listener"),
+    ("", 'rewrite = { replace_path = "/x", strip_prefix = "/r" }', "give it alone"),
+])
+def test_check_names_the_key_and_the_problem(tmp_path, listener_extra, route_extra, expect):
+    err = _check(tmp_path, listener_extra, route_extra)
+    assert expect in err, err
+
+
+def test_check_accepts_every_policy_key(tmp_path):
+    err = _check(tmp_path, 'via = "edge-1"\nx_forwarded = true\ntrusted_proxies = ["10.0.0.0/8"]\n'
+                 'response_headers = { remove = ["Server"] }',
+                 'request_headers = { set = { Host = "in" }, add = { X-A = "1" }, remove = ["X-B"] }\n'
+                 'forwarded = true\nx_real_ip = true\nallow = ["10.0.0.0/8", "::1"]\n'
+                 'deny = ["10.9.0.0/16"]\nrate_limit = { rate = 0.5 }\nmax_in_flight = 4\n'
+                 'max_body_size = "1m"\nrewrite = { regex = "^/r/(.*)$", replacement = "/$1" }')
+    assert err == ""

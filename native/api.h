@@ -197,6 +197,7 @@ struct up_config {
     uint32_t ninflight;       /* in-flight limit slots */
     uint32_t pad_pol;
     uint32_t *inflight;       /* [nworkers * UP_INFLIGHT_ROW]: one row per worker, its writer */
+    const struct up_user *users;  /* basic auth: htpasswd entries */
 };
 
 /* ACME HTTP-01 (src/uproxy/acme/): GET /.well-known/acme-challenge/<token>
@@ -230,7 +231,8 @@ enum up_step_kind {
     UP_STEP_REAL_IP,          /* X-Real-IP: <client> added (a REQ_REMOVE of it precedes) */
     UP_STEP_FORWARDED,        /* Forwarded: for=...;proto=...;host=... added */
     UP_STEP_RESP_REMOVE,      /* a: a response header name dropped */
-    UP_STEP_RESP_ADD          /* a: a whole line added to responses */
+    UP_STEP_RESP_ADD,         /* a: a whole line added to responses */
+    UP_STEP_BASIC_AUTH        /* users [first, first+count); a: the whole 401 answer */
 };
 
 #define UP_INFLIGHT_ROW 16    /* uint32 per worker row: one cache line */
@@ -255,6 +257,11 @@ struct up_policy {
     uint32_t flags;           /* UP_POL_* */
     uint32_t trusted_first, trusted_count;  /* cidrs of trusted proxies */
     uint32_t id;              /* rate limiting: this policy's buckets (stable per config) */
+};
+
+struct up_user {              /* an htpasswd line: name and crypt(3) hash in strings */
+    uint32_t name_off, name_len;
+    uint32_t hash_off, hash_len;
 };
 
 struct up_cidr {

@@ -66,8 +66,9 @@ def _flags():
 def link_args():
     # OpenSSL (libssl-dev) for TLS: its one door is native/transport/tls*.c.
     # nghttp2 (libnghttp2-dev) for HTTP/2: its one door is native/http2/h2_codec.c.
-    # PCRE2 (libpcre2-dev) for regex rewrites: native/http/h1_policy.c.
-    return _pkg_config("--libs") + ["-lssl", "-lcrypto", "-lnghttp2", "-lpcre2-8"] + shlex.split(
+    # PCRE2 (libpcre2-dev) for regex rewrites, libcrypt (libcrypt-dev:
+    # bcrypt) for basic auth: native/http/h1_policy.c.
+    return _pkg_config("--libs") + ["-lssl", "-lcrypto", "-lnghttp2", "-lpcre2-8", "-lcrypt"] + shlex.split(
         os.environ.get("UPROXY_LDFLAGS", ""))
 
 

@@ -183,8 +183,19 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     if redirect:
         lst["redirect_https"] = True
         status = b"HTTP/1.1 308"
+    auth = b""
     if policies:
-        lst.update(EVERY_POLICY)
+        import base64
+        import copy
+        import warnings
+        with warnings.catch_warnings():  # (deprecated, still here in 3.11 and 3.12)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt                 # libcrypt: the bcrypt hash htpasswd -B makes
+        ht = tmp_path / f"htpasswd-{n_requests}"
+        ht.write_text("alice:" + crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)) + "\n")
+        lst.update(copy.deepcopy(EVERY_POLICY))
+        lst["routes"][1]["basic_auth"] = {"htpasswd": str(ht), "realm": "t"}
+        auth = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
     wrap = lambda s: s                                   # noqa: E731
     if tls or mtls:
         import ssl
@@ -218,7 +229,7 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
                 s, f = socks[i % conns], files[i % conns]
                 target = b"/old/%d" % i if policies and i % 4 == 3 else b"/r%d" % i
                 s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
-                          b"X-Client-Subject: forged\r\n\r\n" % target)
+                          b"X-Client-Subject: forged\r\n%s\r\n" % (target, auth))
                 line = f.readline()
                 assert line.startswith(b"HTTP/1.1 301" if target.startswith(b"/old/")
                                        else status), line
@@ -269,7 +280,7 @@ def test_no_allocation_per_http_request(tmp_path, profile):
 def test_no_allocation_nor_lock_per_request_with_every_policy(tmp_path):
     """Laws 1 and 2 for a route with every policy (headers, trusted
     proxies, access rules, rate and in-flight limits, body size, a regex
-    rewrite) and a redirecting one: N and then 10N requests, the worker's
+    rewrite, basic auth) and a redirecting one: N and then 10N requests, the worker's
     allocations and the mutexes it takes stay flat (PCRE2's JIT has a lock,
     for its executable memory, taken when a regex is compiled at load)."""
     so = _build_interposer(tmp_path)

@@ -333,10 +333,20 @@ cluster = "c"
     ("", "redirect = { code = 303, scheme = \"https\" }", "must be 301, 302, 307 or 308"),
     ("", "trusted_proxies = [\"10.0.0.0/8\"]", "it goes on the listener"),
     ("", 'rewrite = { replace_path = "/x", strip_prefix = "/r" }', "give it alone"),
+    ("", 'basic_auth = { htpasswd = "/nonexistent/htpasswd" }',
+     "routes[0].basic_auth.htpasswd: cannot read /nonexistent/htpasswd: No such file"),
+    ("", 'basic_auth = { realm = "x" }', "routes[0].basic_auth.htpasswd: is required"),
 ])
 def test_check_names_the_key_and_the_problem(tmp_path, listener_extra, route_extra, expect):
     err = _check(tmp_path, listener_extra, route_extra)
     assert expect in err, err
+
+
+def test_check_refuses_an_htpasswd_it_cannot_verify(tmp_path):
+    f = tmp_path / "htpasswd"
+    f.write_text("alice:$apr1$abc$def\nbob\n")
+    err = _check(tmp_path, "", f'basic_auth = {{ htpasswd = "{f}" }}')
+    assert "htpasswd:1: alice's hash is not bcrypt" in err and "htpasswd:2: not a user:hash line" in err
 
 
 def test_check_accepts_every_policy_key(tmp_path):
@@ -347,3 +357,60 @@ def test_check_accepts_every_policy_key(tmp_path):
                  'deny = ["10.9.0.0/16"]\nrate_limit = { rate = 0.5 }\nmax_in_flight = 4\n'
                  'max_body_size = "1m"\nrewrite = { regex = "^/r/(.*)$", replacement = "/$1" }')
     assert err == ""
+
+
+def _bcrypt(password: str) -> str:
+    """A bcrypt hash as `htpasswd -B` writes it ($2y$), made with libcrypt
+    (Python's crypt module) when the test has it."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            pytest.skip("Python's crypt module (libcrypt) is not here to make a bcrypt hash")
+    h = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 10))
+    if not h or not h.startswith("$2b$"):
+        pytest.skip(f"libcrypt made no bcrypt hash here ({h!r})")
+    return "$2y$" + h[4:]
+
+
+def test_basic_auth_against_htpasswd_cached_per_credential(proxy_factory, tmp_path):
+    """401 with WWW-Authenticate without (or with wrong) credentials; the
+    right ones pass. bcrypt runs once per credential: a keep-alive client's
+    later requests are answered far faster than one bcrypt check."""
+    import base64
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"# users\nalice:{_bcrypt('wonderland')}\nbob:{_bcrypt('builder')}\n")
+    up, p = start(proxy_factory, {"routes": [
+        {"path_prefix": "/private", "cluster": "c",
+         "basic_auth": {"htpasswd": str(htpasswd), "realm": "Staff"}},
+        {"path_prefix": "/", "cluster": "c"}]})
+
+    def auth(user, pw):
+        return b"Authorization: Basic " + base64.b64encode(f"{user}:{pw}".encode()) + b"\r\n"
+    status, headers, _ = get(p.port, "/private/x")
+    assert status == 401 and dict(headers)["www-authenticate"].startswith('Basic realm="Staff"')
+    assert get(p.port, "/private/x", auth("alice", "wrong"))[0] == 401
+    assert get(p.port, "/private/x", auth("carol", "wonderland"))[0] == 401
+    assert get(p.port, "/private/x", b"Authorization: Basic !!!\r\n")[0] == 401
+    assert get(p.port, "/private/x", auth("bob", "builder"))[0] == 200
+    assert get(p.port, "/public")[0] == 200
+    assert [r.target for r in up.requests] == ["/private/x", "/public"]
+    # Keep-alive: the first request pays bcrypt (cost 10: milliseconds),
+    # the next ones find the credential in the worker's cache.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        f = s.makefile("rb")
+        times = []
+        for i in range(6):
+            t0 = time.perf_counter()
+            s.sendall(b"GET /private/%d HTTP/1.1\r\nHost: x\r\n" % i + auth("alice", "wonderland") + b"\r\n")
+            assert f.readline().startswith(b"HTTP/1.1 200"), i
+            while f.readline() != b"\r\n":
+                pass
+            f.read(len(b"ok /private/%d" % i))
+            times.append(time.perf_counter() - t0)
+    first, rest = times[0], min(times[1:])
+    print(f"basic auth: first request {first * 1000:.1f} ms, cached {rest * 1000:.2f} ms")
+    assert first > 3 * rest, times
+    up.close()

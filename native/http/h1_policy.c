@@ -483,6 +483,104 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
     out_submit(w, o, c);
 }
 
+
+/* ---- basic auth -------------------------------------------------------------- */
+
+static int b64(uint8_t ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    return ch == '+' ? 62 : ch == '/' ? 63 : -1;
+}
+
+/* Standard base64 (padding optional) into out; its length, or -1. */
+static int b64_decode(const uint8_t *in, uint32_t n, char *out, uint32_t cap)
+{
+    uint32_t acc = 0, bits = 0, k = 0;
+    while (n && in[n - 1] == '=')
+        n--;
+    for (uint32_t i = 0; i < n; i++) {
+        int v = b64(in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (k == cap)
+                return -1;
+            out[k++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    return (int)k;
+}
+
+static struct pol_auth *auth_slot(struct worker *w, uint32_t si, const uint8_t *tok, uint32_t n)
+{
+    uint64_t h = up_hash(tok, n) ^ ((uint64_t)si * 0x9e3779b97f4a7c15ull);
+    return &w->pol->auth[(h ^ (h >> 32)) & (POL_AUTH_CACHE - 1)];
+}
+
+/* Whether the request's "Authorization: Basic ..." names a user of the
+ * step with the right password: bcrypt (crypt_r, in the worker's own work
+ * area) once per credential, then the worker's cache. */
+static bool authorized(struct worker *w, const struct txn *t, const struct up_step *s, uint32_t si,
+                       const uint8_t *base, const struct h1_request *r)
+{
+    const struct up_config *cfg = t->cfg;
+    const uint8_t *tok = NULL;
+    uint32_t n = 0;
+    for (uint16_t i = 0; i < r->nheaders; i++) {
+        const struct h1_header *h = &r->h[i];
+        if (h->name_len == 13 && !strncasecmp((const char *)base + h->name_off, "authorization", 13)) {
+            const uint8_t *v = base + h->value_off;
+            if (h->value_len > 6 && !strncasecmp((const char *)v, "basic ", 6)) {
+                tok = v + 6;
+                n = h->value_len - 6;
+                while (n && *tok == ' ')
+                    tok++, n--;
+            }
+            break;
+        }
+    }
+    if (!tok || !n)
+        return false;
+    uint32_t gen = (uint32_t)cfg->generation;
+    struct pol_auth *e = auth_slot(w, si, tok, n);
+    if (e->len == n && e->step == si && e->gen == gen && !memcmp(e->token, tok, n))
+        return true;
+    char cred[256];
+    int k = b64_decode(tok, n, cred, sizeof cred - 1);
+    if (k <= 0)
+        return false;
+    cred[k] = 0;
+    char *colon = memchr(cred, ':', (size_t)k);
+    if (!colon)
+        return false;
+    *colon = 0;
+    uint32_t ulen = (uint32_t)(colon - cred);
+    for (uint32_t i = s->first; i < s->first + s->count; i++) {
+        const struct up_user *u = &cfg->users[i];
+        if (u->name_len != ulen || memcmp(cfg->strings + u->name_off, cred, ulen))
+            continue;
+        const char *hash = cfg->strings + u->hash_off;
+        const char *got = crypt_r(colon + 1, hash, &w->pol->crypt);
+        bool ok = got && strlen(got) == u->hash_len && !memcmp(got, hash, u->hash_len);
+        if (ok && n <= POL_AUTH_TOKEN) {
+            e->step = si;
+            e->gen = gen;
+            e->len = (uint8_t)n;
+            memcpy(e->token, tok, n);
+        }
+        return ok;
+    }
+    return false;
+}
+
 /* ---- the request's steps --------------------------------------------------- */
 
 bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct up_route *rt,
@@ -519,6 +617,15 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
         case UP_STEP_RATE:
             if (!rate_take(w, t, s, i, &retry_s)) {
                 refuse(w, t, c, base, r, l, 429, retry_s);
+                return true;
+            }
+            break;
+        case UP_STEP_BASIC_AUTH:
+            if (!authorized(w, t, s, i, base, r)) {
+                t->flags |= TF_CLIENT_CLOSE;
+                log_begin(w, t, c, base, r, l);
+                log_end(w, t, 401);
+                h1_client_reply_text(w, c, 401, cfg->strings + s->a_off, s->a_len);
                 return true;
             }
             break;

@@ -7,6 +7,7 @@
 #define UPROXY_H1_POLICY_H
 #include <stdbool.h>
 #include <stdint.h>
+#include <crypt.h>
 #include "api.h"
 
 struct worker;
@@ -33,8 +34,23 @@ struct pol_bucket {
 #define POL_PATH_MAX 8192     /* a rewritten target, while it is worked on */
 #define POL_CAPTURES 16       /* capture groups a regex rewrite may use */
 
+/* A credential (the token after "Basic ") that passed its bcrypt check:
+ * a keep-alive client, which sends it with every request, pays bcrypt
+ * once. Only successes are kept; a longer token is checked every time. */
+#define POL_AUTH_CACHE 256    /* per worker; a power of two */
+#define POL_AUTH_TOKEN 118
+struct pol_auth {
+    uint32_t step;            /* the auth step's index in cfg->steps */
+    uint32_t gen;             /* low bits of the configuration generation */
+    uint8_t len;              /* 0: empty */
+    uint8_t pad;
+    char token[POL_AUTH_TOKEN];
+};
+
 struct pol_worker {
     struct pol_bucket buckets[POL_BUCKETS];
+    struct pol_auth auth[POL_AUTH_CACHE];
+    struct crypt_data crypt;  /* crypt_r's work area: no allocation per check */
     void *match;              /* pcre2_match_data *, POL_CAPTURES pairs */
     char path[2][POL_PATH_MAX];
 };

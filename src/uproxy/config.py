@@ -410,6 +410,15 @@ class Rewrite:
 
 
 @dataclass(frozen=True)
+class BasicAuth:
+    """basic_auth = { htpasswd = "file", realm = "..." }: the file's users,
+    read at load (a reload reads it again)."""
+    htpasswd: str
+    realm: str = "uproxy"
+    users: tuple = ()                    # ((name, crypt hash), ...)
+
+
+@dataclass(frozen=True)
 class Policy:
     """What a route (or, as their default, a listener) does to a request
     besides routing it; compiled into steps by tables.compile_policy."""
@@ -431,6 +440,7 @@ class Policy:
     max_body_size: int | None = None     # a route's own (a listener's is Listener.max_body_size)
     redirect: PolicyRedirect | None = None
     rewrite: Rewrite | None = None
+    basic_auth: BasicAuth | None = None
 
     def empty(self) -> bool:
         return self == Policy()
@@ -1460,7 +1470,10 @@ _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 
 POLICY_KEYS = ("request_headers", "response_headers", "via", "forwarded", "x_real_ip",
                "x_forwarded", "allow", "deny", "rate_limit", "max_in_flight", "redirect",
-               "rewrite")
+               "rewrite", "basic_auth")
+# What libcrypt verifies and htpasswd writes: bcrypt (htpasswd -B) and
+# SHA-crypt; Apache's own MD5 ($apr1$) and {SHA} are not crypt(3) formats.
+_HASHES = ("$2y$", "$2b$", "$2a$", "$5$", "$6$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Lines the proxy owns: framing and connection management (a wrong one
 # would split a request in two), and the X-Forwarded-* it writes itself.
@@ -1622,6 +1635,47 @@ def _rewrite(errs, key, raw):
     return Rewrite(regex=regex, replacement=repl, **vals)
 
 
+def _basic_auth(errs, key, raw):
+    r = _Reader(errs, key, raw)
+    path = r.file("htpasswd", required=True)
+    realm = r.str("realm", "uproxy")
+    if realm is not None and (not realm or any(ord(c) < 32 or c in '"\\' for c in realm)):
+        r.fail("realm", f"{realm!r}: a realm is printable text without quotes or backslashes")
+        realm = "uproxy"
+    r.done()
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        r.fail("htpasswd", f"cannot read {path}: {e.strerror} (make one with "
+                           "`htpasswd -B -c FILE USER`)")
+        return None
+    users, seen = [], set()
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, h = line.partition(":")
+        if not sep or not name:
+            r.fail("htpasswd", f"{path}:{n}: not a user:hash line")
+            continue
+        if not h.startswith(_HASHES):
+            r.fail("htpasswd", f"{path}:{n}: {name}'s hash is not bcrypt ($2y$, from "
+                               "`htpasswd -B`) or SHA-crypt ($5$, $6$); uproxy verifies only "
+                               "those (Apache's $apr1$ and {SHA} are weak)")
+            continue
+        if name in seen:
+            r.fail("htpasswd", f"{path}:{n}: {name} is listed twice")
+            continue
+        seen.add(name)
+        users.append((name, h))
+    if not users and not any(e.key == r._k("htpasswd") for e in errs.items):
+        r.fail("htpasswd", f"{path} holds no user: add one with `htpasswd -B {path} USER`")
+    return BasicAuth(htpasswd=path, realm=realm, users=tuple(users))
+
+
 def _via(r):
     v = r.get("via", None)
     if v is None or v is False:
@@ -1671,7 +1725,9 @@ def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
         kw["redirect"] = _policy_redirect(errs, r._k("redirect"), r.get("redirect"))
     if "rewrite" in r.t:
         kw["rewrite"] = _rewrite(errs, r._k("rewrite"), r.get("rewrite"))
-    for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via"):
+    if "basic_auth" in r.t:
+        kw["basic_auth"] = _basic_auth(errs, r._k("basic_auth"), r.get("basic_auth"))
+    for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via", "basic_auth"):
         r.used.add(k)
     return Policy(**{**base.__dict__, **kw})
 

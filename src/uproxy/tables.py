@@ -336,6 +336,7 @@ class PolicyTables:
         self.steps = []                 # dicts of struct up_step fields
         self.cidrs = []                 # ipaddress networks
         self.regexes = []               # ffi.gc'd pcre2 codes
+        self.users = []                 # (name off, len, hash off, len)
         self.ninflight = 0
 
     def _cidrs(self, nets) -> tuple:
@@ -364,6 +365,17 @@ class PolicyTables:
         if p.rate_limit:
             rate, burst = p.rate_limit
             step(lib.UP_STEP_RATE, x=max(1, int(rate * 1000)), y=burst * 1000)
+        if p.basic_auth:                # after the rate limit: it guards bcrypt too
+            ba = p.basic_auth
+            first = len(self.users)
+            for name, h in ba.users:
+                self.users.append(self.strings.add(name) + self.strings.add(h))
+            body = "Unauthorized\n"
+            o, n = self.strings.add(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"%s\", "
+                "charset=\"UTF-8\"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                "Connection: close\r\n\r\n%s" % (ba.realm, len(body), body))
+            step(lib.UP_STEP_BASIC_AUTH, first=first, count=len(ba.users), a_off=o, a_len=n)
         if p.max_body_size:
             step(lib.UP_STEP_BODY, x=p.max_body_size)
         if p.max_in_flight:
@@ -463,7 +475,12 @@ class PolicyTables:
             regexes[i] = code
         row = (self.ninflight + lib.UP_INFLIGHT_ROW - 1) // lib.UP_INFLIGHT_ROW * lib.UP_INFLIGHT_ROW
         inflight = ffi.new("uint32_t[]", max(1, nworkers * row))
-        keep += [pol, steps, cidrs, regexes, inflight, self.regexes]
+        users = ffi.new("struct up_user[]", max(1, len(self.users)))
+        for i, (no, nl, ho, hl) in enumerate(self.users):
+            users[i].name_off, users[i].name_len = no, nl
+            users[i].hash_off, users[i].hash_len = ho, hl
+        t.users = users
+        keep += [pol, steps, cidrs, regexes, inflight, self.regexes, users]
         t.policies, t.npolicies = pol, len(self.policies)
         t.steps, t.nsteps = steps, len(self.steps)
         t.cidrs, t.regexes = cidrs, regexes

@@ -198,6 +198,7 @@ struct up_config {
     uint32_t pad_pol;
     uint32_t *inflight;       /* [nworkers * UP_INFLIGHT_ROW]: one row per worker, its writer */
     const struct up_user *users;  /* basic auth: htpasswd entries */
+    const struct up_page *pages;  /* error_pages */
 };
 
 /* ACME HTTP-01 (src/uproxy/acme/): GET /.well-known/acme-challenge/<token>
@@ -256,7 +257,14 @@ struct up_policy {
     uint32_t resp_first, resp_count;  /* response header steps */
     uint32_t flags;           /* UP_POL_* */
     uint32_t trusted_first, trusted_count;  /* cidrs of trusted proxies */
-    uint32_t id;              /* rate limiting: this policy's buckets (stable per config) */
+    uint32_t id;              /* its index */
+    uint32_t pages_first, pages_count;  /* error pages: the proxy's answers it replaces */
+};
+
+struct up_page {              /* error_pages: the whole answer for one status */
+    uint16_t status;
+    uint16_t pad;
+    uint32_t off, len;        /* in strings */
 };
 
 struct up_user {              /* an htpasswd line: name and crypt(3) hash in strings */

@@ -195,6 +195,8 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
         ht.write_text("alice:" + crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)) + "\n")
         lst.update(copy.deepcopy(EVERY_POLICY))
         lst["routes"][1]["basic_auth"] = {"htpasswd": str(ht), "realm": "t"}
+        (tmp_path / "5xx.html").write_text("<p>down</p>")
+        lst["routes"][1]["error_pages"] = {"5xx": str(tmp_path / "5xx.html")}
         auth = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
     wrap = lambda s: s                                   # noqa: E731
     if tls or mtls:

@@ -336,6 +336,10 @@ cluster = "c"
     ("", 'basic_auth = { htpasswd = "/nonexistent/htpasswd" }',
      "routes[0].basic_auth.htpasswd: cannot read /nonexistent/htpasswd: No such file"),
     ("", 'basic_auth = { realm = "x" }', "routes[0].basic_auth.htpasswd: is required"),
+    ("", 'error_pages = { "5xx" = "/nonexistent.html" }',
+     "routes[0].error_pages.5xx: cannot read /nonexistent.html"),
+    ('error_pages = { "429" = "x.html" }', "", "429 cannot have a page: the codes a page can replace are 400, 403"),
+    ('error_pages = { "3xx" = "x.html" }', "", "is not a status class"),
 ])
 def test_check_names_the_key_and_the_problem(tmp_path, listener_extra, route_extra, expect):
     err = _check(tmp_path, listener_extra, route_extra)
@@ -414,3 +418,36 @@ def test_basic_auth_against_htpasswd_cached_per_credential(proxy_factory, tmp_pa
     print(f"basic auth: first request {first * 1000:.1f} ms, cached {rest * 1000:.2f} ms")
     assert first > 3 * rest, times
     up.close()
+
+
+def test_error_pages_replace_the_proxys_own_answers(proxy_factory, tmp_path):
+    """A listener's 5xx page for a dead upstream, a route's own 403 (its
+    code) and 4xx (its class) pages; the status and the close stay."""
+    (tmp_path / "5xx.html").write_text("<h1>We are down</h1>\n")
+    (tmp_path / "denied.json").write_text('{"error": "denied"}')
+    (tmp_path / "4xx.txt").write_text("your fault\n")
+    dead = free_port()
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
+                        "error_pages": {"5xx": str(tmp_path / "5xx.html")},
+                        "routes": [{"path_prefix": "/lan", "cluster": "c", "allow": ["10.0.0.0/8"],
+                                    "max_body_size": 10,
+                                    "error_pages": {"403": str(tmp_path / "denied.json"),
+                                                    "4xx": str(tmp_path / "4xx.txt")}}]}],
+                      [{"name": "c", "servers": [f"127.0.0.1:{dead}"]}], proxy={"workers": 1})
+    status, headers, body = get(port, "/x")
+    assert (status, body) == (502, b"<h1>We are down</h1>\n")
+    assert dict(headers)["content-type"] == "text/html; charset=utf-8"
+    assert dict(headers)["connection"] == "close"
+    status, headers, body = get(port, "/lan")
+    assert (status, body, dict(headers)["content-type"]) == (403, b'{"error": "denied"}',
+                                                             "application/json")
+    # Without an error page of its own, a route's 413 is the class's page.
+    port2 = free_port()
+    proxy_factory([{"name": "web2", "bind": f"127.0.0.1:{port2}", "mode": "http",
+                         "cluster": "c", "error_pages": {"4xx": str(tmp_path / "4xx.txt")},
+                         "routes": [{"path_prefix": "/", "cluster": "c", "max_body_size": 10}]}],
+                       [{"name": "c", "servers": [f"127.0.0.1:{dead}"]}], proxy={"workers": 1})
+    status, _, body = ask(port2, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n",
+                          body=b"x" * 11)
+    assert (status, body) == (413, b"your fault\n")

@@ -93,6 +93,11 @@ void h1_client_reply_error(struct worker *w, struct conn *c, uint16_t status)
 {
     uint32_t len;
     const char *text = h1_error_text(status, &len);
+    /* A route's error_pages (h1_policy.c): only with a transaction, whose
+     * tables outlive the send; a head that never parsed gets the fixed text. */
+    const struct txn *t = txn_of(w, c);
+    if (__builtin_expect(t && t->pol && t->pol->pages_count, 0))
+        pol_error_page(t, status, &text, &len);
     h1_client_reply_text(w, c, status, text, len);
 }
 

@@ -260,6 +260,19 @@ static uint32_t put_uint(char *dst, uint32_t v)
     return n;
 }
 
+bool pol_error_page(const struct txn *t, uint16_t status, const char **text, uint32_t *len)
+{
+    const struct up_config *cfg = t->cfg;
+    const struct up_policy *pol = t->pol;
+    for (uint32_t i = pol->pages_first; i < pol->pages_first + pol->pages_count; i++)
+        if (cfg->pages[i].status == status) {
+            *text = cfg->strings + cfg->pages[i].off;
+            *len = cfg->pages[i].len;
+            return true;
+        }
+    return false;
+}
+
 /* Refuse the request with the policy's status, and close. */
 static void refuse(struct worker *w, struct txn *t, struct conn *c, const uint8_t *base,
                    const struct h1_request *r, const struct up_listener *l, uint16_t status,
@@ -268,7 +281,11 @@ static void refuse(struct worker *w, struct txn *t, struct conn *c, const uint8_
     t->flags |= TF_CLIENT_CLOSE;
     log_begin(w, t, c, base, r, l);
     log_end(w, t, status);
-    if (status == 403) {
+    const char *page;
+    uint32_t len;
+    if (status == 403 && pol_error_page(t, 403, &page, &len)) {
+        h1_client_reply_text(w, c, status, page, len);
+    } else if (status == 403) {
         h1_client_reply_text(w, c, status, S_403, sizeof S_403 - 1);
     } else if (status == 429) {
         char *p = t->pscratch;

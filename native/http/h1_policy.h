@@ -70,6 +70,10 @@ bool pol_drop_resp(const struct txn *t, const uint8_t *base, const struct h1_hea
 /* The lines the policy adds, pushed onto the round. */
 bool pol_req_lines(struct worker *w, struct txn *t, const uint8_t *base, const struct h1_request *r);
 bool pol_resp_lines(struct txn *t);
+/* The policy's own page for one of the proxy's answers (error_pages):
+ * true with text and len replaced (the tables' strings, which the
+ * transaction holds). */
+bool pol_error_page(const struct txn *t, uint16_t status, const char **text, uint32_t *len);
 /* The transaction ends: what it counted (in flight) is given back. */
 void pol_end(struct worker *w, struct txn *t);
 

@@ -441,6 +441,7 @@ class Policy:
     redirect: PolicyRedirect | None = None
     rewrite: Rewrite | None = None
     basic_auth: BasicAuth | None = None
+    error_pages: tuple = ()              # (("5xx" or "503", content type, body bytes), ...)
 
     def empty(self) -> bool:
         return self == Policy()
@@ -1470,7 +1471,11 @@ _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 
 POLICY_KEYS = ("request_headers", "response_headers", "via", "forwarded", "x_real_ip",
                "x_forwarded", "allow", "deny", "rate_limit", "max_in_flight", "redirect",
-               "rewrite", "basic_auth")
+               "rewrite", "basic_auth", "error_pages")
+# The proxy's own answers an error page may replace (401, 405 and 429 carry
+# headers a page would lose: WWW-Authenticate, Allow, Retry-After).
+PAGE_STATUSES = (400, 403, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505)
+MAX_PAGE = 65536
 # What libcrypt verifies and htpasswd writes: bcrypt (htpasswd -B) and
 # SHA-crypt; Apache's own MD5 ($apr1$) and {SHA} are not crypt(3) formats.
 _HASHES = ("$2y$", "$2b$", "$2a$", "$5$", "$6$")
@@ -1676,6 +1681,43 @@ def _basic_auth(errs, key, raw):
     return BasicAuth(htpasswd=path, realm=realm, users=tuple(users))
 
 
+def _error_pages(errs, key, raw) -> tuple:
+    """error_pages = { "5xx" = "file.html", "503" = "busy.html" }: the
+    files read at load, with the content type their extension names."""
+    r = _Reader(errs, key, raw)
+    out = []
+    for k in list(r.t):
+        m = re.match(r"^([45])(xx|\d\d)$", k) if isinstance(k, str) else None
+        if not m:
+            r.used.add(k)
+            r.fail(k, f"{k!r} is not a status class (\"4xx\", \"5xx\") or code (\"503\")")
+            continue
+        if m.group(2) != "xx" and int(k) not in PAGE_STATUSES:
+            r.used.add(k)
+            r.fail(k, f"{k} cannot have a page: the codes a page can replace are "
+                      f"{', '.join(map(str, PAGE_STATUSES))} (401, 405 and 429 keep their own, "
+                      "for the headers they carry)")
+            continue
+        path = r.file(k, required=True)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                body = f.read(MAX_PAGE + 1)
+        except OSError as e:
+            r.fail(k, f"cannot read {path}: {e.strerror}")
+            continue
+        if len(body) > MAX_PAGE:
+            r.fail(k, f"{path} is over {MAX_PAGE // 1024} KiB; an error page should be small")
+            continue
+        ext = os.path.splitext(path)[1].lower()
+        ctype = {".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
+                 ".json": "application/json"}.get(ext, "text/plain; charset=utf-8")
+        out.append((k, ctype, body))
+    r.done()
+    return tuple(out)
+
+
 def _via(r):
     v = r.get("via", None)
     if v is None or v is False:
@@ -1727,7 +1769,10 @@ def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
         kw["rewrite"] = _rewrite(errs, r._k("rewrite"), r.get("rewrite"))
     if "basic_auth" in r.t:
         kw["basic_auth"] = _basic_auth(errs, r._k("basic_auth"), r.get("basic_auth"))
-    for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via", "basic_auth"):
+    if "error_pages" in r.t:
+        kw["error_pages"] = _error_pages(errs, r._k("error_pages"), r.get("error_pages"))
+    for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via", "basic_auth",
+              "error_pages"):
         r.used.add(k)
     return Policy(**{**base.__dict__, **kw})
 

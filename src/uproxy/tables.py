@@ -15,7 +15,7 @@ import struct
 
 from . import tls
 from ._native import ffi, lib
-from .config import REGEX_CAPTURES, Config, ConfigError, Policy, Route, locate
+from .config import PAGE_STATUSES, REGEX_CAPTURES, Config, ConfigError, Policy, Route, locate
 
 BALANCE = {"round_robin": lib.UP_BALANCE_ROUND_ROBIN, "least_conn": lib.UP_BALANCE_LEAST_CONN,
            "p2c": lib.UP_BALANCE_P2C, "hash": lib.UP_BALANCE_HASH}
@@ -42,7 +42,9 @@ class Strings:
         self.data = bytearray()
 
     def add(self, text: str) -> tuple:
-        raw = text.encode()
+        return self.add_bytes(text.encode())
+
+    def add_bytes(self, raw: bytes) -> tuple:
         off = len(self.data)
         self.data += raw + b"\0"
         return off, len(raw)
@@ -326,6 +328,12 @@ def check_regexes(cfg: Config) -> list:
     return out
 
 
+REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
+           414: "URI Too Long", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
+
 class PolicyTables:
     """Every route's policy of one configuration, compiled into the arrays
     up_config points at: steps, networks, regexes, in-flight slots."""
@@ -337,6 +345,7 @@ class PolicyTables:
         self.cidrs = []                 # ipaddress networks
         self.regexes = []               # ffi.gc'd pcre2 codes
         self.users = []                 # (name off, len, hash off, len)
+        self.pages = []                 # (status, off, len)
         self.ninflight = 0
 
     def _cidrs(self, nets) -> tuple:
@@ -441,25 +450,43 @@ class PolicyTables:
         for name, value in p.response_set + p.response_add:
             o, n = self._line(name, value)
             step(lib.UP_STEP_RESP_ADD, a_off=o, a_len=n)
+        pages_first = len(self.pages)
+        self._pages(p.error_pages)
         base = len(self.steps)
         self.steps += steps
         flags = (0 if p.x_forwarded else lib.UP_POL_XF_OFF) | \
             (lib.UP_POL_TRUSTED if p.trusted_proxies else 0)
         tfirst, tcount = self._cidrs(p.trusted_proxies)
         self.policies.append((base, resp_first, base + resp_first, len(steps) - resp_first,
-                              flags, tfirst, tcount))
+                              flags, tfirst, tcount, pages_first, len(self.pages) - pages_first))
         return len(self.policies)
+
+    def _pages(self, pages):
+        """The whole answer of every status a page replaces: its own code's
+        page, else its class's."""
+        byname = {k: (ctype, body) for k, ctype, body in pages}
+        for status in PAGE_STATUSES:
+            hit = byname.get(str(status)) or byname.get(f"{status // 100}xx")
+            if not hit:
+                continue
+            ctype, body = hit
+            head = (f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            off, n = self.strings.add_bytes(head + body)
+            self.pages.append((status, off, n))
 
     def publish(self, t, nworkers: int, keep: list):
         """Point the tables' policy fields at C arrays of what was added."""
         if not self.policies:
             return
         pol = ffi.new("struct up_policy[]", len(self.policies))
-        for i, (first, count, rfirst, rcount, flags, tfirst, tcount) in enumerate(self.policies):
+        for i, (first, count, rfirst, rcount, flags, tfirst, tcount, pfirst, pcount) in \
+                enumerate(self.policies):
             pol[i].first, pol[i].count = first, count
             pol[i].resp_first, pol[i].resp_count = rfirst, rcount
             pol[i].flags, pol[i].id = flags, i
             pol[i].trusted_first, pol[i].trusted_count = tfirst, tcount
+            pol[i].pages_first, pol[i].pages_count = pfirst, pcount
         steps = ffi.new("struct up_step[]", max(1, len(self.steps)))
         for i, f in enumerate(self.steps):
             for k, v in f.items():
@@ -480,7 +507,11 @@ class PolicyTables:
             users[i].name_off, users[i].name_len = no, nl
             users[i].hash_off, users[i].hash_len = ho, hl
         t.users = users
-        keep += [pol, steps, cidrs, regexes, inflight, self.regexes, users]
+        pages = ffi.new("struct up_page[]", max(1, len(self.pages)))
+        for i, (status, off, n) in enumerate(self.pages):
+            pages[i].status, pages[i].off, pages[i].len = status, off, n
+        t.pages = pages
+        keep += [pol, steps, cidrs, regexes, inflight, self.regexes, users, pages]
         t.policies, t.npolicies = pol, len(self.policies)
         t.steps, t.nsteps = steps, len(self.steps)
         t.cidrs, t.regexes = cidrs, regexes

@@ -340,6 +340,7 @@ cluster = "c"
      "routes[0].error_pages.5xx: cannot read /nonexistent.html"),
     ('error_pages = { "429" = "x.html" }', "", "429 cannot have a page: the codes a page can replace are 400, 403"),
     ('error_pages = { "3xx" = "x.html" }', "", "is not a status class"),
+    ('proxy_protocol = "yes"', "", "listeners[0].proxy_protocol: must be true or false"),
 ])
 def test_check_names_the_key_and_the_problem(tmp_path, listener_extra, route_extra, expect):
     err = _check(tmp_path, listener_extra, route_extra)
@@ -451,3 +452,54 @@ def test_error_pages_replace_the_proxys_own_answers(proxy_factory, tmp_path):
     status, _, body = ask(port2, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n",
                           body=b"x" * 11)
     assert (status, body) == (413, b"your fault\n")
+
+
+# ---- PROXY protocol (receive) -------------------------------------------------
+
+def _v2(cmd=1, fam=0x11, addr=b"", tlv=b""):
+    import struct
+    body = addr + tlv
+    return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20 | cmd, fam]) + struct.pack("!H", len(body))
+            + body)
+
+
+def test_proxy_protocol_v1_and_v2_name_the_client(proxy_factory):
+    """A listener behind a load balancer: the PROXY header (text v1 or
+    binary v2, in one piece or split) names the client, which X-Forwarded-For,
+    X-Real-IP and the access rules then use; a LOCAL header or UNKNOWN keeps
+    the connection's own address; a connection without a header is closed
+    unanswered."""
+    import ipaddress
+    import struct
+    up, p = start(proxy_factory, {"proxy_protocol": True, "x_real_ip": True, "routes": [
+        {"path_prefix": "/lan", "cluster": "c", "allow": ["192.0.2.0/24"]},
+        {"path_prefix": "/", "cluster": "c"}]})
+    req = b"GET /lan HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    def send(*pieces):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            for piece in pieces:
+                s.sendall(piece)
+                time.sleep(0.05)
+            out = b""
+            while (b := s.recv(65536)):
+                out += b
+            return out
+    assert send(b"PROXY TCP4 192.0.2.7 198.51.100.1 51000 80\r\n" + req).startswith(b"HTTP/1.1 200")
+    assert up.requests[-1].header("x-forwarded-for") == "192.0.2.7"
+    assert up.requests[-1].header("x-real-ip") == "192.0.2.7"
+    v6 = ipaddress.ip_address("2001:db8::5").packed + ipaddress.ip_address("2001:db8::1").packed
+    hdr = _v2(fam=0x21, addr=v6 + struct.pack("!HH", 40000, 443), tlv=b"\x04\x00\x01x")
+    assert send(hdr[:7], hdr[7:20], hdr[20:] + req).startswith(b"HTTP/1.1 403")
+    out = send(hdr + req.replace(b"/lan", b"/any"))
+    assert out.startswith(b"HTTP/1.1 200") and up.requests[-1].header("x-real-ip") == "2001:db8::5"
+    v4 = bytes([192, 0, 2, 9, 10, 0, 0, 1]) + struct.pack("!HH", 1234, 80)
+    assert send(_v2(addr=v4) + req).startswith(b"HTTP/1.1 200")
+    assert up.requests[-1].header("x-real-ip") == "192.0.2.9"
+    assert send(_v2(cmd=0, fam=0) + req).startswith(b"HTTP/1.1 403")           # LOCAL
+    assert send(b"PROXY UNKNOWN\r\n" + req).startswith(b"HTTP/1.1 403")
+    n = len(up.requests)
+    assert send(req) == b""                                                      # no header
+    assert send(b"PROXY TCP4 300.0.2.7 198.51.100.1 51000 80\r\n" + req) == b""
+    assert len(up.requests) == n
+    up.close()

@@ -23,6 +23,7 @@ enum h1_conn_state {
     H_POOL,           /* upstream: idle in the pool */
     H_BUSY,           /* upstream: carrying a transaction */
     H_DIAL,           /* upstream: connecting */
+    H_PROXY,          /* client: its PROXY protocol header is awaited */
 };
 
 #define OUT_IOV 80

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "http/h1.h"
+#include "http/proxy_header.h"
 
 #define LINGER_MS 2000
 
@@ -48,7 +49,7 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     }
     c->kind = CK_H1_CLIENT;
     c->state = CS_OPEN;
-    c->h1 = H_IDLE;
+    c->h1 = l->proxy_protocol ? H_PROXY : H_IDLE;
     c->fd = fd;
     c->listener_id = l->id;
     if (w->cfg && l >= w->cfg->listeners && l < w->cfg->listeners + w->cfg->nlisteners)
@@ -243,6 +244,45 @@ void h1_client_next(struct worker *w, struct conn *c)
     txn_begin(w, c, p, c->x.head, c->x.off, r, l);
 }
 
+/* A listener behind a load balancer (proxy_protocol): the PROXY header
+ * before the first request names the client, whose address then stands
+ * for the connection's (X-Forwarded-For, policies, the access log). A
+ * connection that does not start with one is closed, as HAProxy's
+ * accept-proxy and nginx's proxy_protocol do. */
+static void proxy_header(struct worker *w, struct conn *c)
+{
+    const uint8_t *p;
+    struct proxy_header ph;
+    uint32_t n = q_contiguous(w, c, &p);
+    int rc = n ? proxy_header_parse(p, n, &ph) : PH_PARTIAL;
+    if (rc == PH_PARTIAL && n && !(c->x.head >= w->bufs.count && c->x.head == c->x.tail)) {
+        if (q_assemble(w, c, PH_V2_MAX) == -1) {
+            h1_client_close(w, c, false);
+            return;
+        }
+        n = q_contiguous(w, c, &p);
+        rc = proxy_header_parse(p, n, &ph);
+    }
+    if (rc == PH_PARTIAL) {
+        if (c->x.flags & X_EOF)
+            h1_client_close(w, c, false);
+        return;
+    }
+    if (rc < 0) {
+        w->c[UP_C_ERR_BAD_REQUEST]++;
+        h1_client_close(w, c, false);
+        return;
+    }
+    if (ph.family) {
+        memcpy(c->addr, ph.addr, ph.family);
+        c->addr_len = ph.family;
+        c->port = ph.port;
+    }
+    q_release_to(w, c, c->x.head, c->x.off + (uint32_t)rc);
+    c->h1 = H_IDLE;
+    h1_client_next(w, c);
+}
+
 static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
 {
     bool more = cqe->flags & IORING_CQE_F_MORE;
@@ -285,6 +325,9 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     }
     struct txn *t = txn_of(w, c);
     switch (c->h1) {
+    case H_PROXY:
+        proxy_header(w, c);
+        break;
     case H_IDLE:
         h1_client_next(w, c);
         break;

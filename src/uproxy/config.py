@@ -485,6 +485,7 @@ class Listener:
     redirect: Redirect | None = None     # redirect_https: no cluster is asked
     http2: bool = False                  # HTTP/2 from clients: ALPN h2 over TLS, h2c by prior knowledge
     policy: Policy = Policy()            # http: the default of its routes (and of no route)
+    proxy_protocol: bool = False         # http: a PROXY header (v1/v2) before each connection's bytes
 
     @property
     def bind(self) -> str:
@@ -1384,6 +1385,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         redirect=redirect,
         http2=r.bool("http2", False),
         policy=l_policy,
+        proxy_protocol=_proxy_protocol(r, mode),
     )
     if lst.tls is not None and lst.tls.acme:
         lst = replace(lst, tls=replace(lst.tls, acme=acme_settings.resolve(
@@ -1791,6 +1793,19 @@ def _listener_policy(errs, r, tcp) -> Policy:
         p = Policy(**{**p.__dict__, "trusted_proxies": _networks(r, "trusted_proxies")})
     r.used.add("trusted_proxies")
     return p
+
+
+def _proxy_protocol(r, mode) -> bool:
+    v = r.bool("proxy_protocol", False)
+    if v and mode != "http":
+        r.fail("proxy_protocol", "proxy_protocol is read by mode = \"http\" listeners (a tcp "
+                                 "listener does not read it yet)")
+        return False
+    if v and "tls" in r.t:
+        r.fail("proxy_protocol", "proxy_protocol on a listener with tls is not supported yet: "
+                                 "the header comes before the TLS handshake")
+        return False
+    return v
 
 
 def _route_policy(errs, rr, base: Policy) -> Policy:

@@ -606,6 +606,7 @@ class Tables:
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
             cl.http2 = 1 if l.http2 else 0
+            cl.proxy_protocol = 1 if l.proxy_protocol else 0
             rts = list(l.routes)
             # (http only: on a tcp listener a route means SNI passthrough)
             if l.mode == "http" and (l.methods is not None or l.allow_connect or

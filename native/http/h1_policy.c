@@ -496,6 +496,7 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
     t->req_bid = t->start_bid;
     t->req_off = t->start_off + r->head_len;
     h1_count_status(w, c, s->code);
+    h1_count_request(w, c);
     w->c[UP_C_REDIRECTS]++;
     out_submit(w, o, c);
 }

@@ -215,7 +215,7 @@ def all_contenders(ctx) -> list:
     from . import caddy, envoy, haproxy, nginx, traefik, uproxy
     return [
         uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx), uproxy.UproxySpliceIowq(ctx),
-        uproxy.UproxySockmap(ctx),
+        uproxy.UproxySockmap(ctx), uproxy.UproxyPolicies(ctx),
         nginx.Nginx(ctx), nginx.NginxBigbuf(ctx),
         haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx),
         traefik.Traefik(ctx), traefik.TraefikFast(ctx),

@@ -176,3 +176,28 @@ class UproxySockmap(UproxyBuffered):
             return m
         from uproxy import sockmap
         return sockmap.unavailable()
+
+
+class UproxyPolicies(Uproxy):
+    """uproxy with the common set of per-route policies on its HTTP route
+    (issue 16): request and response headers, a rewrite, an allow list and
+    a rate limit that never refuses; against plain uproxy it is the cost of
+    a route's policies."""
+    name = "uproxy-policies"
+    label = "uproxy, policies"
+    tuning = ("as uproxy, the HTTP route with request_headers set, response_headers add, "
+              'rewrite replace_path, allow = ["127.0.0.0/8"], rate_limit (never reached)')
+    workloads = ("http64",)
+    skip_reasons = {w: "only http64 measures the policies' cost"
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS}
+
+    ROUTE = ['', '[[listeners.routes]]', 'path_prefix = "/"', 'cluster = "up"',
+             'request_headers = { set = { X-Env = "bench" } }',
+             'response_headers = { add = { X-Served-By = "uproxy" } }',
+             'rewrite = { replace_path = "/64" }', 'allow = ["127.0.0.0/8"]',
+             'rate_limit = { rate = 1000000000, burst = 1000000000 }', '']
+
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
+        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port)
+        head = f'bind = "127.0.0.1:{http_port}"\nmode = "http"\ncluster = "up"\n'
+        return text.replace(head, head + "\n".join(self.ROUTE), 1) if with_http else text

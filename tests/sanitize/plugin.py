@@ -48,8 +48,11 @@ def runtime():
 def sanitized_env(env=None, leaks=True) -> dict:
     env = dict(env if env is not None else os.environ)
     asan = ASAN_OPTIONS if leaks else ASAN_OPTIONS.replace("detect_leaks=1", "detect_leaks=0")
-    env.update(LD_PRELOAD=runtime(), ASAN_OPTIONS=asan, UBSAN_OPTIONS=UBSAN_OPTIONS,
-               LSAN_OPTIONS=LSAN_OPTIONS)
+    # libcrypt too (basic auth's crypt_r): ASan's crypt_r interceptor finds
+    # the real one when the runtime starts, before Python loads the core
+    # that links libcrypt; without it the interceptor calls a null pointer.
+    env.update(LD_PRELOAD=runtime() + " libcrypt.so.1", ASAN_OPTIONS=asan,
+               UBSAN_OPTIONS=UBSAN_OPTIONS, LSAN_OPTIONS=LSAN_OPTIONS)
     # The sanitized package is an installed copy: its eBPF programs (the
     # sockmap program the proxy loads at start) are the checkout's.
     env.setdefault("UPROXY_BPF_DIR", os.path.join(ROOT, "bpf"))

@@ -255,8 +255,15 @@ struct up_step {
 };
 
 struct up_policy {
-    uint32_t first, count;    /* request steps (access, limits, redirect, rewrites, headers) */
-    uint32_t resp_first, resp_count;  /* response header steps */
+    /* Its steps, in cfg->steps, in this order: each range is walked only
+     * where it applies. */
+    uint32_t first, count;    /* decisions: access, limits, auth, redirect, rewrites */
+    uint32_t rm_first, rm_count;      /* UP_STEP_REQ_REMOVE */
+    uint32_t add_first, add_count;    /* UP_STEP_REQ_ADD, _REAL_IP, _FORWARDED */
+    uint32_t resp_rm_first, resp_rm_count;    /* UP_STEP_RESP_REMOVE */
+    uint32_t resp_add_first, resp_add_count;  /* UP_STEP_RESP_ADD */
+    uint64_t rm_lens;         /* bit (length % 64) of each removed request header name: */
+    uint64_t resp_rm_lens;    /* most header lines are passed after one test */
     uint32_t flags;           /* UP_POL_* */
     uint32_t trusted_first, trusted_count;  /* cidrs of trusted proxies */
     uint32_t id;              /* its index */

@@ -172,7 +172,14 @@ static bool rate_take(struct worker *w, const struct txn *t, const struct up_ste
     uint32_t gen = (uint32_t)t->cfg->generation;
     uint8_t key[16] = { 0 };
     memcpy(key, t->real_addr, t->real_len);
-    uint64_t h = up_hash(key, 16) ^ ((uint64_t)si * 0x9e3779b97f4a7c15ull);
+    uint64_t k0, k1;
+    memcpy(&k0, key, 8);
+    memcpy(&k1, key + 8, 8);
+    /* A multiply-xor mix of the address and the step: a table index, not
+     * a defence (a client cannot choose many addresses to collide with). */
+    uint64_t h = (k0 * 0x9e3779b97f4a7c15ull) ^ (k1 * 0xc2b2ae3d27d4eb4full) ^
+                 ((uint64_t)si * 0x165667b19e3779f9ull);
+    h ^= h >> 29;
     uint32_t at = (uint32_t)(h ^ (h >> 32)) & (POL_BUCKETS - 1) & ~(uint32_t)(POL_WINDOW - 1);
     struct pol_bucket *b = NULL, *oldest = &tab[at];
     for (uint32_t i = at; i < at + POL_WINDOW; i++) {
@@ -672,7 +679,7 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
                 return true;
             }
             break;
-        default:                          /* header steps: when the head is built */
+        default:                          /* (header steps have their own ranges) */
             break;
         }
     }
@@ -685,12 +692,13 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
 
 /* ---- headers ------------------------------------------------------------------- */
 
-static bool drops(const struct up_config *cfg, uint32_t first, uint32_t count, uint16_t kind,
+/* (The callers have tested the name's length against the policy's mask.) */
+static bool drops(const struct up_config *cfg, uint32_t first, uint32_t count,
                   const uint8_t *base, const struct h1_header *h)
 {
     for (uint32_t i = first; i < first + count; i++) {
         const struct up_step *s = &cfg->steps[i];
-        if (s->kind == kind && s->a_len == h->name_len &&
+        if (s->a_len == h->name_len &&
             !strncasecmp(cfg->strings + s->a_off, (const char *)base + h->name_off, h->name_len))
             return true;
     }
@@ -699,12 +707,14 @@ static bool drops(const struct up_config *cfg, uint32_t first, uint32_t count, u
 
 bool pol_drop_req(const struct txn *t, const uint8_t *base, const struct h1_header *h)
 {
-    return t->pol && drops(t->cfg, t->pol->first, t->pol->count, UP_STEP_REQ_REMOVE, base, h);
+    const struct up_policy *pol = t->pol;
+    return pol && drops(t->cfg, pol->rm_first, pol->rm_count, base, h);
 }
 
 bool pol_drop_resp(const struct txn *t, const uint8_t *base, const struct h1_header *h)
 {
-    return drops(t->cfg, t->pol->resp_first, t->pol->resp_count, UP_STEP_RESP_REMOVE, base, h);
+    const struct up_policy *pol = t->pol;
+    return drops(t->cfg, pol->resp_rm_first, pol->resp_rm_count, base, h);
 }
 
 /* The client's address as a Forwarded node: IPv6 quoted and bracketed. */
@@ -720,7 +730,7 @@ bool pol_req_lines(struct worker *w, struct txn *t, const uint8_t *base, const s
     struct out *o = &t->req;
     char *p = t->pscratch;
     bool ok = true;
-    for (uint32_t i = pol->first; i < pol->first + pol->count; i++) {
+    for (uint32_t i = pol->add_first; i < pol->add_first + pol->add_count; i++) {
         const struct up_step *s = &cfg->steps[i];
         switch ((enum up_step_kind)s->kind) {
         case UP_STEP_REQ_ADD:
@@ -778,10 +788,9 @@ bool pol_resp_lines(struct txn *t)
     const struct up_config *cfg = t->cfg;
     const struct up_policy *pol = t->pol;
     bool ok = true;
-    for (uint32_t i = pol->resp_first; i < pol->resp_first + pol->resp_count; i++) {
+    for (uint32_t i = pol->resp_add_first; i < pol->resp_add_first + pol->resp_add_count; i++) {
         const struct up_step *s = &cfg->steps[i];
-        if (s->kind == UP_STEP_RESP_ADD)
-            ok &= out_push(&t->resp, cfg->strings + s->a_off, s->a_len);
+        ok &= out_push(&t->resp, cfg->strings + s->a_off, s->a_len);
     }
     return ok;
 }

@@ -194,7 +194,10 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     uint16_t host = (t->flags & TF_XF_OFF) ? 0xffff : r->host;
     const struct up_listener *l = t->listener;
     bool cert_hdrs = l && (l->cert_subject_len | l->cert_sha256_len);
-    bool filter = cert_hdrs || t->pol;
+    /* A policy's removed names, as a mask of their lengths (h1_policy.c):
+     * most lines pass after one bit test. */
+    uint64_t rm = t->pol ? t->pol->rm_lens : 0;
+    bool filter = cert_hdrs || rm;
     size_t need = sizeof S_XFF + 48 + sizeof S_XFPS + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
@@ -210,7 +213,9 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
             continue;
         /* The client certificate's headers are the proxy's to write: a
          * client's own are never passed on, certificate or not. */
-        if (__builtin_expect(filter, 0) && (cert_header(t, base, h) || pol_drop_req(t, base, h)))
+        if (__builtin_expect(filter, 0) &&
+            (cert_header(t, base, h) ||
+             (((rm >> (h->name_len & 63)) & 1) && pol_drop_req(t, base, h))))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
@@ -268,11 +273,12 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
     (void)w;
     bool upgrade = r->status == 101;
     bool ok = out_push(o, base + r->skip, r->line_len);
+    uint64_t rm = t->pol ? t->pol->resp_rm_lens : 0;     /* as in build_req_head */
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
             continue;
-        if (__builtin_expect(t->pol != NULL, 0) && pol_drop_resp(t, base, h))
+        if (__builtin_expect((rm >> (h->name_len & 63)) & 1, 0) && pol_drop_resp(t, base, h))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }

@@ -340,7 +340,7 @@ class PolicyTables:
 
     def __init__(self, strings: "Strings"):
         self.strings = strings
-        self.policies = []              # (first, count, resp_first, resp_count, flags, tfirst, tcount)
+        self.policies = []              # struct up_policy fields, one dict each
         self.steps = []                 # dicts of struct up_step fields
         self.cidrs = []                 # ipaddress networks
         self.regexes = []               # ffi.gc'd pcre2 codes
@@ -442,7 +442,6 @@ class PolicyTables:
             step(lib.UP_STEP_REAL_IP)
         if p.forwarded:
             step(lib.UP_STEP_FORWARDED)
-        resp_first = len(steps)
         for name in dict.fromkeys(n.lower() for n in [n for n, _ in p.response_set] +
                                   list(p.response_remove)):
             o, n = self.strings.add(name)
@@ -454,11 +453,37 @@ class PolicyTables:
         self._pages(p.error_pages)
         base = len(self.steps)
         self.steps += steps
+        # The ranges of struct up_policy: steps were added in this order.
+        groups = {"decide": [], "rm": [], "add": [], "resp_rm": [], "resp_add": []}
+        kind_group = {lib.UP_STEP_REQ_REMOVE: "rm", lib.UP_STEP_REQ_ADD: "add",
+                      lib.UP_STEP_REAL_IP: "add", lib.UP_STEP_FORWARDED: "add",
+                      lib.UP_STEP_RESP_REMOVE: "resp_rm", lib.UP_STEP_RESP_ADD: "resp_add"}
+        for k, st in enumerate(steps):
+            groups[kind_group.get(st["kind"], "decide")].append(base + k)
+        order = [i for g in groups.values() for i in g]
+        assert order == list(range(base, base + len(steps))), "policy steps out of order"
+
+        def rng(g):
+            return (groups[g][0] if groups[g] else base), len(groups[g])
+
+        def lens(g):
+            m = 0
+            for i in groups[g]:
+                m |= 1 << (self.steps[i]["a_len"] % 64)
+            return m
         flags = (0 if p.x_forwarded else lib.UP_POL_XF_OFF) | \
             (lib.UP_POL_TRUSTED if p.trusted_proxies else 0)
         tfirst, tcount = self._cidrs(p.trusted_proxies)
-        self.policies.append((base, resp_first, base + resp_first, len(steps) - resp_first,
-                              flags, tfirst, tcount, pages_first, len(self.pages) - pages_first))
+        self.policies.append({
+            "first": rng("decide")[0], "count": rng("decide")[1],
+            "rm_first": rng("rm")[0], "rm_count": rng("rm")[1],
+            "add_first": rng("add")[0], "add_count": rng("add")[1],
+            "resp_rm_first": rng("resp_rm")[0], "resp_rm_count": rng("resp_rm")[1],
+            "resp_add_first": rng("resp_add")[0], "resp_add_count": rng("resp_add")[1],
+            "rm_lens": lens("rm"), "resp_rm_lens": lens("resp_rm"),
+            "flags": flags, "trusted_first": tfirst, "trusted_count": tcount,
+            "pages_first": pages_first, "pages_count": len(self.pages) - pages_first,
+            "id": len(self.policies)})
         return len(self.policies)
 
     def _pages(self, pages):
@@ -480,13 +505,9 @@ class PolicyTables:
         if not self.policies:
             return
         pol = ffi.new("struct up_policy[]", len(self.policies))
-        for i, (first, count, rfirst, rcount, flags, tfirst, tcount, pfirst, pcount) in \
-                enumerate(self.policies):
-            pol[i].first, pol[i].count = first, count
-            pol[i].resp_first, pol[i].resp_count = rfirst, rcount
-            pol[i].flags, pol[i].id = flags, i
-            pol[i].trusted_first, pol[i].trusted_count = tfirst, tcount
-            pol[i].pages_first, pol[i].pages_count = pfirst, pcount
+        for i, fields in enumerate(self.policies):
+            for k, v in fields.items():
+                setattr(pol[i], k, v)
         steps = ffi.new("struct up_step[]", max(1, len(self.steps)))
         for i, f in enumerate(self.steps):
             for k, v in f.items():

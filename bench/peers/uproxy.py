@@ -195,7 +195,7 @@ class UproxyPolicies(Uproxy):
              'request_headers = { set = { X-Env = "bench" } }',
              'response_headers = { add = { X-Served-By = "uproxy" } }',
              'rewrite = { replace_path = "/64" }', 'allow = ["127.0.0.0/8"]',
-             'rate_limit = { rate = 1000000000, burst = 1000000000 }', '']
+             'rate_limit = { rate = 1000000, burst = 1000000 }', '']
 
     def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
         text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port)

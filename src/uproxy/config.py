@@ -1854,7 +1854,8 @@ def _sni_route(rr, cluster, earlier, tls_clusters) -> Route | None:
     """A route of a tcp listener: the ClientHello's server name (SNI
     passthrough), exact or "*.suffix", and nothing of HTTP's."""
     sni = rr.str("sni")
-    for key in ("host", "path_prefix", "methods", "allow_connect"):
+    for key in ("host", "path_prefix", "methods", "allow_connect", "max_body_size",
+                "trusted_proxies") + POLICY_KEYS:
         if key in rr.t:
             rr.used.add(key)
             hint = (f"did you mean sni = {_toml_str(rr.t[key])}?" if key == "host"

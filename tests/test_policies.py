@@ -503,3 +503,31 @@ def test_proxy_protocol_v1_and_v2_name_the_client(proxy_factory):
     assert send(b"PROXY TCP4 300.0.2.7 198.51.100.1 51000 80\r\n" + req) == b""
     assert len(up.requests) == n
     up.close()
+
+
+def test_request_policies_apply_to_http2_streams(proxy_factory):
+    """An HTTP/2 stream is a transaction like an HTTP/1.1 request: header
+    edits, a rewrite, access rules and a redirect apply to it (h2c, curl)."""
+    curl = shutil.which("curl")
+    if not curl or b"HTTP2" not in subprocess.run([curl, "-V"], capture_output=True).stdout:
+        pytest.skip("curl with HTTP/2 is not installed")
+    up, p = start(proxy_factory, {"http2": True, "routes": [
+        {"path_prefix": "/old/", "cluster": "c", "redirect": {"code": 308, "path_prefix": "/new/"}},
+        {"path_prefix": "/lan", "cluster": "c", "allow": ["10.0.0.0/8"]},
+        {"path_prefix": "/api/", "cluster": "c", "rewrite": {"strip_prefix": "/api"},
+         "request_headers": {"set": {"X-Env": "prod"}}, "forwarded": True}]})
+
+    def h2(path):
+        r = subprocess.run([curl, "-s", "-i", "--http2-prior-knowledge", f"{p.url}{path}"],
+                           capture_output=True, timeout=10)
+        return r.stdout
+    out = h2("/api/items?x=1")
+    assert out.startswith(b"HTTP/2 200"), out[:200]
+    req = up.requests[-1]
+    assert req.target == "/items?x=1" and req.header("X-Env") == "prod"
+    assert req.header("Forwarded").startswith("for=127.0.0.1;proto=http")
+    out = h2("/old/a?b")
+    assert out.startswith(b"HTTP/2 308") and b"location: http://127.0.0.1:%d/new/a?b" % p.port in out, out
+    assert h2("/lan").startswith(b"HTTP/2 403")
+    assert [r.target for r in up.requests] == ["/items?x=1"]
+    up.close()

@@ -475,7 +475,7 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
     out_push(o, sl, n);
     if (s->a_len)
         out_push(o, strings + s->a_off, s->a_len);
-    else if (c->tp == TP_TLS)
+    else if (h1_wire(w, c)->tp == TP_TLS)
         out_push(o, "https", 5);
     else
         out_push(o, "http", 4);
@@ -495,6 +495,27 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
         out_push(o, "Connection: keep-alive\r\n\r\n", 26);
     else
         out_push(o, "\r\n", 2);
+    if (t->sink == TS_STREAM) {
+        /* An HTTP/2 stream: its protocol turns an answer's text into
+         * frames; the text goes whole into the transaction's line. */
+        uint32_t len = 0;
+        bool fits = o->left <= sizeof t->line;
+        for (uint16_t i = 0; fits && i < o->n; i++) {
+            memcpy(t->line + len, o->iov[i].iov_base, o->iov[i].iov_len);
+            len += (uint32_t)o->iov[i].iov_len;
+        }
+        o->n = o->first = 0;
+        o->left = 0;
+        if (!fits) {
+            refuse(w, t, c, base, r, l, 414, 0);
+            return;
+        }
+        log_end(w, t, s->code);
+        h1_count_request(w, c);
+        w->c[UP_C_REDIRECTS]++;
+        h1_client_reply_text(w, c, s->code, t->line, len);
+        return;
+    }
     t->status = s->code;
     t->bytes_out = o->left;
     t->flags |= TF_REQ_DONE | TF_RESP_HEAD | TF_RESP_DONE | TF_REPLIED;
@@ -758,7 +779,7 @@ bool pol_req_lines(struct worker *w, struct txn *t, const uint8_t *base, const s
                 memcpy(p, "]\"", 2);
                 p += 2;
             }
-            bool tls = w->conns[t->client].tp == TP_TLS;
+            bool tls = h1_wire(w, &w->conns[t->client])->tp == TP_TLS;
             memcpy(p, tls ? ";proto=https" : ";proto=http", tls ? 12 : 11);
             p += tls ? 12 : 11;
             const uint8_t *host = r->host != 0xffff ? base + r->h[r->host].value_off : NULL;

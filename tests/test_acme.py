@@ -485,6 +485,55 @@ def test_rate_limit_and_validation_answers_are_explained():
     assert f.kind == "refused"
 
 
+def test_a_rate_limit_waits_as_long_as_the_ca_asks():
+    """A CA's 429 carries its wait in Retry-After (Let's Encrypt's can be
+    days): the library raises the problem document alone, so the client's
+    network keeps the header, and the back-off waits at least that long.
+    A real HTTP server answers as an ACME CA does when it rate-limits."""
+    import http.server
+    import random
+    from acme import messages
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import josepy as jose
+    from uproxy.acme import scheduler
+    from uproxy.acme.client import _Network, _failure, retry_after_seconds
+
+    class CA(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"type": "urn:ietf:params:acme:error:rateLimited",
+                               "detail": "too many new orders recently"}).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Retry-After", "172800")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.HTTPServer(("127.0.0.1", 0), CA)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        net = _Network(jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1())), alg=jose.ES256,
+                       user_agent="uproxy-test", timeout=5)
+        with pytest.raises(messages.Error) as ei:
+            net.get(f"http://127.0.0.1:{srv.server_port}/acme/new-order")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    f = _failure(ei.value, "x.test", net)
+    assert f.kind == "rate_limited" and f.retry_after == 172800
+    assert "wait 172800 s" in str(f)
+
+    class Entry:                          # a name with no certificate yet
+        failures, cert = 1, None
+    wait = scheduler.backoff(Entry(), 0.0, 60, 30 * 86400, f.kind, retry_after=f.retry_after,
+                             rng=random.Random(1))
+    assert wait >= 172800
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 60) == 60.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
 def test_a_write_that_fails_half_way_leaves_the_old_file_whole(tmp_path, monkeypatch):
     from uproxy.acme import storage
     path = os.path.join(str(tmp_path), "certs", "x.pem")

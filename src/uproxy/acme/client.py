@@ -40,12 +40,43 @@ def answer_dns01(name: str, validation: str):
                              f"yet: use http-01 or tls-alpn-01")
 
 
+def retry_after_seconds(value, now: float | None = None) -> float | None:
+    """A Retry-After header's wait in seconds: delta-seconds or an HTTP
+    date (RFC 9110 10.2.3); None when absent or unreadable."""
+    import email.utils
+    import time
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+class _Network(client.ClientNetwork):
+    """The library's network, keeping the Retry-After of the CA's last 429
+    or 503 answer: the library raises the problem document alone, and a
+    rate limit's wait (Let's Encrypt's can be days) is in that header."""
+    retry_after = None
+
+    def _send_request(self, method, url, *args, **kwargs):
+        response = super()._send_request(method, url, *args, **kwargs)
+        if response.status_code in (429, 503):
+            self.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        return response
+
+
 class Client:
     def __init__(self, settings, store: st.Storage):
         self.s = settings
         self.store = store
         self.acme = None                 # client.ClientV2 once the account is known
         self.key = None
+        self.net = None
 
     # ---- the account -----------------------------------------------------------
     def connect(self):
@@ -56,8 +87,9 @@ class Client:
             log.warning("acme: %s", why)
         self.key = jose.JWKEC(key=key)
         verify = self.s.directory_ca or True
-        net = client.ClientNetwork(self.key, alg=jose.ES256, verify_ssl=verify,
-                                   user_agent="uproxy", timeout=15)
+        net = _Network(self.key, alg=jose.ES256, verify_ssl=verify,
+                       user_agent="uproxy", timeout=15)
+        self.net = net
         try:
             directory = client.ClientV2.get_directory(self.s.directory, net)
             acme = client.ClientV2(directory, net)
@@ -75,7 +107,7 @@ class Client:
                                          "directory": self.s.directory})
                 log.info("acme: account %s at %s", acc.uri, self.s.directory)
         except Exception as e:
-            raise _failure(e, f"the ACME directory {self.s.directory}") from None
+            raise _failure(e, f"the ACME directory {self.s.directory}", net) from None
         self.acme = acme
         return acme
 
@@ -115,7 +147,7 @@ class Client:
             except Failure:
                 raise
             except Exception as e:
-                raise _failure(e, ", ".join(names)) from None
+                raise _failure(e, ", ".join(names), self.net) from None
         finally:
             if http or alpn:
                 publish({}, {}, remove=(set(http), set(alpn)))
@@ -147,10 +179,13 @@ def _typ(chall) -> str:
     return typ if isinstance(typ, str) else getattr(chall, "jobj", {}).get("type", "")
 
 
-def _failure(e, what: str) -> Failure:
+def _failure(e, what: str, net=None) -> Failure:
     if isinstance(e, messages.Error):
         if e.typ == RATE_LIMITED:
-            return Failure("rate_limited", f"{what}: the CA's rate limit: {e.detail}")
+            wait = getattr(net, "retry_after", None)
+            after = f" (it asks to wait {wait:.0f} s)" if wait else ""
+            return Failure("rate_limited", f"{what}: the CA's rate limit{after}: {e.detail}",
+                           retry_after=wait)
         return Failure("refused", f"{what}: the CA refused: {e.detail or e.typ}")
     if isinstance(e, errors.ValidationError):
         details = []

@@ -730,6 +730,21 @@ def test_keep_alive_client_keeps_its_listener_when_a_reload_reorders_them(proxy_
     b.close()
 
 
+def test_absolute_form_target_with_a_query_and_no_path_routes_by_its_host(proxy_factory):
+    """"http://b.test?x" names host b.test (the query ends the authority, RFC
+    3986 3.2): it goes to b.test's route, as redirect_https reads it too."""
+    a = HttpUpstream(lambda req: Response(body=b"a"))
+    b = HttpUpstream(lambda req: Response(body=b"b " + req.target.encode()))
+    p = http_proxy(proxy_factory, [a.addr], listener={"routes": [{"host": "b.test", "cluster": "b"}]},
+                   clusters=[{"name": "b", "servers": [b.addr]}])
+    out = raw(p.port, b"GET http://b.test?x=1 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.split(b"\r\n\r\n", 1)[1].startswith(b"b "), out
+    out = raw(p.port, b"GET http://b.test/p?x HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+    assert out.split(b"\r\n\r\n", 1)[1].startswith(b"b "), out
+    a.close()
+    b.close()
+
+
 def test_bad_reload_keeps_the_old_configuration(proxy_factory):
     up = HttpUpstream()
     p = http_proxy(proxy_factory, [up.addr])

@@ -193,3 +193,23 @@ void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more)
     else
         conn_hand_up(w, c, C_UP_FINISH);
 }
+
+/* A client connection's listener in the worker's current table (HTTP
+ * clients hold no table of their own). c->listener is its index there,
+ * checked against the stable id: it holds until a reload reorders the
+ * listeners, and the one scan after such a reload moves it, so a request
+ * costs one comparison. NULL: the listener left the configuration. */
+const struct up_listener *conn_listener(struct worker *w, struct conn *c)
+{
+    const struct up_config *cfg = w->cfg;
+    if (!cfg)
+        return NULL;
+    if (c->listener < cfg->nlisteners && cfg->listeners[c->listener].id == c->listener_id)
+        return &cfg->listeners[c->listener];
+    for (uint32_t i = 0; i < cfg->nlisteners; i++)
+        if (cfg->listeners[i].id == c->listener_id) {
+            c->listener = (uint8_t)i;
+            return &cfg->listeners[i];
+        }
+    return NULL;
+}

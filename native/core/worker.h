@@ -150,6 +150,7 @@ static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up
 
 /* conn.c */
 struct conn *conn_alloc(struct worker *w);
+const struct up_listener *conn_listener(struct worker *w, struct conn *c);
 void conn_close(struct worker *w, struct conn *c, bool reset);
 void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more);
 void conn_cancel_ops(struct worker *w, struct conn *c);

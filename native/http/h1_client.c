@@ -15,25 +15,6 @@
 
 #define LINGER_MS 2000
 
-/* The client's listener in the worker's current table. c->listener is its
- * index there, checked against the stable id: it holds until a reload
- * reorders the listeners, and the one scan after such a reload moves it,
- * so a request costs one comparison. NULL: the listener left. */
-static const struct up_listener *listener_for(struct worker *w, struct conn *c)
-{
-    const struct up_config *cfg = w->cfg;
-    if (!cfg)
-        return NULL;
-    if (c->listener < cfg->nlisteners && cfg->listeners[c->listener].id == c->listener_id)
-        return &cfg->listeners[c->listener];
-    for (uint32_t i = 0; i < cfg->nlisteners; i++)
-        if (cfg->listeners[i].id == c->listener_id) {
-            c->listener = (uint8_t)i;
-            return &cfg->listeners[i];
-        }
-    return NULL;
-}
-
 static void set_timer(struct worker *w, struct conn *c, uint32_t ms)
 {
     timer_set(w, c, ms ? w->now_ms + ms : 0);
@@ -53,7 +34,7 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     c->fd = fd;
     c->listener_id = l->id;
     if (w->cfg && l >= w->cfg->listeners && l < w->cfg->listeners + w->cfg->nlisteners)
-        c->listener = (uint8_t)(l - w->cfg->listeners);   /* listener_for's first guess */
+        c->listener = (uint8_t)(l - w->cfg->listeners);   /* conn_listener's first guess */
     c->lslot = (uint8_t)l->stat_slot;
     c->flags |= C_SESSION;
     w->clients++;
@@ -125,7 +106,7 @@ void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, con
     if (t)
         t->flags |= TF_ERROR_REPLY | TF_REPLIED;
     else
-        log_refused(w, c, listener_for(w, c), status);
+        log_refused(w, c, conn_listener(w, c), status);
     c->h1 = H_LINGER;
     tp_send(w, c, text, len);
     set_timer(w, c, LINGER_MS * 5);
@@ -181,7 +162,7 @@ void h1_client_next(struct worker *w, struct conn *c)
 {
     if (c->state != CS_OPEN || c->txn != NIL || c->h1 != H_IDLE)
         return;
-    const struct up_listener *l = listener_for(w, c);
+    const struct up_listener *l = conn_listener(w, c);
     if (!l) {                          /* its listener left the configuration */
         h1_finish(w, c);
         return;

@@ -254,18 +254,6 @@ static const char S_429[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Type: tex
                             "Content-Length: 18\r\nConnection: close\r\nRetry-After: ";
 static const char S_429_END[] = "\r\n\r\nToo Many Requests\n";
 
-static uint32_t put_uint(char *dst, uint32_t v)
-{
-    char tmp[10];
-    uint32_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (uint32_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
-    return n;
-}
 
 bool pol_error_page(const struct txn *t, uint16_t status, const char **text, uint32_t *len)
 {
@@ -298,7 +286,7 @@ static void refuse(struct worker *w, struct txn *t, struct conn *c, const uint8_
         char *p = t->pscratch;
         memcpy(p, S_429, sizeof S_429 - 1);
         p += sizeof S_429 - 1;
-        p += put_uint(p, retry_s);
+        p += h1_put_uint(p, retry_s);
         memcpy(p, S_429_END, sizeof S_429_END - 1);
         p += sizeof S_429_END - 1;
         h1_client_reply_text(w, c, status, t->pscratch, (uint32_t)(p - t->pscratch));

@@ -60,19 +60,6 @@ uint32_t h1_host_part(const uint8_t *h, uint32_t n)
     return host_len;
 }
 
-/* "123" for a port, into dst; its length. */
-static uint32_t put_port(char *dst, uint16_t port)
-{
-    char tmp[6];
-    uint32_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + port % 10);
-        port /= 10;
-    } while (port);
-    for (uint32_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
-    return n;
-}
 
 void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
                  uint32_t base_off, const struct h1_request *r, const struct up_listener *l)
@@ -83,29 +70,10 @@ void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t
     t->bytes_in = r->head_len;
     log_begin(w, t, c, base, r, l);
 
-    /* Where to: the authority of an absolute-form target (RFC 9112 3.2.2:
-     * it overrides Host), else Host; the target's path and query as sent. */
-    const uint8_t *host = NULL, *path = base + r->target_off;
-    uint32_t host_len = 0, path_len = r->target_len;
-    bool ok = r->target_form == H1_T_ORIGIN;
-    if (r->target_form == H1_T_ABSOLUTE) {
-        const uint8_t *p = memchr(path, ':', path_len);
-        if (p && (uint32_t)(p - path) + 3 <= path_len) {
-            host = p + 3;
-            const uint8_t *end = path + path_len;
-            const uint8_t *slash = memchr(host, '/', (size_t)(end - host));
-            const uint8_t *query = memchr(host, '?', (size_t)(end - host));
-            if (query && (!slash || query < slash))
-                slash = query;              /* "http://h?q": the path is empty */
-            host_len = (uint32_t)((slash ? slash : end) - host);
-            path = slash ? slash : end;
-            path_len = (uint32_t)(end - path);
-            ok = true;
-        }
-    } else if (r->host != 0xffff) {
-        host = base + r->h[r->host].value_off;
-        host_len = r->h[r->host].value_len;
-    }
+    /* Where to: the same host, path and query (h1_request_target). */
+    const uint8_t *host, *path;
+    uint32_t host_len, path_len;
+    bool ok = h1_request_target(base, r, &host, &host_len, &path, &path_len);
     /* No host (an HTTP/1.0 request without one), a host a Location cannot
      * carry, or a target without a path (CONNECT's, OPTIONS *): 400. */
     uint32_t name_len = host ? h1_host_part(host, host_len) : 0;
@@ -123,7 +91,7 @@ void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t
     out_push(o, host, name_len);
     if (l->redirect_port && l->redirect_port != 443) {
         t->scratch[0] = ':';
-        out_push(o, t->scratch, 1 + put_port(t->scratch + 1, l->redirect_port));
+        out_push(o, t->scratch, 1 + h1_put_uint(t->scratch + 1, l->redirect_port));
     }
     if (!path_len || path[0] != '/')
         out_push(o, "/", 1);                /* "http://h?q" -> "https://h/?q" */

@@ -501,22 +501,9 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     t->start_off = base_off;
 
     /* Routing: by the authority of an absolute-form target, else Host. */
-    const uint8_t *host = NULL, *path = base + r->target_off;
-    uint32_t host_len = 0, path_len = r->target_len;
-    if (r->target_form == H1_T_ABSOLUTE) {
-        const uint8_t *p = memchr(path, ':', path_len);
-        if (p && (uint32_t)(p - path) + 3 <= path_len) {
-            host = p + 3;
-            const uint8_t *end = path + path_len;
-            const uint8_t *slash = memchr(host, '/', (size_t)(end - host));
-            host_len = (uint32_t)((slash ? slash : end) - host);
-            path = slash ? slash : end;
-            path_len = (uint32_t)(end - path);
-        }
-    } else if (r->host != 0xffff) {
-        host = base + r->h[r->host].value_off;
-        host_len = r->h[r->host].value_len;
-    }
+    const uint8_t *host, *path;
+    uint32_t host_len, path_len;
+    h1_request_target(base, r, &host, &host_len, &path, &path_len);
     const struct up_route *rt = route(cfg, l, host, host_len, path, path_len);
     t->cluster = rt ? rt->cluster : l->cluster;
     if (rt && rt->stat_slot != UP_NO_SLOT && w->lst) {

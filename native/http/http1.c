@@ -1152,3 +1152,47 @@ int64_t h1_chunked_data(struct h1_chunked *c, const uint8_t *buf, size_t len, si
     }
     return (int64_t)used;
 }
+
+bool h1_request_target(const uint8_t *base, const struct h1_request *r, const uint8_t **host,
+                       uint32_t *host_len, const uint8_t **path, uint32_t *path_len)
+{
+    const uint8_t *p = base + r->target_off;
+    uint32_t n = r->target_len;
+    *host = NULL;
+    *host_len = 0;
+    *path = p;
+    *path_len = n;
+    if (r->target_form == H1_T_ABSOLUTE) {
+        const uint8_t *colon = memchr(p, ':', n);
+        if (!colon || (uint32_t)(colon - p) + 3 > n)
+            return false;
+        const uint8_t *h = colon + 3, *end = p + n;
+        const uint8_t *slash = memchr(h, '/', (size_t)(end - h));
+        const uint8_t *query = memchr(h, '?', (size_t)(end - h));
+        if (query && (!slash || query < slash))
+            slash = query;
+        *host = h;
+        *host_len = (uint32_t)((slash ? slash : end) - h);
+        *path = slash ? slash : end;
+        *path_len = (uint32_t)(end - *path);
+        return true;
+    }
+    if (r->host != 0xffff) {
+        *host = base + r->h[r->host].value_off;
+        *host_len = r->h[r->host].value_len;
+    }
+    return r->target_form == H1_T_ORIGIN;
+}
+
+uint32_t h1_put_uint(char *dst, uint32_t v)
+{
+    char tmp[10];
+    uint32_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (uint32_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}

@@ -10,6 +10,7 @@
 #ifndef UPROXY_HTTP1_API_H
 #define UPROXY_HTTP1_API_H
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Header fields of one head: the default limit, and the most any limit may
@@ -157,5 +158,17 @@ int64_t h1_chunked_feed(struct h1_chunked *c, const uint8_t *buf, size_t len, in
  * *data_off + *data_len). */
 int64_t h1_chunked_data(struct h1_chunked *c, const uint8_t *buf, size_t len, size_t max,
                         size_t *data_off, size_t *data_len, int *done);
+
+/* Where a parsed request goes: the authority of an absolute-form target
+ * (RFC 9112 3.2.2: it overrides Host), else the Host field (host NULL when
+ * there is none); and the target's path and query as sent ("?q" for
+ * "http://h?q", whose path is empty). base is the buffer the request was
+ * parsed from. False: the target has no path to go to (an absolute form
+ * without an authority, CONNECT's authority form, OPTIONS' "*"). */
+bool h1_request_target(const uint8_t *base, const struct h1_request *r, const uint8_t **host,
+                       uint32_t *host_len, const uint8_t **path, uint32_t *path_len);
+
+/* v in decimal into dst (room for 10 digits); the digits written. */
+uint32_t h1_put_uint(char *dst, uint32_t v);
 
 #endif

@@ -52,6 +52,18 @@ static int emit(struct h2_slot *s, struct h2_ev *ev)
     return h2_on_event(s->w, s, ev);
 }
 
+/* An event a stream may refuse (> 0: reset that stream, the connection
+ * goes on); < 0 fails the connection. */
+static int emit_or_reset(nghttp2_session *ss, void *ud, struct h2_ev *ev)
+{
+    int r = emit(ud, ev);
+    if (r < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (r > 0)
+        nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, ev->stream, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
 static int on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
 {
     (void)ss;
@@ -105,12 +117,7 @@ static int on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
     default:
         return 0;
     }
-    int r = emit(ud, &ev);
-    if (r < 0)
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (r > 0)
-        nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
-    return 0;
+    return emit_or_reset(ss, ud, &ev);
 }
 
 static int on_data(nghttp2_session *ss, uint8_t flags, int32_t id, const uint8_t *data,
@@ -119,12 +126,7 @@ static int on_data(nghttp2_session *ss, uint8_t flags, int32_t id, const uint8_t
     (void)flags;
     struct h2_ev ev = { .kind = H2E_DATA, .stream = id, .sc = sc_of(ss, id),
                         .buf = (uint8_t *)data, .len = len };
-    int r = emit(ud, &ev);
-    if (r < 0)
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (r > 0)
-        nghttp2_submit_rst_stream(ss, NGHTTP2_FLAG_NONE, id, NGHTTP2_INTERNAL_ERROR);
-    return 0;
+    return emit_or_reset(ss, ud, &ev);
 }
 
 static int on_close(nghttp2_session *ss, int32_t id, uint32_t code, void *ud)

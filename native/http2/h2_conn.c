@@ -56,23 +56,6 @@ void h2_worker_free(struct worker *w)
     w->h2 = NULL;
 }
 
-/* By index, checked against the stable id (as h1_client.c's): one
- * comparison per stream; the scan only after a reload reordered them. */
-static const struct up_listener *listener_of(struct worker *w, struct conn *c)
-{
-    const struct up_config *cfg = w->cfg;
-    if (!cfg)
-        return NULL;
-    if (c->listener < cfg->nlisteners && cfg->listeners[c->listener].id == c->listener_id)
-        return &cfg->listeners[c->listener];
-    for (uint32_t i = 0; i < cfg->nlisteners; i++)
-        if (cfg->listeners[i].id == c->listener_id) {
-            c->listener = (uint8_t)i;
-            return &cfg->listeners[i];
-        }
-    return NULL;
-}
-
 /* ---- the connection --------------------------------------------------- */
 
 static void conn_end(struct worker *w, struct conn *c);
@@ -81,7 +64,7 @@ static void arena_gauges(struct worker *w);
 void h2_adopt(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
-    const struct up_listener *l = listener_of(w, c);
+    const struct up_listener *l = conn_listener(w, c);
     memset(s, 0, sizeof *s);
     s->w = w;
     s->self = (uint32_t)(c - w->conns);
@@ -208,7 +191,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
         return;
     }
     if (!s->nstreams && !(s->flags & CF_DRAIN)) {
-        const struct up_listener *l = listener_of(w, c);
+        const struct up_listener *l = conn_listener(w, c);
         if (!l) {
             s->flags |= CF_DRAIN;     /* its listener left the configuration */
             h2c_goaway(s, H2C_NO_ERROR);
@@ -240,7 +223,7 @@ void h2_conn_expired(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
     if (s->nstreams) {
-        const struct up_listener *l = listener_of(w, c);
+        const struct up_listener *l = conn_listener(w, c);
         timer_set(w, c, w->now_ms + (l ? l->keepalive_timeout_ms : 10000));
         return;
     }
@@ -335,7 +318,7 @@ static void stream_unlink(struct worker *w, struct h2_slot *st)
     if (s->nstreams && !--s->nstreams) {
         /* The last stream ended: the connection keeps time again. */
         struct conn *c = &w->conns[st->owner];
-        const struct up_listener *l = listener_of(w, c);
+        const struct up_listener *l = conn_listener(w, c);
         if (c->state == CS_OPEN && !(s->flags & CF_CLOSE))
             timer_set(w, c, w->now_ms + (l ? l->keepalive_timeout_ms : 10000));
     }
@@ -480,7 +463,7 @@ static void on_request(struct worker *w, struct conn *c, struct h2_slot *s, stru
                        bool end_stream)
 {
     struct h2_slot *st = h2_slot_of(w, sc);
-    const struct up_listener *l = listener_of(w, c);
+    const struct up_listener *l = conn_listener(w, c);
     bool ok = !(st->flags & ST_BAD) && request_line(w, st);
     if (end_stream)
         st->flags |= ST_ENDED;

@@ -83,8 +83,7 @@ int sched_switch(struct bpf_raw_tracepoint_args *ctx)
 
 int sched_migrate(struct bpf_raw_tracepoint_args *ctx)
 {
-    if (detached())
-        return 0;
+    /* never duty-cycled (probes.ALWAYS): migrations are rare, counted whole */
     u32 pid = up_task_pid((const void *)ctx->args[0]);
     u32 *idx = workers.lookup(&pid);
     if (!idx)

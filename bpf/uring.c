@@ -152,7 +152,8 @@ int uring_complete(struct bpf_raw_tracepoint_args *c)    /* (ctx, req, cqe) */
 
 int uring_punt(struct bpf_raw_tracepoint_args *c)        /* (struct io_kiocb *req, int rw) */
 {
-    if (detached() || !mine())
+    /* never duty-cycled (probes.ALWAYS): punts are rare, counted whole */
+    if (!mine())
         return 0;
     const void *req = (const void *)c->args[0];
     return on_punt(req_ctx(req), req_opcode(req));

@@ -67,6 +67,11 @@ CPU_TICK_HZ = 100
 # duty-cycled when asked (the per-connection TCP tracepoints stay on, they
 # keep the connection tracking whole).
 HOT = {"uring", "softirq", "sched", "cpu", ("tcp", "tcp_probe")}
+# ...except the probes of rare events, which stay attached so that their
+# counts are whole per interval: a punt to io-wq (splice, or an operation
+# that would block) and a worker's migration (workers are pinned) cost one
+# per-CPU increment each, and no figure of theirs is ever scaled.
+ALWAYS = {("uring", "io_uring_queue_async_work"), ("sched", "sched_migrate_task")}
 SOFTIRQS = ["hi", "timer", "net_tx", "net_rx", "block", "irq_poll", "tasklet", "sched",
             "hrtimer", "rcu"]
 
@@ -324,7 +329,7 @@ class Probes:
                 for tp, fn in raws:
                     fd = self._attach_raw(b, tp, fn)
                     done.append(("raw", fd))
-                    if self.duty < 1.0 and (s in HOT or (s, tp) in HOT):
+                    if self.duty < 1.0 and (s in HOT or (s, tp) in HOT) and (s, tp) not in ALWAYS:
                         self._cycled.append({"set": s, "tp": tp, "prog": b.funcs[fn.encode()].fd,
                                              "fd": fd})
                 if s == "cpu":

@@ -302,7 +302,8 @@ class Collector:
         if P.on("uring"):
             udt = on_dt("uring")
             out["uring_completes_s"] = _rate(x["uring_completes"], px["uring_completes"], udt)
-            out["iowq_punts_s"] = _rate(x["uring_punts"], px["uring_punts"], udt)
+            # punts: counted by an always-attached probe (probes.ALWAYS), whole
+            out["iowq_punts_s"] = _rate(x["uring_punts"], px["uring_punts"], dt)
             s = pcts(hist.delta(x["hist_uring"], px["hist_uring"]), 1 / 1000.0, 1)
             out["uring_lat_p50_us"], out["uring_lat_p99_us"] = s["p50_us"], s["p99_us"]
             out["uring_lat_p99_is_max"], out["uring_lat_count"] = s["p99_is_max"], s["count"]
@@ -314,7 +315,7 @@ class Collector:
                 if n or p:
                     ns = x["op_lat_ns"][op] - px["op_lat_ns"][op]
                     out["uring_by_op"][names.get(op, str(op))] = {
-                        "timed": n, "punts_s": round(p / udt, 1) if udt > 0 else None,
+                        "timed": n, "punts_s": round(p / dt, 1),
                         "mean_us": round(ns / n / 1000, 1) if n else None}
         if P.on("sched"):
             s = pcts(hist.delta(x["hist_rq"], px["hist_rq"]), 1 / 1000.0, 1)
@@ -322,7 +323,7 @@ class Collector:
             out["runq_p99_is_max"], out["runq_count"] = s["p99_is_max"], s["count"]
             sdt = on_dt("sched")
             out["invol_switches_bpf_s"] = _rate(x["invol"], px["invol"], sdt)
-            out["migrations_s"] = _rate(x["migrations"], px["migrations"], sdt)
+            out["migrations_s"] = _rate(x["migrations"], px["migrations"], dt)   # always attached
         if P.on("softirq") and w["cpu"] >= 0:
             cpu = w["cpu"]
             ns = sum(b["softirq_ns"].get(cpu, {}).values())

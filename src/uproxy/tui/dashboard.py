@@ -338,7 +338,7 @@ def cores_table(v, sort_key="core", width=200, reverse=False, flt="") -> Table:
     if any("max " in c for r in rows for c in r):
         notes.append("max: too few values for the percentile, the maximum is shown")
     cov = v.get("coverage") or {}
-    sampled = {"uring": "uring p99, io-wq/s", "sched": "runq p99", "softirq": "softirq%"}
+    sampled = {"uring": "uring p99", "sched": "runq p99", "softirq": "softirq%"}
     part = [f"{what} in {cov[s] * 100:.0f}% of it" for s, what in sampled.items()
             if s in cov and cov[s] < 0.999]
     if part:

@@ -220,7 +220,8 @@ def test_10000_concurrent_connections(proxy_factory):
         pytest.skip(f"the open-file limit ({soft}) is too low for {n} client sockets")
     up = FastUpstream()
     p = start(proxy_factory, [up.addr], proxy={"workers": 2, "pipes": 16},
-              listener={"keepalive_timeout": "4s", "backlog": 4096})
+              listener={"keepalive_timeout": "4s", "backlog": 4096},
+              cluster={"pool_max_idle": 64})     # the fd bound below counts on it
     assert get(p.port) == 200
     fds0, rss0 = fd_count(p.pid), rss_kib(p.pid)
     sel = selectors.DefaultSelector()
@@ -307,8 +308,8 @@ def test_flood_past_the_open_file_limit(proxy_factory):
     port = free_port()
     p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "c",
                         "header_timeout": "30s", "backlog": 1024}],
-                      [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1, "pipes": 8},
-                      profile="5.15")
+                      [{"name": "c", "servers": [up.addr], "pool_max_idle": 64}],
+                      proxy={"workers": 1, "pipes": 8}, profile="5.15")
     p.port = port
     assert get(p.port) == 200
     fds0 = fd_count(p.pid)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import env, gates, report, tls, workloads
-from .peers import ALL_WORKLOADS, TLS_WORKLOADS, StartError, all_contenders
+from .peers import ALL_WORKLOADS, CERT_WORKLOADS, H2_WORKLOADS, TLS_WORKLOADS, StartError, all_contenders
 from .upstream import Upstream
 
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
 
     # ---- tools ----------------------------------------------------------------
     ctx.tools = {n: env.tool(n) for n in ("wrk", "iperf3", "valgrind", "callgrind_control", "perf", "gcc",
-                                          "nginx", "taskset", "openssl")}
+                                          "nginx", "taskset", "openssl", "h2load")}
     res["tools"] = {n: (v or None) for n, v in ctx.tools.items()}
     if not ctx.tools["taskset"] or not ctx.tools["gcc"] or not ctx.tools["nginx"]:
         say("error: taskset, gcc and nginx are needed (run scripts/setup --bench)")
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     # ---- TLS: the run's certificate (before the contenders: uproxy's check needs it)
     ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
-    want_tls = any(w in TLS_WORKLOADS for w in (a.workloads.split(",") if a.workloads else ALL_WORKLOADS))
+    want_tls = any(w in CERT_WORKLOADS for w in (a.workloads.split(",") if a.workloads else ALL_WORKLOADS))
     if want_tls:
         if not ctx.tools["openssl"]:
             say("MISSING tool openssl: the TLS workloads cannot run (scripts/setup --bench)")
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         why = c.missing()
         info = {"label": c.label, "family": c.family, "tuning": c.tuning, "missing": why,
                 "tls_tuning": getattr(c, "tls_tuning", ""),
+                "h2_tuning": getattr(c, "h2_tuning", ""),
                 "version": "" if why else c.version(), "skipped": {}}
         for w in ALL_WORKLOADS:
             s = c.skip(w) if not why else why
@@ -169,9 +170,10 @@ def main(argv=None) -> int:
             say(f"MISSING {c.name}: {why}")
         else:
             present.append(c)
-    for w, t in (("http64", "wrk"), ("http64k", "wrk"), ("newconn", "wrk"), ("l4_1", "iperf3"),
+    for w, t in ((("http64", "wrk"), ("http64k", "wrk"), ("newconn", "wrk"), ("l4_1", "iperf3"),
                  ("l4_64", "iperf3"), ("tls64", "wrk"), ("tls64k", "wrk"), ("tls64", "openssl"),
-                 ("tls64k", "openssl"), ("tls_full", "openssl"), ("tls_resume", "openssl")):
+                 ("tls64k", "openssl"), ("tls_full", "openssl"), ("tls_resume", "openssl"))
+                 + tuple((w, "h2load") for w in H2_WORKLOADS)):
         if not ctx.tools.get(t) and w in wls:
             say(f"MISSING tool {t}: workload {w} cannot run (scripts/setup --bench)")
             res["missing"][f"tool:{t}"] = f"{t} not installed; {w} not run"

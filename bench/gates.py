@@ -10,7 +10,9 @@ G7 is four figures, each judged on its own against the best peer's same
 figure (0.8x): CPU per 64 B and per 64 KiB keep-alive request over TLS,
 CPU per connection with a full handshake, and with a resumed one; its
 stretch (a full handshake within 3x the crypto floor of `openssl speed`)
-is reported beside it, not judged.
+is reported beside it, not judged. G8 is six figures (h2load, 1, 10 and
+100 streams per connection, h2c and TLS), each judged on its own against
+the best of nginx and HAProxy (0.8x).
 """
 from __future__ import annotations
 
@@ -219,6 +221,32 @@ def check(res) -> list:
             gate("G7", what, f"{u[0]:.1f} µs", f"≤ {f7 * best[0]:.1f} µs ({f7:.1f} x {_label(res, best[1])} "
                  f"{best[0]:.1f})", "PASS" if u[0] <= f7 * best[0] else "FAIL",
                  "; ".join(x for x in (_round_ratios(u, best), note) if x), part)
+
+    # G8: HTTP/2 from clients, each figure on its own against the best of
+    # nginx and HAProxy (DESIGN.md: "at most 0.8x the best of nginx and HAProxy").
+    f8 = 0.8
+    h2_run = [w for w in ("h2c_1", "h2c_10", "h2c_100", "h2_1", "h2_10", "h2_100")
+              if w in res.get("workloads", [])]
+    if not h2_run:
+        gate("G8", "HTTP/2: CPU per request ≤ 0.8x the best of nginx and HAProxy, each figure on its own", "–",
+             "", "NOT RUN", "HTTP/2 workloads not in this run")
+    for w in h2_run:
+        n = w.split("_")[1]
+        kind = "h2c" if w.startswith("h2c") else "TLS"
+        part = f"{kind}, {n} stream{'s' if n != '1' else ''}"
+        what = f"HTTP/2 {part} per connection, 64 B: CPU-µs/req ≤ 0.8x best of nginx and HAProxy"
+        u = _uproxy(s, w, "cpu_us_per_req", res)
+        peers = _medians(s, w, "cpu_us_per_req", res, families=("nginx", "haproxy"))
+        if not peers:
+            gate("G8", what, "–", "no peer measured", "NO-PEER", "", part)
+        elif not u:
+            best = min(peers)
+            gate("G8", what, "–", f"≤ {f8 * best[0]:.1f} µs ({f8:.1f} x {_label(res, best[1])} {best[0]:.1f})",
+                 "PENDING", _pending(s, w, res), part)
+        else:
+            best = min(peers)
+            gate("G8", what, f"{u[0]:.1f} µs", f"≤ {f8 * best[0]:.1f} µs ({f8:.1f} x {_label(res, best[1])} "
+                 f"{best[0]:.1f})", "PASS" if u[0] <= f8 * best[0] else "FAIL", _round_ratios(u, best), part)
 
     # A gate whose workload this run did not include says so.
     need = {"G1": "http64", "G2": "rate", "G3": "http64k", "G4": "l4_1", "G5": "idle"}

@@ -11,6 +11,9 @@ from .workloads import METRICS, TITLES
 TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
 TLS_BEGIN = "<!-- tls-section: written by scripts/bench -->"
 TLS_END = "<!-- /tls-section -->"
+H2_WORKLOADS = ("h2c_1", "h2c_10", "h2c_100", "h2_1", "h2_10", "h2_100")
+H2_BEGIN = "<!-- h2-section: written by scripts/bench -->"
+H2_END = "<!-- /h2-section -->"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,6 +96,9 @@ def short(w, r) -> str:
     tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
     if w.startswith("l4"):
         return f"{r['gbps']:.2f} Gbit/s, {r['cpu_s_per_gib']:.3f} CPU-s/GiB{tail}"
+    if w in H2_WORKLOADS:
+        return (f"{r['rps']:.0f} req/s, {r['cpu_us_per_req']:.1f} CPU-µs/req, mean "
+                f"{(r.get('mean_ms') or 0):.2f} ms, errors {r['errors']}{tail}")
     if w in ("tls_full", "tls_resume"):
         return (f"{r['hs_per_s']:.0f} handshakes/s ({r['resumed']}/{r['handshakes']} resumed), "
                 f"{r['cpu_us_per_hs']:.1f} CPU-µs/handshake, p99 {r['p99_ms']:.2f} ms, errors {r['errors']}, "
@@ -135,13 +141,18 @@ def _ordered(names):
     return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else 99)
 
 
-def tables(res, with_range=True, tls=None) -> str:
+def tables(res, with_range=True, tls=None, only=None) -> str:
     """One markdown table per workload (tls: None all, True only the TLS
-    workloads, False all but them)."""
+    workloads, False all but them and the HTTP/2 ones; only: just these)."""
     out = []
     summ = res["summary"]
     for w in res.get("workloads", []):
-        if tls is not None and (w in TLS_WORKLOADS) != tls:
+        if only is not None:
+            if w not in only:
+                continue
+        elif tls is not None and (w in TLS_WORKLOADS) != tls:
+            continue
+        elif tls is False and w in H2_WORKLOADS:
             continue
         ws = summ.get(w, {})
         mets = METRICS[w]
@@ -498,6 +509,64 @@ def anchors_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
+def h2_md(res) -> str:
+    """The HTTP/2 section (issue 17, gate G8): the figures per proxy, the
+    gate, each proxy's settings and the tables."""
+    wls = [w for w in res.get("workloads", []) if w in H2_WORKLOADS]
+    out = [H2_BEGIN, "## HTTP/2 from clients (issue 17, gate G8)", ""]
+    if not wls:
+        out += ["Not run in this run (`--workloads " + ",".join(H2_WORKLOADS) + "`).", "", H2_END]
+        return "\n".join(out) + "\n"
+    m, st = res["machine"], res["settings"]
+    out.append(f"**This run:** {res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) "
+               f"of {max(1, round(st['duration']))} s per run; {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}. "
+               f"Proxy on CPU {','.join(map(str, res['cpus']['proxy']))}; h2load and the HTTP/1.1 origin on CPU "
+               f"{','.join(map(str, res['cpus']['load']))}.")
+    out.append("")
+    out.append("h2load (nghttp2) opens 16 connections and keeps 1, 10 or 100 streams in flight on each, for "
+               "64 B responses; in cleartext with prior knowledge (h2c) and over TLS 1.3 (ALPN h2, checked; "
+               "TLS_AES_128_GCM_SHA256 and X25519 through the run's OpenSSL configuration). Each proxy gets "
+               "HTTP/2 on listeners of its own and talks HTTP/1.1 with keep-alive to the same nginx origin. "
+               "The proxy's CPU is counted over the whole h2load run (its 16 connections' set-up included). "
+               "Alone: `scripts/bench --workloads " + ",".join(H2_WORKLOADS) + " --rounds 3 --docs`, which "
+               "rewrites this section and nothing else.")
+    out.append("")
+    fams = {}
+    for name, c in res["contenders"].items():
+        fams.setdefault(c["family"], []).append(name)
+    head = [w for w in H2_WORKLOADS if w in wls]
+    out += ["| proxy | " + " | ".join(f"{w}: CPU-µs/req" for w in head) + " |", "|---|" + "---|" * len(head)]
+    labels = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "traefik": "Traefik",
+              "caddy": "Caddy"}
+    for fam in ["uproxy", "nginx", "haproxy", "envoy", "traefik", "caddy"]:
+        names = fams.get(fam)
+        if not names:
+            continue
+        if all(res["contenders"][n].get("missing") for n in names):
+            out.append(f"| {labels[fam]} | missing" + " |" * len(head))
+            continue
+        cells = []
+        for w in head:
+            b = _family_best(res, w, "cpu_us_per_req", names)
+            cells.append(f"{b[0]:.1f}" if b else "–")
+        out.append(f"| {labels[fam]} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("**Gate G8** (DESIGN.md §3), on this run's medians:")
+    out.append("")
+    out.append(gates_md(res, only=("G8",)))
+    out += ["Contenders' HTTP/2 settings (each from its own documentation; the bench's peer modules say where):",
+            "", "| contender | HTTP/2 settings |", "|---|---|"]
+    for name in _ordered(res["contenders"]):
+        c = res["contenders"][name]
+        if c.get("missing") or all(w in c.get("skipped", {}) for w in wls):
+            continue
+        out.append(f"| {c['label']} | {c.get('h2_tuning') or '–'} |")
+    out.append("")
+    out.append(tables(res, only=H2_WORKLOADS))
+    out.append(H2_END)
+    return "\n".join(out) + "\n"
+
+
 def console(res) -> str:
     out = ["", tables(res, with_range=True), "Gates (DESIGN.md §3):"]
     for g in res.get("gates", []):
@@ -519,18 +588,34 @@ def splice_tls(page: str, section: str) -> str:
     return page.rstrip("\n") + "\n\n" + section
 
 
+def splice_h2(page: str, section: str) -> str:
+    """docs/benchmarks.md with its HTTP/2 section replaced by this one (or
+    put before the uproxy profile section when the page has none yet)."""
+    if H2_BEGIN in page and H2_END in page:
+        a = page.index(H2_BEGIN)
+        b = page.index(H2_END) + len(H2_END)
+        return page[:a] + section.rstrip("\n") + page[b:]
+    mark = "## uproxy: instructions"
+    if mark in page:
+        i = page.index(mark)
+        return page[:i] + section + "\n" + page[i:]
+    return page.rstrip("\n") + "\n\n" + section
+
+
 def write_all(res, out, docs, bench_venv):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(document(res, png_prefix=""))
     charts = _charts(res, out, bench_venv)
     wls = res.get("workloads", [])
-    if docs and wls and all(w in TLS_WORKLOADS for w in wls):
-        # A TLS-only run replaces the TLS section of the page and nothing else.
-        path = os.path.join(ROOT, "docs", "benchmarks.md")
-        page = open(path).read() if os.path.exists(path) else document(res, png_prefix="")
-        with open(path, "w") as f:
-            f.write(splice_tls(page, tls_md(res)))
-        return
+    for kind, mine, splice, md in (("TLS", TLS_WORKLOADS, splice_tls, tls_md),
+                                   ("HTTP/2", H2_WORKLOADS, splice_h2, h2_md)):
+        if docs and wls and all(w in mine for w in wls):
+            # A TLS-only (HTTP/2-only) run replaces that section of the page and nothing else.
+            path = os.path.join(ROOT, "docs", "benchmarks.md")
+            page = open(path).read() if os.path.exists(path) else document(res, png_prefix="")
+            with open(path, "w") as f:
+                f.write(splice(page, md(res)))
+            return
     if docs:
         ddir = os.path.join(ROOT, "docs")
         os.makedirs(ddir, exist_ok=True)
@@ -583,6 +668,7 @@ def document(res, png_prefix="") -> str:
         "{{MISSING}}": missing,
         "{{TABLES}}": tables(res, tls=False),
         "{{TLS}}": tls_md(res),
+        "{{H2}}": h2_md(res),
         "{{PROFILE}}": profile_md(res),
         "{{NOISE}}": noise_md(res),
         "{{ANCHORS}}": anchors_md(res),

@@ -450,6 +450,59 @@ def idle(ctx, cont):
     }
 
 
+# ---- HTTP/2 from the client (G8) ---------------------------------------------
+H2_CLIENTS = 16
+
+
+def h2load(ctx, cont, url, streams, duration, what="the run"):
+    """h2load with H2_CLIENTS connections of `streams` concurrent streams
+    each, for `duration` seconds: prior knowledge for http://, ALPN h2 for
+    https:// (checked: a peer that answered in HTTP/1.1 is an error). The
+    proxy's CPU covers the whole h2load process, its 16 connections' set-up
+    (and handshakes) included: under half a percent of a 5-second run."""
+    duration = max(1, int(round(duration)))
+    argv = [ctx.tools["h2load"], "-c", str(H2_CLIENTS), "-t", "1", "-m", str(streams),
+            "-D", str(duration), url]
+    env = {**os.environ, "OPENSSL_CONF": ctx.tls_client_conf} if url.startswith("https:") else None
+    p, w = _run(ctx, cont, argv, duration + 30, env=env)
+    out = p.stdout
+    import re
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    if not m or not r:
+        raise WorkloadError(f"h2load gave no result (exit {p.returncode}): {p.stderr.strip()[-300:]} "
+                            f"{out.strip()[-300:]}")
+    if url.startswith("https:") and "Application protocol: h2" not in out:
+        raise WorkloadError(f"ALPN did not select h2 ({out.strip()[-200:]})")
+    ok = int(r.group(4))
+    failed = int(r.group(5)) + int(r.group(6)) + int(r.group(7))
+    if ok < 10 * H2_CLIENTS:
+        raise WorkloadError(f"stalled in {what}: {ok} requests succeeded in {duration} s "
+                            f"({failed} failed)")
+    secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    mean_ms = None
+    if mean:
+        v = mean.group(1)
+        mean_ms = float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-2]) if v.endswith("ms") \
+            else float(v[:-1]) * 1000
+    return {"requests": ok, "rps": ok / secs, "cpu_us_per_req": w["proxy_cpu_s"] * 1e6 / ok,
+            "proxy_cpu_s": w["proxy_cpu_s"], "proxy_cpu_util": w["proxy_cpu_s"] / secs,
+            "mean_ms": mean_ms, "errors": failed, "streams": streams, "clients": H2_CLIENTS,
+            "noise": w}
+
+
+def _h2(tls, streams):
+    def run(ctx, cont):
+        url = (f"https://127.0.0.1:{cont.h2s_port}/64" if tls else f"http://127.0.0.1:{cont.h2c_port}/64")
+        if ctx.args.warmup > 0:
+            h2load(ctx, cont, url, streams, max(1, ctx.args.warmup), what="the warm-up")
+        return h2load(ctx, cont, url, streams, ctx.args.duration)
+    run.__name__ = f"h2{'' if tls else 'c'}_{streams}"
+    return run
+
+
 RUNNERS = {
     "idle": idle,
     "http64": http64,
@@ -462,6 +515,8 @@ RUNNERS = {
     "tls64k": tls64k,
     "tls_full": tls_full,
     "tls_resume": tls_resume,
+    **{f"h2c_{n}": _h2(False, n) for n in (1, 10, 100)},
+    **{f"h2_{n}": _h2(True, n) for n in (1, 10, 100)},
 }
 
 # What each workload's headline figures are, and which way is better.
@@ -490,6 +545,10 @@ METRICS = {
                    ("p99_ms", "p99 ms (connect to response)", "low"), ("resumed_frac", "resumed", "high")],
 }
 
+for _w in ("h2c_1", "h2c_10", "h2c_100", "h2_1", "h2_10", "h2_100"):
+    METRICS[_w] = [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
+                   ("mean_ms", "mean ms", "low")]
+
 TITLES = {
     "idle": "Memory per idle client connection",
     "http64": "HTTP/1.1 keep-alive, 64 B responses",
@@ -502,4 +561,8 @@ TITLES = {
     "tls64k": "TLS 1.3 keep-alive, 64 KiB responses (wrk over https)",
     "tls_full": "TLS 1.3, a new connection per request, full handshakes (loadgen -S full)",
     "tls_resume": "TLS 1.3, a new connection per request, resumed handshakes (loadgen -S resume)",
+    **{f"h2c_{n}": f"HTTP/2 cleartext (h2c, prior knowledge), 64 B, {n} stream{'s' if n > 1 else ''} "
+                   f"per connection x {H2_CLIENTS} (h2load)" for n in (1, 10, 100)},
+    **{f"h2_{n}": f"HTTP/2 over TLS 1.3 (ALPN h2), 64 B, {n} stream{'s' if n > 1 else ''} "
+                  f"per connection x {H2_CLIENTS} (h2load)" for n in (1, 10, 100)},
 }

@@ -26,7 +26,16 @@ from .. import accounting
 HTTP_WORKLOADS = ("idle", "http64", "http64k", "rate", "newconn")
 L4_WORKLOADS = ("l4_1", "l4_64")
 TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
-ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS
+# HTTP/2 from the client (issue 17, G8): h2load with 1, 10 and 100
+# concurrent streams per connection, in cleartext with prior knowledge (h2c)
+# and over TLS (ALPN h2), each on a listener of its own, so that the
+# HTTP/1.1 and TLS workloads above keep their listeners as they were.
+H2C_WORKLOADS = ("h2c_1", "h2c_10", "h2c_100")
+H2S_WORKLOADS = ("h2_1", "h2_10", "h2_100")
+H2_WORKLOADS = H2C_WORKLOADS + H2S_WORKLOADS
+# the workloads that need the run's certificate
+CERT_WORKLOADS = TLS_WORKLOADS + H2S_WORKLOADS
+ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS + H2_WORKLOADS
 # What every contender's TLS listener is held to (issue 12, DESIGN.md G7).
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 TLS_NEGOTIATED = f"TLSv1.3 {TLS_SUITE} X25519"
@@ -58,6 +67,8 @@ class Contender:
         self.http_port = None
         self.l4_port = None
         self.https_port = None
+        self.h2c_port = None      # HTTP/2 in cleartext, prior knowledge
+        self.h2s_port = None      # HTTP/2 over TLS (ALPN h2)
         self.tls_seen = None      # what a client with OpenSSL's default TLS 1.3 suites negotiated
         self.dir = None
         self.log_path = None
@@ -84,6 +95,17 @@ class Contender:
     def https_base(self) -> str:
         return f"127.0.0.1:{self.https_port}"
 
+    def wants_h2c(self) -> bool:
+        """Whether the h2c listener is rendered: an h2c workload applies."""
+        return any(self.skip(w) is None for w in H2C_WORKLOADS)
+
+    def wants_h2s(self) -> bool:
+        """Whether the HTTP/2-over-TLS listener is rendered: the run has a
+        certificate and an h2 TLS workload applies."""
+        if not getattr(self.ctx, "tls_cert", None):
+            return False
+        return any(self.skip(w) is None for w in H2S_WORKLOADS)
+
     def wants_tls(self) -> bool:
         """Whether a TLS listener is rendered: the run has TLS workloads (and
         so a certificate) and one of them applies to this contender."""
@@ -106,6 +128,8 @@ class Contender:
         self.http_port = free_port()
         self.l4_port = free_port()
         self.https_port = free_port()
+        self.h2c_port = free_port()
+        self.h2s_port = free_port()
         argv = self.render()
         self.log_path = os.path.join(self.dir, "proxy.log")
         log = open(self.log_path, "w")
@@ -135,6 +159,8 @@ class Contender:
         want_http = any(self.skip(w) is None for w in HTTP_WORKLOADS)
         want_l4 = any(self.skip(w) is None for w in L4_WORKLOADS)
         want_tls = self.wants_tls()
+        h2 = [u for u, on in ((f"http://127.0.0.1:{self.h2c_port}/64", self.wants_h2c()),
+                              (f"https://127.0.0.1:{self.h2s_port}/64", self.wants_h2s())) if on]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StartError(f"{self.name} exited with {self.proc.returncode}: {self.output()}")
@@ -152,6 +178,10 @@ class Contender:
                     ok, last = self.tls_ready()
                 except Exception as e:  # not up yet
                     ok, last = False, f"TLS listener: {e}"
+            for url in h2 if ok else ():
+                ok, last = h2_ready(url)
+                if not ok:
+                    break
             if ok and want_l4:
                 try:
                     with socket.create_connection(("127.0.0.1", self.l4_port), timeout=1):
@@ -204,6 +234,23 @@ class Contender:
                     pass
                 self.proc.wait(5)
         self.proc = None
+
+
+def h2_ready(url: str):
+    """Two requests over one HTTP/2 connection with h2load (prior knowledge
+    for http://, ALPN h2 for https://): (ok, what was seen)."""
+    try:
+        r = subprocess.run(["h2load", "-n", "2", "-c", "1", url], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"h2load {url}: {e}"
+    out = r.stdout
+    if "2 succeeded" not in out:
+        tail = " ".join(l.strip() for l in out.splitlines() if l.startswith(("requests:", "status codes:")))
+        return False, f"h2load {url}: {tail or r.stderr.strip()[-200:] or 'no answer'}"
+    if url.startswith("https:") and "Application protocol: h2" not in out:
+        return False, f"{url}: ALPN did not select h2"
+    return True, f"h2 {url}: 2 succeeded"
 
 
 def write(path: str, text: str):

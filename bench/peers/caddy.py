@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import Contender, write
+from . import H2_WORKLOADS, Contender, write
 
 
 class Caddy(Contender):
@@ -30,7 +30,9 @@ class Caddy(Contender):
     tuning = "admin off, log ERROR, h1 only, keep_alive max_idle_conns_per_host 256, GOMAXPROCS=1"
     tls_tuning = ("tls_connection_policies protocol_min tls1.2, curves x25519, secp256r1; certificate from "
                   "load_files; Caddy's session tickets (on by default); TLS 1.3 suite chosen by Go")
-    workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k", "tls_full", "tls_resume")
+    h2_tuning = 'servers with protocols ["h1", "h2c"] and, over TLS, ["h1", "h2"]; the same handler'
+    workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k", "tls_full",
+                 "tls_resume") + H2_WORKLOADS
     skip_reasons = {"l4_1": "no layer-4 proxy in the stock build (caddy-l4 plugin)",
                     "l4_64": "no layer-4 proxy in the stock build (caddy-l4 plugin)"}
 
@@ -77,6 +79,21 @@ class Caddy(Contender):
                 "tls_connection_policies": [{"protocol_min": "tls1.2", "curves": ["x25519", "secp256r1"]}],
                 "routes": routes,
             }
+            cfg["apps"]["tls"] = {"certificates": {"load_files": [
+                {"certificate": c.tls_cert, "key": c.tls_key}]}}
+        # HTTP/2 (G8), from Caddy's JSON documentation: a server with
+        # protocols ["h2c"] (cleartext HTTP/2 with prior knowledge) and one
+        # with TLS and protocols ["h1", "h2"] (ALPN h2); the same handler.
+        if self.wants_h2c():
+            cfg["apps"]["http"]["servers"]["bench_h2c"] = {
+                "listen": [f"127.0.0.1:{self.h2c_port}"], "protocols": ["h1", "h2c"],
+                "automatic_https": {"disable": True}, "routes": routes}
+        if self.wants_h2s():
+            cfg["apps"]["http"]["servers"]["bench_h2s"] = {
+                "listen": [f"127.0.0.1:{self.h2s_port}"], "protocols": ["h1", "h2"],
+                "automatic_https": {"disable": True},
+                "tls_connection_policies": [{"protocol_min": "tls1.2", "curves": ["x25519", "secp256r1"]}],
+                "routes": routes}
             cfg["apps"]["tls"] = {"certificates": {"load_files": [
                 {"certificate": c.tls_cert, "key": c.tls_key}]}}
         path = os.path.join(self.dir, "caddy.json")

@@ -31,6 +31,7 @@ class Envoy(Contender):
               "no access log")
     tls_tuning = ("DownstreamTlsContext, tls_minimum_protocol_version TLSv1_2, ecdh_curves X25519, P-256; "
                   "stateless resumption (tickets) on by default; TLS 1.3 suite chosen by BoringSSL")
+    h2_tuning = "codec_type AUTO (h2c by preface), alpn_protocols [h2, http/1.1] over TLS; the same route"
 
     def binary(self):
         hits = glob.glob(os.path.join(self.ctx.bench_venv, "lib", "python*", "site-packages",
@@ -64,7 +65,7 @@ class Envoy(Contender):
               socket_address: {{address: 127.0.0.1, port_value: {port}}}
 """
 
-    def _hcm(self, port, name, tls=""):
+    def _hcm(self, port, name, tls="", codec="HTTP1"):
         return f"""  - name: {name}
     address:
       socket_address: {{address: 127.0.0.1, port_value: {port}}}
@@ -74,7 +75,7 @@ class Envoy(Contender):
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: http
-          codec_type: HTTP1
+          codec_type: {codec}
           generate_request_id: false
           route_config:
             virtual_hosts:
@@ -90,22 +91,33 @@ class Envoy(Contender):
               dynamic_stats: false
 """
 
-    def render(self):
-        c = self.ctx
-        tls = ""
-        if self.wants_tls():
-            tls = self._hcm(self.https_port, "https", f"""transport_socket:
+    def _tls_socket(self, c, alpn=False):
+        alpn = "\n            alpn_protocols: [h2, http/1.1]" if alpn else ""
+        return f"""transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
+          common_tls_context:{alpn}
             tls_params:
               tls_minimum_protocol_version: TLSv1_2
               ecdh_curves: [X25519, P-256]
             tls_certificates:
             - certificate_chain: {{filename: "{c.tls_cert}"}}
               private_key: {{filename: "{c.tls_key}"}}
-      """)
+      """
+
+    def render(self):
+        c = self.ctx
+        tls = ""
+        if self.wants_tls():
+            tls = self._hcm(self.https_port, "https", self._tls_socket(c))
+        # HTTP/2 (G8), from Envoy's HttpConnectionManager documentation:
+        # codec_type AUTO (HTTP/2 by its preface: h2c with prior knowledge),
+        # and over TLS alpn_protocols [h2, http/1.1]; the same route.
+        if self.wants_h2c():
+            tls += self._hcm(self.h2c_port, "h2c", codec="AUTO")
+        if self.wants_h2s():
+            tls += self._hcm(self.h2s_port, "h2s", self._tls_socket(c, alpn=True), codec="AUTO")
         y = f"""static_resources:
   listeners:
 {self._hcm(self.http_port, "http")}{tls}  - name: tcp

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 
-from . import TLS_SUITE, Contender, write
+from . import H2_WORKLOADS, TLS_SUITE, Contender, write
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -32,6 +32,7 @@ class Haproxy(Contender):
     tuning = "nbthread 1, no logs, http-reuse always, keep-alive both sides"
     tls_tuning = ("bind ssl crt, ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256, ssl-min-ver TLSv1.2, "
                   "curves X25519:P-256; tickets and session cache at their defaults (on)")
+    h2_tuning = "bind proto h2 (h2c), bind ssl ... alpn h2,http/1.1; the same backend"
     splice = False
 
     def missing(self):
@@ -61,6 +62,24 @@ class Haproxy(Contender):
             tls = f"""
 frontend fe_https
   bind 127.0.0.1:{self.https_port} ssl crt {c.tls_pem} curves X25519:P-256
+  default_backend be_http
+"""
+        # HTTP/2 (G8), from HAProxy's configuration manual: `proto h2` on a
+        # plain bind (h2c with prior knowledge), `alpn h2,http/1.1` on an ssl
+        # bind; the same backend.
+        if self.wants_h2c():
+            tls += f"""
+frontend fe_h2c
+  bind 127.0.0.1:{self.h2c_port} proto h2
+  default_backend be_http
+"""
+        if self.wants_h2s():
+            if not tls_global:
+                tls_global = (f"  ssl-default-bind-ciphersuites {TLS_SUITE}\n"
+                              "  ssl-default-bind-options ssl-min-ver TLSv1.2\n")
+            tls += f"""
+frontend fe_h2s
+  bind 127.0.0.1:{self.h2s_port} ssl crt {c.tls_pem} curves X25519:P-256 alpn h2,http/1.1
   default_backend be_http
 """
         conf = f"""global
@@ -108,3 +127,5 @@ class HaproxySplice(Haproxy):
                     for w in ("idle", "http64", "rate", "newconn")}
     skip_reasons.update({w: "same as haproxy (no splice on a TLS client side)"
                          for w in ("tls64", "tls64k", "tls_full", "tls_resume")})
+    skip_reasons.update({w: "same as haproxy (splicing matters for large payloads only)"
+                         for w in H2_WORKLOADS})

@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 
-from . import TLS_SUITE, Contender, write
+from . import H2_WORKLOADS, TLS_SUITE, Contender, write
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -65,8 +65,9 @@ class Nginx(Contender):
     tls_tuning = ("ssl_session_cache shared:SSL:10m, ssl_session_timeout 10m, ssl_session_tickets on; "
                   "ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256, ssl_ecdh_curve X25519:prime256v1")
     bigbuf = False
+    h2_tuning = "listen ... http2 (h2c) and listen ... ssl http2 (ALPN h2), the same location and TLS settings"
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64",
-                 "tls64", "tls64k", "tls_full", "tls_resume")
+                 "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS
 
     def missing(self):
         return nginx_missing()
@@ -91,8 +92,28 @@ class Nginx(Contender):
 {buffers}    }}
 """
         tls = ""
+        ssl = f"""    ssl_certificate {c.tls_cert};
+    ssl_certificate_key {c.tls_key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_conf_command Ciphersuites {TLS_SUITE};
+    ssl_ecdh_curve X25519:prime256v1;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 10m;
+    ssl_session_tickets on;
+"""
+        # HTTP/2 (G8): the same location; nginx 1.22 takes `http2` on listen
+        if self.wants_h2c():
+            tls += f"""  server {{
+    listen 127.0.0.1:{self.h2c_port} http2 backlog=4096;
+{location}  }}
+"""
+        if self.wants_h2s():
+            tls += f"""  server {{
+    listen 127.0.0.1:{self.h2s_port} ssl http2 backlog=4096;
+{ssl}{location}  }}
+"""
         if self.wants_tls():
-            tls = f"""  server {{
+            tls += f"""  server {{
     listen 127.0.0.1:{self.https_port} ssl backlog=4096;
     ssl_certificate {c.tls_cert};
     ssl_certificate_key {c.tls_key};
@@ -143,4 +164,5 @@ class NginxBigbuf(Nginx):
     bigbuf = True
     workloads = ("http64k", "l4_1", "l4_64", "tls64k")
     skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
-                    for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")}
+                    for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")
+                    + H2_WORKLOADS}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from . import Contender, write
+from . import H2_WORKLOADS, Contender, write
 
 
 class Traefik(Contender):
@@ -29,6 +29,7 @@ class Traefik(Contender):
     tuning = "log ERROR, no access log, maxIdleConnsPerHost 256, GOMAXPROCS=1"
     tls_tuning = ("router tls: {}, default certificate, minVersion VersionTLS12, curvePreferences X25519, "
                   "CurveP256; Go's tickets (on by default); TLS 1.3 suite chosen by Go")
+    h2_tuning = "an HTTP entry point (h2c with prior knowledge is served by default) and a TLS router (ALPN h2)"
     fast = False
 
     def binary(self):
@@ -66,6 +67,40 @@ class Traefik(Contender):
       service: s
       tls: {}
 """
+            tls = f"""tls:
+  certificates:
+    - certFile: "{c.tls_cert}"
+      keyFile: "{c.tls_key}"
+  stores:
+    default:
+      defaultCertificate:
+        certFile: "{c.tls_cert}"
+        keyFile: "{c.tls_key}"
+  options:
+    default:
+      minVersion: VersionTLS12
+      curvePreferences: [X25519, CurveP256]
+"""
+        # HTTP/2 (G8), from Traefik's entry point documentation: HTTP entry
+        # points serve h2c (prior knowledge) as well as HTTP/1.1, and TLS
+        # routers offer h2 by ALPN (Go's default); one entry point each.
+        for ep, port, on, router_tls in (("h2c", self.h2c_port, self.wants_h2c(), ""),
+                                         ("h2s", self.h2s_port, self.wants_h2s(), "      tls: {}\n")):
+            if not on:
+                continue
+            websecure += f"""  {ep}:
+    address: "127.0.0.1:{port}"
+    transport:
+      respondingTimeouts:
+        readTimeout: 0s
+        idleTimeout: 300s
+"""
+            tls_router += f"""    r{ep}:
+      entryPoints: [{ep}]
+      rule: "PathPrefix(`/`)"
+      service: s
+{router_tls}"""
+        if self.wants_h2s() and not tls:
             tls = f"""tls:
   certificates:
     - certFile: "{c.tls_cert}"
@@ -137,3 +172,4 @@ class TraefikFast(Traefik):
                     "l4_64": "same as traefik (fastProxy is HTTP-only)",
                     "tls_full": "same as traefik (fastProxy changes the upstream side, not the handshake)",
                     "tls_resume": "same as traefik (fastProxy changes the upstream side, not the handshake)"}
+    skip_reasons.update({w: "same as traefik (fastProxy is Traefik's HTTP/1.1 path)" for w in H2_WORKLOADS})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from . import TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
+from . import H2_WORKLOADS, H2S_WORKLOADS, TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
 
 _HTTP_STATE: dict = {}
 _TLS_STATE: dict = {}
@@ -31,6 +31,7 @@ class Uproxy(Contender):
     tuning = "defaults (splice forwarding for L4), --workers 1"
     tls_tuning = ('tls = { certificates = [...], min_version = "1.2", ciphersuites = "TLS_AES_128_GCM_SHA256" }; '
                   "uproxy's defaults otherwise (tickets on)")
+    h2_tuning = "http2 = true on a plain listener (h2c) and on a TLS listener (ALPN h2); the same cluster"
     forwarding = "splice"
 
     def binary(self):
@@ -95,7 +96,10 @@ class Uproxy(Contender):
             return s
         if workload in ("http64", "http64k", "rate", "newconn") and self.http_available():
             return self.http_available()
-        if workload in TLS_WORKLOADS and getattr(self.ctx, "tls_cert", None) and self.tls_available():
+        if workload in H2_WORKLOADS and self.http_available():
+            return self.http_available()
+        if workload in TLS_WORKLOADS + H2S_WORKLOADS and getattr(self.ctx, "tls_cert", None) \
+                and self.tls_available():
             return self.tls_available()
         return None
 
@@ -104,7 +108,8 @@ class Uproxy(Contender):
         listener in front of the same upstream while HTTP is not there."""
         return "http" if not self.http_available() else "tcp"
 
-    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None,
+                    h2c_port=None, h2s_port=None):
         c = self.ctx
         up = 9 if probe else c.upstream_port          # the probe is only checked, never run
         iperf = 9 if probe else c.iperf_port
@@ -115,6 +120,15 @@ class Uproxy(Contender):
         if https_port:
             out += ["[[listeners]]", 'name = "https"', f'bind = "127.0.0.1:{https_port}"',
                     'mode = "http"', 'cluster = "up"',
+                    f'tls = {{ certificates = [{{ cert = "{c.tls_cert}", key = "{c.tls_key}" }}], '
+                    f'min_version = "1.2", ciphersuites = "{TLS_SUITE}" }}', ""]
+        # HTTP/2 (G8): `http2 = true` on a plain listener (h2c) and on a TLS one (ALPN h2)
+        if h2c_port:
+            out += ["[[listeners]]", 'name = "h2c"', f'bind = "127.0.0.1:{h2c_port}"',
+                    'mode = "http"', 'cluster = "up"', "http2 = true", ""]
+        if h2s_port:
+            out += ["[[listeners]]", 'name = "h2s"', f'bind = "127.0.0.1:{h2s_port}"',
+                    'mode = "http"', 'cluster = "up"', "http2 = true",
                     f'tls = {{ certificates = [{{ cert = "{c.tls_cert}", key = "{c.tls_key}" }}], '
                     f'min_version = "1.2", ciphersuites = "{TLS_SUITE}" }}', ""]
         if l4_port:
@@ -133,7 +147,9 @@ class Uproxy(Contender):
         with_http = not self.http_available()
         path = os.path.join(self.dir, "uproxy.toml")
         write(path, self.config_text(self.http_port, self.l4_port, self.l4http_port, with_http,
-                                     https_port=self.https_port if self.wants_tls() else None))
+                                     https_port=self.https_port if self.wants_tls() else None,
+                                     h2c_port=self.h2c_port if self.wants_h2c() else None,
+                                     h2s_port=self.h2s_port if self.wants_h2s() else None))
         self.config_path = path
         return [self.binary(), "run", "-c", path, "--workers", "1"]
 
@@ -151,7 +167,7 @@ class UproxyBuffered(Uproxy):
     forwarding = "buffered"
     workloads = ("l4_1", "l4_64")
     skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
-                    for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS}
+                    for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS + H2_WORKLOADS}
 
 
 class UproxySpliceIowq(UproxyBuffered):
@@ -189,7 +205,8 @@ class UproxyPolicies(Uproxy):
               'rewrite replace_path, allow = ["127.0.0.0/8"], rate_limit (never reached)')
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
-                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS}
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
+                    + H2_WORKLOADS}
 
     ROUTE = ['', '[[listeners.routes]]', 'path_prefix = "/"', 'cluster = "up"',
              'request_headers = { set = { X-Env = "bench" } }',

@@ -32,7 +32,7 @@ void h1_recv_arm(struct worker *w, struct conn *c)
     bool head = (c->flags & C_HEADRECV) && w->o.splice_min;
     /* For an HTTP/2 stream one buffer at a time: a multishot receive
      * would queue far past the stream's small limit before it stopped. */
-    bool stream = c->txn != NIL && w->txns[c->txn].sink == TS_STREAM;
+    bool stream = c->txn != NIL ? w->txns[c->txn].sink == TS_STREAM : (c->flags & C_ONEBUF);
     tp_recv_arm(w, c, head ? HEAD_RECV : stream ? w->bufs.size : 0);
 }
 
@@ -45,7 +45,7 @@ static void link_txn(struct worker *w, struct txn *t, struct conn *u)
     c->peer = t->up;
     dial_busy(w, u);
     w->srv[u->slot].requests++;
-    if (t->sink == TS_STREAM && (u->ops & (1u << OP_RECV)) && !(u->flags & C_HEADRECV))
+    if (t->sink == TS_STREAM && (u->ops & (1u << OP_RECV)) && !(u->flags & (C_HEADRECV | C_ONEBUF)))
         conn_cancel_ops_of(w, u, OP_RECV);   /* re-armed one buffer at a time */
 }
 
@@ -359,6 +359,13 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
     } else if (t) {
         u->flags &= ~C_HEADRECV;
     }
+    /* Idle, it waits with the receive the next transaction likely wants: a
+     * stream's single buffer (taken as it is, where a multishot one would
+     * cost a cancel per request), or the multishot one of HTTP/1.1. */
+    if (t && t->sink == TS_STREAM)
+        u->flags |= C_ONEBUF;
+    else if (t)
+        u->flags &= ~C_ONEBUF;
     u->txn = NIL;
     u->peer = NIL;
     u->nreq++;

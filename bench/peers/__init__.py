@@ -263,8 +263,8 @@ def all_contenders(ctx) -> list:
     return [
         uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx), uproxy.UproxySpliceIowq(ctx),
         uproxy.UproxySockmap(ctx), uproxy.UproxyPolicies(ctx),
-        nginx.Nginx(ctx), nginx.NginxBigbuf(ctx),
-        haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx),
+        nginx.Nginx(ctx), nginx.NginxBigbuf(ctx), nginx.NginxPolicies(ctx),
+        haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx), haproxy.HaproxyPolicies(ctx),
         traefik.Traefik(ctx), traefik.TraefikFast(ctx),
         envoy.Envoy(ctx),
         caddy.Caddy(ctx),

@@ -34,6 +34,16 @@ class Haproxy(Contender):
                   "curves X25519:P-256; tickets and session cache at their defaults (on)")
     h2_tuning = "bind proto h2 (h2c), bind ssl ... alpn h2,http/1.1; the same backend"
     splice = False
+    policies = False
+    # The common set of per-route policies (issue 16), as HAProxy writes
+    # them: the same as uproxy-policies' route (bench/peers/uproxy.py).
+    POLICIES = ("  stick-table type ip size 100k expire 10s store http_req_rate(1s)\n"
+                "  http-request track-sc0 src\n"
+                "  http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000 }\n"
+                "  http-request deny unless { src 127.0.0.0/8 }\n"
+                "  http-request set-header X-Env bench\n"
+                "  http-request set-path /64\n"
+                "  http-response add-header X-Served-By haproxy\n")
 
     def missing(self):
         if not os.path.exists(HAPROXY):
@@ -99,7 +109,7 @@ defaults
 {splice}
 frontend fe_http
   bind 127.0.0.1:{self.http_port}
-  default_backend be_http
+{self.POLICIES if self.policies else ""}  default_backend be_http
 
 backend be_http
   server s1 127.0.0.1:{c.upstream_port}
@@ -129,3 +139,18 @@ class HaproxySplice(Haproxy):
                          for w in ("tls64", "tls64k", "tls_full", "tls_resume")})
     skip_reasons.update({w: "same as haproxy (splicing matters for large payloads only)"
                          for w in H2_WORKLOADS})
+
+
+class HaproxyPolicies(Haproxy):
+    """HAProxy with the common set of policies on its frontend, as
+    uproxy-policies has on its route."""
+    name = "haproxy-policies"
+    label = "HAProxy, policies"
+    tuning = ("as haproxy, the frontend with http-request set-header, http-response add-header, set-path, "
+              "deny unless src 127.0.0.0/8, a stick-table request rate limit (never reached)")
+    family = "haproxy-policies"        # a row of its own, outside the gates' best peer
+    policies = True
+    workloads = ("http64",)
+    skip_reasons = {w: "only http64 measures the policies' cost"
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
+                              "tls_full", "tls_resume") + H2_WORKLOADS}

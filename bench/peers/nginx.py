@@ -65,6 +65,15 @@ class Nginx(Contender):
     tls_tuning = ("ssl_session_cache shared:SSL:10m, ssl_session_timeout 10m, ssl_session_tickets on; "
                   "ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256, ssl_ecdh_curve X25519:prime256v1")
     bigbuf = False
+    policies = False
+    # The common set of per-route policies (issue 16), as nginx writes them:
+    # the same as uproxy-policies' route (bench/peers/uproxy.py).
+    ZONE = "  limit_req_zone $binary_remote_addr zone=perip:10m rate=1000000r/s;\n"
+    POLICIES = ("      proxy_set_header X-Env bench;\n"
+                "      add_header X-Served-By nginx;\n"
+                "      rewrite ^ /64 break;\n"
+                "      allow 127.0.0.0/8;\n      deny all;\n"
+                "      limit_req zone=perip burst=1000000 nodelay;\n")
     h2_tuning = "listen ... http2 (h2c) and listen ... ssl http2 (ALPN h2), the same location and TLS settings"
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64",
                  "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS
@@ -86,7 +95,7 @@ class Nginx(Contender):
                    "      proxy_busy_buffers_size 128k;\n") if self.bigbuf else ""
         sbuf = "    proxy_buffer_size 256k;\n" if self.bigbuf else ""
         location = f"""    location / {{
-      proxy_pass http://up;
+{self.POLICIES if self.policies else ""}      proxy_pass http://up;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
 {buffers}    }}
@@ -141,7 +150,7 @@ http {{
   keepalive_timeout 300s;
   keepalive_requests 100000000;
 {temp_paths(d)}
-  upstream up {{
+{self.ZONE if self.policies else ""}  upstream up {{
     server 127.0.0.1:{c.upstream_port};
     keepalive 256;
     keepalive_requests 100000000;
@@ -166,3 +175,19 @@ class NginxBigbuf(Nginx):
     skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
                     for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")
                     + H2_WORKLOADS}
+
+
+class NginxPolicies(Nginx):
+    """nginx with the common set of policies on its location, as
+    uproxy-policies has on its route: against plain nginx it is the cost of
+    nginx's equivalents."""
+    name = "nginx-policies"
+    label = "nginx, policies"
+    tuning = ("as nginx, the location with proxy_set_header, add_header, rewrite ^ /64 break, "
+              "allow 127.0.0.0/8 + deny all, limit_req (never reached)")
+    family = "nginx-policies"        # a row of its own, outside the gates' best peer
+    policies = True
+    workloads = ("http64",)
+    skip_reasons = {w: "only http64 measures the policies' cost"
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
+                              "tls_full", "tls_resume") + H2_WORKLOADS}

@@ -214,7 +214,7 @@ class UproxyPolicies(Uproxy):
              'rewrite = { replace_path = "/64" }', 'allow = ["127.0.0.0/8"]',
              'rate_limit = { rate = 1000000, burst = 1000000 }', '']
 
-    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
-        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port)
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None, **kw):
+        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port, **kw)
         head = f'bind = "127.0.0.1:{http_port}"\nmode = "http"\ncluster = "up"\n'
         return text.replace(head, head + "\n".join(self.ROUTE), 1) if with_http else text

@@ -248,6 +248,42 @@ def check(res) -> list:
             gate("G8", what, f"{u[0]:.1f} µs", f"≤ {f8 * best[0]:.1f} µs ({f8:.1f} x {_label(res, best[1])} "
                  f"{best[0]:.1f})", "PASS" if u[0] <= f8 * best[0] else "FAIL", _round_ratios(u, best), part)
 
+    # G9: L4 with sockmap against the transfer without a proxy, one stream
+    # and 64: Gbit/s at least 0.9x the direct transfer's, and the least
+    # machine CPU per GiB added to the direct transfer's of every contender.
+    for w, n in (("l4_1", "one stream"), ("l4_64", "64 streams")):
+        if w not in res.get("workloads", []):
+            gate("G9", f"L4 sockmap, {n}: ≥ 0.9x direct Gbit/s, least added machine CPU/GiB", "–", "",
+                 "NOT RUN", f"workload {w} not in this run", n)
+            continue
+        what = f"L4 sockmap, {n}: Gbit/s ≥ 0.9x direct, least added machine CPU-s/GiB of all"
+        ws = s.get(w, {})
+
+        def med(name, key):
+            m = ws.get(name, {}).get("metrics", {}).get(key)
+            return m["median"] if m else None
+        dg, dc = med("direct", "gbps"), med("direct", "machine_cpu_s_per_gib")
+        ug, uc = med("uproxy-sockmap", "gbps"), med("uproxy-sockmap", "machine_cpu_s_per_gib")
+        if dg is None or dc is None:
+            gate("G9", what, "–", "", "PENDING", "the direct transfer was not measured", n)
+            continue
+        if ug is None or uc is None:
+            gate("G9", what, "–", f"≥ {0.9 * dg:.1f} Gbit/s", "PENDING",
+                 _pending(s, w, res) if "uproxy-sockmap" not in ws else
+                 (ws["uproxy-sockmap"].get("missing") or ws["uproxy-sockmap"].get("skipped") or "no figure"), n)
+            continue
+        added = {}
+        for name in ws:
+            c = med(name, "machine_cpu_s_per_gib")
+            if name != "direct" and c is not None:
+                added[name] = c - dc
+        least = min(added.items(), key=lambda kv: kv[1])
+        ok = ug >= 0.9 * dg and least[0] == "uproxy-sockmap"
+        others = "; ".join(f"{_label(res, k)} +{v:.3f}" for k, v in sorted(added.items(), key=lambda kv: kv[1]))
+        gate("G9", what, f"{ug:.1f} Gbit/s, +{uc - dc:.3f} CPU-s/GiB",
+             f"≥ {0.9 * dg:.1f} Gbit/s (0.9 x direct {dg:.1f}); least added (direct {dc:.3f} CPU-s/GiB)",
+             "PASS" if ok else "FAIL", "added machine CPU-s/GiB: " + others, n)
+
     # A gate whose workload this run did not include says so.
     need = {"G1": "http64", "G2": "rate", "G3": "http64k", "G4": "l4_1", "G5": "idle"}
     for g in gates:

@@ -17,7 +17,7 @@ H2_END = "<!-- /h2-section -->"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-ORDER = ["uproxy", "uproxy-buffered", "uproxy-splice-iowq", "uproxy-sockmap", "uproxy-policies", "nginx", "nginx-bigbuf",
+ORDER = ["direct", "uproxy", "uproxy-buffered", "uproxy-splice-iowq", "uproxy-sockmap", "uproxy-policies", "nginx", "nginx-bigbuf",
          "nginx-policies", "haproxy", "haproxy-splice", "haproxy-policies",
          "envoy", "traefik", "traefik-fast", "caddy"]
 

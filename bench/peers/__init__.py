@@ -259,8 +259,8 @@ def write(path: str, text: str):
 
 
 def all_contenders(ctx) -> list:
-    from . import caddy, envoy, haproxy, nginx, traefik, uproxy
-    return [
+    from . import caddy, direct, envoy, haproxy, nginx, traefik, uproxy
+    return [direct.Direct(ctx),
         uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx), uproxy.UproxySpliceIowq(ctx),
         uproxy.UproxySockmap(ctx), uproxy.UproxyPolicies(ctx),
         nginx.Nginx(ctx), nginx.NginxBigbuf(ctx), nginx.NginxPolicies(ctx),

@@ -32,6 +32,9 @@ def parse_args(argv):
     p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
     p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
     p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
+    p.add_argument("--probe-pairs", type=int,
+                   help="pairs of http64 runs with uproxy top's eBPF probes off and on, for their cost "
+                        "(default 10; --quick 2; 0 skips; not run with --workloads unless given)")
     p.add_argument("--no-tls-libs", action="store_true",
                    help="skip the TLS library comparison (bench/tls_libs.c) that runs with the TLS workloads")
     p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
@@ -54,6 +57,8 @@ def parse_args(argv):
     a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
     a.idle_conns = a.idle_conns or 5000
     a.requests = a.requests or (1000 if q else 2000)
+    if a.probe_pairs is None:
+        a.probe_pairs = 0 if (a.workloads or a.from_json) else (2 if q else 10)
     if a.docs is None:
         a.docs = not q and not a.only and not a.workloads and not a.from_json
     return a
@@ -218,6 +223,13 @@ def main(argv=None) -> int:
                     continue
                 rows[c.name] = run_contender(ctx, c, rnd, todo, res)
             res["rounds"].append(rows)
+        # ---- uproxy alone: what the dashboard's eBPF probes cost ------------
+        if a.probe_pairs > 0 and (not a.only or "uproxy" in a.only.split(",")):
+            from . import probe_cost
+            say(f"the probes' cost: {a.probe_pairs} pairs of http64 runs, probes off and on")
+            res["probe_cost"] = probe_cost.measure(ctx, say, a.probe_pairs, max(2.0, a.duration / 2))
+            if "skipped" in res["probe_cost"]:
+                say(f"  not measured: {res['probe_cost']['skipped']}")
         # ---- uproxy alone: instructions, cache misses, allocations, PMU ----
         if not a.no_valgrind and (not a.only or "uproxy" in a.only.split(",")):
             from . import valgrind

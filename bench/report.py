@@ -569,7 +569,10 @@ def h2_md(res) -> str:
 
 
 def console(res) -> str:
-    out = ["", tables(res, with_range=True), "Gates (DESIGN.md §3):"]
+    out = ["", tables(res, with_range=True)]
+    if res.get("probe_cost"):
+        out += ["The probes' cost: " + __import__("bench.probe_cost", fromlist=["md"]).md(res)]
+    out += ["Gates (DESIGN.md §3):"]
     for g in res.get("gates", []):
         out.append(f"  {g['id']} {g['status']:7} {g['what']}: uproxy {g['value']} vs {g['bound']}")
     return "\n".join(out)
@@ -670,6 +673,7 @@ def document(res, png_prefix="") -> str:
         "{{TABLES}}": tables(res, tls=False),
         "{{TLS}}": tls_md(res),
         "{{H2}}": h2_md(res),
+        "{{PROBES}}": __import__("bench.probe_cost", fromlist=["md"]).md(res),
         "{{PROFILE}}": profile_md(res),
         "{{NOISE}}": noise_md(res),
         "{{ANCHORS}}": anchors_md(res),

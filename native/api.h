@@ -74,10 +74,23 @@ struct up_server_wstate {
     uint64_t pad[6];
 };
 
+/* A cluster's circuit breaker states (upstream/breaker.c). */
+#define UP_BRK_CLOSED 0
+#define UP_BRK_OPEN   1
+#define UP_BRK_HALF   2       /* half-open: a few probes decide */
+
+/* One worker's state of one cluster, written by that worker only; one
+ * cache line. A reload starts from a new table: the breaker closed. */
 struct up_cluster_wstate {
     uint32_t rr_next;
-    uint32_t pad0;
-    uint64_t pad[7];
+    uint32_t breaker;         /* UP_BRK_* */
+    uint64_t until_ms;        /* open: until when; closed: the current half window's end */
+    uint32_t req[2], err[2], slow[2];  /* [0] this half window, [1] the one before */
+    uint32_t probes;          /* half-open: probes let through */
+    uint32_t probe_ok;        /* half-open: probes that succeeded */
+    uint32_t active;          /* requests under way to the cluster (retry budget) */
+    uint32_t retrying;        /* of which retried (retry budget) */
+    uint64_t pad;
 };
 
 #define UP_HASH_CLIENT_IP 1
@@ -111,6 +124,21 @@ struct up_cluster {
     uint32_t pad;
     struct up_ring_point *ring;   /* sorted by hash */
     void **tls;               /* [nworkers]: up_tls_client_new()'s, or NULL: plain */
+    /* circuit breaker (upstream/breaker.c; docs/resilience.md), per worker;
+     * brk_window_ms 0: none */
+    uint32_t brk_window_ms;   /* shares are taken over the last half to whole window */
+    uint32_t brk_error_permille;  /* open at this share of errors (0: not on errors) */
+    uint32_t brk_latency_ms;  /* open when the percentile's latency passes it (0: off) */
+    uint32_t brk_slow_permille;   /* that is: when more than this share is slower */
+    uint32_t brk_min_requests;/* in the window, before a share counts */
+    uint32_t brk_open_ms;     /* open (fail fast) this long, then half-open */
+    uint32_t brk_probes;      /* half-open: probes let through, all must succeed */
+    uint32_t brk_reply_off, brk_reply_len;  /* the whole 503 answer, in strings */
+    uint32_t retry_budget;    /* 1: retries under way at most */
+    uint32_t budget_permille; /*   max(budget_min, this share of requests under way) */
+    uint32_t budget_min;
+    uint32_t max_in_flight;   /* per server, over all workers (0: no limit) */
+    uint32_t proxy_protocol;  /* 0, or 1 / 2: a PROXY header first on each new connection */
 };
 
 #define UP_ROUTE_HOST_ANY    0
@@ -391,6 +419,12 @@ enum up_counter {
     UP_C_H2_FLOODS,           /* connections cut for frames that do nothing (GOAWAY) */
     UP_C_H2_ARENA_BYTES,      /* gauge: bytes of the codec's arena carved (committed at most) */
     UP_C_H2_ARENA_ALLOCS,     /* the codec's allocations, all served by the arena */
+    /* resilience (docs/resilience.md) */
+    UP_C_BREAKER_OPENS,       /* circuit breakers that opened (closed or half-open -> open) */
+    UP_C_BREAKER_FAST_FAILS,  /* requests answered 503 by an open breaker */
+    UP_C_RETRY_BUDGET_EXHAUSTED, /* retries not made: the cluster's retry budget was spent */
+    UP_C_SERVERS_FULL,        /* requests or sessions refused: every server at max_in_flight */
+    UP_C_PROXY_SENT,          /* PROXY headers sent to upstreams */
     UP_C__COUNT
 };
 
@@ -540,7 +574,14 @@ struct up_shm_wserver {
     uint64_t resp_5xx;        /* http: responses of status 500-599 it sent */
     uint64_t timeouts;        /* connects and (http) response heads that timed out */
     uint64_t ejections;       /* passive ejections (fail_threshold failures in a row) */
-    uint64_t pad[5];          /* two whole cache lines: workers write their own rows */
+    uint64_t full;            /* picks that passed it over: at its max_in_flight */
+    /* A cluster's own counters sit in the row of its first server (the
+     * readers sum a cluster's rows): */
+    uint64_t breaker_opens;   /* its breaker opened */
+    uint64_t fast_fails;      /* requests its open breaker answered 503 */
+    uint64_t budget_exhausted;/* retries its retry budget refused */
+    uint64_t breaker_state;   /* gauge: UP_BRK_* in this worker */
+                              /* two whole cache lines: workers write their own rows */
 };
 
 /* ---- TLS (native/transport/tls*.c) ------------------------------------

@@ -164,6 +164,16 @@ EVERY_POLICY = {
 }
 
 
+# The cluster's side: a circuit breaker (on errors and latency), a retry
+# budget and a per-server in-flight limit, none of which the requests trip.
+EVERY_CLUSTER_POLICY = {
+    "circuit_breaker": {"error_ratio": 0.5, "latency": "5s", "window": "10s",
+                        "min_requests": 20, "open_for": "30s", "half_open_requests": 3},
+    "retry_budget": {"ratio": 0.2, "min_retries": 3},
+    "max_in_flight": 1000,
+}
+
+
 def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mtls=False,
                             redirect=False, conns=4, locks=False, policies=False):
     """The worker's allocation count after warm-up and n keep-alive requests
@@ -220,7 +230,10 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
                               client_fingerprint_header="X-Client-Cert-Sha256")
             ctx.load_cert_chain(str(d / "cc.pem"), str(d / "ck.pem"))
         wrap = lambda s: ctx.wrap_socket(s, server_hostname="localhost")   # noqa: E731
-    cfg = render_config({"workers": 1}, [lst], [{"name": "c", "servers": [up.addr]}])
+    cluster = {"name": "c", "servers": [up.addr]}
+    if policies:                         # and the cluster's resilience (docs/resilience.md)
+        cluster.update(EVERY_CLUSTER_POLICY)
+    cfg = render_config({"workers": 1}, [lst], [cluster])
     p = Proxy(tmp_path, cfg, env={"LD_PRELOAD": so, "UPROXY_ALLOC_LOG": log,
                                   "UPROXY_LOCK_LOG": lock_log, **profile_env})
     try:

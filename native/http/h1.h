@@ -104,7 +104,7 @@ struct txn {
     uint8_t logging;                    /* lr is being filled */
     uint8_t keep_underscores;           /* the listener's underscores_in_headers */
     uint8_t sink;                       /* enum txn_sink */
-    uint8_t pad3;
+    uint8_t brk;                        /* its cluster's breaker ticket (enum brk_ticket) */
     const struct up_listener *listener; /* its client's (in cfg, which the txn holds) */
     const char *reply;                  /* TS_STREAM: the proxy's own answer (HTTP/1.1 text) */
     uint32_t reply_len;
@@ -112,7 +112,7 @@ struct txn {
     uint32_t inflight;                  /* 1 + the in-flight slot it counts in, or 0 */
     uint16_t line_len;                  /* a rewritten request line in line[] (0: none) */
     uint8_t real_len;                   /* the client's address for policies: 4 or 16 */
-    uint8_t pad4;
+    uint8_t res;                        /* RES_* (h1_resilience.c) */
     uint8_t real_addr[16];              /* (the peer's, or through trusted proxies) */
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
@@ -163,6 +163,19 @@ void h1_count_request(struct worker *w, const struct conn *c);
 void h1_count_response(struct worker *w, const struct conn *c, uint16_t status);
 void h1_count_status(struct worker *w, const struct conn *c, uint16_t status);  /* and the error kinds */
 void h1_tunnel(struct worker *w, struct txn *t);
+
+/* h1_resilience.c: the cluster's circuit breaker and retry budget, for a
+ * transaction (docs/resilience.md). res_admit: false when the breaker
+ * refused it (503 sent). res_result: the outcome (status of the response
+ * head, or of the proxy's answer when the upstream failed). res_retry: may
+ * it be retried? res_end: what it holds given back (txn_free). */
+#define RES_ADMITTED 1
+#define RES_ACTIVE   2
+#define RES_RETRIED  4
+bool res_admit(struct worker *w, struct txn *t);
+void res_result(struct worker *w, struct txn *t, uint16_t status);
+bool res_retry(struct worker *w, struct txn *t);
+void res_end(struct worker *w, struct txn *t);
 
 /* h1_redirect.c */
 uint32_t h1_host_part(const uint8_t *h, uint32_t n);

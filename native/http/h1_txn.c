@@ -399,6 +399,8 @@ void txn_free(struct worker *w, struct txn *t)
     splice_release(w, t);
     if (__builtin_expect(t->pol != NULL, 0))
         pol_end(w, t);
+    if (__builtin_expect(t->res != 0, 0))
+        res_end(w, t);
     if (t->cfg) {
         t->cfg->refs[w->o.index * 8]--;
         t->cfg = NULL;
@@ -674,6 +676,8 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         return 0;
     }
     t->status = r->status;
+    if (__builtin_expect(t->brk != 0, 0))
+        res_result(w, t, r->status);  /* its cluster's breaker learns the outcome */
     t->resp_body = r->body;
     t->resp_left = r->content_length;
     if (r->body == H1_BODY_CHUNKED)
@@ -933,6 +937,8 @@ void h1_count_status(struct worker *w, const struct conn *c, uint16_t status)
 void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_client)
 {
     struct conn *c = &w->conns[t->client];
+    if (__builtin_expect(t->brk != 0, 0) && (status == 502 || status == 504))
+        res_result(w, t, status);     /* the upstream failed, or timed out */
     splice_abort(w, t);
     log_end(w, t, status && !(t->flags & TF_REPLIED) ? status : t->status);
     if (t->up != NIL) {

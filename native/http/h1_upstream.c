@@ -55,6 +55,8 @@ static void dial_server(struct worker *w, struct txn *t, struct conn *u);
 void h1_upstream_assign(struct worker *w, struct txn *t)
 {
     const struct up_config *cfg = t->cfg;
+    if (!(t->res & RES_ADMITTED) && !res_admit(w, t))
+        return;                       /* its cluster's breaker is open: 503 sent */
     int s = balance_pick(w, cfg, t->cluster, t->server, t->hash_key);
     if (s < 0 && t->server != NIL)
         s = balance_pick(w, cfg, t->cluster, NIL, t->hash_key);
@@ -105,6 +107,15 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         balance_result(w, t->cfg, t->server, true);
         u->state = CS_OPEN;
         const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
+        if (cl->proxy_protocol) {
+            /* The PROXY header first, before TLS and the request. */
+            const struct conn *c = h1_wire(w, &w->conns[t->client]);
+            int e = proxy_send(w, u, cl->proxy_protocol, c->addr, c->addr_len, c->port, c->fd);
+            if (e < 0) {
+                h1_upstream_failed(w, t, e);
+                return;
+            }
+        }
         if (cl->tls && cl->tls[w->o.index]) {
             /* TLS first: the request goes once the handshake is done. */
             if (tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
@@ -121,7 +132,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     }
     dial_failed(w, u, t->cfg, res);
     const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
-    if (t->attempts >= cl->max_attempts) {
+    if (t->attempts >= cl->max_attempts || !res_retry(w, t)) {
         txn_abort(w, t, 502, false);
         return;
     }
@@ -165,7 +176,7 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
     w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_OTHER]++;
     w->srv[u->slot].errors++;
     if ((t->flags & TF_REUSED) && !(t->flags & (TF_RETRIED | TF_RESP_HEAD | TF_REPLIED | TF_INTERIM)) &&
-        retryable(t)) {
+        retryable(t) && res_retry(w, t)) {
         /* Detach the dead connection, then start over from the request's
          * head, which is still in the client's queue. */
         u->peer = NIL;

@@ -540,6 +540,13 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         u->state = CS_OPEN;
         c->state = CS_OPEN;
         const struct up_cluster *cl = &u->cfg->clusters[c->cluster];
+        /* The PROXY header first (upstream/proxy_send.c): the client's
+         * address, received in a PROXY header of its own or its socket's. */
+        if (cl->proxy_protocol &&
+            proxy_send(w, u, cl->proxy_protocol, c->addr, c->addr_len, c->port, c->fd) < 0) {
+            abort_session(w, c, false, true);
+            return;
+        }
         if (cl->tls && cl->tls[w->o.index] && tp_tls_connect(w, u, cl->tls[w->o.index], NULL) < 0) {
             abort_session(w, c, true, true);
             return;

@@ -18,11 +18,50 @@ static inline uint64_t load(struct worker *w, const struct up_config *cfg, uint3
     return srv_stats(w, cfg, s)->in_flight;
 }
 
+/* A cluster's max_in_flight, per server over all workers: each worker's
+ * row of the statistics segment is its own, the sum is read without a
+ * lock (relaxed loads), so it may be off by the few requests other
+ * workers start in the same instant. */
+static uint64_t load_all(struct worker *w, const struct up_config *cfg, uint32_t s)
+{
+    uint32_t slot = cfg->servers[s].stat_slot;
+    const struct up_shm_wserver *row0 = w->srv - (size_t)w->o.index * UP_MAX_SERVERS;
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < cfg->nworkers; i++)
+        sum += __atomic_load_n(&row0[(size_t)i * UP_MAX_SERVERS + slot].in_flight,
+                               __ATOMIC_RELAXED);
+    return sum;
+}
+
+static bool full(struct worker *w, const struct up_config *cfg, uint32_t s, uint32_t max)
+{
+    if (load_all(w, cfg, s) < max)
+        return false;
+    w->srv[cfg->servers[s].stat_slot].full++;
+    return true;
+}
+
+/* After no pick: was a server up but full? (counted as such) */
+static bool any_full(struct worker *w, const struct up_config *cfg, const struct up_cluster *cl)
+{
+    for (uint32_t i = 0; i < cl->nservers; i++) {
+        uint32_t s = cl->first_server + i;
+        if (__atomic_load_n(&cfg->server_health[s], __ATOMIC_RELAXED) &&
+            wstate(w, cfg, s)->ejected_until_ms <= w->now_ms &&
+            load_all(w, cfg, s) >= cl->max_in_flight)
+            return true;
+    }
+    return false;
+}
+
 static bool usable(struct worker *w, const struct up_config *cfg, uint32_t s, uint32_t avoid)
 {
     if (s == avoid || !__atomic_load_n(&cfg->server_health[s], __ATOMIC_RELAXED))
         return false;
-    return wstate(w, cfg, s)->ejected_until_ms <= w->now_ms;
+    if (wstate(w, cfg, s)->ejected_until_ms > w->now_ms)
+        return false;
+    uint32_t max = cfg->clusters[cfg->servers[s].cluster].max_in_flight;
+    return !max || !full(w, cfg, s, max);
 }
 
 /* xorshift: p2c needs cheap, not good, randomness. */
@@ -132,17 +171,25 @@ int balance_pick(struct worker *w, const struct up_config *cfg, uint32_t cluster
     const struct up_cluster *cl = &cfg->clusters[cluster];
     if (!cl->nservers)
         return -1;
+    int s;
     switch (cl->balance) {
     case UP_BALANCE_LEAST_CONN:
-        return pick_least(w, cfg, cluster, avoid);
+        s = pick_least(w, cfg, cluster, avoid);
+        break;
     case UP_BALANCE_P2C:
-        return pick_p2c(w, cfg, cluster, avoid);
+        s = pick_p2c(w, cfg, cluster, avoid);
+        break;
     case UP_BALANCE_HASH:
-        return pick_hash(w, cfg, cl, avoid, key);
+        s = pick_hash(w, cfg, cl, avoid, key);
+        break;
     case UP_BALANCE_ROUND_ROBIN:
     default:
-        return pick_rr(w, cfg, cl, avoid);
+        s = pick_rr(w, cfg, cl, avoid);
+        break;
     }
+    if (s < 0 && cl->max_in_flight && avoid == NIL && any_full(w, cfg, cl))
+        w->c[UP_C_SERVERS_FULL]++;
+    return s;
 }
 
 /* Passive health: consecutive failures eject a server for a cool-down. */

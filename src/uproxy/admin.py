@@ -125,6 +125,7 @@ class SegmentCollector:
             "resp_5xx": (CounterMetricFamily, "HTTP responses of status 500-599 it sent"),
             "timeouts": (CounterMetricFamily, "Connects and HTTP response heads that timed out"),
             "ejections": (CounterMetricFamily, "Passive ejections (fail_threshold failures in a row)"),
+            "full": (CounterMetricFamily, "Picks that passed it over: at the cluster's max_in_flight"),
         }
         servers = [s for s in snap["servers"] if s["in_use"]]
         for f, (cls, doc) in fields.items():
@@ -132,6 +133,25 @@ class SegmentCollector:
             for s in servers:
                 fam.add_metric([s["cluster"], s["address"]], s[f])
             yield fam
+        # Per cluster: circuit breaker and retry budget (docs/resilience.md).
+        cdocs = {
+            "breaker_opens": "Times its circuit breaker opened (summed over workers)",
+            "fast_fails": "Requests its open circuit breaker answered with 503",
+            "budget_exhausted": "Retries its retry budget refused",
+        }
+        cls_ = snap.get("clusters", {})
+        for f, doc in cdocs.items():
+            fam = CounterMetricFamily(f"uproxy_cluster_{f}", doc, labels=["cluster"])
+            for name, c in cls_.items():
+                fam.add_metric([name], c[f])
+            yield fam
+        fam = GaugeMetricFamily("uproxy_cluster_breaker_open",
+                                "Workers in which its circuit breaker is open or half-open",
+                                labels=["cluster", "state"])
+        for name, c in cls_.items():
+            for st in ("open", "half-open"):
+                fam.add_metric([name, st], sum(1 for b in c["breaker"] if b == st))
+        yield fam
         # Per listener, as HAProxy's frontends: every listener, access log or not.
         lsts = [l for l in snap.get("listeners", []) if l["in_use"]]
         fam = CounterMetricFamily("uproxy_listener_connections", "Client connections accepted",

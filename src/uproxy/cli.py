@@ -291,6 +291,17 @@ def cmd_stats(a) -> int:
             name = f"{sv['cluster']}/{sv['address']}"
             print(f"  {name:{w}}  {sv['health']:9} "
                   + " ".join(f"{sv['requests' if c == 'sessions' else c]:>14}" for c in cols))
+    # Clusters whose breaker or budget did something (docs/resilience.md).
+    busy = {n: c for n, c in snap.get("clusters", {}).items()
+            if c["breaker_opens"] or c["fast_fails"] or c["budget_exhausted"]
+            or any(b != "closed" for b in c["breaker"])}
+    if busy:
+        print("clusters:")
+        for n, c in busy.items():
+            states = ", ".join(f"worker {i}: {b}" for i, b in enumerate(c["breaker"]))
+            print(f"  {n}  breaker opened {c['breaker_opens']}x, fast-failed "
+                  f"{c['fast_fails']}, retries refused by budget {c['budget_exhausted']} "
+                  f"({states})")
     return 0
 
 

@@ -320,6 +320,27 @@ class DNSName:
 
 
 @dataclass(frozen=True)
+class CircuitBreaker:
+    """circuit_breaker = { ... } on a cluster (docs/resilience.md): per
+    worker, open on an error share or a latency percentile over a window."""
+    error_ratio: float = 0.5             # 0: not on errors
+    latency_ms: int = 0                  # 0: not on latency
+    latency_percentile: float = 99.0     # open when this percentile passes latency
+    window_ms: int = 10000
+    min_requests: int = 20
+    open_ms: int = 30000                 # open_for
+    half_open_requests: int = 3
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """retry_budget = { ratio, min_retries } on a cluster: retries under
+    way at most max(min_retries, ratio x requests under way), per worker."""
+    ratio: float = 0.2
+    min_retries: int = 3
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     servers: tuple
@@ -337,6 +358,10 @@ class Cluster:
     tls: "ClusterTLS | None" = None      # TLS to the servers
     dns: DNS | None = None               # re-resolve names (names), not only at load
     names: tuple = ()                    # DNSName: servers that DNS adds to servers
+    circuit_breaker: CircuitBreaker | None = None
+    retry_budget: RetryBudget | None = None
+    max_in_flight: int = 0               # per server, over all workers (0: no limit)
+    proxy_protocol: str | None = None    # "v1" or "v2": a PROXY header to the servers
 
 
 @dataclass(frozen=True)
@@ -929,9 +954,63 @@ def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
                          servers + tuple(n for n in names if n.kind == "A")),
         dns=dns,
         names=names,
+        circuit_breaker=_circuit_breaker(errs, f"clusters[{i}].circuit_breaker",
+                                         r.get("circuit_breaker")),
+        retry_budget=_retry_budget(errs, f"clusters[{i}].retry_budget", r.get("retry_budget")),
+        max_in_flight=r.int("max_in_flight", 0, lo=0, hi=10_000_000),
+        proxy_protocol=_proxy_send(r),
     )
     r.done()
     return c
+
+
+def _ratio(r, name, default, lo=0.0, hi=1.0):
+    v = r.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        r.fail(name, f"must be a number between {lo:g} and {hi:g} (got {v!r})")
+        return default
+    return float(v)
+
+
+def _circuit_breaker(errs, key, raw) -> CircuitBreaker | None:
+    if raw is None or raw is False:
+        return None
+    r = _Reader(errs, key, {} if raw is True else raw)
+    b = CircuitBreaker(
+        error_ratio=_ratio(r, "error_ratio", 0.5),
+        latency_ms=r.duration_ms("latency", 0, lo=0, hi=3600_000),
+        latency_percentile=_ratio(r, "latency_percentile", 99.0, lo=50.0, hi=99.9),
+        window_ms=r.duration_ms("window", 10000, lo=100, hi=3600_000),
+        min_requests=r.int("min_requests", 20, lo=1, hi=1_000_000),
+        open_ms=r.duration_ms("open_for", 30000, lo=100, hi=86400_000),
+        half_open_requests=r.int("half_open_requests", 3, lo=1, hi=1000),
+    )
+    if r.ok and b.error_ratio == 0 and b.latency_ms == 0:
+        r.fail("error_ratio", "and latency are both off: the breaker would never open "
+                              "(give error_ratio > 0 or a latency, or remove circuit_breaker)")
+    r.done()
+    return b
+
+
+def _retry_budget(errs, key, raw) -> RetryBudget | None:
+    if raw is None or raw is False:
+        return None
+    r = _Reader(errs, key, {} if raw is True else raw)
+    b = RetryBudget(ratio=_ratio(r, "ratio", 0.2),
+                    min_retries=r.int("min_retries", 3, lo=0, hi=1_000_000))
+    r.done()
+    return b
+
+
+def _proxy_send(r) -> str | None:
+    v = r.get("proxy_protocol", None)
+    if v is None or v is False:
+        return None
+    if v not in ("v1", "v2"):
+        r.fail("proxy_protocol", f"must be \"v1\" or \"v2\" (the PROXY protocol version "
+                                 f"sent to the servers), not {v!r}")
+        return None
+    return v
 
 
 def _health(errs, key, raw) -> Health | None:

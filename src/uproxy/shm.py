@@ -25,7 +25,9 @@ COUNTERS = [name[len("UP_C_"):].lower()
 GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use", "pool_idle", "h2_arena_bytes"}
 HISTS = ("request", "upstream", "connect")
 WSERVER_FIELDS = ("active", "in_flight", "requests", "connects", "connect_errors", "errors",
-                  "idle", "reused", "resp_5xx", "timeouts", "ejections")
+                  "idle", "reused", "resp_5xx", "timeouts", "ejections", "full")
+# A cluster's own counters, kept in its servers' rows (summed per cluster).
+CLUSTER_FIELDS = ("breaker_opens", "fast_fails", "budget_exhausted")
 STATES = {0: "new", 1: "running", 2: "draining", 3: "stopped", 4: "failed"}
 
 
@@ -502,7 +504,10 @@ class Reader:
                 "in_use": bool(sv.in_use),
                 "health": {0: "down", 1: "up"}.get(int(sv.health), "unchecked"),
                 **{f: sum(int(getattr(x, f)) for x in per) for f in WSERVER_FIELDS},
+                "_cluster": [{f: int(getattr(x, f)) for f in CLUSTER_FIELDS + ("breaker_state",)}
+                             for x in per],
             })
+        clusters = _clusters(servers, h.nworkers)
         events = []
         n = int(h.events_written)
         for i in range(max(0, n - lib.UP_NEVENTS), n):
@@ -524,6 +529,7 @@ class Reader:
             "latency": {k: hist.summary(v) for k, v in merged.items()},
             "hist": merged,
             "servers": servers,
+            "clusters": clusters,
             "listeners": self.listener_stats(),
             "events": events,
         }
@@ -533,6 +539,23 @@ class Reader:
         del self.listeners, self.wlisteners
         self.buf = None
         self.mm.close()
+
+
+def _clusters(servers: list, nworkers: int) -> dict:
+    """Per cluster: its circuit breaker and retry budget counters (summed
+    over its servers' rows, where the core keeps them) and its breaker's
+    state in each worker (the row of its first server in use says it)."""
+    out = {}
+    for sv in servers:
+        rows = sv.pop("_cluster")
+        c = out.setdefault(sv["cluster"], {**{f: 0 for f in CLUSTER_FIELDS},
+                                           "breaker": ["closed"] * nworkers})
+        for i, r in enumerate(rows):
+            for f in CLUSTER_FIELDS:
+                c[f] += r[f]
+            if sv["in_use"] and r["breaker_state"]:
+                c["breaker"][i] = {1: "open", 2: "half-open"}.get(r["breaker_state"], "closed")
+    return out
 
 
 _OPNAMES = None

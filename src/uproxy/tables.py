@@ -539,6 +539,38 @@ class PolicyTables:
         t.ninflight, t.inflight = self.ninflight, inflight
 
 
+def breaker_answer(c) -> str:
+    """The whole 503 an open circuit breaker answers with (built here,
+    once): it names the cluster and says when to try again."""
+    secs = max(1, -(-c.circuit_breaker.open_ms // 1000))
+    body = (f"503 Service Unavailable: the upstream cluster {c.name!r} is failing and its "
+            f"circuit breaker is open; retry in {secs} s\n")
+    return ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            f"Retry-After: {secs}\r\nContent-Length: {len(body.encode())}\r\n"
+            f"Connection: close\r\n\r\n{body}")
+
+
+def resilience(cc, c, strings: "Strings"):
+    """A cluster's circuit breaker, retry budget, per-server in-flight
+    limit and PROXY header (docs/resilience.md) into its C table."""
+    b = c.circuit_breaker
+    if b is not None:
+        cc.brk_window_ms = b.window_ms
+        cc.brk_error_permille = round(b.error_ratio * 1000)
+        cc.brk_latency_ms = b.latency_ms
+        cc.brk_slow_permille = round((100.0 - b.latency_percentile) * 10)
+        cc.brk_min_requests = b.min_requests
+        cc.brk_open_ms = b.open_ms
+        cc.brk_probes = b.half_open_requests
+        cc.brk_reply_off, cc.brk_reply_len = strings.add(breaker_answer(c))
+    if c.retry_budget is not None:
+        cc.retry_budget = 1
+        cc.budget_permille = round(c.retry_budget.ratio * 1000)
+        cc.budget_min = c.retry_budget.min_retries
+    cc.max_in_flight = c.max_in_flight
+    cc.proxy_protocol = {"v1": 1, "v2": 2}.get(c.proxy_protocol, 0)
+
+
 class Tables:
     def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
                  slots: dict, tls_contexts: TLSContexts | None = None, lslots: dict | None = None):
@@ -600,6 +632,7 @@ class Tables:
                 cc.nring = len(pts)
             if c.name in self.tls.clusters:
                 cc.tls = self.tls.clusters[c.name]
+            resilience(cc, c, strings)
             first += len(c.servers)
 
         policies = PolicyTables(strings)

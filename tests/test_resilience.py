@@ -1,0 +1,275 @@
+"""A cluster's resilience (issue 16; docs/resilience.md): its circuit
+breaker, its retry budget, its per-server in-flight limit and the PROXY
+header it sends, through a real uproxy process, real upstreams that fail on
+command (tests/http_upstream.py) and real clients; PROXY headers checked
+by real receivers (nginx's proxy_protocol, uproxy's own)."""
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from http_upstream import HttpUpstream, Response
+from support import Server, free_port, wait_for
+from test_http import http_proxy
+from test_policies import get
+
+
+class Switch:
+    """An upstream's behaviour, changed by the test while it runs."""
+
+    def __init__(self, status=200, delay=0.0):
+        self.status, self.delay = status, delay
+
+    def __call__(self, req):
+        return Response(status=self.status, body=b"from upstream", delay=self.delay)
+
+
+def clusters(p) -> dict:
+    return p.stats()["clusters"]
+
+
+def metrics(admin_port) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_breaker_opens_on_errors_fails_fast_and_closes_after_probes(proxy_factory):
+    """Five 500s in the window open the breaker: the next request is
+    answered 503 at once, naming the cluster, with Retry-After, and never
+    reaches the upstream. After open_for a failing probe opens it again; once
+    the upstream is well, half_open_requests probes close it."""
+    sw = Switch(500)
+    up = HttpUpstream(sw)
+    admin = free_port()
+    p = http_proxy(proxy_factory, [up.addr], cluster={
+        "circuit_breaker": {"error_ratio": 0.5, "window": "10s", "min_requests": 5,
+                            "open_for": "1s", "half_open_requests": 2}},
+        extra=f'\n[admin]\nbind = "127.0.0.1:{admin}"\n')
+    for _ in range(5):
+        assert get(p.port)[0] == 500
+    st, hdrs, body = get(p.port)
+    assert st == 503, body
+    assert b"circuit breaker is open" in body and b"'c'" in body
+    assert dict(hdrs)["retry-after"] == "1"
+    assert len(up.requests) == 5                      # failed fast: not asked
+    c = clusters(p)["c"]
+    assert c["breaker_opens"] == 1 and c["fast_fails"] == 1 and c["breaker"] == ["open"]
+    assert p.total("breaker_fast_fails") == 1
+    # Half-open with the upstream still failing: the probe fails, it reopens.
+    time.sleep(1.1)
+    assert get(p.port)[0] == 500
+    assert get(p.port)[0] == 503
+    assert clusters(p)["c"]["breaker_opens"] == 2
+    # The upstream is well: two probes succeed and it closes.
+    sw.status = 200
+    time.sleep(1.1)
+    assert [get(p.port)[0] for _ in range(4)] == [200] * 4
+    assert clusters(p)["c"]["breaker"] == ["closed"]
+    assert len(up.requests) == 5 + 1 + 4
+    text = metrics(admin)
+    assert 'uproxy_cluster_breaker_opens_total{cluster="c"} 2.0' in text
+    assert 'uproxy_cluster_fast_fails_total{cluster="c"} 2.0' in text
+    assert 'uproxy_cluster_breaker_open{cluster="c",state="open"} 0.0' in text
+    out = subprocess.run([p.p.args[0], "-m", "uproxy", "stats", "--pid", str(p.pid)],
+                         capture_output=True, text=True, timeout=30)
+    assert "breaker opened 2x, fast-failed 2" in out.stdout, out.stdout + out.stderr
+    up.close()
+
+
+def test_breaker_opens_on_connect_failures_and_on_latency(proxy_factory):
+    """A dead server (502s) trips a breaker counting errors; a slow one
+    trips a breaker on latency (its 90th percentile over 100 ms) though
+    every answer is a 200."""
+    dead = free_port()
+    slow = HttpUpstream(Switch(200, delay=0.15))
+    p = http_proxy(proxy_factory, [f"127.0.0.1:{dead}"], cluster={
+        "max_attempts": 1, "fail_threshold": 0,
+        "circuit_breaker": {"window": "10s", "min_requests": 3, "open_for": "30s"}},
+        clusters=[{"name": "slow", "servers": [slow.addr],
+                   "circuit_breaker": {"error_ratio": 0, "latency": "100ms",
+                                       "latency_percentile": 90, "min_requests": 3,
+                                       "open_for": "30s"}}],
+        listener={"routes": [{"path_prefix": "/slow", "cluster": "slow"},
+                             {"path_prefix": "/", "cluster": "c"}]})
+    assert [get(p.port)[0] for _ in range(4)] == [502, 502, 502, 503]
+    assert [get(p.port, "/slow")[0] for _ in range(4)] == [200, 200, 200, 503]
+    cs = clusters(p)
+    assert cs["c"]["breaker"] == ["open"] and cs["slow"]["breaker"] == ["open"]
+    assert len(slow.requests) == 3
+    slow.close()
+
+
+def test_retry_budget_refuses_retries_past_its_share(proxy_factory):
+    """Round robin over a dead server and a live one: without a budget
+    every request that meets the dead one is retried on the live one (all
+    200); with a budget of no retries at all they get 502 and are counted;
+    min_retries = 1 lets one retry at a time go (sequential requests: all)."""
+    up = HttpUpstream()
+    dead = f"127.0.0.1:{free_port()}"
+    base = {"fail_threshold": 0, "max_attempts": 2}
+    p0 = http_proxy(proxy_factory, [dead, up.addr], cluster=dict(base))
+    assert [get(p0.port)[0] for _ in range(6)] == [200] * 6
+    p1 = http_proxy(proxy_factory, [dead, up.addr], cluster={
+        **base, "retry_budget": {"ratio": 0, "min_retries": 0}})
+    got = [get(p1.port)[0] for _ in range(6)]
+    assert sorted(got) == [200] * 3 + [502] * 3, got
+    assert p1.total("retry_budget_exhausted") == 3
+    assert clusters(p1)["c"]["budget_exhausted"] == 3
+    p2 = http_proxy(proxy_factory, [dead, up.addr], cluster={
+        **base, "retry_budget": {"ratio": 0.2, "min_retries": 1}})
+    assert [get(p2.port)[0] for _ in range(6)] == [200] * 6
+    assert p2.total("retry_budget_exhausted") == 0
+    up.close()
+
+
+def test_max_in_flight_per_server_skips_full_servers_then_503(proxy_factory):
+    """max_in_flight = 1 on a cluster of two slow servers: two requests at
+    once go one to each (a full server is passed over even by round robin's
+    turn), a third at the same time gets 503, counted."""
+    a, b = HttpUpstream(Switch(200, 0.8)), HttpUpstream(Switch(200, 0.8))
+    p = http_proxy(proxy_factory, [a.addr, b.addr], cluster={"max_in_flight": 1},
+                   proxy={"workers": 2})
+    results = []
+
+    def one():
+        results.append(get(p.port)[0])
+    ts = [threading.Thread(target=one) for _ in range(2)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: len(a.requests) + len(b.requests) == 2, what="both servers busy")
+    assert len(a.requests) == 1 and len(b.requests) == 1
+    assert get(p.port)[0] == 503
+    for t in ts:
+        t.join()
+    assert results == [200, 200]
+    assert p.total("servers_full") == 1
+    assert sum(s["full"] for s in p.stats()["servers"]) >= 2
+    assert get(p.port)[0] == 200                  # free again
+    a.close()
+    b.close()
+
+
+def _from(addr, port, data: bytes) -> bytes:
+    """A request from another loopback address: what the client's address
+    looks like once it has passed a proxy only a PROXY header can say."""
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(data)
+        out = b""
+        while (b := s.recv(65536)):
+            out += b
+        return out
+
+
+def test_proxy_protocol_to_uproxys_own_receiver(proxy_factory):
+    """A cluster with proxy_protocol = "v2" (and one with "v1") in front of
+    a uproxy listener with proxy_protocol = true: the upstream behind the
+    second proxy sees the first client's address (127.0.0.7), which only the
+    header carries."""
+    up = HttpUpstream()
+    inner = http_proxy(proxy_factory, [up.addr], listener={"proxy_protocol": True})
+    for version in ("v2", "v1"):
+        outer = http_proxy(proxy_factory, [f"127.0.0.1:{inner.port}"],
+                           cluster={"proxy_protocol": version})
+        out = _from("127.0.0.7", outer.port,
+                    b"GET /pp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert up.requests[-1].header("x-forwarded-for").split(",")[0].strip() == "127.0.0.7"
+        assert outer.total("proxy_sent") == 1
+    up.close()
+
+
+def test_proxy_protocol_from_a_tcp_listener_v1_exact_bytes(proxy_factory):
+    """An L4 listener's cluster with proxy_protocol = "v1": the server's
+    first bytes are the header naming the client and the address it
+    connected to, then the client's own bytes."""
+    got = []
+
+    def handle(c, _srv):
+        f = c.makefile("rb")
+        got.append(f.readline())
+        got.append(f.read(5))
+        c.sendall(b"done")
+    srv = Server(handle)
+    port = free_port()
+    p = proxy_factory([{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c"}],
+                      [{"name": "c", "servers": [srv.addr], "proxy_protocol": "v1"}],
+                      proxy={"workers": 1})
+    with socket.socket() as s:
+        s.bind(("127.0.0.9", 0))
+        s.connect(("127.0.0.1", port))
+        sport = s.getsockname()[1]
+        s.sendall(b"hello")
+        s.settimeout(5)
+        assert s.recv(10) == b"done"
+    assert got == [f"PROXY TCP4 127.0.0.9 127.0.0.1 {sport} {port}\r\n".encode(), b"hello"]
+    assert p.total("proxy_sent") == 1
+    srv.close()
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_to_nginx(proxy_factory, tmp_path, version):
+    """nginx with `listen ... proxy_protocol` answers $proxy_protocol_addr:
+    the client's address, as uproxy's header gave it."""
+    nport = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""
+daemon off; worker_processes 1; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};
+    fastcgi_temp_path {tmp_path}; uwsgi_temp_path {tmp_path}; scgi_temp_path {tmp_path};
+    server {{
+        listen 127.0.0.1:{nport} proxy_protocol;
+        location / {{ return 200 "addr=$proxy_protocol_addr port=$proxy_protocol_port\\n"; }}
+    }}
+}}
+""")
+    ng = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp_path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up():
+            try:
+                socket.create_connection(("127.0.0.1", nport), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, what="nginx to listen")
+        p = http_proxy(proxy_factory, [f"127.0.0.1:{nport}"], cluster={"proxy_protocol": version})
+        out = _from("127.0.0.8", p.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert b"addr=127.0.0.8 port=" in out, out
+    finally:
+        ng.terminate()
+        ng.wait(10)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("circuit_breaker", {"error_ratio": 2}, "clusters[0].circuit_breaker.error_ratio"),
+    ("circuit_breaker", {"error_ratio": 0}, "would never open"),
+    ("circuit_breaker", {"window": "soon"}, "clusters[0].circuit_breaker.window"),
+    ("circuit_breaker", {"half_open": 3}, "did you mean 'half_open_requests'"),
+    ("retry_budget", {"ratio": -1}, "clusters[0].retry_budget.ratio"),
+    ("max_in_flight", -1, "clusters[0].max_in_flight"),
+    ("proxy_protocol", "v3", "must be \"v1\" or \"v2\""),
+])
+def test_check_names_bad_values_with_their_key_path(tmp_path, key, value, message):
+    from support import render_config
+    cfg = tmp_path / "u.toml"
+    cfg.write_text(render_config({"workers": 1},
+                                 [{"name": "w", "bind": "127.0.0.1:1", "mode": "http",
+                                   "cluster": "c"}],
+                                 [{"name": "c", "servers": ["127.0.0.1:2"], key: value}]))
+    import sys
+    r = subprocess.run([sys.executable, "-m", "uproxy", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr, r.stdout + r.stderr

@@ -262,6 +262,9 @@ http {{
     ("proxy_protocol", "v3", "must be \"v1\" or \"v2\""),
 ])
 def test_check_names_bad_values_with_their_key_path(tmp_path, key, value, message):
+    """`uproxy check` names each bad value of a cluster's resilience keys
+    by its key path (and a tcp listener's trusted_proxies without
+    proxy_protocol, below)."""
     from support import render_config
     cfg = tmp_path / "u.toml"
     cfg.write_text(render_config({"workers": 1},
@@ -273,3 +276,98 @@ def test_check_names_bad_values_with_their_key_path(tmp_path, key, value, messag
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert message in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def _first_line_server():
+    """A server that records the first line and the next 5 bytes of each
+    connection, and answers "done"."""
+    got = []
+
+    def handle(c, _srv):
+        f = c.makefile("rb")
+        got.append((f.readline(), f.read(5)))
+        c.sendall(b"done")
+    return Server(handle), got
+
+
+def _send_from(src, port, data):
+    with socket.socket() as s:
+        s.bind((src, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(data)
+        try:
+            return s.recv(10), s.getsockname()[1]
+        except ConnectionResetError:
+            return b"", s.getsockname()[1]
+
+
+def _v2(src: str, sport: int) -> bytes:
+    import struct
+    return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+            + socket.inet_aton(src) + socket.inet_aton("198.51.100.1")
+            + struct.pack("!HH", sport, 443))
+
+
+def test_tcp_listener_receives_proxy_headers_from_trusted_peers_and_sends_them_on(proxy_factory):
+    """A tcp listener with proxy_protocol = true and trusted_proxies: a
+    trusted peer's v1 or v2 header names the client, whose address the
+    cluster's own PROXY header carries on (the header's bytes are not
+    forwarded, the client's bytes after it are); an untrusted peer is taken
+    as it is (its address in the header sent on); a trusted peer that sends
+    no header is closed before any server is asked."""
+    srv, got = _first_line_server()
+    port = free_port()
+    p = proxy_factory([{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c",
+                        "proxy_protocol": True, "trusted_proxies": ["127.0.0.2/32"]}],
+                      [{"name": "c", "servers": [srv.addr], "proxy_protocol": "v1"}],
+                      proxy={"workers": 1})
+    out, _ = _send_from("127.0.0.2", port,
+                        b"PROXY TCP4 203.0.113.5 198.51.100.1 4242 443\r\nhello")
+    assert out == b"done"
+    assert got[-1] == (f"PROXY TCP4 203.0.113.5 127.0.0.1 4242 {port}\r\n".encode(), b"hello")
+    out, _ = _send_from("127.0.0.2", port, _v2("203.0.113.6", 4343) + b"hello")
+    assert out == b"done"
+    assert got[-1] == (f"PROXY TCP4 203.0.113.6 127.0.0.1 4343 {port}\r\n".encode(), b"hello")
+    out, sport = _send_from("127.0.0.1", port, b"hello")       # not trusted: no header read
+    assert out == b"done"
+    assert got[-1] == (f"PROXY TCP4 127.0.0.1 127.0.0.1 {sport} {port}\r\n".encode(), b"hello")
+    n = len(got)
+    out, _ = _send_from("127.0.0.2", port, b"GET / HTTP/1.1\r\n\r\n")   # trusted, no header
+    assert out == b""
+    time.sleep(0.2)
+    assert len(got) == n
+    assert p.total("err_bad_request") == 1
+    srv.close()
+
+
+def test_http_listener_takes_proxy_headers_only_from_trusted_proxies(proxy_factory):
+    """An http listener with proxy_protocol and trusted_proxies: the load
+    balancer's (127.0.0.2) header names the client; a client connecting
+    directly from elsewhere is served as itself, with no header."""
+    up = HttpUpstream()
+    p = http_proxy(proxy_factory, [up.addr], listener={
+        "proxy_protocol": True, "trusted_proxies": ["127.0.0.2/32"]})
+    req = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = _from("127.0.0.2", p.port, b"PROXY TCP4 203.0.113.5 198.51.100.1 4242 80\r\n" + req)
+    assert out.startswith(b"HTTP/1.1 200"), out
+    assert up.requests[-1].header("x-forwarded-for") == "203.0.113.5"
+    out = _from("127.0.0.1", p.port, req)
+    assert out.startswith(b"HTTP/1.1 200"), out
+    assert up.requests[-1].header("x-forwarded-for") == "127.0.0.1"
+    up.close()
+
+
+def test_check_tcp_trusted_proxies_needs_proxy_protocol(tmp_path):
+    import sys
+    from support import render_config
+    cfg = tmp_path / "u.toml"
+    cfg.write_text(render_config({"workers": 1},
+                                 [{"name": "t", "bind": "127.0.0.1:1", "mode": "tcp",
+                                   "cluster": "c", "trusted_proxies": ["10.0.0.0/8"]}],
+                                 [{"name": "c", "servers": ["127.0.0.1:2"]}]))
+    r = subprocess.run([sys.executable, "-m", "uproxy", "check", "-c", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "listeners[0].trusted_proxies" in r.stdout + r.stderr
+    assert "needs proxy_protocol = true" in r.stdout + r.stderr

@@ -101,6 +101,7 @@ struct conn {
 #define C_UP_KICK    4096 /* a protocol above has work on it: an HTTP/2 stream's
                              transaction moved (its response goes to the stream) */
 #define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT | C_UP_KICK)
+#define C_PROXY_HDR  8192 /* tcp client: its PROXY header is awaited (l4/sni.c) */
 #define C_SOCKMAP    2048 /* tcp: in the sockmap, the kernel moves its bytes (l4/sockmap.c) */
 
 #endif

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "http/h1.h"
-#include "http/proxy_header.h"
+#include "core/proxy_header.h"
 
 #define LINGER_MS 2000
 
@@ -30,7 +30,7 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     }
     c->kind = CK_H1_CLIENT;
     c->state = CS_OPEN;
-    c->h1 = l->proxy_protocol ? H_PROXY : H_IDLE;
+    c->h1 = H_IDLE;
     c->fd = fd;
     c->listener_id = l->id;
     if (w->cfg && l >= w->cfg->listeners && l < w->cfg->listeners + w->cfg->nlisteners)
@@ -56,6 +56,11 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
             c->port = ntohs(a->sin6_port);
         }
     }
+    /* A PROXY header first, from a peer trusted_proxies lists (or any). */
+    if (l->proxy_protocol &&
+        (!l->pp_trusted_count ||
+         cidr_match(w->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr, c->addr_len)))
+        c->h1 = H_PROXY;
     if (l->tls && l->tls[w->o.index]) {
         if (tp_tls_accept(w, c, l->tls[w->o.index]) < 0) {
             w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <strings.h>
 #include "http/h1.h"
+#include "core/proxy_header.h"
 
 /* ---- worker state ---------------------------------------------------------- */
 
@@ -74,18 +75,7 @@ void up_regex_free(void *re)
 
 static bool in_cidrs(const struct up_cidr *cs, uint32_t n, const uint8_t *a, uint8_t len)
 {
-    for (uint32_t i = 0; i < n; i++) {
-        const struct up_cidr *k = &cs[i];
-        if (k->len != len)
-            continue;
-        uint32_t whole = k->bits / 8, rest = k->bits % 8;
-        if (memcmp(k->addr, a, whole))
-            continue;
-        if (rest && ((k->addr[whole] ^ a[whole]) & (uint8_t)(0xff00 >> rest)))
-            continue;
-        return true;
-    }
-    return false;
+    return cidr_match(cs, n, a, len);     /* core/proxy_header.c */
 }
 
 /* An IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is an IPv4 one to

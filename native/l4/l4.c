@@ -618,6 +618,11 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     cfg->refs[w->o.index * 8]++;
     w->clients++;
     w->c[UP_C_ACTIVE]++;
+    if (l->proxy_protocol && !l->tls && sni_proxy_expected(w, c, l)) {
+        c->flags |= C_PROXY_HDR;
+        sni_start(w, c, l);       /* the PROXY header first (then a ClientHello with routes) */
+        return;
+    }
     if (l->nroutes) {
         sni_start(w, c, l);       /* the ClientHello's name picks the cluster */
         return;

@@ -21,6 +21,9 @@ void sni_start(struct worker *w, struct conn *c, const struct up_listener *l);
 void sni_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe *cqe);
 void sni_expired(struct worker *w, struct conn *c);
 void sni_recv_arm(struct worker *w, struct conn *c);
+/* A tcp listener with proxy_protocol: does this client's peer (trusted_proxies,
+ * or anyone) send a PROXY header first? Its address is noted either way. */
+bool sni_proxy_expected(struct worker *w, struct conn *c, const struct up_listener *l);
 void l4_dial(struct worker *w, struct conn *c);
 
 #endif

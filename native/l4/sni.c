@@ -14,12 +14,21 @@
  * deadline (the listener's sni_timeout): a silent or dribbling client is
  * closed at it. Bytes that are not TLS, a malformed ClientHello, or one
  * that has not ended within CH_MAX_BYTES get a close at once.
+ *
+ * A listener with proxy_protocol reads the PROXY header in the same phase,
+ * before anything else (C_PROXY_HDR): its client's address is noted for
+ * the header the cluster may send on (upstream/proxy_send.c), the header's
+ * bytes are dropped, and what follows is the session's (or, with routes,
+ * its ClientHello).
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <strings.h>
 #include "l4/l4.h"
 #include "l4/clienthello_api.h"
+#include "core/proxy_header.h"
 
 static inline const struct up_listener *listener_of(const struct conn *c)
 {
@@ -96,6 +105,58 @@ static void found(struct worker *w, struct conn *c, const struct ch_hello *h)
     l4_dial(w, c);
 }
 
+bool sni_proxy_expected(struct worker *w, struct conn *c, const struct up_listener *l)
+{
+    (void)w;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+            memcpy(c->addr, &a->sin_addr, 4);
+            c->addr_len = 4;
+            c->port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+            memcpy(c->addr, &a->sin6_addr, 16);
+            c->addr_len = 16;
+            c->port = ntohs(a->sin6_port);
+        }
+    }
+    return !l->pp_trusted_count ||
+           cidr_match(c->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr,
+                      c->addr_len);
+}
+
+/* The bytes so far, with C_PROXY_HDR: 1 when the header was read (and its
+ * bytes dropped from the front), 0 when more are needed, -1 when they are
+ * not a PROXY header. */
+static int proxy_hdr(struct worker *w, struct conn *c)
+{
+    struct bufpool *p = &w->bufs;
+    struct xfer *x = &c->x;
+    uint8_t *b = buf_data(p, x->head);
+    struct proxy_header ph;
+    int rc = proxy_header_parse(b, p->len[x->head], &ph);
+    if (rc <= 0)
+        return rc == PH_PARTIAL ? 0 : -1;
+    if (ph.family) {                          /* LOCAL, UNKNOWN: the socket's stands */
+        memcpy(c->addr, ph.addr, ph.family);
+        c->addr_len = ph.family;
+        c->port = ph.port;
+    }
+    uint32_t rest = p->len[x->head] - (uint32_t)rc;
+    memmove(b, b + rc, rest);
+    p->len[x->head] = rest;
+    x->queued = rest;
+    if (!rest) {
+        bufpool_put(w, x->head);
+        x->head = x->tail = NIL;
+    }
+    c->flags &= ~C_PROXY_HDR;
+    return 1;
+}
+
 /* Move a first piece that was not enough out of its provided buffer into
  * an assembly buffer, where the next pieces land right after it (the
  * parser wants the bytes in one run). 0, or -1 when none is free. */
@@ -160,6 +221,29 @@ static void on_recv(struct worker *w, struct conn *c, const struct io_uring_cqe 
         return;
     }
     cnt(w, UP_C_BYTES_FROM_CLIENTS, res);
+    if (c->flags & C_PROXY_HDR) {
+        int k = proxy_hdr(w, c);
+        if (k < 0) {
+            cnt(w, UP_C_ERR_BAD_REQUEST, 1);    /* not a PROXY header: closed, as HAProxy does */
+            l4_abort(w, c);
+            return;
+        }
+        if (k > 0 && !listener_of(c)->nroutes) {
+            c->kind = CK_L4_CLIENT;             /* no routes: the session starts */
+            c->state = CS_CONNECTING;
+            l4_dial(w, c);
+            return;
+        }
+        if (k == 0 || x->head == NIL) {
+            if (x->head != NIL && gather(w, c) < 0) {
+                cnt(w, UP_C_ERR_OTHER, 1);
+                l4_abort(w, c);
+                return;
+            }
+            sni_recv_arm(w, c);
+            return;
+        }
+    }
     struct ch_hello h;
     switch (ch_parse(buf_data(p, x->head), p->len[x->head], &h)) {
     case CH_FOUND:
@@ -189,6 +273,6 @@ void sni_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cq
 /* sni_timeout passed without a whole ClientHello. */
 void sni_expired(struct worker *w, struct conn *c)
 {
-    cnt(w, UP_C_SNI_TIMEOUTS, 1);
+    cnt(w, (c->flags & C_PROXY_HDR) ? UP_C_ERR_IDLE_TIMEOUT : UP_C_SNI_TIMEOUTS, 1);
     l4_abort(w, c);
 }

@@ -510,7 +510,8 @@ class Listener:
     redirect: Redirect | None = None     # redirect_https: no cluster is asked
     http2: bool = False                  # HTTP/2 from clients: ALPN h2 over TLS, h2c by prior knowledge
     policy: Policy = Policy()            # http: the default of its routes (and of no route)
-    proxy_protocol: bool = False         # http: a PROXY header (v1/v2) before each connection's bytes
+    proxy_protocol: bool = False         # a PROXY header (v1/v2) before each connection's bytes
+                                         # (from policy.trusted_proxies only, when it lists any)
 
     @property
     def bind(self) -> str:
@@ -1861,12 +1862,19 @@ def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
 def _listener_policy(errs, r, tcp) -> Policy:
     """A listener's policy keys (with trusted_proxies, which only a
     listener has: it is about who connects)."""
-    present = [k for k in POLICY_KEYS + ("trusted_proxies",) if k in r.t]
+    present = [k for k in POLICY_KEYS if k in r.t]
     if tcp:
         for k in present:
             r.used.add(k)
             r.fail(k, f"{k} is an HTTP policy: it needs mode = \"http\"")
-        return Policy()
+        r.used.add("trusted_proxies")
+        if "trusted_proxies" not in r.t:
+            return Policy()
+        if r.t.get("proxy_protocol") is not True:
+            r.fail("trusted_proxies", "on a tcp listener trusted_proxies says who may send a "
+                                      "PROXY header: it needs proxy_protocol = true")
+        # (a tcp listener's only policy key: who may send a PROXY header)
+        return Policy(trusted_proxies=_networks(r, "trusted_proxies"))
     p = _policy(errs, r, None)
     if "trusted_proxies" in r.t:
         p = Policy(**{**p.__dict__, "trusted_proxies": _networks(r, "trusted_proxies")})
@@ -1876,10 +1884,6 @@ def _listener_policy(errs, r, tcp) -> Policy:
 
 def _proxy_protocol(r, mode) -> bool:
     v = r.bool("proxy_protocol", False)
-    if v and mode != "http":
-        r.fail("proxy_protocol", "proxy_protocol is read by mode = \"http\" listeners (a tcp "
-                                 "listener does not read it yet)")
-        return False
     if v and "tls" in r.t:
         r.fail("proxy_protocol", "proxy_protocol on a listener with tls is not supported yet: "
                                  "the header comes before the TLS handshake")

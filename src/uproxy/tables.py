@@ -502,9 +502,9 @@ class PolicyTables:
 
     def publish(self, t, nworkers: int, keep: list):
         """Point the tables' policy fields at C arrays of what was added."""
-        if not self.policies:
+        if not self.policies and not self.cidrs:     # (listeners' trusted_proxies use cidrs too)
             return
-        pol = ffi.new("struct up_policy[]", len(self.policies))
+        pol = ffi.new("struct up_policy[]", max(1, len(self.policies)))
         for i, fields in enumerate(self.policies):
             for k, v in fields.items():
                 setattr(pol[i], k, v)
@@ -661,6 +661,10 @@ class Tables:
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
             cl.http2 = 1 if l.http2 else 0
             cl.proxy_protocol = 1 if l.proxy_protocol else 0
+            if l.proxy_protocol and l.policy.trusted_proxies:
+                # who may send a PROXY header (a peer in none is taken as it is)
+                cl.pp_trusted_first, cl.pp_trusted_count = policies._cidrs(
+                    l.policy.trusted_proxies)
             rts = list(l.routes)
             # (http only: on a tcp listener a route means SNI passthrough)
             if l.mode == "http" and (l.methods is not None or l.allow_connect or

@@ -3,6 +3,7 @@
  */
 #ifndef UPROXY_PROXY_HEADER_H
 #define UPROXY_PROXY_HEADER_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,5 +22,11 @@ struct proxy_header {
 /* The header at the start of p[0..n): its length (> 0), PH_PARTIAL or
  * PH_ERROR; out holds the client when the length is returned. */
 int proxy_header_parse(const uint8_t *p, size_t n, struct proxy_header *out);
+
+/* Whether an address (4 or 16 bytes; an IPv4-mapped IPv6 one counts as
+ * IPv4) is in one of n networks: who may send a PROXY header
+ * (trusted_proxies), and the HTTP policies' allow, deny and trusted lists. */
+struct up_cidr;
+bool cidr_match(const struct up_cidr *cs, uint32_t n, const uint8_t *a, uint8_t len);
 
 #endif

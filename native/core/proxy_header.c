@@ -7,7 +7,8 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
-#include "http/proxy_header.h"
+#include "api.h"
+#include "core/proxy_header.h"
 
 static const uint8_t V2_SIG[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
                                     0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
@@ -92,4 +93,25 @@ int proxy_header_parse(const uint8_t *p, size_t n, struct proxy_header *out)
     if (!memcmp(p, "PROXY ", k))
         return k < 6 ? PH_PARTIAL : parse_v1(p, n, out);
     return PH_ERROR;
+}
+
+bool cidr_match(const struct up_cidr *cs, uint32_t n, const uint8_t *a, uint8_t len)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (len == 16 && !memcmp(a, mapped, 12)) {
+        a += 12;
+        len = 4;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const struct up_cidr *k = &cs[i];
+        if (k->len != len)
+            continue;
+        uint32_t whole = k->bits / 8, rest = k->bits % 8;
+        if (memcmp(k->addr, a, whole))
+            continue;
+        if (rest && ((k->addr[whole] ^ a[whole]) & (uint8_t)(0xff00 >> rest)))
+            continue;
+        return true;
+    }
+    return false;
 }

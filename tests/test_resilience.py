@@ -371,3 +371,36 @@ def test_check_tcp_trusted_proxies_needs_proxy_protocol(tmp_path):
     assert r.returncode != 0
     assert "listeners[0].trusted_proxies" in r.stdout + r.stderr
     assert "needs proxy_protocol = true" in r.stdout + r.stderr
+
+
+def test_tls_listener_reads_the_proxy_header_before_the_handshake(proxy_factory, tmp_path):
+    """An http listener with tls and proxy_protocol: the PROXY header
+    comes first in the clear, then the TLS handshake on the same
+    connection; the upstream sees the header's client and https."""
+    import ssl
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(tmp_path / "c.pem"), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    up = HttpUpstream()
+    p = http_proxy(proxy_factory, [up.addr], listener={
+        "proxy_protocol": True,
+        "tls": {"certificates": [{"cert": str(tmp_path / "c.pem"), "key": str(tmp_path / "k.pem")}]}})
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
+    for header in (b"PROXY TCP4 203.0.113.5 198.51.100.1 4242 443\r\n", _v2("203.0.113.6", 1)):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as raw:
+            raw.sendall(header)
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(b"GET /tls HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                out = b""
+                while (b := s.recv(65536)):
+                    out += b
+        assert out.startswith(b"HTTP/1.1 200"), out
+        want = "203.0.113.5" if header.startswith(b"PROXY") else "203.0.113.6"
+        assert up.requests[-1].header("x-forwarded-for") == want
+        assert up.requests[-1].header("x-forwarded-proto") == "https"
+    # A ClientHello where the header should be: closed, no handshake.
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            ctx.wrap_socket(raw, server_hostname="localhost")
+    up.close()

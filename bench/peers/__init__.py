@@ -263,6 +263,7 @@ def all_contenders(ctx) -> list:
     return [direct.Direct(ctx),
         uproxy.Uproxy(ctx), uproxy.UproxyBuffered(ctx), uproxy.UproxySpliceIowq(ctx),
         uproxy.UproxySockmap(ctx), uproxy.UproxyPolicies(ctx),
+        uproxy.UproxyResilience(ctx),
         nginx.Nginx(ctx), nginx.NginxBigbuf(ctx), nginx.NginxPolicies(ctx),
         haproxy.Haproxy(ctx), haproxy.HaproxySplice(ctx), haproxy.HaproxyPolicies(ctx),
         traefik.Traefik(ctx), traefik.TraefikFast(ctx),

@@ -218,3 +218,27 @@ class UproxyPolicies(Uproxy):
         text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port, **kw)
         head = f'bind = "127.0.0.1:{http_port}"\nmode = "http"\ncluster = "up"\n'
         return text.replace(head, head + "\n".join(self.ROUTE), 1) if with_http else text
+
+
+class UproxyResilience(Uproxy):
+    """uproxy whose cluster has a circuit breaker (errors and latency) and a
+    retry budget (docs/resilience.md), none of which trips: against plain
+    uproxy it is what they cost a request."""
+    name = "uproxy-resilience"
+    label = "uproxy, breaker + retry budget"
+    tuning = ("as uproxy, the cluster with circuit_breaker (error_ratio, latency) and "
+              "retry_budget")
+    workloads = ("http64",)
+    skip_reasons = {w: "only http64 measures the breaker's and the budget's cost"
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS}
+
+    CLUSTER = ['circuit_breaker = { error_ratio = 0.5, latency = "5s", window = "10s", '
+               'min_requests = 20, open_for = "30s" }',
+               'retry_budget = { ratio = 0.2, min_retries = 3 }']
+
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
+        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port)
+        head = '[[clusters]]\nname = "up"\n'
+        i = text.index(head)
+        j = text.index("\n", i + len(head)) + 1            # after its servers line
+        return text[:j] + "\n".join(self.CLUSTER) + "\n" + text[j:]

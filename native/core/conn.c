@@ -5,6 +5,8 @@
  * what is outstanding, wait for the last completion, then close the fd.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -212,4 +214,26 @@ const struct up_listener *conn_listener(struct worker *w, struct conn *c)
             return &cfg->listeners[i];
         }
     return NULL;
+}
+
+uint8_t sock_addr(int fd, bool peer, uint8_t addr[16], uint16_t *port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if ((peer ? getpeername(fd, (struct sockaddr *)&ss, &sl)
+              : getsockname(fd, (struct sockaddr *)&ss, &sl)) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        memcpy(addr, &a->sin_addr, 4);
+        *port = ntohs(a->sin_port);
+        return 4;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        memcpy(addr, &a->sin6_addr, 16);
+        *port = ntohs(a->sin6_port);
+        return 16;
+    }
+    return 0;
 }

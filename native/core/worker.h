@@ -151,6 +151,11 @@ static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up
 /* conn.c */
 struct conn *conn_alloc(struct worker *w);
 const struct up_listener *conn_listener(struct worker *w, struct conn *c);
+/* A socket's peer (peer) or local address: its bytes into addr (4 or 16
+ * returned; 0 when the call fails or the family is neither) and its port,
+ * in host order. One getpeername/getsockname: per connection, never per
+ * request. */
+uint8_t sock_addr(int fd, bool peer, uint8_t addr[16], uint16_t *port);
 void conn_close(struct worker *w, struct conn *c, bool reset);
 void conn_op_done(struct worker *w, struct conn *c, enum op op, bool more);
 void conn_cancel_ops(struct worker *w, struct conn *c);

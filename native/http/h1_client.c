@@ -41,27 +41,17 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     w->c[UP_C_ACTIVE]++;
     /* The peer's address, for X-Forwarded-For and hash balancing: one
      * getpeername per connection, never per request. */
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-            memcpy(c->addr, &a->sin_addr, 4);
-            c->addr_len = 4;
-            c->port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-            memcpy(c->addr, &a->sin6_addr, 16);
-            c->addr_len = 16;
-            c->port = ntohs(a->sin6_port);
-        }
-    }
+    c->addr_len = sock_addr(fd, true, c->addr, &c->port);
     /* A PROXY header first, from a peer trusted_proxies lists (or any). */
     if (l->proxy_protocol &&
         (!l->pp_trusted_count ||
          cidr_match(w->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr, c->addr_len)))
         c->h1 = H_PROXY;
-    if (l->tls && l->tls[w->o.index]) {
+    if (c->h1 == H_PROXY && l->tls && l->tls[w->o.index]) {
+        /* The PROXY header comes before the handshake: TLS starts once it
+         * is read (proxy_header), on the bytes that followed it. */
+        set_timer(w, c, l->tls_handshake_timeout_ms);
+    } else if (l->tls && l->tls[w->o.index]) {
         if (tp_tls_accept(w, c, l->tls[w->o.index]) < 0) {
             w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;
             h1_client_close(w, c, true);
@@ -266,6 +256,19 @@ static void proxy_header(struct worker *w, struct conn *c)
     }
     q_release_to(w, c, c->x.head, c->x.off + (uint32_t)rc);
     c->h1 = H_IDLE;
+    const struct up_listener *l = conn_listener(w, c);
+    if (l && l->tls && l->tls[w->o.index]) {
+        /* What followed the header is the handshake's: the queue goes to
+         * TLS, and the next receive (armed by the caller) replays it. */
+        if (tp_tls_accept_held(w, c, l->tls[w->o.index], c->x.head, c->x.off) < 0) {
+            w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;
+            h1_client_close(w, c, true);
+            return;
+        }
+        c->x.head = c->x.tail = NIL;  /* TLS holds them now */
+        c->x.off = c->x.queued = 0;
+        return;
+    }
     h1_client_next(w, c);
 }
 

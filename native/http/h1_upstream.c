@@ -33,7 +33,9 @@ void h1_recv_arm(struct worker *w, struct conn *c)
     /* For an HTTP/2 stream one buffer at a time: a multishot receive
      * would queue far past the stream's small limit before it stopped. */
     bool stream = c->txn != NIL ? w->txns[c->txn].sink == TS_STREAM : (c->flags & C_ONEBUF);
-    tp_recv_arm(w, c, head ? HEAD_RECV : stream ? w->bufs.size : 0);
+    /* A PROXY header is awaited one receive at a time: on a TLS listener
+     * the bytes after it go to the handshake, which takes over receiving. */
+    tp_recv_arm(w, c, head ? HEAD_RECV : (stream || c->h1 == H_PROXY) ? w->bufs.size : 0);
 }
 
 static void link_txn(struct worker *w, struct txn *t, struct conn *u)

@@ -22,8 +22,6 @@
  * its ClientHello).
  */
 #include <errno.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <string.h>
 #include <strings.h>
 #include "l4/l4.h"
@@ -108,21 +106,7 @@ static void found(struct worker *w, struct conn *c, const struct ch_hello *h)
 bool sni_proxy_expected(struct worker *w, struct conn *c, const struct up_listener *l)
 {
     (void)w;
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-            memcpy(c->addr, &a->sin_addr, 4);
-            c->addr_len = 4;
-            c->port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-            memcpy(c->addr, &a->sin6_addr, 16);
-            c->addr_len = 16;
-            c->port = ntohs(a->sin6_port);
-        }
-    }
+    c->addr_len = sock_addr(c->fd, true, c->addr, &c->port);   /* what the header replaces */
     return !l->pp_trusted_count ||
            cidr_match(c->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr,
                       c->addr_len);

@@ -235,6 +235,23 @@ int tp_tls_accept(struct worker *w, struct conn *c, void *server)
     return start(w, c, s->ctx[0], true);
 }
 
+/* The same, on a connection whose first bytes were read already (after a
+ * PROXY header): the buffers from head (its first off bytes not ours) are
+ * the handshake's first input. Held, they make the next receive a replay
+ * of them (tp_tls_recv_arm), so the handshake starts without new bytes. */
+int tp_tls_accept_held(struct worker *w, struct conn *c, void *server, uint32_t head, uint32_t off)
+{
+    int r = tp_tls_accept(w, c, server);
+    if (r < 0 || head == NIL)
+        return r;
+    struct tls_conn *t = tp_tls_of(w, c);
+    t->in_head = t->in_tail = head;
+    t->in_off = off;
+    while (w->bufs.next[t->in_tail] != NIL)
+        t->in_tail = w->bufs.next[t->in_tail];
+    return 0;
+}
+
 /* A session the server gave us (a TLS 1.3 ticket arrives after the
  * handshake): kept for the next connection to the same server. */
 int tp_tls_new_session(SSL *ssl, SSL_SESSION *sess)

@@ -73,6 +73,10 @@ bool tp_tls_peer_cert(struct worker *w, const struct conn *c, struct tp_peer_cer
 
 /* TLS (tls.c); the protocol that accepts or dials starts it. */
 int tp_tls_accept(struct worker *w, struct conn *c, void *server);
+/* TLS on a connection whose queue of bytes already read (head, from off)
+ * holds the handshake's start: the protocol hands that queue over. */
+int tp_tls_accept_held(struct worker *w, struct conn *c, void *server, uint32_t head,
+                       uint32_t off);
 int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *host);
 int tp_tls_init(struct worker *w);
 void tp_tls_free_all(struct worker *w);

@@ -18,6 +18,8 @@
  */
 #include "upstream/upstream.h"
 
+_Static_assert(sizeof(struct up_cluster_wstate) == 64, "a cluster's worker state is one cache line");
+
 static inline struct up_cluster_wstate *cstate(struct worker *w, const struct up_config *cfg,
                                                uint32_t ci)
 {

@@ -104,41 +104,13 @@ size_t proxy_header_build(uint32_t version, const uint8_t *src, uint8_t src_len,
 int proxy_send(struct worker *w, struct conn *u, uint32_t version, const uint8_t *addr,
                uint8_t addr_len, uint16_t port, int from_fd)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    const uint8_t *dst = NULL;
-    uint8_t dst_len = 0;
+    uint8_t dst[16], peer[16];
     uint16_t dst_port = 0;
-    if (from_fd >= 0 && getsockname(from_fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET) {
-            const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-            dst = (const uint8_t *)&a->sin_addr;
-            dst_len = 4;
-            dst_port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-            dst = a->sin6_addr.s6_addr;
-            dst_len = 16;
-            dst_port = ntohs(a->sin6_port);
-        }
-    }
-    struct sockaddr_storage peer;
+    uint8_t dst_len = from_fd >= 0 ? sock_addr(from_fd, false, dst, &dst_port) : 0;
     if (!addr_len && from_fd >= 0) {
         /* A TCP session keeps no address: its socket's peer is the client. */
-        socklen_t pl = sizeof peer;
-        if (getpeername(from_fd, (struct sockaddr *)&peer, &pl) == 0) {
-            if (peer.ss_family == AF_INET) {
-                const struct sockaddr_in *a = (const struct sockaddr_in *)&peer;
-                addr = (const uint8_t *)&a->sin_addr;
-                addr_len = 4;
-                port = ntohs(a->sin_port);
-            } else if (peer.ss_family == AF_INET6) {
-                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&peer;
-                addr = a->sin6_addr.s6_addr;
-                addr_len = 16;
-                port = ntohs(a->sin6_port);
-            }
-        }
+        addr_len = sock_addr(from_fd, true, peer, &port);
+        addr = peer;
     }
     uint8_t hdr[128];
     size_t n = proxy_header_build(version, addr, addr_len, port, dst, dst_len, dst_port, hdr);

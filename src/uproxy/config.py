@@ -1884,9 +1884,10 @@ def _listener_policy(errs, r, tcp) -> Policy:
 
 def _proxy_protocol(r, mode) -> bool:
     v = r.bool("proxy_protocol", False)
-    if v and "tls" in r.t:
-        r.fail("proxy_protocol", "proxy_protocol on a listener with tls is not supported yet: "
-                                 "the header comes before the TLS handshake")
+    if v and "tls" in r.t and mode != "http":
+        r.fail("proxy_protocol", "proxy_protocol on a tcp listener with tls is not supported "
+                                 "yet (an http listener with tls reads it): the header comes "
+                                 "before the TLS handshake")
         return False
     return v
 

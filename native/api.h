@@ -265,7 +265,10 @@ enum up_step_kind {
     UP_STEP_FORWARDED,        /* Forwarded: for=...;proto=...;host=... added */
     UP_STEP_RESP_REMOVE,      /* a: a response header name dropped */
     UP_STEP_RESP_ADD,         /* a: a whole line added to responses */
-    UP_STEP_BASIC_AUTH        /* users [first, first+count); a: the whole 401 answer */
+    UP_STEP_BASIC_AUTH,       /* users [first, first+count); a: the whole 401 answer */
+    UP_STEP_COMPRESS          /* first: algorithms by preference (a byte each, enum cz_alg);
+                                 count: gzip level | zstd level << 8; x: min_size;
+                                 a: the types, lowercase, each followed by ',' */
 };
 
 #define UP_INFLIGHT_ROW 16    /* uint32 per worker row: one cache line */
@@ -427,6 +430,10 @@ enum up_counter {
     UP_C_RETRY_BUDGET_EXHAUSTED, /* retries not made: the cluster's retry budget was spent */
     UP_C_SERVERS_FULL,        /* requests or sessions refused: every server at max_in_flight */
     UP_C_PROXY_SENT,          /* PROXY headers sent to upstreams */
+    UP_C_COMPRESSED,          /* responses compressed (h1_compress.c) */
+    UP_C_COMPRESS_BYTES_IN,   /* body bytes that went into a compressor */
+    UP_C_COMPRESS_BYTES_OUT,  /* compressed bytes that came out */
+    UP_C_COMPRESS_POOL_FULL,  /* responses sent uncompressed: every stream was taken */
     UP_C__COUNT
 };
 
@@ -686,7 +693,7 @@ struct up_worker_opts {
     int32_t  sm_socks_fd;     /* sockmap (bpf/sockmap.c): the sockhash, or -1 */
     int32_t  sm_ctl_fd;       /* its `ctl` map (the worker writes) */
     int32_t  sm_cnt_fd;       /* its `cnt` map (the program writes) */
-    uint32_t pad_sm;
+    uint32_t compress_streams;/* http: compression streams per worker (h1_compress.c) */
 };
 
 struct up_worker;

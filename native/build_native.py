@@ -67,8 +67,10 @@ def link_args():
     # OpenSSL (libssl-dev) for TLS: its one door is native/transport/tls*.c.
     # nghttp2 (libnghttp2-dev) for HTTP/2: its one door is native/http2/h2_codec.c.
     # PCRE2 (libpcre2-dev) for regex rewrites, libcrypt (libcrypt-dev:
-    # bcrypt) for basic auth: native/http/h1_policy.c.
-    return _pkg_config("--libs") + ["-lssl", "-lcrypto", "-lnghttp2", "-lpcre2-8", "-lcrypt"] + shlex.split(
+    # bcrypt) for basic auth: native/http/h1_policy.c. zlib and libzstd
+    # (zlib1g-dev, libzstd-dev) for response compression: native/http/h1_compress.c.
+    return _pkg_config("--libs") + ["-lssl", "-lcrypto", "-lnghttp2", "-lpcre2-8", "-lcrypt",
+                                    "-lz", "-lzstd"] + shlex.split(
         os.environ.get("UPROXY_LDFLAGS", ""))
 
 

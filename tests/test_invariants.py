@@ -159,9 +159,13 @@ EVERY_POLICY = {
          "allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.99"],
          "rate_limit": {"rate": 1000000, "burst": 100000}, "max_in_flight": 1000,
          "max_body_size": "1m",
-         "rewrite": {"regex": r"^/r(\d+)$", "replacement": "/rewritten/$1"}},
+         "rewrite": {"regex": r"^/r(\d+)$", "replacement": "/rewritten/$1"},
+         "compress": {"algorithms": ["zstd", "gzip"], "min_size": 100}},
     ],
 }
+# What the upstream answers there: text to compress (zstd and gzip in turn,
+# by the requests' Accept-Encoding).
+POLICY_BODY = b"<p>a line of text the route compresses</p>\n" * 100
 
 
 # The cluster's side: a circuit breaker (on errors and latency), a retry
@@ -181,8 +185,9 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     differs between two runs). mtls: the clients present a certificate and
     the listener passes its subject and fingerprint on in headers;
     redirect: a plain listener that answers every request with a 308."""
-    from http_upstream import HttpUpstream
-    up = HttpUpstream()
+    from http_upstream import HttpUpstream, Response
+    up = HttpUpstream((lambda req: Response(body=POLICY_BODY, headers=[
+        ("Content-Type", "text/html")])) if policies else None)
     port = free_port()
     kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else \
         "policies-" if policies else ""
@@ -243,15 +248,23 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
             for i in range(n):
                 s, f = socks[i % conns], files[i % conns]
                 target = b"/old/%d" % i if policies and i % 4 == 3 else b"/r%d" % i
+                ae = b"Accept-Encoding: %s\r\n" % (b"zstd", b"gzip")[i % 2] if policies else b""
                 s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
-                          b"X-Client-Subject: forged\r\n%s\r\n" % (target, auth))
+                          b"X-Client-Subject: forged\r\n%s%s\r\n" % (target, auth, ae))
                 line = f.readline()
                 assert line.startswith(b"HTTP/1.1 301" if target.startswith(b"/old/")
                                        else status), line
-                length = 0
+                length, chunked = 0, False
                 while (h := f.readline()) != b"\r\n":
                     if h.lower().startswith(b"content-length:"):
                         length = int(h.split(b":")[1])
+                    chunked |= h.lower() == b"transfer-encoding: chunked\r\n"
+                if policies and not target.startswith(b"/old/"):
+                    assert chunked, "the policies' route compresses"
+                while chunked and (size := int(f.readline(), 16)):
+                    f.read(size + 2)
+                if chunked:
+                    f.readline()
                 f.read(length)
             for s in socks:
                 s.close()
@@ -259,6 +272,7 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
         burst(n_requests, conns)
         wait_for(lambda: p.total("active") == 0, what="connections to close")
         tid = p.stats()["workers"][0]["tid"]
+        p_stats = p.stats()["total"]
     finally:
         assert p.stop() == 0
         up.close()
@@ -269,6 +283,7 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     if redirect:
         assert not up.requests
     if policies:                         # the path measured is the one with every policy
+        assert p_stats["compressed"] >= n_requests // 2
         last = up.requests[-1]
         assert last.target.startswith("/rewritten/") and last.header("x-env") == "prod"
         assert last.header("x-real-ip") == "127.0.0.1" and last.header("forwarded")
@@ -295,7 +310,7 @@ def test_no_allocation_per_http_request(tmp_path, profile):
 def test_no_allocation_nor_lock_per_request_with_every_policy(tmp_path):
     """Laws 1 and 2 for a route with every policy (headers, trusted
     proxies, access rules, rate and in-flight limits, body size, a regex
-    rewrite, basic auth) and a redirecting one: N and then 10N requests, the worker's
+    rewrite, basic auth, zstd and gzip compression) and a redirecting one: N and then 10N requests, the worker's
     allocations and the mutexes it takes stay flat (PCRE2's JIT has a lock,
     for its executable memory, taken when a regex is compiled at load)."""
     so = _build_interposer(tmp_path)

@@ -15,6 +15,7 @@
 #include "upstream/upstream.h"
 #include "transport/transport.h"
 #include "http/h1_policy.h"
+#include "http/h1_compress.h"
 
 enum h1_conn_state {
     H_IDLE,           /* client: between requests (or before the first) */
@@ -114,6 +115,11 @@ struct txn {
     uint8_t real_len;                   /* the client's address for policies: 4 or 16 */
     uint8_t res;                        /* RES_* (h1_resilience.c) */
     uint8_t real_addr[16];              /* (the peer's, or through trusted proxies) */
+    uint32_t cz_step;                   /* compress: 1 + its step in cfg->steps, or 0 */
+    uint32_t cz_slot;                   /* 1 + the stream compressing the body, or 0 */
+    uint8_t cz_alg;                     /* enum cz_alg the client takes (CZ_NONE: identity) */
+    uint8_t cz_vary;                    /* the response varies by Accept-Encoding */
+    uint8_t pad5[6];
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
@@ -152,6 +158,10 @@ void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_clie
 void txn_free(struct worker *w, struct txn *t);
 bool out_push(struct out *o, const void *p, size_t n);
 void out_advance(struct out *o, uint32_t n);
+/* The contiguous received bytes of q at the cursor (*bid, *off; NIL: the
+ * queue's front), 0 at the end. */
+uint32_t txn_cur_avail(struct worker *w, const struct conn *q, uint32_t *bid, uint32_t *off,
+                       const uint8_t **p);
 int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
                       const struct h1_response *r);
 bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,

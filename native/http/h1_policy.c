@@ -34,7 +34,9 @@ int pol_worker_init(struct worker *w)
     if (!w->pol)
         return -1;
     w->pol->match = pcre2_match_data_create(POL_CAPTURES, NULL);
-    return w->pol->match ? 0 : -1;
+    if (!w->pol->match)
+        return -1;
+    return cz_worker_init(w, w->o.compress_streams);
 }
 
 void pol_worker_free(struct worker *w)
@@ -42,6 +44,7 @@ void pol_worker_free(struct worker *w)
     if (!w->pol)
         return;
     pcre2_match_data_free(w->pol->match);
+    cz_worker_free(w);
     free(w->pol);
     w->pol = NULL;
 }
@@ -677,6 +680,9 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
                 refuse(w, t, c, base, r, l, 414, 0);
                 return true;
             }
+            break;
+        case UP_STEP_COMPRESS:
+            cz_request(t, s, i, base, r);
             break;
         default:                          /* (header steps have their own ranges) */
             break;

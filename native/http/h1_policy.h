@@ -16,6 +16,7 @@ struct conn;
 struct h1_request;
 struct h1_response;
 struct h1_header;
+struct cz_worker;
 
 /* One client's token bucket for one rate step. The table is a fixed array
  * per worker, searched in a short window from the key's hash; a new client
@@ -52,6 +53,7 @@ struct pol_worker {
     struct pol_auth auth[POL_AUTH_CACHE];
     struct crypt_data crypt;  /* crypt_r's work area: no allocation per check */
     void *match;              /* pcre2_match_data *, POL_CAPTURES pairs */
+    struct cz_worker *cz;     /* compression streams (h1_compress.c) */
     char path[2][POL_PATH_MAX];
 };
 

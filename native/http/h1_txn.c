@@ -274,16 +274,21 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
     bool upgrade = r->status == 101;
     bool ok = out_push(o, base + r->skip, r->line_len);
     uint64_t rm = t->pol ? t->pol->resp_rm_lens : 0;     /* as in build_req_head */
+    bool etag;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
         if ((h->flags & H1_HF_HOP) && !(upgrade && (h->flags & H1_HF_UPGRADE)))
             continue;
+        if (__builtin_expect(t->cz_slot != 0, 0) && cz_drops(base, h, &etag))
+            continue;                 /* compression writes framing and ETag anew */
         if (__builtin_expect((rm >> (h->name_len & 63)) & 1, 0) && pol_drop_resp(t, base, h))
             continue;
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
     if (__builtin_expect(t->pol != NULL, 0))
         ok &= pol_resp_lines(t);
+    if (__builtin_expect(t->cz_vary, 0))
+        ok &= cz_head_lines(t, base, r);
     if (upgrade)
         ok &= PUSH(o, S_CONN_UPGRADE);
     else if (r->status >= 200 && (t->flags & TF_CLIENT_CLOSE))
@@ -300,8 +305,8 @@ static bool build_resp_head(struct worker *w, struct txn *t, const uint8_t *base
 
 /* Walk the cursor over queue q from (*bid, *off): returns the contiguous
  * bytes there (0 at the end). */
-static uint32_t cur_avail(struct worker *w, const struct conn *q, uint32_t *bid, uint32_t *off,
-                          const uint8_t **p)
+uint32_t txn_cur_avail(struct worker *w, const struct conn *q, uint32_t *bid, uint32_t *off,
+                       const uint8_t **p)
 {
     const struct bufpool *bp = &w->bufs;
     if (*bid == NIL) {
@@ -327,7 +332,7 @@ static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8
 {
     const uint8_t *p;
     uint32_t avail;
-    while (!*done && o->n < OUT_IOV && (avail = cur_avail(w, q, bid, off, &p)) > 0) {
+    while (!*done && o->n < OUT_IOV && (avail = txn_cur_avail(w, q, bid, off, &p)) > 0) {
         uint32_t n;
         if (kind == H1_BODY_LENGTH) {
             n = *left < avail ? (uint32_t)*left : avail;
@@ -369,6 +374,8 @@ static int add_req_body(struct worker *w, struct txn *t)
 
 static int add_resp_body(struct worker *w, struct txn *t)
 {
+    if (__builtin_expect(t->cz_slot != 0, 0))
+        return cz_body(w, t);         /* compressed: chunks of its own */
     bool done = t->flags & TF_RESP_DONE;
     int r = add_body(w, &t->resp, &w->conns[t->up], t->resp_body, &t->resp_left, &t->resp_ck,
                      &t->resp_bid, &t->resp_off, &t->bytes_out, &done);
@@ -401,6 +408,8 @@ void txn_free(struct worker *w, struct txn *t)
         pol_end(w, t);
     if (__builtin_expect(t->res != 0, 0))
         res_end(w, t);
+    if (__builtin_expect(t->cz_slot != 0, 0))
+        cz_release(w, t);
     if (t->cfg) {
         t->cfg->refs[w->o.index * 8]--;
         t->cfg = NULL;
@@ -688,6 +697,8 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         t->flags |= TF_UP_CLOSE;      /* the upstream will close: not reusable */
     t->flags |= TF_RESP_HEAD;
     timer_cancel(w, u);               /* the response timeout is met */
+    if (__builtin_expect(t->cz_step != 0, 0))
+        cz_response(w, t, base, r);   /* compressed? (the route's compress step) */
     if (t->sink == TS_STREAM) {
         /* The head as the upstream sent it: the stream's protocol reads
          * it from the front of the round and writes its own. */
@@ -712,8 +723,8 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         t->resp.rel_bid = t->resp_bid;
         t->resp.rel_off = t->resp_off;
     }
-    if (!(t->flags & TF_RESP_DONE))
-        splice_consider(w, t, BS_RESP);
+    if (!(t->flags & TF_RESP_DONE) && !t->cz_slot)
+        splice_consider(w, t, BS_RESP);   /* a compressed body goes through buffers */
     hist_add(w->shm->hist_upstream, w->now_us - t->t_sent);
     h1_count_response(w, &w->conns[t->client], r->status);
     if (r->status >= 500) {

@@ -444,6 +444,16 @@ class BasicAuth:
 
 
 @dataclass(frozen=True)
+class Compress:
+    """compress = { ... }: response compression (native/http/h1_compress.c)."""
+    algorithms: tuple = ("zstd", "gzip")     # the route's preference, best first
+    types: tuple = ()                        # media types, or "type/*"
+    min_size: int = 1024
+    gzip_level: int = 5
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
 class Policy:
     """What a route (or, as their default, a listener) does to a request
     besides routing it; compiled into steps by tables.compile_policy."""
@@ -467,6 +477,7 @@ class Policy:
     rewrite: Rewrite | None = None
     basic_auth: BasicAuth | None = None
     error_pages: tuple = ()              # (("5xx" or "503", content type, body bytes), ...)
+    compress: Compress | None = None
 
     def empty(self) -> bool:
         return self == Policy()
@@ -534,6 +545,7 @@ class Proxy:
     iowq_cpu: str = "worker"
     head_buffers: int = 512
     body_splice_min: int = 32768
+    compress_streams: int = 16
     user: str | None = None           # drop to this user after binding
     group: str | None = None
     watch: bool = False               # reload when the file changes (providers/watch.py)
@@ -809,6 +821,7 @@ def _proxy(errs, raw) -> Proxy:
         iowq_cpu=str(iowq_cpu),
         head_buffers=r.int("head_buffers", 512, lo=0, hi=65536),
         body_splice_min=r.size("body_splice_min", 32768, 0, 1 << 30),
+        compress_streams=r.int("compress_streams", 16, lo=0, hi=4096),
         user=r.str("user"),
         group=r.str("group"),
         watch=r.bool("watch", False),
@@ -1553,7 +1566,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 
 POLICY_KEYS = ("request_headers", "response_headers", "via", "forwarded", "x_real_ip",
                "x_forwarded", "allow", "deny", "rate_limit", "max_in_flight", "redirect",
-               "rewrite", "basic_auth", "error_pages")
+               "rewrite", "basic_auth", "error_pages", "compress")
 # The proxy's own answers an error page may replace (401, 405 and 429 carry
 # headers a page would lose: WWW-Authenticate, Allow, Retry-After).
 PAGE_STATUSES = (400, 403, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505)
@@ -1800,6 +1813,64 @@ def _error_pages(errs, key, raw) -> tuple:
     return tuple(out)
 
 
+COMPRESS_ALGORITHMS = ("zstd", "gzip")
+# Text compresses (typically 4-10x); these types are the usual text the web
+# serves, nginx's and Traefik's defaults and more.
+COMPRESS_TYPES = ("text/html", "text/plain", "text/css", "text/javascript", "text/xml",
+                  "text/csv", "text/markdown", "application/javascript", "application/json",
+                  "application/xml", "application/ld+json", "application/manifest+json",
+                  "application/rss+xml", "application/atom+xml", "application/wasm",
+                  "image/svg+xml")
+# Already compressed: compressing again costs CPU and saves nothing.
+_COMPRESSED_TYPES = ("image/", "video/", "audio/", "font/woff", "application/zip",
+                     "application/gzip", "application/x-gzip", "application/zstd",
+                     "application/x-7z-compressed", "application/x-rar-compressed",
+                     "application/x-bzip2", "application/x-xz", "application/pdf")
+_MEDIA = re.compile(r"^[a-z0-9!#$&^_.+-]+/([a-z0-9!#$&^_.+-]+|\*)$")
+ZSTD_LEVEL_MAX = 9                      # CZ_ZSTD_LEVEL_MAX (native/http/h1_compress.h)
+
+
+def _compress(errs, key, raw):
+    """compress = true (the defaults), false (none: a route turning off its
+    listener's), or a table."""
+    if raw is False:
+        return None
+    if raw is True:
+        return Compress(types=COMPRESS_TYPES)
+    r = _Reader(errs, key, raw)
+    algs = []
+    for k, a in enumerate(r.list("algorithms", list(COMPRESS_ALGORITHMS))):
+        if a not in COMPRESS_ALGORITHMS:
+            r.fail(f"algorithms[{k}]", f"{a!r} is not an algorithm uproxy compresses with: "
+                                       "\"zstd\" or \"gzip\"")
+        elif a in algs:
+            r.fail(f"algorithms[{k}]", f"{a} is listed twice")
+        else:
+            algs.append(a)
+    if "algorithms" in r.t and not algs and isinstance(r.t["algorithms"], list) \
+            and not r.t["algorithms"]:
+        r.fail("algorithms", "is empty; give \"zstd\", \"gzip\" or both (or compress = false)")
+    types = []
+    for k, t in enumerate(r.list("types", list(COMPRESS_TYPES))):
+        low = t.strip().lower() if isinstance(t, str) else None
+        if low is None or not _MEDIA.match(low):
+            r.fail(f"types[{k}]", f"{t!r} is not a media type like \"text/html\" or "
+                                  "\"text/*\"")
+        elif low != "image/svg+xml" and (low.startswith(_COMPRESSED_TYPES) or low == "*/*"):
+            r.fail(f"types[{k}]", f"{t} is compressed already (or may be): compressing it "
+                                  "again costs CPU and saves nothing")
+        else:
+            types.append(low)
+    min_size = r.size("min_size", 1024, 0, 1 << 30)
+    gz = r.int("gzip_level", 5, lo=1, hi=9)
+    zs = r.int("zstd_level", 3, lo=1, hi=ZSTD_LEVEL_MAX)
+    r.done()
+    if not algs or not types:
+        return None
+    return Compress(algorithms=tuple(algs), types=tuple(types), min_size=min_size,
+                    gzip_level=gz, zstd_level=zs)
+
+
 def _via(r):
     v = r.get("via", None)
     if v is None or v is False:
@@ -1853,8 +1924,10 @@ def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
         kw["basic_auth"] = _basic_auth(errs, r._k("basic_auth"), r.get("basic_auth"))
     if "error_pages" in r.t:
         kw["error_pages"] = _error_pages(errs, r._k("error_pages"), r.get("error_pages"))
+    if "compress" in r.t:
+        kw["compress"] = _compress(errs, r._k("compress"), r.get("compress"))
     for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via", "basic_auth",
-              "error_pages"):
+              "error_pages", "compress"):
         r.used.add(k)
     return Policy(**{**base.__dict__, **kw})
 

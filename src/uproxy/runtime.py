@@ -107,6 +107,7 @@ class Worker:
         o.queue_limit = p.queue_limit
         o.head_buffers = p.head_buffers
         o.splice_min = p.body_splice_min
+        o.compress_streams = p.compress_streams
         sm = rt.sockmap
         o.sm_socks_fd = sm.fds["socks"] if sm else -1
         o.sm_ctl_fd = sm.fds["ctl"] if sm else -1

@@ -328,6 +328,8 @@ def check_regexes(cfg: Config) -> list:
     return out
 
 
+CZ_ALG = {"gzip": 1, "zstd": 2}         # enum cz_alg (native/http/h1_compress.h)
+
 REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 413: "Content Too Large",
            414: "URI Too Long", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
@@ -424,6 +426,14 @@ class PolicyTables:
                 self.regexes.append(code)
                 o, n = self.strings.add(rw.replacement)
                 step(lib.UP_STEP_REGEX, first=len(self.regexes) - 1, a_off=o, a_len=n)
+        if p.compress:                  # at request time: what the client accepts
+            cz = p.compress
+            prefs = 0
+            for k, a in enumerate(cz.algorithms):
+                prefs |= CZ_ALG[a] << (8 * k)
+            o, n = self.strings.add("".join(f"{x}," for x in cz.types))
+            step(lib.UP_STEP_COMPRESS, first=prefs, count=cz.gzip_level | cz.zstd_level << 8,
+                 x=cz.min_size, a_off=o, a_len=n)
         removes = [n for n, _ in p.request_set] + list(p.request_remove)
         if p.x_real_ip:
             removes.append("X-Real-IP")

@@ -266,9 +266,12 @@ enum up_step_kind {
     UP_STEP_RESP_REMOVE,      /* a: a response header name dropped */
     UP_STEP_RESP_ADD,         /* a: a whole line added to responses */
     UP_STEP_BASIC_AUTH,       /* users [first, first+count); a: the whole 401 answer */
-    UP_STEP_COMPRESS          /* first: algorithms by preference (a byte each, enum cz_alg);
+    UP_STEP_COMPRESS,         /* first: algorithms by preference (a byte each, enum cz_alg);
                                  count: gzip level | zstd level << 8; x: min_size;
                                  a: the types, lowercase, each followed by ',' */
+    UP_STEP_FORWARD_AUTH      /* first: the auth cluster; x: timeout ms; a: the path asked;
+                                 b: names copied from its 2xx, c: the client's names sent
+                                 to it ("": all but the body's); lowercase, each + ',' */
 };
 
 #define UP_INFLIGHT_ROW 16    /* uint32 per worker row: one cache line */
@@ -434,6 +437,8 @@ enum up_counter {
     UP_C_COMPRESS_BYTES_IN,   /* body bytes that went into a compressor */
     UP_C_COMPRESS_BYTES_OUT,  /* compressed bytes that came out */
     UP_C_COMPRESS_POOL_FULL,  /* responses sent uncompressed: every stream was taken */
+    UP_C_AUTH_REQUESTS,       /* forward auth: subrequests sent to auth services */
+    UP_C_AUTH_DENIED,         /* forward auth: answers that were not 2xx (relayed to the client) */
     UP_C__COUNT
 };
 

@@ -160,7 +160,8 @@ EVERY_POLICY = {
          "rate_limit": {"rate": 1000000, "burst": 100000}, "max_in_flight": 1000,
          "max_body_size": "1m",
          "rewrite": {"regex": r"^/r(\d+)$", "replacement": "/rewritten/$1"},
-         "compress": {"algorithms": ["zstd", "gzip"], "min_size": 100}},
+         "compress": {"algorithms": ["zstd", "gzip"], "min_size": 100},
+         "forward_auth": {"cluster": "c", "path": "/verify", "copy_headers": ["X-User"]}},
     ],
 }
 # What the upstream answers there: text to compress (zstd and gzip in turn,
@@ -186,8 +187,9 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
     the listener passes its subject and fingerprint on in headers;
     redirect: a plain listener that answers every request with a 308."""
     from http_upstream import HttpUpstream, Response
-    up = HttpUpstream((lambda req: Response(body=POLICY_BODY, headers=[
-        ("Content-Type", "text/html")])) if policies else None)
+    up = HttpUpstream((lambda req: Response(headers=[("X-User", "u")])
+                       if req.target == "/verify" else Response(body=POLICY_BODY, headers=[
+                           ("Content-Type", "text/html")])) if policies else None)
     port = free_port()
     kind = "mtls-" if mtls else "tls-" if tls else "redirect-" if redirect else \
         "policies-" if policies else ""
@@ -284,7 +286,9 @@ def _http_allocations_after(tmp_path, so, n_requests, profile_env, tls=False, mt
         assert not up.requests
     if policies:                         # the path measured is the one with every policy
         assert p_stats["compressed"] >= n_requests // 2
+        assert p_stats["auth_requests"] >= n_requests // 2
         last = up.requests[-1]
+        assert last.header("x-user") == "u"
         assert last.target.startswith("/rewritten/") and last.header("x-env") == "prod"
         assert last.header("x-real-ip") == "127.0.0.1" and last.header("forwarded")
     counts = dict(map(int, l.split()) for l in open(log))
@@ -310,7 +314,7 @@ def test_no_allocation_per_http_request(tmp_path, profile):
 def test_no_allocation_nor_lock_per_request_with_every_policy(tmp_path):
     """Laws 1 and 2 for a route with every policy (headers, trusted
     proxies, access rules, rate and in-flight limits, body size, a regex
-    rewrite, basic auth, zstd and gzip compression) and a redirecting one: N and then 10N requests, the worker's
+    rewrite, basic auth, zstd and gzip compression, forward auth) and a redirecting one: N and then 10N requests, the worker's
     allocations and the mutexes it takes stay flat (PCRE2's JIT has a lock,
     for its executable memory, taken when a regex is compiled at load)."""
     so = _build_interposer(tmp_path)

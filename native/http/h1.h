@@ -81,6 +81,14 @@ enum txn_sink {
     TS_STREAM,        /* an HTTP/2 stream (the client is a CK_H2_STREAM) */
 };
 
+/* Forward auth (h1_fauth.c): where a transaction with an auth step is. */
+enum fa_state {
+    FA_NONE,          /* no forward auth */
+    FA_ASKING,        /* the subrequest is the transaction's request (auth cluster) */
+    FA_PASSED,        /* a 2xx: the request goes to its cluster with the copied lines */
+    FA_DENIED,        /* any other answer: it is the client's response */
+};
+
 struct txn {
     uint32_t client, up;      /* conn indexes (up: NIL until chosen) */
     const struct up_config *cfg;
@@ -119,13 +127,18 @@ struct txn {
     uint32_t cz_slot;                   /* 1 + the stream compressing the body, or 0 */
     uint8_t cz_alg;                     /* enum cz_alg the client takes (CZ_NONE: identity) */
     uint8_t cz_vary;                    /* the response varies by Accept-Encoding */
-    uint8_t pad5[6];
+    uint8_t fa;                         /* enum fa_state */
+    uint8_t pad5;
+    uint16_t fa_len;                    /* bytes of fa_lines */
+    uint32_t fa_step;                   /* forward auth: 1 + its step in cfg->steps, or 0 */
+    uint32_t fa_cluster;                /* the route's cluster while the auth cluster is asked */
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
     struct up_log_rec lr;               /* access-log fields, copied at the start */
     char scratch[1024];                 /* the header lines the proxy adds */
     char pscratch[192];                 /* policy: X-Real-IP, Forwarded's for=, a 429 */
     char line[1024];                    /* policy: a rewritten request line */
+    char fa_lines[1024];                /* forward auth: the lines copied from its 2xx */
 };
 
 /* h1_client.c */
@@ -187,6 +200,16 @@ void res_result(struct worker *w, struct txn *t, uint16_t status);
 bool res_retry(struct worker *w, struct txn *t);
 void res_end(struct worker *w, struct txn *t);
 
+/* h1_fauth.c: forward auth (t->fa, enum fa_state) */
+void fa_start(struct txn *t, uint32_t si);
+bool fa_build(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid, uint32_t off,
+              const struct h1_request *r);
+uint32_t fa_timeout_ms(const struct txn *t);
+bool fa_drops(const struct txn *t, const uint8_t *base, const struct h1_header *h);
+/* The auth service's response head (t->fa == FA_ASKING): true when it was
+ * dealt with here (a 2xx, an interim), false when it is the client's. */
+bool fa_answer(struct worker *w, struct txn *t, const uint8_t *base, const struct h1_response *r);
+
 /* h1_redirect.c */
 uint32_t h1_host_part(const uint8_t *h, uint32_t n);
 void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t base_bid,
@@ -220,6 +243,9 @@ void h1_upstream_close(struct worker *w, struct conn *u, bool reset);
 void h1_recv_arm(struct worker *w, struct conn *c);
 void h1_upstream_progress(struct worker *w, struct conn *u);
 void h1_upstream_failed(struct worker *w, struct txn *t, int res);
+/* The request's round built anew from its head, still at the front of the
+ * client's queue (a retry; forward auth's pass). false: aborted (502). */
+bool h1_request_again(struct worker *w, struct txn *t);
 void h1_try_finish(struct worker *w, struct conn *c);
 void h1_stop_idle(struct worker *w);
 

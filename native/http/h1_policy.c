@@ -684,6 +684,9 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
         case UP_STEP_COMPRESS:
             cz_request(t, s, i, base, r);
             break;
+        case UP_STEP_FORWARD_AUTH:
+            fa_start(t, i);               /* the subrequest goes first (h1_fauth.c) */
+            break;
         default:                          /* (header steps have their own ranges) */
             break;
         }

@@ -197,7 +197,8 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     /* A policy's removed names, as a mask of their lengths (h1_policy.c):
      * most lines pass after one bit test. */
     uint64_t rm = t->pol ? t->pol->rm_lens : 0;
-    bool filter = cert_hdrs || rm;
+    bool fa = t->fa == FA_PASSED;
+    bool filter = cert_hdrs || rm || fa;
     size_t need = sizeof S_XFF + 48 + sizeof S_XFPS + sizeof S_CONN_KEEP + sizeof S_CONN_UPGRADE;
     for (uint16_t i = 0; i < r->nheaders; i++) {
         const struct h1_header *h = &r->h[i];
@@ -215,8 +216,9 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
          * client's own are never passed on, certificate or not. */
         if (__builtin_expect(filter, 0) &&
             (cert_header(t, base, h) ||
-             (((rm >> (h->name_len & 63)) & 1) && pol_drop_req(t, base, h))))
-            continue;
+             (((rm >> (h->name_len & 63)) & 1) && pol_drop_req(t, base, h)) ||
+             (fa && fa_drops(t, base, h))))
+            continue;                 /* (the auth service's lines replace a client's) */
         ok &= out_push(o, base + h->line_off, h->line_len);
     }
     if (host != 0xffff)
@@ -259,6 +261,8 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
         ok &= cert_lines(w, t, c);
     if (__builtin_expect(t->pol != NULL, 0))
         ok &= pol_req_lines(w, t, base, r);
+    if (__builtin_expect(fa, 0))
+        ok &= out_push(o, t->fa_lines, t->fa_len);
     /* The head's own empty line: the body that follows it continues the
      * same iovec. */
     ok &= out_push(o, base + r->head_len - 2, 2);
@@ -559,6 +563,10 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
         h1_client_reply_error(w, c, 431);
         return;
     }
+    if (__builtin_expect(t->fa == FA_ASKING, 0)) {
+        h1_upstream_assign(w, t);     /* the body waits for the auth service's yes */
+        return;
+    }
     int b = add_req_body(w, t);
     if (b < 0) {
         log_end(w, t, b == -3 ? 413 : 400);
@@ -577,6 +585,8 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
 {
     out_reset(&t->req);
     t->req.active = 0;     /* a retry forgets the round lost with the old connection */
+    if (__builtin_expect(t->fa == FA_ASKING, 0))
+        return fa_build(w, t, base, bid, off, r);   /* the auth subrequest first */
     if (!build_req_head(w, t, base, r, t->keep_underscores))
         return false;
     if (r->body == H1_BODY_NONE)
@@ -609,7 +619,8 @@ void txn_req_pump(struct worker *w, struct txn *t)
         return;
     if (!(t->flags & TF_HEAD_SENT)) {
         t->t_sent = w->now_us;
-        u->expires_ms = w->now_ms + t->cfg->clusters[t->cluster].response_timeout_ms;
+        u->expires_ms = w->now_ms + (t->fa == FA_ASKING ? fa_timeout_ms(t) :
+                                     t->cfg->clusters[t->cluster].response_timeout_ms);
         timer_arm(w, u);
     }
     out_submit(w, &t->req, u);
@@ -664,6 +675,8 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
                       const struct h1_response *r)
 {
     struct conn *u = &w->conns[t->up];
+    if (__builtin_expect(t->fa == FA_ASKING, 0) && fa_answer(w, t, base, r))
+        return 0;                     /* the auth service's yes (or a 1xx) */
     out_reset(&t->resp);
     if (t->sink == TS_STREAM && r->status < 200) {
         /* An interim head is not passed to an HTTP/2 stream: dropped, and

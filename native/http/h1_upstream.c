@@ -189,27 +189,30 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
         t->up = NIL;
         t->flags = (uint16_t)((t->flags & ~(TF_REUSED | TF_HEAD_SENT | TF_REQ_DONE)) | TF_RETRIED);
         w->c[UP_C_RETRIES]++;
-        const uint8_t *p;
-        uint32_t n = q_contiguous(w, c, &p);
-        struct h1_request *r = w_req(w);
-        const struct up_listener *l = NULL;
-        for (uint32_t i = 0; i < w->cfg->nlisteners; i++)
-            if (w->cfg->listeners[i].id == c->listener_id)
-                l = &w->cfg->listeners[i];
-        struct h1_limits lim = { l ? l->max_head : 0, l ? l->max_target : 0,
-                                 l ? l->max_fields : 0 };
-        if (!n || h1_parse_request(p, n, &lim, r) != H1_DONE) {
-            txn_abort(w, t, 502, false);
-            return;
-        }
-        if (!txn_build_head(w, t, p, c->x.head, c->x.off, r)) {
-            txn_abort(w, t, 502, false);
-            return;
-        }
-        h1_upstream_assign(w, t);
+        if (h1_request_again(w, t))
+            h1_upstream_assign(w, t);
         return;
     }
     txn_abort(w, t, 502, false);
+}
+
+bool h1_request_again(struct worker *w, struct txn *t)
+{
+    struct conn *c = &w->conns[t->client];
+    const uint8_t *p;
+    uint32_t n = q_contiguous(w, c, &p);
+    struct h1_request *r = w_req(w);
+    const struct up_listener *l = NULL;
+    for (uint32_t i = 0; i < w->cfg->nlisteners; i++)
+        if (w->cfg->listeners[i].id == c->listener_id)
+            l = &w->cfg->listeners[i];
+    struct h1_limits lim = { l ? l->max_head : 0, l ? l->max_target : 0, l ? l->max_fields : 0 };
+    if (!n || h1_parse_request(p, n, &lim, r) != H1_DONE ||
+        !txn_build_head(w, t, p, c->x.head, c->x.off, r)) {
+        txn_abort(w, t, 502, false);
+        return false;
+    }
+    return true;
 }
 
 /* Bytes arrived from the upstream (or it closed): move the response on. */
@@ -236,7 +239,9 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
     /* A response head: 16 KiB, and as many fields as the result arrays
      * hold (the upstream is not a client; the size bounds the work). */
     static const struct h1_limits resp_lim = { 0, 0, H1_MAX_HEADERS };
-    int rc = n ? h1_parse_response(p, n, &resp_lim, t->method, r) : H1_PARTIAL;
+    /* (An auth subrequest was a GET, or a HEAD for a HEAD.) */
+    uint8_t method = t->fa == FA_ASKING && t->method != H1_M_HEAD ? H1_M_GET : t->method;
+    int rc = n ? h1_parse_response(p, n, &resp_lim, method, r) : H1_PARTIAL;
     if (rc == H1_PARTIAL && n && u->x.head != u->x.tail) {
         int a = q_assemble(w, u, HBUF_SIZE);
         if (a < 0) {
@@ -244,7 +249,7 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
             return;
         }
         n = q_contiguous(w, u, &p);
-        rc = h1_parse_response(p, n, &resp_lim, t->method, r);
+        rc = h1_parse_response(p, n, &resp_lim, method, r);
     }
     if (rc == H1_PARTIAL) {
         if (u->x.flags & X_EOF) {

@@ -454,6 +454,17 @@ class Compress:
 
 
 @dataclass(frozen=True)
+class ForwardAuth:
+    """forward_auth = { ... }: a subrequest to an auth service decides
+    (native/http/h1_fauth.c)."""
+    cluster: str
+    path: str = "/"
+    copy_headers: tuple = ()                 # from the auth service's 2xx onto the request
+    forward_headers: tuple = ()              # the client's to send it (empty: all but the body's)
+    timeout_ms: int = 2000
+
+
+@dataclass(frozen=True)
 class Policy:
     """What a route (or, as their default, a listener) does to a request
     besides routing it; compiled into steps by tables.compile_policy."""
@@ -478,6 +489,7 @@ class Policy:
     basic_auth: BasicAuth | None = None
     error_pages: tuple = ()              # (("5xx" or "503", content type, body bytes), ...)
     compress: Compress | None = None
+    forward_auth: ForwardAuth | None = None
 
     def empty(self) -> bool:
         return self == Policy()
@@ -1423,6 +1435,8 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         if k in r.t and tcp:
             r.fail(k, f"{k} needs mode = \"http\"")
     l_policy = _listener_policy(errs, r, tcp)
+    if "forward_auth" in r.t and l_policy.forward_auth:
+        known(l_policy.forward_auth.cluster, f"listeners[{i}].forward_auth.cluster")
     for j, raw_route in enumerate(raw_routes):
         rr = _Reader(errs, f"listeners[{i}].routes[{j}]", raw_route)
         if not rr.ok:
@@ -1450,6 +1464,8 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         methods = _methods(rr)
         allow_connect = rr.bool("allow_connect", l_connect)
         policy = _route_policy(errs, rr, l_policy)
+        if "forward_auth" in rr.t and policy.forward_auth:
+            known(policy.forward_auth.cluster, f"listeners[{i}].routes[{j}].forward_auth.cluster")
         rr.done()
         routes.append(Route(cluster=rc, host=host_m.lower() if host_m else None, path_prefix=prefix,
                             methods=methods if "methods" in rr.t else l_methods,
@@ -1566,7 +1582,7 @@ _LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 
 POLICY_KEYS = ("request_headers", "response_headers", "via", "forwarded", "x_real_ip",
                "x_forwarded", "allow", "deny", "rate_limit", "max_in_flight", "redirect",
-               "rewrite", "basic_auth", "error_pages", "compress")
+               "rewrite", "basic_auth", "error_pages", "compress", "forward_auth")
 # The proxy's own answers an error page may replace (401, 405 and 429 carry
 # headers a page would lose: WWW-Authenticate, Allow, Retry-After).
 PAGE_STATUSES = (400, 403, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505)
@@ -1871,6 +1887,35 @@ def _compress(errs, key, raw):
                     gzip_level=gz, zstd_level=zs)
 
 
+def _forward_auth(errs, key, raw):
+    r = _Reader(errs, key, raw)
+    cluster = r.str("cluster", required=True)
+    path = r.str("path", "/")
+    if path is not None and (not path.startswith("/") or any(ord(ch) <= 32 or ord(ch) == 127
+                                                             for ch in path)):
+        r.fail("path", f"{path!r}: the path (and query) the auth service is asked, starting "
+                       "with / and without spaces or control characters")
+        path = "/"
+    lists = {}
+    for which in ("copy_headers", "forward_headers"):
+        names = []
+        for k, n in enumerate(r.list(which)):
+            if not isinstance(n, str) or not _TOKEN.match(n):
+                r.fail(f"{which}[{k}]", f"{n!r} is not a header name (letters, digits and "
+                                        "!#$%&'*+-.^_`|~, no spaces or ':')")
+            elif n.lower() in _OWNED or (which == "copy_headers" and n.lower() in ("host",)):
+                r.fail(f"{which}[{k}]", f"{n} is the proxy's to write (framing and connection "
+                                        "management)")
+            else:
+                names.append(n.lower())
+        lists[which] = tuple(dict.fromkeys(names))
+    timeout = r.duration_ms("timeout", 2000, lo=1, hi=300_000)
+    r.done()
+    if cluster is None:
+        return None
+    return ForwardAuth(cluster=cluster, path=path, timeout_ms=timeout, **lists)
+
+
 def _via(r):
     v = r.get("via", None)
     if v is None or v is False:
@@ -1926,8 +1971,12 @@ def _policy(errs, r, base: Policy | None, route_prefix: str = "") -> Policy:
         kw["error_pages"] = _error_pages(errs, r._k("error_pages"), r.get("error_pages"))
     if "compress" in r.t:
         kw["compress"] = _compress(errs, r._k("compress"), r.get("compress"))
+    if "forward_auth" in r.t:
+        fa = r.get("forward_auth")
+        kw["forward_auth"] = None if fa is False else \
+            _forward_auth(errs, r._k("forward_auth"), fa)
     for k in ("rate_limit", "max_in_flight", "redirect", "rewrite", "via", "basic_auth",
-              "error_pages", "compress"):
+              "error_pages", "compress", "forward_auth"):
         r.used.add(k)
     return Policy(**{**base.__dict__, **kw})
 

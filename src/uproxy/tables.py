@@ -340,8 +340,9 @@ class PolicyTables:
     """Every route's policy of one configuration, compiled into the arrays
     up_config points at: steps, networks, regexes, in-flight slots."""
 
-    def __init__(self, strings: "Strings"):
+    def __init__(self, strings: "Strings", cindex: dict | None = None):
         self.strings = strings
+        self.cindex = cindex or {}      # cluster name -> index (forward_auth)
         self.policies = []              # struct up_policy fields, one dict each
         self.steps = []                 # dicts of struct up_step fields
         self.cidrs = []                 # ipaddress networks
@@ -387,6 +388,13 @@ class PolicyTables:
                 "charset=\"UTF-8\"\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                 "Connection: close\r\n\r\n%s" % (ba.realm, len(body), body))
             step(lib.UP_STEP_BASIC_AUTH, first=first, count=len(ba.users), a_off=o, a_len=n)
+        if p.forward_auth:              # after the proxy's own checks, before limits
+            fa = p.forward_auth
+            o, n = self.strings.add(fa.path)
+            bo, bn = self.strings.add("".join(f"{x}," for x in fa.copy_headers))
+            co, cn = self.strings.add("".join(f"{x}," for x in fa.forward_headers))
+            step(lib.UP_STEP_FORWARD_AUTH, first=self.cindex[fa.cluster], x=fa.timeout_ms,
+                 a_off=o, a_len=n, b_off=bo, b_len=bn, c_off=co, c_len=cn)
         if p.max_body_size:
             step(lib.UP_STEP_BODY, x=p.max_body_size)
         if p.max_in_flight:
@@ -645,7 +653,7 @@ class Tables:
             resilience(cc, c, strings)
             first += len(c.servers)
 
-        policies = PolicyTables(strings)
+        policies = PolicyTables(strings, cindex)
         c_listeners = ffi.new("struct up_listener[]", len(cfg.listeners))
         for i, l in enumerate(cfg.listeners):
             socks = sockets[l.name]

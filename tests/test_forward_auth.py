@@ -4,7 +4,9 @@ whether a request reaches its cluster; its 2xx headers are copied onto the
 request, any other answer is relayed to the client; a dead or slow auth
 service fails the request with 502 or 504."""
 import http.client
+import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -29,14 +31,14 @@ def auth_handler(req):
         ("WWW-Authenticate", 'Bearer realm="app"'), ("Content-Type", "text/plain")])
 
 
-def start(proxy_factory, fa=None, auth=auth_handler, **kw):
+def start(proxy_factory, fa=None, auth=auth_handler, h2=False, **kw):
     app = HttpUpstream(lambda req: Response(body=b"app " + req.target.encode() + b" " +
                                             req.body))
     auth_up = HttpUpstream(auth) if auth else None
     fa = {"cluster": "auth", "path": "/verify?check=1", "copy_headers": ["X-User", "X-Role"],
           **(fa or {})}
     servers = [auth_up.addr] if auth_up else kw.pop("auth_servers")
-    p = http_proxy(proxy_factory, [app.addr], listener={"routes": [
+    p = http_proxy(proxy_factory, [app.addr], listener={"http2": h2, "routes": [
         {"path_prefix": "/open", "cluster": "c"},
         {"path_prefix": "/", "cluster": "c", "forward_auth": fa}]},
         clusters=[{"name": "auth", "servers": servers}], **kw)
@@ -158,6 +160,29 @@ def test_auth_service_down_or_slow(proxy_factory):
     assert status == 504
     conn.close()
     assert app.requests == []
+    app.close()
+    auth.close()
+
+
+def test_http2_streams_are_asked_too(proxy_factory):
+    """An HTTP/2 stream is a transaction: the same subrequest, the same
+    copied lines, the same relayed denial (curl, h2c prior knowledge)."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    app, auth, p = start(proxy_factory, h2=True)
+
+    def curl(*args):
+        return subprocess.run(["curl", "-sS", "-i", "--http2-prior-knowledge", *args],
+                              capture_output=True, timeout=20)
+    r = curl("-H", "Authorization: Bearer good", f"http://127.0.0.1:{p.port}/app")
+    assert r.returncode == 0 and r.stdout.startswith(b"HTTP/2 200"), r
+    assert r.stdout.endswith(b"app /app ")
+    assert app.requests[-1].header("X-User") == "alice"
+    assert auth.requests[-1].header("X-Forwarded-Uri") == "/app"
+    r = curl(f"http://127.0.0.1:{p.port}/app")
+    assert r.stdout.startswith(b"HTTP/2 401"), r
+    assert b'www-authenticate: Bearer realm="app"' in r.stdout and r.stdout.endswith(b"denied\n")
+    assert len(app.requests) == 1
     app.close()
     auth.close()
 

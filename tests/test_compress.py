@@ -243,3 +243,36 @@ def test_check_names_the_key(value, key, words):
         parse(BASE + f"compress = {value}\n")
     text = str(e.value)
     assert key in text and words in text.lower(), text
+
+
+def test_http2_streams_compressed(proxy_factory):
+    """An HTTP/2 stream (h2c, curl): content-encoding and vary in its
+    HEADERS, no content-length, a weak etag, and DATA frames whose bytes
+    decode to the upstream's body (Content-Length and chunked upstream)."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+
+    def handler(req):
+        return html(req, chunked=req.target == "/chunked", chunk_size=5000)
+    up, p = start(proxy_factory, {"compress": True, "http2": True}, handler)
+    for path in ("/len", "/chunked"):
+        for enc in ("zstd", "gzip"):
+            out = subprocess.run(["curl", "-sS", "-D", "-", "--http2-prior-knowledge",
+                                  "-H", f"Accept-Encoding: {enc}", f"{p.url}{path}"],
+                                 capture_output=True, timeout=20)
+            assert out.returncode == 0, out.stderr
+            head, _, body = out.stdout.partition(b"\r\n\r\n")
+            lines = head.decode().lower().split("\r\n")
+            assert lines[0].startswith("http/2 200")
+            h = dict(l.split(": ", 1) for l in lines[1:])
+            assert h["content-encoding"] == enc and h["vary"] == "accept-encoding"
+            assert "content-length" not in h and h["etag"] == 'w/"v1"'
+            assert decode(enc, body) == HTML
+    # Not accepted: identity, with its length, and vary still.
+    out = subprocess.run(["curl", "-sS", "-D", "-", "--http2-prior-knowledge", f"{p.url}/len"],
+                         capture_output=True, timeout=20)
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert b"content-encoding" not in head and b"vary: accept-encoding" in head.lower()
+    assert body == HTML
+    assert p.stats()["total"]["compressed"] == 4
+    up.close()

@@ -278,8 +278,8 @@ void cz_request(struct txn *t, const struct up_step *s, uint32_t si, const uint8
 {
     t->cz_step = si + 1;
     t->cz_alg = CZ_NONE;
-    if (t->method == H1_M_HEAD || t->minor == 0 || t->sink != TS_CLIENT)
-        return;
+    if (t->method == H1_M_HEAD || (t->minor == 0 && t->sink == TS_CLIENT))
+        return;                           /* (an HTTP/2 stream takes DATA frames, not chunks) */
     struct cz_accept acc;
     cz_accept_init(&acc);
     bool named = false;

@@ -622,7 +622,7 @@ static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
         struct iovec *v = &o->iov[o->first];
         const uint8_t *p = v->iov_base;
         size_t off = 0, dlen, used;
-        if (t->resp_body == H1_BODY_CHUNKED) {
+        if (t->resp_body == H1_BODY_CHUNKED || t->cz_slot) {
             int done = 0;
             int64_t u = h1_chunked_data(&st->ck, p, v->iov_len, ev->len - n, &off, &dlen, &done);
             if (u <= 0) {
@@ -720,9 +720,11 @@ static bool dropped(const uint8_t *n, size_t k)
     return false;
 }
 
+/* (t: the transaction whose upstream head this is, for its compression;
+ * NULL for the proxy's own answers.) */
 static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
                        const uint8_t *base, uint32_t len, uint8_t method, bool body,
-                       uint32_t *head_len)
+                       uint32_t *head_len, const struct txn *t)
 {
     static const struct h1_limits lim = { 0, 0, H1_MAX_HEADERS };
     struct h1_response *r = w_resp(w);
@@ -735,16 +737,36 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
     char code[4];
     status_text(code, r->status);
     f[nf++] = (struct h2_field){ (const uint8_t *)":status", (const uint8_t *)code, 7, 3 };
-    for (uint16_t i = 0; i < r->nheaders && nf < 260; i++) {
+    bool cz = t && t->cz_slot;        /* the body is compressed (h1_compress.c) */
+    for (uint16_t i = 0; i < r->nheaders && nf < 256; i++) {
         const struct h1_header *h = &r->h[i];
         const uint8_t *n = base + h->name_off;
-        if ((h->flags & H1_HF_HOP) || dropped(n, h->name_len) || used + h->name_len > SCRATCH_SIZE)
+        if ((h->flags & H1_HF_HOP) || dropped(n, h->name_len) ||
+            used + h->name_len + h->value_len + 2 > SCRATCH_SIZE)
             continue;
+        bool etag = false;
+        if (cz && cz_drops(base, h, &etag) && !etag)
+            continue;                 /* Content-Length: of the uncompressed body */
         for (uint32_t k = 0; k < h->name_len; k++)
             low[used + k] = (uint8_t)((n[k] >= 'A' && n[k] <= 'Z') ? n[k] | 0x20 : n[k]);
         f[nf++] = (struct h2_field){ low + used, base + h->value_off, h->name_len, h->value_len };
         used += h->name_len;
+        if (etag) {                   /* a strong ETag made weak: W/"..." */
+            low[used] = 'W';
+            low[used + 1] = '/';
+            memcpy(low + used + 2, base + h->value_off, h->value_len);
+            f[nf - 1].value = low + used;
+            f[nf - 1].vlen = h->value_len + 2;
+            used += h->value_len + 2;
+        }
     }
+    if (t && t->cz_vary)
+        f[nf++] = (struct h2_field){ (const uint8_t *)"vary", (const uint8_t *)"accept-encoding",
+                                     4, 15 };
+    if (cz)
+        f[nf++] = (struct h2_field){ (const uint8_t *)"content-encoding",
+                                     (const uint8_t *)(t->cz_alg == CZ_GZIP ? "gzip" : "zstd"),
+                                     16, 4 };
     st->flags |= ST_HEAD | (body ? 0 : ST_EOF);
     return h2c_respond(s, st->id, f, nf, body);
 }
@@ -776,7 +798,8 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
     if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD)) {
         /* The proxy's own answer (an HTTP/1.1 text): its head and body. */
         uint32_t hl;
-        if (submit_head(w, s, st, (const uint8_t *)t->reply, t->reply_len, H1_M_GET, true, &hl) < 0)
+        if (submit_head(w, s, st, (const uint8_t *)t->reply, t->reply_len, H1_M_GET, true, &hl,
+                        NULL) < 0)
             h2c_reset(s, st->id, H2C_INTERNAL_ERROR);
         st->rbody = (const uint8_t *)t->reply + hl;
         st->rleft = t->reply_len - hl;
@@ -786,13 +809,13 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
         uint32_t hl = 0;
         bool body = t->resp_body != H1_BODY_NONE && t->method != H1_M_HEAD;
         if (submit_head(w, s, st, o->iov[o->first].iov_base, (uint32_t)o->iov[o->first].iov_len,
-                        t->method, body, &hl) < 0) {
+                        t->method, body, &hl, t) < 0) {
             txn_abort(w, t, 502, false);
             h2_flush(w, c);
             return;
         }
-        if (t->resp_body == H1_BODY_CHUNKED)
-            h1_chunked_init(&st->ck);
+        if (t->resp_body == H1_BODY_CHUNKED || t->cz_slot)
+            h1_chunked_init(&st->ck);     /* (a compressed body comes as chunks) */
         out_advance(o, hl);
     }
     if (t && sc->h1 == H_TXN && t->resp.active && !t->resp.left && (st->flags & ST_HEAD)) {

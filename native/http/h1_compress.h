@@ -35,8 +35,8 @@ int cz_worker_init(struct worker *w, uint32_t n);
 void cz_worker_free(struct worker *w);
 
 /* Request time (the route's compress step s): what the client accepts of
- * the route's algorithms, by q-value; CZ_NONE for HEAD, a Range request,
- * an HTTP/1.0 client or an HTTP/2 stream. Sets t->cz_step / t->cz_alg. */
+ * the route's algorithms, by q-value; CZ_NONE for HEAD, a Range request or
+ * an HTTP/1.0 client. Sets t->cz_step / t->cz_alg. */
 void cz_request(struct txn *t, const struct up_step *s, uint32_t si, const uint8_t *base,
                 const struct h1_request *r);
 

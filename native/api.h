@@ -439,6 +439,7 @@ enum up_counter {
     UP_C_COMPRESS_POOL_FULL,  /* responses sent uncompressed: every stream was taken */
     UP_C_AUTH_REQUESTS,       /* forward auth: subrequests sent to auth services */
     UP_C_AUTH_DENIED,         /* forward auth: answers that were not 2xx (relayed to the client) */
+    UP_C_AUTH_ERRORS,         /* forward auth: requests failed asking (auth service down, slow, garbled) */
     UP_C__COUNT
 };
 

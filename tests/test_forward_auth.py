@@ -154,12 +154,15 @@ def test_auth_service_down_or_slow(proxy_factory):
     assert status == 502
     conn.close()
     assert app.requests == []
+    assert p.stats()["total"]["auth_errors"] == 1
     app, auth, p = start(proxy_factory, fa={"timeout": "300ms"})
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
     status, _, body = req(conn, "GET", "/app", {"Authorization": "Bearer slow"})
     assert status == 504
     conn.close()
     assert app.requests == []
+    st = p.stats()["total"]
+    assert st["auth_errors"] == 1 and st["err_gateway_timeout"] == 1
     app.close()
     auth.close()
 

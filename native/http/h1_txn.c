@@ -964,6 +964,8 @@ void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_clie
     if (__builtin_expect(t->brk != 0, 0) && (status == 502 || status == 504))
         res_result(w, t, status);     /* the upstream failed, or timed out */
     splice_abort(w, t);
+    if (__builtin_expect(t->fa == FA_ASKING, 0))
+        w->c[UP_C_AUTH_ERRORS]++;     /* the auth service failed this request */
     log_end(w, t, status && !(t->flags & TF_REPLIED) ? status : t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];

@@ -93,7 +93,9 @@ def test_accept_encoding_q_values_and_preference(proxy_factory):
     "*" stands for what is not named; nothing acceptable: identity, with
     Vary still (a cache must know the answer depends on the header)."""
     up, p = start(proxy_factory, {"routes": [
-        {"path_prefix": "/g", "cluster": "c", "compress": {"algorithms": ["gzip", "zstd"]}},
+        {"path_prefix": "/g", "cluster": "c", "compress": {"algorithms": ["gzip", "zstd"],
+                                                           "gzip_level": 9, "zstd_level": 9}},
+        {"path_prefix": "/1", "cluster": "c", "compress": {"gzip_level": 1, "zstd_level": 1}},
         {"path_prefix": "/", "cluster": "c", "compress": {"algorithms": ["zstd", "gzip"]}}]},
         html)
     cases = [("/", "gzip;q=0.5, zstd;q=0.9", "zstd"), ("/", "gzip, zstd;q=0.5", "gzip"),
@@ -101,7 +103,10 @@ def test_accept_encoding_q_values_and_preference(proxy_factory):
              ("/", "zstd;q=0, gzip", "gzip"), ("/", "zstd;q=0, *;q=0.1", "gzip"),
              ("/", "*", "zstd"), ("/", "br", None), ("/", "identity", None),
              ("/", "gzip;q=0, zstd;q=0.000", None), ("/", None, None),
-             ("/", "x-gzip", "gzip"), ("/", "GZIP ; Q=1.0", "gzip")]
+             ("/", "x-gzip", "gzip"), ("/", "GZIP ; Q=1.0", "gzip"),
+             # the levels' ends (the streams' memory is sized for level 9)
+             ("/g", "zstd", "zstd"), ("/g", "gzip", "gzip"), ("/1", "zstd", "zstd"),
+             ("/1", "gzip", "gzip"), ("/g", "gzip", "gzip"), ("/", "zstd", "zstd")]
     for path, ae, want in cases:
         status, h, body = fetch(p.port, path, ae=ae)
         assert status == 200

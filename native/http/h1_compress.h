@@ -60,7 +60,7 @@ int cz_body(struct worker *w, struct txn *t);
 /* The transaction ends: its stream goes back to the pool. */
 void cz_release(struct worker *w, struct txn *t);
 
-/* Pure: Accept-Encoding values (all of the request's lines, fed one by
+/* Pure (compress_select.c): Accept-Encoding values (all of the request's lines, fed one by
  * one) against a route's preference (enum cz_alg values, most preferred
  * first, CZ_NONE-terminated, at most 2). */
 struct cz_accept {
@@ -70,5 +70,10 @@ struct cz_accept {
 void cz_accept_init(struct cz_accept *a);
 void cz_accept_feed(struct cz_accept *a, const uint8_t *v, uint32_t n);
 uint8_t cz_accept_choose(const struct cz_accept *a, const uint8_t *prefs);
+/* Whether a Content-Type value's media type is in a list of lowercase
+ * types, each followed by ',' ("type/" "*" for a whole top-level type). */
+bool cz_type_listed(const char *list, uint32_t list_len, const uint8_t *ct, uint32_t n);
+/* Whether tok appears in a header value (no case). */
+bool cz_has_token(const uint8_t *v, uint32_t n, const char *tok, uint32_t tn);
 
 #endif

@@ -411,7 +411,9 @@ enum up_counter {
     UP_C_TLS_UPSTREAM_HANDSHAKES,
     UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
     UP_C_TLS_UPSTREAM_RESUMED,/* upstream handshakes that resumed a session */
-    UP_C_TLS_KTLS,            /* connections handed to kernel TLS */
+    UP_C_TLS_KTLS,            /* connections whose sending the kernel took (TLS_TX) */
+    UP_C_TLS_KTLS_FALLBACKS,  /* kTLS on, but kept in user space: a suite or version the kernel refused */
+    UP_C_TLS_KTLS_REPLY_CLOSES, /* kTLS connections closed: the library had a record to send (a key update asked of us, an alert) */
     /* SNI passthrough (tcp listeners with routes) */
     UP_C_SNI_ERRORS,          /* closed: not TLS, a malformed, cut or oversized ClientHello */
     UP_C_SNI_TIMEOUTS,        /* closed: no whole ClientHello within sni_timeout */

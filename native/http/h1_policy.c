@@ -456,7 +456,7 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
     out_push(o, sl, n);
     if (s->a_len)
         out_push(o, strings + s->a_off, s->a_len);
-    else if (h1_wire(w, c)->tp == TP_TLS)
+    else if (tp_is_tls(h1_wire(w, c)))
         out_push(o, "https", 5);
     else
         out_push(o, "http", 4);
@@ -766,7 +766,7 @@ bool pol_req_lines(struct worker *w, struct txn *t, const uint8_t *base, const s
                 memcpy(p, "]\"", 2);
                 p += 2;
             }
-            bool tls = h1_wire(w, &w->conns[t->client])->tp == TP_TLS;
+            bool tls = tp_is_tls(h1_wire(w, &w->conns[t->client]));
             memcpy(p, tls ? ";proto=https" : ";proto=http", tls ? 12 : 11);
             p += tls ? 12 : 11;
             const uint8_t *host = r->host != 0xffff ? base + r->h[r->host].value_off : NULL;

@@ -42,7 +42,7 @@ void splice_consider(struct worker *w, struct txn *t, int dir)
         return;
     struct conn *src, *dst;
     ends(w, t, dir, &src, &dst);
-    if (!tp_spliceable(src) || (dst && !tp_spliceable(dst)))
+    if (!tp_splice_from(src) || (dst && !tp_splice_into(dst)))
         return;                        /* records are not the body's bytes */
     b->state = BS_WANT;
     src->x.flags |= X_HELD;
@@ -209,7 +209,7 @@ void splice_progress(struct worker *w, struct txn *t)
             continue;
         uint64_t left = dir == BS_REQ ? t->req_left : t->resp_left;
         /* The upstream, known only now for a request, may speak TLS. */
-        int p = left && tp_spliceable(dst) ? pipe_get(w) : -1;
+        int p = left && tp_splice_into(dst) ? pipe_get(w) : -1;
         if (p < 0) {
             /* Nothing left after all, no pipe, or records on the way:
              * carry on buffered. */

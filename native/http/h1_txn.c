@@ -242,7 +242,7 @@ static bool build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     }
     if (t->flags & TF_XF_OFF)
         ;
-    else if (h1_wire(w, c)->tp == TP_TLS)
+    else if (tp_is_tls(h1_wire(w, c)))
         PUT(S_XFPS, sizeof S_XFPS - 1);
     else
         PUT(S_XFP, sizeof S_XFP - 1);

@@ -369,8 +369,8 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
     /* Learn from this response how to read the next one. The multishot
      * receive, if armed, is left alone: the change applies at its re-arm. */
     if (t && t->sink == TS_CLIENT && t->bytes_out >= w->o.splice_min && w->o.splice_min &&
-        tp_spliceable(u) &&
-        tp_spliceable(&w->conns[t->client])) {
+        tp_splice_from(u) &&
+        tp_splice_into(&w->conns[t->client])) {
         if (!(u->flags & C_HEADRECV) && (u->ops & (1u << OP_RECV)))
             conn_cancel_ops_of(w, u, OP_RECV);     /* re-armed head-sized below */
         u->flags |= C_HEADRECV;

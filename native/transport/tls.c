@@ -40,11 +40,6 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t);
 
 /* ---- the BIO: the library's view of our buffers ----------------------- */
 
-struct bio_ref {
-    struct worker *w;
-    struct conn *c;
-};
-
 static int bio_read(BIO *b, char *out, int want)
 {
     struct bio_ref *r = BIO_get_data(b);
@@ -147,7 +142,7 @@ int tp_tls_init(struct worker *w)
     BIO_meth_set_ctrl(bm, bio_ctrl);
     BIO_meth_set_destroy(bm, bio_destroy);
     w->tls_bio = bm;
-    return 0;
+    return tp_ktls_init(w);
 }
 
 void tp_tls_free_all(struct worker *w)
@@ -176,6 +171,7 @@ void tp_tls_free_all(struct worker *w)
     if (w->tls_bio)
         BIO_meth_free(w->tls_bio);
     w->tls_bio = NULL;
+    tp_ktls_free(w);
 }
 
 /* ---- a connection's life ---------------------------------------------- */
@@ -305,7 +301,10 @@ void tp_tls_release(struct worker *w, struct conn *c)
     t->ssl = NULL;
     in_release(w, t);
     out_release(w, t);
+    if (t->state != TLS_OPEN || t->ktls == KT_WAIT)
+        tp_ktls_forget(w, c);     /* a handshake that never reached the handover */
     t->state = TLS_NONE;
+    t->ktls = KT_OFF;
     c->tp = TP_PLAIN;
 }
 
@@ -420,6 +419,56 @@ int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
     return (int)t->out_plain;
 }
 
+/* ---- kernel TLS ------------------------------------------------------- */
+
+/* Records in what the library wrote and we have not sent yet. */
+static uint32_t out_records(const struct worker *w, const struct tls_conn *t)
+{
+    uint32_t total = out_bytes(w, t), n = 0, size = w->bufs.size;
+    for (uint32_t at = 0; at + 5 <= total; n++) {
+        uint32_t hi = at + 3, lo = at + 4;
+        uint32_t len = (uint32_t)buf_data(&w->bufs, t->out[hi / size])[hi % size] << 8 |
+                       buf_data(&w->bufs, t->out[lo / size])[lo % size];
+        at += 5 + len;
+    }
+    return n;
+}
+
+/* The handshake is complete: whether this connection goes to the kernel,
+ * and the sequence number its first kernel record will carry. The server
+ * of TLS 1.3 writes its session tickets under the application keys in the
+ * same step that completes the handshake (they are the whole flight now
+ * in t->out); a TLS 1.3 client's last flight (its Finished) is under the
+ * handshake keys; in TLS 1.2 both sides' Finished is the one record under
+ * the new keys, and the library writes nothing after it. */
+static void ktls_plan(struct worker *w, struct tls_conn *t, bool server)
+{
+    if (!(w->features & UP_F_KTLS) || !w->tls_ktls)
+        return;
+    int v = SSL_version(t->ssl);
+    uint32_t seq = v == TLS1_2_VERSION ? 1 : server ? out_records(w, t) : 0;
+    if ((v != TLS1_2_VERSION && v != TLS1_3_VERSION) || seq > 255)
+        return;
+    t->tx_seq = (uint8_t)seq;
+    t->ktls = KT_WAIT;
+}
+
+/* Every record the library wrote is on the wire: the kernel takes over
+ * sending. From here the library still reads (and must never write: see
+ * tp_tls_received); the protocols send plaintext straight to the socket,
+ * and bodies may be spliced into it. */
+static void handover(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    if (tp_ktls_tx(w, c, t->ssl, t->tx_seq) == 0) {
+        t->ktls = KT_TX;
+        c->tp = TP_KTLS_TX;
+        cnt(w, UP_C_TLS_KTLS, 1);
+    } else {
+        t->ktls = KT_OFF;
+        cnt(w, UP_C_TLS_KTLS_FALLBACKS, 1);
+    }
+}
+
 /* Our own flight is out: what waited for it may go on. */
 void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
@@ -431,6 +480,8 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
         t->state = TLS_FAILED;
         t->err = cqe->res < 0 ? cqe->res : -EPIPE;
     }
+    if (t->state == TLS_OPEN && t->ktls == KT_WAIT)
+        handover(w, c, t);           /* every record the library wrote is out */
     if (t->state == TLS_OPEN)
         t->flags |= TLSF_KICK;       /* the protocol learns it may send */
     if ((t->flags & TLSF_WANT_RX) && c->state == CS_OPEN) {
@@ -542,7 +593,10 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
             peer_keep(w, c, t);
         if (!server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
+        ktls_plan(w, t, server);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
+        if (t->ktls == KT_WAIT && !(t->flags & TLSF_SENDING) && !t->nout)
+            handover(w, c, t); /* nothing left to send first */
         return 1;
     }
     int e = SSL_get_error(t->ssl, r);
@@ -614,6 +668,16 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     }
     if (got == p->size)
         t->flags |= TLSF_FULL;             /* the library may hold more: read it next */
+    if (t->ktls == KT_TX && t->nout) {
+        /* The library answered a record with one of its own: a key update
+         * the peer asked us to make too (TLS 1.3), or an alert. Our
+         * sending keys live in the kernel now, which cannot change them
+         * (Linux 6.1), and the library's record would be encrypted twice:
+         * the connection ends, as after an alert. */
+        out_release(w, t);
+        bufpool_put(w, out);
+        return failed(w, t, UP_C_TLS_KTLS_REPLY_CLOSES, -EPROTO);
+    }
     flush_own(w, c, t);                    /* a key update's answer, an alert */
     if (got) {
         *bid = out;
@@ -660,6 +724,10 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
         (c->ops & ((1u << OP_SEND) | (1u << OP_TP_SEND))))
         return;
     t->flags |= TLSF_CLOSING;
+    if (t->ktls == KT_TX) {
+        tp_ktls_close_notify(c->fd);   /* the library's sending keys are stale */
+        return;
+    }
     SSL_shutdown(t->ssl);
     ERR_clear_error();
     for (uint32_t i = 0; i < t->nout; i++)
@@ -671,7 +739,7 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
 bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out)
 {
     const struct tls_conn *t = tp_tls_of(w, c);
-    if (c->tp != TP_TLS || !t->ssl)
+    if (!tp_is_tls(c) || !t->ssl)
         return false;
     int v = SSL_version(t->ssl);
     out->version = v == TLS1_3_VERSION ? 0x13 : v == TLS1_2_VERSION ? 0x12 : 0;
@@ -683,7 +751,7 @@ bool tp_tls_info(struct worker *w, const struct conn *c, struct tp_tls_info *out
 
 bool tp_tls_peer_cert(struct worker *w, const struct conn *c, struct tp_peer_cert *out)
 {
-    if (c->tp != TP_TLS || !(tp_tls_of(w, c)->flags & TLSF_PEER))
+    if (!tp_is_tls(c) || !(tp_tls_of(w, c)->flags & TLSF_PEER))
         return false;
     const struct tls_peer *p = tp_tls_peer_of(w, c);
     out->sha256 = p->sha256;

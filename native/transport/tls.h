@@ -59,6 +59,13 @@ enum tls_state {
     TLS_FAILED,               /* the next receive reports the error */
 };
 
+/* Whether the kernel sends this connection's records (tls_ktls.c). */
+enum tls_ktls {
+    KT_OFF,                       /* user space: kTLS off, not offered, or refused */
+    KT_WAIT,                      /* established: handed over once our last flight is out */
+    KT_TX,                        /* the kernel encrypts what we send (c->tp is TP_KTLS_TX) */
+};
+
 #define TLSF_EOF      1       /* the socket said FIN */
 #define TLSF_SENDING  2       /* a flight of our own (handshake) is on its way */
 #define TLSF_REPLAY   4       /* the receive armed is a no-op: data is held */
@@ -91,7 +98,8 @@ struct tls_conn {
     uint32_t out_plain;           /* plaintext the send in flight carries */
     uint8_t state;                /* enum tls_state */
     uint8_t flags;                /* TLSF_* */
-    uint16_t pad;
+    uint8_t ktls;                 /* enum tls_ktls */
+    uint8_t tx_seq;               /* kTLS: records sent under the application keys before the handover */
     int32_t err;                  /* TLS_FAILED: what to report (-errno) */
     uint32_t slot;                /* client side: the server's slot, for its session */
     struct iovec iov[TLS_OUT_BUFS];
@@ -103,6 +111,25 @@ struct tls_conn {
 struct tls_sessions {
     SSL_SESSION *s[UP_MAX_SERVERS];
 };
+
+/* What the library's BIO of ours knows of its connection (tls.c). */
+struct bio_ref {
+    struct worker *w;
+    struct conn *c;
+};
+
+/* Kernel TLS (tls_ktls.c). */
+int tp_ktls_init(struct worker *w);
+void tp_ktls_free(struct worker *w);
+/* A context whose connections may be handed over: keeps the traffic
+ * secret (the key-log callback) when the kernel has the tls ULP. */
+void tp_ktls_prepare_ctx(SSL_CTX *ctx);
+/* Program TLS_TX with the connection's keys and the next record's
+ * sequence number: 0, or -errno (the connection stays in user space). */
+int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq);
+/* Wipe the connection's kept secret. */
+void tp_ktls_forget(struct worker *w, const struct conn *c);
+void tp_ktls_close_notify(int fd);
 
 /* The client contexts' new-session callback (set in tls_ctx.c): keeps a
  * session for the connection's server slot. */

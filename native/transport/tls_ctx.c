@@ -63,6 +63,8 @@ static SSL_CTX *ctx_new(struct tls_server *s, const SSL_METHOD *m)
         __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
         SSL_CTX_set_ex_data(c, ref_index, s);
     }
+    if (c)
+        tp_ktls_prepare_ctx(c);   /* kTLS needs the traffic secrets */
     return c;
 }
 

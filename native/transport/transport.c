@@ -2,7 +2,8 @@
  * The transport kinds (transport/transport.h). Plain: the socket's own
  * receive into provided buffers and its own sends, straight through the
  * ring. Sends wait for all their bytes (MSG_WAITALL) and never raise
- * SIGPIPE. TLS: tls.c.
+ * SIGPIPE. TLS: tls.c; once the kernel encrypts (TP_KTLS_TX, tls_ktls.c)
+ * sending is the plain socket's and receiving stays the library's.
  */
 #include <sys/uio.h>
 #include "transport/transport.h"
@@ -22,6 +23,7 @@ void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
         break;
     }
     case TP_TLS:
+    case TP_KTLS_TX:
         tp_tls_recv_arm(w, c);
         break;
     }
@@ -33,6 +35,7 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
     case TP_PLAIN:
         break;
     case TP_TLS:
+    case TP_KTLS_TX:
         return tp_tls_received(w, c, cqe, bid);
     }
     *bid = NIL;
@@ -46,7 +49,8 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
 void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
 {
     switch ((enum tp_kind)c->tp) {
-    case TP_PLAIN: {
+    case TP_PLAIN:
+    case TP_KTLS_TX: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
         io_uring_prep_send(s, c->fd, p, n, MSG_NOSIGNAL | MSG_WAITALL);
         count_op(w, s);
@@ -63,7 +67,8 @@ void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
 void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
 {
     switch ((enum tp_kind)c->tp) {
-    case TP_PLAIN: {
+    case TP_PLAIN:
+    case TP_KTLS_TX: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
         io_uring_prep_sendmsg(s, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
         count_op(w, s);
@@ -79,6 +84,7 @@ int tp_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
+    case TP_KTLS_TX:
         break;
     case TP_TLS:
         return tp_tls_sent(w, c, cqe);
@@ -88,7 +94,7 @@ int tp_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 
 void tp_on_cqe(struct worker *w, struct conn *c, enum op op, const struct io_uring_cqe *cqe)
 {
-    if (op == OP_TP_SEND && c->tp == TP_TLS)
+    if (op == OP_TP_SEND && c->tp != TP_PLAIN)
         tp_tls_own_sent(w, c, cqe);
 }
 
@@ -98,6 +104,7 @@ bool tp_ready(struct worker *w, const struct conn *c)
     case TP_PLAIN:
         break;
     case TP_TLS:
+    case TP_KTLS_TX:
         return tp_tls_ready(w, c);
     }
     return true;
@@ -109,6 +116,7 @@ void tp_shutdown(struct worker *w, struct conn *c)
     case TP_PLAIN:
         break;
     case TP_TLS:
+    case TP_KTLS_TX:
         tp_tls_shutdown(w, c);
         break;
     }
@@ -120,6 +128,7 @@ void tp_release(struct worker *w, struct conn *c)
     case TP_PLAIN:
         break;
     case TP_TLS:
+    case TP_KTLS_TX:
         tp_tls_release(w, c);
         break;
     }

@@ -14,7 +14,15 @@
 enum tp_kind {
     TP_PLAIN,         /* the socket's bytes are the protocol's bytes */
     TP_TLS,           /* records; the library in user space */
+    TP_KTLS_TX,       /* records; the kernel encrypts what we send (kTLS),
+                         the library decrypts what we receive */
 };
+
+/* Whether the connection speaks TLS, whoever does the crypto. */
+static inline bool tp_is_tls(const struct conn *c)
+{
+    return c->tp != TP_PLAIN;
+}
 
 /* Arm a receive into the worker's provided buffers: at most `max` bytes
  * (0: a buffer's worth, multishot where the kernel has it and the
@@ -38,10 +46,22 @@ void tp_on_cqe(struct worker *w, struct conn *c, enum op op, const struct io_uri
 /* Established: bytes can be sent (a TLS handshake is complete). */
 bool tp_ready(struct worker *w, const struct conn *c);
 /* Whether the kernel may move this connection's bytes itself (splice):
- * only when its bytes on the wire are the protocol's. */
+ * only when its bytes on the wire are the protocol's, in both directions
+ * (L4's pumps, sockmap). */
 static inline bool tp_spliceable(const struct conn *c)
 {
     return c->tp == TP_PLAIN;
+}
+/* One direction: the kernel may read the protocol's bytes out of the
+ * socket (splice from it) ... */
+static inline bool tp_splice_from(const struct conn *c)
+{
+    return c->tp == TP_PLAIN;
+}
+/* ... or write them into it (splice into it: kTLS encrypts them). */
+static inline bool tp_splice_into(const struct conn *c)
+{
+    return c->tp == TP_PLAIN || c->tp == TP_KTLS_TX;
 }
 /* Before shutdown(SHUT_WR): say goodbye in the transport's own terms. */
 void tp_shutdown(struct worker *w, struct conn *c);

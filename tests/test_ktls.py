@@ -8,7 +8,6 @@ These tests need a kernel with the tls ULP (CONFIG_TLS): they skip, saying
 so, on one without, and run in the project's VM (Debian 12, Linux 6.1):
 `scripts/vm-test -- tests/test_ktls.py -x` (docs/testing.md)."""
 import hashlib
-import os
 import shutil
 import socket
 import ssl
@@ -94,6 +93,11 @@ def curl_keepalive(port, tmp_path, args):
     return [o.read_bytes() for o in outs], sum(int(x) for x in r.stdout.split())
 
 
+def counters(p):
+    t = p.stats()["total"]
+    return {k: v for k, v in t.items() if v and (k.startswith("tls") or k.startswith("err") or "splice" in k)}
+
+
 SUITES = [
     ("1.3", "TLS_AES_128_GCM_SHA256"),
     ("1.3", "TLS_AES_256_GCM_SHA384"),
@@ -117,7 +121,10 @@ def test_ktls_curl_every_suite_keepalive_and_splice(proxy_factory, cert, tmp_pat
         before = {k: p.total(k) for k in ("tls_ktls", "tls_ktls_fallbacks", "bodies_spliced")}
         args = ["--tlsv1.3", "--tls13-ciphers", suite] if version == "1.3" else \
                ["--tlsv1.2", "--tls-max", "1.2", "--ciphers", suite]
-        bodies, connects = curl_keepalive(p.port, tmp_path, args)
+        try:
+            bodies, connects = curl_keepalive(p.port, tmp_path, args)
+        except AssertionError as e:
+            raise AssertionError(f"{suite}: {e}; counters {counters(p)}") from None
         assert bodies[0] == b"small /s1" and bodies[2] == b"small /s2", suite
         assert hashlib.sha256(bodies[1]).hexdigest() == BIG_SHA, suite
         assert connects == 1, f"{suite}: keep-alive broke ({connects} connections)"
@@ -221,3 +228,37 @@ def test_ktls_disabled_keeps_user_space(proxy_factory, cert):
         f.close()
     assert p.total("tls_ktls") == 0 and p.total("tls_ktls_fallbacks") == 0
     assert p.total("bodies_spliced") == 0
+
+
+def test_ktls_upstream_connection_and_request_body_splice(proxy_factory, cert):
+    """TLS to an upstream: the dialed connection is handed over too (its
+    TLS 1.3 client secret), and a 1 MiB request body from a plain client
+    goes by splice into it. The upstream is a second uproxy terminating
+    TLS (kTLS as well) in front of an HTTP origin that hashes the body."""
+    def handler(req):
+        if req.method == "POST":
+            return Response(body=hashlib.sha256(req.body).hexdigest().encode())
+        return Response(body=b"small " + req.target.encode())
+    origin = HttpUpstream(handler)
+    front = ktls_proxy(proxy_factory, cert, origin)
+    port = free_port()
+    p = proxy_factory([{"name": "w", "bind": f"127.0.0.1:{port}", "mode": "http", "cluster": "t"}],
+                      [{"name": "t", "servers": [f"127.0.0.1:{front.port}"],
+                        "tls": {"ca": cert["cert"], "sni": "localhost"}}], proxy={"workers": 1})
+    body = BIG_BODY
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        f = s.makefile("rb")
+        assert get(s, f, "/u1") == (200, b"small /u1")
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        status = int(f.readline().split()[1])
+        length = 0
+        while (h := f.readline()) != b"\r\n":
+            if h.lower().startswith(b"content-length:"):
+                length = int(h.split(b":")[1])
+        assert (status, f.read(length)) == (200, BIG_SHA.encode())
+        assert get(s, f, "/u2") == (200, b"small /u2")
+        f.close()
+    assert p.total("tls_upstream_handshakes") >= 1
+    assert p.total("tls_ktls") >= 1 and p.total("tls_ktls_fallbacks") == 0
+    assert p.total("bodies_spliced") >= 1, "the request body did not go by splice into the kTLS upstream"
+    assert front.total("tls_ktls") >= 1

@@ -46,13 +46,21 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
     return cqe->res;
 }
 
+/* kTLS's sendmsg refuses every flag but MSG_MORE, MSG_DONTWAIT and
+ * MSG_NOSIGNAL (EOPNOTSUPP): without MSG_WAITALL a send may come back
+ * short, which the protocols continue as after any short send. */
+static inline int send_flags(const struct conn *c)
+{
+    return c->tp == TP_KTLS_TX ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL;
+}
+
 void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
 {
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
     case TP_KTLS_TX: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
-        io_uring_prep_send(s, c->fd, p, n, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_send(s, c->fd, p, n, send_flags(c));
         count_op(w, s);
         break;
     }
@@ -70,7 +78,7 @@ void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
     case TP_PLAIN:
     case TP_KTLS_TX: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
-        io_uring_prep_sendmsg(s, c->fd, m, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_sendmsg(s, c->fd, m, send_flags(c));
         count_op(w, s);
         break;
     }

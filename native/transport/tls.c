@@ -668,12 +668,15 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     }
     if (got == p->size)
         t->flags |= TLSF_FULL;             /* the library may hold more: read it next */
-    if (t->ktls == KT_TX && t->nout) {
-        /* The library answered a record with one of its own: a key update
-         * the peer asked us to make too (TLS 1.3), or an alert. Our
-         * sending keys live in the kernel now, which cannot change them
-         * (Linux 6.1), and the library's record would be encrypted twice:
-         * the connection ends, as after an alert. */
+    if (t->ktls == KT_TX && (t->nout || SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE)) {
+        /* The library has a record of its own to send: an alert, or the
+         * key update the peer asked us to make too (TLS 1.3's
+         * update_requested; the library holds it back until its next
+         * write, which never comes, and RFC 8446 4.6.3 wants it before
+         * our next data). Our sending keys live in the kernel now, which
+         * cannot change them (Linux 6.1), and the library's record would
+         * be encrypted with stale state: the connection ends, as after an
+         * alert. */
         out_release(w, t);
         bufpool_put(w, out);
         return failed(w, t, UP_C_TLS_KTLS_REPLY_CLOSES, -EPROTO);

@@ -83,10 +83,14 @@ def get(s, f, path, close=False):
 
 
 def curl_keepalive(port, tmp_path, args):
-    """small, 1 MiB, small on one connection: (the bodies, connections made)."""
-    outs = [tmp_path / f"o{i}" for i in range(3)]
+    """small, 1 MiB twice, small on one connection: (the bodies, connections
+    made). The second 1 MiB body follows a large one on the pooled upstream
+    connection, whose head is then read alone (h1_upstream_release), so it
+    is the one sure to be spliced, whatever the timing."""
+    paths = ("/s1", "/big", "/big", "/s2")
+    outs = [tmp_path / f"o{i}" for i in range(len(paths))]
     cmd = ["curl", "-sS", "-k", "--http1.1", "-w", "%{num_connects}\n", *args]
-    for i, path in enumerate(("/s1", "/big", "/s2")):
+    for i, path in enumerate(paths):
         cmd += [f"https://localhost:{port}{path}", "-o", str(outs[i])]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -125,8 +129,9 @@ def test_ktls_curl_every_suite_keepalive_and_splice(proxy_factory, cert, tmp_pat
             bodies, connects = curl_keepalive(p.port, tmp_path, args)
         except AssertionError as e:
             raise AssertionError(f"{suite}: {e}; counters {counters(p)}") from None
-        assert bodies[0] == b"small /s1" and bodies[2] == b"small /s2", suite
+        assert bodies[0] == b"small /s1" and bodies[3] == b"small /s2", suite
         assert hashlib.sha256(bodies[1]).hexdigest() == BIG_SHA, suite
+        assert hashlib.sha256(bodies[2]).hexdigest() == BIG_SHA, suite
         assert connects == 1, f"{suite}: keep-alive broke ({connects} connections)"
         after = {k: p.total(k) for k in before}
         handed = after["tls_ktls"] - before["tls_ktls"]
@@ -208,12 +213,12 @@ def test_ktls_openssl_s_client_and_key_updates(proxy_factory, cert):
     proxy closes that connection (counted), never sends garbage."""
     up = upstream()
     p = ktls_proxy(proxy_factory, cert, up)
-    out = s_client(p.port, [REQ % b"a12", 1.0], version="-tls1_2")
+    out = s_client(p.port, [REQ % b"a12", 3.0], version="-tls1_2")
     assert "small /a12" in out, out
-    out = s_client(p.port, [REQ % b"a", 1.0, b"k\n", 0.5, REQ % b"b", 1.0])
+    out = s_client(p.port, [REQ % b"a", 3.0, b"k\n", 1.0, REQ % b"b", 3.0])
     assert "KEYUPDATE" in out and "small /a" in out and "small /b" in out, out
     assert p.total("tls_ktls_reply_closes") == 0
-    out = s_client(p.port, [REQ % b"c", 1.0, b"K\n", 1.0, REQ % b"d", 1.0])
+    out = s_client(p.port, [REQ % b"c", 3.0, b"K\n", 2.0, REQ % b"d", 2.0])
     assert "small /c" in out and "small /d" not in out, out
     wait_for(lambda: p.total("tls_ktls_reply_closes") == 1, 5, what="the K connection closed")
     assert p.total("tls_ktls") == 3

@@ -412,8 +412,6 @@ enum up_counter {
     UP_C_TLS_UPSTREAM_ERRORS, /* upstream handshakes that failed (verification, ...) */
     UP_C_TLS_UPSTREAM_RESUMED,/* upstream handshakes that resumed a session */
     UP_C_TLS_KTLS,            /* connections whose sending the kernel took (TLS_TX) */
-    UP_C_TLS_KTLS_FALLBACKS,  /* kTLS on, but kept in user space: a suite or version the kernel refused */
-    UP_C_TLS_KTLS_REPLY_CLOSES, /* kTLS connections closed: the library had a record to send (a key update asked of us, an alert) */
     /* SNI passthrough (tcp listeners with routes) */
     UP_C_SNI_ERRORS,          /* closed: not TLS, a malformed, cut or oversized ClientHello */
     UP_C_SNI_TIMEOUTS,        /* closed: no whole ClientHello within sni_timeout */
@@ -442,6 +440,9 @@ enum up_counter {
     UP_C_AUTH_REQUESTS,       /* forward auth: subrequests sent to auth services */
     UP_C_AUTH_DENIED,         /* forward auth: answers that were not 2xx (relayed to the client) */
     UP_C_AUTH_ERRORS,         /* forward auth: requests failed asking (auth service down, slow, garbled) */
+    /* kTLS (appended: the segment's layout keeps every earlier index) */
+    UP_C_TLS_KTLS_FALLBACKS,  /* kTLS on, but kept in user space: a suite or version the kernel refused */
+    UP_C_TLS_KTLS_REPLY_CLOSES, /* kTLS connections closed: the library had a record to send (a key update asked of us, an alert) */
     UP_C__COUNT
 };
 

@@ -190,9 +190,15 @@ def s_client(port, steps, version="-tls1_3"):
             if isinstance(step, (int, float)):
                 time.sleep(step)
             else:
-                c.stdin.write(step)
-                c.stdin.flush()
-        c.stdin.close()
+                try:
+                    c.stdin.write(step)
+                    c.stdin.flush()
+                except BrokenPipeError:
+                    break              # s_client is gone: the proxy closed
+        try:
+            c.stdin.close()
+        except BrokenPipeError:
+            pass
         c.stdin = None                 # communicate() must not flush it again
         out, _ = c.communicate(timeout=30)
     finally:

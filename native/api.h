@@ -139,7 +139,12 @@ struct up_cluster {
     uint32_t budget_min;
     uint32_t max_in_flight;   /* per server, over all workers (0: no limit) */
     uint32_t proxy_protocol;  /* 0, or 1 / 2: a PROXY header first on each new connection */
+    uint32_t protocol;        /* http: UP_PROTO_H1 or UP_PROTO_H2 (docs/http2.md) */
+    uint32_t max_streams;     /* UP_PROTO_H2: concurrent streams per connection, at most */
 };
+
+#define UP_PROTO_H1 0
+#define UP_PROTO_H2 1
 
 #define UP_ROUTE_HOST_ANY    0
 #define UP_ROUTE_HOST_EXACT  1
@@ -443,6 +448,11 @@ enum up_counter {
     /* kTLS (appended: the segment's layout keeps every earlier index) */
     UP_C_TLS_KTLS_FALLBACKS,  /* kTLS on, but kept in user space: a suite or version the kernel refused */
     UP_C_TLS_KTLS_REPLY_CLOSES, /* kTLS connections closed: the library had a record to send (a key update asked of us, an alert) */
+    UP_C_H2_UP_CONNECTIONS,   /* HTTP/2 connections opened to upstreams (protocol = "h2") */
+    UP_C_H2_UP_STREAMS,       /* streams opened on them (each one transaction) */
+    UP_C_H2_UP_GOAWAYS,       /* GOAWAY frames received from upstreams */
+    UP_C_H2_UP_REFUSED,       /* streams the upstream refused (REFUSED_STREAM, past GOAWAY) */
+    UP_C_H2_UP_NO_ALPN,       /* TLS upstreams that did not select h2 in ALPN */
     UP_C__COUNT
 };
 

@@ -638,3 +638,57 @@ def test_no_allocation_per_h2_request(tmp_path, request):
     b = _alloc_run(tmp_path, so, 4000)
     assert a > 0
     assert b - a <= 5, f"worker allocations grew with HTTP/2 requests: {a} after 400, {b} after 4000"
+
+
+# ---- HTTP/2 to upstreams: a cluster with protocol = "h2" ---------------------
+
+from h2_upstream import H2Upstream  # noqa: E402
+
+
+def h2up_proxy(proxy_factory, up, tls=None, cluster=None, listener_tls=None):
+    cl = {"protocol": "h2"}
+    if tls:
+        cl["tls"] = tls
+    cl.update(cluster or {})
+    return h2_proxy(proxy_factory, [up.address], tls=listener_tls, cluster=cl)
+
+
+def test_h2_upstream_from_http1_and_http2_clients(proxy_factory):
+    """HTTP/1.1 and HTTP/2 clients both reach an h2c server; requests share
+    its connections (streams), and the server sees the request as sent."""
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up)
+    try:
+        r = curl(f"http://127.0.0.1:{p.port}/a?x=1", "-i")
+        assert r.returncode == 0, r.stderr
+        assert b"h2:/a?x=1" in r.stdout and b"x-method: get" in r.stdout.lower()
+        r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/b")
+        assert r.stdout == b"h2:/b", r.stderr
+        r = curl("-d", "hello=1", f"http://127.0.0.1:{p.port}/post")
+        assert r.stdout == b"h2:/post"
+        head = up.heads[0]
+        assert head[":authority"] == f"127.0.0.1:{p.port}" and head[":scheme"] == "http"
+        assert "x-forwarded-for" in head and "connection" not in head
+        assert up.heads[2][":method"] == "POST"
+        assert up.connections == 1          # three requests, one pooled connection
+        assert p.total("h2_up_streams") == 3 and p.total("h2_up_connections") == 1
+    finally:
+        up.close()
+
+
+def test_h2_upstream_h2load_stream_limit(proxy_factory):
+    """More concurrent requests than the server's (and the cluster's) stream
+    limit: more connections or queueing, none fails, and no connection
+    carries more streams at once than the limit."""
+    need("h2load")
+    up = H2Upstream(max_streams=8)
+    p = h2up_proxy(proxy_factory, up, cluster={"max_streams_per_connection": 16})
+    try:
+        r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "20",
+                            f"http://127.0.0.1:{p.port}/x"], capture_output=True, text=True,
+                           timeout=60)
+        assert "2000 succeeded" in r.stdout, r.stdout
+        assert up.max_concurrent <= 8
+        assert up.connections >= 2
+    finally:
+        up.close()

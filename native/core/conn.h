@@ -21,6 +21,8 @@ enum conn_kind {
     CK_H2_CLIENT,     /* a client connection speaking HTTP/2 (http2/) */
     CK_H2_STREAM,     /* one HTTP/2 stream: no socket, the client side of a transaction;
                          slot names its CK_H2_CLIENT connection */
+    CK_H2_UPSTREAM,   /* an HTTP/2 connection to a server (a cluster with protocol = "h2") */
+    CK_H2_USTREAM,    /* one stream on it: no socket, the upstream side of a transaction */
 };
 
 enum conn_state {

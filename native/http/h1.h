@@ -25,6 +25,7 @@ enum h1_conn_state {
     H_BUSY,           /* upstream: carrying a transaction */
     H_DIAL,           /* upstream: connecting */
     H_PROXY,          /* client: its PROXY protocol header is awaited */
+    H_WAIT,           /* upstream HTTP/2 stream: its connection is not ready yet */
 };
 
 #define OUT_IOV 80
@@ -89,6 +90,16 @@ enum fa_state {
     FA_DENIED,        /* any other answer: it is the client's response */
 };
 
+/* What carries a transaction's request to its server: a connection of
+ * the pool speaking HTTP/1.1, or a stream (CK_H2_USTREAM, no socket) on a
+ * pooled HTTP/2 connection, for a cluster with protocol = "h2". As for
+ * TS_STREAM, the transaction never calls HTTP/2: a request round for a
+ * stream, or a stream to be placed, is handed up to the loop (C_UP_KICK). */
+enum txn_up {
+    TU_H1,
+    TU_H2,
+};
+
 struct txn {
     uint32_t client, up;      /* conn indexes (up: NIL until chosen) */
     const struct up_config *cfg;
@@ -114,6 +125,7 @@ struct txn {
     uint8_t keep_underscores;           /* the listener's underscores_in_headers */
     uint8_t sink;                       /* enum txn_sink */
     uint8_t brk;                        /* its cluster's breaker ticket (enum brk_ticket) */
+    uint8_t upk;                        /* enum txn_up: what carries it upstream */
     const struct up_listener *listener; /* its client's (in cfg, which the txn holds) */
     const char *reply;                  /* TS_STREAM: the proxy's own answer (HTTP/1.1 text) */
     uint32_t reply_len;
@@ -276,7 +288,7 @@ static inline struct h1_response *w_resp(struct worker *w)
 #define H1_STREAM_QUEUE 16384
 static inline uint32_t h1_queue_limit(const struct worker *w, const struct conn *c)
 {
-    if (c->txn != NIL && w->txns[c->txn].sink == TS_STREAM)
+    if (c->txn != NIL && (w->txns[c->txn].sink == TS_STREAM || c->kind == CK_H2_USTREAM))
         return H1_STREAM_QUEUE;
     return w->o.queue_limit;
 }

@@ -433,7 +433,7 @@ void h1_try_finish(struct worker *w, struct conn *c)
         if (!s)
             continue;
         q_release_all(w, s);
-        if (s->kind != CK_H1_UPSTREAM) {      /* a client: HTTP/1, HTTP/2, a stream */
+        if (s->kind != CK_H1_UPSTREAM && s->kind != CK_H2_USTREAM) {   /* a client, or its stream */
             struct txn *t = txn_of(w, s);
             if (t)
                 txn_free(w, t);

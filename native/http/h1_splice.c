@@ -37,7 +37,7 @@ void splice_consider(struct worker *w, struct txn *t, int dir)
     uint64_t left = dir == BS_REQ ? t->req_left : t->resp_left;
     uint8_t kind = dir == BS_REQ ? t->req_body : t->resp_body;
     if (!w->o.splice_min || kind != H1_BODY_LENGTH || left < w->o.splice_min ||
-        t->sink != TS_CLIENT ||
+        t->sink != TS_CLIENT || t->upk != TU_H1 ||
         !w->pipes.nfree || (dir == BS_RESP && t->up == NIL))
         return;
     struct conn *src, *dst;

@@ -521,6 +521,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
     h1_request_target(base, r, &host, &host_len, &path, &path_len);
     const struct up_route *rt = route(cfg, l, host, host_len, path, path_len);
     t->cluster = rt ? rt->cluster : l->cluster;
+    t->upk = cfg->clusters[t->cluster].protocol == UP_PROTO_H2 ? TU_H2 : TU_H1;
     if (rt && rt->stat_slot != UP_NO_SLOT && w->lst) {
         t->rslot = (uint16_t)rt->stat_slot;
         w->lst[t->rslot].requests++;
@@ -622,6 +623,11 @@ void txn_req_pump(struct worker *w, struct txn *t)
         u->expires_ms = w->now_ms + (t->fa == FA_ASKING ? fa_timeout_ms(t) :
                                      t->cfg->clusters[t->cluster].response_timeout_ms);
         timer_arm(w, u);
+    }
+    if (t->upk == TU_H2) {
+        t->req.active = 1;            /* the stream's protocol takes the round */
+        conn_hand_up(w, u, C_UP_KICK);
+        return;
     }
     out_submit(w, &t->req, u);
 }

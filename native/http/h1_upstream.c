@@ -18,7 +18,7 @@
 
 void h1_recv_arm(struct worker *w, struct conn *c)
 {
-    if (c->kind == CK_H2_STREAM) {
+    if (c->kind == CK_H2_STREAM || c->kind == CK_H2_USTREAM) {
         /* A stream has no socket: its bytes come from its connection's
          * DATA frames, whose window its protocol holds while the queue is
          * over its limit. "Receive again" is a word to that protocol. */
@@ -68,7 +68,29 @@ void h1_upstream_assign(struct worker *w, struct txn *t)
     }
     t->server = (uint32_t)s;
     uint32_t slot = cfg->servers[s].stat_slot;
-    struct conn *u = (t->flags & TF_RETRIED) ? NULL : pool_get(w, slot);
+    struct conn *u;
+    if (t->upk == TU_H2) {
+        /* A stream of its own (no socket), which HTTP/2 places on a
+         * pooled connection to the server or a new one (C_UP_KICK). */
+        u = conn_alloc(w);
+        if (!u) {
+            txn_abort(w, t, 503, false);
+            return;
+        }
+        u->kind = CK_H2_USTREAM;
+        u->state = CS_OPEN;
+        u->h1 = H_DIAL;
+        u->slot = slot;
+        u->server = (uint32_t)s;
+        link_txn(w, t, u);
+        conn_hand_up(w, u, C_UP_KICK);
+        return;
+    }
+    u = (t->flags & TF_RETRIED) ? NULL : pool_get(w, slot);
+    while (u && u->kind != CK_H1_UPSTREAM) {
+        conn_close(w, u, false);      /* the cluster spoke HTTP/2 before a reload */
+        u = pool_get(w, slot);
+    }
     if (u) {
         w->c[UP_C_POOL_HITS]++;
         w->srv[slot].reused++;
@@ -365,6 +387,14 @@ void h1_upstream_cqe(struct worker *w, struct conn *u, enum op op, struct io_uri
 void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
 {
     struct txn *t = txn_of(w, u);
+    if (u->kind == CK_H2_USTREAM) {
+        /* A stream is never reused: its connection stays with HTTP/2. */
+        u->txn = NIL;
+        u->peer = NIL;
+        dial_idle(w, u);
+        conn_close(w, u, false);
+        return;
+    }
     const struct up_cluster *cl = t ? &t->cfg->clusters[t->cluster] : NULL;
     /* Learn from this response how to read the next one. The multishot
      * receive, if armed, is left alone: the change applies at its re-arm. */

@@ -25,6 +25,7 @@
 #include "core/worker.h"
 #include "core/arena.h"
 #include "http/http1_api.h"
+#include "http/h1.h"
 
 /* The settings every HTTP/2 connection announces (docs/http2.md). */
 #define H2_MAX_STREAMS     128      /* SETTINGS_MAX_CONCURRENT_STREAMS */
@@ -42,6 +43,9 @@ enum h2_ev_kind {
     H2E_CLOSED,       /* the stream is closed (code: its error code) */
     H2E_READ,         /* the codec wants response body bytes into buf (len at most) */
     H2E_GLITCH,       /* a frame that does nothing (empty DATA, ...): counted */
+    H2E_RESPONSE,     /* upstream: a header block ended (a response head or trailers) */
+    H2E_GOAWAY,       /* GOAWAY received (stream: the last id the peer processes) */
+    H2E_SETTINGS,     /* the peer's SETTINGS (n: its MAX_CONCURRENT_STREAMS) */
 };
 
 struct h2_ev {
@@ -49,6 +53,7 @@ struct h2_ev {
     uint8_t end_stream;
     uint8_t eof;              /* H2E_READ: set when the body ended */
     uint8_t deferred;         /* H2E_READ: set when nothing is ready yet */
+    uint8_t no_end;           /* H2E_READ with eof: trailers were submitted, they end it */
     int32_t stream;
     uint32_t sc;              /* the stream's connection, or NIL */
     const uint8_t *name, *value;
@@ -76,8 +81,16 @@ struct h2_field {
 #define ST_DEFERRED  128      /* stream: the codec waits for body bytes */
 #define ST_BAD       256      /* stream: its head could not be written */
 #define ST_REFUSED   512      /* stream: no slot for it; reset */
-#define CF_DRAIN     1        /* conn: GOAWAY sent, ends when its streams do */
+#define ST_FINAL     1024     /* upstream stream: the final response head is queued */
+#define ST_INTERIM   2048     /* upstream stream: a 1xx head is being skipped */
+#define ST_TE        4096     /* upstream stream: the client takes trailers (TE: trailers) */
+#define ST_TRAILERS  8192     /* upstream stream: trailers kept in tbid */
+#define ST_SUBMITTED 16384    /* upstream stream: its HEADERS are with the codec */
+#define ST_GRPC      32768    /* client stream: content-type application/grpc* */
+#define CF_DRAIN     1        /* conn: GOAWAY sent (or received), ends when its streams do */
 #define CF_CLOSE     2        /* conn: close once what is queued is out */
+#define CF_UPSTREAM  4        /* conn: ours toward a server (h2_upstream.c) */
+#define CF_READY     8        /* upstream conn: connected, TLS (ALPN h2) done */
 struct h2_slot {
     void *session;            /* conn: the codec's session */
     struct worker *w;         /* the codec's callbacks find the worker here */
@@ -92,7 +105,7 @@ struct h2_slot {
     const uint8_t *pend;      /* conn: codec output not yet copied out */
     size_t pend_len;
     uint32_t glitches;        /* conn */
-    uint16_t flags;           /* ST_* or CF_* */
+    uint32_t flags;           /* ST_* or CF_* */
     /* stream: the request head being written into hbid */
     uint32_t hbid;
     uint16_t hlen, ptail;
@@ -101,6 +114,16 @@ struct h2_slot {
     struct h1_chunked ck;
     const uint8_t *rbody;
     uint32_t rleft;
+    /* upstream conn: what its cluster gave it */
+    void *tls;                /* the cluster's TLS client context, or NULL: h2c */
+    uint32_t cap;             /* streams it takes: the least of max_streams and the server's */
+    uint32_t max_streams;     /* the cluster's max_streams_per_connection */
+    uint32_t max_idle, idle_ms;   /* the cluster's pool_max_idle, pool_idle_timeout */
+    /* upstream stream: the response's status and trailers (HTTP/1.1 lines) */
+    uint32_t tbid;
+    uint16_t tlen, status;
+    /* client stream: a gRPC deadline (grpc-timeout), 0: none */
+    uint64_t deadline_ms;
 };
 
 struct h2_worker {
@@ -129,6 +152,9 @@ void h2c_reset(struct h2_slot *s, int32_t id, uint32_t code);
 void h2c_consume(struct h2_slot *s, int32_t id, size_t n);
 void h2c_goaway(struct h2_slot *s, uint32_t code);
 void h2c_bind(struct h2_slot *s, int32_t id, uint32_t sc);
+int h2c_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf);
+int h2c_open_upstream(struct worker *w, struct h2_slot *s);
+int32_t h2c_request(struct h2_slot *s, const struct h2_field *f, size_t nf, bool body, uint32_t sc);
 enum { H2C_NO_ERROR = 0, H2C_PROTOCOL_ERROR = 1, H2C_INTERNAL_ERROR = 2, H2C_REFUSED_STREAM = 7,
        H2C_CANCEL = 8, H2C_ENHANCE_YOUR_CALM = 11 };
 
@@ -149,5 +175,23 @@ void h2_stream_kick(struct worker *w, struct conn *sc);
 void h2_stream_finish(struct worker *w, struct conn *sc);
 void h2_stream_detach(struct worker *w, struct conn *sc);
 void h2_stop_all(struct worker *w);
+void h2_stream_expired(struct worker *w, struct conn *sc);
+
+/* h2_conn.c, for both directions: bytes into a stream connection's queue;
+ * a round's body bytes into a codec buffer (de-chunked when chunked). */
+bool h2_queue_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n);
+size_t h2_round_read(struct out *o, bool chunked, struct h1_chunked *ck, uint8_t *buf,
+                     size_t len);
+
+/* h2_upstream.c: HTTP/2 to servers (protocol = "h2"). */
+int h2_up_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev);
+void h2_up_cqe(struct worker *w, struct conn *pc, enum op op, struct io_uring_cqe *cqe);
+void h2_up_expired(struct worker *w, struct conn *pc);
+void h2_up_finish(struct worker *w, struct conn *pc);
+void h2_up_end(struct worker *w, struct conn *pc);
+void h2_up_stop_all(struct worker *w);
+void h2_ustream_kick(struct worker *w, struct conn *u);
+void h2_ustream_detach(struct worker *w, struct conn *u);
+void h2_ustream_finish(struct worker *w, struct conn *u);
 
 #endif

@@ -74,12 +74,21 @@ static int on_begin_headers(nghttp2_session *ss, const nghttp2_frame *f, void *u
     return r < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
 }
 
+/* A session of ours toward an upstream (a client session): its header
+ * blocks are responses and trailers, which its events carry; a client's
+ * trailers are not passed on (request trailers stay a known limit). */
+static bool upstream_side(nghttp2_session *ss)
+{
+    return !nghttp2_session_check_server_session(ss);
+}
+
 static int on_header(nghttp2_session *ss, const nghttp2_frame *f, const uint8_t *name,
                      size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     (void)flags;
-    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;                 /* trailers: not passed on (HTTP/1.1 upstreams) */
+    if (f->hd.type != NGHTTP2_HEADERS ||
+        (f->headers.cat != NGHTTP2_HCAT_REQUEST && !upstream_side(ss)))
+        return 0;
     struct h2_ev ev = { .kind = H2E_HEADER, .stream = f->hd.stream_id,
                         .sc = sc_of(ss, f->hd.stream_id), .name = name, .nlen = nlen,
                         .value = value, .vlen = vlen };
@@ -97,7 +106,9 @@ static int on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
         ev.sc = sc_of(ss, id);
-        if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (upstream_side(ss)) {
+            ev.kind = H2E_RESPONSE;        /* a response head, or trailers */
+        } else if (f->headers.cat == NGHTTP2_HCAT_REQUEST) {
             ev.kind = H2E_REQUEST;
         } else if (end) {
             ev.kind = H2E_END_STREAM;      /* trailers end the request */
@@ -114,6 +125,19 @@ static int on_frame_recv(nghttp2_session *ss, const nghttp2_frame *f, void *ud)
         else
             return 0;
         break;
+    case NGHTTP2_GOAWAY:
+        ev.kind = H2E_GOAWAY;
+        ev.stream = f->goaway.last_stream_id;
+        ev.code = f->goaway.error_code;
+        ev.sc = NIL;
+        return emit(ud, &ev) < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+    case NGHTTP2_SETTINGS:
+        if (f->hd.flags & NGHTTP2_FLAG_ACK)
+            return 0;
+        ev.kind = H2E_SETTINGS;
+        ev.sc = NIL;
+        ev.n = nghttp2_session_get_remote_settings(ss, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        return emit(ud, &ev) < 0 ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
     default:
         return 0;
     }
@@ -145,7 +169,7 @@ static ssize_t on_read(nghttp2_session *ss, int32_t id, uint8_t *buf, size_t len
     if (emit(ud, &ev) < 0)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (ev.eof)
-        *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        *dflags |= NGHTTP2_DATA_FLAG_EOF | (ev.no_end ? NGHTTP2_DATA_FLAG_NO_END_STREAM : 0);
     else if (!ev.n)
         return NGHTTP2_ERR_DEFERRED;
     return (ssize_t)ev.n;
@@ -239,16 +263,63 @@ bool h2c_alive(struct h2_slot *s)
 }
 
 #define NV_MAX 260
-int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
+static size_t to_nv(nghttp2_nv *nv, const struct h2_field *f, size_t nf)
 {
-    nghttp2_nv nv[NV_MAX];
     if (nf > NV_MAX)
         nf = NV_MAX;
     for (size_t i = 0; i < nf; i++)
         nv[i] = (nghttp2_nv){ (uint8_t *)f[i].name, (uint8_t *)f[i].value, f[i].nlen, f[i].vlen,
                               NGHTTP2_NV_FLAG_NONE };
+    return nf;
+}
+
+int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
+{
+    nghttp2_nv nv[NV_MAX];
+    nf = to_nv(nv, f, nf);
     nghttp2_data_provider dp = { .read_callback = on_read };
     return nghttp2_submit_response(s->session, id, nv, nf, body ? &dp : NULL) ? -1 : 0;
+}
+
+/* Inside an H2E_READ that set eof and no_end: the stream ends with these. */
+int h2c_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf)
+{
+    nghttp2_nv nv[NV_MAX];
+    nf = to_nv(nv, f, nf);
+    return nghttp2_submit_trailer(s->session, id, nv, nf) ? -1 : 0;
+}
+
+/* An upstream session: a request on a new stream bound to connection sc
+ * (the library copies the fields). The stream's id, or -1. */
+int32_t h2c_request(struct h2_slot *s, const struct h2_field *f, size_t nf, bool body, uint32_t sc)
+{
+    nghttp2_nv nv[NV_MAX];
+    nf = to_nv(nv, f, nf);
+    nghttp2_data_provider dp = { .read_callback = on_read };
+    int32_t id = nghttp2_submit_request(s->session, NULL, nv, nf, body ? &dp : NULL,
+                                        (void *)(uintptr_t)(sc + 1));
+    return id < 0 ? -1 : id;
+}
+
+/* The session toward an upstream: no push, our windows as a server's. */
+int h2c_open_upstream(struct worker *w, struct h2_slot *s)
+{
+    struct h2_worker *hw = w->h2;
+    nghttp2_session *ss;
+    if (nghttp2_session_client_new3(&ss, hw->callbacks, s, hw->option, (nghttp2_mem *)hw->mem))
+        return -1;
+    nghttp2_settings_entry iv[] = {
+        { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
+        { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
+    };
+    if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) ||
+        nghttp2_session_set_local_window_size(ss, NGHTTP2_FLAG_NONE, 0,
+                                              H2_MAX_STREAMS * H2_STREAM_WINDOW)) {
+        nghttp2_session_del(ss);
+        return -1;
+    }
+    s->session = ss;
+    return 0;
 }
 
 void h2c_resume(struct h2_slot *s, int32_t id)

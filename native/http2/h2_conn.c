@@ -100,7 +100,8 @@ void h2_adopt(struct worker *w, struct conn *c)
 void h2_flush(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
-    if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)))
+    if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)) ||
+        (s->flags & (CF_UPSTREAM | CF_READY)) == CF_UPSTREAM)
         return;
     if (s->out_bid == NIL) {
         s->out_bid = bufpool_take(w);
@@ -145,12 +146,14 @@ static void on_sent(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     int res = tp_sent(w, c, cqe);
     if (c->state != CS_OPEN)
         return;
+    bool up = c->kind == CK_H2_UPSTREAM;
     if (res < 0) {
-        w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_CLIENT_RESET : UP_C_ERR_OTHER]++;
+        w->c[res == -ECONNRESET || res == -EPIPE
+                 ? (up ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_CLIENT_RESET) : UP_C_ERR_OTHER]++;
         conn_end(w, c);
         return;
     }
-    w->c[UP_C_BYTES_TO_CLIENTS] += (uint64_t)res;
+    w->c[up ? UP_C_BYTES_TO_UPSTREAMS : UP_C_BYTES_TO_CLIENTS] += (uint64_t)res;
     s->out_off += (uint32_t)res;
     if (s->out_off < s->out_len) {
         tp_send(w, c, buf_data(&w->bufs, s->out_bid) + s->out_off, s->out_len - s->out_off);
@@ -244,6 +247,10 @@ static void stream_unlink(struct worker *w, struct h2_slot *st);
 static void conn_end(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
+    if (c->kind == CK_H2_UPSTREAM) {
+        h2_up_end(w, c);
+        return;
+    }
     if (c->state != CS_OPEN)
         return;
     while (s->streams != NIL) {
@@ -282,6 +289,7 @@ void h2_conn_finish(struct worker *w, struct conn *c)
  * proxy took, finishes those, then closes. */
 void h2_stop_all(struct worker *w)
 {
+    h2_up_stop_all(w);
     for (uint32_t i = 0; i < w->nconns; i++) {
         struct conn *c = &w->conns[i];
         if (c->kind != CK_H2_CLIENT || c->state != CS_OPEN)
@@ -414,6 +422,30 @@ static bool name_is(const struct h2_ev *ev, const char *n)
     return ev->nlen == k && !memcmp(ev->name, n, k);
 }
 
+/* grpc-timeout (gRPC over HTTP/2): at most 8 digits and a unit, H M S m
+ * u n; in milliseconds, at least 1; 0 when malformed (then ignored). */
+static uint64_t grpc_timeout_ms(const uint8_t *v, size_t n)
+{
+    if (n < 2 || n > 9)
+        return 0;
+    uint64_t x = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[n - 1]) {
+    case 'H': x *= 3600000; break;
+    case 'M': x *= 60000; break;
+    case 'S': x *= 1000; break;
+    case 'm': break;
+    case 'u': x /= 1000; break;
+    case 'n': x /= 1000000; break;
+    default: return 0;
+    }
+    return x ? x : 1;
+}
+
 static void on_header(struct worker *w, struct h2_slot *st, const struct h2_ev *ev)
 {
     if (st->flags & ST_BAD)
@@ -428,6 +460,14 @@ static void on_header(struct worker *w, struct h2_slot *st, const struct h2_ev *
             ok = keep(w, st, ev->value, ev->vlen, &st->a_off, &st->a_len);
     } else {
         ok = request_line(w, st);
+        if (name_is(ev, "content-type") && ev->vlen >= 16 &&
+            !strncasecmp((const char *)ev->value, "application/grpc", 16))
+            st->flags |= ST_GRPC;     /* the proxy's own answers become gRPC statuses */
+        if (name_is(ev, "grpc-timeout")) {
+            uint64_t ms = grpc_timeout_ms(ev->value, ev->vlen);
+            if (ms)
+                st->deadline_ms = w->now_ms + ms;
+        }
         if (name_is(ev, "host") && st->a_len)
             return;                   /* :authority is the Host */
         if (name_is(ev, "content-length"))
@@ -495,12 +535,34 @@ static void on_request(struct worker *w, struct conn *c, struct h2_slot *s, stru
     if (l->idle_timeout_ms)
         timer_set(w, sc, w->now_ms + l->idle_timeout_ms);
     txn_begin(w, sc, p, sc->x.head, sc->x.off, r, l);
+    struct txn *t = txn_of(w, sc);
+    if (st->deadline_ms && t && sc->h1 == H_TXN) {
+        /* A gRPC call's deadline bounds it: progress does not move it
+         * (h2_stream_expired answers DEADLINE_EXCEEDED). */
+        t->idle_ms = 0;
+        timer_set(w, sc, st->deadline_ms);
+    }
+}
+
+/* The stream's deadline passed: a gRPC call past its grpc-timeout ends
+ * with 504 (DEADLINE_EXCEEDED to it), anything else as an HTTP/1.1
+ * client's would. */
+void h2_stream_expired(struct worker *w, struct conn *sc)
+{
+    struct h2_slot *st = h2_slot_of(w, sc);
+    struct txn *t = txn_of(w, sc);
+    if (st->deadline_ms && t && sc->h1 == H_TXN && w->now_ms >= st->deadline_ms) {
+        w->c[UP_C_ERR_IDLE_TIMEOUT]++;
+        txn_abort(w, t, 504, false);
+        return;
+    }
+    h1_client_expired(w, sc);
 }
 
 /* Request body bytes go into the stream connection's queue, framed as
  * chunks when the client gave no length; the window they took is given
  * back at once, or once the queue has drained below its limit. */
-static bool body_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n)
+bool h2_queue_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n)
 {
     struct bufpool *bp = &w->bufs;
     while (n) {
@@ -534,10 +596,10 @@ static void on_data(struct worker *w, struct h2_slot *s, struct conn *sc, const 
     if (st->flags & ST_CHUNKED) {
         char line[20];
         int k = snprintf(line, sizeof line, "%zx\r\n", ev->len);
-        ok = body_put(w, sc, (const uint8_t *)line, (size_t)k) && body_put(w, sc, ev->buf, ev->len) &&
-             body_put(w, sc, (const uint8_t *)"\r\n", 2);
+        ok = h2_queue_put(w, sc, (const uint8_t *)line, (size_t)k) && h2_queue_put(w, sc, ev->buf, ev->len) &&
+             h2_queue_put(w, sc, (const uint8_t *)"\r\n", 2);
     } else {
-        ok = body_put(w, sc, ev->buf, ev->len);
+        ok = h2_queue_put(w, sc, ev->buf, ev->len);
     }
     if (!ok) {
         txn_abort(w, t, 503, false);
@@ -560,7 +622,7 @@ static void on_end_stream(struct worker *w, struct conn *sc)
     struct txn *t = txn_of(w, sc);
     if (!t || sc->h1 != H_TXN)
         return;
-    if ((st->flags & ST_CHUNKED) && !body_put(w, sc, (const uint8_t *)"0\r\n\r\n", 5)) {
+    if ((st->flags & ST_CHUNKED) && !h2_queue_put(w, sc, (const uint8_t *)"0\r\n\r\n", 5)) {
         txn_abort(w, t, 503, false);
         return;
     }
@@ -594,6 +656,59 @@ static void on_closed(struct worker *w, struct conn *sc)
     }
 }
 
+/* A round's body bytes (by reference into received buffers) into the
+ * codec's buffer: at most len, de-chunked when the body is chunked. */
+size_t h2_round_read(struct out *o, bool chunked, struct h1_chunked *ck, uint8_t *buf, size_t len)
+{
+    size_t n = 0;
+    while (o->active && o->left && n < len) {
+        struct iovec *v = &o->iov[o->first];
+        const uint8_t *p = v->iov_base;
+        size_t off = 0, dlen, used;
+        if (chunked) {
+            int done = 0;
+            int64_t u = h1_chunked_data(ck, p, v->iov_len, len - n, &off, &dlen, &done);
+            if (u <= 0) {
+                /* (The transaction checked this framing already.) */
+                out_advance(o, (uint32_t)v->iov_len);
+                continue;
+            }
+            used = (size_t)u;
+        } else {
+            dlen = used = v->iov_len < len - n ? v->iov_len : len - n;
+        }
+        memcpy(buf + n, p + off, dlen);
+        n += dlen;
+        out_advance(o, (uint32_t)used);
+    }
+    return n;
+}
+
+/* An HTTP/2 upstream's trailers (grpc-status, ...), kept by its stream as
+ * HTTP/1.1 lines, end this stream as a HEADERS frame. True when they do. */
+static bool relay_trailers(struct worker *w, struct conn *sc, struct txn *t)
+{
+    if (t->up == NIL || w->conns[t->up].kind != CK_H2_USTREAM)
+        return false;
+    struct h2_slot *ut = h2_slot_of(w, &w->conns[t->up]);
+    if (!(ut->flags & ST_TRAILERS) || ut->tbid == NIL)
+        return false;
+    struct h2_field f[64];
+    size_t nf = 0;
+    const uint8_t *p = buf_data(&w->bufs, ut->tbid), *end = p + ut->tlen;
+    while (p < end && nf < 64) {
+        const uint8_t *eol = memchr(p, '\r', (size_t)(end - p));
+        const uint8_t *colon = eol ? memchr(p, ':', (size_t)(eol - p)) : NULL;
+        if (!eol || !colon)
+            break;
+        const uint8_t *v = colon + 2 <= eol ? colon + 2 : eol;
+        f[nf++] = (struct h2_field){ p, v, (size_t)(colon - p), (size_t)(eol - v) };
+        p = eol + 2;
+    }
+    struct h2_slot *s = h2_slot_of(w, &w->conns[h2_slot_of(w, sc)->owner]);
+    return nf && h2c_trailers(s, h2_slot_of(w, sc)->id, f, nf) == 0;
+}
+
 /* Body bytes for the codec: the proxy's own answer, or the transaction's
  * response round (a chunked body loses its framing on the way). */
 static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
@@ -617,33 +732,15 @@ static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
         return;
     }
     struct out *o = &t->resp;
-    size_t n = 0;
-    while (o->active && o->left && n < ev->len) {
-        struct iovec *v = &o->iov[o->first];
-        const uint8_t *p = v->iov_base;
-        size_t off = 0, dlen, used;
-        if (t->resp_body == H1_BODY_CHUNKED || t->cz_slot) {
-            int done = 0;
-            int64_t u = h1_chunked_data(&st->ck, p, v->iov_len, ev->len - n, &off, &dlen, &done);
-            if (u <= 0) {
-                /* (The transaction checked this framing already.) */
-                out_advance(o, (uint32_t)v->iov_len);
-                continue;
-            }
-            used = (size_t)u;
-        } else {
-            dlen = used = v->iov_len < ev->len - n ? v->iov_len : ev->len - n;
-        }
-        memcpy(ev->buf + n, p + off, dlen);
-        n += dlen;
-        out_advance(o, (uint32_t)used);
-    }
+    size_t n = o->active ? h2_round_read(o, t->resp_body == H1_BODY_CHUNKED || t->cz_slot, &st->ck, ev->buf,
+                                         ev->len) : 0;
     ev->n = n;
     if (o->active && !o->left)
         conn_hand_up(w, sc, C_UP_KICK);   /* the round is out: the transaction goes on */
     if (!o->left && (t->flags & TF_RESP_DONE)) {
         ev->eof = 1;
         st->flags |= ST_EOF;
+        ev->no_end = relay_trailers(w, sc, t);
     } else if (!n) {
         st->flags |= ST_DEFERRED;
     }
@@ -651,6 +748,8 @@ static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
 
 int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev)
 {
+    if (s->flags & CF_UPSTREAM)
+        return h2_up_event(w, s, ev);   /* a session of ours toward a server */
     struct conn *c = &w->conns[s->self];
     struct conn *sc = ev->sc == NIL ? NULL : &w->conns[ev->sc];
     if (sc && (sc->kind != CK_H2_STREAM || h2_slot_of(w, sc)->owner != s->self ||
@@ -701,6 +800,10 @@ int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev)
             s->flags |= CF_CLOSE;
             return -1;
         }
+        return 0;
+    case H2E_RESPONSE:
+    case H2E_GOAWAY:
+    case H2E_SETTINGS:
         return 0;
     }
     return 0;
@@ -771,6 +874,56 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
     return h2c_respond(s, st->id, f, nf, body);
 }
 
+/* The proxy's own answer to a gRPC call: a gRPC status in a trailers-only
+ * response (HTTP 200, content-type application/grpc), as gRPC clients
+ * expect, never an HTML or text page. */
+static uint32_t grpc_status(uint16_t http)
+{
+    switch (http) {
+    case 504: return 4;               /* DEADLINE_EXCEEDED: grpc-timeout or response_timeout */
+    case 502:
+    case 503:
+    case 429: return 14;              /* UNAVAILABLE */
+    case 413:
+    case 431: return 8;               /* RESOURCE_EXHAUSTED */
+    case 401: return 16;              /* UNAUTHENTICATED */
+    case 403: return 7;               /* PERMISSION_DENIED */
+    case 404:
+    case 405:
+    case 501: return 12;              /* UNIMPLEMENTED */
+    case 400: return 13;              /* INTERNAL */
+    default: return 2;                /* UNKNOWN */
+    }
+}
+
+static void grpc_reply(struct h2_slot *s, struct h2_slot *st, struct txn *t)
+{
+    char code[3];
+    uint32_t g = grpc_status(t->status);
+    size_t cl = 0;
+    if (g >= 10)
+        code[cl++] = (char)('0' + g / 10);
+    code[cl++] = (char)('0' + g % 10);
+    /* The message: "uproxy: " and the reason line of the HTTP answer. */
+    char msg[96] = "uproxy: ";
+    size_t ml = 8;
+    const char *r = t->reply, *end = t->reply + t->reply_len;
+    if (t->reply_len > 9)
+        for (r += 9; r < end && *r != '\r' && ml < sizeof msg; r++)
+            msg[ml++] = *r;
+    struct h2_field f[] = {
+        { (const uint8_t *)":status", (const uint8_t *)"200", 7, 3 },
+        { (const uint8_t *)"content-type", (const uint8_t *)"application/grpc", 12, 16 },
+        { (const uint8_t *)"grpc-status", (const uint8_t *)code, 11, cl },
+        { (const uint8_t *)"grpc-message", (const uint8_t *)msg, 12, ml },
+    };
+    st->flags |= ST_HEAD | ST_EOF;
+    st->rbody = NULL;
+    st->rleft = 0;
+    if (h2c_respond(s, st->id, f, 4, false) < 0)
+        h2c_reset(s, st->id, H2C_INTERNAL_ERROR);
+}
+
 /* The transaction moved (the loop hands the stream up, C_UP_KICK): a head
  * to submit, body bytes ready, a round the codec has taken, an answer of
  * the proxy's own, or the end. */
@@ -795,7 +948,9 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
         h2c_consume(s, st->id, st->unconsumed);
         st->unconsumed = 0;
     }
-    if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD)) {
+    if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD) && (st->flags & ST_GRPC)) {
+        grpc_reply(s, st, t);
+    } else if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD)) {
         /* The proxy's own answer (an HTTP/1.1 text): its head and body. */
         uint32_t hl;
         if (submit_head(w, s, st, (const uint8_t *)t->reply, t->reply_len, H1_M_GET, true, &hl,
@@ -856,6 +1011,9 @@ void h2_stream_detach(struct worker *w, struct conn *sc)
 void h2_stream_finish(struct worker *w, struct conn *sc)
 {
     h2_stream_detach(w, sc);
+    if (sc->peer != NIL && w->conns[sc->peer].kind == CK_H2_USTREAM &&
+        w->conns[sc->peer].state == CS_CLOSING)
+        h2_ustream_detach(w, &w->conns[sc->peer]);   /* both are released together */
     struct conn *c = &w->conns[h2_slot_of(w, sc)->owner];
     struct h2_slot *s = h2_slot_of(w, c);
     if (c->kind == CK_H2_CLIENT && c->state == CS_OPEN && (s->flags & CF_DRAIN) && !s->nstreams)

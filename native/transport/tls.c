@@ -763,6 +763,19 @@ bool tp_tls_peer_cert(struct worker *w, const struct conn *c, struct tp_peer_cer
     return true;
 }
 
+/* Whether the handshake selected this ALPN protocol (an HTTP/2 upstream
+ * asks whether its server chose "h2"). */
+bool tp_tls_alpn_is(struct worker *w, const struct conn *c, const char *proto, size_t n)
+{
+    const struct tls_conn *t = tp_tls_of(w, c);
+    if (c->tp != TP_TLS || !t->ssl)
+        return false;
+    const unsigned char *p = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(t->ssl, &p, &len);
+    return len == n && p && !memcmp(p, proto, n);
+}
+
 /* For the access log: what was negotiated. */
 const char *tp_tls_version(struct worker *w, const struct conn *c)
 {

@@ -101,5 +101,6 @@ int tp_tls_connect(struct worker *w, struct conn *c, void *client, const char *h
 int tp_tls_init(struct worker *w);
 void tp_tls_free_all(struct worker *w);
 const char *tp_tls_version(struct worker *w, const struct conn *c);
+bool tp_tls_alpn_is(struct worker *w, const struct conn *c, const char *proto, size_t n);
 
 #endif

@@ -280,6 +280,11 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
             if (c->peer != NIL && w->conns[c->peer].kind == CK_H2_STREAM &&
                 w->conns[c->peer].state == CS_CLOSING)
                 h2_stream_detach(w, &w->conns[c->peer]);
+            /* A client finishing with a stream to an HTTP/2 upstream: the
+             * same, the other way. */
+            if (c->peer != NIL && w->conns[c->peer].kind == CK_H2_USTREAM &&
+                w->conns[c->peer].state == CS_CLOSING)
+                h2_ustream_detach(w, &w->conns[c->peer]);
             h1_try_finish(w, c);
             break;
         case EV_ADOPT:                  /* (a preface makes it CK_H2_CLIENT, adopted below) */
@@ -326,13 +331,55 @@ static void to_protocol(struct worker *w, struct conn *c, enum event ev, enum op
          * and its end are the transaction's, as for an HTTP/1.1 client. */
         switch (ev) {
         case EV_EXPIRED:
-            h1_client_expired(w, c);
+            h2_stream_expired(w, c);
             break;
         case EV_FINISH:
             h2_stream_finish(w, c);
             break;
         case EV_KICK:
             h2_stream_kick(w, c);
+            break;
+        default:
+            break;
+        }
+        break;
+    case CK_H2_UPSTREAM:
+        /* An HTTP/2 connection to a server (protocol = "h2"). */
+        switch (ev) {
+        case EV_CQE:
+            h2_up_cqe(w, c, op, cqe);
+            break;
+        case EV_EXPIRED:
+            h2_up_expired(w, c);
+            break;
+        case EV_FINISH:
+            h2_up_finish(w, c);
+            break;
+        case EV_RESUME:
+            h1_recv_arm(w, c);
+            break;
+        case EV_CUT:
+            h2_up_end(w, c);
+            break;
+        case EV_KICK:
+            h2_flush(w, c);
+            break;
+        case EV_ADOPT:
+            break;
+        }
+        break;
+    case CK_H2_USTREAM:
+        /* One stream on it: no socket; its deadline is the response's,
+         * as for an HTTP/1.1 upstream connection. */
+        switch (ev) {
+        case EV_EXPIRED:
+            h1_upstream_expired(w, c);
+            break;
+        case EV_FINISH:
+            h2_ustream_finish(w, c);
+            break;
+        case EV_KICK:
+            h2_ustream_kick(w, c);
             break;
         default:
             break;

@@ -362,6 +362,8 @@ class Cluster:
     retry_budget: RetryBudget | None = None
     max_in_flight: int = 0               # per server, over all workers (0: no limit)
     proxy_protocol: str | None = None    # "v1" or "v2": a PROXY header to the servers
+    protocol: str = "http1"              # "h2": HTTP/2 to the servers (h2c, or ALPN h2 over tls)
+    max_streams_per_connection: int = 100  # h2: concurrent streams per connection, at most
 
 
 @dataclass(frozen=True)
@@ -985,7 +987,12 @@ def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
         retry_budget=_retry_budget(errs, f"clusters[{i}].retry_budget", r.get("retry_budget")),
         max_in_flight=r.int("max_in_flight", 0, lo=0, hi=10_000_000),
         proxy_protocol=_proxy_send(r),
+        protocol=r.str("protocol", "http1", choices=("http1", "h2")),
+        max_streams_per_connection=r.int("max_streams_per_connection", 100, lo=1, hi=1000),
     )
+    if c.protocol != "h2" and "max_streams_per_connection" in r.t:
+        r.fail("max_streams_per_connection", "applies to HTTP/2 upstreams only: "
+                                             "set protocol = \"h2\" on the cluster, or remove it")
     r.done()
     return c
 

@@ -152,10 +152,15 @@ def server_conf(t, ticket_keys: bytes, keep: list):
     return conf
 
 
-def client_conf(t, keep: list):
-    """A cluster's tls settings as a struct up_tls_client."""
+def client_conf(t, keep: list, alpn: tuple = ()):
+    """A cluster's tls settings as a struct up_tls_client; alpn: the
+    protocols offered (("h2",) for an HTTP/2 cluster, else none)."""
     conf = ffi.new("struct up_tls_client *")
     keep.append(conf)
+    if alpn:
+        wire = ffi.new("uint8_t[]", tls.alpn_wire(alpn))
+        keep.append(wire)
+        conf.alpn, conf.alpn_len = wire, len(tls.alpn_wire(alpn))
     conf.ca = _cstr(t.ca, keep)
     conf.sni = _cstr(t.sni, keep)
     if t.cert is not None:
@@ -243,7 +248,7 @@ class TLSContexts:
             for i, c in enumerate(cfg.clusters.values()):
                 if c.tls is None:
                     continue
-                conf = client_conf(c.tls, self.keep)
+                conf = client_conf(c.tls, self.keep, ("h2",) if c.protocol == "h2" else ())
                 self.clusters[c.name] = self._per_worker(
                     lambda: lib.up_tls_client_new(conf, err, 512), nworkers, err,
                     cfg, f"clusters[{i}].tls", c.tls)
@@ -634,6 +639,8 @@ class Tables:
             cc.pool_max_idle = c.pool_max_idle
             cc.pool_idle_timeout_ms = c.pool_idle_timeout_ms
             cc.max_requests = c.max_requests
+            cc.protocol = lib.UP_PROTO_H2 if c.protocol == "h2" else lib.UP_PROTO_H1
+            cc.max_streams = c.max_streams_per_connection
             if c.hash_key.startswith("header:"):
                 cc.hash_kind = lib.UP_HASH_HEADER
                 cc.hash_header_off, cc.hash_header_len = strings.add(c.hash_key[7:].lower())

@@ -7,7 +7,8 @@ answers depends on the path:
   /trailers       a body without content-length, then trailers x-trailer: done
   /slow?ms=N      answers after N ms
   /reset          RST_STREAM (INTERNAL_ERROR) instead of an answer
-  /goaway         GOAWAY naming the stream before this one, no answer
+  /goaway         the first time: GOAWAY naming the stream before this one
+                  (this one unprocessed); then answered like any path
   /big?n=N        N bytes
 
 It records what it saw: connections, the most concurrent streams on one
@@ -43,6 +44,7 @@ class H2Upstream:
         self.connections = 0
         self.max_concurrent = 0
         self.heads = []
+        self.goaways = 0
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -144,8 +146,9 @@ class H2Upstream:
             conn.reset_stream(sid, error_code=2)
             streams.pop(sid, None)
             return
-        if u.path == "/goaway":
-            conn.close_connection(last_stream_id=sid - 2)
+        if u.path == "/goaway" and not self.goaways:
+            self.goaways += 1                 # once: the request sent again is answered
+            conn.close_connection(last_stream_id=max(0, sid - 2))
             streams.pop(sid, None)
             return
         self._respond(conn, sid, streams)

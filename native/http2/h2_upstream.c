@@ -525,6 +525,9 @@ static void on_data(struct worker *w, struct h2_slot *s, struct conn *u, const s
     h1_upstream_progress(w, u);
 }
 
+/* A stream's "code" when its whole connection went (not an HTTP/2 code). */
+#define LOST 0xffffffffu
+
 /* The codec closed the stream. Before a response head, a stream the
  * server did not process (REFUSED_STREAM, or above a GOAWAY's last id) is
  * sent again elsewhere when its request may be; after it, an early end is
@@ -545,8 +548,17 @@ static void on_closed(struct worker *w, struct conn *u, uint32_t code)
         h1_upstream_failed(w, t, -ECONNRESET);
         return;
     }
-    if (code != 0 && !(t->flags & TF_RESP_HEAD)) {
+    if (code == LOST && !(t->flags & TF_RESP_HEAD)) {
+        /* The connection went: as an HTTP/1.1 connection's close, an
+         * idempotent request on a reused one is sent once more. */
         h1_upstream_failed(w, t, -ECONNRESET);
+        return;
+    }
+    if (code != 0 && !(t->flags & TF_RESP_HEAD)) {
+        /* The server reset this stream (it may have acted on it): 502. */
+        w->c[UP_C_ERR_UPSTREAM_RESET]++;
+        w->srv[u->slot].errors++;
+        txn_abort(w, t, 502, false);
         return;
     }
     u->x.flags |= X_EOF;
@@ -723,7 +735,7 @@ static void up_end(struct worker *w, struct conn *pc)
     s->flags |= CF_CLOSE;
     while (s->streams != NIL) {
         struct conn *u = &w->conns[s->streams];
-        on_closed(w, u, H2C_INTERNAL_ERROR);
+        on_closed(w, u, LOST);
     }
     h2c_close(w, s);
     conn_close(w, pc, false);

@@ -836,3 +836,19 @@ def test_no_allocation_per_request_over_h2_upstream(tmp_path, request):
     b = _alloc_run(tmp_path, so, 4000, h2up=True)
     assert a > 0
     assert b - a <= 5, f"worker allocations grew with requests over h2: {a} after 400, {b} after 4000"
+
+
+def test_h2_upstream_health_checks_speak_h2(proxy_factory):
+    """Active health checks of an h2 cluster speak HTTP/2 to it (an HTTP/1.1
+    GET would fail against an h2c server and eject it)."""
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up, cluster={"health": {"path": "/hz", "interval": "100ms",
+                                                          "fall": 1}})
+    try:
+        wait_for(lambda: sum(h.get(":path") == "/hz" for h in up.heads) >= 3, timeout=10,
+                 what="three HTTP/2 health checks")
+        assert any(h.get("user-agent") == "uproxy-health" for h in up.heads)
+        r = curl(f"http://127.0.0.1:{p.port}/served")
+        assert r.stdout == b"h2:/served"
+    finally:
+        up.close()

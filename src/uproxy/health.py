@@ -29,17 +29,19 @@ def _expect_ok(expect: str, status: int) -> bool:
     return False
 
 
-def timed_probe(address, host_label: str, health, tls=None) -> tuple:
+def timed_probe(address, host_label: str, health, tls=None, h2=False) -> tuple:
     """One check and how long it took: (ok, reason, seconds)."""
     t0 = time.monotonic()
-    ok, why = probe(address, host_label, health, tls)
+    ok, why = probe(address, host_label, health, tls, h2)
     return ok, why, time.monotonic() - t0
 
 
-def probe(address, host_label: str, health, tls=None) -> tuple:
+def probe(address, host_label: str, health, tls=None, h2=False) -> tuple:
     """One check: (ok, reason). tls: (ssl context, server name) for a
     cluster that speaks TLS to its servers: the check's handshake counts
-    (a certificate the workers would refuse fails it)."""
+    (a certificate the workers would refuse fails it). h2: the cluster
+    speaks HTTP/2 (protocol = "h2"): so does the check."""
+    ask = _ask_h2 if h2 else _ask
     fam, sa = address
     timeout = health.timeout_ms / 1000
     try:
@@ -47,7 +49,7 @@ def probe(address, host_label: str, health, tls=None) -> tuple:
             raw.settimeout(timeout)
             raw.connect(sa)
             if tls is None:
-                return _ask(raw, host_label, health, timeout, "connect ok")
+                return ask(raw, host_label, health, timeout, "connect ok")
             ctx, name = tls
             try:
                 s = ctx.wrap_socket(raw, server_hostname=name)
@@ -56,7 +58,9 @@ def probe(address, host_label: str, health, tls=None) -> tuple:
             except ssl.SSLError as e:
                 return False, f"TLS handshake: {e.reason or e}"
             with s:
-                return _ask(s, host_label, health, timeout, "TLS handshake ok")
+                if h2 and s.selected_alpn_protocol() != "h2":
+                    return False, "TLS: the server did not select ALPN h2 (protocol = \"h2\")"
+                return ask(s, host_label, health, timeout, "TLS handshake ok")
     except socket.timeout:
         return False, f"no answer within {health.timeout_ms} ms"
     except OSError as e:
@@ -87,6 +91,43 @@ def _ask(s, host_label: str, health, timeout: float, connected: str) -> tuple:
     return True, f"status {status}"
 
 
+def _ask_h2(s, host_label: str, health, timeout: float, connected: str) -> tuple:
+    """The same over HTTP/2 (h2c by prior knowledge, or what follows ALPN
+    h2): one GET on stream 1, its :status."""
+    if health.path is None:
+        return True, connected
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    scheme = "https" if isinstance(s, ssl.SSLSocket) else "http"
+    conn.send_headers(1, [(":method", "GET"), (":scheme", scheme), (":path", health.path),
+                          (":authority", host_label), ("user-agent", "uproxy-health")],
+                      end_stream=True)
+    s.sendall(conn.data_to_send())
+    deadline = time.monotonic() + timeout
+    while True:
+        s.settimeout(max(0.001, deadline - time.monotonic()))
+        data = s.recv(65536)
+        if not data:
+            return False, "closed before an HTTP/2 response"
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            return False, f"not an HTTP/2 server: {e}"
+        for ev in events:
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers).get(b":status", b"0"))
+                if not _expect_ok(health.expect, status):
+                    return False, f"status {status}, expected {health.expect}"
+                return True, f"status {status}"
+            if isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                return False, "the server refused the HTTP/2 request"
+        s.sendall(conn.data_to_send())
+
+
 class HealthChecker:
     def __init__(self, runtime):
         self.rt = runtime
@@ -94,7 +135,8 @@ class HealthChecker:
         # (cluster, label) -> what the dashboard shows: the last check's result,
         # reason and latency, when it ran and when the state last changed
         self.detail = {}
-        self.targets = []    # (cluster, label, address, health, tls: (ssl context, name) or None)
+        self.targets = []    # (cluster, label, address, health, tls: (ssl context, name) or None,
+                             #  h2: the cluster speaks HTTP/2)
         self.lock = threading.Lock()   # control plane only: checker thread vs reload
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="uproxy-health")
@@ -112,11 +154,13 @@ class HealthChecker:
             if c.tls is not None:
                 try:
                     ctx = tls_mod.client_context(c.tls)
+                    if c.protocol == "h2":
+                        ctx.set_alpn_protocols(["h2"])
                 except (ssl.SSLError, OSError) as e:      # the workers' contexts judged first
                     log.warning("health checks of cluster %s: no TLS context: %s", c.name, e)
             for s in c.servers:
                 tls = (ctx, c.tls.sni or s.host) if ctx is not None else None
-                targets.append((c.name, s.label, s.address, c.health, tls))
+                targets.append((c.name, s.label, s.address, c.health, tls, c.protocol == "h2"))
         with self.lock:
             keep = {(t[0], t[1]) for t in targets}
             self.state = {k: v for k, v in self.state.items() if k in keep}
@@ -156,7 +200,7 @@ class HealthChecker:
                 due = [t for t in self.targets if self.state[(t[0], t[1])][3] <= now]
                 for t in due:
                     self.state[(t[0], t[1])][3] = now + t[3].interval_ms / 1000
-            futures = [(t, self.pool.submit(timed_probe, t[2], t[1], t[3], t[4])) for t in due]
+            futures = [(t, self.pool.submit(timed_probe, t[2], t[1], t[3], t[4], t[5])) for t in due]
             for t, f in futures:
                 try:
                     ok, why, took = f.result()
@@ -167,7 +211,7 @@ class HealthChecker:
             self.stop.wait(0.05)
 
     def _record(self, target, ok, why, took=None):
-        cname, label, _, h, _ = target
+        cname, label, _, h, *_ = target
         with self.lock:
             st = self.state.get((cname, label))
             if st is None:

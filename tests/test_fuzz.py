@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUZZ = os.path.join(ROOT, "scripts", "fuzz")
-TARGETS = ["request", "response", "chunked", "clienthello"]
+TARGETS = ["request", "response", "chunked", "clienthello", "h2"]
 SECONDS = int(os.environ.get("UPROXY_FUZZ_SECONDS", "15"))
 
 

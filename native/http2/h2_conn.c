@@ -100,8 +100,14 @@ void h2_adopt(struct worker *w, struct conn *c)
 void h2_flush(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
-    if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)) ||
-        (s->flags & (CF_UPSTREAM | CF_READY)) == CF_UPSTREAM)
+    if ((s->flags & (CF_UPSTREAM | CF_READY)) == CF_UPSTREAM) {
+        /* An upstream connection not ready yet sends nothing; one that
+         * has nothing left to carry may still go. */
+        if (c->state == CS_OPEN && (s->flags & CF_DRAIN) && !s->nstreams)
+            conn_end(w, c);
+        return;
+    }
+    if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)))
         return;
     if (s->out_bid == NIL) {
         s->out_bid = bufpool_take(w);

@@ -52,6 +52,17 @@ static void link_stream(struct worker *w, struct h2_slot *s, struct h2_slot *st)
 
 static void up_end(struct worker *w, struct conn *pc);
 
+/* pc has nothing left to carry and goes, but not now: this may run inside
+ * one of the codec's callbacks, whose session must outlive it. The loop
+ * hands it back (C_UP_KICK: h2_flush ends a draining connection without
+ * streams once its last frames are out). */
+static void end_later(struct worker *w, struct conn *pc)
+{
+    h2_slot_of(w, pc)->flags |= CF_DRAIN;
+    pool_remove(w, pc);
+    conn_hand_up(w, pc, C_UP_KICK);
+}
+
 /* A connection with room for one more stream is "idle" for the pool. */
 static bool has_room(const struct h2_slot *s)
 {
@@ -73,7 +84,7 @@ static void offer(struct worker *w, struct conn *pc)
     if (has_room(s) && pool_put(w, pc, s->max_idle, s->idle_ms))
         return;
     if (!s->nstreams && pc->state == CS_OPEN)
-        up_end(w, pc);
+        end_later(w, pc);
 }
 
 static void unlink_stream(struct worker *w, struct h2_slot *st)
@@ -95,7 +106,7 @@ static void unlink_stream(struct worker *w, struct h2_slot *st)
     if (pc->kind != CK_H2_UPSTREAM || pc->state != CS_OPEN || (s->flags & CF_CLOSE))
         return;
     if ((s->flags & CF_DRAIN) && !s->nstreams)
-        up_end(w, pc);                /* GOAWAY received, its last stream done */
+        end_later(w, pc);             /* GOAWAY received, its last stream done */
     else
         offer(w, pc);
 }

@@ -69,6 +69,8 @@ void h1_upstream_assign(struct worker *w, struct txn *t)
     t->server = (uint32_t)s;
     uint32_t slot = cfg->servers[s].stat_slot;
     struct conn *u;
+    /* (Again here: forward auth moves a transaction between clusters.) */
+    t->upk = cfg->clusters[t->cluster].protocol == UP_PROTO_H2 ? TU_H2 : TU_H1;
     if (t->upk == TU_H2) {
         /* A stream of its own (no socket), which HTTP/2 places on a
          * pooled connection to the server or a new one (C_UP_KICK). */

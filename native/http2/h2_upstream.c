@@ -206,12 +206,12 @@ static void replace_streams(struct worker *w, struct conn *pc)
         if (!t || u->state != CS_OPEN)
             continue;
         const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
-        int sv = t->attempts < cl->max_attempts
-                     ? balance_pick(w, t->cfg, t->cluster, t->server, t->hash_key) : -1;
-        if (sv < 0 && t->attempts < cl->max_attempts)
+        bool again = t->attempts < cl->max_attempts && res_retry(w, t);
+        int sv = again ? balance_pick(w, t->cfg, t->cluster, t->server, t->hash_key) : -1;
+        if (sv < 0 && again)
             sv = balance_pick(w, t->cfg, t->cluster, NIL, t->hash_key);
         if (sv < 0) {
-            txn_abort(w, t, t->attempts < cl->max_attempts ? 503 : 502, false);
+            txn_abort(w, t, again ? 503 : 502, false);
             continue;
         }
         dial_idle(w, u);

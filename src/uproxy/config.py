@@ -990,6 +990,10 @@ def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
         protocol=r.str("protocol", "http1", choices=("http1", "h2")),
         max_streams_per_connection=r.int("max_streams_per_connection", 100, lo=1, hi=1000),
     )
+    if c.protocol == "h2" and c.proxy_protocol:
+        r.fail("proxy_protocol", "a PROXY header names one client per connection, and an HTTP/2 "
+                                 "connection carries many clients' streams: remove proxy_protocol "
+                                 "or use protocol = \"http1\"")
     if c.protocol != "h2" and "max_streams_per_connection" in r.t:
         r.fail("max_streams_per_connection", "applies to HTTP/2 upstreams only: "
                                              "set protocol = \"h2\" on the cluster, or remove it")

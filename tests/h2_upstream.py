@@ -21,6 +21,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import h2.config
+import h2.exceptions
 import h2.connection
 import h2.events
 import h2.settings
@@ -86,6 +87,7 @@ class H2Upstream:
         c.sendall(conn.data_to_send())
         streams = {}          # id -> {"head": dict, "body": bytearray}
         due = []              # (time, stream id)
+        self.out = {}         # id -> [bytes waiting for window, end after them]
         while True:
             timeout = max(0.0, min(t for t, _ in due) - time.monotonic()) if due else 1.0
             if not (hasattr(c, "pending") and c.pending()):
@@ -108,23 +110,25 @@ class H2Upstream:
                             self._answer(conn, ev.stream_id, streams, due)
                         elif head[":path"].startswith("/echo"):
                             conn.send_headers(ev.stream_id, [(":status", "200")])
+                            self.out[ev.stream_id] = [bytearray(), False]
                     elif isinstance(ev, h2.events.DataReceived):
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                         st = streams.get(ev.stream_id)
                         if st is not None:
                             if st["head"][":path"].startswith("/echo"):
-                                conn.send_data(ev.stream_id, ev.data)
+                                self.out[ev.stream_id][0] += ev.data
                             else:
                                 st["body"] += ev.data
                     elif isinstance(ev, h2.events.StreamEnded):
                         st = streams.get(ev.stream_id)
                         if st is not None and st["head"][":path"].startswith("/echo"):
-                            conn.end_stream(ev.stream_id)
+                            self.out[ev.stream_id][1] = True
                             streams.pop(ev.stream_id, None)
                         elif st is not None:
                             self._answer(conn, ev.stream_id, streams, due)
                     elif isinstance(ev, h2.events.StreamReset):
                         streams.pop(ev.stream_id, None)
+                        self.out.pop(ev.stream_id, None)
                     elif isinstance(ev, h2.events.ConnectionTerminated):
                         c.sendall(conn.data_to_send())
                         return
@@ -133,6 +137,7 @@ class H2Upstream:
                 due.remove((t, sid))
                 if sid in streams:
                     self._respond(conn, sid, streams)
+            self._flush(conn)
             c.sendall(conn.data_to_send())
 
     def _answer(self, conn, sid, streams, due):
@@ -171,16 +176,24 @@ class H2Upstream:
         self._send_body(conn, sid, body)
 
     def _send_body(self, conn, sid, body):
-        # Within the windows; what does not fit waits (tests keep bodies small
-        # enough, or the client's windows large enough).
-        n = min(len(body), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-        off = 0
-        while off < len(body):
-            n = min(len(body) - off, conn.max_outbound_frame_size,
-                    conn.local_flow_control_window(sid))
-            if n <= 0:
-                break
-            conn.send_data(sid, body[off:off + n])
-            off += n
-        if off == len(body):
-            conn.end_stream(sid)
+        self.out[sid] = [bytearray(body), True]
+        self._flush(conn)
+
+    def _flush(self, conn):
+        """What waits goes as the client's windows allow (WINDOW_UPDATE
+        frames open them again)."""
+        for sid, (buf, end) in list(self.out.items()):
+            while buf:
+                try:
+                    n = min(len(buf), conn.max_outbound_frame_size,
+                            conn.local_flow_control_window(sid))
+                except h2.exceptions.StreamClosedError:
+                    buf.clear()
+                    break
+                if n <= 0:
+                    break
+                conn.send_data(sid, bytes(buf[:n]))
+                del buf[:n]
+            if not buf and end:
+                conn.end_stream(sid)
+                del self.out[sid]

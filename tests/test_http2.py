@@ -852,3 +852,26 @@ def test_h2_upstream_health_checks_speak_h2(proxy_factory):
         assert r.stdout == b"h2:/served"
     finally:
         up.close()
+
+
+def test_h2_upstream_big_bodies_both_ways_with_flow_control(proxy_factory):
+    """Bodies far past every window: a 3 MiB download (to an HTTP/1.1 and an
+    HTTP/2 client) and a 3 MiB upload echoed back while it is still being
+    sent (full duplex), all bytes intact: windows reopen as bytes move on."""
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up)
+    try:
+        n = 3 << 20
+        r = curl(f"http://127.0.0.1:{p.port}/big?n={n}", "-o", "-")
+        assert len(r.stdout) == n and r.stdout == b"x" * n, (len(r.stdout), r.stderr)
+        r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/big?n={n}", "-o", "-")
+        assert len(r.stdout) == n, r.stderr
+        body = bytes(range(256)) * (n // 256)
+        for proto in ([], ["--http2-prior-knowledge"]):
+            r = subprocess.run(["curl", "-sS", "--max-time", "30", *proto, "--data-binary", "@-",
+                                "-H", "Content-Type: application/octet-stream",
+                                f"http://127.0.0.1:{p.port}/echo"], input=body,
+                               capture_output=True, timeout=40)
+            assert r.stdout == body, (proto, len(r.stdout), r.stderr)
+    finally:
+        up.close()

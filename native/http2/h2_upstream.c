@@ -781,7 +781,13 @@ static void on_connect(struct worker *w, struct conn *pc, struct io_uring_cqe *c
             balance_result(w, cfg, pc->server, true);
         pc->state = CS_OPEN;
         if (s->tls) {
-            /* TLS first, ALPN h2 offered: the streams go once it is up. */
+            /* TLS first, ALPN h2 offered: the streams go once it is up.
+             * (Its context lives while a transaction holds the table it
+             * came with: with none left, the connection is not needed.) */
+            if (!cfg) {
+                up_end(w, pc);
+                return;
+            }
             if (tp_tls_connect(w, pc, s->tls, NULL) < 0) {
                 replace_streams(w, pc);
                 up_end(w, pc);

@@ -7,6 +7,7 @@ answers depends on the path:
   /trailers       a body without content-length, then trailers x-trailer: done
   /slow?ms=N      answers after N ms
   /reset          RST_STREAM (INTERNAL_ERROR) instead of an answer
+  /die            the connection closes (no GOAWAY) with its streams open
   /goaway         the first time: GOAWAY naming the stream before this one
                   (this one unprocessed); then answered like any path
   /big?n=N        N bytes
@@ -147,6 +148,8 @@ class H2Upstream:
         if u.path == "/slow":
             due.append((time.monotonic() + int(q.get("ms", ["500"])[0]) / 1000, sid))
             return
+        if u.path == "/die":
+            raise OSError("the server goes away")      # the connection closes under its streams
         if u.path == "/reset":
             conn.reset_stream(sid, error_code=2)
             streams.pop(sid, None)

@@ -875,3 +875,23 @@ def test_h2_upstream_big_bodies_both_ways_with_flow_control(proxy_factory):
             assert r.stdout == body, (proto, len(r.stdout), r.stderr)
     finally:
         up.close()
+
+
+def test_h2_upstream_connection_lost_midway(proxy_factory):
+    """The server's connection closes under its streams (no GOAWAY): as for
+    an HTTP/1.1 connection that closes, an idempotent request unanswered on
+    a reused connection is sent once more (the slow GET is answered), one
+    that fails again gets 502; the connection leaves the pool and the next
+    requests get a new one."""
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up, cluster={"max_attempts": 1})
+    try:
+        assert curl(f"http://127.0.0.1:{p.port}/warm").stdout == b"h2:/warm"
+        slow, die = h2_get(p.port, ["/slow?ms=1000", "/die"])
+        assert slow[0][":status"] == "200" and slow[1] == b"h2:/slow?ms=1000", slow
+        assert die[0][":status"] == "502", die
+        r = curl(f"http://127.0.0.1:{p.port}/after")
+        assert r.stdout == b"h2:/after", r.stderr
+        assert up.connections >= 2 and p.total("retries") >= 1
+    finally:
+        up.close()

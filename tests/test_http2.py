@@ -664,6 +664,7 @@ def test_h2_upstream_from_http1_and_http2_clients(proxy_factory):
     try:
         r = curl(f"http://127.0.0.1:{p.port}/a?x=1", "-i")
         assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(b"HTTP/1.1 200 OK\r\n"), r.stdout
         assert b"h2:/a?x=1" in r.stdout and b"x-method: get" in r.stdout.lower()
         r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/b")
         assert r.stdout == b"h2:/b", r.stderr

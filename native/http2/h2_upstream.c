@@ -374,6 +374,33 @@ static bool hput(struct worker *w, uint32_t *bid, uint16_t *len, const void *p, 
     return true;
 }
 
+/* HTTP/2 has no reason phrase; an HTTP/1.1 client gets the usual one
+ * (the status line allows none, but people read them). */
+static const char *reason_of(uint16_t status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "";
+    }
+}
+
 static bool is_name(const struct h2_ev *ev, const char *n)
 {
     size_t k = strlen(n);
@@ -405,9 +432,12 @@ static void on_header(struct worker *w, struct h2_slot *st, const struct h2_ev *
         }
         st->status = (uint16_t)((ev->value[0] - '0') * 100 + (ev->value[1] - '0') * 10 +
                                 (ev->value[2] - '0'));
+        const char *why = reason_of(st->status);
         ok = hput(w, &st->hbid, &st->hlen, "HTTP/1.1 ", 9) &&
              hput(w, &st->hbid, &st->hlen, ev->value, 3) &&
-             hput(w, &st->hbid, &st->hlen, " \r\n", 3);
+             hput(w, &st->hbid, &st->hlen, " ", 1) &&
+             hput(w, &st->hbid, &st->hlen, why, strlen(why)) &&
+             hput(w, &st->hbid, &st->hlen, "\r\n", 2);
     } else if (ev->nlen && ev->name[0] == ':') {
         return;
     } else {

@@ -691,7 +691,9 @@ def test_h2_upstream_h2load_stream_limit(proxy_factory):
         r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "20",
                             f"http://127.0.0.1:{p.port}/x"], capture_output=True, text=True,
                            timeout=60)
-        assert "2000 succeeded" in r.stdout, r.stdout
+        counters = {k: v for k, v in p.stats()["total"].items()
+                    if v and ("err" in k or "h2_up" in k or "retr" in k or "resp" in k)}
+        assert "2000 succeeded" in r.stdout, (r.stdout, counters)
         assert up.max_concurrent <= 8
         assert up.connections >= 2
     finally:

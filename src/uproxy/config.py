@@ -994,7 +994,7 @@ def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
         r.fail("proxy_protocol", "a PROXY header names one client per connection, and an HTTP/2 "
                                  "connection carries many clients' streams: remove proxy_protocol "
                                  "or use protocol = \"http1\"")
-    if c.protocol != "h2" and "max_streams_per_connection" in r.t:
+    if r.t.get("protocol", "http1") == "http1" and "max_streams_per_connection" in r.t:
         r.fail("max_streams_per_connection", "applies to HTTP/2 upstreams only: "
                                              "set protocol = \"h2\" on the cluster, or remove it")
     r.done()

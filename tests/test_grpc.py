@@ -37,6 +37,12 @@ def _server_stream(req, ctx):
         yield b"m%d" % i
 
 
+def _slow_stream(req, ctx):
+    yield b"first"
+    time.sleep(2)
+    yield b"late"
+
+
 def _client_stream(reqs, ctx):
     return b"+".join(reqs)
 
@@ -52,6 +58,7 @@ def grpc_server():
     handler = grpc.method_handlers_generic_handler("t.T", {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary, *IDENT),
         "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream, *IDENT),
+        "SlowStream": grpc.unary_stream_rpc_method_handler(_slow_stream, *IDENT),
         "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream, *IDENT),
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi, *IDENT),
     })
@@ -153,7 +160,7 @@ def raw_call(port, path, body, extra=()):
     conn.send_data(1, msg, end_stream=True)
     s.sendall(conn.data_to_send())
     t0 = time.monotonic()
-    headers, trailers = {}, {}
+    headers, trailers, body_in = {}, {}, b""
     done = False
     while not done:
         data = s.recv(65536)
@@ -165,11 +172,13 @@ def raw_call(port, path, body, extra=()):
             elif isinstance(ev, h2.events.TrailersReceived):
                 trailers = {k.decode(): v.decode() for k, v in ev.headers}
             elif isinstance(ev, h2.events.DataReceived):
+                body_in += ev.data
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
                 done = True
         s.sendall(conn.data_to_send())
     s.close()
+    raw_call.data = body_in
     return headers, trailers, time.monotonic() - t0
 
 
@@ -181,6 +190,13 @@ def test_grpc_timeout_honoured(proxy_factory, grpc_server):
     assert headers.get(":status") == "200" and headers.get("content-type") == "application/grpc"
     assert headers.get("grpc-status") == "4", headers      # trailers-only
     assert 0.25 <= took < 1.5
+    # Past the deadline with the response under way: its trailers say
+    # DEADLINE_EXCEEDED after what was relayed, the rest is not.
+    headers, trailers, took = raw_call(p.port, "/t.T/SlowStream", b"", [("grpc-timeout", "500m")])
+    assert headers.get(":status") == "200" and "grpc-status" not in headers, headers
+    assert b"first" in raw_call.data and b"late" not in raw_call.data
+    assert trailers.get("grpc-status") == "4", trailers
+    assert 0.4 <= took < 1.5
     # Without grpc-timeout the same call completes (the route's timeout is longer).
     headers, trailers, took = raw_call(p.port, "/t.T/Unary", b"slow0.2")
     assert trailers.get("grpc-status") == "0", (headers, trailers)

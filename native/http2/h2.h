@@ -87,6 +87,7 @@ struct h2_field {
 #define ST_TRAILERS  8192     /* upstream stream: trailers kept in tbid */
 #define ST_SUBMITTED 16384    /* upstream stream: its HEADERS are with the codec */
 #define ST_GRPC      32768    /* client stream: content-type application/grpc* */
+#define ST_DEADLINE  65536    /* client stream: its gRPC deadline passed mid-response */
 #define CF_DRAIN     1        /* conn: GOAWAY sent (or received), ends when its streams do */
 #define CF_CLOSE     2        /* conn: close once what is queued is out */
 #define CF_UPSTREAM  4        /* conn: ours toward a server (h2_upstream.c) */

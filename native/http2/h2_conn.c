@@ -559,6 +559,15 @@ void h2_stream_expired(struct worker *w, struct conn *sc)
     struct txn *t = txn_of(w, sc);
     if (st->deadline_ms && t && sc->h1 == H_TXN && w->now_ms >= st->deadline_ms) {
         w->c[UP_C_ERR_IDLE_TIMEOUT]++;
+        if ((st->flags & (ST_GRPC | ST_HEAD | ST_EOF | ST_DETACHED)) == (ST_GRPC | ST_HEAD)) {
+            /* The response is under way: trailers end it (on_read). */
+            struct conn *c = &w->conns[st->owner];
+            st->flags |= ST_DEADLINE;
+            st->flags &= ~ST_DEFERRED;
+            h2c_resume(h2_slot_of(w, c), st->id);
+            h2_flush(w, c);
+            return;
+        }
         txn_abort(w, t, 504, false);
         return;
     }
@@ -734,6 +743,19 @@ static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
     }
     if (!t || sc->h1 != H_TXN) {
         ev->eof = 1;                  /* the transaction ended: so does the body */
+        st->flags |= ST_EOF;
+        return;
+    }
+    if (st->flags & ST_DEADLINE) {
+        /* The call's deadline passed after its head went: it ends here,
+         * with DEADLINE_EXCEEDED in trailers (the rest is not relayed). */
+        static const struct h2_field f[] = {
+            { (const uint8_t *)"grpc-status", (const uint8_t *)"4", 11, 1 },
+            { (const uint8_t *)"grpc-message", (const uint8_t *)"uproxy: deadline exceeded", 12, 25 },
+        };
+        struct h2_slot *s = h2_slot_of(w, &w->conns[st->owner]);
+        ev->eof = 1;
+        ev->no_end = h2c_trailers(s, st->id, f, 2) == 0;
         st->flags |= ST_EOF;
         return;
     }
@@ -940,6 +962,10 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
     if (st->flags & ST_DETACHED) {
         /* The stream closed after its last byte: its transaction finishes
          * (the round is out), then the stream's slot goes. */
+        if (t && sc->h1 == H_TXN && (st->flags & ST_DEADLINE)) {
+            txn_abort(w, t, 0, false);    /* its trailers are out: the upstream side goes */
+            return;
+        }
         if (t && sc->h1 == H_TXN && t->resp.active && !t->resp.left)
             txn_sent(w, t, &t->resp, sc, 0);
         if (sc->state == CS_OPEN && !txn_of(w, sc))

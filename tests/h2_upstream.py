@@ -47,6 +47,7 @@ class H2Upstream:
         self.max_concurrent = 0
         self.heads = []
         self.goaways = 0
+        self.errors = []      # why connections ended on the server's side
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -72,8 +73,11 @@ class H2Upstream:
             if self.ctx:
                 c = self.ctx.wrap_socket(c, server_side=True)
             self._loop(c)
-        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
-            pass
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError) as e:
+            import traceback
+            with self.lock:
+                self.errors.append(repr(e)[:100] + " at " + " / ".join(
+                    l.strip() for l in traceback.format_exc().splitlines()[-6:-1:2]))
         finally:
             try:
                 c.close()
@@ -88,7 +92,7 @@ class H2Upstream:
         c.sendall(conn.data_to_send())
         streams = {}          # id -> {"head": dict, "body": bytearray}
         due = []              # (time, stream id)
-        self.out = {}         # id -> [bytes waiting for window, end after them]
+        conn.out = {}         # id -> [bytes waiting for window, end after them] (per connection)
         while True:
             timeout = max(0.0, min(t for t, _ in due) - time.monotonic()) if due else 1.0
             if not (hasattr(c, "pending") and c.pending()):
@@ -111,25 +115,28 @@ class H2Upstream:
                             self._answer(conn, ev.stream_id, streams, due)
                         elif head[":path"].startswith("/echo"):
                             conn.send_headers(ev.stream_id, [(":status", "200")])
-                            self.out[ev.stream_id] = [bytearray(), False]
+                            conn.out[ev.stream_id] = [bytearray(), False]
                     elif isinstance(ev, h2.events.DataReceived):
-                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        try:
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        except h2.exceptions.StreamClosedError:
+                            pass
                         st = streams.get(ev.stream_id)
                         if st is not None:
                             if st["head"][":path"].startswith("/echo"):
-                                self.out[ev.stream_id][0] += ev.data
+                                conn.out[ev.stream_id][0] += ev.data
                             else:
                                 st["body"] += ev.data
                     elif isinstance(ev, h2.events.StreamEnded):
                         st = streams.get(ev.stream_id)
                         if st is not None and st["head"][":path"].startswith("/echo"):
-                            self.out[ev.stream_id][1] = True
+                            conn.out[ev.stream_id][1] = True
                             streams.pop(ev.stream_id, None)
                         elif st is not None:
                             self._answer(conn, ev.stream_id, streams, due)
                     elif isinstance(ev, h2.events.StreamReset):
                         streams.pop(ev.stream_id, None)
-                        self.out.pop(ev.stream_id, None)
+                        conn.out.pop(ev.stream_id, None)
                     elif isinstance(ev, h2.events.ConnectionTerminated):
                         c.sendall(conn.data_to_send())
                         return
@@ -179,13 +186,13 @@ class H2Upstream:
         self._send_body(conn, sid, body)
 
     def _send_body(self, conn, sid, body):
-        self.out[sid] = [bytearray(body), True]
+        conn.out[sid] = [bytearray(body), True]
         self._flush(conn)
 
     def _flush(self, conn):
         """What waits goes as the client's windows allow (WINDOW_UPDATE
         frames open them again)."""
-        for sid, (buf, end) in list(self.out.items()):
+        for sid, (buf, end) in list(conn.out.items()):
             while buf:
                 try:
                     n = min(len(buf), conn.max_outbound_frame_size,
@@ -199,4 +206,4 @@ class H2Upstream:
                 del buf[:n]
             if not buf and end:
                 conn.end_stream(sid)
-                del self.out[sid]
+                del conn.out[sid]

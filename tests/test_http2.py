@@ -693,7 +693,7 @@ def test_h2_upstream_h2load_stream_limit(proxy_factory):
                            timeout=60)
         counters = {k: v for k, v in p.stats()["total"].items()
                     if v and ("err" in k or "h2_up" in k or "retr" in k or "resp" in k)}
-        assert "2000 succeeded" in r.stdout, (r.stdout, counters)
+        assert "2000 succeeded" in r.stdout, (r.stdout, counters, up.errors[:3])
         assert up.max_concurrent <= 8
         assert up.connections >= 2
     finally:

@@ -390,9 +390,11 @@ void h1_upstream_release(struct worker *w, struct conn *u, bool reusable)
 {
     struct txn *t = txn_of(w, u);
     if (u->kind == CK_H2_USTREAM) {
-        /* A stream is never reused: its connection stays with HTTP/2. */
+        /* A stream is never reused: its connection stays with HTTP/2.
+         * H_LINGER: it ended well, HTTP/2 lets it close by itself. */
         u->txn = NIL;
         u->peer = NIL;
+        u->h1 = H_LINGER;
         dial_idle(w, u);
         conn_close(w, u, false);
         return;

@@ -720,6 +720,11 @@ void h2_ustream_detach(struct worker *w, struct conn *u)
     struct h2_slot *st = h2_slot_of(w, u);
     if (u->h1 == H_DIAL)
         return;                       /* never placed: nothing of it is here */
+    /* Its transaction ended well (the whole response is in): the server's
+     * END_STREAM may still be on its way, and a reset now would race it
+     * (a CANCEL for a stream the server has closed). Left unbound, the
+     * codec closes it as it ends and its last frames are dropped. */
+    bool done = u->h1 == H_LINGER;
     u->h1 = H_DIAL;
     if (st->hbid != NIL)
         bufpool_put(w, st->hbid);
@@ -735,7 +740,8 @@ void h2_ustream_detach(struct worker *w, struct conn *u)
     struct h2_slot *s = slot_at(w, owner);
     if (s->session && (st->flags & ST_SUBMITTED)) {
         h2c_bind(s, st->id, NIL);
-        h2c_reset(s, st->id, H2C_CANCEL);
+        if (!done)
+            h2c_reset(s, st->id, H2C_CANCEL);
     }
     unlink_stream(w, st);
     h2_flush(w, &w->conns[owner]);

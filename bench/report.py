@@ -207,6 +207,29 @@ def _family_best(res, w, key, names):
     return min(vals) if vals else None
 
 
+FAMILY_LABELS = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy",
+                 "traefik": "Traefik", "caddy": "Caddy"}
+
+
+def _family_rows(res, ncols, cells) -> list:
+    """One markdown row per proxy family that has contenders, in a fixed
+    order: cells(names) gives its ncols cells; a family whose contenders
+    are all missing says so."""
+    fams = {}
+    for name, c in res["contenders"].items():
+        fams.setdefault(c["family"], []).append(name)
+    out = []
+    for fam, label in FAMILY_LABELS.items():
+        names = fams.get(fam)
+        if not names:
+            continue
+        if all(res["contenders"][n].get("missing") for n in names):
+            out.append(f"| {label} | missing" + " |" * ncols)
+        else:
+            out.append(f"| {label} | " + " | ".join(cells(names)) + " |")
+    return out
+
+
 def tls_md(res) -> str:
     """The TLS section: what each proxy was given, the crypto floor, the
     figures per proxy, the tables, and the library comparison."""
@@ -238,20 +261,10 @@ def tls_md(res) -> str:
     out.append("")
     # Headline per proxy family.
     fl = (t.get("floor") or {})
-    fams = {}
-    for name, c in res["contenders"].items():
-        fams.setdefault(c["family"], []).append(name)
     out += ["| proxy | 64 B: CPU-µs/req | 64 KiB: CPU-µs/req | full handshake: CPU-µs | resumed: CPU-µs | "
             "full / crypto floor |", "|---|---|---|---|---|---|"]
-    labels = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "traefik": "Traefik",
-              "caddy": "Caddy"}
-    for fam in ["uproxy", "nginx", "haproxy", "envoy", "traefik", "caddy"]:
-        names = fams.get(fam)
-        if not names:
-            continue
-        if all(res["contenders"][n].get("missing") for n in names):
-            out.append(f"| {labels[fam]} | missing | | | | |")
-            continue
+
+    def tls_cells(names):
         cells = []
         for w, key in (("tls64", "cpu_us_per_req"), ("tls64k", "cpu_us_per_req"), ("tls_full", "cpu_us_per_hs"),
                        ("tls_resume", "cpu_us_per_hs")):
@@ -268,8 +281,9 @@ def tls_md(res) -> str:
                         why = "error (below)"
                 cells.append(why or "–")
         b = _family_best(res, "tls_full", "cpu_us_per_hs", names)
-        ratio = f"{b[0] / fl['full_us']:.1f}x" if b and fl.get("full_us") else "–"
-        out.append(f"| {labels[fam]} | " + " | ".join(cells) + f" | {ratio} |")
+        cells.append(f"{b[0] / fl['full_us']:.1f}x" if b and fl.get("full_us") else "–")
+        return cells
+    out += _family_rows(res, 5, tls_cells)
     out.append("")
     out.append("**Gate G7** (DESIGN.md §3), on this run's medians:")
     out.append("")
@@ -532,25 +546,12 @@ def h2_md(res) -> str:
                "Alone: `scripts/bench --workloads " + ",".join(H2_WORKLOADS) + " --rounds 3 --docs`, which "
                "rewrites this section and nothing else.")
     out.append("")
-    fams = {}
-    for name, c in res["contenders"].items():
-        fams.setdefault(c["family"], []).append(name)
     head = [w for w in H2_WORKLOADS if w in wls]
     out += ["| proxy | " + " | ".join(f"{w}: CPU-µs/req" for w in head) + " |", "|---|" + "---|" * len(head)]
-    labels = {"uproxy": "uproxy", "nginx": "nginx", "haproxy": "HAProxy", "envoy": "Envoy", "traefik": "Traefik",
-              "caddy": "Caddy"}
-    for fam in ["uproxy", "nginx", "haproxy", "envoy", "traefik", "caddy"]:
-        names = fams.get(fam)
-        if not names:
-            continue
-        if all(res["contenders"][n].get("missing") for n in names):
-            out.append(f"| {labels[fam]} | missing" + " |" * len(head))
-            continue
-        cells = []
-        for w in head:
-            b = _family_best(res, w, "cpu_us_per_req", names)
-            cells.append(f"{b[0]:.1f}" if b else "–")
-        out.append(f"| {labels[fam]} | " + " | ".join(cells) + " |")
+
+    def h2_cells(names):
+        return [f"{b[0]:.1f}" if (b := _family_best(res, w, "cpu_us_per_req", names)) else "–" for w in head]
+    out += _family_rows(res, len(head), h2_cells)
     out.append("")
     out.append("**Gate G8** (DESIGN.md §3), on this run's medians:")
     out.append("")
@@ -578,26 +579,13 @@ def console(res) -> str:
     return "\n".join(out)
 
 
-def splice_tls(page: str, section: str) -> str:
-    """docs/benchmarks.md with its TLS section replaced by this one (or put
-    before the uproxy profile section when the page has none yet)."""
-    if TLS_BEGIN in page and TLS_END in page:
-        a = page.index(TLS_BEGIN)
-        b = page.index(TLS_END) + len(TLS_END)
-        return page[:a] + section.rstrip("\n") + page[b:]
-    mark = "## uproxy: instructions"
-    if mark in page:
-        i = page.index(mark)
-        return page[:i] + section + "\n" + page[i:]
-    return page.rstrip("\n") + "\n\n" + section
-
-
-def splice_h2(page: str, section: str) -> str:
-    """docs/benchmarks.md with its HTTP/2 section replaced by this one (or
-    put before the uproxy profile section when the page has none yet)."""
-    if H2_BEGIN in page and H2_END in page:
-        a = page.index(H2_BEGIN)
-        b = page.index(H2_END) + len(H2_END)
+def splice_section(page: str, section: str, begin: str, end: str) -> str:
+    """docs/benchmarks.md with the section between begin and end (the TLS
+    or the HTTP/2 one) replaced by this one, or put before the uproxy
+    profile section when the page has none yet."""
+    if begin in page and end in page:
+        a = page.index(begin)
+        b = page.index(end) + len(end)
         return page[:a] + section.rstrip("\n") + page[b:]
     mark = "## uproxy: instructions"
     if mark in page:
@@ -611,14 +599,14 @@ def write_all(res, out, docs, bench_venv):
         f.write(document(res, png_prefix=""))
     charts = _charts(res, out, bench_venv)
     wls = res.get("workloads", [])
-    for kind, mine, splice, md in (("TLS", TLS_WORKLOADS, splice_tls, tls_md),
-                                   ("HTTP/2", H2_WORKLOADS, splice_h2, h2_md)):
+    for mine, begin, end, md in ((TLS_WORKLOADS, TLS_BEGIN, TLS_END, tls_md),
+                                 (H2_WORKLOADS, H2_BEGIN, H2_END, h2_md)):
         if docs and wls and all(w in mine for w in wls):
             # A TLS-only (HTTP/2-only) run replaces that section of the page and nothing else.
             path = os.path.join(ROOT, "docs", "benchmarks.md")
             page = open(path).read() if os.path.exists(path) else document(res, png_prefix="")
             with open(path, "w") as f:
-                f.write(splice(page, md(res)))
+                f.write(splice_section(page, md(res), begin, end))
             return
     if docs:
         ddir = os.path.join(ROOT, "docs")

@@ -124,15 +124,7 @@ class Nginx(Contender):
         if self.wants_tls():
             tls += f"""  server {{
     listen 127.0.0.1:{self.https_port} ssl backlog=4096;
-    ssl_certificate {c.tls_cert};
-    ssl_certificate_key {c.tls_key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_conf_command Ciphersuites {TLS_SUITE};
-    ssl_ecdh_curve X25519:prime256v1;
-    ssl_session_cache shared:SSL:10m;
-    ssl_session_timeout 10m;
-    ssl_session_tickets on;
-{location}  }}
+{ssl}{location}  }}
 """
         stream = ""
         if os.path.exists(STREAM_MODULE):

@@ -53,38 +53,12 @@ class Traefik(Contender):
         c, d = self.ctx, self.dir
         fast = "experimental:\n  fastProxy: {}\n" if self.fast else ""
         websecure = tls_router = tls = ""
-        if self.wants_tls():
-            websecure = f"""  websecure:
-    address: "127.0.0.1:{self.https_port}"
-    transport:
-      respondingTimeouts:
-        readTimeout: 0s
-        idleTimeout: 300s
-"""
-            tls_router = """    rs:
-      entryPoints: [websecure]
-      rule: "PathPrefix(`/`)"
-      service: s
-      tls: {}
-"""
-            tls = f"""tls:
-  certificates:
-    - certFile: "{c.tls_cert}"
-      keyFile: "{c.tls_key}"
-  stores:
-    default:
-      defaultCertificate:
-        certFile: "{c.tls_cert}"
-        keyFile: "{c.tls_key}"
-  options:
-    default:
-      minVersion: VersionTLS12
-      curvePreferences: [X25519, CurveP256]
-"""
-        # HTTP/2 (G8), from Traefik's entry point documentation: HTTP entry
-        # points serve h2c (prior knowledge) as well as HTTP/1.1, and TLS
-        # routers offer h2 by ALPN (Go's default); one entry point each.
-        for ep, port, on, router_tls in (("h2c", self.h2c_port, self.wants_h2c(), ""),
+        # One entry point and one router each: websecure for the TLS
+        # workloads; for HTTP/2 (G8), from Traefik's entry point
+        # documentation, an HTTP entry point serves h2c (prior knowledge) as
+        # well as HTTP/1.1, and a TLS router offers h2 by ALPN (Go's default).
+        for ep, port, on, router_tls in (("websecure", self.https_port, self.wants_tls(), "      tls: {}\n"),
+                                         ("h2c", self.h2c_port, self.wants_h2c(), ""),
                                          ("h2s", self.h2s_port, self.wants_h2s(), "      tls: {}\n")):
             if not on:
                 continue
@@ -100,7 +74,8 @@ class Traefik(Contender):
       rule: "PathPrefix(`/`)"
       service: s
 {router_tls}"""
-        if self.wants_h2s() and not tls:
+        # the run's certificate, for the TLS listener and the h2 one alike
+        if self.wants_tls() or self.wants_h2s():
             tls = f"""tls:
   certificates:
     - certFile: "{c.tls_cert}"

@@ -230,7 +230,8 @@ class UproxyResilience(Uproxy):
               "retry_budget")
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the breaker's and the budget's cost"
-                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS}
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
+                    + H2_WORKLOADS}
 
     CLUSTER = ['circuit_breaker = { error_ratio = 0.5, latency = "5s", window = "10s", '
                'min_requests = 20, open_for = "30s" }',

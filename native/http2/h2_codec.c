@@ -213,6 +213,22 @@ void h2c_worker_free(struct h2_worker *hw)
     hw->callbacks = hw->option = NULL;
 }
 
+/* A new session (either side) sends its SETTINGS and opens the
+ * connection's window to cover every stream's: one stream whose window is
+ * held back does not stall the others. On failure the session is gone. */
+static int session_start(struct h2_slot *s, nghttp2_session *ss, const nghttp2_settings_entry *iv,
+                         size_t n)
+{
+    if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, n) ||
+        nghttp2_session_set_local_window_size(ss, NGHTTP2_FLAG_NONE, 0,
+                                              H2_MAX_STREAMS * H2_STREAM_WINDOW)) {
+        nghttp2_session_del(ss);
+        return -1;
+    }
+    s->session = ss;
+    return 0;
+}
+
 int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
 {
     struct h2_worker *hw = w->h2;
@@ -224,16 +240,7 @@ int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
         { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list },
     };
-    if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) ||
-        /* The connection's window covers every stream's: one stream whose
-         * window is held back does not stall the others' uploads. */
-        nghttp2_session_set_local_window_size(ss, NGHTTP2_FLAG_NONE, 0,
-                                              H2_MAX_STREAMS * H2_STREAM_WINDOW)) {
-        nghttp2_session_del(ss);
-        return -1;
-    }
-    s->session = ss;
-    return 0;
+    return session_start(s, ss, iv, sizeof iv / sizeof iv[0]);
 }
 
 void h2c_close(struct worker *w, struct h2_slot *s)
@@ -312,14 +319,7 @@ int h2c_open_upstream(struct worker *w, struct h2_slot *s)
         { NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
     };
-    if (nghttp2_submit_settings(ss, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) ||
-        nghttp2_session_set_local_window_size(ss, NGHTTP2_FLAG_NONE, 0,
-                                              H2_MAX_STREAMS * H2_STREAM_WINDOW)) {
-        nghttp2_session_del(ss);
-        return -1;
-    }
-    s->session = ss;
-    return 0;
+    return session_start(s, ss, iv, sizeof iv / sizeof iv[0]);
 }
 
 void h2c_resume(struct h2_slot *s, int32_t id)

@@ -275,6 +275,58 @@ def test_httpx_parallel_streams_one_connection(proxy_factory):
     up.close()
 
 
+def h2_heads(port, paths):
+    """One request per path on one HTTP/2 connection (Python's h2): each
+    response's header list, in order, duplicates kept."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    out = {}
+    for i, path in enumerate(paths):
+        conn.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "http"), (":path", path),
+                                      (":authority", "localhost")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    ended = set()
+    while len(ended) < len(paths):
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                out[ev.stream_id] = [(k.decode(), v.decode()) for k, v in ev.headers]
+            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                ended.add(ev.stream_id)
+        s.sendall(conn.data_to_send())
+    s.close()
+    return [out.get(1 + 2 * i, []) for i in range(len(paths))]
+
+
+def test_response_headers_apply_to_streams(proxy_factory):
+    """A route's response_headers (and the listener's, added to them) edit
+    an HTTP/2 stream's response as an HTTP/1.1 client's: remove drops the
+    upstream's lines, set replaces them with one, add adds one; a route
+    without them passes the head as it came."""
+    up = HttpUpstream(lambda req: Response(body=b"ok", headers=[
+        ("Server", "secret/1.0"), ("Cache-Control", "max-age=60"), ("X-Keep", "1")]))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"], listener={
+        "response_headers": {"remove": ["Server"]},
+        "routes": [{"path_prefix": "/h", "cluster": "c",
+                    "response_headers": {"set": {"Cache-Control": "no-store"},
+                                         "add": {"X-Served-By": "uproxy"}}},
+                   {"path_prefix": "/", "cluster": "c"}]})
+    try:
+        edited, plain = h2_heads(p.port, ["/h/x", "/other"])
+        names = [k for k, _ in edited]
+        assert ("x-served-by", "uproxy") in edited and ("x-keep", "1") in edited, edited
+        assert "server" not in names, edited
+        assert [v for k, v in edited if k == "cache-control"] == ["no-store"], edited
+        assert "server" not in [k for k, _ in plain] and ("x-keep", "1") in plain, plain
+        assert ("cache-control", "max-age=60") in plain and "x-served-by" not in [
+            k for k, _ in plain], plain
+    finally:
+        up.close()
+
+
 def test_bodies_large_and_chunked(proxy_factory):
     """Request bodies with and without content-length (the upstream gets
     them chunked), and 4 MiB responses by content-length and chunked, whole."""

@@ -851,8 +851,37 @@ static bool dropped(const uint8_t *n, size_t k)
     return false;
 }
 
-/* (t: the transaction whose upstream head this is, for its compression;
- * NULL for the proxy's own answers.) */
+/* The route's response_headers set/add lines ("Name: value\r\n" in the
+ * tables' strings, as an HTTP/1.1 client gets them) as fields: the name
+ * lower-cased into low (after *used), the value by reference. */
+static size_t policy_fields(const struct txn *t, struct h2_field *f, size_t nf, size_t max,
+                            uint8_t *low, size_t *used)
+{
+    const struct up_config *cfg = t->cfg;
+    const struct up_policy *pol = t->pol;
+    for (uint32_t i = pol->resp_add_first; i < pol->resp_add_first + pol->resp_add_count; i++) {
+        const struct up_step *s = &cfg->steps[i];
+        const uint8_t *line = (const uint8_t *)cfg->strings + s->a_off;
+        const uint8_t *colon = memchr(line, ':', s->a_len);
+        if (!colon || s->a_len < 4 || nf >= max)
+            continue;
+        size_t k = (size_t)(colon - line);
+        const uint8_t *v = colon + 1;
+        const uint8_t *end = line + s->a_len - 2;    /* before its CRLF */
+        while (v < end && *v == ' ')
+            v++;
+        if (*used + k > SCRATCH_SIZE)
+            break;
+        for (size_t j = 0; j < k; j++)
+            low[*used + j] = (uint8_t)((line[j] >= 'A' && line[j] <= 'Z') ? line[j] | 0x20 : line[j]);
+        f[nf++] = (struct h2_field){ low + *used, v, k, (size_t)(end - v) };
+        *used += k;
+    }
+    return nf;
+}
+
+/* (t: the transaction whose upstream head this is, for its compression
+ * and its route's response_headers; NULL for the proxy's own answers.) */
 static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
                        const uint8_t *base, uint32_t len, uint8_t method, bool body,
                        uint32_t *head_len, const struct txn *t)
@@ -869,6 +898,7 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
     status_text(code, r->status);
     f[nf++] = (struct h2_field){ (const uint8_t *)":status", (const uint8_t *)code, 7, 3 };
     bool cz = t && t->cz_slot;        /* the body is compressed (h1_compress.c) */
+    uint64_t rm = t && t->pol ? t->pol->resp_rm_lens : 0;  /* as build_resp_head's test */
     for (uint16_t i = 0; i < r->nheaders && nf < 256; i++) {
         const struct h1_header *h = &r->h[i];
         const uint8_t *n = base + h->name_off;
@@ -878,6 +908,8 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
         bool etag = false;
         if (cz && cz_drops(base, h, &etag) && !etag)
             continue;                 /* Content-Length: of the uncompressed body */
+        if (rm && ((rm >> (h->name_len & 63)) & 1) && pol_drop_resp(t, base, h))
+            continue;                 /* response_headers remove (or set) names it */
         for (uint32_t k = 0; k < h->name_len; k++)
             low[used + k] = (uint8_t)((n[k] >= 'A' && n[k] <= 'Z') ? n[k] | 0x20 : n[k]);
         f[nf++] = (struct h2_field){ low + used, base + h->value_off, h->name_len, h->value_len };
@@ -891,6 +923,8 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
             used += h->value_len + 2;
         }
     }
+    if (t && t->pol)
+        nf = policy_fields(t, f, nf, 258, low, &used);
     if (t && t->cz_vary)
         f[nf++] = (struct h2_field){ (const uint8_t *)"vary", (const uint8_t *)"accept-encoding",
                                      4, 15 };

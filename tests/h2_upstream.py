@@ -13,7 +13,8 @@ answers depends on the path:
   /big?n=N        N bytes
 
 It records what it saw: connections, the most concurrent streams on one
-connection, the request heads."""
+connection, the streams each connection carried, the request heads, and
+the GOAWAYs the proxy sent."""
 import select
 import socket
 import ssl
@@ -47,6 +48,8 @@ class H2Upstream:
         self.max_concurrent = 0
         self.heads = []
         self.goaways = 0
+        self.per_conn = []    # streams each connection carried, in the order they came
+        self.client_goaways = 0   # connections the proxy ended with GOAWAY
         self.errors = []      # why connections ended on the server's side
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -91,6 +94,9 @@ class H2Upstream:
         conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         c.sendall(conn.data_to_send())
         streams = {}          # id -> {"head": dict, "body": bytearray}
+        with self.lock:
+            me = len(self.per_conn)
+            self.per_conn.append(0)
         due = []              # (time, stream id)
         conn.out = {}         # id -> [bytes waiting for window, end after them] (per connection)
         while True:
@@ -110,6 +116,7 @@ class H2Upstream:
                         streams[ev.stream_id] = {"head": head, "body": bytearray(), "sent": 0}
                         with self.lock:
                             self.heads.append(head)
+                            self.per_conn[me] += 1
                             self.max_concurrent = max(self.max_concurrent, len(streams))
                         if ev.stream_ended:
                             self._answer(conn, ev.stream_id, streams, due)
@@ -138,6 +145,8 @@ class H2Upstream:
                         streams.pop(ev.stream_id, None)
                         conn.out.pop(ev.stream_id, None)
                     elif isinstance(ev, h2.events.ConnectionTerminated):
+                        with self.lock:
+                            self.client_goaways += 1
                         c.sendall(conn.data_to_send())
                         return
             now = time.monotonic()

@@ -752,6 +752,35 @@ def test_h2_upstream_h2load_stream_limit(proxy_factory):
         up.close()
 
 
+def test_h2_upstream_max_requests(proxy_factory):
+    """max_requests on an h2 cluster: a connection carries at most that many
+    streams, then takes no more and ends with GOAWAY once its last stream is
+    done; one after another and under h2load, every request is answered."""
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up, cluster={"max_requests": 5})
+    try:
+        for i in range(12):
+            r = curl(f"http://127.0.0.1:{p.port}/s{i}")
+            assert r.stdout == f"h2:/s{i}".encode(), (i, r.stdout, r.stderr)
+        assert up.per_conn == [5, 5, 2], up.per_conn
+        wait_for(lambda: up.client_goaways == 2, timeout=5)
+        assert up.client_goaways == 2 and not up.errors, up.errors
+    finally:
+        up.close()
+    need("h2load")
+    up = H2Upstream()
+    p = h2up_proxy(proxy_factory, up, cluster={"max_requests": 20})
+    try:
+        r = subprocess.run(["h2load", "-n", "600", "-c", "4", "-m", "10",
+                            f"http://127.0.0.1:{p.port}/x"], capture_output=True, text=True,
+                           timeout=60)
+        assert "600 succeeded" in r.stdout, (r.stdout, up.errors[:3])
+        assert max(up.per_conn) <= 20 and up.connections >= 30, up.per_conn
+        assert sum(up.per_conn) >= 600
+    finally:
+        up.close()
+
+
 def h2_get(port, paths, extra=()):
     """Requests on one HTTP/2 connection at once (Python's h2): per path,
     (headers, body, trailers, reset code or None)."""

@@ -120,6 +120,7 @@ struct h2_slot {
     uint32_t cap;             /* streams it takes: the least of max_streams and the server's */
     uint32_t max_streams;     /* the cluster's max_streams_per_connection */
     uint32_t max_idle, idle_ms;   /* the cluster's pool_max_idle, pool_idle_timeout */
+    uint32_t max_req, nreq;   /* the cluster's max_requests (0: none); streams placed so far */
     /* upstream stream: the response's status and trailers (HTTP/1.1 lines) */
     uint32_t tbid;
     uint16_t tlen, status;

@@ -63,10 +63,17 @@ static void end_later(struct worker *w, struct conn *pc)
     conn_hand_up(w, pc, C_UP_KICK);
 }
 
+/* The connection has carried the cluster's max_requests streams: it takes
+ * no more, and goes when its last one is done. */
+static bool spent(const struct h2_slot *s)
+{
+    return s->max_req && s->nreq >= s->max_req;
+}
+
 /* A connection with room for one more stream is "idle" for the pool. */
 static bool has_room(const struct h2_slot *s)
 {
-    return !(s->flags & (CF_DRAIN | CF_CLOSE)) && s->nstreams < s->cap;
+    return !(s->flags & (CF_DRAIN | CF_CLOSE)) && s->nstreams < s->cap && !spent(s);
 }
 
 /* Offer pc to the pool when a stream fits; a connection the pool does not
@@ -83,8 +90,11 @@ static void offer(struct worker *w, struct conn *pc)
     }
     if (has_room(s) && pool_put(w, pc, s->max_idle, s->idle_ms))
         return;
-    if (!s->nstreams && pc->state == CS_OPEN)
+    if (!s->nstreams && pc->state == CS_OPEN) {
+        if (spent(s) && s->session && !(s->flags & CF_DRAIN))
+            h2c_goaway(s, H2C_NO_ERROR);  /* the server learns it is a clean end */
         end_later(w, pc);
+    }
 }
 
 static void unlink_stream(struct worker *w, struct h2_slot *st)
@@ -137,6 +147,7 @@ static struct conn *up_dial(struct worker *w, struct txn *t, struct conn *u)
     s->cap = s->max_streams = cl->max_streams ? cl->max_streams : 100;
     s->max_idle = cl->pool_max_idle;
     s->idle_ms = cl->pool_idle_timeout_ms;
+    s->max_req = cl->max_requests;
     t->attempts++;
     if (h2c_open_upstream(w, s) < 0) {
         pc->state = CS_OPEN;
@@ -183,6 +194,7 @@ static void place(struct worker *w, struct conn *u)
     }
     struct h2_slot *s = h2_slot_of(w, pc);
     link_stream(w, s, st);
+    s->nreq++;                        /* (max_requests: offer() retires it when spent) */
     w->c[UP_C_H2_UP_STREAMS]++;
     offer(w, pc);
     if (s->flags & CF_READY)

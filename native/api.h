@@ -453,6 +453,7 @@ enum up_counter {
     UP_C_H2_UP_GOAWAYS,       /* GOAWAY frames received from upstreams */
     UP_C_H2_UP_REFUSED,       /* streams the upstream refused (REFUSED_STREAM, past GOAWAY) */
     UP_C_H2_UP_NO_ALPN,       /* TLS upstreams that did not select h2 in ALPN */
+    UP_C_H2_HELD,             /* HTTP/2 clients whose new streams waited for room (h2_hold.c) */
     UP_C__COUNT
 };
 

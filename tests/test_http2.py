@@ -979,3 +979,30 @@ def test_h2_upstream_connection_lost_midway(proxy_factory):
         assert up.connections >= 2 and p.total("retries") >= 1
     finally:
         up.close()
+
+
+def test_streams_wait_for_buffers_instead_of_refusal(proxy_factory):
+    """More concurrent streams than one worker has buffers for (a pool of
+    64 here; 2,048 by default ran out at ~1,600 streams): the proxy stops
+    reading the clients' new HEADERS until buffers come back, so h2load
+    with many connections x streams completes every request, none refused
+    or errored, and the proxy's memory stays bounded."""
+    need("h2load")
+    up = HttpUpstream(lambda req: Response(body=b"x" * 64))
+    port = free_port()
+    p = proxy_factory([{"name": "h2", "bind": f"127.0.0.1:{port}", "mode": "http",
+                        "cluster": "c", "http2": True}],
+                      [{"name": "c", "servers": [f"127.0.0.1:{up.port}"]}],
+                      proxy={"workers": 1, "buffers": 64, "head_buffers": 16})
+    try:
+        rss0 = p.rss_kib()
+        r = subprocess.run(["h2load", "-n", "3000", "-c", "6", "-m", "40",
+                            f"http://127.0.0.1:{port}/w"], capture_output=True, text=True,
+                           timeout=90)
+        assert "3000 succeeded, 0 failed, 0 errored" in r.stdout, (
+            r.stdout[-600:], p.total("h2_refused"), p.total("h2_held"))
+        assert p.total("h2_refused") == 0
+        assert p.total("h2_held") > 0         # it did have to wait
+        assert p.rss_kib() - rss0 < 32 * 1024
+    finally:
+        up.close()

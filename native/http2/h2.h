@@ -32,6 +32,7 @@
 #define H2_STREAM_WINDOW   65535    /* SETTINGS_INITIAL_WINDOW_SIZE (the default) */
 #define H2_DEFLATE_TABLE   4096     /* our HPACK encoder's dynamic table, at most */
 #define H2_GLITCHES        1000     /* empty DATA / useless frames before GOAWAY */
+#define H2_HOLD_MS         2000     /* a client held for room this long is fed anyway */
 
 /* What the codec reports; h2_conn.c switches on kind. */
 enum h2_ev_kind {
@@ -92,6 +93,16 @@ struct h2_field {
 #define CF_CLOSE     2        /* conn: close once what is queued is out */
 #define CF_UPSTREAM  4        /* conn: ours toward a server (h2_upstream.c) */
 #define CF_READY     8        /* upstream conn: connected, TLS (ALPN h2) done */
+#define CF_HELD      16       /* client conn: on the held list, waiting for room (h2_hold.c) */
+
+/* A client connection's scan of frame headers (h2_hold.c): where the next
+ * frame starts, and the highest stream id a HEADERS frame has opened. */
+struct h2_scan {
+    uint32_t skip;            /* bytes of the preface or of a frame's payload still to pass */
+    int32_t last_id;
+    uint8_t hdr[9];           /* a frame header split between receives */
+    uint8_t hlen;
+};
 struct h2_slot {
     void *session;            /* conn: the codec's session */
     struct worker *w;         /* the codec's callbacks find the worker here */
@@ -126,6 +137,10 @@ struct h2_slot {
     uint16_t tlen, status;
     /* client stream: a gRPC deadline (grpc-timeout), 0: none */
     uint64_t deadline_ms;
+    /* client conn: backpressure (h2_hold.c) */
+    struct h2_scan scan;
+    uint64_t held_ms;         /* when it was held */
+    uint32_t hnext;           /* the next on the held list */
 };
 
 struct h2_worker {
@@ -133,6 +148,8 @@ struct h2_worker {
     void *callbacks, *option;
     struct h2_slot *slots;
     uint64_t mem[8];          /* the codec's nghttp2_mem (opaque here) */
+    uint32_t held_head, held_tail, nheld;  /* client connections waiting for room */
+    uint32_t live;            /* client streams open on the worker */
 };
 
 static inline struct h2_slot *h2_slot_of(struct worker *w, const struct conn *c)
@@ -173,6 +190,7 @@ void h2_conn_expired(struct worker *w, struct conn *c);
 void h2_conn_finish(struct worker *w, struct conn *c);
 void h2_conn_cut(struct worker *w, struct conn *c);
 void h2_flush(struct worker *w, struct conn *c);
+bool h2_out_buf(struct worker *w, struct h2_slot *s);
 void h2_stream_kick(struct worker *w, struct conn *sc);
 void h2_stream_finish(struct worker *w, struct conn *sc);
 void h2_stream_detach(struct worker *w, struct conn *sc);
@@ -184,6 +202,17 @@ void h2_stream_expired(struct worker *w, struct conn *sc);
 bool h2_queue_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n);
 size_t h2_round_read(struct out *o, bool chunked, struct h1_chunked *ck, uint8_t *buf,
                      size_t len);
+
+/* h2_hold.c: backpressure. A client's bytes go to the codec through
+ * h2_feed, which lets new streams open only while h2_room says there is
+ * room; the loop resumes held connections with h2_resume_one. */
+void h2_scan_init(struct h2_scan *sc);
+size_t h2_scan(struct h2_scan *sc, const uint8_t *p, size_t n, uint32_t *budget);
+uint32_t h2_room(struct worker *w);
+void h2_feed(struct worker *w, struct conn *c, bool force);
+void h2_unhold(struct worker *w, struct conn *c);
+bool h2_resume_one(struct worker *w);
+uint32_t h2_held(struct worker *w);
 
 /* h2_upstream.c: HTTP/2 to servers (protocol = "h2"). */
 int h2_up_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev);

@@ -29,6 +29,7 @@ int h2_worker_init(struct worker *w)
     if (!hw)
         return -1;
     w->h2 = hw;
+    hw->held_head = hw->held_tail = NIL;
     hw->slots = mmap(NULL, sizeof(struct h2_slot) * w->nconns, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (hw->slots == MAP_FAILED) {
@@ -70,6 +71,8 @@ void h2_adopt(struct worker *w, struct conn *c)
     s->self = (uint32_t)(c - w->conns);
     s->streams = NIL;
     s->out_bid = NIL;
+    s->hnext = NIL;
+    h2_scan_init(&s->scan);
     w->c[UP_C_H2_CONNECTIONS]++;
     uint32_t hl = l ? l->max_head : 16384;
     if (hl > w->bufs.size - 1024)
@@ -80,20 +83,27 @@ void h2_adopt(struct worker *w, struct conn *c)
     }
     timer_set(w, c, w->now_ms + l->keepalive_timeout_ms);
     arena_gauges(w);
-    /* What came before the switch (the preface, perhaps the first frames). */
-    struct bufpool *bp = &w->bufs;
-    uint32_t off = c->x.off;
-    for (uint32_t b = c->x.head; b != NIL; b = bp->next[b], off = 0) {
-        if (h2c_recv(s, buf_data(bp, b) + off, bp->len[b] - off) < 0) {
-            s->flags |= CF_CLOSE;
-            break;
-        }
-    }
-    q_release_all(w, c);
+    /* What came before the switch (the preface, perhaps the first frames),
+     * as far as there is room for the streams it opens (h2_hold.c). */
+    h2_feed(w, c, false);
     if (c->state == CS_OPEN) {
         h2_flush(w, c);
         h1_recv_arm(w, c);
     }
+}
+
+/* The connection's send buffer: one of the pool's stack, or an assembly
+ * buffer when the kernel holds the pool's free ones (a small pool gives
+ * the kernel all of them until the worker first takes one). */
+bool h2_out_buf(struct worker *w, struct h2_slot *s)
+{
+    if (s->out_bid != NIL)
+        return true;
+    s->out_bid = bufpool_take(w);
+    if (s->out_bid == NIL)
+        s->out_bid = hbuf_get(w);
+    s->out_len = s->out_off = 0;
+    return s->out_bid != NIL;
 }
 
 /* Send what the codec has written, one buffer at a time. */
@@ -109,14 +119,10 @@ void h2_flush(struct worker *w, struct conn *c)
     }
     if (c->state != CS_OPEN || !s->session || (c->ops & (1u << OP_SEND)))
         return;
-    if (s->out_bid == NIL) {
-        s->out_bid = bufpool_take(w);
-        if (s->out_bid == NIL)
-            return;                   /* retried at the next event of this connection */
-        s->out_len = s->out_off = 0;
-    }
+    if (!h2_out_buf(w, s))
+        return;                       /* retried at the next event of this connection */
     uint8_t *buf = buf_data(&w->bufs, s->out_bid);
-    uint32_t cap = w->bufs.size;
+    uint32_t cap = buf_cap(&w->bufs, s->out_bid);
     for (;;) {
         if (!s->pend_len) {
             const uint8_t *p;
@@ -178,10 +184,13 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     if (bid != NIL) {
         if (c->state == CS_OPEN && res > 0 && s->session && !(s->flags & CF_CLOSE)) {
             w->c[UP_C_BYTES_FROM_CLIENTS] += (uint64_t)res;
-            if (h2c_recv(s, buf_data(&w->bufs, bid), (size_t)res) < 0)
-                s->flags |= CF_CLOSE;     /* the codec queued its GOAWAY */
+            /* Through the queue: what has no room yet waits there. */
+            q_push(w, c, bid, (uint32_t)res);
+            if (!(c->x.flags & X_HELD))
+                h2_feed(w, c, false);
+        } else {
+            bufpool_put(w, bid);
         }
-        bufpool_put(w, bid);
     }
     if (c->state != CS_OPEN)
         return;
@@ -259,6 +268,7 @@ static void conn_end(struct worker *w, struct conn *c)
     }
     if (c->state != CS_OPEN)
         return;
+    h2_unhold(w, c);
     while (s->streams != NIL) {
         struct conn *sc = &w->conns[s->streams];
         struct h2_slot *st = h2_slot_of(w, sc);
@@ -282,6 +292,7 @@ void h2_conn_cut(struct worker *w, struct conn *c)
 void h2_conn_finish(struct worker *w, struct conn *c)
 {
     struct h2_slot *s = h2_slot_of(w, c);
+    h2_unhold(w, c);
     if (s->out_bid != NIL) {
         bufpool_put(w, s->out_bid);
         s->out_bid = NIL;
@@ -329,6 +340,8 @@ static void stream_unlink(struct worker *w, struct h2_slot *st)
     if (st->snext != NIL)
         hw_of(w)->slots[st->snext].sprev = st->sprev;
     st->snext = st->sprev = NIL;
+    if (s->nstreams && hw_of(w)->live)
+        hw_of(w)->live--;
     if (s->nstreams && !--s->nstreams) {
         /* The last stream ended: the connection keeps time again. */
         struct conn *c = &w->conns[st->owner];
@@ -341,15 +354,17 @@ static void stream_unlink(struct worker *w, struct h2_slot *st)
 static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot *s, int32_t id)
 {
     /* A stream needs its own slot, an upstream's and a transaction. */
-    if (w->nfree < 2 || !w->ntxn_free || w->stopping || (s->flags & (CF_DRAIN | CF_CLOSE)))
+    if (w->nfree < 2 || !w->ntxn_free || w->stopping || (s->flags & (CF_DRAIN | CF_CLOSE))) {
         return NULL;
+    }
     /* The head is written into a buffer of the pool, or an assembly
      * buffer when the pool's stack is short (the kernel holds the rest). */
     uint32_t hb = bufpool_take(w);
     if (hb == NIL)
         hb = hbuf_get(w);
-    if (hb == NIL)
+    if (hb == NIL) {
         return NULL;
+    }
     struct conn *sc = conn_alloc(w);
     sc->kind = CK_H2_STREAM;
     sc->state = CS_OPEN;
@@ -378,6 +393,7 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
         hw_of(w)->slots[s->streams].sprev = st->self;
     s->streams = st->self;
     s->nstreams++;
+    hw_of(w)->live++;
     w->c[UP_C_H2_STREAMS]++;
     timer_cancel(w, c);               /* the streams keep time now */
     return sc;

@@ -34,6 +34,7 @@ static void tick_clock(struct worker *w)
 }
 
 static void resume_starved(struct worker *w);
+static void resume_held(struct worker *w);
 
 /* Every counter has its slot in the segment (a new one past the array
  * means growing it, with a new layout version). */
@@ -501,6 +502,7 @@ int up_worker_loop(struct up_worker *uw)
             arm_tick(w);
         bufpool_flush(w);
         resume_starved(w);
+        resume_held(w);
         w->c[UP_C_URING_ENTERS]++;
         int r = io_uring_submit_and_wait(&w->ring, 1);
         if (r > 0)
@@ -548,6 +550,15 @@ void up_worker_free(struct up_worker *uw)
     free(w->req_scratch);
     free(w->resp_scratch);
     free(w);
+}
+
+/* Once per loop turn: HTTP/2 clients whose new streams waited for room
+ * go on, oldest first, while there is room (http2/h2_hold.c); each at
+ * most once a turn (one held again goes to the back). */
+static void resume_held(struct worker *w)
+{
+    for (uint32_t n = h2_held(w); n && h2_resume_one(w); n--)
+        run_handed_up(w);
 }
 
 /* Once per loop turn: receives that stopped for want of a buffer start

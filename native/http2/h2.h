@@ -203,11 +203,13 @@ bool h2_queue_put(struct worker *w, struct conn *sc, const uint8_t *p, size_t n)
 size_t h2_round_read(struct out *o, bool chunked, struct h1_chunked *ck, uint8_t *buf,
                      size_t len);
 
+/* h2_scan.c: a client's frame headers, scanned (pure, fuzzed). */
+void h2_scan_init(struct h2_scan *sc);
+size_t h2_scan(struct h2_scan *sc, const uint8_t *p, size_t n, uint32_t *budget);
+
 /* h2_hold.c: backpressure. A client's bytes go to the codec through
  * h2_feed, which lets new streams open only while h2_room says there is
  * room; the loop resumes held connections with h2_resume_one. */
-void h2_scan_init(struct h2_scan *sc);
-size_t h2_scan(struct h2_scan *sc, const uint8_t *p, size_t n, uint32_t *budget);
 uint32_t h2_room(struct worker *w);
 void h2_feed(struct worker *w, struct conn *c, bool force);
 void h2_unhold(struct worker *w, struct conn *c);

@@ -2,7 +2,7 @@
  * Backpressure for HTTP/2 clients: a new stream waits rather than being
  * refused. Everything a client sends goes through its connection's
  * receive queue to the codec here (h2_feed), and a scan of the frame
- * headers (h2_scan, pure) lets through only as many HEADERS frames that
+ * headers (h2_scan.c, pure) lets through only as many HEADERS frames that
  * open a stream as the worker has room for: a connection slot for the
  * stream and one for its upstream, a transaction, and buffers for it
  * that leave the streams already under way theirs (h2_room). Past that,
@@ -24,57 +24,6 @@
 #include <string.h>
 #include "http2/h2.h"
 #include "http/h1.h"
-
-#define FT_HEADERS 1
-
-/* ---- the scan: pure, over bytes ---------------------------------------- */
-
-void h2_scan_init(struct h2_scan *sc)
-{
-    memset(sc, 0, sizeof *sc);
-    sc->skip = 24;                    /* the client's connection preface */
-}
-
-/* How many of the n bytes at p may go to the codec while at most *budget
- * more streams may open: all of them, or the bytes before the end of the
- * header of the HEADERS frame that would open one too many (the codec
- * opens a stream once that header is whole). *budget is lowered by the
- * streams let through. A frame header split between two calls is kept in
- * sc->hdr: its first bytes may go (the codec waits for the rest). */
-size_t h2_scan(struct h2_scan *sc, const uint8_t *p, size_t n, uint32_t *budget)
-{
-    size_t i = 0;
-    while (i < n) {
-        if (sc->skip) {
-            size_t k = n - i < sc->skip ? n - i : sc->skip;
-            i += k;
-            sc->skip -= (uint32_t)k;
-            continue;
-        }
-        size_t need = 9u - sc->hlen;
-        if (n - i < need) {
-            memcpy(sc->hdr + sc->hlen, p + i, n - i);
-            sc->hlen = (uint8_t)(sc->hlen + (n - i));
-            return n;
-        }
-        uint8_t h[9];
-        memcpy(h, sc->hdr, sc->hlen);
-        memcpy(h + sc->hlen, p + i, need);
-        uint32_t len = (uint32_t)h[0] << 16 | (uint32_t)h[1] << 8 | h[2];
-        int32_t id = (int32_t)(((uint32_t)h[5] << 24 | (uint32_t)h[6] << 16 |
-                                (uint32_t)h[7] << 8 | h[8]) & 0x7fffffffu);
-        if (h[3] == FT_HEADERS && id > sc->last_id) {
-            if (!*budget)
-                return i;             /* (the header's first bytes, if split, went) */
-            (*budget)--;
-            sc->last_id = id;
-        }
-        i += need;
-        sc->hlen = 0;
-        sc->skip = len;
-    }
-    return n;
-}
 
 /* ---- the worker's room ------------------------------------------------- */
 

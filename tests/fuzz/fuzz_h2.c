@@ -111,11 +111,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(h2c_recv(&s, PREFACE, sizeof PREFACE - 1) == 0);
     }
     drain(&s);
+    /* A client's bytes pass the frame scan of backpressure (h2_scan.c) as
+     * h2_hold.c feeds them: up to the HEADERS frame that would open a
+     * stream past a budget (0-2 here), then the rest once "room" is back. */
+    struct h2_scan sc;
+    h2_scan_init(&sc);
+    sc.skip = 0;                      /* (the preface went in above) */
     size_t off = 0;
     while (off < size) {
         size_t piece = 1 + (size_t)(mix(&seed) % (size - off < 512 ? size - off : 512));
         uint8_t *b = exact_copy(data + off, piece);
-        int r = h2c_recv(&s, b, piece);
+        int r = 0;
+        if (upstream_side) {
+            r = h2c_recv(&s, b, piece);
+        } else {
+            uint32_t budget = (uint32_t)(mix(&seed) % 3);
+            size_t k = h2_scan(&sc, b, piece, &budget);
+            CHECK(k <= piece && (k == piece || budget == 0));
+            if (k)
+                r = h2c_recv(&s, b, k);
+            budget = UINT32_MAX;
+            CHECK(h2_scan(&sc, b + k, piece - k, &budget) == piece - k);
+            if (r == 0 && k < piece)
+                r = h2c_recv(&s, b + k, piece - k);
+        }
         free(b);
         off += piece;
         drain(&s);

@@ -301,7 +301,7 @@ def h2_heads(port, paths):
     return [out.get(1 + 2 * i, []) for i in range(len(paths))]
 
 
-def test_response_headers_apply_to_streams(proxy_factory):
+def test_h2_response_headers_apply_to_streams(proxy_factory):
     """A route's response_headers (and the listener's, added to them) edit
     an HTTP/2 stream's response as an HTTP/1.1 client's: remove drops the
     upstream's lines, set replaces them with one, add adds one; a route
@@ -981,7 +981,7 @@ def test_h2_upstream_connection_lost_midway(proxy_factory):
         up.close()
 
 
-def test_streams_wait_for_buffers_instead_of_refusal(proxy_factory):
+def test_h2_streams_wait_for_buffers_not_refused(proxy_factory):
     """More concurrent streams than one worker has buffers for (a pool of
     64 here; 2,048 by default ran out at ~1,600 streams): the proxy stops
     reading the clients' new HEADERS until buffers come back, so h2load

@@ -179,7 +179,7 @@ def check(res) -> list:
     else:
         grown = al["b"] - al["a"]
         gate("G6", what, f"{al['per_request']:.4f}/req ({grown:+d} over {al['n10'] - al['n']:,} more requests)",
-             "0 (≤ 5 allocations of slack, as tests/test_invariants.py)",
+             "0 (≤ 5 allocations of slack, as tests/hardening/test_invariants.py)",
              "PASS" if grown <= 5 else "FAIL", f"through {al['target']}")
     # G7: TLS 1.3, four figures, each on its own.
     f7 = 0.8

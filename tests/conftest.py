@@ -3,7 +3,13 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The helpers (tests/lib: support, the test upstreams, ...) and the test
+# modules of every level (a few import fixtures and helpers from another:
+# `from test_http import http_proxy`) import by their plain names from any
+# folder. docs/testing.md says which test goes in which level.
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _d in ("system", "hardening", "integration", "unit", "lib"):      # lib first on the path
+    sys.path.insert(0, os.path.join(HERE, _d))
 
 from support import Proxy, Server, render_config  # noqa: E402
 

@@ -1,8 +1,8 @@
 """pytest plugin for the sanitized run (scripts/test-sanitized):
 
-  .venv/bin/python -m pytest -p sanitize.plugin tests/test_l4.py tests/test_http.py
+  .venv/bin/python -m pytest -p tests.sanitize.plugin tests/integration/test_l4.py tests/integration/test_http.py
 
-Every `uproxy run` the tests start (tests/support.py: Proxy) runs with the
+Every `uproxy run` the tests start (tests/lib/support.py: Proxy) runs with the
 ASan/UBSan/LSan build from .venv-asan instead of the normal one, with the
 ASan runtime preloaded into that process only (the test process, curl,
 nginx and the upstreams stay as they are). After each test, the output of
@@ -93,7 +93,7 @@ def _popen(args, *a, **kw):
 def pytest_configure(config):
     if not os.path.exists(os.path.join(VENV, "asan-runtime")):
         raise pytest.UsageError(f"no sanitized build in {VENV}: run scripts/setup --sanitize")
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
     import support
     shim = types.ModuleType("subprocess")
     shim.__dict__.update(_subprocess.__dict__)

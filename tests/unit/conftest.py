@@ -7,7 +7,6 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))      # tests/: `from support import ROOT`
 sys.path.insert(0, HERE)                        # build_core_harness
 
 import build_core_harness  # noqa: E402

@@ -6,7 +6,7 @@ send. Real clients (curl, openssl s_client, Python's ssl) against a real
 
 These tests need a kernel with the tls ULP (CONFIG_TLS): they skip, saying
 so, on one without, and run in the project's VM (Debian 12, Linux 6.1):
-`scripts/vm-test -- tests/test_ktls.py -x` (docs/testing.md)."""
+`scripts/vm-test -- tests/integration/test_ktls.py -x` (docs/testing.md)."""
 import hashlib
 import shutil
 import socket
@@ -22,7 +22,7 @@ from support import free_port, pattern, pattern_sha, wait_for
 from uproxy._native import lib
 
 if not lib.up_tls_ktls_available():
-    why = "this kernel has no tls ULP (CONFIG_TLS): kTLS runs in the VM, scripts/vm-test -- tests/test_ktls.py"
+    why = "this kernel has no tls ULP (CONFIG_TLS): kTLS runs in the VM, scripts/vm-test -- tests/integration/test_ktls.py"
     print(f"test_ktls: skipped: {why}")
     pytest.skip(why, allow_module_level=True)
 

@@ -1,7 +1,7 @@
 """Response compression per route (issue 16): zstd and gzip chosen by the
 request's Accept-Encoding (q-values), the response's type and size, and
 never for what must not be transformed; through a real uproxy with a real
-upstream (tests/http_upstream.py), decoded with Python's zlib and
+upstream (tests/lib/http_upstream.py), decoded with Python's zlib and
 zstandard and compared byte for byte, and with curl --compressed."""
 import http.client
 import shutil

@@ -1,7 +1,7 @@
 """A cluster's resilience (issue 16; docs/resilience.md): its circuit
 breaker, its retry budget, its per-server in-flight limit and the PROXY
 header it sends, through a real uproxy process, real upstreams that fail on
-command (tests/http_upstream.py) and real clients; PROXY headers checked
+command (tests/lib/http_upstream.py) and real clients; PROXY headers checked
 by real receivers (nginx's proxy_protocol, uproxy's own)."""
 import shutil
 import socket

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import ROOT
+
 MINUTES = os.environ.get("UPROXY_SOAK_MINUTES", "1")
 
 

@@ -1,5 +1,5 @@
 """Forward auth (issue 16; Traefik's ForwardAuth, nginx's auth_request):
-a subrequest to a real auth service (tests/http_upstream.py) decides
+a subrequest to a real auth service (tests/lib/http_upstream.py) decides
 whether a request reaches its cluster; its 2xx headers are copied onto the
 request, any other answer is relayed to the client; a dead or slow auth
 service fails the request with 502 or 504."""

@@ -15,8 +15,8 @@ import pytest
 
 from support import ROOT
 
-SENSITIVE = ["tests/test_privileges.py", "tests/test_doctor.py",
-             "tests/test_dashboard.py::test_top_in_a_terminal_without_root"]
+SENSITIVE = ["tests/system/test_privileges.py", "tests/system/test_doctor.py",
+             "tests/system/test_dashboard.py::test_top_in_a_terminal_without_root"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),

@@ -1,7 +1,7 @@
 """One test per kind of configuration mistake: `uproxy check` names the
 file, the line, the key path and the problem, and exits 2; `uproxy run`
 refuses the same way and starts nothing. Every mistake of a file is
-reported at once, each at the line where it is written (tests/test_cli.py
+reported at once, each at the line where it is written (tests/integration/test_cli.py
 has the command's side: output format, listen addresses, reload)."""
 import os
 import socket

@@ -1,7 +1,7 @@
 """Per-route HTTP policies (issue 16): header edits, X-Forwarded-* and
 trusted proxies, redirects, rewrites, access rules and limits, through a
 real uproxy process with real clients (raw sockets, curl) and a real
-upstream that records what it receives (tests/http_upstream.py)."""
+upstream that records what it receives (tests/lib/http_upstream.py)."""
 import shutil
 import socket
 import subprocess

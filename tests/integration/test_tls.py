@@ -3,7 +3,7 @@ terminate TLS, TLS to upstreams, certificates chosen by SNI, resumption,
 hostile handshakes. Real clients (curl, openssl s_client, Python's ssl,
 wrk) against real `uproxy run` processes; certificates made by the openssl
 command in a temporary directory. The configuration side (validation,
-reload, tickets across instances, metrics) is tests/test_tls_config.py."""
+reload, tickets across instances, metrics) is tests/integration/test_tls_config.py."""
 import hashlib
 import json
 import os

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VM_TEST = ROOT / "scripts" / "vm-test"
 CACHE = Path(os.environ.get("UPROXY_VM_CACHE")
              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uproxy" / "vm")

@@ -5,7 +5,7 @@ a file and rotated, and what /metrics, /status, `stats` and `doctor` say.
 
 Real files throughout: every certificate is made by the `openssl` command
 (ECDSA P-256 and RSA 2048) in a temporary directory, and the proxy is a
-real `uproxy run` process (support.Proxy). tests/test_tls.py covers the data
+real `uproxy run` process (support.Proxy). tests/integration/test_tls.py covers the data
 path; the handshakes here only show that what the control plane built is
 what the workers serve (the certificate a name gets, the keys tickets use).
 """

@@ -1,5 +1,5 @@
 """HTTP/1.1 proxying through a real uproxy process, with real clients
-(curl, httpx, raw sockets) and real upstreams (tests/http_upstream.py, nginx).
+(curl, httpx, raw sockets) and real upstreams (tests/lib/http_upstream.py, nginx).
 The data-path tests run under both io_uring profiles."""
 import hashlib
 import os

@@ -1,5 +1,5 @@
-"""Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/).
-Run once when seeds change: python3 tests/fuzz/seeds.py. libFuzzer adds the
+"""Writes the seed corpora of the fuzz targets (tests/hardening/fuzz/corpus/<target>/).
+Run once when seeds change: python3 tests/hardening/fuzz/seeds.py. libFuzzer adds the
 inputs it finds to the same folders; seeds are named seed-*.
 
 The request and response harnesses take one leading byte that picks the
@@ -8,7 +8,7 @@ GET) and a few others. The clienthello harness's leading byte says how the
 rest is framed (0: as sent; 1 and 2: a ClientHello body the harness wraps);
 its seeds are ClientHellos real clients sent (Python's ssl, openssl
 s_client), made anew each run, so name the targets to write:
-python3 tests/fuzz/seeds.py clienthello."""
+python3 tests/hardening/fuzz/seeds.py clienthello."""
 import hashlib
 import os
 import sys
@@ -102,7 +102,7 @@ def clienthellos():
     """(as sent, body only) ClientHellos of real clients and a few made by
     hand at the edges of the format."""
     import ssl
-    sys.path.insert(0, os.path.dirname(HERE))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "lib"))
     import clienthellos as ch
     sent = [
         ch.python_hello("db.example.com"),

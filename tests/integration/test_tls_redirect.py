@@ -2,7 +2,7 @@
 request with a 301 or 308 to the same host, path and query over HTTPS,
 in the C HTTP layer, with no upstream. Real sockets, curl, and a real
 `uproxy run`; the HTTPS side it sends clients to is a real TLS listener
-with the test CA of tests/test_tls.py."""
+with the test CA of tests/integration/test_tls.py."""
 import json
 import socket
 import subprocess

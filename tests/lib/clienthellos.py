@@ -1,6 +1,6 @@
 """ClientHellos as real clients send them, for the tests of the SNI reader
-(tests/test_clienthello.py, tests/test_sni.py) and the fuzz seeds
-(tests/fuzz/seeds.py): Python's ssl module through memory BIOs, and the
+(tests/unit/test_clienthello.py, tests/integration/test_sni.py) and the fuzz seeds
+(tests/hardening/fuzz/seeds.py): Python's ssl module through memory BIOs, and the
 openssl command (s_client) caught on a loopback socket. Plus the pieces to
 build and re-frame ClientHellos by hand."""
 from __future__ import annotations

@@ -284,7 +284,7 @@ def test_top_in_a_terminal_as_root(l4):
 
 def test_top_in_a_terminal_without_root(proxy_factory, servers):
     """`uproxy top` as the unprivileged user the proxy runs as (its
-    statistics are that user's only: tests/test_privileges.py)."""
+    statistics are that user's only: tests/system/test_privileges.py)."""
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to drop root for this test")
     srv = servers(echo)

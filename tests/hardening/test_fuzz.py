@@ -1,5 +1,5 @@
 """The libFuzzer harnesses of native/http/http1.c and native/l4/clienthello.c
-(tests/fuzz/, scripts/fuzz):
+(tests/hardening/fuzz/, scripts/fuzz):
 the corpus and every kept crash reproducer replay cleanly, and a short
 bounded fuzzing pass (about 15 s per target) finds nothing.
 
@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import ROOT
+
 FUZZ = os.path.join(ROOT, "scripts", "fuzz")
 TARGETS = ["request", "response", "chunked", "clienthello", "h2"]
 SECONDS = int(os.environ.get("UPROXY_FUZZ_SECONDS", "15"))
@@ -29,7 +30,7 @@ def run_fuzz(*args, timeout=600):
 def regression_inputs():
     out = []
     for t in TARGETS:
-        for f in sorted(glob.glob(os.path.join(ROOT, "tests", "fuzz", "regressions", t, "*"))):
+        for f in sorted(glob.glob(os.path.join(ROOT, "tests", "hardening", "fuzz", "regressions", t, "*"))):
             out.append(pytest.param(t, f, id=f"{t}/{os.path.basename(f)}"))
     return out
 

@@ -142,7 +142,7 @@ def test_no_python_per_connection(tmp_path):
         up.close()
 
 
-# A route with every policy uproxy has (tests/test_policies.py tests each
+# A route with every policy uproxy has (tests/integration/test_policies.py tests each
 # one's behaviour), and one that redirects: what the allocation and lock
 # tests send their requests through with policies=True.
 EVERY_POLICY = {

@@ -773,3 +773,6 @@ int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res)
     }
     return 0;
 }
+
+size_t hx_sizeof_conn(void) { return sizeof(struct conn); }
+size_t hx_sizeof_txn(void) { return sizeof(struct txn); }

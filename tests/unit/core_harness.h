@@ -135,4 +135,8 @@ uint32_t hx_starved_next(struct hx *h, uint32_t id);
 int hx_conn_pair_done(struct hx *h, uint32_t id, uint32_t *side);
 int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res);
 
+/* the slabs' slot sizes, as docs/architecture.md states them */
+size_t hx_sizeof_conn(void);
+size_t hx_sizeof_txn(void);
+
 #endif

@@ -44,12 +44,14 @@ static inline bool worker_splices(const struct conn *c)
 }
 
 /* The session's idle deadline lives on the client connection; activity
- * only pushes it later, which the wheel handles lazily. */
+ * only pushes it later, which the wheel handles lazily. Until the client's
+ * TLS handshake is done the handshake's deadline stands: an upstream that
+ * speaks first must not keep a client that never finishes it. */
 static inline void touch(struct worker *w, struct conn *c)
 {
     struct conn *client = is_client(c) ? c : peer_of(w, c);
     /* (A sockmap session's clock is its sockets' byte counters.) */
-    if (client && client->expires_ms && !(client->flags & C_SOCKMAP))
+    if (client && client->expires_ms && !(client->flags & C_SOCKMAP) && tp_ready(w, client))
         client->expires_ms = w->now_ms + listener_of(client)->idle_timeout_ms;
 }
 
@@ -179,8 +181,10 @@ static void on_recv(struct worker *w, struct conn *src, struct io_uring_cqe *cqe
     if (res == -EAGAIN) {
         /* Nothing yet (a TLS handshake, a partial record); once the
          * handshake is done, what the peer sent meanwhile may go. */
-        if (tp_ready(w, src))
+        if (tp_ready(w, src)) {
+            touch(w, src);            /* (the handshake's deadline gives way) */
             send_next(w, peer_of(w, src));
+        }
         if (!more)
             recv_arm(w, src);
         return;
@@ -644,12 +648,26 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
 }
 
 /* sni.c chose c's cluster: the session's idle deadline replaces the
- * ClientHello's, and the upstream is dialed. */
+ * ClientHello's, and the upstream is dialed. A listener that terminates
+ * TLS routes by the same ClientHello: the bytes read so far go to TLS,
+ * which replays them to the library once the client's receive is armed
+ * (on_connect), and the handshake's deadline comes first, as in l4_start. */
 void l4_dial(struct worker *w, struct conn *c)
 {
     const struct up_listener *l = listener_of(c);
-    if (l->idle_timeout_ms)
-        timer_set(w, c, w->now_ms + l->idle_timeout_ms);
+    uint64_t first_ms = l->idle_timeout_ms;
+    if (l->tls && l->tls[w->o.index]) {
+        if (tp_tls_accept_held(w, c, l->tls[w->o.index], c->x.head, c->x.off) < 0) {
+            w->c[UP_C_TLS_HANDSHAKE_ERRORS]++;
+            abort_session(w, c, true, false);
+            return;
+        }
+        c->x.head = c->x.tail = NIL;  /* TLS holds them now */
+        c->x.off = c->x.queued = 0;
+        first_ms = l->tls_handshake_timeout_ms;
+    }
+    if (first_ms)
+        timer_set(w, c, w->now_ms + first_ms);
     else
         timer_cancel(w, c);
     connect_next(w, peer_of(w, c), NIL);

@@ -1,10 +1,12 @@
 /*
- * SNI passthrough: the first phase of an L4 session on a tcp listener that
- * has routes. TLS is not terminated: the client's first bytes are read
- * until they hold a whole ClientHello (clienthello.c), its server name picks
- * the cluster, and then the session goes on as any other (l4_dial), the
- * bytes already read going out first, untouched, before anything else the
- * client sends.
+ * SNI routing: the first phase of an L4 session on a tcp listener that
+ * has routes. The client's first bytes are read until they hold a whole
+ * ClientHello (clienthello.c), its server name picks the cluster, and then
+ * the session goes on as any other (l4_dial). Passthrough (no tls on the
+ * listener): the bytes already read go out first, untouched, before
+ * anything else the client sends. A listener with tls terminates it: the
+ * bytes already read are the handshake's start and go to TLS (l4_dial), so
+ * the name that routes is the name the certificate was chosen by.
  *
  * While it waits for its ClientHello the client connection has its own
  * kind (CK_L4_HELLO), so the loop's switch brings its events here and a

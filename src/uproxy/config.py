@@ -1455,7 +1455,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         rc = rr.str("cluster", required=True)
         known(rc, f"listeners[{i}].routes[{j}].cluster")
         if tcp:
-            route = _sni_route(rr, rc, routes, tls_clusters)
+            route = _sni_route(rr, rc, routes, () if "tls" in r.t else tls_clusters)
             if route:
                 routes.append(route)
             continue
@@ -1529,7 +1529,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         elif raw_routes:
             r.fail("routes", "redirect_https answers every request itself, so no route is ever "
                              "used: leave out the routes, or redirect_https")
-    if raw_routes and tcp:
+    if raw_routes and tcp and "tls" not in r.t:
         _passthrough_checks(r, cluster, tls_clusters)
     if "sni_timeout" in r.t and not tcp:
         r.fail("sni_timeout", "sni_timeout is for mode = \"tcp\" listeners with sni routes")
@@ -2059,17 +2059,18 @@ _PASSTHROUGH = ("an SNI passthrough listener forwards its clients' TLS untouched
 
 
 def _passthrough_checks(r, cluster, tls_clusters):
-    """A tcp listener with sni routes neither terminates TLS nor adds it."""
-    if "tls" in r.t:
-        r.fail("tls", "a tcp listener with sni routes passes TLS through untouched; tls "
-                      "terminates it: leave out tls, or the routes")
+    """A tcp listener with sni routes and no tls passes TLS through: its
+    clusters must not add TLS again. (With tls it terminates, routes by the
+    same name, and a cluster may speak TLS to its servers.)"""
     if cluster in tls_clusters:
         r.fail("cluster", f"cluster {cluster!r} speaks TLS to its servers; " + _PASSTHROUGH)
 
 
 def _sni_route(rr, cluster, earlier, tls_clusters) -> Route | None:
     """A route of a tcp listener: the ClientHello's server name (SNI
-    passthrough), exact or "*.suffix", and nothing of HTTP's."""
+    passthrough, or routing after termination on a listener with tls),
+    exact or "*.suffix", and nothing of HTTP's. tls_clusters: the clusters
+    a passthrough route may not name (empty when the listener terminates)."""
     sni = rr.str("sni")
     for key in ("host", "path_prefix", "methods", "allow_connect", "max_body_size",
                 "trusted_proxies") + POLICY_KEYS:

@@ -691,7 +691,7 @@ class Tables:
                 cl.pp_trusted_first, cl.pp_trusted_count = policies._cidrs(
                     l.policy.trusted_proxies)
             rts = list(l.routes)
-            # (http only: on a tcp listener a route means SNI passthrough)
+            # (http only: on a tcp listener a route matches the ClientHello's name)
             if l.mode == "http" and (l.methods is not None or l.allow_connect or
                                      not l.policy.empty()):
                 # The listener's own method policy and policies: a last

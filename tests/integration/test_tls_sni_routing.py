@@ -51,7 +51,7 @@ def pki(tmp_path_factory):
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=example.com", cwd=d)
     sans = ["example.com", "*.example.com", "*.apps.example.com", "*.x.apps.example.com",
-            "unknown.example.org"]
+            "unknown.example.org", "db.internal"]
     (d / "leaf.ext").write_text("subjectAltName=" + ",".join(f"DNS:{s}" for s in sans) + "\n")
     _openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
              "-CAcreateserial", "-out", "leaf.pem", "-days", "365", "-extfile", "leaf.ext", cwd=d)
@@ -173,31 +173,26 @@ def test_a_hello_then_silence_ends_at_the_handshake_deadline(routed, pki):
     assert session(port, pki, "db.example.com")[0] == "db"
 
 
-def test_check_accepts_a_tls_cluster_behind_a_terminating_router(tmp_path, pki):
-    """Terminated, the stream may be encrypted again toward a cluster that
-    speaks TLS (passthrough refuses that: test_sni.py)."""
-    import sys
-    conf = tmp_path / "u.toml"
-    conf.write_text(f"""
-[[listeners]]
-name = "t"
-bind = "127.0.0.1:{free_port()}"
-mode = "tcp"
-cluster = "plain"
-tls = {{ certificates = [{{ cert = "{pki['cert']}", key = "{pki['key']}" }}] }}
-[[listeners.routes]]
-sni = "db.example.com"
-cluster = "secure"
-
-[[clusters]]
-name = "plain"
-servers = ["127.0.0.1:9"]
-
-[[clusters]]
-name = "secure"
-servers = ["127.0.0.1:9"]
-tls = {{ ca = "{pki['ca']}", sni = "db.internal" }}
-""")
-    r = subprocess.run([sys.executable, "-m", "uproxy", "check", "-c", str(conf)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+def test_a_route_to_a_cluster_that_speaks_tls(proxy_factory, servers, pki):
+    """Terminated, the stream may be encrypted again toward a cluster with
+    tls (passthrough refuses that: test_sni.py): the upstream is a TLS
+    server, verified by the proxy against the test CA under the cluster's
+    sni."""
+    def tls_labelled(c, srv):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki["cert"], pki["key"])
+        with ctx.wrap_socket(c, server_side=True) as t:
+            t.sendall(b"secure\n")
+            while b := t.recv(65536):
+                t.sendall(b)
+    port = free_port()
+    tls = {"certificates": [{"cert": pki["cert"], "key": pki["key"]}]}
+    p = proxy_factory([{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                        "cluster": "plain", "tls": tls,
+                        "routes": [{"sni": "db.example.com", "cluster": "secure"}]}],
+                      [{"name": "plain", "servers": [servers(labelled("plain")).addr]},
+                       {"name": "secure", "servers": [servers(tls_labelled).addr],
+                        "tls": {"ca": pki["ca"], "sni": "db.internal"}}],
+                      proxy={"workers": 1})
+    assert session(port, pki, "db.example.com") == ("secure", b"hello through TLS\n")
+    assert session(port, pki, "www.example.com") == ("plain", b"hello through TLS\n")

@@ -20,6 +20,9 @@ const char *hx_error(void);
 void hx_free(struct hx *h);
 void hx_set_now(struct hx *h, uint64_t now_ms);
 uint64_t hx_counter(struct hx *h, unsigned k);
+/* the slabs' slot sizes, as docs/architecture.md states them */
+size_t hx_sizeof_conn(void);
+size_t hx_sizeof_txn(void);
 
 /* connections and the timer wheel */
 int64_t hx_conn_alloc(struct hx *h);
@@ -134,9 +137,5 @@ uint32_t hx_starved_head(struct hx *h);
 uint32_t hx_starved_next(struct hx *h, uint32_t id);
 int hx_conn_pair_done(struct hx *h, uint32_t id, uint32_t *side);
 int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res);
-
-/* the slabs' slot sizes, as docs/architecture.md states them */
-size_t hx_sizeof_conn(void);
-size_t hx_sizeof_txn(void);
 
 #endif

@@ -16,6 +16,7 @@
 #include "transport/transport.h"
 #include "http/h1_policy.h"
 #include "http/h1_compress.h"
+#include "http/h1_state.h"
 
 enum h1_conn_state {
     H_IDLE,           /* client: between requests (or before the first) */
@@ -56,21 +57,18 @@ struct bsplice {
     uint8_t pad[7];
 };
 
-/* Transaction flags */
-#define TF_HEAD_SENT     1    /* the request head went out */
-#define TF_REQ_DONE      2    /* the whole request went out */
-#define TF_RESP_HEAD     4    /* the final response head arrived */
-#define TF_RESP_DONE     8    /* the whole response was received */
+/* Transaction flags: attributes, not states. Where the request and the
+ * response are (head sent, all taken in, replied, the proxy's own answer)
+ * are t->rq and t->rs, advanced only by h1_req_step / h1_resp_step
+ * (h1_state.h). */
 #define TF_CLIENT_CLOSE  16   /* close the client after this response */
 #define TF_REUSED        32   /* the upstream connection came from the pool */
 #define TF_RETRIED       64
 #define TF_UPGRADE       128  /* the request asked for an upgrade */
-#define TF_REPLIED       256  /* some response bytes reached the client */
-#define TF_ERROR_REPLY   512  /* the proxy answers itself (resp.iov is that) */
-#define TF_RESP_ROUND    1024 /* resp holds a head not yet submitted */
+#define TF_RESP_ROUND    1024 /* resp holds a head not yet submitted (the pump's
+                                 marker for the round it is handed, not a state
+                                 of the response) */
 #define TF_UP_CLOSE      2048 /* the upstream will not keep its connection */
-#define TF_INTERIM       4096 /* a 1xx reached the client (a final answer may still follow) */
-#define TF_ERROR_PENDING 8192 /* the proxy's answer (status) goes once the 1xx round is out */
 #define TF_XF_UNTRUSTED  16384 /* policy: the client's X-Forwarded-For is not passed on */
 #define TF_XF_OFF        32768 /* policy: no X-Forwarded-* at all */
 
@@ -110,6 +108,8 @@ struct txn {
     uint8_t attempts;
     uint8_t keep_alive;       /* the client asked to keep the connection */
     uint16_t rslot;           /* its route's statistics slot, or UP_NO_SLOT */
+    uint8_t rq;               /* enum h1_req_state (h1_state.h) */
+    uint8_t rs;               /* enum h1_resp_state */
     uint64_t req_left, resp_left;       /* LENGTH bodies: bytes to go */
     struct h1_chunked req_ck, resp_ck;  /* CHUNKED bodies */
     uint32_t req_bid, req_off;          /* client queue: next byte to send */

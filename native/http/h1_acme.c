@@ -48,7 +48,9 @@ bool h1_acme(struct worker *w, struct conn *c, const uint8_t *base, uint32_t bas
     out_push(o, cfg->strings + hit->answer_off, hit->answer_len);
     t->status = 200;
     t->bytes_out = o->left;
-    t->flags |= TF_REQ_DONE | TF_RESP_HEAD | TF_RESP_DONE | TF_REPLIED | TF_CLIENT_CLOSE;
+    t->flags |= TF_CLIENT_CLOSE;
+    h1_req_step(&t->rq, RQE_ALL_IN);      /* answered here: nothing goes upstream */
+    h1_resp_step(&t->rs, RSE_LOCAL);
     t->req_bid = base_bid;
     t->req_off = base_off + r->head_len;
     h1_count_status(w, c, 200);

@@ -91,7 +91,7 @@ void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, con
     struct txn *t = txn_of(w, c);
     if (t && t->sink == TS_STREAM) {
         /* An HTTP/2 stream: its protocol turns the text into frames. */
-        t->flags |= TF_ERROR_REPLY | TF_REPLIED;
+        h1_resp_step(&t->rs, RSE_ERROR);
         t->status = status;
         t->reply = text;
         t->reply_len = len;
@@ -99,7 +99,7 @@ void h1_client_reply_text(struct worker *w, struct conn *c, uint16_t status, con
         return;
     }
     if (t)
-        t->flags |= TF_ERROR_REPLY | TF_REPLIED;
+        h1_resp_step(&t->rs, RSE_ERROR);
     else
         log_refused(w, c, conn_listener(w, c), status);
     c->h1 = H_LINGER;
@@ -323,7 +323,7 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     case H_TXN:
         txn_touch(w, t);
         if (c->x.flags & X_EOF) {
-            if (!(t->flags & TF_REQ_DONE)) {
+            if (!rq_all_in(t->rq)) {
                 /* The client went away in the middle of its request. */
                 w->c[UP_C_ERR_SHORT_BODY]++;
                 txn_abort(w, t, 0, false);
@@ -393,7 +393,7 @@ void h1_client_expired(struct worker *w, struct conn *c)
         return;
     case H_TXN:
         w->c[UP_C_ERR_IDLE_TIMEOUT]++;
-        if (t && !(t->flags & TF_REQ_DONE))
+        if (t && !rq_all_in(t->rq))
             txn_abort(w, t, 408, false);
         else if (t)
             txn_abort(w, t, 504, false);

@@ -417,7 +417,8 @@ int cz_body(struct worker *w, struct txn *t)
     }
     if (ended) {
         ok &= PUSH(o, S_LAST);
-        t->flags |= TF_RESP_DONE;
+        if (!rs_all_in(t->rs))
+            h1_resp_step(&t->rs, RSE_ALL_IN);
     }
     o->rel_bid = t->resp_bid;
     o->rel_off = t->resp_off;

@@ -131,7 +131,7 @@ bool fa_build(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid
      * client's head stays in its queue (the round releases nothing) for
      * the request itself; after a denial it is released as a request's
      * head always is. */
-    t->flags |= TF_REQ_DONE;
+    h1_req_step(&t->rq, RQE_ALL_IN);
     t->req_bid = bid;
     t->req_off = off + r->head_len;
     o->rel_bid = NIL;
@@ -210,7 +210,8 @@ bool fa_answer(struct worker *w, struct txn *t, const uint8_t *base, const struc
     t->cluster = t->fa_cluster;
     t->server = NIL;
     t->attempts = 0;
-    t->flags &= (uint16_t)~(TF_HEAD_SENT | TF_REQ_DONE | TF_REUSED | TF_RETRIED | TF_UP_CLOSE);
+    t->flags &= (uint16_t)~(TF_REUSED | TF_RETRIED | TF_UP_CLOSE);
+    h1_req_step(&t->rq, RQE_AGAIN);
     t->fa = FA_PASSED;
     if (h1_request_again(w, t))
         h1_upstream_assign(w, t);

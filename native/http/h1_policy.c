@@ -499,7 +499,8 @@ static void redirect(struct worker *w, struct txn *t, struct conn *c, const stru
     }
     t->status = s->code;
     t->bytes_out = o->left;
-    t->flags |= TF_REQ_DONE | TF_RESP_HEAD | TF_RESP_DONE | TF_REPLIED;
+    h1_req_step(&t->rq, RQE_ALL_IN);      /* answered here: nothing goes upstream */
+    h1_resp_step(&t->rs, RSE_LOCAL);
     if (close)
         t->flags |= TF_CLIENT_CLOSE;
     t->req_bid = t->start_bid;

@@ -109,7 +109,8 @@ void h1_redirect(struct worker *w, struct conn *c, const uint8_t *base, uint32_t
      * connection or closes it, logs it, and releases the head. */
     t->status = code;
     t->bytes_out = o->left;
-    t->flags |= TF_REQ_DONE | TF_RESP_HEAD | TF_RESP_DONE | TF_REPLIED;
+    h1_req_step(&t->rq, RQE_ALL_IN);      /* answered here: nothing goes upstream */
+    h1_resp_step(&t->rs, RSE_LOCAL);
     if (close)
         t->flags |= TF_CLIENT_CLOSE;
     t->req_bid = base_bid;

@@ -158,7 +158,7 @@ static void pump(struct worker *w, struct txn *t, int dir)
                 w->c[dir == BS_REQ ? UP_C_BYTES_TO_UPSTREAMS : UP_C_BYTES_TO_CLIENTS] += (uint64_t)m;
                 if (dir == BS_RESP) {
                     t->bytes_out += (uint64_t)m;
-                    t->flags |= TF_REPLIED;
+                    h1_resp_step(&t->rs, RSE_SENDING);
                 }
             } else if (m < 0 && errno != EAGAIN) {
                 w->c[dir == BS_REQ ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_CLIENT_RESET]++;
@@ -173,11 +173,11 @@ static void pump(struct worker *w, struct txn *t, int dir)
         if (!*left && !b->in_pipe) {
             finish(w, t, dir);
             if (dir == BS_REQ) {
-                t->flags |= TF_REQ_DONE;
-                if ((t->flags & TF_RESP_DONE) && !t->resp.active)
+                h1_req_step(&t->rq, RQE_ALL_IN);
+                if (rs_all_in(t->rs) && !t->resp.active)
                     txn_end(w, t);
             } else {
-                t->flags |= TF_RESP_DONE;
+                h1_resp_step(&t->rs, RSE_ALL_IN);
                 if (!t->req.active)
                     txn_end(w, t);
             }
@@ -203,7 +203,7 @@ void splice_progress(struct worker *w, struct txn *t)
         struct conn *src, *dst;
         ends(w, t, dir, &src, &dst);
         struct out *o = dir == BS_REQ ? &t->req : &t->resp;
-        bool head_out = dir == BS_REQ ? (t->flags & TF_HEAD_SENT) : (t->flags & TF_RESP_HEAD);
+        bool head_out = dir == BS_REQ ? rq_head_out(t->rq) : rs_final_head(t->rs);
         if ((src->ops & (1u << OP_RECV)) || o->active || src->x.head != NIL || !head_out ||
             dst->state != CS_OPEN || src->state != CS_OPEN)
             continue;

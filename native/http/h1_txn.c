@@ -364,13 +364,13 @@ static int add_body(struct worker *w, struct out *o, const struct conn *q, uint8
 /* Returns -1 on bad framing (400), -3 past max_body_size (413). */
 static int add_req_body(struct worker *w, struct txn *t)
 {
-    bool done = t->flags & TF_REQ_DONE;
+    bool done = rq_all_in(t->rq);
     uint64_t before = t->bytes_in;
     int r = add_body(w, &t->req, &w->conns[t->client], t->req_body, &t->req_left, &t->req_ck,
                      &t->req_bid, &t->req_off, &t->bytes_in, &done);
     t->body_seen += t->bytes_in - before;
-    if (done)
-        t->flags |= TF_REQ_DONE;
+    if (done && !rq_all_in(t->rq))
+        h1_req_step(&t->rq, RQE_ALL_IN);
     if (r == 0 && t->max_body && t->body_seen > t->max_body)
         return -3;            /* chunked: counted as it streams (framing bytes included) */
     return r;
@@ -380,11 +380,11 @@ static int add_resp_body(struct worker *w, struct txn *t)
 {
     if (__builtin_expect(t->cz_slot != 0, 0))
         return cz_body(w, t);         /* compressed: chunks of its own */
-    bool done = t->flags & TF_RESP_DONE;
+    bool done = rs_all_in(t->rs);
     int r = add_body(w, &t->resp, &w->conns[t->up], t->resp_body, &t->resp_left, &t->resp_ck,
                      &t->resp_bid, &t->resp_off, &t->bytes_out, &done);
-    if (done)
-        t->flags |= TF_RESP_DONE;
+    if (done && !rs_all_in(t->rs))
+        h1_resp_step(&t->rs, RSE_ALL_IN);
     return r;
 }
 
@@ -574,7 +574,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
         h1_client_reply_error(w, c, b == -3 ? 413 : 400);
         return;
     }
-    if (!(t->flags & TF_REQ_DONE))
+    if (!rq_all_in(t->rq))
         splice_consider(w, t, BS_REQ);
     h1_upstream_assign(w, t);
 }
@@ -591,7 +591,7 @@ bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32
     if (!build_req_head(w, t, base, r, t->keep_underscores))
         return false;
     if (r->body == H1_BODY_NONE)
-        t->flags |= TF_REQ_DONE;
+        h1_req_step(&t->rq, RQE_ALL_IN);
     t->req_bid = bid;
     t->req_off = off + r->head_len;
     t->req.rel_bid = t->req_bid;
@@ -606,8 +606,8 @@ void txn_req_pump(struct worker *w, struct txn *t)
         w->conns[t->up].state != CS_OPEN)
         return;
     struct conn *u = &w->conns[t->up];
-    if (t->flags & TF_HEAD_SENT) {
-        if (t->flags & TF_REQ_DONE)
+    if (rq_head_out(t->rq)) {
+        if (rq_all_in(t->rq))
             return;
         out_reset(&t->req);
         int b = add_req_body(w, t);
@@ -618,7 +618,7 @@ void txn_req_pump(struct worker *w, struct txn *t)
     }
     if (!t->req.left)
         return;
-    if (!(t->flags & TF_HEAD_SENT)) {
+    if (!rq_head_out(t->rq)) {
         t->t_sent = w->now_us;
         u->expires_ms = w->now_ms + (t->fa == FA_ASKING ? fa_timeout_ms(t) :
                                      t->cfg->clusters[t->cluster].response_timeout_ms);
@@ -640,19 +640,20 @@ void txn_resp_pump(struct worker *w, struct txn *t)
         return;
     struct conn *c = &w->conns[t->client];
     if (!(t->flags & TF_RESP_ROUND)) {
-        if (!(t->flags & TF_RESP_HEAD) || t->up == NIL)
+        if (!rs_final_head(t->rs) || t->up == NIL)
             return;
         out_reset(&t->resp);
         if (add_resp_body(w, t) < 0) {
             txn_abort(w, t, 502, false);
             return;
         }
-        if ((w->conns[t->up].x.flags & X_EOF) && t->resp_body == H1_BODY_CLOSE)
-            t->flags |= TF_RESP_DONE;   /* a close-delimited body ends with the close */
+        if ((w->conns[t->up].x.flags & X_EOF) && t->resp_body == H1_BODY_CLOSE &&
+            !rs_all_in(t->rs))
+            h1_resp_step(&t->rs, RSE_ALL_IN);   /* a close-delimited body ends with the close */
     }
     t->flags &= ~TF_RESP_ROUND;
     if (!t->resp.left) {
-        if (t->flags & TF_RESP_DONE) {
+        if (rs_all_in(t->rs)) {
             if (!t->req.active)
                 txn_end(w, t);
         } else if (t->up != NIL && (w->conns[t->up].x.flags & X_EOF) &&
@@ -666,7 +667,7 @@ void txn_resp_pump(struct worker *w, struct txn *t)
     }
     /* A 1xx does not answer the request: after one, the proxy can still
      * send a final response of its own if the upstream fails. */
-    t->flags |= (t->flags & TF_RESP_HEAD) ? TF_REPLIED : TF_INTERIM;
+    h1_resp_step(&t->rs, RSE_SENDING);
     if (t->sink == TS_STREAM) {
         t->resp.active = 1;           /* the stream's protocol takes the round */
         conn_hand_up(w, c, C_UP_KICK);
@@ -710,11 +711,11 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     t->resp_left = r->content_length;
     if (r->body == H1_BODY_CHUNKED)
         h1_chunked_init(&t->resp_ck);
-    if (r->body == H1_BODY_CLOSE || !(t->flags & TF_REQ_DONE) || w->stopping)
+    if (r->body == H1_BODY_CLOSE || !rq_all_in(t->rq) || w->stopping)
         t->flags |= TF_CLIENT_CLOSE;
     if (!r->keep_alive)
         t->flags |= TF_UP_CLOSE;      /* the upstream will close: not reusable */
-    t->flags |= TF_RESP_HEAD;
+    h1_resp_step(&t->rs, RSE_FINAL_HEAD);
     timer_cancel(w, u);               /* the response timeout is met */
     if (__builtin_expect(t->cz_step != 0, 0))
         cz_response(w, t, base, r);   /* compressed? (the route's compress step) */
@@ -732,7 +733,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     t->resp_bid = u->x.head;
     t->resp_off = u->x.off + r->head_len;
     if (r->body == H1_BODY_NONE) {
-        t->flags |= TF_RESP_DONE;
+        h1_resp_step(&t->rs, RSE_ALL_IN);
         t->resp.rel_bid = t->resp_bid;
         t->resp.rel_off = t->resp_off;
     } else if (r->body != H1_BODY_TUNNEL && add_resp_body(w, t) < 0) {
@@ -742,7 +743,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
         t->resp.rel_bid = t->resp_bid;
         t->resp.rel_off = t->resp_off;
     }
-    if (!(t->flags & TF_RESP_DONE) && !t->cz_slot)
+    if (!rs_all_in(t->rs) && !t->cz_slot)
         splice_consider(w, t, BS_RESP);   /* a compressed body goes through buffers */
     hist_add(w->shm->hist_upstream, w->now_us - t->t_sent);
     h1_count_response(w, &w->conns[t->client], r->status);
@@ -752,7 +753,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
     }
     /* The request's head is no longer needed for a retry. */
     struct conn *c = &w->conns[t->client];
-    if ((t->flags & TF_REQ_DONE) && !t->req.active) {
+    if (rq_all_in(t->rq) && !t->req.active) {
         q_release_to(w, c, t->req_bid, t->req_off);
         t->req_bid = NIL;
     }
@@ -782,11 +783,11 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
     }
     if (o == &t->resp) {
         w->c[UP_C_BYTES_TO_CLIENTS] += (uint64_t)res;
-        if (t->flags & TF_ERROR_REPLY) {
+        if (t->rs == RS_ERROR) {
             h1_client_close(w, to, false);
             return;
         }
-        if (t->flags & TF_ERROR_PENDING) {
+        if (t->rs == RS_ERROR_LATER) {
             /* The 1xx is out; the proxy's final answer follows it. */
             h1_client_reply_error(w, to, t->status);
             return;
@@ -794,19 +795,19 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
         if (t->up != NIL)
             q_release_to(w, &w->conns[t->up], o->rel_bid, o->rel_off);
         t->resp_bid = NIL;            /* the queue's front is the next byte */
-        if ((t->flags & TF_RESP_HEAD) &&
+        if (rs_final_head(t->rs) &&
             ((t->status == 101 && (t->flags & TF_UPGRADE)) ||
              (t->method == H1_M_CONNECT && t->resp_body == H1_BODY_TUNNEL))) {
             /* 101 to an Upgrade, or a 2xx to a CONNECT a route allowed. */
             h1_tunnel(w, t);
             return;
         }
-        if (!(t->flags & TF_RESP_HEAD)) {
+        if (!rs_final_head(t->rs)) {
             /* A 1xx went out: the final head may be waiting already. */
             h1_upstream_progress(w, &w->conns[t->up]);
             return;
         }
-        if ((t->flags & TF_RESP_DONE) && !t->req.active) {
+        if (rs_all_in(t->rs) && !t->req.active) {
             txn_end(w, t);
             return;
         }
@@ -818,13 +819,13 @@ void txn_sent(struct worker *w, struct txn *t, struct out *o, struct conn *to, i
     /* Request round out. */
     w->c[UP_C_BYTES_TO_UPSTREAMS] += (uint64_t)res;
     struct conn *c = &w->conns[t->client];
-    t->flags |= TF_HEAD_SENT;
-    if (t->req_body != H1_BODY_NONE || (t->flags & TF_RESP_HEAD)) {
+    h1_req_step(&t->rq, RQE_ROUND_OUT);
+    if (t->req_body != H1_BODY_NONE || rs_final_head(t->rs)) {
         /* Bodies are never retried: their bytes can go at once. */
         q_release_to(w, c, o->rel_bid, o->rel_off);
         t->req_bid = NIL;
     }
-    if ((t->flags & TF_RESP_DONE) && !t->resp.active) {
+    if (rs_all_in(t->rs) && !t->resp.active) {
         txn_end(w, t);
         return;
     }
@@ -850,7 +851,7 @@ void txn_end(struct worker *w, struct txn *t)
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
         const struct up_cluster *cl = &t->cfg->clusters[t->cluster];
-        bool reusable = !(t->flags & TF_UP_CLOSE) && (t->flags & TF_REQ_DONE) &&
+        bool reusable = !(t->flags & TF_UP_CLOSE) && rq_all_in(t->rq) &&
                         t->resp_body != H1_BODY_CLOSE && u->x.head == NIL &&
                         !(u->x.flags & X_EOF) && !w->stopping &&
                         (!cl->max_requests || u->nreq + 1 < cl->max_requests);
@@ -868,7 +869,7 @@ void txn_end(struct worker *w, struct txn *t)
         conn_hand_up(w, c, C_UP_KICK);
         return;
     }
-    bool keep = !(t->flags & TF_CLIENT_CLOSE) && (t->flags & TF_REQ_DONE) && !w->stopping &&
+    bool keep = !(t->flags & TF_CLIENT_CLOSE) && rq_all_in(t->rq) && !w->stopping &&
                 !(c->x.flags & X_EOF);
     c->txn = NIL;
     c->peer = NIL;
@@ -972,17 +973,17 @@ void txn_abort(struct worker *w, struct txn *t, uint16_t status, bool reset_clie
     splice_abort(w, t);
     if (__builtin_expect(t->fa == FA_ASKING, 0))
         w->c[UP_C_AUTH_ERRORS]++;     /* the auth service failed this request */
-    log_end(w, t, status && !(t->flags & TF_REPLIED) ? status : t->status);
+    log_end(w, t, status && !rs_replied(t->rs) ? status : t->status);
     if (t->up != NIL) {
         struct conn *u = &w->conns[t->up];
         h1_upstream_close(w, u, false);
     }
-    if (status && !(t->flags & (TF_REPLIED | TF_ERROR_PENDING))) {
+    if (status && !rs_replied(t->rs) && t->rs != RS_ERROR_LATER) {
         if (t->resp.active && c->state == CS_OPEN) {
             /* A 1xx is on its way out (a final head would have set
-             * TF_REPLIED): the answer goes as soon as it is out, within
+             * the state past RS_HEAD): the answer goes as soon as it is out, within
              * the time the proxy gives any of its own answers. */
-            t->flags |= TF_ERROR_PENDING;
+            h1_resp_step(&t->rs, RSE_ERROR_LATER);
             t->status = status;
             timer_set(w, c, w->now_ms + H1_REPLY_MS);
             return;

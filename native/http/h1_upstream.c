@@ -201,7 +201,7 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
     struct conn *c = &w->conns[t->client];
     w->c[res == -ECONNRESET || res == -EPIPE ? UP_C_ERR_UPSTREAM_RESET : UP_C_ERR_OTHER]++;
     w->srv[u->slot].errors++;
-    if ((t->flags & TF_REUSED) && !(t->flags & (TF_RETRIED | TF_RESP_HEAD | TF_REPLIED | TF_INTERIM)) &&
+    if ((t->flags & TF_REUSED) && !(t->flags & TF_RETRIED) && t->rs == RS_WAIT &&
         retryable(t) && res_retry(w, t)) {
         /* Detach the dead connection, then start over from the request's
          * head, which is still in the client's queue. */
@@ -211,7 +211,8 @@ void h1_upstream_failed(struct worker *w, struct txn *t, int res)
         dial_gone(w, u);
         h1_upstream_close(w, u, false);
         t->up = NIL;
-        t->flags = (uint16_t)((t->flags & ~(TF_REUSED | TF_HEAD_SENT | TF_REQ_DONE)) | TF_RETRIED);
+        t->flags = (uint16_t)((t->flags & ~TF_REUSED) | TF_RETRIED);
+        h1_req_step(&t->rq, RQE_AGAIN);
         w->c[UP_C_RETRIES]++;
         if (h1_request_again(w, t))
             h1_upstream_assign(w, t);
@@ -251,7 +252,7 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
         h1_upstream_close(w, u, false);
         return;
     }
-    if (t->flags & TF_RESP_HEAD) {
+    if (rs_final_head(t->rs)) {
         txn_resp_pump(w, t);
         return;
     }
@@ -337,7 +338,7 @@ static void on_recv(struct worker *w, struct conn *u, struct io_uring_cqe *cqe)
             break;
         default: {
             struct txn *t = txn_of(w, u);
-            if (t && !(t->flags & TF_RESP_HEAD)) {
+            if (t && !rs_final_head(t->rs)) {
                 h1_upstream_failed(w, t, res);
             } else if (t) {
                 w->c[UP_C_ERR_UPSTREAM_RESET]++;
@@ -443,7 +444,7 @@ void h1_upstream_expired(struct worker *w, struct conn *u)
         h1_upstream_close(w, u, false);    /* idle past pool_idle_timeout */
         return;
     }
-    if (!(t->flags & TF_RESP_HEAD)) {
+    if (!rs_final_head(t->rs)) {
         w->srv[u->slot].errors++;
         w->srv[u->slot].timeouts++;
         txn_abort(w, t, 504, false);

@@ -275,7 +275,7 @@ static void conn_end(struct worker *w, struct conn *c)
         stream_unlink(w, st);
         st->flags |= ST_DETACHED;
         struct txn *t = txn_of(w, sc);
-        if (t && sc->h1 == H_TXN && !(t->flags & TF_ERROR_REPLY))
+        if (t && sc->h1 == H_TXN && t->rs != RS_ERROR)
             txn_abort(w, t, 0, false);
         else
             conn_close(w, sc, false);
@@ -619,7 +619,7 @@ static void on_data(struct worker *w, struct h2_slot *s, struct conn *sc, const 
 {
     struct h2_slot *st = h2_slot_of(w, sc);
     struct txn *t = txn_of(w, sc);
-    if (!t || sc->h1 != H_TXN || (t->flags & TF_REQ_DONE)) {
+    if (!t || sc->h1 != H_TXN || rq_all_in(t->rq)) {
         h2c_consume(s, ev->stream, ev->len);   /* nobody wants it: dropped */
         return;
     }
@@ -672,7 +672,7 @@ static void on_closed(struct worker *w, struct conn *sc)
     if (sc->state != CS_OPEN)
         return;
     struct txn *t = txn_of(w, sc);
-    if (t && sc->h1 == H_TXN && !(t->flags & TF_ERROR_REPLY)) {
+    if (t && sc->h1 == H_TXN && t->rs != RS_ERROR) {
         if (st->flags & ST_EOF) {
             /* The whole response is in the codec's hands (it closed the
              * stream as it sent the end): the transaction ends at its
@@ -781,7 +781,7 @@ static void on_read(struct worker *w, struct conn *sc, struct h2_ev *ev)
     ev->n = n;
     if (o->active && !o->left)
         conn_hand_up(w, sc, C_UP_KICK);   /* the round is out: the transaction goes on */
-    if (!o->left && (t->flags & TF_RESP_DONE)) {
+    if (!o->left && rs_all_in(t->rs)) {
         ev->eof = 1;
         st->flags |= ST_EOF;
         ev->no_end = relay_trailers(w, sc, t);
@@ -1030,9 +1030,9 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
         h2c_consume(s, st->id, st->unconsumed);
         st->unconsumed = 0;
     }
-    if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD) && (st->flags & ST_GRPC)) {
+    if (t && t->rs == RS_ERROR && !(st->flags & ST_HEAD) && (st->flags & ST_GRPC)) {
         grpc_reply(s, st, t);
-    } else if (t && (t->flags & TF_ERROR_REPLY) && !(st->flags & ST_HEAD)) {
+    } else if (t && t->rs == RS_ERROR && !(st->flags & ST_HEAD)) {
         /* The proxy's own answer (an HTTP/1.1 text): its head and body. */
         uint32_t hl;
         if (submit_head(w, s, st, (const uint8_t *)t->reply, t->reply_len, H1_M_GET, true, &hl,
@@ -1040,7 +1040,7 @@ void h2_stream_kick(struct worker *w, struct conn *sc)
             h2c_reset(s, st->id, H2C_INTERNAL_ERROR);
         st->rbody = (const uint8_t *)t->reply + hl;
         st->rleft = t->reply_len - hl;
-    } else if (t && sc->h1 == H_TXN && (t->flags & TF_RESP_HEAD) && t->resp.active &&
+    } else if (t && sc->h1 == H_TXN && rs_final_head(t->rs) && t->resp.active &&
                !(st->flags & ST_HEAD)) {
         struct out *o = &t->resp;
         uint32_t hl = 0;

@@ -356,7 +356,7 @@ static void on_read(struct worker *w, struct conn *u, struct h2_ev *ev)
                       : 0;
     if (o->active && !o->left)
         conn_hand_up(w, u, C_UP_KICK);    /* the round is out: the transaction goes on */
-    if (!o->left && (t->flags & TF_REQ_DONE)) {
+    if (!o->left && rq_all_in(t->rq)) {
         ev->eof = 1;
         st->flags |= ST_EOF;
     } else if (!ev->n) {
@@ -595,19 +595,19 @@ static void on_closed(struct worker *w, struct conn *u, uint32_t code)
     struct txn *t = txn_of(w, u);
     if (u->state != CS_OPEN || !t)
         return;
-    if (code == H2C_REFUSED_STREAM && !(t->flags & TF_RESP_HEAD)) {
+    if (code == H2C_REFUSED_STREAM && !rs_final_head(t->rs)) {
         w->c[UP_C_H2_UP_REFUSED]++;
         t->flags |= TF_REUSED;        /* unprocessed: as safe to resend as a stale connection's */
         h1_upstream_failed(w, t, -ECONNRESET);
         return;
     }
-    if (code == LOST && !(t->flags & TF_RESP_HEAD)) {
+    if (code == LOST && !rs_final_head(t->rs)) {
         /* The connection went: as an HTTP/1.1 connection's close, an
          * idempotent request on a reused one is sent once more. */
         h1_upstream_failed(w, t, -ECONNRESET);
         return;
     }
-    if (code != 0 && !(t->flags & TF_RESP_HEAD)) {
+    if (code != 0 && !rs_final_head(t->rs)) {
         /* The server reset this stream (it may have acted on it): 502. */
         w->c[UP_C_ERR_UPSTREAM_RESET]++;
         w->srv[u->slot].errors++;

@@ -138,4 +138,15 @@ uint32_t hx_starved_next(struct hx *h, uint32_t id);
 int hx_conn_pair_done(struct hx *h, uint32_t id, uint32_t *side);
 int hx_run(struct hx *h, uint32_t n, uint32_t *ops, int32_t *res);
 
+/* the transaction's state machines (http/h1_state.c, called as they are:
+ * pure functions over a state byte) */
+uint8_t h1_req_next(uint8_t state, uint8_t event);
+uint8_t h1_resp_next(uint8_t state, uint8_t event);
+void h1_req_step(uint8_t *state, uint8_t event);
+void h1_resp_step(uint8_t *state, uint8_t event);
+const char *h1_req_state_name(uint8_t state);
+const char *h1_resp_state_name(uint8_t state);
+const char *h1_req_event_name(uint8_t event);
+const char *h1_resp_event_name(uint8_t event);
+
 #endif

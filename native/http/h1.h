@@ -191,6 +191,7 @@ int txn_response_head(struct worker *w, struct txn *t, const uint8_t *base,
                       const struct h1_response *r);
 bool txn_build_head(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid,
                     uint32_t off, const struct h1_request *r);
+/* h1_reply.c: the proxy's own answers, static texts */
 const char *h1_error_text(uint16_t status, uint32_t *len);
 size_t h1_format_addr(const uint8_t *addr, uint8_t len, char *dst, size_t cap);
 /* Counted in the worker's totals and its listener's block (c: the client). */
@@ -198,6 +199,22 @@ void h1_count_request(struct worker *w, const struct conn *c);
 void h1_count_response(struct worker *w, const struct conn *c, uint16_t status);
 void h1_count_status(struct worker *w, const struct conn *c, uint16_t status);  /* and the error kinds */
 void h1_tunnel(struct worker *w, struct txn *t);
+
+/* h1_route.c: the route a request head takes (NULL: the listener's
+ * cluster), the methods it allows, a hashing cluster's key */
+const struct up_route *h1_route(const struct up_config *cfg, const struct up_listener *l,
+                                const uint8_t *host, uint32_t host_len, const uint8_t *path,
+                                uint32_t path_len);
+bool h1_method_allowed(const struct up_route *rt, uint8_t method);
+uint64_t h1_hash_key(const struct conn *c, const struct up_config *cfg,
+                     const struct up_cluster *cl, const uint8_t *base, const struct h1_request *r);
+
+/* h1_head.c: the heads as the upstream and the client see them, into
+ * t->req / t->resp (false: a round or the scratch is full) */
+bool h1_build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
+                       const struct h1_request *r, bool keep_underscores);
+bool h1_build_resp_head(struct worker *w, struct txn *t, const uint8_t *base,
+                        const struct h1_response *r);
 
 /* h1_resilience.c: the cluster's circuit breaker and retry budget, for a
  * transaction (docs/resilience.md). res_admit: false when the breaker

@@ -148,5 +148,7 @@ const char *h1_req_state_name(uint8_t state);
 const char *h1_resp_state_name(uint8_t state);
 const char *h1_req_event_name(uint8_t event);
 const char *h1_resp_event_name(uint8_t event);
+/* the proxy's own answers (http/h1_reply.c) */
+const char *h1_error_text(uint16_t status, uint32_t *len);
 
 #endif

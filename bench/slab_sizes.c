@@ -19,9 +19,10 @@
 int main(void)
 {
     ROW(struct conn, "2", "w->conns: a client and its upstream side (nconns = 2 * max_conns + 64)");
+    ROW(struct conn_addr, "1", "w->addrs: beside w->conns, a client's address (cold)");
     ROW(struct txn, "1", "w->txns: one per client connection at most");
     ROW(struct out, "0", "a send round (inside struct txn, twice)");
-    ROW(struct up_log_rec, "0", "an access-log record (where it lives: see struct txn)");
+    ROW(struct up_log_rec, "0", "w->logrecs: beside w->txns, touched only where a listener logs");
     ROW(struct h2_slot, "2", "http2: per connection slot, beside w->conns");
     ROW(struct sm_sock, "2", "l4 sockmap: per connection slot, sockmap sessions only");
     ROW(struct tls_conn, "2", "transport: per connection slot, TLS connections only");

@@ -52,6 +52,7 @@ struct up_probe_result {
 #define UP_FWD_SOCKMAP      4   /* the kernel redirects (bpf/sockmap.c); else splice */
 
 #define UP_MAX_LISTENERS 64
+#define UP_REFS_STRIDE   8    /* uint64 per worker row of up_config.refs: one cache line */
 #define UP_MAX_WORKERS   256
 
 struct up_server {
@@ -219,7 +220,8 @@ struct up_config {
     struct up_server *servers;
     struct up_server_wstate *server_wstate;   /* [nworkers * nservers] */
     struct up_cluster_wstate *cluster_wstate; /* [nworkers * nclusters] */
-    uint64_t *refs;           /* [nworkers * 8]: live work holding this table */
+    uint64_t *refs;           /* [nworkers * UP_REFS_STRIDE]: live work holding this table,
+                                 a row per worker (its only writer), one cache line each */
     uint8_t *server_health;   /* [nservers]: 1 up, 0 down (active checks) */
     const char *strings;      /* host names, path prefixes, header names */
     const struct up_acme_token *acme;  /* HTTP-01 answers (issue 13), or NULL */

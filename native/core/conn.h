@@ -6,6 +6,7 @@
  */
 #ifndef UPROXY_CONN_H
 #define UPROXY_CONN_H
+#include <stddef.h>
 #include <stdint.h>
 #include "api.h"
 
@@ -50,40 +51,76 @@ struct xfer {
 #define X_FLUSH    16     /* sockmap: EOF seen, the FIN waits for the kernel's redirected bytes */
 #define X_HELD     32     /* receive held while a body switches to splice */
 
+/* A client's address (the socket's peer, or what a PROXY header named),
+ * out of line: written once when the connection starts, read only where a
+ * request names its client (X-Forwarded-For, policies, hashing, the access
+ * log, a PROXY header), so it does not widen the lines every completion
+ * touches. One per connection slot, in w->addrs (conn_addr()). */
+struct conn_addr {
+    uint8_t addr[16];         /* network bytes (4 used for IPv4) */
+    uint16_t port;            /* host order */
+    uint8_t len;              /* 4 or 16; 0 unknown */
+    uint8_t pad;
+};
+
+/* Two cache lines, aligned: the first holds what every kind touches on
+ * every completion (lifecycle, op accounting, the peer, the timer); the
+ * second the received-bytes queue and, in a union, what only one side
+ * uses. A connection never changes side (an HTTP client that becomes a
+ * tunnel stays a client), so the union's parts never meet; conn_alloc
+ * fills the upstream part, each client's start fills its own. */
 struct conn {
-    uint8_t kind;             /* enum conn_kind */
+    /* line 1: every kind */
+    _Alignas(64) uint8_t kind;  /* enum conn_kind */
     uint8_t state;            /* enum conn_state */
     uint16_t flags;           /* C_* */
     uint16_t ops;             /* bit per enum op outstanding (for cancel) */
     uint16_t inflight;        /* SQEs whose final CQE has not come */
-    uint8_t attempts;         /* upstream connect attempts so far */
-    uint8_t tp;               /* its transport kind (transport/transport.h) */
     int32_t fd;
     uint32_t peer;            /* the other side of the session, or NIL */
-    uint32_t server;          /* upstream: global server index */
-    uint32_t starved_next;
-    uint32_t cluster;         /* tcp client: the session's cluster (the listener's, or an SNI route's) */
-    const struct up_config *cfg;  /* tcp: the table the session started with */
+    uint32_t txn;             /* http: the transaction under way, or NIL */
+    uint32_t slot;            /* upstream: its server's stat slot (and pool);
+                                 HTTP/2 stream: its connection */
     uint64_t expires_ms;      /* deadline, 0 for none; its meaning is the state's */
-    uint64_t t_us;            /* upstream: when the connect started */
-    uint64_t hash_key;        /* balance = hash: the key's hash */
     uint32_t tnext, tprev;    /* timer wheel links */
     uint16_t tslot;           /* the wheel list this conn is on */
+    uint8_t tp;               /* its transport kind (transport/transport.h) */
+    uint8_t h1;               /* http: enum h1_conn_state */
+    uint8_t attempts;         /* upstream connect attempts so far */
     uint8_t listener;         /* index in cfg->listeners (< UP_MAX_LISTENERS) */
     uint8_t lslot;            /* client: its listener's stat_slot */
+    uint8_t pad0;
+    uint32_t starved_next;
+    uint32_t pad1;
+    const struct up_config *cfg;  /* tcp: the table the session started with */
+    /* line 2: the byte queue, then one side's own fields */
     struct xfer x;            /* tcp: bytes on their way to the peer;
                                  http: bytes received, not yet released */
-    /* http */
-    uint32_t txn;             /* the transaction under way, or NIL */
-    uint32_t listener_id;     /* client: its listener, stable across reloads */
-    uint32_t slot;            /* upstream: its server's stat slot (and pool) */
-    uint32_t pnext, pprev;    /* upstream: idle pool links */
-    uint32_t nreq;            /* upstream: requests it carried */
-    uint8_t h1;               /* enum h1_conn_state */
-    uint8_t addr_len;         /* client: bytes in addr (4 or 16), 0 unknown */
-    uint16_t port;
-    uint8_t addr[16];         /* client: peer address, for X-Forwarded-For */
+    union {
+        struct {              /* upstream side (CK_*_UPSTREAM) */
+            uint32_t server;  /* global server index, or NIL */
+            uint32_t pnext, pprev;    /* http: idle pool links */
+            uint32_t nreq;    /* http: requests it carried */
+            uint64_t t_us;    /* when the connect started */
+        };
+        struct {              /* client side (and an HTTP/2 stream) */
+            uint32_t listener_id;     /* http: its listener, stable across reloads */
+            uint32_t cluster; /* tcp: the session's cluster (the listener's, or an SNI route's) */
+            uint64_t hash_key;        /* tcp, balance = hash: the key's hash */
+        };
+    };
 };
+
+/* A client side's own part, whole (the union's other part was there). */
+static inline void conn_client_part(struct conn *c, uint32_t listener_id, uint32_t cluster)
+{
+    c->listener_id = listener_id;
+    c->cluster = cluster;
+    c->hash_key = 0;
+}
+
+_Static_assert(sizeof(struct conn) == 128, "struct conn is two cache lines");
+_Static_assert(offsetof(struct conn, x) == 64, "the byte queue starts the second line");
 
 #define C_RESET      1    /* close with RST (SO_LINGER 0) */
 #define C_IN_WHEEL   2

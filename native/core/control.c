@@ -23,7 +23,7 @@ uint64_t up_config_refs(const struct up_config *cfg)
 {
     uint64_t n = 0;
     for (uint32_t i = 0; i < cfg->nworkers; i++)
-        n += __atomic_load_n(&cfg->refs[i * 8], __ATOMIC_ACQUIRE);
+        n += __atomic_load_n(&cfg->refs[(size_t)i * UP_REFS_STRIDE], __ATOMIC_ACQUIRE);
     return n;
 }
 

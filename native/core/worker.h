@@ -73,6 +73,7 @@ struct worker {
     uint64_t now_us;                /* CLOCK_MONOTONIC, read once per loop turn */
 
     struct conn *conns;             /* slab: 2 per client connection */
+    struct conn_addr *addrs;        /* beside it: clients' addresses (cold; conn_addr()) */
     uint32_t nconns;
     uint32_t *free_ids;             /* stack of free conn indexes */
     uint32_t nfree;
@@ -103,6 +104,7 @@ struct worker {
     void *h2;                       /* http2: the codec's arena and per-connection state */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */
+    struct up_log_rec *logrecs;     /* beside it: access-log records (http/h1.h txn_log) */
     uint32_t *txn_free;
     uint32_t ntxn_free, ntxns;
     uint32_t *pool_head;            /* [UP_MAX_SERVERS]: idle upstream conns */
@@ -147,6 +149,29 @@ static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up
                                                uint32_t s)
 {
     return &w->srv[cfg->servers[s].stat_slot];
+}
+
+/* c's client address (its slot in the side array beside the slab). */
+static inline struct conn_addr *conn_addr(struct worker *w, const struct conn *c)
+{
+    return &w->addrs[c - w->conns];
+}
+
+/* Work of this worker that holds cfg (a session, a transaction) counts
+ * in the worker's row of cfg->refs; the control plane frees the table when
+ * every row reads 0 (up_config_refs, acquire). One writer per row, so a
+ * plain add published with a release store: the worker's last read of cfg
+ * comes before the control plane can see the count drop. */
+static inline void cfg_ref(struct worker *w, const struct up_config *cfg)
+{
+    uint64_t *r = &cfg->refs[(size_t)w->o.index * UP_REFS_STRIDE];
+    __atomic_store_n(r, *r + 1, __ATOMIC_RELEASE);
+}
+
+static inline void cfg_unref(struct worker *w, const struct up_config *cfg)
+{
+    uint64_t *r = &cfg->refs[(size_t)w->o.index * UP_REFS_STRIDE];
+    __atomic_store_n(r, *r - 1, __ATOMIC_RELEASE);   /* nothing may read cfg after */
 }
 
 /* conn.c */

@@ -17,12 +17,12 @@ static uint8_t put(char *dst, size_t cap, const uint8_t *src, uint32_t len)
 }
 
 /* Who asked, and where: the same in every record. */
-static void client_fields(struct up_log_rec *lr, const struct conn *c, const struct up_listener *l)
+static void client_fields(struct up_log_rec *lr, const struct conn_addr *a, const struct up_listener *l)
 {
     lr->listener_id = l->id;
-    lr->port = c->port;
-    lr->addr_len = c->addr_len;
-    memcpy(lr->addr, c->addr, sizeof lr->addr);
+    lr->port = a->port;
+    lr->addr_len = a->len;
+    memcpy(lr->addr, a->addr, sizeof lr->addr);
 }
 
 static const struct h1_header *find(const uint8_t *base, const struct h1_request *r,
@@ -40,8 +40,8 @@ void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint
     t->logging = l->access_log != 0;
     if (!t->logging)
         return;
-    struct up_log_rec *lr = &t->lr;
-    client_fields(lr, c, l);
+    struct up_log_rec *lr = txn_log(w, t);
+    client_fields(lr, conn_addr(w, c), l);
     lr->minor = r->minor;
     lr->method_len = put(lr->method, sizeof lr->method, base + r->method_off, r->method_len);
     lr->target_len = (uint16_t)(r->target_len > 0xffff ? 0xffff : r->target_len);
@@ -86,7 +86,7 @@ void log_end(struct worker *w, struct txn *t, uint16_t status)
     if (!t->logging)
         return;
     t->logging = 0;
-    struct up_log_rec *lr = &t->lr;
+    struct up_log_rec *lr = txn_log(w, t);
     lr->time_ms = w->real_ms;
     lr->duration_us = (uint32_t)(w->now_us - t->t_start);
     lr->status = status;
@@ -104,7 +104,7 @@ void log_refused(struct worker *w, const struct conn *c, const struct up_listene
         return;
     struct up_log_rec lr;
     memset(&lr, 0, offsetof(struct up_log_rec, method));
-    client_fields(&lr, c, l);
+    client_fields(&lr, conn_addr(w, c), l);
     lr.time_ms = w->real_ms;
     lr.status = status;
     lr.server_slot = 0xffff;

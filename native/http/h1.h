@@ -121,7 +121,7 @@ struct txn {
     uint32_t idle_ms;                   /* the listener's idle_timeout */
     uint64_t max_body;                  /* the listener's max_body_size (0: none) */
     uint64_t body_seen;                 /* request body bytes so far (chunked limit) */
-    uint8_t logging;                    /* lr is being filled */
+    uint8_t logging;                    /* its access-log record (txn_log) is being filled */
     uint8_t keep_underscores;           /* the listener's underscores_in_headers */
     uint8_t sink;                       /* enum txn_sink */
     uint8_t brk;                        /* its cluster's breaker ticket (enum brk_ticket) */
@@ -146,7 +146,6 @@ struct txn {
     uint32_t fa_cluster;                /* the route's cluster while the auth cluster is asked */
     struct bsplice req_splice, resp_splice;
     struct out req, resp;
-    struct up_log_rec lr;               /* access-log fields, copied at the start */
     char scratch[1024];                 /* the header lines the proxy adds */
     char pscratch[192];                 /* policy: X-Real-IP, Forwarded's for=, a 429 */
     char line[1024];                    /* policy: a rewritten request line */
@@ -206,8 +205,9 @@ const struct up_route *h1_route(const struct up_config *cfg, const struct up_lis
                                 const uint8_t *host, uint32_t host_len, const uint8_t *path,
                                 uint32_t path_len);
 bool h1_method_allowed(const struct up_route *rt, uint8_t method);
-uint64_t h1_hash_key(const struct conn *c, const struct up_config *cfg,
-                     const struct up_cluster *cl, const uint8_t *base, const struct h1_request *r);
+uint64_t h1_hash_key(struct worker *w, const struct conn *c, const struct up_config *cfg,
+                     const struct up_cluster *cl, const uint8_t *base,
+                     const struct h1_request *r);
 
 /* h1_head.c: the heads as the upstream and the client see them, into
  * t->req / t->resp (false: a round or the scratch is full) */
@@ -286,6 +286,14 @@ void q_release_to(struct worker *w, struct conn *c, uint32_t bid, uint32_t off);
 void q_release_all(struct worker *w, struct conn *c);
 uint32_t q_contiguous(struct worker *w, struct conn *c, const uint8_t **p);
 int q_assemble(struct worker *w, struct conn *c, uint32_t limit);
+
+/* A transaction's access-log record: beside the slab, not in it, so that
+ * only listeners with access_log = true commit its pages (w->logrecs is
+ * mapped, not touched), and a transaction without a log stays shorter. */
+static inline struct up_log_rec *txn_log(struct worker *w, const struct txn *t)
+{
+    return &w->logrecs[t - w->txns];
+}
 
 /* shared scratch of the worker for parse results (one parse at a time) */
 static inline struct h1_request *w_req(struct worker *w)

@@ -32,7 +32,7 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     c->state = CS_OPEN;
     c->h1 = H_IDLE;
     c->fd = fd;
-    c->listener_id = l->id;
+    conn_client_part(c, l->id, l->cluster);
     if (w->cfg && l >= w->cfg->listeners && l < w->cfg->listeners + w->cfg->nlisteners)
         c->listener = (uint8_t)(l - w->cfg->listeners);   /* conn_listener's first guess */
     c->lslot = (uint8_t)l->stat_slot;
@@ -41,11 +41,12 @@ void h1_start(struct worker *w, const struct up_listener *l, int fd)
     w->c[UP_C_ACTIVE]++;
     /* The peer's address, for X-Forwarded-For and hash balancing: one
      * getpeername per connection, never per request. */
-    c->addr_len = sock_addr(fd, true, c->addr, &c->port);
+    struct conn_addr *a = conn_addr(w, c);
+    a->len = sock_addr(fd, true, a->addr, &a->port);
     /* A PROXY header first, from a peer trusted_proxies lists (or any). */
     if (l->proxy_protocol &&
         (!l->pp_trusted_count ||
-         cidr_match(w->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr, c->addr_len)))
+         cidr_match(w->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, a->addr, a->len)))
         c->h1 = H_PROXY;
     if (c->h1 == H_PROXY && l->tls && l->tls[w->o.index]) {
         /* The PROXY header comes before the handshake: TLS starts once it
@@ -250,9 +251,10 @@ static void proxy_header(struct worker *w, struct conn *c)
         return;
     }
     if (ph.family) {
-        memcpy(c->addr, ph.addr, ph.family);
-        c->addr_len = ph.family;
-        c->port = ph.port;
+        struct conn_addr *a = conn_addr(w, c);
+        memcpy(a->addr, ph.addr, ph.family);
+        a->len = ph.family;
+        a->port = ph.port;
     }
     q_release_to(w, c, c->x.head, c->x.off + (uint32_t)rc);
     c->h1 = H_IDLE;

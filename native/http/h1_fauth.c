@@ -119,7 +119,8 @@ bool fa_build(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid
     SPUT(base + r->target_off, r->target_len);
     SPUT(S_CRLF, 2);
     char ip[64];
-    size_t iplen = h1_format_addr(c->addr, c->addr_len, ip, sizeof ip);
+    const struct conn_addr *a = conn_addr(w, c);
+    size_t iplen = h1_format_addr(a->addr, a->len, ip, sizeof ip);
     if (iplen) {
         SPUT("X-Forwarded-For: ", 17);
         SPUT(ip, iplen);

@@ -155,7 +155,8 @@ bool h1_build_req_head(struct worker *w, struct txn *t, const uint8_t *base,
     char *sp = t->scratch;
 #define PUT(src, n) (memcpy(sp, (src), (n)), sp += (n))
     char ip[64];
-    size_t iplen = (t->flags & TF_XF_OFF) ? 0 : h1_format_addr(c->addr, c->addr_len, ip, sizeof ip);
+    const struct conn_addr *a = conn_addr(w, c);
+    size_t iplen = (t->flags & TF_XF_OFF) ? 0 : h1_format_addr(a->addr, a->len, ip, sizeof ip);
     if (iplen) {
         PUT(S_XFF, sizeof S_XFF - 1);
         for (uint16_t i = 0; i < r->nheaders; i++)

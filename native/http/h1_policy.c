@@ -125,10 +125,10 @@ static bool parse_ip(const uint8_t *p, uint32_t n, uint8_t *a, uint8_t *len)
  * is not itself a trusted proxy is the client. A peer that is not trusted
  * is the client, and its X-Forwarded-For is not passed on. */
 static void real_client(const struct up_config *cfg, const struct up_policy *pol, struct txn *t,
-                        const struct conn *c, const uint8_t *base, const struct h1_request *r)
+                        const struct conn_addr *a, const uint8_t *base, const struct h1_request *r)
 {
     const struct up_cidr *tr = cfg->cidrs + pol->trusted_first;
-    set_real(t, c->addr, c->addr_len);
+    set_real(t, a->addr, a->len);
     if (!in_cidrs(tr, pol->trusted_count, t->real_addr, t->real_len)) {
         t->flags |= TF_XF_UNTRUSTED;
         return;
@@ -620,9 +620,9 @@ bool pol_request(struct worker *w, struct txn *t, struct conn *c, const struct u
     if (pol->flags & UP_POL_XF_OFF)
         t->flags |= TF_XF_OFF;
     if (pol->flags & UP_POL_TRUSTED)
-        real_client(cfg, pol, t, c, base, r);
+        real_client(cfg, pol, t, conn_addr(w, c), base, r);
     else
-        set_real(t, c->addr, c->addr_len);
+        set_real(t, conn_addr(w, c)->addr, conn_addr(w, c)->len);
     struct target tg;
     bool rewritten = false;
     int buf = 0;

@@ -47,8 +47,9 @@ const struct up_route *h1_route(const struct up_config *cfg, const struct up_lis
     return NULL;
 }
 
-uint64_t h1_hash_key(const struct conn *c, const struct up_config *cfg,
-                     const struct up_cluster *cl, const uint8_t *base, const struct h1_request *r)
+uint64_t h1_hash_key(struct worker *w, const struct conn *c, const struct up_config *cfg,
+                     const struct up_cluster *cl, const uint8_t *base,
+                     const struct h1_request *r)
 {
     if (cl->balance != UP_BALANCE_HASH)
         return 0;
@@ -60,5 +61,6 @@ uint64_t h1_hash_key(const struct conn *c, const struct up_config *cfg,
                 return up_hash(base + r->h[i].value_off, r->h[i].value_len);
         return 0;
     }
-    return up_hash(c->addr, c->addr_len);
+    const struct conn_addr *a = conn_addr(w, c);
+    return up_hash(a->addr, a->len);
 }

@@ -172,7 +172,7 @@ struct txn *txn_alloc(struct worker *w)
     if (!w->ntxn_free)
         return NULL;
     struct txn *t = &w->txns[w->txn_free[--w->ntxn_free]];
-    memset(t, 0, offsetof(struct txn, req));   /* not the rounds nor lr: filled when used */
+    memset(t, 0, offsetof(struct txn, req));   /* not the rounds: filled when used */
     out_reset(&t->req);
     out_reset(&t->resp);
     t->req.active = t->resp.active = 0;
@@ -192,8 +192,9 @@ void txn_free(struct worker *w, struct txn *t)
     if (__builtin_expect(t->cz_slot != 0, 0))
         cz_release(w, t);
     if (t->cfg) {
-        t->cfg->refs[w->o.index * 8]--;
+        const struct up_config *cfg = t->cfg;
         t->cfg = NULL;
+        cfg_unref(w, cfg);
     }
     w->txn_free[w->ntxn_free++] = (uint32_t)(t - w->txns);
 }
@@ -210,7 +211,7 @@ struct txn *txn_open(struct worker *w, struct conn *c, const struct h1_request *
     c->h1 = H_TXN;
     t->client = (uint32_t)(c - w->conns);
     t->cfg = cfg;
-    cfg->refs[w->o.index * 8]++;
+    cfg_ref(w, cfg);
     t->t_start = w->now_us;
     t->method = r->method;
     t->minor = r->minor;
@@ -263,7 +264,7 @@ void txn_begin(struct worker *w, struct conn *c, const uint8_t *base, uint32_t b
             h1_client_reply_error(w, c, st);
         return;
     }
-    t->hash_key = h1_hash_key(c, cfg, &cfg->clusters[t->cluster], base, r);
+    t->hash_key = h1_hash_key(w, c, cfg, &cfg->clusters[t->cluster], base, r);
 
     t->idle_ms = l->idle_timeout_ms;
     t->listener = l;
@@ -687,8 +688,9 @@ void h1_tunnel(struct worker *w, struct txn *t)
             li = (uint8_t)i;
     w->c[UP_C_UPGRADES]++;
     c->cfg = u->cfg = cfg;
-    cfg->refs[w->o.index * 8]++;           /* the session's, taken over from the txn */
+    cfg_ref(w, cfg);                       /* the session's, taken over from the txn */
     c->listener = u->listener = li;
+    c->cluster = t->cluster;               /* the tunnel's, as an L4 session's */
     u->server = t->server;
     c->txn = u->txn = NIL;
     txn_free(w, t);

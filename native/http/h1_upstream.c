@@ -136,7 +136,8 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         if (cl->proxy_protocol) {
             /* The PROXY header first, before TLS and the request. */
             const struct conn *c = h1_wire(w, &w->conns[t->client]);
-            int e = proxy_send(w, u, cl->proxy_protocol, c->addr, c->addr_len, c->port, c->fd);
+            const struct conn_addr *a = conn_addr(w, &w->conns[t->client]);
+            int e = proxy_send(w, u, cl->proxy_protocol, a->addr, a->len, a->port, c->fd);
             if (e < 0) {
                 h1_upstream_failed(w, t, e);
                 return;

@@ -370,12 +370,10 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
     sc->state = CS_OPEN;
     sc->h1 = H_IDLE;
     sc->slot = s->self;               /* its connection: the wire (h1_wire) */
-    sc->listener_id = c->listener_id;
+    conn_client_part(sc, c->listener_id, c->cluster);
     sc->listener = c->listener;
     sc->lslot = c->lslot;
-    sc->addr_len = c->addr_len;
-    sc->port = c->port;
-    memcpy(sc->addr, c->addr, sizeof sc->addr);
+    *conn_addr(w, sc) = *conn_addr(w, c);
     struct h2_slot *st = h2_slot_of(w, sc);
     memset(st, 0, sizeof *st);
     st->w = w;

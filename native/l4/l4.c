@@ -547,7 +547,8 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
         /* The PROXY header first (upstream/proxy_send.c): the client's
          * address, received in a PROXY header of its own or its socket's. */
         if (cl->proxy_protocol &&
-            proxy_send(w, u, cl->proxy_protocol, c->addr, c->addr_len, c->port, c->fd) < 0) {
+            proxy_send(w, u, cl->proxy_protocol, conn_addr(w, c)->addr, conn_addr(w, c)->len,
+                       conn_addr(w, c)->port, c->fd) < 0) {
             abort_session(w, c, false, true);
             return;
         }
@@ -618,8 +619,9 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     u->peer = cid;
     u->cfg = cfg;
     u->listener = c->listener;
-    c->cluster = l->cluster;
-    cfg->refs[w->o.index * 8]++;
+    conn_client_part(c, l->id, l->cluster);
+    conn_addr(w, c)->len = 0;     /* unknown: a PROXY header (cluster's) asks the socket then */
+    cfg_ref(w, cfg);
     w->clients++;
     w->c[UP_C_ACTIVE]++;
     if (l->proxy_protocol && !l->tls && sni_proxy_expected(w, c, l)) {
@@ -712,8 +714,7 @@ void l4_try_finish(struct worker *w, struct conn *c)
         conn_submit_close(w, s);
     }
     if (held) {
-        uint64_t *ref = &held->refs[w->o.index * 8];
-        __atomic_store_n(ref, *ref - 1, __ATOMIC_RELEASE);   /* nothing reads held after */
+        cfg_unref(w, held);   /* nothing reads held after */
     }
 }
 

@@ -107,11 +107,10 @@ static void found(struct worker *w, struct conn *c, const struct ch_hello *h)
 
 bool sni_proxy_expected(struct worker *w, struct conn *c, const struct up_listener *l)
 {
-    (void)w;
-    c->addr_len = sock_addr(c->fd, true, c->addr, &c->port);   /* what the header replaces */
+    struct conn_addr *a = conn_addr(w, c);
+    a->len = sock_addr(c->fd, true, a->addr, &a->port);   /* what the header replaces */
     return !l->pp_trusted_count ||
-           cidr_match(c->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, c->addr,
-                      c->addr_len);
+           cidr_match(c->cfg->cidrs + l->pp_trusted_first, l->pp_trusted_count, a->addr, a->len);
 }
 
 /* The bytes so far, with C_PROXY_HDR: 1 when the header was read (and its
@@ -127,9 +126,10 @@ static int proxy_hdr(struct worker *w, struct conn *c)
     if (rc <= 0)
         return rc == PH_PARTIAL ? 0 : -1;
     if (ph.family) {                          /* LOCAL, UNKNOWN: the socket's stands */
-        memcpy(c->addr, ph.addr, ph.family);
-        c->addr_len = ph.family;
-        c->port = ph.port;
+        struct conn_addr *a = conn_addr(w, c);
+        memcpy(a->addr, ph.addr, ph.family);
+        a->len = ph.family;
+        a->port = ph.port;
     }
     uint32_t rest = p->len[x->head] - (uint32_t)rc;
     memmove(b, b + rc, rest);

@@ -747,7 +747,7 @@ class Tables:
             self.health[i] = 1 if health.get((cname, label), True) else 0
         wstate = ffi.new("struct up_server_wstate[]", nworkers * n)
         cwstate = ffi.new("struct up_cluster_wstate[]", nworkers * max(1, len(clusters)))
-        self.refs = ffi.new("uint64_t[]", nworkers * 8)
+        self.refs = ffi.new("uint64_t[]", nworkers * lib.UP_REFS_STRIDE)
 
         t = ffi.new("struct up_config *")
         t.generation = generation

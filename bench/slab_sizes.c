@@ -19,7 +19,9 @@
 int main(void)
 {
     ROW(struct conn, "2", "w->conns: a client and its upstream side (nconns = 2 * max_conns + 64)");
-    ROW(struct conn_addr, "1", "w->addrs: beside w->conns, a client's address (cold)");
+#ifdef HAVE_CONN_ADDR
+    ROW(struct conn_addr, "0", "a client's address (inside struct conn's client part)");
+#endif
     ROW(struct txn, "1", "w->txns: one per client connection at most");
     ROW(struct out, "0", "a send round (inside struct txn, twice)");
     ROW(struct up_log_rec, "0", "w->logrecs: beside w->txns, touched only where a listener logs");

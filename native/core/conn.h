@@ -51,11 +51,13 @@ struct xfer {
 #define X_FLUSH    16     /* sockmap: EOF seen, the FIN waits for the kernel's redirected bytes */
 #define X_HELD     32     /* receive held while a body switches to splice */
 
-/* A client's address (the socket's peer, or what a PROXY header named),
- * out of line: written once when the connection starts, read only where a
- * request names its client (X-Forwarded-For, policies, hashing, the access
- * log, a PROXY header), so it does not widen the lines every completion
- * touches. One per connection slot, in w->addrs (conn_addr()). */
+/* A client's address (the socket's peer, or what a PROXY header named):
+ * written once when the connection starts, read where a request names its
+ * client (X-Forwarded-For, policies, hashing, the access log, a PROXY
+ * header). It lives in the client side's part of struct conn, off the
+ * first line: a side array beside the slab was measured to cost a D1 miss
+ * per request (X-Forwarded-For reads it on every one) and 20 bytes more
+ * per connection (docs/architecture.md, "Hot and cold"). */
 struct conn_addr {
     uint8_t addr[16];         /* network bytes (4 used for IPv4) */
     uint16_t port;            /* host order */
@@ -64,9 +66,9 @@ struct conn_addr {
 };
 
 /* Two cache lines, aligned: the first holds what every kind touches on
- * every completion (lifecycle, op accounting, the peer, the timer); the
- * second the received-bytes queue and, in a union, what only one side
- * uses. A connection never changes side (an HTTP client that becomes a
+ * every completion (lifecycle, op accounting, the peer, the timer, the
+ * listener); the second the received-bytes queue and, in a union, what
+ * only one side uses (the client's address among them). A connection never changes side (an HTTP client that becomes a
  * tunnel stays a client), so the union's parts never meet; conn_alloc
  * fills the upstream part, each client's start fills its own. */
 struct conn {
@@ -91,7 +93,8 @@ struct conn {
     uint8_t lslot;            /* client: its listener's stat_slot */
     uint8_t pad0;
     uint32_t starved_next;
-    uint32_t pad1;
+    uint32_t listener_id;     /* client: its listener, stable across reloads
+                                 (conn_listener: every request) */
     const struct up_config *cfg;  /* tcp: the table the session started with */
     /* line 2: the byte queue, then one side's own fields */
     struct xfer x;            /* tcp: bytes on their way to the peer;
@@ -104,14 +107,15 @@ struct conn {
             uint64_t t_us;    /* when the connect started */
         };
         struct {              /* client side (and an HTTP/2 stream) */
-            uint32_t listener_id;     /* http: its listener, stable across reloads */
-            uint32_t cluster; /* tcp: the session's cluster (the listener's, or an SNI route's) */
             uint64_t hash_key;        /* tcp, balance = hash: the key's hash */
+            uint32_t cluster; /* tcp: the session's cluster (the listener's, or an SNI route's) */
+            struct conn_addr a;       /* its address (conn_addr()) */
         };
     };
 };
 
-/* A client side's own part, whole (the union's other part was there). */
+/* A client side's own fields (the union's other part was there); its
+ * address is the starter's to fill. */
 static inline void conn_client_part(struct conn *c, uint32_t listener_id, uint32_t cluster)
 {
     c->listener_id = listener_id;

@@ -73,7 +73,6 @@ struct worker {
     uint64_t now_us;                /* CLOCK_MONOTONIC, read once per loop turn */
 
     struct conn *conns;             /* slab: 2 per client connection */
-    struct conn_addr *addrs;        /* beside it: clients' addresses (cold; conn_addr()) */
     uint32_t nconns;
     uint32_t *free_ids;             /* stack of free conn indexes */
     uint32_t nfree;
@@ -151,10 +150,11 @@ static inline struct up_shm_wserver *srv_stats(struct worker *w, const struct up
     return &w->srv[cfg->servers[s].stat_slot];
 }
 
-/* c's client address (its slot in the side array beside the slab). */
+/* c's client address (a client side's only). The slab is the worker's
+ * and writable: readers that hold c const may still fill it in. */
 static inline struct conn_addr *conn_addr(struct worker *w, const struct conn *c)
 {
-    return &w->addrs[c - w->conns];
+    return &w->conns[c - w->conns].a;
 }
 
 /* Work of this worker that holds cfg (a session, a transaction) counts

@@ -63,8 +63,6 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
      * their slots, so an idle worker costs little. */
     w->conns = mmap(NULL, sizeof(struct conn) * w->nconns, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    w->addrs = mmap(NULL, sizeof(struct conn_addr) * w->nconns, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     w->free_ids = calloc(w->nconns, sizeof(uint32_t));
     /* A connection is on the hand-up stack once per reason set; a slot
      * freed and taken again within one drain may leave a stale entry. */
@@ -82,15 +80,13 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->pool_count = calloc(UP_MAX_SERVERS, sizeof(uint32_t));
     w->req_scratch = malloc(sizeof(struct h1_request));
     w->resp_scratch = malloc(sizeof(struct h1_response));
-    if (w->conns == MAP_FAILED || w->addrs == MAP_FAILED || w->txns == MAP_FAILED ||
+    if (w->conns == MAP_FAILED || w->txns == MAP_FAILED ||
         w->logrecs == MAP_FAILED || !w->free_ids || !w->handup || !w->scratch ||
         !w->txn_free || !w->pool_head || !w->pool_count || !w->req_scratch || !w->resp_scratch) {
         if (w->txns == MAP_FAILED)
             w->txns = NULL;
         if (w->logrecs == MAP_FAILED)
             w->logrecs = NULL;
-        if (w->addrs == MAP_FAILED)
-            w->addrs = NULL;
         if (w->conns == MAP_FAILED)
             w->conns = NULL;
         up_worker_free((struct up_worker *)w);
@@ -548,8 +544,6 @@ void up_worker_free(struct up_worker *uw)
     pol_worker_free(w);
     if (w->conns)
         munmap(w->conns, sizeof(struct conn) * w->nconns);
-    if (w->addrs)
-        munmap(w->addrs, sizeof(struct conn_addr) * w->nconns);
     if (w->txns)
         munmap(w->txns, sizeof(struct txn) * w->ntxns);
     if (w->logrecs)

@@ -57,7 +57,6 @@ void hx_free(struct hx *h)
         io_uring_queue_exit(&w->ring);
     cfg_free(h);
     free(w->conns);
-    free(w->addrs);
     free(w->free_ids);
     free(w->handup);
     free(w->pool_head);
@@ -102,13 +101,12 @@ struct hx *hx_new(uint32_t nconns, uint32_t buf_size, uint32_t buf_count,
     w->conns = aligned_alloc(64, (size_t)nconns * sizeof(struct conn));
     if (w->conns)
         memset(w->conns, 0, (size_t)nconns * sizeof(struct conn));
-    w->addrs = calloc(nconns, sizeof(struct conn_addr));
     w->free_ids = calloc(nconns, sizeof(uint32_t));
     w->handup_cap = 2 * nconns;
     w->handup = calloc(w->handup_cap, sizeof(uint32_t));
     w->pool_head = malloc(sizeof(uint32_t) * UP_MAX_SERVERS);
     w->pool_count = calloc(UP_MAX_SERVERS, sizeof(uint32_t));
-    if (!w->conns || !w->addrs || !w->free_ids || !w->handup || !w->pool_head || !w->pool_count) {
+    if (!w->conns || !w->free_ids || !w->handup || !w->pool_head || !w->pool_count) {
         snprintf(hx_err, sizeof hx_err, "out of memory");
         hx_free(h);
         return NULL;

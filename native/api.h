@@ -222,7 +222,6 @@ struct up_config {
     struct up_cluster_wstate *cluster_wstate; /* [nworkers * nclusters] */
     uint64_t *refs;           /* [nworkers * UP_REFS_STRIDE]: live work holding this table,
                                  a row per worker (its only writer), one cache line each */
-    uint8_t *server_health;   /* [nservers]: 1 up, 0 down (active checks) */
     const char *strings;      /* host names, path prefixes, header names */
     const struct up_acme_token *acme;  /* HTTP-01 answers (issue 13), or NULL */
     uint32_t nacme;
@@ -341,7 +340,11 @@ struct up_control {
     uint64_t config;          /* struct up_config *, swapped atomically */
     uint32_t stop;            /* 1: stop accepting, drain, then leave the loop */
     uint32_t drain_timeout_ms;
-    uint64_t pad[6];
+    /* [UP_MAX_SERVERS] by server stat slot: 1 up, 0 down (active health
+     * checks). Out of the published tables, which stay immutable: Python
+     * writes one byte per change, whatever tables are live. */
+    uint8_t *server_health;
+    uint64_t pad[5];
 };
 
 /* ---- shared-memory statistics segment (docs/stats-layout.md) ---------- */

@@ -13,6 +13,12 @@ wstate(struct worker *w, const struct up_config *cfg, uint32_t s)
     return &cfg->server_wstate[(size_t)w->o.index * cfg->nservers + s];
 }
 
+/* Active health: the control plane's byte for the server's stat slot. */
+static inline bool health_up(const struct worker *w, const struct up_config *cfg, uint32_t s)
+{
+    return __atomic_load_n(&w->ctl->server_health[cfg->servers[s].stat_slot], __ATOMIC_RELAXED);
+}
+
 static inline uint64_t load(struct worker *w, const struct up_config *cfg, uint32_t s)
 {
     return srv_stats(w, cfg, s)->in_flight;
@@ -46,7 +52,7 @@ static bool any_full(struct worker *w, const struct up_config *cfg, const struct
 {
     for (uint32_t i = 0; i < cl->nservers; i++) {
         uint32_t s = cl->first_server + i;
-        if (__atomic_load_n(&cfg->server_health[s], __ATOMIC_RELAXED) &&
+        if (health_up(w, cfg, s) &&
             wstate(w, cfg, s)->ejected_until_ms <= w->now_ms &&
             load_all(w, cfg, s) >= cl->max_in_flight)
             return true;
@@ -56,7 +62,7 @@ static bool any_full(struct worker *w, const struct up_config *cfg, const struct
 
 static bool usable(struct worker *w, const struct up_config *cfg, uint32_t s, uint32_t avoid)
 {
-    if (s == avoid || !__atomic_load_n(&cfg->server_health[s], __ATOMIC_RELAXED))
+    if (s == avoid || !health_up(w, cfg, s))
         return false;
     if (wstate(w, cfg, s)->ejected_until_ms > w->now_ms)
         return false;

@@ -208,6 +208,10 @@ class Runtime:
         shm.sweep_stale()
         self.segment = shm.Segment(n, self.features)
         self.control = ffi.new("struct up_control *")
+        # Active health by server stat slot (a slot is one cluster+address
+        # for the process's life): out of the tables, which stay immutable.
+        self.server_health = ffi.new("uint8_t[]", lib.UP_MAX_SERVERS)
+        self.control.server_health = self.server_health
         self.health = HealthChecker(self)
         self.health.configure(self.cfg)
         self.access_log = AccessLog(self)
@@ -340,10 +344,11 @@ class Runtime:
                     lslots[("route", l.name, j)] = self.segment.route_slot(l.name, j, r.host,
                                                                            r.path_prefix)
         self.segment.retire_listeners(set(lslots.values()))
-        for key in slots:
+        for key, slot in slots.items():
+            self.server_health[slot] = 1 if health.get(key, True) else 0
             if key in health:
                 self.segment.set_health(*key, health[key])
-        t = Tables(cfg, self.generation, self.nworkers, socks, health, slots, contexts, lslots)
+        t = Tables(cfg, self.generation, self.nworkers, socks, slots, contexts, lslots)
         if getattr(self, "access_log", None):
             self.access_log.configure(t)     # before the workers can log for it
         # in the list only once nothing can fail: collect() takes the last
@@ -743,12 +748,12 @@ class Runtime:
         return self.stop()
 
     def set_health(self, cluster: str, label: str, up: bool):
-        """Called by the health checker: one byte per table, read by the
-        workers without a lock."""
-        for t in self.tables:
-            for i, key in enumerate(t.server_labels):
-                if key == (cluster, label):
-                    t.health[i] = 1 if up else 0
+        """Called by the health checker: one byte by the server's stat slot
+        (up_control.server_health), read by the workers without a lock,
+        whatever tables are live."""
+        slot = self.segment.slots.get((cluster, label))
+        if slot is not None:
+            self.server_health[slot] = 1 if up else 0
         self.segment.set_health(cluster, label, up)
 
     def stop(self) -> int:

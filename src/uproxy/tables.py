@@ -595,10 +595,11 @@ def resilience(cc, c, strings: "Strings"):
 
 
 class Tables:
-    def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict, health: dict,
+    def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict,
                  slots: dict, tls_contexts: TLSContexts | None = None, lslots: dict | None = None):
-        """sockets: listener name -> ListenerSockets; health: (cluster, server label) ->
-        bool; slots: (cluster, server label) -> statistics slot in the segment;
+        """sockets: listener name -> ListenerSockets; slots: (cluster, server
+        label) -> statistics slot in the segment (and health byte, in
+        up_control.server_health: not in the tables);
         tls_contexts: the TLS contexts of cfg (made here when not given), which
         the Tables own from now on."""
         self.cfg = cfg
@@ -742,9 +743,6 @@ class Tables:
                 cl.redirect_port = l.redirect.port
 
         n = max(1, len(servers))
-        self.health = ffi.new("uint8_t[]", n)
-        for i, (cname, label) in enumerate(self.server_labels):
-            self.health[i] = 1 if health.get((cname, label), True) else 0
         wstate = ffi.new("struct up_server_wstate[]", nworkers * n)
         cwstate = ffi.new("struct up_cluster_wstate[]", nworkers * max(1, len(clusters)))
         self.refs = ffi.new("uint64_t[]", nworkers * lib.UP_REFS_STRIDE)
@@ -761,7 +759,6 @@ class Tables:
         t.server_wstate = wstate
         t.cluster_wstate = cwstate
         t.refs = self.refs
-        t.server_health = self.health
         if cfg.acme_tokens:                 # HTTP-01 answers (native/http/h1_acme.c)
             toks = ffi.new("struct up_acme_token[]", len(cfg.acme_tokens))
             for k, (token, keyauth) in enumerate(cfg.acme_tokens):

@@ -624,7 +624,7 @@ def test_tables_point_at_the_contexts(certs, tmp_path):
     path, _ = _conf(tmp_path, _table(certs, ', handshake_timeout = "3s"'),
                     cluster_tls=f'{{ ca = "{certs["ca"][0]}" }}')
     cfg = config.load(path)
-    t = tables.Tables(cfg, 1, 2, {"https": Socks()}, {}, {("app", "127.0.0.1:9"): 0})
+    t = tables.Tables(cfg, 1, 2, {"https": Socks()}, {("app", "127.0.0.1:9"): 0})
     cl, cc = t.ptr.listeners[0], t.ptr.clusters[0]
     assert cl.tls == t.tls.listeners["https"] and cl.tls[0] != ffi.NULL and cl.tls[1] != ffi.NULL
     assert cl.tls_handshake_timeout_ms == 3000

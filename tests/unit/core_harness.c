@@ -20,6 +20,8 @@ struct hx {
     /* the configuration table balance.c reads */
     struct up_config cfg;
     struct up_ring_point **rings;     /* [nclusters] */
+    struct up_control ctl;            /* its server_health: health, by stat slot */
+    uint8_t health[UP_MAX_SERVERS];
 };
 
 static char hx_err[300];
@@ -40,7 +42,6 @@ static void cfg_free(struct hx *h)
     free(cfg->servers);
     free(cfg->server_wstate);
     free(cfg->cluster_wstate);
-    free(cfg->server_health);
     memset(cfg, 0, sizeof *cfg);
     h->rings = NULL;
     h->w.cfg = NULL;
@@ -96,6 +97,9 @@ struct hx *hx_new(uint32_t nconns, uint32_t buf_size, uint32_t buf_count,
     w->now_ms = now_ms;
     w->now_us = now_ms * 1000;
     w->ring.ring_fd = -1;
+    memset(h->health, 1, sizeof h->health);   /* every server up until told */
+    h->ctl.server_health = h->health;
+    w->ctl = &h->ctl;
     w->nconns = nconns;
     /* Cache-line aligned, as the worker's mapping is (struct conn says so). */
     w->conns = aligned_alloc(64, (size_t)nconns * sizeof(struct conn));
@@ -282,17 +286,15 @@ int hx_cfg_new(struct hx *h, uint32_t nclusters, uint32_t nservers, uint32_t nwo
                                 sizeof *cfg->server_wstate);
     cfg->cluster_wstate = calloc((size_t)nworkers * (nclusters ? nclusters : 1),
                                  sizeof *cfg->cluster_wstate);
-    cfg->server_health = calloc(nservers ? nservers : 1, 1);
     h->rings = calloc(nclusters ? nclusters : 1, sizeof *h->rings);
     if (!cfg->clusters || !cfg->servers || !cfg->server_wstate || !cfg->cluster_wstate ||
-        !cfg->server_health || !h->rings || nservers > UP_MAX_SERVERS) {
+        !h->rings || nservers > UP_MAX_SERVERS) {
         cfg_free(h);
         return -ENOMEM;
     }
     for (uint32_t s = 0; s < nservers; s++) {
         cfg->servers[s].weight = 1;
         cfg->servers[s].stat_slot = s;
-        cfg->server_health[s] = 1;
     }
     h->w.o.index = worker_index;
     h->w.cfg = cfg;
@@ -341,7 +343,7 @@ int hx_cfg_ring(struct hx *h, uint32_t ci, const uint64_t *hashes, const uint32_
 
 void hx_set_health(struct hx *h, uint32_t s, int up)
 {
-    h->cfg.server_health[s] = up ? 1 : 0;
+    h->health[h->cfg.servers[s].stat_slot] = up ? 1 : 0;
 }
 
 /* Work in flight on server s, as this worker's statistics block counts it. */

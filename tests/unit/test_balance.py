@@ -1,6 +1,6 @@
 """Choosing an upstream server (native/upstream/balance.c): each balancer's
 distribution and weights, servers that are down (active health,
-cfg->server_health) or ejected (passive health, balance_result), the
+the control block's server_health) or ejected (passive health, balance_result), the
 `avoid` argument the dialers use for the next server after a failed
 connect, per-worker state, and consistent hashing's stability when a
 server is added, removed or down."""

@@ -574,11 +574,25 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
     }
 }
 
+/* balance = "hash" on a tcp cluster hashes the client's address (the
+ * PROXY header's when one came): asked of the socket once per session,
+ * only for such clusters, when the first server is picked. */
+static void session_hash_key(struct worker *w, struct conn *c, const struct up_cluster *cl)
+{
+    if (cl->balance != UP_BALANCE_HASH || c->hash_key)
+        return;
+    struct conn_addr *a = conn_addr(w, c);
+    if (!a->len)
+        a->len = sock_addr(c->fd, true, a->addr, &a->port);
+    c->hash_key = up_hash(a->addr, a->len) | 1;   /* never 0: 0 is "not yet" */
+}
+
 static void connect_next(struct worker *w, struct conn *u, uint32_t avoid)
 {
     struct conn *c = peer_of(w, u);
     const struct up_config *cfg = u->cfg;
     uint32_t ci = c->cluster;
+    session_hash_key(w, c, &cfg->clusters[ci]);
     int s = balance_pick(w, cfg, ci, avoid, c->hash_key);
     if (s < 0 && avoid != NIL)
         s = balance_pick(w, cfg, ci, NIL, c->hash_key);   /* only the failed one is left */

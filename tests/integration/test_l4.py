@@ -595,3 +595,33 @@ def _snapshot(shm, pid):
         return s if s["workers"] and s["workers"][0]["state"] == "running" else None
     finally:
         r.close()
+
+
+def test_hash_balancing_by_client_address(proxy_factory, servers, profile):
+    """balance = "hash" on a tcp cluster (hash_key "client_ip", the default)
+    sends each client address to one server, and different addresses to
+    different servers (was: the key was never set, every session hashed
+    the same)."""
+    def label(name):
+        def handle(c, srv):
+            c.sendall(name)
+        return handle
+    ups = [servers(label(b"A")), servers(label(b"B")), servers(label(b"C"))]
+    p = tcp_proxy(proxy_factory, [u.addr for u in ups], profile, cluster={"balance": "hash"})
+
+    def via(src):
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((src, 0))
+        s.connect(("127.0.0.1", p.port))
+        try:
+            return recv_until_close(s)
+        finally:
+            s.close()
+    seen = {}
+    for i in range(2, 26):
+        src = f"127.0.3.{i}"
+        got = {via(src) for _ in range(3)}
+        assert len(got) == 1, (src, got)      # sticky: one server per address
+        seen[src] = got.pop()
+    assert len(set(seen.values())) >= 2, seen  # spread: 24 addresses over 3 servers

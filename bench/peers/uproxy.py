@@ -237,8 +237,8 @@ class UproxyResilience(Uproxy):
                'min_requests = 20, open_for = "30s" }',
                'retry_budget = { ratio = 0.2, min_retries = 3 }']
 
-    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None):
-        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port)
+    def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None, **kw):
+        text = super().config_text(http_port, l4_port, l4http_port, with_http, probe, https_port, **kw)
         head = '[[clusters]]\nname = "up"\n'
         i = text.index(head)
         j = text.index("\n", i + len(head)) + 1            # after its servers line

@@ -18,22 +18,9 @@ import pytest
 import clienthellos as ch
 from conftest import PROFILES
 from support import Server, free_port, wait_for
+# The names and routes of passthrough's tests: termination routes as it does.
+from test_sni import EXPECT, ROUTES
 
-ROUTES = [
-    {"sni": "*.example.com", "cluster": "wide"},
-    {"sni": "db.example.com", "cluster": "db"},
-    {"sni": "*.apps.example.com", "cluster": "apps"},
-]
-EXPECT = [
-    ("db.example.com", "db"),
-    ("DB.Example.COM", "db"),
-    ("www.example.com", "wide"),
-    ("x.apps.example.com", "apps"),
-    ("deep.x.apps.example.com", "apps"),
-    ("example.com", "fallback"),
-    ("unknown.example.org", "fallback"),
-    (None, "fallback"),
-]
 LABELS = ["db", "wide", "apps", "fallback"]
 
 

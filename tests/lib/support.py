@@ -16,8 +16,38 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # tests/lib/ -> the checkout
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out = set()
+
+
 def free_port(host="127.0.0.1") -> int:
-    with socket.socket() as s:
+    """A port free on host for a listener the test starts next. Chosen
+    below the kernel's ephemeral range: a port from bind(0) is an
+    ephemeral one, which any outgoing connection (the suite makes
+    thousands) can take between this choice and the proxy's bind ("the
+    address is in use" in 1 run of ~5 here). Never the same port twice in
+    one run, so two tests' listeners cannot meet either."""
+    high = min(_ephemeral_low(), 65536) - 1
+    low = 10000 if high > 12000 else 1024
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:               # the range is used up: as before
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -638,9 +638,10 @@ void l4_start(struct worker *w, const struct up_listener *l, int fd)
     cfg_ref(w, cfg);
     w->clients++;
     w->c[UP_C_ACTIVE]++;
-    if (l->proxy_protocol && !l->tls && sni_proxy_expected(w, c, l)) {
+    if (l->proxy_protocol && sni_proxy_expected(w, c, l)) {
         c->flags |= C_PROXY_HDR;
-        sni_start(w, c, l);       /* the PROXY header first (then a ClientHello with routes) */
+        sni_start(w, c, l);       /* the PROXY header first, in the clear (then a ClientHello
+                                     with routes; with tls, what follows it goes to TLS: l4_dial) */
         return;
     }
     if (l->nroutes) {

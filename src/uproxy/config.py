@@ -1505,7 +1505,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         redirect=redirect,
         http2=r.bool("http2", False),
         policy=l_policy,
-        proxy_protocol=_proxy_protocol(r, mode),
+        proxy_protocol=_proxy_protocol(r),
     )
     if lst.tls is not None and lst.tls.acme:
         lst = replace(lst, tls=replace(lst.tls, acme=acme_settings.resolve(
@@ -2015,14 +2015,11 @@ def _listener_policy(errs, r, tcp) -> Policy:
     return p
 
 
-def _proxy_protocol(r, mode) -> bool:
-    v = r.bool("proxy_protocol", False)
-    if v and "tls" in r.t and mode != "http":
-        r.fail("proxy_protocol", "proxy_protocol on a tcp listener with tls is not supported "
-                                 "yet (an http listener with tls reads it): the header comes "
-                                 "before the TLS handshake")
-        return False
-    return v
+def _proxy_protocol(r) -> bool:
+    # With tls the header still comes first, in the clear, before the
+    # handshake (as HAProxy's accept-proxy on an ssl bind): the core reads
+    # it, then hands what follows to TLS.
+    return r.bool("proxy_protocol", False)
 
 
 def _route_policy(errs, rr, base: Policy) -> Policy:

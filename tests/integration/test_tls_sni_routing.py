@@ -183,3 +183,57 @@ def test_a_route_to_a_cluster_that_speaks_tls(proxy_factory, servers, pki):
                       proxy={"workers": 1})
     assert session(port, pki, "db.example.com") == ("secure", b"hello through TLS\n")
     assert session(port, pki, "www.example.com") == ("plain", b"hello through TLS\n")
+
+
+def header_then_label(label, seen):
+    """A plain upstream behind a cluster with proxy_protocol = "v1": it notes
+    the header's line, then answers as labelled does."""
+    def handle(c, srv):
+        f = c.makefile("rb")
+        seen.append(f.readline())
+        c.sendall(label.encode() + b"\n")
+        while b := f.read1(65536):
+            c.sendall(b)
+        c.shutdown(socket.SHUT_WR)
+    return handle
+
+
+@pytest.mark.parametrize("routes", [False, True], ids=["no-routes", "sni-routes"])
+def test_proxy_header_before_the_handshake_on_a_tls_tcp_listener(proxy_factory, servers, pki,
+                                                                 routes):
+    """proxy_protocol = true on a tcp listener with tls (a load balancer in
+    front, as HAProxy's accept-proxy on an ssl bind): the PROXY header (v1
+    or v2) comes in the clear, then the TLS handshake on the same
+    connection; the decrypted stream reaches the cluster (by SNI with
+    routes), whose own PROXY header names the client the first header
+    named. A ClientHello where the header should be is closed, no
+    handshake."""
+    from test_resilience import _v2
+    seen = []
+    port = free_port()
+    routing = {"routes": [{"sni": "db.example.com", "cluster": "db"}]} if routes else {}
+    clusters = [{"name": lb, "servers": [servers(header_then_label(lb, seen)).addr],
+                 "proxy_protocol": "v1"} for lb in ("db", "fallback")]
+    proxy_factory([{"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp",
+                    "cluster": "fallback", "proxy_protocol": True,
+                    "tls": {"certificates": [{"cert": pki["cert"], "key": pki["key"]}]},
+                    **routing}], clusters, proxy={"workers": 1})
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    for header, client in ((b"PROXY TCP4 203.0.113.5 198.51.100.1 4242 443\r\n", "203.0.113.5"),
+                           (_v2("203.0.113.6", 4243), "203.0.113.6")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(header)
+            with ctx.wrap_socket(raw, server_hostname="db.example.com") as s:
+                s.sendall(b"through TLS after a PROXY header\n")
+                got = b""
+                while got.count(b"\n") < 2:
+                    b = s.recv(65536)
+                    assert b, f"the session ended early after {got!r}"
+                    got += b
+        assert got == (b"db\n" if routes else b"fallback\n") + b"through TLS after a PROXY header\n"
+        assert seen[-1].startswith(f"PROXY TCP4 {client} ".encode()), seen
+    n = len(seen)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            ctx.wrap_socket(raw, server_hostname="db.example.com")
+    assert len(seen) == n                       # no server was asked

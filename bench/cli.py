@@ -120,7 +120,7 @@ def main(argv=None) -> int:
 
     # ---- tools ----------------------------------------------------------------
     ctx.tools = {n: env.tool(n) for n in ("wrk", "iperf3", "valgrind", "callgrind_control", "perf", "gcc",
-                                          "nginx", "taskset", "openssl", "h2load")}
+                                          "nginx", "taskset", "openssl", "h2load", "nghttp")}
     res["tools"] = {n: (v or None) for n, v in ctx.tools.items()}
     if not ctx.tools["taskset"] or not ctx.tools["gcc"] or not ctx.tools["nginx"]:
         say("error: taskset, gcc and nginx are needed (run scripts/setup --bench)")
@@ -164,6 +164,7 @@ def main(argv=None) -> int:
         info = {"label": c.label, "family": c.family, "tuning": c.tuning, "missing": why,
                 "tls_tuning": getattr(c, "tls_tuning", ""),
                 "h2_tuning": getattr(c, "h2_tuning", ""),
+                "grpc_tuning": getattr(c, "grpc_tuning", ""),
                 "version": "" if why else c.version(), "skipped": {}}
         for w in ALL_WORKLOADS:
             s = c.skip(w) if not why else why
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
     for w, t in ((("http64", "wrk"), ("http64k", "wrk"), ("newconn", "wrk"), ("l4_1", "iperf3"),
                  ("l4_64", "iperf3"), ("tls64", "wrk"), ("tls64k", "wrk"), ("tls64", "openssl"),
                  ("tls64k", "openssl"), ("tls_full", "openssl"), ("tls_resume", "openssl"))
-                 + tuple((w, "h2load") for w in H2_WORKLOADS)):
+                 + tuple((w, "h2load") for w in H2_WORKLOADS)
+                 + (("grpc_unary", "h2load"), ("grpc_unary", "nghttp"))):
         if not ctx.tools.get(t) and w in wls:
             say(f"MISSING tool {t}: workload {w} cannot run (scripts/setup --bench)")
             res["missing"][f"tool:{t}"] = f"{t} not installed; {w} not run"

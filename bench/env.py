@@ -47,6 +47,8 @@ class Ctx:
         self.bench_bin = os.path.join(self.bench_venv, "bin")
         self.upstream_port = None
         self.iperf_port = None
+        self.grpc_upstream_port = None   # the origin's h2c gRPC listener
+        self.grpc_request = None         # the calls' request body (a file, for h2load -d)
         self.loadgen = None
         self.our_pids = set()
         self._pip = None

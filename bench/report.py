@@ -12,6 +12,9 @@ TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
 TLS_BEGIN = "<!-- tls-section: written by scripts/bench -->"
 TLS_END = "<!-- /tls-section -->"
 H2_WORKLOADS = ("h2c_1", "h2c_10", "h2c_100", "h2_1", "h2_10", "h2_100")
+GRPC_WORKLOADS = ("grpc_unary",)
+# The HTTP/2 section's workloads: h2load's 64 B figures (G8) and the gRPC call rate.
+H2_SECTION = H2_WORKLOADS + GRPC_WORKLOADS
 H2_BEGIN = "<!-- h2-section: written by scripts/bench -->"
 H2_END = "<!-- /h2-section -->"
 
@@ -97,6 +100,9 @@ def short(w, r) -> str:
     tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
     if w.startswith("l4"):
         return f"{r['gbps']:.2f} Gbit/s, {r['cpu_s_per_gib']:.3f} CPU-s/GiB{tail}"
+    if w in GRPC_WORKLOADS:
+        return (f"{r['rps']:.0f} calls/s, {r['cpu_us_per_req']:.1f} CPU-µs/call, mean "
+                f"{(r.get('mean_ms') or 0):.2f} ms, errors {r['errors']}{tail}")
     if w in H2_WORKLOADS:
         return (f"{r['rps']:.0f} req/s, {r['cpu_us_per_req']:.1f} CPU-µs/req, mean "
                 f"{(r.get('mean_ms') or 0):.2f} ms, errors {r['errors']}{tail}")
@@ -153,7 +159,7 @@ def tables(res, with_range=True, tls=None, only=None) -> str:
                 continue
         elif tls is not None and (w in TLS_WORKLOADS) != tls:
             continue
-        elif tls is False and w in H2_WORKLOADS:
+        elif tls is False and w in H2_SECTION:
             continue
         ws = summ.get(w, {})
         mets = METRICS[w]
@@ -526,11 +532,11 @@ def anchors_md(res) -> str:
 
 def h2_md(res) -> str:
     """The HTTP/2 section (issue 17, gate G8): the figures per proxy, the
-    gate, each proxy's settings and the tables."""
-    wls = [w for w in res.get("workloads", []) if w in H2_WORKLOADS]
+    gate, the gRPC call rate, each proxy's settings and the tables."""
+    wls = [w for w in res.get("workloads", []) if w in H2_SECTION]
     out = [H2_BEGIN, "## HTTP/2 from clients (issue 17, gate G8)", ""]
     if not wls:
-        out += ["Not run in this run (`--workloads " + ",".join(H2_WORKLOADS) + "`).", "", H2_END]
+        out += ["Not run in this run (`--workloads " + ",".join(H2_SECTION) + "`).", "", H2_END]
         return "\n".join(out) + "\n"
     m, st = res["machine"], res["settings"]
     out.append(f"**This run:** {res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) "
@@ -543,15 +549,30 @@ def h2_md(res) -> str:
                "TLS_AES_128_GCM_SHA256 and X25519 through the run's OpenSSL configuration). Each proxy gets "
                "HTTP/2 on listeners of its own and talks HTTP/1.1 with keep-alive to the same nginx origin. "
                "The proxy's CPU is counted over the whole h2load run (its 16 connections' set-up included). "
-               "Alone: `scripts/bench --workloads " + ",".join(H2_WORKLOADS) + " --rounds 3 --docs`, which "
+               "gRPC unary calls (`grpc_unary`): h2load's 16 connections keep 10 calls in flight each, "
+               "every call a POST of a framed 64-byte message with `content-type: application/grpc` and "
+               "`te: trailers`, to an h2c listener of each proxy, which speaks HTTP/2 (h2c) to an h2c gRPC "
+               "listener of the same nginx origin answering a framed 64-byte message and `grpc-status: 0` "
+               "in trailers; one call through the proxy with `nghttp -v` before and after each run must come "
+               "back whole with its trailers, and h2load's DATA bytes must show every counted call's "
+               "message (a gRPC error is an HTTP 200 without one). The call rate is reported, not gated: "
+               "G8 is h2load's 64 B figures. "
+               "Alone: `scripts/bench --workloads " + ",".join(H2_SECTION) + " --rounds 3 --docs`, which "
                "rewrites this section and nothing else.")
     out.append("")
     head = [w for w in H2_WORKLOADS if w in wls]
-    out += ["| proxy | " + " | ".join(f"{w}: CPU-µs/req" for w in head) + " |", "|---|" + "---|" * len(head)]
+    grpc = [w for w in GRPC_WORKLOADS if w in wls]
+    out += ["| proxy | " + " | ".join([f"{w}: CPU-µs/req" for w in head] + [f"{w}: CPU-µs/call, calls/s" for w in grpc])
+            + " |", "|---|" + "---|" * (len(head) + len(grpc))]
 
     def h2_cells(names):
-        return [f"{b[0]:.1f}" if (b := _family_best(res, w, "cpu_us_per_req", names)) else "–" for w in head]
-    out += _family_rows(res, len(head), h2_cells)
+        cells = [f"{b[0]:.1f}" if (b := _family_best(res, w, "cpu_us_per_req", names)) else "–" for w in head]
+        for w in grpc:
+            b = _family_best(res, w, "cpu_us_per_req", names)
+            rps = res["summary"].get(w, {}).get(b[1], {}).get("metrics", {}).get("rps") if b else None
+            cells.append(f"{b[0]:.1f}, {rps['median']:,.0f}" if b and rps else "–")
+        return cells
+    out += _family_rows(res, len(head) + len(grpc), h2_cells)
     out.append("")
     out.append("**Gate G8** (DESIGN.md §3), on this run's medians:")
     out.append("")
@@ -564,7 +585,16 @@ def h2_md(res) -> str:
             continue
         out.append(f"| {c['label']} | {c.get('h2_tuning') or '–'} |")
     out.append("")
-    out.append(tables(res, only=H2_WORKLOADS))
+    if grpc:
+        out += ["Contenders' gRPC settings (each from its own documentation; the bench's peer modules say where):",
+                "", "| contender | gRPC settings |", "|---|---|"]
+        for name in _ordered(res["contenders"]):
+            c = res["contenders"][name]
+            if c.get("missing") or all(w in c.get("skipped", {}) for w in grpc):
+                continue
+            out.append(f"| {c['label']} | {c.get('grpc_tuning') or '–'} |")
+        out.append("")
+    out.append(tables(res, only=H2_SECTION))
     out.append(H2_END)
     return "\n".join(out) + "\n"
 
@@ -600,7 +630,7 @@ def write_all(res, out, docs, bench_venv):
     charts = _charts(res, out, bench_venv)
     wls = res.get("workloads", [])
     for mine, begin, end, md in ((TLS_WORKLOADS, TLS_BEGIN, TLS_END, tls_md),
-                                 (H2_WORKLOADS, H2_BEGIN, H2_END, h2_md)):
+                                 (H2_SECTION, H2_BEGIN, H2_END, h2_md)):
         if docs and wls and all(w in mine for w in wls):
             # A TLS-only (HTTP/2-only) run replaces that section of the page and nothing else.
             path = os.path.join(ROOT, "docs", "benchmarks.md")

@@ -2,7 +2,9 @@
 
 - an nginx instance of its own (own config, pid and logs) answering
   GET /64 with 64 bytes (`return 200`) and GET /64k with a 65,536-byte static
-  file (sendfile), keep-alive on, logs off, one worker per load CPU;
+  file (sendfile), keep-alive on, logs off, one worker per load CPU; and,
+  on an h2c listener of its own, every gRPC unary call with the same
+  64-byte message and `grpc-status: 0` in trailers (bench/grpc.py);
 - an iperf3 server for the L4 workloads.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import time
 
+from . import grpc
 from .peers import free_port, write
 from .peers.nginx import NGINX, common_main, temp_paths
 
@@ -32,8 +35,14 @@ class Upstream:
         os.chmod(os.path.join(self.dir, "www"), 0o755)
         with open(os.path.join(self.dir, "www", "64k"), "wb") as f:
             f.write(bytes(range(256)) * 256)
+        with open(os.path.join(self.dir, "www", "grpc-response"), "wb") as f:
+            f.write(grpc.RESPONSE)
+        c.grpc_request = os.path.join(self.dir, "grpc-request")
+        with open(c.grpc_request, "wb") as f:
+            f.write(grpc.REQUEST)
         c.upstream_port = free_port()
         c.iperf_port = free_port()
+        c.grpc_upstream_port = free_port()
         workers = max(1, len(c.load_cpus))
         conf = common_main(self.dir, workers) + f"""
 http {{
@@ -52,7 +61,7 @@ http {{
     location = /64 {{ return 200 "{BODY64}"; }}
     location = /64k {{ }}
   }}
-}}
+{grpc.origin_server(c.grpc_upstream_port, os.path.join(self.dir, "www"))}}}
 """
         write(os.path.join(self.dir, "nginx.conf"), conf)
         self._spawn("nginx", [NGINX, "-p", self.dir, "-e", os.path.join(self.dir, "error.log"),
@@ -60,6 +69,7 @@ http {{
         if c.tools.get("iperf3"):
             self._spawn("iperf3", [c.tools["iperf3"], "-s", "-p", str(c.iperf_port)])
         self._wait(c.upstream_port)
+        self._wait(c.grpc_upstream_port)
         if c.tools.get("iperf3"):
             self._wait(c.iperf_port)
         from . import accounting

@@ -18,6 +18,9 @@ dict of figures plus the machine's noise over the run.
            below): CPU-us per handshake (with its one 64 B request)
   tls_resume the same, each connection resuming with the newest TLS 1.3
            ticket its slot received (loadgen -s -S resume)
+  h2c_N, h2_N  HTTP/2 (h2load), N streams per connection, h2c and TLS
+  grpc_unary gRPC unary calls over h2c (h2load), the origin's h2c gRPC
+           listener behind: CPU-us per call, calls/s (bench/grpc.py)
 
 wrk with "Connection: close" is no full-handshake generator: it reconnects
 with the same SSL object after SSL_shutdown + SSL_clear, which keeps the
@@ -38,6 +41,7 @@ import socket
 import subprocess
 import time
 
+from . import grpc
 from .accounting import Window, fd_count, rss_of
 
 WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_report.lua")
@@ -454,15 +458,16 @@ def idle(ctx, cont):
 H2_CLIENTS = 16
 
 
-def h2load(ctx, cont, url, streams, duration, what="the run"):
+def h2load(ctx, cont, url, streams, duration, what="the run", extra=()):
     """h2load with H2_CLIENTS connections of `streams` concurrent streams
     each, for `duration` seconds: prior knowledge for http://, ALPN h2 for
     https:// (checked: a peer that answered in HTTP/1.1 is an error). The
     proxy's CPU covers the whole h2load process, its 16 connections' set-up
-    (and handshakes) included: under half a percent of a 5-second run."""
+    (and handshakes) included: under half a percent of a 5-second run.
+    extra: more h2load arguments (the gRPC calls' body and headers)."""
     duration = max(1, int(round(duration)))
     argv = [ctx.tools["h2load"], "-c", str(H2_CLIENTS), "-t", "1", "-m", str(streams),
-            "-D", str(duration), url]
+            "-D", str(duration), *extra, url]
     env = {**os.environ, "OPENSSL_CONF": ctx.tls_client_conf} if url.startswith("https:") else None
     p, w = _run(ctx, cont, argv, duration + 30, env=env)
     out = p.stdout
@@ -487,10 +492,13 @@ def h2load(ctx, cont, url, streams, duration, what="the run"):
         v = mean.group(1)
         mean_ms = float(v[:-2]) / 1000 if v.endswith("us") else float(v[:-2]) if v.endswith("ms") \
             else float(v[:-1]) * 1000
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    data = re.search(r"traffic: .*\((\d+)\) data", out)
     return {"requests": ok, "rps": ok / secs, "cpu_us_per_req": w["proxy_cpu_s"] * 1e6 / ok,
             "proxy_cpu_s": w["proxy_cpu_s"], "proxy_cpu_util": w["proxy_cpu_s"] / secs,
             "mean_ms": mean_ms, "errors": failed, "streams": streams, "clients": H2_CLIENTS,
-            "noise": w}
+            "status_not_2xx": sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else None,
+            "data_bytes": int(data.group(1)) if data else None, "noise": w}
 
 
 def _h2(tls, streams):
@@ -501,6 +509,56 @@ def _h2(tls, streams):
         return h2load(ctx, cont, url, streams, ctx.args.duration)
     run.__name__ = f"h2{'' if tls else 'c'}_{streams}"
     return run
+
+
+# ---- gRPC unary calls (issue 17) ----------------------------------------------
+GRPC_STREAMS = 10
+
+
+def grpc_calls_short(r, in_flight) -> str | None:
+    """None if h2load's counts say every counted call was a 2xx carrying
+    the whole response message, else what was not. A trailers-only gRPC
+    error (HTTP 200, no DATA) counts as a success for h2load: its DATA
+    bytes give it away. The calls in flight when h2load stopped may have
+    carried their DATA without being counted."""
+    ok = r["requests"]
+    if r.get("status_not_2xx") is None or r.get("data_bytes") is None:
+        return "h2load printed no status codes or traffic line"
+    if r["status_not_2xx"] or r["errors"]:
+        return (f"{r['status_not_2xx']} calls answered with a status other than 2xx, {r['errors']} failed "
+                f"(of {ok} that succeeded)")
+    with_message = r["data_bytes"] // len(grpc.RESPONSE)
+    if with_message < ok - in_flight:
+        return (f"only {with_message} of {ok} calls carried the {len(grpc.RESPONSE)}-byte response message "
+                f"({r['data_bytes']} DATA bytes): the others were gRPC errors or short")
+    return None
+
+
+def grpc_unary(ctx, cont):
+    """gRPC unary calls over h2c with prior knowledge: h2load, H2_CLIENTS
+    connections of GRPC_STREAMS calls in flight each, every call a POST of
+    the framed request message; the origin answers each with a framed
+    64-byte message and grpc-status 0 in trailers. One call through the
+    proxy with nghttp before the run and one after must come back whole,
+    trailers included (bench/grpc.py); h2load's DATA bytes must show every
+    counted call's message. Proxy CPU-µs per call, calls per second."""
+    url = f"http://127.0.0.1:{cont.grpc_port}{grpc.PATH}"
+    extra = ["-d", ctx.grpc_request]
+    for h in grpc.HEADERS:
+        extra += ["-H", h]
+    why = grpc.check_call(url, ctx.grpc_request, ctx.tools.get("nghttp") or "nghttp")
+    if why:
+        raise WorkloadError(f"a sample call before the run failed: {why}")
+    if ctx.args.warmup > 0:
+        h2load(ctx, cont, url, GRPC_STREAMS, max(1, ctx.args.warmup), what="the warm-up", extra=extra)
+    r = h2load(ctx, cont, url, GRPC_STREAMS, ctx.args.duration, extra=extra)
+    why = grpc_calls_short(r, H2_CLIENTS * GRPC_STREAMS)
+    if why:
+        raise WorkloadError(why)
+    why = grpc.check_call(url, ctx.grpc_request, ctx.tools.get("nghttp") or "nghttp")
+    if why:
+        raise WorkloadError(f"a sample call after the run failed: {why}")
+    return r
 
 
 RUNNERS = {
@@ -517,6 +575,7 @@ RUNNERS = {
     "tls_resume": tls_resume,
     **{f"h2c_{n}": _h2(False, n) for n in (1, 10, 100)},
     **{f"h2_{n}": _h2(True, n) for n in (1, 10, 100)},
+    "grpc_unary": grpc_unary,
 }
 
 # What each workload's headline figures are, and which way is better.
@@ -549,6 +608,9 @@ for _w in ("h2c_1", "h2c_10", "h2c_100", "h2_1", "h2_10", "h2_100"):
     METRICS[_w] = [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
                    ("mean_ms", "mean ms", "low")]
 
+METRICS["grpc_unary"] = [("cpu_us_per_req", "CPU-µs/call", "low"), ("rps", "calls/s", "high"),
+                          ("mean_ms", "mean ms", "low")]
+
 TITLES = {
     "idle": "Memory per idle client connection",
     "http64": "HTTP/1.1 keep-alive, 64 B responses",
@@ -565,4 +627,6 @@ TITLES = {
                    f"per connection x {H2_CLIENTS} (h2load)" for n in (1, 10, 100)},
     **{f"h2_{n}": f"HTTP/2 over TLS 1.3 (ALPN h2), 64 B, {n} stream{'s' if n > 1 else ''} "
                   f"per connection x {H2_CLIENTS} (h2load)" for n in (1, 10, 100)},
+    "grpc_unary": f"gRPC unary calls over h2c, 64 B messages, {GRPC_STREAMS} calls in flight per connection "
+                  f"x {H2_CLIENTS} (h2load)",
 }

@@ -21,7 +21,7 @@ import subprocess
 import time
 import urllib.request
 
-from .. import accounting
+from .. import accounting, grpc
 
 HTTP_WORKLOADS = ("idle", "http64", "http64k", "rate", "newconn")
 L4_WORKLOADS = ("l4_1", "l4_64")
@@ -33,9 +33,13 @@ TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
 H2C_WORKLOADS = ("h2c_1", "h2c_10", "h2c_100")
 H2S_WORKLOADS = ("h2_1", "h2_10", "h2_100")
 H2_WORKLOADS = H2C_WORKLOADS + H2S_WORKLOADS
+# gRPC unary calls (issue 17), h2c end to end: on a listener of its own,
+# in front of the origin's h2c gRPC listener, each proxy speaking HTTP/2
+# to it its documented way (grpc_port, bench/grpc.py).
+GRPC_WORKLOADS = ("grpc_unary",)
 # the workloads that need the run's certificate
 CERT_WORKLOADS = TLS_WORKLOADS + H2S_WORKLOADS
-ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS + H2_WORKLOADS
+ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS + H2_WORKLOADS + GRPC_WORKLOADS
 # What every contender's TLS listener is held to (issue 12, DESIGN.md G7).
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 TLS_NEGOTIATED = f"TLSv1.3 {TLS_SUITE} X25519"
@@ -69,6 +73,7 @@ class Contender:
         self.https_port = None
         self.h2c_port = None      # HTTP/2 in cleartext, prior knowledge
         self.h2s_port = None      # HTTP/2 over TLS (ALPN h2)
+        self.grpc_port = None     # gRPC (h2c) to the origin's gRPC listener
         self.tls_seen = None      # what a client with OpenSSL's default TLS 1.3 suites negotiated
         self.dir = None
         self.log_path = None
@@ -98,6 +103,10 @@ class Contender:
     def wants_h2c(self) -> bool:
         """Whether the h2c listener is rendered: an h2c workload applies."""
         return any(self.skip(w) is None for w in H2C_WORKLOADS)
+
+    def wants_grpc(self) -> bool:
+        """Whether the gRPC listener is rendered: the gRPC workload applies."""
+        return any(self.skip(w) is None for w in GRPC_WORKLOADS)
 
     def wants_h2s(self) -> bool:
         """Whether the HTTP/2-over-TLS listener is rendered: the run has a
@@ -130,6 +139,7 @@ class Contender:
         self.https_port = free_port()
         self.h2c_port = free_port()
         self.h2s_port = free_port()
+        self.grpc_port = free_port()
         argv = self.render()
         self.log_path = os.path.join(self.dir, "proxy.log")
         log = open(self.log_path, "w")
@@ -182,6 +192,9 @@ class Contender:
                 ok, last = h2_ready(url)
                 if not ok:
                     break
+            if ok and self.wants_grpc():
+                why = grpc.check_call(f"http://127.0.0.1:{self.grpc_port}{grpc.PATH}", self.ctx.grpc_request)
+                ok, last = why is None, f"gRPC listener: {why}"
             if ok and want_l4:
                 try:
                     with socket.create_connection(("127.0.0.1", self.l4_port), timeout=1):

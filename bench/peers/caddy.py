@@ -14,13 +14,18 @@ crypto/tls picks the TLS 1.3 suite itself (TLS_AES_128_GCM_SHA256 first on
 a CPU with AES-NI) and Caddy issues session tickets by default, with keys
 it rotates. The same reverse_proxy handler, and so the same upstream
 keep-alive.
+
+gRPC (the gRPC workload's listener), from Caddy's reverse_proxy
+documentation: a server with protocols ["h1", "h2c"] whose reverse_proxy
+has `transport http { versions h2c 2 }` (JSON "versions": ["h2c", "2"]):
+HTTP/2 in cleartext to the origin.
 """
 from __future__ import annotations
 
 import json
 import os
 
-from . import H2_WORKLOADS, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, Contender, write
 
 
 class Caddy(Contender):
@@ -30,9 +35,11 @@ class Caddy(Contender):
     tuning = "admin off, log ERROR, h1 only, keep_alive max_idle_conns_per_host 256, GOMAXPROCS=1"
     tls_tuning = ("tls_connection_policies protocol_min tls1.2, curves x25519, secp256r1; certificate from "
                   "load_files; Caddy's session tickets (on by default); TLS 1.3 suite chosen by Go")
+    grpc_tuning = ('a server with protocols ["h1", "h2c"], reverse_proxy transport versions ["h2c", "2"] '
+                   "(h2c to the origin)")
     h2_tuning = 'servers with protocols ["h1", "h2c"] and, over TLS, ["h1", "h2"]; the same handler'
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k", "tls_full",
-                 "tls_resume") + H2_WORKLOADS
+                 "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS
     skip_reasons = {"l4_1": "no layer-4 proxy in the stock build (caddy-l4 plugin)",
                     "l4_64": "no layer-4 proxy in the stock build (caddy-l4 plugin)"}
 
@@ -96,6 +103,16 @@ class Caddy(Contender):
                 "routes": routes}
             cfg["apps"]["tls"] = {"certificates": {"load_files": [
                 {"certificate": c.tls_cert, "key": c.tls_key}]}}
+        if self.wants_grpc():
+            cfg["apps"]["http"]["servers"]["bench_grpc"] = {
+                "listen": [f"127.0.0.1:{self.grpc_port}"], "protocols": ["h1", "h2c"],
+                "automatic_https": {"disable": True},
+                "routes": [{"handle": [{
+                    "handler": "reverse_proxy",
+                    "upstreams": [{"dial": f"127.0.0.1:{c.grpc_upstream_port}"}],
+                    "transport": {"protocol": "http", "versions": ["h2c", "2"],
+                                  "keep_alive": {"enabled": True, "max_idle_conns_per_host": 256}},
+                }]}]}
         path = os.path.join(self.dir, "caddy.json")
         write(path, json.dumps(cfg, indent=1))
         return [self.binary(), "run", "--config", path]

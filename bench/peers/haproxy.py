@@ -13,6 +13,11 @@ TLS (the TLS workloads' listener), from HAProxy's configuration manual:
 TLSv1.2`, `curves X25519:P-256`; session tickets on and the session cache
 (tune.ssl.cachesize 20000) at their defaults; the same backend, and so the
 same server-side keep-alive, as the plaintext frontend.
+
+gRPC (the gRPC workload's listener), from HAProxy's configuration manual:
+a frontend with `bind ... proto h2` and a backend whose server has `proto
+h2` (h2c to the origin); `http-reuse always` lets calls share the server
+connections' streams.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import os
 import shutil
 import subprocess
 
-from . import H2_WORKLOADS, TLS_SUITE, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, TLS_SUITE, Contender, write
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -32,6 +37,7 @@ class Haproxy(Contender):
     tuning = "nbthread 1, no logs, http-reuse always, keep-alive both sides"
     tls_tuning = ("bind ssl crt, ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256, ssl-min-ver TLSv1.2, "
                   "curves X25519:P-256; tickets and session cache at their defaults (on)")
+    grpc_tuning = "bind proto h2, server ... proto h2 (h2c to the origin), http-reuse always"
     h2_tuning = "bind proto h2 (h2c), bind ssl ... alpn h2,http/1.1; the same backend"
     splice = False
     policies = False
@@ -82,6 +88,15 @@ frontend fe_https
 frontend fe_h2c
   bind 127.0.0.1:{self.h2c_port} proto h2
   default_backend be_http
+"""
+        if self.wants_grpc():
+            tls += f"""
+frontend fe_grpc
+  bind 127.0.0.1:{self.grpc_port} proto h2
+  default_backend be_grpc
+
+backend be_grpc
+  server s1 127.0.0.1:{c.grpc_upstream_port} proto h2
 """
         if self.wants_h2s():
             if not tls_global:
@@ -138,7 +153,7 @@ class HaproxySplice(Haproxy):
     skip_reasons.update({w: "same as haproxy (no splice on a TLS client side)"
                          for w in ("tls64", "tls64k", "tls_full", "tls_resume")})
     skip_reasons.update({w: "same as haproxy (splicing matters for large payloads only)"
-                         for w in H2_WORKLOADS})
+                         for w in H2_WORKLOADS + GRPC_WORKLOADS})
 
 
 class HaproxyPolicies(Haproxy):
@@ -153,4 +168,4 @@ class HaproxyPolicies(Haproxy):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
-                              "tls_full", "tls_resume") + H2_WORKLOADS}
+                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS}

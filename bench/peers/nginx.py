@@ -13,6 +13,11 @@ shared:SSL:10m, ssl_session_timeout 10m) and session tickets (on by
 default); TLS 1.2 and 1.3, the TLS 1.3 suite TLS_AES_128_GCM_SHA256 (through
 ssl_conf_command), X25519 first; the same location, and so the same
 upstream keep-alive, as the plaintext listener.
+
+gRPC (the gRPC workload's listener), from ngx_http_grpc_module's
+documentation: `listen ... http2` and `grpc_pass grpc://` to an upstream
+block with `keepalive` (nginx opens one HTTP/2 connection per call in
+flight and keeps them: it does not multiplex calls upstream).
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import os
 import shutil
 import subprocess
 
-from . import H2_WORKLOADS, TLS_SUITE, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, TLS_SUITE, Contender, write
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -74,9 +79,11 @@ class Nginx(Contender):
                 "      rewrite ^ /64 break;\n"
                 "      allow 127.0.0.0/8;\n      deny all;\n"
                 "      limit_req zone=perip burst=1000000 nodelay;\n")
+    grpc_tuning = ("listen ... http2, grpc_pass grpc:// to an upstream with keepalive 256 "
+                   "(one upstream connection per call in flight)")
     h2_tuning = "listen ... http2 (h2c) and listen ... ssl http2 (ALPN h2), the same location and TLS settings"
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64",
-                 "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS
+                 "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS
 
     def missing(self):
         return nginx_missing()
@@ -120,6 +127,20 @@ class Nginx(Contender):
             tls += f"""  server {{
     listen 127.0.0.1:{self.h2s_port} ssl http2 backlog=4096;
 {ssl}{location}  }}
+"""
+        if self.wants_grpc():
+            tls += f"""  upstream grpc_up {{
+    server 127.0.0.1:{c.grpc_upstream_port};
+    keepalive 256;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{self.grpc_port} http2 backlog=4096;
+    location / {{
+      grpc_pass grpc://grpc_up;
+    }}
+  }}
 """
         if self.wants_tls():
             tls += f"""  server {{
@@ -166,7 +187,7 @@ class NginxBigbuf(Nginx):
     workloads = ("http64k", "l4_1", "l4_64", "tls64k")
     skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
                     for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")
-                    + H2_WORKLOADS}
+                    + H2_WORKLOADS + GRPC_WORKLOADS}
 
 
 class NginxPolicies(Nginx):
@@ -182,4 +203,4 @@ class NginxPolicies(Nginx):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
-                              "tls_full", "tls_resume") + H2_WORKLOADS}
+                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS}

@@ -14,12 +14,17 @@ curvePreferences [X25519, CurveP256]. Go's crypto/tls picks the TLS 1.3
 suite itself (TLS_AES_128_GCM_SHA256 first on a CPU with AES-NI; TLS 1.3
 suites are not configurable in Go) and issues session tickets by default,
 with keys it rotates. The same service, and so the same upstream keep-alive.
+
+gRPC (the gRPC workload's listener), from Traefik's gRPC user guide: an
+entry point of its own (it serves h2c with prior knowledge) whose router
+goes to a service with an `h2c://` server URL (HTTP/2 in cleartext to the
+origin).
 """
 from __future__ import annotations
 
 import os
 
-from . import H2_WORKLOADS, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, Contender, write
 
 
 class Traefik(Contender):
@@ -29,6 +34,7 @@ class Traefik(Contender):
     tuning = "log ERROR, no access log, maxIdleConnsPerHost 256, GOMAXPROCS=1"
     tls_tuning = ("router tls: {}, default certificate, minVersion VersionTLS12, curvePreferences X25519, "
                   "CurveP256; Go's tickets (on by default); TLS 1.3 suite chosen by Go")
+    grpc_tuning = "an HTTP entry point (h2c), a service with url h2c://... (h2c to the origin)"
     h2_tuning = "an HTTP entry point (h2c with prior knowledge is served by default) and a TLS router (ALPN h2)"
     fast = False
 
@@ -74,6 +80,25 @@ class Traefik(Contender):
       rule: "PathPrefix(`/`)"
       service: s
 {router_tls}"""
+        grpc_service = ""
+        if self.wants_grpc():
+            websecure += f"""  grpc:
+    address: "127.0.0.1:{self.grpc_port}"
+    transport:
+      respondingTimeouts:
+        readTimeout: 0s
+        idleTimeout: 300s
+"""
+            tls_router += """    rgrpc:
+      entryPoints: [grpc]
+      rule: "PathPrefix(`/`)"
+      service: sgrpc
+"""
+            grpc_service = f"""    sgrpc:
+      loadBalancer:
+        servers:
+          - url: "h2c://127.0.0.1:{c.grpc_upstream_port}"
+"""
         # the run's certificate, for the TLS listener and the h2 one alike
         if self.wants_tls() or self.wants_h2s():
             tls = f"""tls:
@@ -122,7 +147,7 @@ providers:
       loadBalancer:
         servers:
           - url: "http://127.0.0.1:{c.upstream_port}"
-tcp:
+{grpc_service}tcp:
   routers:
     t:
       entryPoints: [tcp]
@@ -147,4 +172,5 @@ class TraefikFast(Traefik):
                     "l4_64": "same as traefik (fastProxy is HTTP-only)",
                     "tls_full": "same as traefik (fastProxy changes the upstream side, not the handshake)",
                     "tls_resume": "same as traefik (fastProxy changes the upstream side, not the handshake)"}
-    skip_reasons.update({w: "same as traefik (fastProxy is Traefik's HTTP/1.1 path)" for w in H2_WORKLOADS})
+    skip_reasons.update({w: "same as traefik (fastProxy is Traefik's HTTP/1.1 path)"
+                         for w in H2_WORKLOADS + GRPC_WORKLOADS})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from . import H2_WORKLOADS, H2S_WORKLOADS, TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, H2S_WORKLOADS, TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
 
 _HTTP_STATE: dict = {}
 _TLS_STATE: dict = {}
@@ -32,6 +32,7 @@ class Uproxy(Contender):
     tls_tuning = ('tls = { certificates = [...], min_version = "1.2", ciphersuites = "TLS_AES_128_GCM_SHA256" }; '
                   "uproxy's defaults otherwise (tickets on)")
     h2_tuning = "http2 = true on a plain listener (h2c) and on a TLS listener (ALPN h2); the same cluster"
+    grpc_tuning = 'http2 = true on a plain listener (h2c), a cluster with protocol = "h2" (h2c to the origin)'
     forwarding = "splice"
 
     def binary(self):
@@ -96,7 +97,7 @@ class Uproxy(Contender):
             return s
         if workload in ("http64", "http64k", "rate", "newconn") and self.http_available():
             return self.http_available()
-        if workload in H2_WORKLOADS and self.http_available():
+        if workload in H2_WORKLOADS + GRPC_WORKLOADS and self.http_available():
             return self.http_available()
         if workload in TLS_WORKLOADS + H2S_WORKLOADS and getattr(self.ctx, "tls_cert", None) \
                 and self.tls_available():
@@ -109,7 +110,7 @@ class Uproxy(Contender):
         return "http" if not self.http_available() else "tcp"
 
     def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None,
-                    h2c_port=None, h2s_port=None):
+                    h2c_port=None, h2s_port=None, grpc_port=None):
         c = self.ctx
         up = 9 if probe else c.upstream_port          # the probe is only checked, never run
         iperf = 9 if probe else c.iperf_port
@@ -131,6 +132,10 @@ class Uproxy(Contender):
                     'mode = "http"', 'cluster = "up"', "http2 = true",
                     f'tls = {{ certificates = [{{ cert = "{c.tls_cert}", key = "{c.tls_key}" }}], '
                     f'min_version = "1.2", ciphersuites = "{TLS_SUITE}" }}', ""]
+        # gRPC: h2c from the client, HTTP/2 to the origin's gRPC listener
+        if grpc_port:
+            out += ["[[listeners]]", 'name = "grpc"', f'bind = "127.0.0.1:{grpc_port}"',
+                    'mode = "http"', 'cluster = "grpc"', "http2 = true", ""]
         if l4_port:
             out += ["[[listeners]]", 'name = "l4"', f'bind = "127.0.0.1:{l4_port}"', 'mode = "tcp"',
                     'cluster = "iperf"', f'forwarding = "{self.forwarding}"', ""]
@@ -140,6 +145,9 @@ class Uproxy(Contender):
                 'cluster = "up"', f'forwarding = "{self.forwarding}"', ""]
         out += ["[[clusters]]", 'name = "up"', f'servers = ["127.0.0.1:{up}"]', ""]
         out += ["[[clusters]]", 'name = "iperf"', f'servers = ["127.0.0.1:{iperf}"]', ""]
+        if grpc_port:
+            out += ["[[clusters]]", 'name = "grpc"', f'servers = ["127.0.0.1:{c.grpc_upstream_port}"]',
+                    'protocol = "h2"', ""]
         return "\n".join(out)
 
     def render(self):
@@ -149,7 +157,8 @@ class Uproxy(Contender):
         write(path, self.config_text(self.http_port, self.l4_port, self.l4http_port, with_http,
                                      https_port=self.https_port if self.wants_tls() else None,
                                      h2c_port=self.h2c_port if self.wants_h2c() else None,
-                                     h2s_port=self.h2s_port if self.wants_h2s() else None))
+                                     h2s_port=self.h2s_port if self.wants_h2s() else None,
+                                     grpc_port=self.grpc_port if self.wants_grpc() else None))
         self.config_path = path
         return [self.binary(), "run", "-c", path, "--workers", "1"]
 
@@ -167,7 +176,8 @@ class UproxyBuffered(Uproxy):
     forwarding = "buffered"
     workloads = ("l4_1", "l4_64")
     skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
-                    for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS + H2_WORKLOADS}
+                    for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS + H2_WORKLOADS
+                    + GRPC_WORKLOADS}
 
 
 class UproxySpliceIowq(UproxyBuffered):
@@ -206,7 +216,7 @@ class UproxyPolicies(Uproxy):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
-                    + H2_WORKLOADS}
+                    + H2_WORKLOADS + GRPC_WORKLOADS}
 
     ROUTE = ['', '[[listeners.routes]]', 'path_prefix = "/"', 'cluster = "up"',
              'request_headers = { set = { X-Env = "bench" } }',
@@ -231,7 +241,7 @@ class UproxyResilience(Uproxy):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the breaker's and the budget's cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
-                    + H2_WORKLOADS}
+                    + H2_WORKLOADS + GRPC_WORKLOADS}
 
     CLUSTER = ['circuit_breaker = { error_ratio = 0.5, latency = "5s", window = "10s", '
                'min_requests = 20, open_for = "30s" }',

@@ -534,7 +534,7 @@ def h2_md(res) -> str:
     """The HTTP/2 section (issue 17, gate G8): the figures per proxy, the
     gate, the gRPC call rate, each proxy's settings and the tables."""
     wls = [w for w in res.get("workloads", []) if w in H2_SECTION]
-    out = [H2_BEGIN, "## HTTP/2 from clients (issue 17, gate G8)", ""]
+    out = [H2_BEGIN, "## HTTP/2 from clients, and gRPC (issue 17, gate G8)", ""]
     if not wls:
         out += ["Not run in this run (`--workloads " + ",".join(H2_SECTION) + "`).", "", H2_END]
         return "\n".join(out) + "\n"
@@ -577,14 +577,15 @@ def h2_md(res) -> str:
     out.append("**Gate G8** (DESIGN.md §3), on this run's medians:")
     out.append("")
     out.append(gates_md(res, only=("G8",)))
-    out += ["Contenders' HTTP/2 settings (each from its own documentation; the bench's peer modules say where):",
-            "", "| contender | HTTP/2 settings |", "|---|---|"]
-    for name in _ordered(res["contenders"]):
-        c = res["contenders"][name]
-        if c.get("missing") or all(w in c.get("skipped", {}) for w in wls):
-            continue
-        out.append(f"| {c['label']} | {c.get('h2_tuning') or '–'} |")
-    out.append("")
+    if head:
+        out += ["Contenders' HTTP/2 settings (each from its own documentation; the bench's peer modules say where):",
+                "", "| contender | HTTP/2 settings |", "|---|---|"]
+        for name in _ordered(res["contenders"]):
+            c = res["contenders"][name]
+            if c.get("missing") or all(w in c.get("skipped", {}) for w in head):
+                continue
+            out.append(f"| {c['label']} | {c.get('h2_tuning') or '–'} |")
+        out.append("")
     if grpc:
         out += ["Contenders' gRPC settings (each from its own documentation; the bench's peer modules say where):",
                 "", "| contender | gRPC settings |", "|---|---|"]

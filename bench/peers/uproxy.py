@@ -12,6 +12,11 @@ key }], min_version = "1.2", ciphersuites = "TLS_AES_128_GCM_SHA256" }`
 it is asked of `uproxy check` with that listener: while it says no (an
 unknown key), the TLS workloads are skipped with its words, and they run
 as soon as the build has it.
+
+gRPC (the gRPC workload's listener), from docs/http2.md: an `http2 = true`
+plain listener (h2c) in front of a cluster of its own with `protocol =
+"h2"` (h2c to the origin's gRPC listener, calls multiplexed on pooled
+connections).
 """
 from __future__ import annotations
 

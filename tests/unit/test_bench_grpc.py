@@ -82,3 +82,29 @@ def test_run_counts():
     assert "other than 2xx" in grpc_calls_short(_run(1000, 1000 * n, not_2xx=3), 160)
     assert "no status codes" in grpc_calls_short({"requests": 10, "data_bytes": None,
                                                   "status_not_2xx": 0, "errors": 0}, 160)
+
+
+def _res():
+    """A run of grpc_unary alone, two contenders, one round."""
+    from bench import report
+    conts = {n: {"label": lab, "family": n, "tuning": "", "missing": None, "skipped": {},
+                 "h2_tuning": "h2 " + n, "grpc_tuning": "grpc " + n}
+             for n, lab in (("uproxy", "uproxy"), ("nginx", "nginx"))}
+    row = {"uproxy": {"grpc_unary": {"requests": 9000, "rps": 18000.0, "cpu_us_per_req": 16.8, "mean_ms": 8.4}},
+           "nginx": {"grpc_unary": {"requests": 2500, "rps": 5000.0, "cpu_us_per_req": 60.1, "mean_ms": 31.7}}}
+    res = {"started": "now", "machine": {"cpu": "cpu", "cpus": 2, "kernel": "k"},
+           "settings": {"rounds": 1, "duration": 5}, "cpus": {"proxy": [1], "load": [0]},
+           "contenders": conts, "rounds": [row], "workloads": ["grpc_unary"], "gates": []}
+    res["summary"] = report.summarize(res)
+    return res
+
+
+def test_report_h2_section_carries_the_call_rate():
+    from bench import report
+    md = report.h2_md(_res())
+    assert "| uproxy | 16.8, 18,000 |" in md          # CPU-µs/call, calls/s per proxy
+    assert "| nginx | grpc nginx |" in md             # each proxy's gRPC settings
+    assert "HTTP/2 settings" not in md                # no h2load workload in this run
+    assert "reported, not gated" in md
+    # the tables of the rest of the page leave it to this section
+    assert "gRPC unary" not in report.tables(_res(), tls=False)

@@ -117,9 +117,10 @@ def judge(ex: dict) -> str | None:
     return None
 
 
-def check_call(url: str, request_file: str, nghttp: str = "nghttp") -> str | None:
+def check_call(url: str, request_file: str, nghttp: str = "nghttp", whole: bool = True) -> str | None:
     """One call to url with nghttp (h2c, prior knowledge): None if it
-    succeeded as a gRPC call, else why not."""
+    succeeded as a gRPC call, else why not. whole=False asks only for an
+    HTTP/2 response (a listener that is up; the workload judges the rest)."""
     argv = [nghttp, "-v", "-n", "-d", request_file]
     for h in HEADERS:
         argv += ["-H", h]
@@ -128,5 +129,6 @@ def check_call(url: str, request_file: str, nghttp: str = "nghttp") -> str | Non
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nghttp {url}: {e}"
     text = r.stdout.decode("latin-1") + r.stderr.decode("latin-1")
-    why = judge(parse_nghttp(text))
+    ex = parse_nghttp(text)
+    why = judge(ex) if whole else (None if ex["head"] else "no response")
     return f"{url}: {why}" if why else None

@@ -60,39 +60,20 @@ struct up_server {
     uint32_t addrlen;
     uint32_t weight;
     uint32_t cluster;
-    uint32_t stat_slot;       /* its statistics block, and its pool: stable
-                                 across reloads for the same cluster+address */
-    uint32_t pad;
+    uint32_t stat_slot;       /* its statistics block, its pool and its workers'
+                                 balancing state: stable across reloads for the
+                                 same cluster+address */
+    uint32_t slot_gen;        /* the generation that gave stat_slot to this
+                                 cluster+address (never 0): balancing state
+                                 stamped with another is not this server's */
 };
 
-/* Written only by the worker it belongs to; one cache line each. Load
- * (in-flight work per server) lives in the statistics segment instead,
- * where it survives reloads. */
-struct up_server_wstate {
-    int32_t  current_weight;  /* smooth weighted round robin */
-    uint32_t fails;           /* consecutive failures (passive health) */
-    uint64_t ejected_until_ms;
-    uint64_t pad[6];
-};
-
-/* A cluster's circuit breaker states (upstream/breaker.c). */
+/* A cluster's circuit breaker states (upstream/breaker.c). The breaker
+ * itself, like every worker's balancing state, lives in the worker's own
+ * blocks (native/upstream/wstate.h), not in these tables. */
 #define UP_BRK_CLOSED 0
 #define UP_BRK_OPEN   1
 #define UP_BRK_HALF   2       /* half-open: a few probes decide */
-
-/* One worker's state of one cluster, written by that worker only; one
- * cache line. A reload starts from a new table: the breaker closed. */
-struct up_cluster_wstate {
-    uint32_t rr_next;
-    uint32_t breaker;         /* UP_BRK_* */
-    uint64_t until_ms;        /* open: until when; closed: the current half window's end */
-    uint32_t req[2], err[2], slow[2];  /* [0] this half window, [1] the one before */
-    uint32_t probes;          /* half-open: probes let through */
-    uint32_t probe_ok;        /* half-open: probes that succeeded */
-    uint32_t active;          /* requests under way to the cluster (retry budget) */
-    uint32_t retrying;        /* of which retried (retry budget) */
-    uint64_t pad;
-};
 
 #define UP_HASH_CLIENT_IP 1
 #define UP_HASH_HEADER    2
@@ -122,7 +103,8 @@ struct up_cluster {
     uint32_t hash_header_off; /* header name in up_config.strings (lower case) */
     uint32_t hash_header_len;
     uint32_t nring;
-    uint32_t pad;
+    uint32_t slot;            /* its workers' balancing state (< UP_CLUSTER_SLOTS):
+                                 stable across reloads for its name */
     struct up_ring_point *ring;   /* sorted by hash */
     void **tls;               /* [nworkers]: up_tls_client_new()'s, or NULL: plain */
     /* circuit breaker (upstream/breaker.c; docs/resilience.md), per worker;
@@ -142,6 +124,7 @@ struct up_cluster {
     uint32_t proxy_protocol;  /* 0, or 1 / 2: a PROXY header first on each new connection */
     uint32_t protocol;        /* http: UP_PROTO_H1 or UP_PROTO_H2 (docs/http2.md) */
     uint32_t max_streams;     /* UP_PROTO_H2: concurrent streams per connection, at most */
+    uint32_t slot_gen;        /* the generation that gave slot to this name (never 0) */
 };
 
 #define UP_PROTO_H1 0
@@ -218,8 +201,6 @@ struct up_config {
     struct up_listener *listeners;
     struct up_cluster *clusters;
     struct up_server *servers;
-    struct up_server_wstate *server_wstate;   /* [nworkers * nservers] */
-    struct up_cluster_wstate *cluster_wstate; /* [nworkers * nclusters] */
     uint64_t *refs;           /* [nworkers * UP_REFS_STRIDE]: live work holding this table,
                                  a row per worker (its only writer), one cache line each */
     const char *strings;      /* host names, path prefixes, header names */
@@ -356,6 +337,7 @@ struct up_control {
 #define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
 #define UP_MAX_SERVERS 1024   /* server statistics slots */
 #define UP_LISTENER_SLOTS 512 /* listener and route statistics slots (distinct ones over a process's life) */
+#define UP_CLUSTER_SLOTS 1024 /* cluster slots (distinct names over a process's life) */
 #define UP_LISTENER_ONLY_SLOTS 128 /* the first ones, listeners' (conn.lslot is a byte); routes take the rest */
 #define UP_NEVENTS     64
 

@@ -48,6 +48,8 @@ struct sm_sock;
 struct h1_request;
 struct pol_worker;
 struct h1_response;
+struct server_state;
+struct cluster_state;
 
 struct acceptor {
     uint32_t listener_id;
@@ -106,6 +108,8 @@ struct worker {
     struct up_log_rec *logrecs;     /* beside it: access-log records (http/h1.h txn_log) */
     uint32_t *txn_free;
     uint32_t ntxn_free, ntxns;
+    struct server_state *sstate;    /* upstream: balancing state by server stat slot, */
+    struct cluster_state *cstate;   /*   and by cluster slot (upstream/wstate.h) */
     uint32_t *pool_head;            /* [UP_MAX_SERVERS]: idle upstream conns */
     uint32_t *pool_count;
     struct h1_request *req_scratch; /* parse results, one parse at a time */

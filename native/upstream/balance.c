@@ -1,17 +1,12 @@
 /*
  * Choosing an upstream server. Each worker keeps its own balancing state:
- * cursors and weights inside the configuration table (one cache line per
- * server per worker), load (work in flight per server) in its own block of
- * the statistics segment. No worker writes what another reads. The
- * algorithm is a switch on the cluster's setting, not a function pointer.
+ * cursors, weights and ejections in its own blocks (wstate.h: one cache
+ * line per server or cluster, kept across reloads), load (work in flight
+ * per server) in its own block of the statistics segment. No worker
+ * writes what another reads. The algorithm is a switch on the cluster's
+ * setting, not a function pointer.
  */
 #include "upstream/upstream.h"
-
-static inline struct up_server_wstate *
-wstate(struct worker *w, const struct up_config *cfg, uint32_t s)
-{
-    return &cfg->server_wstate[(size_t)w->o.index * cfg->nservers + s];
-}
 
 /* Active health: the control plane's byte for the server's stat slot. */
 static inline bool health_up(const struct worker *w, const struct up_config *cfg, uint32_t s)
@@ -53,7 +48,7 @@ static bool any_full(struct worker *w, const struct up_config *cfg, const struct
     for (uint32_t i = 0; i < cl->nservers; i++) {
         uint32_t s = cl->first_server + i;
         if (health_up(w, cfg, s) &&
-            wstate(w, cfg, s)->ejected_until_ms <= w->now_ms &&
+            server_state(w, cfg, s)->ejected_until_ms <= w->now_ms &&
             load_all(w, cfg, s) >= cl->max_in_flight)
             return true;
     }
@@ -64,7 +59,7 @@ static bool usable(struct worker *w, const struct up_config *cfg, uint32_t s, ui
 {
     if (s == avoid || !health_up(w, cfg, s))
         return false;
-    if (wstate(w, cfg, s)->ejected_until_ms > w->now_ms)
+    if (server_state(w, cfg, s)->ejected_until_ms > w->now_ms)
         return false;
     uint32_t max = cfg->clusters[cfg->servers[s].cluster].max_in_flight;
     return !max || !full(w, cfg, s, max);
@@ -88,19 +83,22 @@ static int pick_rr(struct worker *w, const struct up_config *cfg, const struct u
      * richest is picked and pays the total. Equal weights reduce to plain
      * rotation; unequal ones interleave instead of bursting. */
     int best = -1;
+    struct server_state *best_st = NULL;
     int32_t total = 0;
     for (uint32_t i = 0; i < cl->nservers; i++) {
         uint32_t s = cl->first_server + i;
         if (!usable(w, cfg, s, avoid))
             continue;
-        struct up_server_wstate *ws = wstate(w, cfg, s);
-        ws->current_weight += (int32_t)cfg->servers[s].weight;
+        struct server_state *st = server_state(w, cfg, s);
+        st->current_weight += (int32_t)cfg->servers[s].weight;
         total += (int32_t)cfg->servers[s].weight;
-        if (best < 0 || ws->current_weight > wstate(w, cfg, (uint32_t)best)->current_weight)
+        if (!best_st || st->current_weight > best_st->current_weight) {
             best = (int)s;
+            best_st = st;
+        }
     }
-    if (best >= 0)
-        wstate(w, cfg, (uint32_t)best)->current_weight -= total;
+    if (best_st)
+        best_st->current_weight -= total;
     return best;
 }
 
@@ -110,7 +108,7 @@ static int pick_least(struct worker *w, const struct up_config *cfg, uint32_t ci
     /* Least work in flight per unit of weight; ties go round the cluster
      * from a moving start so equal servers share the load. */
     const struct up_cluster *cl = &cfg->clusters[ci];
-    struct up_cluster_wstate *cs = &cfg->cluster_wstate[(size_t)w->o.index * cfg->nclusters + ci];
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
     int best = -1;
     uint64_t best_score = 0;
     for (uint32_t k = 0; k < cl->nservers; k++) {
@@ -201,7 +199,7 @@ int balance_pick(struct worker *w, const struct up_config *cfg, uint32_t cluster
 /* Passive health: consecutive failures eject a server for a cool-down. */
 void balance_result(struct worker *w, const struct up_config *cfg, uint32_t s, bool ok)
 {
-    struct up_server_wstate *ws = wstate(w, cfg, s);
+    struct server_state *ws = server_state(w, cfg, s);
     const struct up_cluster *cl = &cfg->clusters[cfg->servers[s].cluster];
     if (ok) {
         ws->fails = 0;

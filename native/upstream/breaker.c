@@ -7,24 +7,18 @@
  * requests go through (half-open): all succeed and it closes, one fails
  * and it opens again.
  *
- * Each worker keeps its own breaker per cluster (up_cluster_wstate, one
- * cache line it alone writes): no lock, no shared counter. With N workers
- * each sees about 1/N of the traffic and decides on its own share; the
- * shares agree when the load is spread evenly, as SO_REUSEPORT spreads it.
+ * Each worker keeps its own breaker per cluster (struct cluster_state in
+ * wstate.h: one cache line it alone writes, kept across reloads, so an
+ * open breaker stays open through a reload): no lock, no shared counter.
+ * With N workers each sees about 1/N of the traffic and decides on its
+ * own share; the shares agree when the load is spread evenly, as
+ * SO_REUSEPORT spreads it.
  *
  * The window is two halves: the counts are those of the current half and
  * the one before, so a share is always taken over the last half window to
  * the last whole one, at the cost of two counters per figure.
  */
 #include "upstream/upstream.h"
-
-_Static_assert(sizeof(struct up_cluster_wstate) == 64, "a cluster's worker state is one cache line");
-
-static inline struct up_cluster_wstate *cstate(struct worker *w, const struct up_config *cfg,
-                                               uint32_t ci)
-{
-    return &cfg->cluster_wstate[(size_t)w->o.index * cfg->nclusters + ci];
-}
 
 /* The cluster's own counters live in the row of its first server. */
 static inline struct up_shm_wserver *crow(struct worker *w, const struct up_config *cfg,
@@ -34,7 +28,7 @@ static inline struct up_shm_wserver *crow(struct worker *w, const struct up_conf
 }
 
 static void set_state(struct worker *w, const struct up_config *cfg, const struct up_cluster *cl,
-                      struct up_cluster_wstate *cs, uint32_t state)
+                      struct cluster_state *cs, uint32_t state)
 {
     cs->breaker = state;
     cs->probes = cs->probe_ok = 0;
@@ -54,7 +48,11 @@ enum brk_ticket breaker_admit(struct worker *w, const struct up_config *cfg, uin
     const struct up_cluster *cl = &cfg->clusters[ci];
     if (!cl->brk_window_ms)
         return BRK_NONE;
-    struct up_cluster_wstate *cs = cstate(w, cfg, ci);
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
+    /* The gauge follows the state: after a reload that moved the cluster's
+     * counters to another first server's row, or a slot newly claimed. */
+    if (cl->nservers && __builtin_expect(crow(w, cfg, cl)->breaker_state != cs->breaker, 0))
+        crow(w, cfg, cl)->breaker_state = cs->breaker;
     switch (cs->breaker) {
     case UP_BRK_OPEN:
         if (w->now_ms < cs->until_ms)
@@ -67,9 +65,6 @@ enum brk_ticket breaker_admit(struct worker *w, const struct up_config *cfg, uin
         cs->probes++;
         return BRK_PROBE;
     default:
-        /* A new table (a reload) starts closed: the gauge says so too. */
-        if (__builtin_expect(crow(w, cfg, cl)->breaker_state != UP_BRK_CLOSED, 0))
-            crow(w, cfg, cl)->breaker_state = UP_BRK_CLOSED;
         return BRK_COUNTED;
     }
     w->c[UP_C_BREAKER_FAST_FAILS]++;
@@ -79,7 +74,7 @@ enum brk_ticket breaker_admit(struct worker *w, const struct up_config *cfg, uin
 }
 
 /* Move the half windows on to now. */
-static void roll(struct worker *w, const struct up_cluster *cl, struct up_cluster_wstate *cs)
+static void roll(struct worker *w, const struct up_cluster *cl, struct cluster_state *cs)
 {
     if (w->now_ms < cs->until_ms)
         return;
@@ -96,7 +91,7 @@ void breaker_report(struct worker *w, const struct up_config *cfg, uint32_t ci,
                     enum brk_ticket ticket, bool ok, uint64_t latency_us)
 {
     const struct up_cluster *cl = &cfg->clusters[ci];
-    struct up_cluster_wstate *cs = cstate(w, cfg, ci);
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
     bool slow = cl->brk_latency_ms && latency_us >= (uint64_t)cl->brk_latency_ms * 1000;
     switch (ticket) {
     case BRK_PROBE:
@@ -131,7 +126,7 @@ void breaker_report(struct worker *w, const struct up_config *cfg, uint32_t ci,
 void breaker_forget(struct worker *w, const struct up_config *cfg, uint32_t ci,
                     enum brk_ticket ticket)
 {
-    struct up_cluster_wstate *cs = cstate(w, cfg, ci);
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
     /* A probe that will never report (its client left) gives its place
      * back, or the breaker would stay half-open with no probe to decide. */
     if (ticket == BRK_PROBE && cs->breaker == UP_BRK_HALF && cs->probes > cs->probe_ok)

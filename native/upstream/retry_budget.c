@@ -2,21 +2,16 @@
  * A cluster's retry budget (docs/resilience.md), as Envoy's retry_budget:
  * retries under way at most max(min_retries, ratio x requests under way),
  * so a failing cluster is not sent twice its load by the retries its
- * failures cause. Counted per worker in the cluster's state line (one
- * writer, no lock): with N workers each keeps its own share of the budget.
+ * failures cause. Counted per worker in the cluster's state line
+ * (wstate.h: one writer, no lock): with N workers each keeps its own
+ * share of the budget.
  */
 #include "upstream/upstream.h"
-
-static inline struct up_cluster_wstate *cstate(struct worker *w, const struct up_config *cfg,
-                                               uint32_t ci)
-{
-    return &cfg->cluster_wstate[(size_t)w->o.index * cfg->nclusters + ci];
-}
 
 void budget_enter(struct worker *w, const struct up_config *cfg, uint32_t ci)
 {
     if (cfg->clusters[ci].retry_budget)
-        cstate(w, cfg, ci)->active++;
+        cluster_state(w, cfg, ci)->active++;
 }
 
 bool budget_retry(struct worker *w, const struct up_config *cfg, uint32_t ci)
@@ -24,7 +19,7 @@ bool budget_retry(struct worker *w, const struct up_config *cfg, uint32_t ci)
     const struct up_cluster *cl = &cfg->clusters[ci];
     if (!cl->retry_budget)
         return true;
-    struct up_cluster_wstate *cs = cstate(w, cfg, ci);
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
     uint64_t cap = (uint64_t)cs->active * cl->budget_permille / 1000;
     if (cap < cl->budget_min)
         cap = cl->budget_min;
@@ -42,7 +37,7 @@ void budget_leave(struct worker *w, const struct up_config *cfg, uint32_t ci, bo
 {
     if (!cfg->clusters[ci].retry_budget)
         return;
-    struct up_cluster_wstate *cs = cstate(w, cfg, ci);
+    struct cluster_state *cs = cluster_state(w, cfg, ci);
     cs->active--;
     if (retried)
         cs->retrying--;

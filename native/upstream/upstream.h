@@ -7,6 +7,7 @@
 #ifndef UPROXY_UPSTREAM_H
 #define UPROXY_UPSTREAM_H
 #include "core/worker.h"
+#include "upstream/wstate.h"
 
 /* balance.c. key: the hash of the request's key, for balance = hash. */
 int balance_pick(struct worker *w, const struct up_config *cfg,

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "worker/loop.h"
+#include "upstream/upstream.h"
 #include "l4/l4.h"
 #include "l4/sockmap.h"
 #include "http/h1.h"
@@ -92,7 +93,8 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
-    if (sm_init(w) < 0 || h2_worker_init(w) < 0 || pol_worker_init(w) < 0) {
+    if (wstate_init(w) < 0 || sm_init(w) < 0 || h2_worker_init(w) < 0 ||
+        pol_worker_init(w) < 0) {
         up_worker_free((struct up_worker *)w);
         return NULL;
     }
@@ -542,6 +544,7 @@ void up_worker_free(struct up_worker *uw)
     sm_free(w);
     h2_worker_free(w);
     pol_worker_free(w);
+    wstate_free(w);
     if (w->conns)
         munmap(w->conns, sizeof(struct conn) * w->nconns);
     if (w->txns)

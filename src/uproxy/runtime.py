@@ -335,6 +335,7 @@ class Runtime:
             for sv in c.servers:
                 slots[(c.name, sv.label)] = self.segment.server_slot(c.name, sv.label, self.generation)
         self.segment.retire_servers(set(slots))
+        cslots = {name: self.segment.cluster_slot(name, self.generation) for name in cfg.clusters}
         lslots = {l.name: self.segment.listener_slot(l.name, lib.UP_MODE_HTTP if l.mode == "http"
                                                       else lib.UP_MODE_TCP)
                   for l in cfg.listeners}
@@ -348,7 +349,8 @@ class Runtime:
             self.server_health[slot] = 1 if health.get(key, True) else 0
             if key in health:
                 self.segment.set_health(*key, health[key])
-        t = Tables(cfg, self.generation, self.nworkers, socks, slots, contexts, lslots)
+        t = Tables(cfg, self.generation, self.nworkers, socks, slots, contexts, lslots,
+                   self.segment.slot_gens, cslots)
         if getattr(self, "access_log", None):
             self.access_log.configure(t)     # before the workers can log for it
         # in the list only once nothing can fail: collect() takes the last

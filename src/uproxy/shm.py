@@ -170,6 +170,8 @@ class Segment:
         h.magic = lib.UP_SHM_MAGIC      # last: a reader trusts nothing before it
         self.slots = {}                 # (cluster, address) -> server slot
         self.lslots = {}                # listener name -> listener slot
+        self.slot_gens = {}             # server slot -> the generation that gave it
+        self.cslots = {}                # cluster name -> (cluster slot, generation)
 
     def server_slot(self, cluster: str, address: str, generation: int) -> int:
         """A stable slot per (cluster, address): counters carry on across
@@ -183,6 +185,7 @@ class Segment:
                                  f"process's life; restart uproxy to reset server statistics")
             slot = free[0]
             self.slots[key] = slot
+            self.slot_gens[slot] = generation
             srv = self.servers[slot]
             ffi.memmove(srv.cluster, cluster.encode()[:47], min(47, len(cluster.encode())))
             ffi.memmove(srv.address, address.encode()[:55], min(55, len(address.encode())))
@@ -190,6 +193,21 @@ class Segment:
         self.servers[slot].in_use = 1
         self.servers[slot].generation = generation
         return slot
+
+    def cluster_slot(self, name: str, generation: int) -> tuple:
+        """A stable slot per cluster name, and the generation that gave it:
+        not a statistics block but the workers' balancing state of the
+        cluster (its breaker, retry budget, cursor: native/upstream/wstate.h),
+        which a cluster that stays keeps across reloads."""
+        got = self.cslots.get(name)
+        if got is None:
+            used = {slot for slot, _ in self.cslots.values()}
+            free = [i for i in range(lib.UP_CLUSTER_SLOTS) if i not in used]
+            if not free:
+                raise ValueError(f"more than {lib.UP_CLUSTER_SLOTS} distinct cluster names over "
+                                 f"this process's life; restart uproxy to reset them")
+            got = self.cslots[name] = (free[0], generation)
+        return got
 
     def listener_slot(self, name: str, mode: int) -> int:
         """A stable slot per listener name: its counters carry on across

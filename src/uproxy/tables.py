@@ -596,10 +596,15 @@ def resilience(cc, c, strings: "Strings"):
 
 class Tables:
     def __init__(self, cfg: Config, generation: int, nworkers: int, sockets: dict,
-                 slots: dict, tls_contexts: TLSContexts | None = None, lslots: dict | None = None):
+                 slots: dict, tls_contexts: TLSContexts | None = None, lslots: dict | None = None,
+                 slot_gens: dict | None = None, cslots: dict | None = None):
         """sockets: listener name -> ListenerSockets; slots: (cluster, server
         label) -> statistics slot in the segment (and health byte, in
-        up_control.server_health: not in the tables);
+        up_control.server_health: not in the tables; and the workers'
+        balancing state of the server, native/upstream/wstate.h);
+        slot_gens: server slot -> the generation that gave it to its server
+        (1 when not given); cslots: cluster name -> (slot, generation), the
+        workers' balancing state of the cluster (its index, 1 when not given);
         tls_contexts: the TLS contexts of cfg (made here when not given), which
         the Tables own from now on."""
         self.cfg = cfg
@@ -620,6 +625,7 @@ class Tables:
             c_servers[i].weight = s.weight
             c_servers[i].cluster = ci
             c_servers[i].stat_slot = slots[(clusters[ci].name, s.label)]
+            c_servers[i].slot_gen = (slot_gens or {}).get(c_servers[i].stat_slot, 1)
             self.server_labels.append((clusters[ci].name, s.label))
 
         strings = Strings()
@@ -629,6 +635,7 @@ class Tables:
             cc = c_clusters[i]
             cc.first_server = first
             cc.nservers = len(c.servers)
+            cc.slot, cc.slot_gen = (cslots or {}).get(c.name, (i, 1))
             cc.balance = BALANCE[c.balance]
             cc.connect_timeout_ms = c.connect_timeout_ms
             cc.connect_timeout_ts[0] = c.connect_timeout_ms // 1000
@@ -742,9 +749,6 @@ class Tables:
                 cl.redirect_code = l.redirect.code
                 cl.redirect_port = l.redirect.port
 
-        n = max(1, len(servers))
-        wstate = ffi.new("struct up_server_wstate[]", nworkers * n)
-        cwstate = ffi.new("struct up_cluster_wstate[]", nworkers * max(1, len(clusters)))
         self.refs = ffi.new("uint64_t[]", nworkers * lib.UP_REFS_STRIDE)
 
         t = ffi.new("struct up_config *")
@@ -756,8 +760,6 @@ class Tables:
         t.listeners = c_listeners
         t.clusters = c_clusters
         t.servers = c_servers
-        t.server_wstate = wstate
-        t.cluster_wstate = cwstate
         t.refs = self.refs
         if cfg.acme_tokens:                 # HTTP-01 answers (native/http/h1_acme.c)
             toks = ffi.new("struct up_acme_token[]", len(cfg.acme_tokens))
@@ -772,7 +774,7 @@ class Tables:
         self.strings = ffi.new("char[]", bytes(strings.data) + b"\0")
         t.strings = self.strings
         self.ptr = t
-        self._keep = keep + [c_servers, c_clusters, c_listeners, wstate, cwstate]
+        self._keep = keep + [c_servers, c_clusters, c_listeners]
 
     def refs_held(self) -> int:
         return lib.up_config_refs(self.ptr)

@@ -22,6 +22,12 @@ struct hx {
     struct up_ring_point **rings;     /* [nclusters] */
     struct up_control ctl;            /* its server_health: health, by stat slot */
     uint8_t health[UP_MAX_SERVERS];
+    /* balancing state (upstream/wstate.h) of workers 0..HX_WORKERS-1: the
+     * worker's own blocks, swapped in by hx_set_worker_index; they outlive
+     * the tables hx_cfg_new replaces, as a worker's outlive a reload */
+#define HX_WORKERS 4
+    struct server_state *sstate[HX_WORKERS];
+    struct cluster_state *cstate[HX_WORKERS];
 };
 
 static char hx_err[300];
@@ -40,8 +46,6 @@ static void cfg_free(struct hx *h)
     free(h->rings);
     free(cfg->clusters);
     free(cfg->servers);
-    free(cfg->server_wstate);
-    free(cfg->cluster_wstate);
     memset(cfg, 0, sizeof *cfg);
     h->rings = NULL;
     h->w.cfg = NULL;
@@ -57,6 +61,11 @@ void hx_free(struct hx *h)
     if (h->ring_up)
         io_uring_queue_exit(&w->ring);
     cfg_free(h);
+    for (int i = 0; i < HX_WORKERS; i++) {
+        w->sstate = h->sstate[i];
+        w->cstate = h->cstate[i];
+        wstate_free(w);
+    }
     free(w->conns);
     free(w->free_ids);
     free(w->handup);
@@ -122,6 +131,17 @@ struct hx *hx_new(uint32_t nconns, uint32_t buf_size, uint32_t buf_count,
         w->pool_head[i] = NIL;
     w->starved_head = NIL;
     w->rng = 0x9e3779b9u ^ 1u;
+    for (int i = 0; i < HX_WORKERS; i++) {
+        if (wstate_init(w) < 0) {
+            snprintf(hx_err, sizeof hx_err, "wstate_init: out of memory");
+            hx_free(h);
+            return NULL;
+        }
+        h->sstate[i] = w->sstate;
+        h->cstate[i] = w->cstate;
+    }
+    w->sstate = h->sstate[0];
+    w->cstate = h->cstate[0];
     wheel_init(w);
     int r = io_uring_queue_init(w->o.ring_entries, &w->ring, 0);
     if (r < 0) {
@@ -282,21 +302,22 @@ int hx_cfg_new(struct hx *h, uint32_t nclusters, uint32_t nservers, uint32_t nwo
     cfg->nservers = nservers;
     cfg->clusters = calloc(nclusters ? nclusters : 1, sizeof *cfg->clusters);
     cfg->servers = calloc(nservers ? nservers : 1, sizeof *cfg->servers);
-    cfg->server_wstate = calloc((size_t)nworkers * (nservers ? nservers : 1),
-                                sizeof *cfg->server_wstate);
-    cfg->cluster_wstate = calloc((size_t)nworkers * (nclusters ? nclusters : 1),
-                                 sizeof *cfg->cluster_wstate);
     h->rings = calloc(nclusters ? nclusters : 1, sizeof *h->rings);
-    if (!cfg->clusters || !cfg->servers || !cfg->server_wstate || !cfg->cluster_wstate ||
-        !h->rings || nservers > UP_MAX_SERVERS) {
+    if (!cfg->clusters || !cfg->servers || !h->rings || nservers > UP_MAX_SERVERS ||
+        nclusters > UP_CLUSTER_SLOTS || worker_index >= HX_WORKERS) {
         cfg_free(h);
         return -ENOMEM;
     }
     for (uint32_t s = 0; s < nservers; s++) {
         cfg->servers[s].weight = 1;
         cfg->servers[s].stat_slot = s;
+        cfg->servers[s].slot_gen = 1;
     }
-    h->w.o.index = worker_index;
+    for (uint32_t ci = 0; ci < nclusters; ci++) {
+        cfg->clusters[ci].slot = ci;
+        cfg->clusters[ci].slot_gen = 1;
+    }
+    hx_set_worker_index(h, worker_index);
     h->w.cfg = cfg;
     return 0;
 }
@@ -355,6 +376,49 @@ void hx_set_in_flight(struct hx *h, uint32_t s, uint64_t n)
 void hx_set_worker_index(struct hx *h, uint32_t index)
 {
     h->w.o.index = index;
+    if (index < HX_WORKERS) {
+        h->w.sstate = h->sstate[index];
+        h->w.cstate = h->cstate[index];
+    }
+}
+
+void hx_cfg_server_gen(struct hx *h, uint32_t s, uint32_t slot_gen)
+{
+    h->cfg.servers[s].slot_gen = slot_gen;
+}
+
+void hx_cfg_cluster_slot(struct hx *h, uint32_t ci, uint32_t slot, uint32_t slot_gen)
+{
+    h->cfg.clusters[ci].slot = slot;
+    h->cfg.clusters[ci].slot_gen = slot_gen;
+}
+
+/* The cluster's breaker on errors only (no latency threshold). */
+void hx_cfg_breaker(struct hx *h, uint32_t ci, uint32_t window_ms, uint32_t error_permille,
+                    uint32_t min_requests, uint32_t open_ms, uint32_t probes)
+{
+    struct up_cluster *cl = &h->cfg.clusters[ci];
+    cl->brk_window_ms = window_ms;
+    cl->brk_error_permille = error_permille;
+    cl->brk_min_requests = min_requests;
+    cl->brk_open_ms = open_ms;
+    cl->brk_probes = probes;
+}
+
+int hx_breaker_admit(struct hx *h, uint32_t ci)
+{
+    return (int)breaker_admit(&h->w, &h->cfg, ci);
+}
+
+void hx_breaker_report(struct hx *h, uint32_t ci, int ticket, int ok)
+{
+    breaker_report(&h->w, &h->cfg, ci, (enum brk_ticket)ticket, ok != 0, 0);
+}
+
+/* UP_BRK_* of the cluster in this worker, as the next request finds it. */
+uint32_t hx_breaker_state(struct hx *h, uint32_t ci)
+{
+    return cluster_state(&h->w, &h->cfg, ci)->breaker;
 }
 
 void hx_set_rng(struct hx *h, uint64_t seed)
@@ -372,9 +436,11 @@ void hx_result(struct hx *h, uint32_t s, int ok)
     balance_result(&h->w, &h->cfg, s, ok != 0);
 }
 
-static struct up_server_wstate *ws(struct hx *h, uint32_t s)
+/* The server's state as the worker's next access through this table
+ * finds it (claimed, as that access would). */
+static struct server_state *ws(struct hx *h, uint32_t s)
 {
-    return &h->cfg.server_wstate[(size_t)h->w.o.index * h->cfg.nservers + s];
+    return server_state(&h->w, &h->cfg, s);
 }
 
 uint64_t hx_ejected_until(struct hx *h, uint32_t s)

@@ -64,6 +64,14 @@ int hx_pick(struct hx *h, uint32_t cluster, uint32_t avoid, uint64_t key);
 void hx_result(struct hx *h, uint32_t s, int ok);
 uint64_t hx_ejected_until(struct hx *h, uint32_t s);
 uint32_t hx_fails(struct hx *h, uint32_t s);
+/* the worker's balancing state across tables (upstream/wstate.h) */
+void hx_cfg_server_gen(struct hx *h, uint32_t s, uint32_t slot_gen);
+void hx_cfg_cluster_slot(struct hx *h, uint32_t ci, uint32_t slot, uint32_t slot_gen);
+void hx_cfg_breaker(struct hx *h, uint32_t ci, uint32_t window_ms, uint32_t error_permille,
+                    uint32_t min_requests, uint32_t open_ms, uint32_t probes);
+int hx_breaker_admit(struct hx *h, uint32_t ci);
+void hx_breaker_report(struct hx *h, uint32_t ci, int ticket, int ok);
+uint32_t hx_breaker_state(struct hx *h, uint32_t ci);
 uint64_t up_hash(const uint8_t *data, size_t len);
 
 /* the buffer pool */

@@ -236,6 +236,116 @@ def test_ejection_is_per_worker(lib, h):
     assert set(picks(lib, h, 10)) == {0, 1}
 
 
+# ---- across a reload: the worker's own blocks (upstream/wstate.h) -------
+# hx_cfg_new builds a new table, as a reload does; the worker's balancing
+# state is its own and outlives it, found again by each server's stat slot
+# and each cluster's slot, stamped with the generation that gave the slot.
+
+def reload(lib, h, balance, weights, **kw):
+    """A new table with the same servers in the same slots (generation 1:
+    the slots' owners unchanged)."""
+    setup(lib, h, balance, weights, **kw)
+
+
+def test_reload_keeps_smooth_wrr_exact(lib, h):
+    weights = [5, 1, 1]
+    setup(lib, h, lib.UP_BALANCE_ROUND_ROBIN, weights)
+    got = picks(lib, h, 3)
+    reload(lib, h, lib.UP_BALANCE_ROUND_ROBIN, weights)
+    got += picks(lib, h, 4 + 7 * 10)
+    # one sequence, as if no reload came between: not restarted at [0, 0, 1]
+    assert got == smooth_wrr(weights, len(got))
+
+
+def test_reload_keeps_an_ejected_server_ejected_until_its_time(lib, h):
+    setup(lib, h, lib.UP_BALANCE_ROUND_ROBIN, [1, 1, 1], fail_threshold=2, eject_ms=10_000)
+    lib.hx_result(h, 1, 0)
+    lib.hx_result(h, 1, 0)                     # ejected until T0 + 10 s
+    lib.hx_result(h, 2, 0)                     # one failure on the count
+    reload(lib, h, lib.UP_BALANCE_ROUND_ROBIN, [1, 1, 1], fail_threshold=2, eject_ms=10_000)
+    assert lib.hx_ejected_until(h, 1) == T0 + 10_000
+    assert set(picks(lib, h, 30)) == {0, 2}
+    assert lib.hx_fails(h, 2) == 1
+    lib.hx_result(h, 2, 0)                     # the second in a row, across the reload
+    assert set(picks(lib, h, 30)) == {0}
+    lib.hx_set_now(h, T0 + 10_000)
+    assert set(picks(lib, h, 30)) == {0, 1, 2}
+
+
+def test_reload_follows_a_server_to_its_new_index_by_its_slot(lib, h):
+    setup(lib, h, lib.UP_BALANCE_ROUND_ROBIN, [1, 1, 1], fail_threshold=1, eject_ms=10_000)
+    lib.hx_result(h, 2, 0)                     # slot 2 ejected
+    # the new table: a server before it went away; slot 2 is now index 1
+    assert lib.hx_cfg_new(h, 1, 2, 2, 0) == 0
+    lib.hx_cfg_cluster(h, 0, 0, 2, lib.UP_BALANCE_ROUND_ROBIN, 1, 10_000)
+    lib.hx_cfg_server(h, 0, 0, 1, 0)
+    lib.hx_cfg_server(h, 1, 0, 1, 2)
+    assert lib.hx_ejected_until(h, 1) == T0 + 10_000
+    assert set(picks(lib, h, 10)) == {0}
+
+
+def test_a_slot_given_to_another_server_starts_fresh(lib, h):
+    setup(lib, h, lib.UP_BALANCE_ROUND_ROBIN, [1, 1], fail_threshold=3, eject_ms=10_000)
+    for _ in range(3):
+        lib.hx_result(h, 1, 0)                 # slot 1 ejected
+    lib.hx_result(h, 0, 0)
+    # the new table gives slot 1 to a new server (generation 7): nothing of
+    # the old one's ejection; slot 0's server is the same and keeps its count
+    reload(lib, h, lib.UP_BALANCE_ROUND_ROBIN, [1, 1], fail_threshold=3, eject_ms=10_000)
+    lib.hx_cfg_server_gen(h, 1, 7)
+    assert lib.hx_ejected_until(h, 1) == 0 and lib.hx_fails(h, 1) == 0
+    assert lib.hx_fails(h, 0) == 1
+    assert set(picks(lib, h, 10)) == {0, 1}
+    lib.hx_result(h, 1, 0)
+    lib.hx_result(h, 1, 0)
+    # work still holding the old table (generation 1) for slot 1: a spare
+    # entry, which neither shows nor changes the new owner's state
+    lib.hx_cfg_server_gen(h, 1, 1)
+    assert lib.hx_fails(h, 1) == 0
+    lib.hx_result(h, 1, 0)
+    lib.hx_cfg_server_gen(h, 1, 7)
+    assert lib.hx_fails(h, 1) == 2
+    assert lib.hx_ejected_until(h, 1) == 0
+
+
+def open_breaker(lib, h, ci=0):
+    for _ in range(4):
+        t = lib.hx_breaker_admit(h, ci)
+        assert t == lib.BRK_COUNTED
+        lib.hx_breaker_report(h, ci, t, 0)
+    assert lib.hx_breaker_state(h, ci) == lib.UP_BRK_OPEN
+
+
+def breaker_cluster(lib, h, nclusters=1):
+    assert lib.hx_cfg_new(h, nclusters, nclusters, 2, 0) == 0
+    for ci in range(nclusters):
+        lib.hx_cfg_cluster(h, ci, ci, 1, lib.UP_BALANCE_ROUND_ROBIN, 0, 0)
+        lib.hx_cfg_breaker(h, ci, 10_000, 500, 4, 5_000, 1)
+
+
+def test_reload_keeps_an_open_breaker_open_until_its_time(lib, h):
+    breaker_cluster(lib, h)
+    open_breaker(lib, h)
+    # the new table: another cluster first; ours is index 1, same slot (0)
+    breaker_cluster(lib, h, 2)
+    lib.hx_cfg_cluster_slot(h, 0, 1, 1)
+    lib.hx_cfg_cluster_slot(h, 1, 0, 1)
+    assert lib.hx_breaker_state(h, 1) == lib.UP_BRK_OPEN
+    assert lib.hx_breaker_admit(h, 1) == lib.BRK_REFUSED
+    assert lib.hx_breaker_admit(h, 0) == lib.BRK_COUNTED
+    lib.hx_set_now(h, T0 + 5_000)              # its open time is over: a probe
+    assert lib.hx_breaker_admit(h, 1) == lib.BRK_PROBE
+
+
+def test_a_cluster_slot_given_to_another_name_starts_closed(lib, h):
+    breaker_cluster(lib, h)
+    open_breaker(lib, h)
+    breaker_cluster(lib, h)
+    lib.hx_cfg_cluster_slot(h, 0, 0, 2)        # slot 0, now another name's
+    assert lib.hx_breaker_state(h, 0) == lib.UP_BRK_CLOSED
+    assert lib.hx_breaker_admit(h, 0) == lib.BRK_COUNTED
+
+
 @pytest.mark.parametrize("balance", ["ROUND_ROBIN", "LEAST_CONN", "P2C", "HASH"])
 def test_next_server_after_a_failed_connect(lib, h, balance):
     """What both dialers (l4.c connect_next, h1_upstream.c on_connect) ask:

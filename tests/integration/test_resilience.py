@@ -404,3 +404,72 @@ def test_tls_listener_reads_the_proxy_header_before_the_handshake(proxy_factory,
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             ctx.wrap_socket(raw, server_hostname="localhost")
     up.close()
+
+
+# ---- balancing state across a reload (native/upstream/wstate.h) ----------
+
+def _reload(p, generation, text=None):
+    """Rewrite the configuration (or touch it) and wait for the worker."""
+    if text is not None:
+        with open(p.path, "w") as f:
+            f.write(text)
+    p.reload()
+    wait_for(lambda: all(w["config_generation"] == generation for w in p.stats()["workers"]),
+             what=f"the worker to take generation {generation}")
+
+
+def test_reload_keeps_an_ejected_server_ejected_and_a_new_address_starts_fresh(proxy_factory):
+    """A server ejected by passive health stays ejected through a reload
+    until its eject_time is over (HAProxy's server-state-file keeps it so);
+    a reload that puts a new address in its place starts that one fresh."""
+    dead_port = free_port()
+    dead = f"127.0.0.1:{dead_port}"
+    live = HttpUpstream(lambda req: Response(body=b"live"))
+    p = http_proxy(proxy_factory, [dead, live.addr],
+                   cluster={"fail_threshold": 2, "eject_time": "60s"})
+    for _ in range(4):                                # two of them pick dead: refused
+        assert get(p.port)[0] == 200
+    dead_row = [sv for sv in p.stats()["servers"] if sv["address"] == dead]
+    assert dead_row[0]["ejections"] == 1
+    # The dead server comes back to life, but it is ejected for 60 s: a
+    # reload of the same servers must not let requests reach it.
+    back = HttpUpstream(lambda req: Response(body=b"back"), port=dead_port)
+    _reload(p, 2)
+    assert [get(p.port)[0] for _ in range(6)] == [200] * 6
+    assert back.requests == [] and len(live.requests) == 10
+    # Its place taken by a new address: the new server is not ejected.
+    fresh = HttpUpstream(lambda req: Response(body=b"fresh"))
+    with open(p.path) as f:
+        text = f.read().replace(dead, fresh.addr)
+    _reload(p, 3, text)
+    assert [get(p.port)[0] for _ in range(6)] == [200] * 6
+    assert len(fresh.requests) == 3 and back.requests == []
+    for u in (live, back, fresh):
+        u.close()
+
+
+def test_breaker_open_before_a_reload_stays_open_after(proxy_factory):
+    """An open breaker stays open through a reload (the cluster keeps its
+    slot by name): requests still fail fast, the upstream is not asked,
+    and the gauge still says open; after open_for it half-opens as ever."""
+    sw = Switch(500)
+    up = HttpUpstream(sw)
+    p = http_proxy(proxy_factory, [up.addr], cluster={
+        "circuit_breaker": {"error_ratio": 0.5, "window": "10s", "min_requests": 3,
+                            "open_for": "2s", "half_open_requests": 1}},
+        clusters=[{"name": "other", "servers": [up.addr]}])
+    assert [get(p.port)[0] for _ in range(4)] == [500, 500, 500, 503]
+    opened = time.monotonic()
+    # A reload that moves the cluster to another index: "other" first.
+    with open(p.path) as f:
+        text = f.read()
+    i, j = text.index("[[clusters]]"), text.rindex("[[clusters]]")
+    _reload(p, 2, text[:i] + text[j:] + "\n" + text[i:j])
+    assert get(p.port)[0] == 503
+    assert len(up.requests) == 3
+    assert clusters(p)["c"]["breaker"] == ["open"]
+    sw.status = 200
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - opened)))
+    assert [get(p.port)[0] for _ in range(3)] == [200] * 3   # the probe closed it
+    assert clusters(p)["c"]["breaker"] == ["closed"]
+    up.close()

@@ -32,9 +32,12 @@ def parse_args(argv):
     p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
     p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
     p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
-    p.add_argument("--probe-pairs", type=int,
-                   help="pairs of http64 runs with uproxy top's eBPF probes off and on, for their cost "
-                        "(default 10; --quick 2; 0 skips; not run with --workloads unless given)")
+    p.add_argument("--probe-cost", action="store_true",
+                   help="only measure what uproxy top's eBPF probes cost (uproxy alone, one long http64 "
+                        "run, probes switched off and on in ABBA slices; about 5 minutes; root)")
+    p.add_argument("--probe-seconds", type=float,
+                   help="seconds of load for the probes' cost (default 240; --quick 20; 0 skips it in "
+                        "a full run; not run with --workloads unless given)")
     p.add_argument("--no-tls-libs", action="store_true",
                    help="skip the TLS library comparison (bench/tls_libs.c) that runs with the TLS workloads")
     p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
@@ -57,8 +60,8 @@ def parse_args(argv):
     a.warmup = a.warmup if a.warmup is not None else (0.5 if q else 1.0)
     a.idle_conns = a.idle_conns or 5000
     a.requests = a.requests or (1000 if q else 2000)
-    if a.probe_pairs is None:
-        a.probe_pairs = 0 if (a.workloads or a.from_json) else (2 if q else 10)
+    if a.probe_seconds is None:
+        a.probe_seconds = 0 if ((a.workloads or a.from_json) and not a.probe_cost) else (20 if q else 240)
     if a.docs is None:
         a.docs = not q and not a.only and not a.workloads and not a.from_json
     return a
@@ -132,6 +135,8 @@ def main(argv=None) -> int:
 
     # ---- TLS: the run's certificate (before the contenders: uproxy's check needs it)
     ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    if a.probe_cost:
+        return _probe_cost_only(ctx, a, res, out, t_start)
     want_tls = any(w in CERT_WORKLOADS for w in (a.workloads.split(",") if a.workloads else ALL_WORKLOADS))
     if want_tls:
         if not ctx.tools["openssl"]:
@@ -226,12 +231,8 @@ def main(argv=None) -> int:
                 rows[c.name] = run_contender(ctx, c, rnd, todo, res)
             res["rounds"].append(rows)
         # ---- uproxy alone: what the dashboard's eBPF probes cost ------------
-        if a.probe_pairs > 0 and (not a.only or "uproxy" in a.only.split(",")):
-            from . import probe_cost
-            say(f"the probes' cost: {a.probe_pairs} pairs of http64 runs, probes off and on")
-            res["probe_cost"] = probe_cost.measure(ctx, say, a.probe_pairs, max(2.0, a.duration / 2))
-            if "skipped" in res["probe_cost"]:
-                say(f"  not measured: {res['probe_cost']['skipped']}")
+        if a.probe_seconds > 0 and (not a.only or "uproxy" in a.only.split(",")):
+            _probe_cost(ctx, a, res)
         # ---- uproxy alone: instructions, cache misses, allocations, PMU ----
         if not a.no_valgrind and (not a.only or "uproxy" in a.only.split(",")):
             from . import valgrind
@@ -256,6 +257,39 @@ def main(argv=None) -> int:
     if a.strict and any(g["status"] != "PASS" for g in res["gates"]):
         return 1
     return 0
+
+
+def _probe_cost(ctx, a, res):
+    """uproxy alone: what the dashboard's eBPF probes cost (bench/probe_cost.py)."""
+    from . import probe_cost
+    say(f"the probes' cost: one http64 run of about {a.probe_seconds:.0f} s, probes switched off and on")
+    res["probe_cost"] = probe_cost.measure(ctx, say, a.probe_seconds)
+    p = res["probe_cost"]
+    if "skipped" in p or "error" in p:
+        say(f"  not measured: {p.get('skipped') or p.get('error')}")
+
+
+def _probe_cost_only(ctx, a, res, out, t_start) -> int:
+    """scripts/bench --probe-cost: that measurement and nothing else; the
+    paragraph it prints is the one docs/observability.md quotes."""
+    from . import probe_cost
+    upstream = Upstream(ctx)
+    ctx.upstream = upstream
+    try:
+        upstream.start()
+        _probe_cost(ctx, a, res)
+    finally:
+        upstream.stop()
+    res["elapsed_s"] = time.monotonic() - t_start
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    text = probe_cost.md(res)
+    with open(os.path.join(out, "probe-cost.md"), "w") as f:
+        f.write("# What `uproxy top`'s probes cost\n\n" + text)
+    print(text)
+    say(f"done in {res['elapsed_s']:.0f}s; results: {out}/results.json, {out}/probe-cost.md")
+    p = res["probe_cost"]
+    return 0 if "skipped" not in p and "error" not in p else 1
 
 
 def _set_rate(ctx, c, rnd, res, r):

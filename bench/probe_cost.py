@@ -1,34 +1,46 @@
-"""What `uproxy top`'s eBPF probes cost the proxy (issue 15): uproxy alone,
-HTTP/1.1 keep-alive 64 B (wrk, as http64), in pairs of runs with the
-probes detached and attached at the dashboard's default duty cycle, the
-order swapped every pair so that drift on a shared machine hits both sides.
-The figure is the proxy's CPU per request, with the probes' own run time
-from the kernel's accounting (kernel.bpf_stats_enabled) beside it; the
-per-pair ratios give a mean and a 95% confidence interval, and the result
-says whether the run resolved 3% (the interval's half-width under 3%).
+"""What `uproxy top`'s eBPF probes cost the proxy (issue 15), resolved to 3%.
+
+Separate load runs with the probes off and on do not resolve 3% on a shared
+2-core VM: one run's CPU per request swings by tens of percent with what
+else the machine does. So the probes are switched inside ONE long load run:
+uproxy alone (one worker, pinned as every bench run pins it), one wrk run of
+HTTP/1.1 keep-alive 64 B (as http64), and this controller switches the
+probes between detached and attached, at the dashboard's duty cycle
+(`uproxy top`: UPROXY_PROBE_DUTY, default 0.1), every few seconds in ABBA
+order (bench/pairstats.py). After each switch a settle time is thrown away;
+then a slice is measured from its first boundary to its second:
+
+  - the proxy's CPU time: /proc/<pid>/task/*/schedstat (ns, all threads);
+  - the requests it served: the statistics segment's counter (what
+    `uproxy stats` reads);
+  - steal time of the worker's CPU and of the machine: /proc/stat.
+
+The figure is CPU-µs per request per slice; adjacent slices make pairs, and
+the pairs' on/off ratios give a mean (t interval) and a median (bootstrap
+interval). The probes are compiled once and detached and attached again
+without a compile (Probes.suspend/resume); the attached side includes the
+duty cycle's own attach and detach, four times a second, as the dashboard
+does them. The programs' own run time from the kernel's accounting
+(kernel.bpf_stats_enabled) is taken in one extra attached slice after the
+pairs, because the accounting itself costs two clock reads per program run
+and would inflate the pairs.
 
 Needs root, bcc and kernel headers (as `uproxy top` does); otherwise it says
 why and is skipped."""
 from __future__ import annotations
 
-import math
+import glob
 import os
-import statistics
+import subprocess
 import sys
+import time
 
-from . import workloads
+from . import pairstats, workloads
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
-# two-sided 95% Student t quantiles by degrees of freedom
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
-        12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
-
-
-def _t95(df: int) -> float:
-    for k in sorted(_T95, reverse=True):
-        if df >= k:
-            return _T95[k]
-    return _T95[1]
+SLICE_S = 4.0          # measured per slice
+SETTLE_S = 1.0         # thrown away after each switch
+STEAL_MAX_PCT = 5.0    # a pair with more steal on the worker's CPU is flagged
 
 
 def _probes():
@@ -39,91 +51,219 @@ def _probes():
     return probes
 
 
-def measure(ctx, say, pairs: int, seconds: float) -> dict:
+def cpu_ns(pid: int) -> int:
+    """The process's CPU time in ns, all its threads (schedstat's first
+    field: time on the CPU). A thread that exits mid-slice takes its time
+    with it; uproxy's threads live as long as the process here."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def steal_s(cpu: int | None) -> tuple:
+    """(steal seconds of CPU `cpu`, steal seconds of the whole machine),
+    from /proc/stat (USER_HZ ticks)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    mine = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            p = line.split()
+            steal = int(p[8]) if len(p) > 8 else 0
+            if p[0] == "cpu":
+                total = steal
+            elif cpu is not None and p[0] == f"cpu{cpu}":
+                mine = steal
+    return mine / hz, total / hz
+
+
+class Marks:
+    """Reads one boundary: time, proxy CPU, requests served, steal."""
+
+    def __init__(self, pid: int, worker_cpu: int | None):
+        from uproxy import shm
+        self.pid, self.cpu = pid, worker_cpu
+        self.reader = shm.Reader(pid)
+        self.idx = shm.COUNTERS.index("requests")
+
+    def requests(self) -> int:
+        return sum(int(w.c[self.idx]) for w in self.reader.workers)
+
+    def read(self) -> dict:
+        mine, total = steal_s(self.cpu)
+        return {"t": time.monotonic(), "cpu_ns": cpu_ns(self.pid), "requests": self.requests(),
+                "steal_s": mine, "steal_all_s": total}
+
+    @staticmethod
+    def slice(side: str, m0: dict, m1: dict) -> dict:
+        wall = m1["t"] - m0["t"]
+        ncpu = os.cpu_count() or 1
+        return {"side": side, "wall_s": wall, "cpu_ns": m1["cpu_ns"] - m0["cpu_ns"],
+                "requests": m1["requests"] - m0["requests"],
+                "steal_pct": 100 * (m1["steal_s"] - m0["steal_s"]) / wall,
+                "steal_all_pct": 100 * (m1["steal_all_s"] - m0["steal_all_s"]) / wall / ncpu}
+
+
+def _wrk(ctx, cont, seconds: float):
+    """One long wrk run, as http64's (threads, connections, path), started
+    in the background."""
+    a = ctx.args
+    threads = max(1, min(a.connections, len(ctx.load_cpus) // 2))
+    argv = [ctx.tools["wrk"], "-t", str(threads), "-c", str(a.connections), "-d", f"{int(seconds)}s",
+            "--timeout", "5s", f"http://{cont.http_base()}/64"]
+    return subprocess.Popen(ctx.pinned(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float = SETTLE_S,
+            steal_max: float = STEAL_MAX_PCT) -> dict:
+    """About `seconds` of load, cut into ABBA slices (at least 2 pairs)."""
     try:
         probes = _probes()
+        from uproxy.telemetry.view import DUTY
     except Exception as e:  # bcc or uproxy not importable here
         return {"skipped": f"the probes cannot be imported here: {e}"}
     av = probes.availability()
     if not av["ok"]:
         return {"skipped": f"{av['why']} ({av['fix']})"}
+    if not ctx.tools.get("wrk"):
+        return {"skipped": "wrk is not installed (scripts/setup --bench)"}
     from .peers.uproxy import Uproxy
     cont = Uproxy(ctx)
     if cont.missing() or cont.http_available():
         return {"skipped": cont.missing() or cont.http_available()}
-    # the dashboard's duty cycle (uproxy top: UPROXY_PROBE_DUTY, default 0.1)
-    duty = float(os.environ.get("UPROXY_PROBE_DUTY", "0.1"))
+    per = 2 * (slice_s + settle_s)
+    npairs = max(2, int(seconds // per))
+    sides = pairstats.abba(npairs)
     cont.start(0)
-    rows, progs, reqs_on = [], {}, 0
+    pr, load, slices = None, None, []
+    t_start = time.monotonic()
     try:
         with open(STATS) as f:
             stats_was = f.read().strip()
         workloads.warm(ctx, cont, "/64")
-        for i in range(pairs):
-            pair = {}
-            for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
-                pr = None
-                if side == "on":
-                    from uproxy import shm
-                    pid = _uproxy_pid(cont)
-                    snap = shm.Reader(pid).snapshot()
-                    pr = probes.Probes(pid, snap["workers"], probes.listen_ports(pid),
-                                       probes.upstream_ports(snap), duty=duty)
-                    bad = {s: v for s, v in pr.status.items() if v["state"] == "error"}
-                    if bad:
-                        pr.close()
-                        return {"skipped": f"probe sets did not load: {bad}"}
-                    with open(STATS, "w") as f:
-                        f.write("1")
-                try:
-                    r = workloads.wrk(ctx, cont, "/64", seconds, what=f"probes {side}")
-                finally:
-                    if pr:
-                        with open(STATS, "w") as f:
-                            f.write(stats_was)
-                        for name, (runs, ns) in pr.prog_stats().items():
-                            r0, n0 = progs.get(name, (0, 0))
-                            progs[name] = (r0 + runs, n0 + ns)
-                        pr.close()
-                if side == "on":
-                    reqs_on += r["requests"]
-                pair[side] = r["cpu_us_per_req"]
-            rows.append(pair)
-            say(f"  probes pair {i + 1}/{pairs}: off {pair['off']:.2f}, on {pair['on']:.2f} CPU-µs/req "
-                f"({100 * (pair['on'] / pair['off'] - 1):+.1f}%)")
+        from uproxy import shm
+        pid = cont.proc.pid          # taskset execs uproxy: the started pid is uproxy's
+        snap = shm.Reader(pid).snapshot()
+        worker_cpu = snap["workers"][0]["cpu"] if snap["workers"] else None
+        say(f"  compiling the probes (once), duty cycle {DUTY:g}")
+        pr = probes.Probes(pid, snap["workers"], probes.listen_ports(pid), probes.upstream_ports(snap),
+                           duty=DUTY)
+        bad = {s: v for s, v in pr.status.items() if v["state"] == "error"}
+        if bad:
+            return {"skipped": f"probe sets did not load: {bad}"}
+        pr.suspend()
+        marks = Marks(pid, worker_cpu)
+        # the pairs, then one attached slice with the kernel's accounting on
+        load = _wrk(ctx, cont, len(sides) * (slice_s + settle_s) + slice_s + settle_s + 10)
+        say(f"  one wrk run of ~{len(sides) * (slice_s + settle_s) + slice_s + settle_s:.0f} s; "
+            f"{npairs} ABBA pairs of {slice_s:g} s slices, {settle_s:g} s thrown away after each switch")
+        for i, side in enumerate(sides):
+            if side == "on":
+                pr.resume()
+            else:
+                pr.suspend()
+            time.sleep(settle_s)
+            m0 = marks.read()
+            time.sleep(slice_s)
+            m1 = marks.read()
+            if load.poll() is not None:
+                raise workloads.WorkloadError(f"wrk ended early (exit {load.returncode}): "
+                                              f"{load.stderr.read()[-400:]}")
+            if cont.proc.poll() is not None:
+                raise workloads.WorkloadError(f"uproxy died during the run: {cont.output()[-800:]}")
+            slices.append(Marks.slice(side, m0, m1))
+            if i % 2 == 1:
+                p = pairstats.pair_up(slices[-2:])
+                if p:
+                    p = p[0]
+                    say(f"  pair {i // 2 + 1}/{npairs} ({slices[-2]['side']} {slices[-1]['side']}): "
+                        f"off {p['off']:.2f}, on {p['on']:.2f} CPU-µs/req ({100 * (p['ratio'] - 1):+.1f}%), "
+                        f"steal {p['steal_pct']:.1f}%")
+        own = _own_run_time(pr, marks, stats_was, slice_s, settle_s)
+    except workloads.WorkloadError as e:
+        return {"error": str(e)[:800], "slices": slices}
     finally:
+        if load is not None and load.poll() is None:
+            load.terminate()
+            load.wait()
+        if pr:
+            pr.close()
         cont.stop()
-    ratios = [p["on"] / p["off"] for p in rows]
-    mean = statistics.fmean(ratios)
-    half = _t95(len(ratios) - 1) * statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else None
-    own = sum(ns for _, ns in progs.values()) / reqs_on / 1000 if reqs_on else None
-    return {"pairs": rows, "seconds": seconds, "duty": duty,
-            "overhead_pct": 100 * (mean - 1), "ci95_pct": 100 * half if half is not None else None,
-            "resolves_3pct": half is not None and half < 0.03,
-            "off_us": statistics.median(p["off"] for p in rows),
-            "on_us": statistics.median(p["on"] for p in rows),
-            "probes_own_us_per_req": own,
-            "programs": {n: {"runs_per_req": r / reqs_on, "ns_per_req": ns / reqs_on}
-                         for n, (r, ns) in progs.items()} if reqs_on else {}}
+    res = pairstats.summarize(slices, steal_max=None)
+    res_quiet = pairstats.summarize(slices, steal_max=steal_max)
+    return {"slices": slices, "slice_s": slice_s, "settle_s": settle_s, "duty": DUTY,
+            "elapsed_s": time.monotonic() - t_start, "worker_cpu": worker_cpu,
+            **res, "low_steal": res_quiet, **own}
 
 
-def _uproxy_pid(cont) -> int:
-    """The uproxy process (taskset execs it, so the started pid is uproxy's)."""
-    return cont.proc.pid
+def _own_run_time(pr, marks, stats_was: str, slice_s: float, settle_s: float) -> dict:
+    """One attached slice with kernel.bpf_stats_enabled = 1: the programs'
+    runs and run time per request (the accounting's own clock reads
+    included)."""
+    pr.resume()
+    with open(STATS, "w") as f:
+        f.write("1")
+    try:
+        time.sleep(settle_s)
+        p0, r0 = pr.prog_stats(), marks.requests()
+        time.sleep(slice_s)
+        p1, r1 = pr.prog_stats(), marks.requests()
+    finally:
+        with open(STATS, "w") as f:
+            f.write(stats_was)
+    reqs = r1 - r0
+    if reqs <= 0:
+        return {"probes_own_us_per_req": None, "programs": {}}
+    progs = {}
+    for name, (runs, ns) in p1.items():
+        a, b = p0.get(name, (0, 0))
+        if runs - a:
+            progs[name] = {"runs_per_req": (runs - a) / reqs, "ns_per_req": (ns - b) / reqs}
+    return {"probes_own_us_per_req": sum(p["ns_per_req"] for p in progs.values()) / 1000,
+            "programs": progs}
 
 
 def md(res) -> str:
     p = res.get("probe_cost")
     if not p:
-        return "Not run in this run (`--probe-pairs N`; a full run makes 10 pairs).\n"
+        return "Not run in this run (`scripts/bench --probe-cost`; a full run measures it too).\n"
     if "skipped" in p:
         return f"Not measured: {p['skipped']}.\n"
-    ci = f" ± {p['ci95_pct']:.1f}% (95% confidence, {len(p['pairs'])} pairs)" if p.get("ci95_pct") is not None else ""
-    verdict = ("resolves 3%" if p["resolves_3pct"] else
-               "does not resolve 3% on this machine (more pairs or a quieter machine narrow it)")
-    own = (f"; the programs' own run time, from the kernel's accounting: {p['probes_own_us_per_req']:.2f} µs "
-           f"per request" if p.get("probes_own_us_per_req") is not None else "")
-    return (f"uproxy alone, http64 with `uproxy top`'s probes detached and attached at the default duty cycle, "
-            f"in {len(p['pairs'])} interleaved pairs of {p['seconds']:g}-second runs: proxy CPU per request "
-            f"{p['off_us']:.2f} µs without, {p['on_us']:.2f} µs with (medians); the probes cost "
-            f"**{p['overhead_pct']:+.1f}%**{ci}, which {verdict}{own}.\n")
+    if "error" in p:
+        return f"Not measured: {p['error']}.\n"
+    if p.get("overhead_pct") is None:
+        return "Not measured: no pair of slices served requests.\n"
+    ci = f" ± {p['ci95_pct']:.1f}%" if p.get("ci95_pct") is not None else ""
+    mci = p.get("median_ci95_pct")
+    med = (f"; median {p['median_pct']:+.1f}% [{mci[0]:+.1f}%, {mci[1]:+.1f}%]" if mci else "")
+    verdict = ("which resolves 3% (the interval's half-width is under 3%)" if p["resolves"] else
+               "which does not resolve 3% (the interval's half-width is 3% or more: a longer run or "
+               "a quieter machine narrows it)")
+    steals = sorted(s["steal_pct"] for s in p["slices"])
+    steal = (f" Steal time on the worker's CPU per slice: median {steals[len(steals) // 2]:.1f}%, "
+             f"max {steals[-1]:.1f}%")
+    q = p.get("low_steal") or {}
+    if q.get("high_steal"):
+        steal += (f"; {q['high_steal']} pair(s) had a slice above {q['steal_max_pct']:g}% (flagged, "
+                  f"kept in the figure; without them: {q['overhead_pct']:+.1f}%"
+                  + (f" ± {q['ci95_pct']:.1f}%" if q.get("ci95_pct") is not None else "") + ")")
+    else:
+        steal += f"; no pair had a slice above {STEAL_MAX_PCT:g}%"
+    own = (f" The programs' own run time, from the kernel's accounting (one more attached slice with "
+           f"kernel.bpf_stats_enabled): {p['probes_own_us_per_req']:.2f} µs per request "
+           f"({100 * p['probes_own_us_per_req'] / p['off_us']:.1f}% of the detached side)."
+           if p.get("probes_own_us_per_req") is not None else "")
+    return (f"uproxy alone, one {p['elapsed_s'] / 60:.1f}-minute wrk run of http64 (keep-alive, 64 B) "
+            f"with `uproxy top`'s probes switched between detached and attached (duty cycle {p['duty']:g}, "
+            f"as the dashboard runs them) every {p['slice_s'] + p['settle_s']:g} s in ABBA order, "
+            f"{p['settle_s']:g} s thrown away after each switch: {p['pairs']} pairs of slices. Proxy CPU "
+            f"per request (schedstat, all threads, over the segment's request count) {p['off_us']:.2f} µs "
+            f"detached, {p['on_us']:.2f} µs attached (medians); the probes cost **{p['overhead_pct']:+.1f}%"
+            f"{ci}** (mean of the paired ratios, 95% t interval){med} (bootstrap 95%), "
+            f"{verdict}.{steal}.{own}\n")

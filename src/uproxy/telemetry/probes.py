@@ -196,6 +196,10 @@ class Probes:
         self._raw_fds = []       # raw tracepoint links we hold ourselves
         self.duty, self.period = max(0.01, min(1.0, duty)), max(0.05, period)
         self._cycled = []        # [link]: {"set", "tp", "prog", "fd"}
+        self._fixed = []         # raw links never cycled: {"set", "tp", "prog", "fd"}
+        self._tp_links = []      # (BPF object, tracepoint, fn) attached through bcc
+        self._perf = []          # (BPF object, [(ev table, type, config)]): the cpu set's
+        self.suspended = False
         self._on_ns = {s: 0 for s in SETS}      # time each set's cycled links were attached
         self._on_since = None
         self._lock = __import__("threading").Lock()
@@ -326,20 +330,27 @@ class Probes:
                 for cat, ev, fn in tps:
                     b.attach_tracepoint(tp=f"{cat}:{ev}".encode(), fn_name=fn.encode())
                     done.append(("tp", f"{cat}:{ev}"))
+                    self._tp_links.append((b, f"{cat}:{ev}".encode(), fn.encode(), s))
                 for tp, fn in raws:
                     fd = self._attach_raw(b, tp, fn)
                     done.append(("raw", fd))
+                    link = {"set": s, "tp": tp, "prog": b.funcs[fn.encode()].fd, "fd": fd}
                     if self.duty < 1.0 and (s in HOT or (s, tp) in HOT) and (s, tp) not in ALWAYS:
-                        self._cycled.append({"set": s, "tp": tp, "prog": b.funcs[fn.encode()].fd,
-                                             "fd": fd})
+                        self._cycled.append(link)
+                    else:
+                        self._fixed.append(link)
                 if s == "cpu":
-                    for i, (_, typ, cfg) in enumerate(self.events):
-                        b[f"ev{i}".encode()].open_perf_event(typ, cfg)
+                    evs = [(b[f"ev{i}".encode()], typ, cfg) for i, (_, typ, cfg) in enumerate(self.events)]
+                    for tbl, typ, cfg in evs:
+                        tbl.open_perf_event(typ, cfg)
                     b.attach_perf_event(ev_type=pmu_mod.PERF_TYPE_SOFTWARE, ev_config=0,
                                         fn_name=b"cpu_tick", sample_freq=CPU_TICK_HZ)
                     done.append(("perf", None))
+                    self._perf.append((b, evs))
         except Exception as e:
             self._cycled = [c for c in self._cycled if c["set"] != s]
+            self._fixed = [c for c in self._fixed if c["set"] != s]
+            self._tp_links = [t for t in self._tp_links if t[3] != s]
             for kind, name in done:
                 with contextlib.suppress(Exception):
                     if kind == "tp":
@@ -422,6 +433,60 @@ class Probes:
             if self._stop.wait(self.period - on_s):
                 break
             self._set_links(True)
+
+    def suspend(self):
+        """Detach every probe, cycled or not, and close the cpu set's perf
+        events: the proxy then runs as with no dashboard attached, while the
+        programs stay loaded, so that resume() needs no compile (3 s of CPU).
+        What bench/probe_cost.py switches between, inside one load run."""
+        if self.suspended:
+            return
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._thread = None
+        self._set_links(False)
+        for c in self._fixed:
+            if c["fd"] is not None:
+                if c["fd"] in self._raw_fds:
+                    self._raw_fds.remove(c["fd"])
+                os.close(c["fd"])
+                c["fd"] = None
+        for b, tp, _, _ in self._tp_links:
+            with contextlib.suppress(Exception):
+                b.detach_tracepoint(tp)
+        for b, evs in self._perf:
+            with contextlib.suppress(Exception):
+                b.detach_perf_event(pmu_mod.PERF_TYPE_SOFTWARE, 0)
+            for tbl, _, _ in evs:
+                for key in list(tbl._open_key_fds):
+                    del tbl[key]
+        self.suspended = True
+
+    def resume(self):
+        """Attach again what suspend() detached, and restart the duty cycle
+        as the dashboard runs it (the cycled links open a window at once)."""
+        from bcc import lib
+        if not self.suspended:
+            return
+        for b, evs in self._perf:
+            for tbl, typ, cfg in evs:
+                tbl.open_perf_event(typ, cfg)
+            b.attach_perf_event(ev_type=pmu_mod.PERF_TYPE_SOFTWARE, ev_config=0,
+                                fn_name=b"cpu_tick", sample_freq=CPU_TICK_HZ)
+        for b, tp, fn, _ in self._tp_links:
+            b.attach_tracepoint(tp=tp, fn_name=fn)
+        for c in self._fixed:
+            fd = lib.bpf_attach_raw_tracepoint(c["prog"], c["tp"].encode())
+            if fd < 0:
+                raise RuntimeError(f"cannot attach raw tracepoint {c['tp']} again: "
+                                   f"{os.strerror(ct.get_errno() or 22)}")
+            c["fd"] = fd
+            self._raw_fds.append(fd)
+        self._set_links(True)
+        self.suspended = False
+        self._stop = __import__("threading").Event()
+        self.start_cycling()
 
     def on_seconds(self) -> dict:
         """Seconds each set's probes have been attached (all the time for
@@ -506,6 +571,12 @@ class Probes:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._raw_fds = []
+        for _, evs in self._perf:       # while their maps are open (bcc would try after)
+            for tbl, _, _ in evs:
+                for key in list(tbl._open_key_fds):
+                    with contextlib.suppress(Exception):
+                        del tbl[key]
+        self._perf = []
         for b, _ in self.objects:
             with contextlib.suppress(Exception):
                 b.cleanup()

@@ -210,7 +210,8 @@ def main(argv=None) -> int:
     n_starts = sum(1 for c in present if any(not c.skip(w) for w in wls))
     per = max(1, round(a.duration)) + (max(1, round(a.warmup)) if a.warmup >= 1 else 0.25) + 0.2
     est = a.rounds * (n_timed * per + n_idle * 3.5 + n_starts * 1.3) + 10 + \
-        (0 if a.no_valgrind else 15 + a.requests / 60)
+        (0 if a.no_valgrind else 15 + a.requests / 60) + \
+        (a.probe_seconds + 20 if a.probe_seconds > 0 and (not a.only or "uproxy" in a.only.split(",")) else 0)
     say(f"{len(present)} contenders, {len(wls)} workloads, {a.rounds} round(s): about {est / 60:.1f} minutes")
     res["estimate_s"] = est
 

@@ -53,9 +53,10 @@ def us_per_req(s: dict) -> float | None:
 
 def pair_up(slices: list) -> list:
     """Adjacent slices (0,1), (2,3), ... as pairs {"off", "on", "ratio",
-    "steal_pct"}: the two slices' figures, on/off, and the larger of the
-    two slices' steal. A pair is left out when a slice served no request,
-    or when two adjacent slices are not one of each side."""
+    "steal_pct", "noisy"}: the two slices' figures, on/off, the larger of
+    the two slices' steal, and whether either slice was flagged noisy. A
+    pair is left out when a slice served no request, or when two adjacent
+    slices are not one of each side."""
     out = []
     for i in range(0, len(slices) - 1, 2):
         a, b = slices[i], slices[i + 1]
@@ -66,7 +67,8 @@ def pair_up(slices: list) -> list:
         if u_on is None or u_off is None:
             continue
         out.append({"index": i // 2, "off": u_off, "on": u_on, "ratio": u_on / u_off,
-                    "steal_pct": max(a.get("steal_pct", 0.0), b.get("steal_pct", 0.0))})
+                    "steal_pct": max(a.get("steal_pct", 0.0), b.get("steal_pct", 0.0)),
+                    "noisy": bool(a.get("noisy") or b.get("noisy"))})
     return out
 
 
@@ -91,18 +93,16 @@ def median_bootstrap(xs: list, n: int = 4000, seed: int = 15) -> tuple:
     return med, meds[int(0.025 * n)], meds[min(n - 1, int(0.975 * n))]
 
 
-def summarize(slices: list, resolve: float = 0.03, steal_max: float | None = None) -> dict:
+def summarize(slices: list, resolve: float = 0.03, quiet_only: bool = False) -> dict:
     """The paired ratios' mean (t interval) and median (bootstrap interval),
     as overheads in percent, and whether the mean's interval resolves
-    `resolve` (its half-width under it). With steal_max, pairs where either
-    slice's steal on the worker's CPU exceeded steal_max percent are
-    counted in "high_steal" and left out of the figures; without it they
-    stay in (and are counted all the same)."""
+    `resolve` (its half-width under it). Pairs with a slice flagged noisy
+    (the caller's judgement: steal, other load) are counted in "noisy";
+    with quiet_only they are left out of the figures, else they stay in."""
     pairs = pair_up(slices)
-    high = [p for p in pairs if steal_max is not None and p["steal_pct"] > steal_max]
-    kept = [p for p in pairs if p not in high]
-    out = {"pairs": len(pairs), "used": len(kept), "high_steal": len(high),
-           "steal_max_pct": steal_max, "resolve_pct": 100 * resolve}
+    noisy = [p for p in pairs if p["noisy"]]
+    kept = [p for p in pairs if not (quiet_only and p["noisy"])]
+    out = {"pairs": len(pairs), "used": len(kept), "noisy": len(noisy), "resolve_pct": 100 * resolve}
     if not kept:
         return {**out, "overhead_pct": None, "ci95_pct": None, "resolves": False}
     ratios = [p["ratio"] for p in kept]

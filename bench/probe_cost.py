@@ -13,11 +13,16 @@ then a slice is measured from its first boundary to its second:
   - the proxy's CPU time: /proc/<pid>/task/*/schedstat (ns, all threads);
   - the requests it served: the statistics segment's counter (what
     `uproxy stats` reads);
-  - steal time of the worker's CPU and of the machine: /proc/stat.
+  - steal time of the worker's CPU and of the machine: /proc/stat;
+  - other processes' CPU time (bench/accounting.Window: everything but the
+    proxy, wrk, the upstream and this process), in CPUs.
 
 The figure is CPU-µs per request per slice; adjacent slices make pairs, and
 the pairs' on/off ratios give a mean (t interval) and a median (bootstrap
-interval). The probes are compiled once and detached and attached again
+interval). A slice with more than STEAL_MAX_PCT steal on the worker's CPU,
+or other processes using more than --noise-threshold CPUs, is flagged
+noisy: the figure keeps every pair, and the figure of the quiet pairs alone
+is printed beside it, each with its verdict. The probes are compiled once and detached and attached again
 without a compile (Probes.suspend/resume); the attached side includes the
 duty cycle's own attach and detach, four times a second, as the dashboard
 does them. The programs' own run time from the kernel's accounting
@@ -36,11 +41,12 @@ import sys
 import time
 
 from . import pairstats, workloads
+from .accounting import Window, tree
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 SLICE_S = 4.0          # measured per slice
 SETTLE_S = 1.0         # thrown away after each switch
-STEAL_MAX_PCT = 5.0    # a pair with more steal on the worker's CPU is flagged
+STEAL_MAX_PCT = 5.0    # a slice with more steal on the worker's CPU is flagged noisy
 
 
 def _probes():
@@ -123,6 +129,7 @@ def _wrk(ctx, cont, seconds: float):
 def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float = SETTLE_S,
             steal_max: float = STEAL_MAX_PCT) -> dict:
     """About `seconds` of load, cut into ABBA slices (at least 2 pairs)."""
+    noise_max = ctx.args.noise_threshold
     try:
         probes = _probes()
         from uproxy.telemetry.view import DUTY
@@ -161,6 +168,7 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
         marks = Marks(pid, worker_cpu)
         # the pairs, then one attached slice with the kernel's accounting on
         load = _wrk(ctx, cont, len(sides) * (slice_s + settle_s) + slice_s + settle_s + 10)
+        ours = set(ctx.our_pids) | set(tree(load.pid))
         say(f"  one wrk run of ~{len(sides) * (slice_s + settle_s) + slice_s + settle_s:.0f} s; "
             f"{npairs} ABBA pairs of {slice_s:g} s slices, {settle_s:g} s thrown away after each switch")
         for i, side in enumerate(sides):
@@ -169,22 +177,29 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
             else:
                 pr.suspend()
             time.sleep(settle_s)
+            win = Window(cont.pids, ours).start()
             m0 = marks.read()
             time.sleep(slice_s)
             m1 = marks.read()
+            w = win.stop()
             if load.poll() is not None:
                 raise workloads.WorkloadError(f"wrk ended early (exit {load.returncode}): "
                                               f"{load.stderr.read()[-400:]}")
             if cont.proc.poll() is not None:
                 raise workloads.WorkloadError(f"uproxy died during the run: {cont.output()[-800:]}")
-            slices.append(Marks.slice(side, m0, m1))
+            sl = Marks.slice(side, m0, m1)
+            sl["other_cpus"] = w["other_cpu_s"] / max(w["wall_s"], 1e-9)
+            sl["other_top"] = w["other_top"][:3]
+            sl["noisy"] = sl["steal_pct"] > steal_max or sl["other_cpus"] > noise_max
+            slices.append(sl)
             if i % 2 == 1:
                 p = pairstats.pair_up(slices[-2:])
                 if p:
                     p = p[0]
                     say(f"  pair {i // 2 + 1}/{npairs} ({slices[-2]['side']} {slices[-1]['side']}): "
                         f"off {p['off']:.2f}, on {p['on']:.2f} CPU-µs/req ({100 * (p['ratio'] - 1):+.1f}%), "
-                        f"steal {p['steal_pct']:.1f}%")
+                        f"steal {p['steal_pct']:.1f}%, other load "
+                        f"{max(x['other_cpus'] for x in slices[-2:]):.2f} CPUs{' (noisy)' if p['noisy'] else ''}")
         own = _own_run_time(pr, marks, stats_was, slice_s, settle_s)
     except workloads.WorkloadError as e:
         return {"error": str(e)[:800], "slices": slices}
@@ -195,11 +210,10 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
         if pr:
             pr.close()
         cont.stop()
-    res = pairstats.summarize(slices, steal_max=None)
-    res_quiet = pairstats.summarize(slices, steal_max=steal_max)
     return {"slices": slices, "slice_s": slice_s, "settle_s": settle_s, "duty": DUTY,
             "elapsed_s": time.monotonic() - t_start, "worker_cpu": worker_cpu,
-            **res, "low_steal": res_quiet, **own}
+            "steal_max_pct": steal_max, "noise_max_cpus": noise_max,
+            **pairstats.summarize(slices), "quiet": pairstats.summarize(slices, quiet_only=True), **own}
 
 
 def _own_run_time(pr, marks, stats_was: str, slice_s: float, settle_s: float) -> dict:
@@ -245,16 +259,23 @@ def md(res) -> str:
     verdict = ("which resolves 3% (the interval's half-width is under 3%)" if p["resolves"] else
                "which does not resolve 3% (the interval's half-width is 3% or more: a longer run or "
                "a quieter machine narrows it)")
-    steals = sorted(s["steal_pct"] for s in p["slices"])
-    steal = (f" Steal time on the worker's CPU per slice: median {steals[len(steals) // 2]:.1f}%, "
-             f"max {steals[-1]:.1f}%")
-    q = p.get("low_steal") or {}
-    if q.get("high_steal"):
-        steal += (f"; {q['high_steal']} pair(s) had a slice above {q['steal_max_pct']:g}% (flagged, "
-                  f"kept in the figure; without them: {q['overhead_pct']:+.1f}%"
-                  + (f" ± {q['ci95_pct']:.1f}%" if q.get("ci95_pct") is not None else "") + ")")
+    steals = sorted(x["steal_pct"] for x in p["slices"])
+    others = sorted(x["other_cpus"] for x in p["slices"])
+    noise = (f" Per slice, steal time on the worker's CPU: median {steals[len(steals) // 2]:.1f}%, max "
+             f"{steals[-1]:.1f}%; other processes' CPU: median {others[len(others) // 2]:.2f}, max "
+             f"{others[-1]:.2f} CPUs")
+    q = p.get("quiet") or {}
+    if p.get("noisy"):
+        qv = ("resolves 3%" if q.get("resolves") else "does not resolve 3%")
+        noise += (f". {p['noisy']} pair(s) had a noisy slice (steal above {p['steal_max_pct']:g}% or other "
+                  f"load above {p['noise_max_cpus']:g} CPUs): flagged and kept in the figure above; the "
+                  f"{q['used']} quiet pairs alone: "
+                  + (f"{q['overhead_pct']:+.1f}%" + (f" ± {q['ci95_pct']:.1f}%, which {qv}"
+                                                     if q.get("ci95_pct") is not None else "")
+                     if q.get("overhead_pct") is not None else "none"))
     else:
-        steal += f"; no pair had a slice above {STEAL_MAX_PCT:g}%"
+        noise += (f"; no slice was noisy (steal above {p['steal_max_pct']:g}% or other load above "
+                  f"{p['noise_max_cpus']:g} CPUs)")
     own = (f" The programs' own run time, from the kernel's accounting (one more attached slice with "
            f"kernel.bpf_stats_enabled): {p['probes_own_us_per_req']:.2f} µs per request "
            f"({100 * p['probes_own_us_per_req'] / p['off_us']:.1f}% of the detached side)."
@@ -266,4 +287,4 @@ def md(res) -> str:
             f"per request (schedstat, all threads, over the segment's request count) {p['off_us']:.2f} µs "
             f"detached, {p['on_us']:.2f} µs attached (medians); the probes cost **{p['overhead_pct']:+.1f}%"
             f"{ci}** (mean of the paired ratios, 95% t interval){med} (bootstrap 95%), "
-            f"{verdict}.{steal}.{own}\n")
+            f"{verdict}.{noise}.{own}\n")

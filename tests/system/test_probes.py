@@ -191,6 +191,54 @@ def test_cpu_counters_and_softirq_with_software_events(l4):
         pr.close()
 
 
+def _attachments() -> int:
+    """This process's open probe attachments: perf event fds (tracepoints,
+    perf events, the cpu set's counters) and BPF links (raw tracepoints)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            t = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        n += t in ("anon_inode:[perf_event]", "anon_inode:bpf_link")
+    return n
+
+
+def test_suspend_detaches_every_probe_and_resume_attaches_them_again(l4):
+    """What `scripts/bench --probe-cost` switches between inside one load
+    run: suspended, nothing of the probes stays attached and nothing is
+    counted; resumed, they count again and the duty cycle runs again."""
+    _need_bpf()
+    p, port, _ = l4
+    base = _attachments()
+    snap = p.stats()
+    pr = probes.Probes(p.pid, snap["workers"], probes.listen_ports(p.pid),
+                       probes.upstream_ports(snap), duty=0.1)      # the dashboard's default
+    try:
+        assert all(v["state"] == "on" for v in pr.status.values()), pr.status
+        assert _attachments() > base
+        pr.suspend()
+        assert _attachments() == base
+        est = pr.read()["tcp"]["est_client"]
+        on_s = pr.on_seconds()["uring"]
+        _sessions(port, 20)
+        wait_for(lambda: p.total("closed") >= 20, what="sessions to close")
+        time.sleep(0.6)
+        assert pr.read()["tcp"]["est_client"] == est
+        assert pr.on_seconds()["uring"] == on_s              # the duty cycle stopped
+        pr.resume()
+        assert _attachments() > base
+        _sessions(port, 20)
+        wait_for(lambda: p.total("closed") >= 40, what="sessions to close")
+        wait_for(lambda: pr.read()["tcp"]["est_client"] == est + 20, 5,
+                 what="the resumed probes to see the new sessions")
+        time.sleep(0.6)
+        assert pr.on_seconds()["uring"] > on_s               # windows open again
+    finally:
+        pr.close()
+    assert _attachments() == base
+
+
 def test_status_explains_missing_root(monkeypatch):
     monkeypatch.delenv("UPROXY_NO_BPF", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)

@@ -30,7 +30,7 @@ def test_abba_order_puts_one_of_each_side_in_every_pair_and_swaps_it():
     assert pairstats.abba(4) == ["off", "on", "on", "off", "off", "on", "on", "off"]
 
 
-def _slices(n_pairs, overhead, noise, drift=0.0, seed=1, steal=()):
+def _slices(n_pairs, overhead, noise, drift=0.0, seed=1, noisy=()):
     """Slices of a run whose CPU per request is 10 µs (+ a drift along the
     run) times 1+overhead when on, each with independent relative noise."""
     rng = random.Random(seed)
@@ -40,7 +40,7 @@ def _slices(n_pairs, overhead, noise, drift=0.0, seed=1, steal=()):
         us = base * (1 + overhead if side == "on" else 1) * (1 + rng.gauss(0, noise))
         reqs = 250_000
         out.append({"side": side, "cpu_ns": us * 1000 * reqs, "requests": reqs,
-                    "steal_pct": 20.0 if i in steal else 0.0})
+                    "steal_pct": 20.0 if i in noisy else 0.0, "noisy": i in noisy})
     return out
 
 
@@ -90,12 +90,17 @@ def test_abba_cancels_a_linear_drift_that_one_fixed_order_would_not():
     assert pairstats.summarize(s)["overhead_pct"] > 0.5
 
 
-def test_high_steal_pairs_are_counted_and_left_out_only_when_asked():
-    s = _slices(10, 0.02, 0.01, steal=(0, 5))
+def test_noisy_pairs_are_counted_and_left_out_only_when_asked():
+    s = _slices(10, 0.02, 0.01, noisy=(0, 5))
+    # the noisy slices read 50% high: they move the figure that keeps them
+    for i in (0, 5):
+        s[i]["cpu_ns"] *= 1.5
     all_ = pairstats.summarize(s)
-    quiet = pairstats.summarize(s, steal_max=5.0)
-    assert all_["used"] == 10 and all_["high_steal"] == 0
-    assert quiet["used"] == 8 and quiet["high_steal"] == 2
+    quiet = pairstats.summarize(s, quiet_only=True)
+    assert all_["used"] == 10 and all_["noisy"] == 2
+    assert quiet["used"] == 8 and quiet["noisy"] == 2
+    assert abs(quiet["overhead_pct"] - 2.0) < 1.5 < abs(all_["overhead_pct"] - 2.0)
+    assert pairstats.pair_up(s)[0]["steal_pct"] == 20.0
 
 
 def test_a_single_pair_has_no_interval():

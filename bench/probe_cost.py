@@ -20,9 +20,10 @@ then a slice is measured from its first boundary to its second:
 The figure is CPU-µs per request per slice; adjacent slices make pairs, and
 the pairs' on/off ratios give a mean (t interval) and a median (bootstrap
 interval). A slice with more than STEAL_MAX_PCT steal on the worker's CPU,
-or other processes using more than --noise-threshold CPUs, is flagged
-noisy: the figure keeps every pair, and the figure of the quiet pairs alone
-is printed beside it, each with its verdict. The probes are compiled once and detached and attached again
+other processes using more than --noise-threshold CPUs, or under half the
+median slice's requests, is flagged noisy: the figure keeps every pair,
+and the figure of the quiet pairs alone is printed beside it, each with its
+verdict. The probes are compiled once and detached and attached again
 without a compile (Probes.suspend/resume); the attached side includes the
 duty cycle's own attach and detach, four times a second, as the dashboard
 does them. The programs' own run time from the kernel's accounting
@@ -44,9 +45,10 @@ from . import pairstats, workloads
 from .accounting import Window, tree
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
-SLICE_S = 4.0          # measured per slice
-SETTLE_S = 1.0         # thrown away after each switch
+SLICE_S = 2.0          # measured per slice (8 duty-cycle periods)
+SETTLE_S = 0.5         # thrown away after each switch (2 periods)
 STEAL_MAX_PCT = 5.0    # a slice with more steal on the worker's CPU is flagged noisy
+LOAD_DROP = 0.5        # ...and one that served under half the median slice's requests
 
 
 def _probes():
@@ -190,7 +192,9 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
             sl = Marks.slice(side, m0, m1)
             sl["other_cpus"] = w["other_cpu_s"] / max(w["wall_s"], 1e-9)
             sl["other_top"] = w["other_top"][:3]
-            sl["noisy"] = sl["steal_pct"] > steal_max or sl["other_cpus"] > noise_max
+            sl["noise"] = [why for why, yes in (("steal", sl["steal_pct"] > steal_max),
+                                                ("other load", sl["other_cpus"] > noise_max)) if yes]
+            sl["noisy"] = bool(sl["noise"])
             slices.append(sl)
             if i % 2 == 1:
                 p = pairstats.pair_up(slices[-2:])
@@ -210,10 +214,24 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
         if pr:
             pr.close()
         cont.stop()
+    _flag_load_drops(slices)
     return {"slices": slices, "slice_s": slice_s, "settle_s": settle_s, "duty": DUTY,
             "elapsed_s": time.monotonic() - t_start, "worker_cpu": worker_cpu,
             "steal_max_pct": steal_max, "noise_max_cpus": noise_max,
             **pairstats.summarize(slices), "quiet": pairstats.summarize(slices, quiet_only=True), **own}
+
+
+def _flag_load_drops(slices: list):
+    """A slice that served under LOAD_DROP of the run's median slice ran in
+    another regime (wrk or the proxy starved of CPU; a lightly loaded worker
+    batches less and spends more per request): noisy too."""
+    if not slices:
+        return
+    med = sorted(x["requests"] for x in slices)[len(slices) // 2]
+    for x in slices:
+        if x["requests"] < LOAD_DROP * med:
+            x["noise"] = x.get("noise", []) + ["load fell"]
+            x["noisy"] = True
 
 
 def _own_run_time(pr, marks, stats_was: str, slice_s: float, settle_s: float) -> dict:
@@ -267,15 +285,16 @@ def md(res) -> str:
     q = p.get("quiet") or {}
     if p.get("noisy"):
         qv = ("resolves 3%" if q.get("resolves") else "does not resolve 3%")
-        noise += (f". {p['noisy']} pair(s) had a noisy slice (steal above {p['steal_max_pct']:g}% or other "
-                  f"load above {p['noise_max_cpus']:g} CPUs): flagged and kept in the figure above; the "
+        noise += (f". {p['noisy']} pair(s) had a noisy slice (steal above {p['steal_max_pct']:g}%, other "
+                  f"load above {p['noise_max_cpus']:g} CPUs, or under half the median slice's requests): "
+                  f"flagged and kept in the figure above; the "
                   f"{q['used']} quiet pairs alone: "
                   + (f"{q['overhead_pct']:+.1f}%" + (f" ± {q['ci95_pct']:.1f}%, which {qv}"
                                                      if q.get("ci95_pct") is not None else "")
                      if q.get("overhead_pct") is not None else "none"))
     else:
-        noise += (f"; no slice was noisy (steal above {p['steal_max_pct']:g}% or other load above "
-                  f"{p['noise_max_cpus']:g} CPUs)")
+        noise += (f"; no slice was noisy (steal above {p['steal_max_pct']:g}%, other load above "
+                  f"{p['noise_max_cpus']:g} CPUs, or under half the median slice's requests)")
     own = (f" The programs' own run time, from the kernel's accounting (one more attached slice with "
            f"kernel.bpf_stats_enabled): {p['probes_own_us_per_req']:.2f} µs per request "
            f"({100 * p['probes_own_us_per_req'] / p['off_us']:.1f}% of the detached side)."

@@ -198,7 +198,7 @@ class Probes:
         self._cycled = []        # [link]: {"set", "tp", "prog", "fd"}
         self._fixed = []         # raw links never cycled: {"set", "tp", "prog", "fd"}
         self._tp_links = []      # (BPF object, tracepoint, fn) attached through bcc
-        self._perf = []          # (BPF object, [(ev table, type, config)]): the cpu set's
+        self._perf = []          # the cpu set: (BPF object, [(ev table, type, config)]) per object
         self.suspended = False
         self._on_ns = {s: 0 for s in SETS}      # time each set's cycled links were attached
         self._on_since = None

@@ -269,6 +269,10 @@ def md(res) -> str:
         return f"Not measured: {p['skipped']}.\n"
     if "error" in p:
         return f"Not measured: {p['error']}.\n"
+    if "slices" not in p:        # a results.json of the older separate-runs method
+        ci = f" ± {p['ci95_pct']:.1f}%" if p.get("ci95_pct") is not None else ""
+        return (f"Measured with the older method ({len(p.get('pairs', []))} pairs of separate runs): "
+                f"{p.get('overhead_pct', 0):+.1f}%{ci}, which could not resolve 3% on a shared machine.\n")
     if p.get("overhead_pct") is None:
         return "Not measured: no pair of slices served requests.\n"
     ci = f" ± {p['ci95_pct']:.1f}%" if p.get("ci95_pct") is not None else ""

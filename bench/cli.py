@@ -123,7 +123,8 @@ def main(argv=None) -> int:
 
     # ---- tools ----------------------------------------------------------------
     ctx.tools = {n: env.tool(n) for n in ("wrk", "iperf3", "valgrind", "callgrind_control", "perf", "gcc",
-                                          "nginx", "taskset", "openssl", "h2load", "nghttp")}
+                                          "nginx", "taskset", "openssl", "h2load", "nghttp",
+                                          "strace")}
     res["tools"] = {n: (v or None) for n, v in ctx.tools.items()}
     if not ctx.tools["taskset"] or not ctx.tools["gcc"] or not ctx.tools["nginx"]:
         say("error: taskset, gcc and nginx are needed (run scripts/setup --bench)")

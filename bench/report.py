@@ -98,6 +98,14 @@ def short(w, r) -> str:
                 f"->{r['rss_fresh_kib']}->{r['rss_after_kib']} KiB, mode {r['mode']})")
     nz = r.get("noise", {})
     tail = f"  [other {nz.get('other_cpu_s', 0) / max(nz.get('wall_s', 1), 1e-9):.2f} CPUs]" if nz else ""
+    if w == "l4_short":
+        sc = r.get("syscalls") or {}
+        calls = (f", {sc['total_per_session']:.1f} worker syscalls/session (bpf "
+                 f"{sum(sc['bpf_per_session'].values()):.1f})") if "total_per_session" in sc else ""
+        share = f", sockmap {r['sockmap_share']:.0%}" if r.get("sockmap_share") else ""
+        return (f"{r['sessions_per_s']:.0f} sessions/s, {r['cpu_us_per_session']:.1f} CPU-µs/session, "
+                f"machine {r['machine_cpu_us_per_session']:.1f} CPU-µs/session, p99 {r['p99_ms']:.2f} ms"
+                f"{share}{calls}{tail}")
     if w.startswith("l4"):
         return f"{r['gbps']:.2f} Gbit/s, {r['cpu_s_per_gib']:.3f} CPU-s/GiB{tail}"
     if w in GRPC_WORKLOADS:
@@ -121,7 +129,7 @@ def short(w, r) -> str:
 def _fmt(v, key):
     if v is None:
         return "–"
-    if key in ("rps", "achieved_rps", "hs_per_s"):
+    if key in ("rps", "achieved_rps", "hs_per_s", "sessions_per_s"):
         return f"{v:,.0f}"
     if key == "resumed_frac":
         return f"{v:.1%}"

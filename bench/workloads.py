@@ -10,6 +10,11 @@ dict of figures plus the machine's noise over the run.
   newconn  a new connection per request (wrk, "Connection: close")
   l4_1     iperf3 through the TCP proxy, one stream: Gbit/s, CPU-s/GiB
   l4_64    the same with 64 parallel streams
+  l4_short short L4 sessions: a new TCP connection through the proxy's L4
+           listener per HTTP/1.1 request (loadgen -k 0, 64 at a time) to
+           the origin's HTTP port: sessions/s, proxy and machine CPU-us per
+           session; uproxy's rows also count the worker's syscalls per
+           session under strace (the sockmap map updates against splice)
   tls64    http64 over TLS 1.3 (TLS_AES_128_GCM_SHA256, X25519, the run's
            ECDSA P-256 certificate), wrk over https: CPU-us/req
   tls64k   the same with 64 KiB responses
@@ -37,9 +42,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
+from collections import Counter
 
 from . import grpc
 from .accounting import Window, fd_count, rss_of
@@ -299,6 +306,14 @@ def rate(ctx, cont):
     }
 
 
+def machine_cpu_s(w, ncpu=None) -> float:
+    """Every CPU's busy time over a window (the senders' softirq and the
+    kworkers too, where sockmap's redirects run), less the CPU of the
+    processes outside the bench that ran in it."""
+    ncpu = ncpu or os.cpu_count() or 1
+    return max(0.0, w["busy_frac"] * w["wall_s"] * ncpu - w.get("other_cpu_s", 0.0))
+
+
 def _iperf(ctx, cont, streams):
     a = ctx.args
     argv = [ctx.tools["iperf3"], "-c", "127.0.0.1", "-p", str(cont.l4_port), "-t", str(a.duration),
@@ -326,10 +341,7 @@ def _iperf(ctx, cont, streams):
         "bytes": nbytes,
         "gbps": nbytes * 8 / secs / 1e9,
         "cpu_s_per_gib": w["proxy_cpu_s"] / (nbytes / 2 ** 30) if nbytes else None,
-        # Every CPU's busy time (the senders' softirq and kworkers too, where
-        # sockmap's redirects run; others' load on the machine as well):
-        "machine_cpu_s_per_gib": (w["busy_frac"] * w["wall_s"] * (os.cpu_count() or 1)
-                                  / (nbytes / 2 ** 30)) if nbytes else None,
+        "machine_cpu_s_per_gib": machine_cpu_s(w) / (nbytes / 2 ** 30) if nbytes else None,
         "proxy_cpu_s": w["proxy_cpu_s"],
         "proxy_cpu_util": w["proxy_cpu_s"] / w["wall_s"],
         "retransmits": r["end"].get("sum_sent", {}).get("retransmits"),
@@ -343,6 +355,182 @@ def l4_1(ctx, cont):
 
 def l4_64(ctx, cont):
     return _iperf(ctx, cont, 64)
+
+
+# ---- short L4 sessions (issue 14) ---------------------------------------------
+SHORT_BODY = 64
+
+
+def short_sessions(r, w, ncpu=None) -> dict:
+    """The l4_short figures from loadgen's JSON (r) and the CPU window (w)
+    of its counted part; a WorkloadError when any session failed or came
+    back short: a proxy that loses a session's bytes gets no figure."""
+    n = r.get("requests", 0)
+    errs = sum(r["errors"].values())
+    if n == 0:
+        raise WorkloadError(f"no session completed: errors {r['errors']}")
+    if errs:
+        # loadgen counts a connection refused or reset (connect), an EOF or
+        # a reset before the whole body (read: a short response), a bad
+        # status line or framing (status, parse)
+        raise WorkloadError(f"{errs} of {n + errs} sessions failed ({r['errors']}): connect = refused or "
+                            f"reset, read = closed before the whole response, status/parse = a bad answer")
+    if r["bytes_in"] < n * SHORT_BODY:
+        raise WorkloadError(f"short responses: {r['bytes_in']} bytes over {n} sessions, under "
+                            f"{SHORT_BODY} bytes each")
+    secs = r["duration_s"]
+    machine = machine_cpu_s(w, ncpu)
+    return {
+        "sessions": n,
+        "sessions_per_s": n / secs,
+        "cpu_us_per_session": w["proxy_cpu_s"] * 1e6 / n,
+        "machine_cpu_us_per_session": machine * 1e6 / n,
+        "proxy_cpu_s": w["proxy_cpu_s"],
+        "proxy_cpu_util": w["proxy_cpu_s"] / w["wall_s"],
+        "machine_cpu_s": machine,
+        "bytes_per_session": r["bytes_in"] / n,
+        "p50_ms": r["latency_us"]["p50"] / 1000, "p99_ms": r["latency_us"]["p99"] / 1000,
+        "errors": 0, "error_detail": r["errors"],
+        "noise": w,
+    }
+
+
+# A line of strace's log that starts a call: "TID name(" (resumed halves
+# start with "<..." and are not counted again).
+_STRACE_CALL = re.compile(r"^(?:\d+\s+)?([a-z_0-9]+)\((BPF_[A-Z_]+)?")
+
+
+def count_syscalls(log: str) -> tuple:
+    """(calls by syscall name, bpf calls by command) in an strace log."""
+    calls, bpf = Counter(), Counter()
+    for line in log.splitlines():
+        m = _STRACE_CALL.match(line)
+        if not m:
+            continue
+        calls[m.group(1)] += 1
+        if m.group(1) == "bpf" and m.group(2):
+            bpf[m.group(2)] += 1
+    return calls, bpf
+
+
+def worker_threads(pids) -> list:
+    """uproxy's worker threads (comm uproxy-wN): the threads whose
+    syscalls are per session; the Python threads are not."""
+    out = []
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/comm") as f:
+                    if f.read().startswith("uproxy-w"):
+                        out.append(int(t))
+            except OSError:
+                pass
+    return out
+
+
+SYSCALL_SESSIONS = 2000
+
+
+def syscalls_per_session(ctx, cont, port, n=SYSCALL_SESSIONS) -> dict:
+    """strace on uproxy's worker thread(s) while loadgen makes n sessions
+    (outside the CPU window: strace slows the worker many times): syscalls
+    per session by name, bpf ones by command. io_uring's own operations
+    (accept, connect, splice, close) are no syscalls: they ride on
+    io_uring_enter, which is counted."""
+    strace = ctx.tools.get("strace")
+    tids = worker_threads(cont.pids)
+    if not strace or not tids:
+        return {"skipped": "strace is not installed" if not strace else "no uproxy-w* thread found"}
+    # Every session of the measured run gone first, and every counted one
+    # gone before strace stops, so that what is counted is n sessions
+    # from start to end.
+    lingering = _wait_idle(cont)
+    log = os.path.join(cont.dir, "strace-l4_short.txt")
+    argv = [strace, "-qq", "-o", log]
+    for t in tids:
+        argv += ["-p", str(t)]
+    st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)           # strace attaches
+        if st.poll() is not None:
+            return {"skipped": f"strace could not attach: {st.stderr.read().strip()[-200:]}"}
+        p = subprocess.run(ctx.pinned([ctx.loadgen, "-a", f"127.0.0.1:{port}", "-p", "/64", "-c", "64",
+                                       "-n", str(n), "-k", "0"]), capture_output=True, text=True, timeout=120)
+        left = _wait_idle(cont)
+    finally:
+        st.terminate()
+        try:
+            st.wait(10)
+        except subprocess.TimeoutExpired:
+            st.kill()
+            st.wait()
+    r = _json_line(p.stdout)
+    if not r or r["requests"] != n or sum(r["errors"].values()):
+        return {"error": f"the counted run under strace: {r['errors'] if r else p.stderr.strip()[-200:]}"}
+    with open(log, errors="replace") as f:
+        calls, bpf = count_syscalls(f.read())
+    return {"sessions": n, "open_before": lingering, "open_after": left,
+            "per_session": {k: v / n for k, v in calls.most_common()},
+            "total_per_session": sum(calls.values()) / n,
+            "bpf_per_session": {k: v / n for k, v in bpf.most_common()}}
+
+
+def _stats_total(cont) -> dict | None:
+    """uproxy's counters (shared memory), or None for another proxy."""
+    if cont.family != "uproxy" or cont.proc is None:
+        return None
+    from uproxy import shm
+    return shm.Reader(cont.proc.pid).snapshot()["total"]
+
+
+def _wait_idle(cont, timeout=5.0) -> int:
+    """Waits until uproxy holds no connection (or timeout); returns how
+    many it held when the wait began."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while True:
+        t = _stats_total(cont)
+        active = t["active"] if t else 0
+        first = active if first is None else first
+        if not active or time.monotonic() > deadline:
+            return first
+        time.sleep(0.05)
+
+
+def l4_short(ctx, cont):
+    """A new TCP connection per request through the proxy's short-session
+    L4 listener (l4s_port), to the origin's HTTP port: loadgen -k 0, the
+    run's connection count at a time, HTTP/1.1 GET /64 with "Connection:
+    close"; each session is accept, connect upstream, one request, one
+    response and both closes. The warm-up is loadgen's first seconds (-w);
+    the CPU counts from its "# measure" line. uproxy's rows say how many
+    sessions the chosen forwarding took (sockmap falls back to splice
+    where it cannot), and count the worker's syscalls per session."""
+    a = ctx.args
+    port = cont.l4s_port
+    before = _stats_total(cont)
+    argv = [ctx.loadgen, "-a", f"127.0.0.1:{port}", "-p", "/64", "-c", str(a.connections), "-k", "0",
+            "-w", str(max(a.warmup, 0.3)), "-t", str(a.duration)]
+    p, w = _run_marked(ctx, cont, argv, a.warmup + a.duration + 60)
+    r = _json_line(p.stdout)
+    if not r:
+        raise WorkloadError(f"loadgen gave no result (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+    out = short_sessions(r, w)
+    after = _stats_total(cont)
+    if before is not None and after is not None:
+        accepted = after["accepted"] - before["accepted"]
+        sm = after["sessions_sockmap"] - before["sessions_sockmap"]
+        out["sockmap_share"] = sm / accepted if accepted else 0.0
+        out["sockmap_redirect_fails"] = after["sockmap_redirect_fails"] - before["sockmap_redirect_fails"]
+        if getattr(cont, "forwarding", "") == "sockmap" and out["sockmap_share"] < 0.99:
+            raise WorkloadError(f"only {sm} of {accepted} sessions went through the sockmap (the others fell "
+                                f"back to splice): not a sockmap figure")
+        out["syscalls"] = syscalls_per_session(ctx, cont, port)
+    return out
 
 
 def _one_request_each(socks, host, timeout=60.0) -> int:
@@ -569,6 +757,7 @@ RUNNERS = {
     "newconn": newconn,
     "l4_1": l4_1,
     "l4_64": l4_64,
+    "l4_short": l4_short,
     "tls64": tls64,
     "tls64k": tls64k,
     "tls_full": tls_full,
@@ -594,6 +783,8 @@ METRICS = {
               ("machine_cpu_s_per_gib", "machine CPU-s/GiB", "low")],
     "l4_64": [("gbps", "Gbit/s", "high"), ("cpu_s_per_gib", "CPU-s/GiB", "low"),
               ("machine_cpu_s_per_gib", "machine CPU-s/GiB", "low")],
+    "l4_short": [("cpu_us_per_session", "CPU-µs/session", "low"), ("sessions_per_s", "sessions/s", "high"),
+                 ("machine_cpu_us_per_session", "machine CPU-µs/session", "low"), ("p99_ms", "p99 ms", "low")],
     "tls64": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
               ("p99_ms", "p99 ms", "low")],
     "tls64k": [("cpu_us_per_req", "CPU-µs/req", "low"), ("rps", "req/s", "high"),
@@ -619,6 +810,7 @@ TITLES = {
     "newconn": "New connection per request, 64 B",
     "l4_1": "L4 TCP, one stream (iperf3)",
     "l4_64": "L4 TCP, 64 parallel streams (iperf3 -P 64)",
+    "l4_short": "L4 TCP, short sessions: a new connection per 64 B HTTP/1.1 request, 64 at a time (loadgen -k 0)",
     "tls64": "TLS 1.3 keep-alive, 64 B responses (wrk over https)",
     "tls64k": "TLS 1.3 keep-alive, 64 KiB responses (wrk over https)",
     "tls_full": "TLS 1.3, a new connection per request, full handshakes (loadgen -S full)",

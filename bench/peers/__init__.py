@@ -26,6 +26,10 @@ from .. import accounting, grpc
 
 HTTP_WORKLOADS = ("idle", "http64", "http64k", "rate", "newconn")
 L4_WORKLOADS = ("l4_1", "l4_64")
+# Short L4 sessions (issue 14): a TCP listener of its own (l4s_port) in
+# front of the origin's HTTP port, one HTTP/1.1 request per connection, so
+# that each session is accept, connect, one exchange and both closes.
+L4S_WORKLOADS = ("l4_short",)
 TLS_WORKLOADS = ("tls64", "tls64k", "tls_full", "tls_resume")
 # HTTP/2 from the client (issue 17, G8): h2load with 1, 10 and 100
 # concurrent streams per connection, in cleartext with prior knowledge (h2c)
@@ -40,7 +44,7 @@ H2_WORKLOADS = H2C_WORKLOADS + H2S_WORKLOADS
 GRPC_WORKLOADS = ("grpc_unary",)
 # the workloads that need the run's certificate
 CERT_WORKLOADS = TLS_WORKLOADS + H2S_WORKLOADS
-ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + TLS_WORKLOADS + H2_WORKLOADS + GRPC_WORKLOADS
+ALL_WORKLOADS = HTTP_WORKLOADS + L4_WORKLOADS + L4S_WORKLOADS + TLS_WORKLOADS + H2_WORKLOADS + GRPC_WORKLOADS
 # What every contender's TLS listener is held to (issue 12, DESIGN.md G7).
 TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 TLS_NEGOTIATED = f"TLSv1.3 {TLS_SUITE} X25519"
@@ -71,6 +75,7 @@ class Contender:
         self.pids = []
         self.http_port = None
         self.l4_port = None
+        self.l4s_port = None      # short L4 sessions, to the origin's HTTP port
         self.https_port = None
         self.h2c_port = None      # HTTP/2 in cleartext, prior knowledge
         self.h2s_port = None      # HTTP/2 over TLS (ALPN h2)
@@ -105,6 +110,10 @@ class Contender:
         """Whether the h2c listener is rendered: an h2c workload applies."""
         return any(self.skip(w) is None for w in H2C_WORKLOADS)
 
+    def wants_l4s(self) -> bool:
+        """Whether the short-session L4 listener is rendered: l4_short applies."""
+        return any(self.skip(w) is None for w in L4S_WORKLOADS)
+
     def wants_grpc(self) -> bool:
         """Whether the gRPC listener is rendered: the gRPC workload applies."""
         return any(self.skip(w) is None for w in GRPC_WORKLOADS)
@@ -137,6 +146,7 @@ class Contender:
         os.chmod(self.dir, 0o755)
         self.http_port = free_port()
         self.l4_port = free_port()
+        self.l4s_port = free_port()
         self.https_port = free_port()
         self.h2c_port = free_port()
         self.h2s_port = free_port()
@@ -206,6 +216,8 @@ class Contender:
                         pass
                 except OSError as e:
                     ok, last = False, f"L4 port: {e}"
+            if ok and self.wants_l4s():
+                ok, last = l4s_ready(self.l4s_port)
             if ok:
                 return
             time.sleep(0.1)
@@ -252,6 +264,27 @@ class Contender:
                     pass
                 self.proc.wait(5)
         self.proc = None
+
+
+def l4s_ready(port: int):
+    """One whole HTTP exchange through the short-session L4 listener, as
+    the workload makes them (a new connection, GET /64, Connection: close):
+    (ok, what was seen)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /64 HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            buf = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                buf += b
+    except OSError as e:
+        return False, f"short-session L4 port: {e}"
+    head, _, body = buf.partition(b"\r\n\r\n")
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    ok = line.split(" ")[1:2] == ["200"] and len(body) == 64
+    return ok, f"short-session L4 port: {line!r}, {len(body)} bytes"
 
 
 def h2_ready(url: str):

@@ -40,8 +40,8 @@ class Caddy(Contender):
     h2_tuning = 'servers with protocols ["h1", "h2c"] and, over TLS, ["h1", "h2"]; the same handler'
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "tls64", "tls64k", "tls_full",
                  "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS
-    skip_reasons = {"l4_1": "no layer-4 proxy in the stock build (caddy-l4 plugin)",
-                    "l4_64": "no layer-4 proxy in the stock build (caddy-l4 plugin)"}
+    skip_reasons = {w: "no layer-4 proxy in the stock build (caddy-l4 plugin)"
+                    for w in ("l4_1", "l4_64", "l4_short")}
 
     def binary(self):
         return os.path.join(self.ctx.bench_bin, "caddy")

@@ -137,6 +137,22 @@ class Envoy(Contender):
         if self.wants_grpc():
             tls += self._hcm(self.grpc_port, "grpc", codec="AUTO", cluster="grpc")
             grpc = self._cluster("grpc", c.grpc_upstream_port, h2=True)
+        # short L4 sessions (l4_short): a tcp_proxy listener in front of
+        # the HTTP origin, a cluster of its own (circuit breakers as above)
+        short = short_cluster = ""
+        if self.wants_l4s():
+            short = f"""  - name: tcp_short
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {self.l4s_port}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_short
+          cluster: up4s
+"""
+            short_cluster = self._cluster("up4s", c.upstream_port)
         y = f"""static_resources:
   listeners:
 {self._hcm(self.http_port, "http")}{tls}  - name: tcp
@@ -149,8 +165,8 @@ class Envoy(Contender):
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: tcp
           cluster: up4
-  clusters:
-{self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}{grpc}"""
+{short}  clusters:
+{self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}{grpc}{short_cluster}"""
         path = os.path.join(self.dir, "envoy.yaml")
         write(path, y)
         return [self.binary(), "-c", path, "--concurrency", "1",

@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 
-from . import GRPC_WORKLOADS, H2_WORKLOADS, TLS_SUITE, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, L4S_WORKLOADS, TLS_SUITE, Contender, write
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -138,6 +138,18 @@ backend be_tcp
   mode tcp
   server s1 127.0.0.1:{c.iperf_port}
 """
+        # short L4 sessions (l4_short): a tcp frontend in front of the HTTP origin
+        if self.wants_l4s():
+            conf += f"""
+frontend fe_tcp_short
+  mode tcp
+  bind 127.0.0.1:{self.l4s_port}
+  default_backend be_tcp_short
+
+backend be_tcp_short
+  mode tcp
+  server s1 127.0.0.1:{c.upstream_port}
+"""
         write(os.path.join(self.dir, "haproxy.cfg"), conf)
         return [HAPROXY, "-db", "-f", os.path.join(self.dir, "haproxy.cfg")]
 
@@ -153,7 +165,7 @@ class HaproxySplice(Haproxy):
     skip_reasons.update({w: "same as haproxy (no splice on a TLS client side)"
                          for w in ("tls64", "tls64k", "tls_full", "tls_resume")})
     skip_reasons.update({w: "same as haproxy (splicing matters for large payloads only)"
-                         for w in H2_WORKLOADS + GRPC_WORKLOADS})
+                         for w in H2_WORKLOADS + GRPC_WORKLOADS + L4S_WORKLOADS})
 
 
 class HaproxyPolicies(Haproxy):
@@ -168,4 +180,4 @@ class HaproxyPolicies(Haproxy):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
-                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS}
+                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS + L4S_WORKLOADS}

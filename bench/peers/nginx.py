@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 
-from . import GRPC_WORKLOADS, H2_WORKLOADS, TLS_SUITE, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, L4S_WORKLOADS, TLS_SUITE, Contender, write
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -83,7 +83,7 @@ class Nginx(Contender):
                    "(one upstream connection per call in flight)")
     h2_tuning = "listen ... http2 (h2c) and listen ... ssl http2 (ALPN h2), the same location and TLS settings"
     workloads = ("idle", "http64", "http64k", "rate", "newconn", "l4_1", "l4_64",
-                 "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS
+                 "tls64", "tls64k", "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS + L4S_WORKLOADS
 
     def missing(self):
         return nginx_missing()
@@ -149,13 +149,19 @@ class Nginx(Contender):
 """
         stream = ""
         if os.path.exists(STREAM_MODULE):
+            # short L4 sessions (l4_short): a stream server in front of the HTTP origin
+            short = f"""  server {{
+    listen 127.0.0.1:{self.l4s_port} backlog=4096;
+    proxy_pass 127.0.0.1:{c.upstream_port};
+  }}
+""" if self.wants_l4s() else ""
             stream = f"""
 stream {{
   server {{
     listen 127.0.0.1:{self.l4_port} backlog=4096;
     proxy_pass 127.0.0.1:{c.iperf_port};
 {sbuf}  }}
-}}
+{short}}}
 """
         conf = (f"load_module {STREAM_MODULE};\n" if stream else "") + common_main(d, 1) + f"""
 http {{
@@ -187,7 +193,7 @@ class NginxBigbuf(Nginx):
     workloads = ("http64k", "l4_1", "l4_64", "tls64k")
     skip_reasons = {w: "same as nginx (buffer sizes matter for large bodies and streams only)"
                     for w in ("idle", "http64", "rate", "newconn", "tls64", "tls_full", "tls_resume")
-                    + H2_WORKLOADS + GRPC_WORKLOADS}
+                    + H2_WORKLOADS + GRPC_WORKLOADS + L4S_WORKLOADS}
 
 
 class NginxPolicies(Nginx):
@@ -203,4 +209,4 @@ class NginxPolicies(Nginx):
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
                     for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64", "tls64", "tls64k",
-                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS}
+                              "tls_full", "tls_resume") + H2_WORKLOADS + GRPC_WORKLOADS + L4S_WORKLOADS}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from . import GRPC_WORKLOADS, H2_WORKLOADS, Contender, write
+from . import GRPC_WORKLOADS, H2_WORKLOADS, L4S_WORKLOADS, Contender, write
 
 
 class Traefik(Contender):
@@ -99,6 +99,23 @@ class Traefik(Contender):
         servers:
           - url: "h2c://127.0.0.1:{c.grpc_upstream_port}"
 """
+        # short L4 sessions (l4_short): a TCP entry point and router of
+        # their own in front of the HTTP origin
+        tcp_short_router = tcp_short_service = ""
+        if self.wants_l4s():
+            websecure += f"""  tcps:
+    address: "127.0.0.1:{self.l4s_port}"
+"""
+            tcp_short_router = """    ts_short:
+      entryPoints: [tcps]
+      rule: "HostSNI(`*`)"
+      service: tss
+"""
+            tcp_short_service = f"""    tss:
+      loadBalancer:
+        servers:
+          - address: "127.0.0.1:{c.upstream_port}"
+"""
         # the run's certificate, for the TLS listener and the h2 one alike
         if self.wants_tls() or self.wants_h2s():
             tls = f"""tls:
@@ -153,12 +170,12 @@ providers:
       entryPoints: [tcp]
       rule: "HostSNI(`*`)"
       service: ts
-  services:
+{tcp_short_router}  services:
     ts:
       loadBalancer:
         servers:
           - address: "127.0.0.1:{c.iperf_port}"
-{tls}""")
+{tcp_short_service}{tls}""")
         return [self.binary(), f"--configFile={d}/traefik.yml"]
 
 
@@ -174,3 +191,4 @@ class TraefikFast(Traefik):
                     "tls_resume": "same as traefik (fastProxy changes the upstream side, not the handshake)"}
     skip_reasons.update({w: "same as traefik (fastProxy is Traefik's HTTP/1.1 path)"
                          for w in H2_WORKLOADS + GRPC_WORKLOADS})
+    skip_reasons.update({w: "same as traefik (fastProxy is HTTP-only)" for w in L4S_WORKLOADS})

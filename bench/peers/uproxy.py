@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import subprocess
 
-from . import GRPC_WORKLOADS, H2_WORKLOADS, H2S_WORKLOADS, TLS_SUITE, TLS_WORKLOADS, Contender, free_port, write
+from . import (GRPC_WORKLOADS, H2_WORKLOADS, H2S_WORKLOADS, L4S_WORKLOADS, TLS_SUITE, TLS_WORKLOADS, Contender,
+               free_port, write)
 
 _HTTP_STATE: dict = {}
 _TLS_STATE: dict = {}
@@ -115,7 +116,7 @@ class Uproxy(Contender):
         return "http" if not self.http_available() else "tcp"
 
     def config_text(self, http_port, l4_port, l4http_port, with_http, probe=False, https_port=None,
-                    h2c_port=None, h2s_port=None, grpc_port=None):
+                    h2c_port=None, h2s_port=None, grpc_port=None, l4s_port=None):
         c = self.ctx
         up = 9 if probe else c.upstream_port          # the probe is only checked, never run
         iperf = 9 if probe else c.iperf_port
@@ -144,6 +145,11 @@ class Uproxy(Contender):
         if l4_port:
             out += ["[[listeners]]", 'name = "l4"', f'bind = "127.0.0.1:{l4_port}"', 'mode = "tcp"',
                     'cluster = "iperf"', f'forwarding = "{self.forwarding}"', ""]
+        # Short L4 sessions (l4_short): a tcp listener of its own in front
+        # of the HTTP origin, with this contender's forwarding.
+        if l4s_port:
+            out += ["[[listeners]]", 'name = "l4s"', f'bind = "127.0.0.1:{l4s_port}"', 'mode = "tcp"',
+                    'cluster = "up"', f'forwarding = "{self.forwarding}"', ""]
         # A tcp listener in front of the HTTP upstream: the idle-memory,
         # callgrind and allocation runs use it while HTTP is not available.
         out += ["[[listeners]]", 'name = "l4http"', f'bind = "127.0.0.1:{l4http_port}"', 'mode = "tcp"',
@@ -163,7 +169,8 @@ class Uproxy(Contender):
                                      https_port=self.https_port if self.wants_tls() else None,
                                      h2c_port=self.h2c_port if self.wants_h2c() else None,
                                      h2s_port=self.h2s_port if self.wants_h2s() else None,
-                                     grpc_port=self.grpc_port if self.wants_grpc() else None))
+                                     grpc_port=self.grpc_port if self.wants_grpc() else None,
+                                     l4s_port=self.l4s_port if self.wants_l4s() else None))
         self.config_path = path
         return [self.binary(), "run", "-c", path, "--workers", "1"]
 
@@ -183,6 +190,8 @@ class UproxyBuffered(Uproxy):
     skip_reasons = {w: "same as uproxy (forwarding applies to L4)"
                     for w in ("idle", "http64", "http64k", "rate", "newconn") + TLS_WORKLOADS + H2_WORKLOADS
                     + GRPC_WORKLOADS}
+    skip_reasons.update({w: "short sessions compare splice (uproxy) with sockmap (uproxy-sockmap)"
+                         for w in L4S_WORKLOADS})
 
 
 class UproxySpliceIowq(UproxyBuffered):
@@ -200,6 +209,8 @@ class UproxySockmap(UproxyBuffered):
     label = "uproxy, sockmap"
     tuning = 'as uproxy, with forwarding = "sockmap" (eBPF stream verdict on a sockhash; needs root)'
     forwarding = "sockmap"
+    workloads = ("l4_1", "l4_64") + L4S_WORKLOADS
+    skip_reasons = {w: r for w, r in UproxyBuffered.skip_reasons.items() if w not in L4S_WORKLOADS}
 
     def missing(self):
         m = super().missing()
@@ -220,8 +231,8 @@ class UproxyPolicies(Uproxy):
               'rewrite replace_path, allow = ["127.0.0.0/8"], rate_limit (never reached)')
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the policies' cost"
-                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
-                    + H2_WORKLOADS + GRPC_WORKLOADS}
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + L4S_WORKLOADS
+                    + TLS_WORKLOADS + H2_WORKLOADS + GRPC_WORKLOADS}
 
     ROUTE = ['', '[[listeners.routes]]', 'path_prefix = "/"', 'cluster = "up"',
              'request_headers = { set = { X-Env = "bench" } }',
@@ -245,8 +256,8 @@ class UproxyResilience(Uproxy):
               "retry_budget")
     workloads = ("http64",)
     skip_reasons = {w: "only http64 measures the breaker's and the budget's cost"
-                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + TLS_WORKLOADS
-                    + H2_WORKLOADS + GRPC_WORKLOADS}
+                    for w in ("idle", "http64k", "rate", "newconn", "l4_1", "l4_64") + L4S_WORKLOADS
+                    + TLS_WORKLOADS + H2_WORKLOADS + GRPC_WORKLOADS}
 
     CLUSTER = ['circuit_breaker = { error_ratio = 0.5, latency = "5s", window = "10s", '
                'min_requests = 20, open_for = "30s" }',

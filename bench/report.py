@@ -608,6 +608,49 @@ def h2_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
+def l4short_md(res) -> str:
+    """The short-L4-session section (issue 14): each contender's machine
+    CPU per session above the direct run's (the same sessions without a
+    proxy), and uproxy's worker syscalls per session by forwarding."""
+    if "l4_short" not in res.get("workloads", []):
+        return "Not run in this run (`--workloads l4_short`).\n"
+    ws = res["summary"].get("l4_short", {})
+
+    def med(name, key):
+        m = ws.get(name, {}).get("metrics", {}).get(key)
+        return m["median"] if m else None
+    floor = med("direct", "machine_cpu_us_per_session")
+    out = ["| contender | sessions/s | proxy CPU-µs/session | machine CPU-µs/session | above direct |",
+           "|---|---|---|---|---|"]
+    for name in _ordered(ws):
+        m = med(name, "machine_cpu_us_per_session")
+        if m is None:
+            continue
+        above = f"{m - floor:.1f}" if floor is not None and name != "direct" else "–"
+        out.append(f"| {res['contenders'][name]['label']} | {_fmt(med(name, 'sessions_per_s'), 'rps')} | "
+                   f"{_fmt(med(name, 'cpu_us_per_session'), '')} | {m:.1f} | {above} |")
+    out.append("")
+    calls = {}
+    for rd in res.get("rounds", []):
+        for name, rows in rd.items():
+            sc = (rows.get("l4_short") or {}).get("syscalls") or {}
+            if "per_session" in sc:
+                calls[name] = sc          # the last round's count (they are exact counts, round to round)
+    if calls:
+        out += ["uproxy's worker, syscalls per session (strace on the worker thread over "
+                f"{next(iter(calls.values()))['sessions']:,} sessions after the timed run; io_uring's "
+                "operations ride on `io_uring_enter`):", "",
+                "| contender | in all | by call | bpf by command |", "|---|---|---|---|"]
+        for name in _ordered(calls):
+            sc = calls[name]
+            by = ", ".join(f"{k} {v:.2f}" for k, v in sc["per_session"].items())
+            bpf = ", ".join(f"{k.replace('BPF_MAP_', '').lower()} {v:.2f}"
+                            for k, v in sc["bpf_per_session"].items()) or "–"
+            out.append(f"| {res['contenders'][name]['label']} | {sc['total_per_session']:.2f} | {by} | {bpf} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
 def console(res) -> str:
     out = ["", tables(res, with_range=True)]
     if res.get("probe_cost"):
@@ -700,6 +743,7 @@ def document(res, png_prefix="") -> str:
         "{{TABLES}}": tables(res, tls=False),
         "{{TLS}}": tls_md(res),
         "{{H2}}": h2_md(res),
+        "{{L4SHORT}}": l4short_md(res),
         "{{PROBES}}": __import__("bench.probe_cost", fromlist=["md"]).md(res),
         "{{PROFILE}}": profile_md(res),
         "{{NOISE}}": noise_md(res),

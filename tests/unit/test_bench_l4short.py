@@ -80,3 +80,55 @@ def test_count_syscalls_by_name_and_bpf_by_command():
 def test_workload_is_registered():
     for w in L4S_WORKLOADS:
         assert w in ALL_WORKLOADS and w in RUNNERS and w in METRICS and w in TITLES
+
+
+class _Ctx:
+    upstream_port, iperf_port, grpc_upstream_port = 18080, 15201, 18082
+    tls_cert = tls_key = tls_pem = None
+    grpc_request = "/dev/null"
+
+    def __init__(self, d):
+        self.run_dir = self.bench_bin = self.bench_venv = d
+
+
+def _rendered(cls, tmp_path) -> str:
+    c = cls(_Ctx(str(tmp_path)))
+    c.dir = str(tmp_path)
+    c.http_port, c.l4_port, c.l4s_port = 20001, 20002, 20003
+    c.https_port, c.h2c_port, c.h2s_port, c.grpc_port = 20004, 20005, 20006, 20007
+    c.render()
+    return "".join(open(os.path.join(tmp_path, f)).read() for f in sorted(os.listdir(tmp_path))
+                   if os.path.isfile(os.path.join(tmp_path, f)))
+
+
+def test_peers_render_the_short_session_listener_only_where_it_applies(tmp_path):
+    """Each L4 peer puts a listener on l4s_port in front of the origin's HTTP
+    port; the rows that skip l4_short (tunings that change nothing for
+    it) render none."""
+    from bench.peers import envoy, haproxy, nginx, traefik
+    for cls in (nginx.Nginx, haproxy.Haproxy, envoy.Envoy, traefik.Traefik):
+        d = tmp_path / cls.name
+        d.mkdir()
+        text = _rendered(cls, d)
+        assert "20003" in text, cls.name
+        assert text.count("18080") >= 2, cls.name   # the HTTP route and the short-session one
+    for cls in (nginx.NginxBigbuf, haproxy.HaproxySplice, traefik.TraefikFast):
+        d = tmp_path / cls.name
+        d.mkdir()
+        assert "20003" not in _rendered(cls, d), cls.name
+
+
+def test_section_counts_machine_cpu_above_direct_and_syscalls():
+    from bench.report import l4short_md
+    res = {"workloads": ["l4_short"],
+           "contenders": {"direct": {"label": "no proxy (direct)"}, "uproxy-sockmap": {"label": "uproxy, sockmap"}},
+           "summary": {"l4_short": {n: {"metrics": {k: {"median": v} for k, v in m.items()}} for n, m in {
+               "direct": {"machine_cpu_us_per_session": 90.0, "sessions_per_s": 14000.0, "cpu_us_per_session": 0.0},
+               "uproxy-sockmap": {"machine_cpu_us_per_session": 190.0, "sessions_per_s": 7000.0,
+                                  "cpu_us_per_session": 90.0}}.items()}},
+           "rounds": [{"uproxy-sockmap": {"l4_short": {"syscalls": {
+               "sessions": 2000, "total_per_session": 30.0, "per_session": {"bpf": 16.0, "getsockopt": 6.0},
+               "bpf_per_session": {"BPF_MAP_UPDATE_ELEM": 6.0}}}}}]}
+    text = l4short_md(res)
+    assert "| uproxy, sockmap | 7,000 | 90.0 | 190.0 | 100.0 |" in text
+    assert "| uproxy, sockmap | 30.00 | bpf 16.00, getsockopt 6.00 | update_elem 6.00 |" in text

@@ -29,6 +29,7 @@
 #define UP_F_REGISTERED_RING    128
 #define UP_F_KTLS               256  /* the kernel's tls ULP (CONFIG_TLS), not io_uring */
 #define UP_F_SOCKMAP            512  /* the sockmap program loaded (bpf/sockmap.c): L4 in the kernel */
+#define UP_F_KTLS_RX            1024 /* kTLS decrypts too (TLS_RX), with UP_F_KTLS; off: the library decrypts */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -441,6 +442,10 @@ enum up_counter {
     UP_C_H2_UP_REFUSED,       /* streams the upstream refused (REFUSED_STREAM, past GOAWAY) */
     UP_C_H2_UP_NO_ALPN,       /* TLS upstreams that did not select h2 in ALPN */
     UP_C_H2_HELD,             /* HTTP/2 clients whose new streams waited for room (h2_hold.c) */
+    /* kTLS receiving (TLS_RX; appended) */
+    UP_C_TLS_KTLS_RX,         /* client connections whose receiving the kernel took (TLS_RX) */
+    UP_C_TLS_KTLS_RX_FALLBACKS, /* TLS_RX refused by the kernel: the library kept decrypting */
+    UP_C_TLS_KTLS_RX_CLOSES,  /* kTLS RX connections closed for a handshake message after the handshake (a KeyUpdate: Linux 6.1 cannot rekey TLS_RX) */
     UP_C__COUNT
 };
 

@@ -106,7 +106,7 @@ bool fa_build(struct worker *w, struct txn *t, const uint8_t *base, uint32_t bid
     SPUT("X-Forwarded-Method: ", 20);
     SPUT(base + r->method_off, r->method_len);
     SPUT(S_CRLF, 2);
-    if (h1_wire(w, c)->tp == TP_TLS)
+    if (tp_is_tls(h1_wire(w, c)))    /* user space or kTLS */
         SPUT("X-Forwarded-Proto: https\r\n", 26);
     else
         SPUT("X-Forwarded-Proto: http\r\n", 25);

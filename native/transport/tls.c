@@ -38,6 +38,13 @@
 
 static int handshake(struct worker *w, struct conn *c, struct tls_conn *t);
 
+/* Whether connections of this worker may hand their receiving to the
+ * kernel (TLS_RX): kTLS on, and its receiving half not switched off. */
+static inline bool rx_wanted(const struct worker *w)
+{
+    return (w->features & (UP_F_KTLS | UP_F_KTLS_RX)) == (UP_F_KTLS | UP_F_KTLS_RX) && w->tls_ktls;
+}
+
 /* ---- the BIO: the library's view of our buffers ----------------------- */
 
 static int bio_read(BIO *b, char *out, int want)
@@ -219,6 +226,12 @@ static int start(struct worker *w, struct conn *c, SSL_CTX *ctx, bool server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
+    /* Where the kernel may take the receiving, the library reads record
+     * by record (a header, then exactly its body), never ahead: at the
+     * handshake's end, every byte after the client's Finished is still
+     * ours, in the queue (see rx_plan). */
+    if (server && rx_wanted(w))
+        SSL_set_read_ahead(ssl, 0);
     t->ssl = ssl;
     t->state = TLS_HANDSHAKE;
     c->tp = TP_TLS;
@@ -301,10 +314,11 @@ void tp_tls_release(struct worker *w, struct conn *c)
     t->ssl = NULL;
     in_release(w, t);
     out_release(w, t);
-    if (t->state != TLS_OPEN || t->ktls == KT_WAIT)
+    if (t->state != TLS_OPEN || t->ktls == KT_WAIT || t->krx == KR_DRAIN)
         tp_ktls_forget(w, c);     /* a handshake that never reached the handover */
     t->state = TLS_NONE;
     t->ktls = KT_OFF;
+    t->krx = KR_OFF;
     c->tp = TP_PLAIN;
 }
 
@@ -434,6 +448,102 @@ static uint32_t out_records(const struct worker *w, const struct tls_conn *t)
     return n;
 }
 
+/* ---- kernel TLS: receiving (TLS_RX) ----------------------------------- */
+
+/* Follow the record boundaries in bytes received after the handshake's
+ * last record (the headers are plaintext: type, version, length). */
+static void rx_scan(struct tls_conn *t, const uint8_t *p, uint32_t n)
+{
+    while (n) {
+        if (t->rx_left) {
+            uint32_t k = n < t->rx_left ? n : t->rx_left;
+            t->rx_left = (uint16_t)(t->rx_left - k);
+            p += k, n -= k;
+            if (!t->rx_left)
+                t->rx_recs++;
+            continue;
+        }
+        if (t->rx_have == 3)
+            t->rx_len = (uint16_t)(*p << 8);
+        else if (t->rx_have == 4)
+            t->rx_len |= *p;
+        p++, n--;
+        if (++t->rx_have == 5) {
+            t->rx_have = 0;
+            t->rx_left = t->rx_len;
+            if (!t->rx_left)
+                t->rx_recs++;
+        }
+    }
+}
+
+/* Bytes to the end of the record under way: the most the next receive may
+ * read (the header first, then the body), so that nothing past a record's
+ * end leaves the socket while the kernel may still take it. */
+static uint32_t rx_need(const struct tls_conn *t)
+{
+    return t->rx_left ? t->rx_left : 5u - t->rx_have;
+}
+
+static void rx_off(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    if (t->krx == KR_DRAIN) {
+        tp_ktls_forget(w, c);
+        SSL_set_read_ahead(t->ssl, 1);
+    }
+    t->krx = KR_OFF;
+}
+
+/* The handshake is complete (server side) and sending goes to the kernel:
+ * plan the receiving's handover too. With read-ahead off, the library has
+ * read exactly the handshake's records, so what the queue still holds is
+ * the first bytes after the client's Finished: their record boundaries
+ * are followed from here. */
+static void rx_plan(struct worker *w, struct tls_conn *t)
+{
+    t->krx = KR_DRAIN;
+    t->rx_have = 0;
+    t->rx_len = t->rx_left = 0;
+    t->rx_recs = 0;
+    uint32_t off = t->in_off;
+    for (uint32_t b = t->in_head; b != NIL; b = w->bufs.next[b], off = 0)
+        rx_scan(t, buf_data(&w->bufs, b) + off, w->bufs.len[b] - off);
+}
+
+/* Hand the receiving to the kernel, when nothing can be lost or reordered:
+ *  - every byte received after the handshake went to the library in order
+ *    (the queue is empty), and it read them all as whole records: our own
+ *    count of their headers ends on a boundary and the library holds no
+ *    record bytes (SSL_has_pending) nor plaintext (held(): TLSF_FULL);
+ *  - since the handshake, no receive read past the end of a record (rx_need
+ *    bounds each one), so the socket holds exactly the rest of the stream,
+ *    starting with a record's header;
+ *  - no receive is in flight (we are arming the next one), so nothing can
+ *    read the socket between the count and setsockopt;
+ *  - the kernel's first record is the next under the client's application
+ *    keys: TLS 1.3 starts them at 0 after the Finished (under the
+ *    handshake keys); in TLS 1.2 the Finished was the first (1). Plus the
+ *    records the library decrypted meanwhile.
+ * The plaintext the library already gave the protocol came first; the
+ * kernel's comes next, through the same receive path. */
+static bool rx_handover(struct worker *w, struct conn *c, struct tls_conn *t)
+{
+    if (t->ktls != KT_TX) {           /* sending stayed in user space: so does receiving */
+        rx_off(w, c, t);
+        return false;
+    }
+    uint64_t seq = (SSL_version(t->ssl) == TLS1_2_VERSION ? 1 : 0) + (uint64_t)t->rx_recs;
+    if (tp_ktls_rx(w, c, t->ssl, seq) < 0) {
+        rx_off(w, c, t);
+        cnt(w, UP_C_TLS_KTLS_RX_FALLBACKS, 1);
+        return false;
+    }
+    t->krx = KR_ON;
+    c->tp = TP_KTLS;
+    cnt(w, UP_C_TLS_KTLS_RX, 1);
+    return true;
+}
+
 /* The handshake is complete: whether this connection goes to the kernel,
  * and the sequence number its first kernel record will carry. The server
  * of TLS 1.3 writes its session tickets under the application keys in the
@@ -443,6 +553,7 @@ static uint32_t out_records(const struct worker *w, const struct tls_conn *t)
  * the new keys, and the library writes nothing after it. */
 static void ktls_plan(struct worker *w, struct tls_conn *t, bool server)
 {
+    t->krx = KR_OFF;
     if (!(w->features & UP_F_KTLS) || !w->tls_ktls)
         return;
     int v = SSL_version(t->ssl);
@@ -451,6 +562,8 @@ static void ktls_plan(struct worker *w, struct tls_conn *t, bool server)
         return;
     t->tx_seq = (uint8_t)seq;
     t->ktls = KT_WAIT;
+    if (server && rx_wanted(w))
+        rx_plan(w, t);
 }
 
 /* Every record the library wrote is on the wire: the kernel takes over
@@ -465,6 +578,7 @@ static void handover(struct worker *w, struct conn *c, struct tls_conn *t)
         cnt(w, UP_C_TLS_KTLS, 1);
     } else {
         t->ktls = KT_OFF;
+        rx_off(w, c, t);
         cnt(w, UP_C_TLS_KTLS_FALLBACKS, 1);
     }
 }
@@ -502,25 +616,33 @@ static bool held(const struct tls_conn *t)
            (t->flags & TLSF_EOF);
 }
 
-void tp_tls_recv_arm(struct worker *w, struct conn *c)
+bool tp_tls_recv_arm(struct worker *w, struct conn *c)
 {
     struct tls_conn *t = tp_tls_of(w, c);
     if (t->flags & TLSF_SENDING) {
         t->flags |= TLSF_WANT_RX;
-        return;
+        return false;
     }
     if (held(t)) {
         struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
         io_uring_prep_nop(s);
         count_op(w, s);
         t->flags |= TLSF_REPLAY;
-        return;
+        return false;
+    }
+    uint32_t max = 0;
+    if (t->krx == KR_DRAIN && t->state == TLS_OPEN) {
+        if (!t->rx_have && !t->rx_left && !SSL_has_pending(t->ssl) && rx_handover(w, c, t))
+            return true;
+        if (t->krx == KR_DRAIN)
+            max = rx_need(t);
     }
     struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
-    io_uring_prep_recv(s, c->fd, NULL, 0, 0);
+    io_uring_prep_recv(s, c->fd, NULL, max, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BUF_GROUP;
     count_op(w, s);
+    return false;
 }
 
 static int failed(struct worker *w, struct tls_conn *t, enum up_counter k, int err)
@@ -624,6 +746,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
             uint32_t b = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
             bufpool_taken(w);
             if (res > 0) {
+                if (t->krx == KR_DRAIN)
+                    rx_scan(t, buf_data(p, b), (uint32_t)res);
                 p->len[b] = (uint32_t)res;
                 p->next[b] = NIL;
                 if (t->in_tail == NIL)

@@ -66,6 +66,14 @@ enum tls_ktls {
     KT_TX,                        /* the kernel encrypts what we send (c->tp is TP_KTLS_TX) */
 };
 
+/* Whether the kernel decrypts what this connection receives (server side,
+ * after KT_TX; tls_ktls.c). */
+enum tls_krx {
+    KR_OFF,                       /* the library decrypts */
+    KR_DRAIN,                     /* reading exactly to a record's end, then handed over */
+    KR_ON,                        /* the kernel decrypts (c->tp is TP_KTLS) */
+};
+
 #define TLSF_EOF      1       /* the socket said FIN */
 #define TLSF_SENDING  2       /* a flight of our own (handshake) is on its way */
 #define TLSF_REPLAY   4       /* the receive armed is a no-op: data is held */
@@ -100,6 +108,11 @@ struct tls_conn {
     uint8_t flags;                /* TLSF_* */
     uint8_t ktls;                 /* enum tls_ktls */
     uint8_t tx_seq;               /* kTLS: records sent under the application keys before the handover */
+    uint8_t krx;                  /* enum tls_krx */
+    uint8_t rx_have;              /* KR_DRAIN: header bytes of the current record seen (0-4) */
+    uint16_t rx_len;              /* KR_DRAIN: the current record's length, from its header */
+    uint16_t rx_left;             /* KR_DRAIN: its body bytes still to come */
+    uint32_t rx_recs;             /* KR_DRAIN: whole records received after the handshake's last */
     int32_t err;                  /* TLS_FAILED: what to report (-errno) */
     uint32_t slot;                /* client side: the server's slot, for its session */
     struct iovec iov[TLS_OUT_BUFS];
@@ -127,7 +140,16 @@ void tp_ktls_prepare_ctx(SSL_CTX *ctx);
 /* Program TLS_TX with the connection's keys and the next record's
  * sequence number: 0, or -errno (the connection stays in user space). */
 int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq);
-/* Wipe the connection's kept secret. */
+/* Program TLS_RX with the peer's keys and the sequence number of the
+ * next record the kernel will read: 0, or -errno (the library goes on
+ * decrypting). After tp_ktls_tx (the ULP is attached there). */
+int tp_ktls_rx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq);
+/* TLS_RX: the kernel failed a receive with EIO, a record that is not
+ * data is next. Read it and say what it means for the protocol: 0 (end
+ * of stream: close_notify, or a handshake message we cannot follow), or
+ * -errno (an alert: the connection ends). */
+int tp_ktls_rx_record(struct worker *w, struct conn *c);
+/* Wipe the connection's kept secrets. */
 void tp_ktls_forget(struct worker *w, const struct conn *c);
 void tp_ktls_close_notify(int fd);
 
@@ -136,7 +158,9 @@ void tp_ktls_close_notify(int fd);
 int tp_tls_new_session(SSL *ssl, SSL_SESSION *sess);
 
 /* What the seam (transport.c) calls for a TLS connection. */
-void tp_tls_recv_arm(struct worker *w, struct conn *c);
+/* Arms the library's receive; true instead when the kernel took the
+ * connection's receiving just now (c->tp is TP_KTLS): arm as plain. */
+bool tp_tls_recv_arm(struct worker *w, struct conn *c);
 int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid);
 void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int n);
 int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe);

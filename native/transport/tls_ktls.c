@@ -1,21 +1,25 @@
 /*
- * Kernel TLS: handing a connection's sending to the kernel (TLS_TX) once
- * its handshake is over. Our records go through memory BIOs, so the
- * library cannot program the socket itself; this file does what it would:
+ * Kernel TLS: handing a connection's sending (TLS_TX) and, on the server
+ * side, its receiving (TLS_RX) to the kernel once its handshake is over.
+ * Our records go through memory BIOs, so the library cannot program the
+ * socket itself; this file does what it would:
  *
- *   - the traffic secret: TLS 1.3's {SERVER,CLIENT}_TRAFFIC_SECRET_0 from
- *     the key-log callback (the library's one door to it), kept per
- *     connection in a cold array until the handover and wiped then; TLS
- *     1.2's master secret from the session;
+ *   - the traffic secrets: TLS 1.3's {SERVER,CLIENT}_TRAFFIC_SECRET_0
+ *     from the key-log callback (the library's one door to them), kept
+ *     per connection in a cold array until their handover and wiped then;
+ *     TLS 1.2's master secret from the session;
  *   - the key and IV: HKDF-Expand-Label (RFC 8446 7.3) for TLS 1.3, the
  *     TLS 1.2 PRF's key block (RFC 5246 6.3) for TLS 1.2;
- *   - the record sequence number: counted by tls.c (the records sent
- *     under the application keys before the handover);
- *   - setsockopt(TCP_ULP "tls") and setsockopt(SOL_TLS, TLS_TX).
+ *   - the record sequence numbers: counted by tls.c (the records sent, or
+ *     received, under the application keys before the handover);
+ *   - setsockopt(TCP_ULP "tls"), setsockopt(SOL_TLS, TLS_TX) and TLS_RX;
+ *   - after TLS_RX, the records that are not data (the kernel fails a
+ *     receive with EIO): read with their type, and answered.
  *
- * Receiving stays with the library (docs/tls.md says why). Nothing here
- * runs per request: once per handshake, and close_notify once per
- * connection. No secret is ever logged.
+ * Upstream connections hand over only their sending (docs/tls.md says
+ * why). Nothing here runs per request: once per handshake, and
+ * close_notify or a control record once per connection. No secret is
+ * ever logged.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -47,12 +51,18 @@ struct ktls_secret {
     uint8_t b[48];
 };
 
+/* A connection's two: [KS_TX] our own side's, [KS_RX] the peer's. */
+enum { KS_TX, KS_RX };
+struct ktls_secrets {
+    struct ktls_secret s[2];
+};
+
 /* Per worker: the two KDFs, fetched once (a fetch takes the library's
  * method-store lock), and the secrets by connection. */
 struct ktls_worker {
     EVP_KDF *hkdf;
     EVP_KDF *prf;
-    struct ktls_secret *sec;      /* [nconns], reserved, touched by TLS 1.3 handshakes only */
+    struct ktls_secrets *sec;     /* [nconns], reserved, touched by TLS 1.3 handshakes only */
 };
 
 int tp_ktls_init(struct worker *w)
@@ -62,7 +72,7 @@ int tp_ktls_init(struct worker *w)
     struct ktls_worker *k = calloc(1, sizeof *k);
     if (!k)
         return -ENOMEM;
-    void *m = mmap(NULL, sizeof(struct ktls_secret) * w->nconns, PROT_READ | PROT_WRITE,
+    void *m = mmap(NULL, sizeof(struct ktls_secrets) * w->nconns, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
         free(k);
@@ -81,8 +91,8 @@ void tp_ktls_free(struct worker *w)
     struct ktls_worker *k = w->tls_ktls;
     if (!k)
         return;
-    OPENSSL_cleanse(k->sec, sizeof(struct ktls_secret) * w->nconns);
-    munmap(k->sec, sizeof(struct ktls_secret) * w->nconns);
+    OPENSSL_cleanse(k->sec, sizeof(struct ktls_secrets) * w->nconns);
+    munmap(k->sec, sizeof(struct ktls_secrets) * w->nconns);
     EVP_KDF_free(k->hkdf);
     EVP_KDF_free(k->prf);
     free(k);
@@ -93,24 +103,33 @@ void tp_ktls_free(struct worker *w)
  * control plane's thread, which alone builds contexts). */
 static int ktls_kernel = -1;
 
-/* The key log: only our own side's first application traffic secret is
- * kept (the one TLS_TX needs), for the connection the SSL belongs to. */
+/* The key log: only the first application traffic secrets are kept, for
+ * the connection the SSL belongs to: our own side's (TLS_TX), and on the
+ * server side with TLS_RX on, the client's. */
 static void keylog(const SSL *ssl, const char *line)
 {
     struct bio_ref *r = BIO_get_data(SSL_get_rbio(ssl));
     if (!r)
         return;
     struct ktls_worker *k = r->w->tls_ktls;
-    const char *want = SSL_is_server(ssl) ? "SERVER_TRAFFIC_SECRET_0 " : "CLIENT_TRAFFIC_SECRET_0 ";
-    size_t wl = strlen(want);
-    if (!k || strncmp(line, want, wl) != 0)
+    bool server = SSL_is_server(ssl);
+    const char *tx = server ? "SERVER_TRAFFIC_SECRET_0 " : "CLIENT_TRAFFIC_SECRET_0 ";
+    int which;
+    if (!k)
+        return;
+    if (strncmp(line, tx, strlen(tx)) == 0)
+        which = KS_TX;
+    else if (server && (r->w->features & UP_F_KTLS_RX) &&
+             strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0)
+        which = KS_RX;
+    else
         return;
     const char *hex = strrchr(line, ' ');          /* "<label> <client random> <secret>" */
     if (!hex)
         return;
     hex++;
     size_t n = strlen(hex) / 2;
-    struct ktls_secret *s = &k->sec[r->c - r->w->conns];
+    struct ktls_secret *s = &k->sec[r->c - r->w->conns].s[which];
     if (n > sizeof s->b)
         return;
     for (size_t i = 0; i < n; i++) {
@@ -133,11 +152,17 @@ void tp_ktls_prepare_ctx(SSL_CTX *ctx)
         SSL_CTX_set_keylog_callback(ctx, keylog);
 }
 
-void tp_ktls_forget(struct worker *w, const struct conn *c)
+static void forget(struct worker *w, const struct conn *c, int which)
 {
     struct ktls_worker *k = w->tls_ktls;
-    if (k && k->sec[c - w->conns].len)
-        OPENSSL_cleanse(&k->sec[c - w->conns], sizeof(struct ktls_secret));
+    if (k && k->sec[c - w->conns].s[which].len)
+        OPENSSL_cleanse(&k->sec[c - w->conns].s[which], sizeof(struct ktls_secret));
+}
+
+void tp_ktls_forget(struct worker *w, const struct conn *c)
+{
+    forget(w, c, KS_TX);
+    forget(w, c, KS_RX);
 }
 
 /* HKDF-Expand-Label(secret, label, "", n) of RFC 8446 7.1. */
@@ -202,9 +227,10 @@ static void put_be64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
-/* The socket options for this connection's sending side: 0, or -1 when
- * its suite is not one the kernel takes or a secret is missing. */
-static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, uint64_t seq,
+/* The socket options for this connection's sending side (KS_TX) or
+ * receiving side (KS_RX): 0, or -1 when its suite is not one the kernel
+ * takes or a secret is missing. */
+static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int which, uint64_t seq,
                        union crypto_info *ci, socklen_t *len)
 {
     struct ktls_worker *k = w->tls_ktls;
@@ -222,7 +248,10 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, uint64_
     }
     const EVP_MD *md = SSL_CIPHER_get_handshake_digest(cs);
     const char *mdn = md ? EVP_MD_get0_name(md) : NULL;
-    bool v13 = SSL_version(ssl) == TLS1_3_VERSION, server = SSL_is_server(ssl);
+    bool v13 = SSL_version(ssl) == TLS1_3_VERSION;
+    /* Whose keys: the server's when we are the server and send, or the
+     * client and receive. */
+    bool server = SSL_is_server(ssl) == (which == KS_TX);
     if (!mdn || (!v13 && SSL_version(ssl) != TLS1_2_VERSION))
         return -1;
     /* key and the 12-byte nonce base (TLS 1.3) or fixed IV (TLS 1.2:
@@ -231,7 +260,7 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, uint64_
     size_t ivlen = nid == NID_chacha20_poly1305 || v13 ? 12 : 4;
     int r = -1;
     if (v13) {
-        struct ktls_secret *s = &k->sec[c - w->conns];
+        struct ktls_secret *s = &k->sec[c - w->conns].s[which];
         if (s->len && s->len == (size_t)EVP_MD_get_size(md) &&
             expand_label(k, mdn, s->b, s->len, "key", key, klen) == 0 &&
             expand_label(k, mdn, s->b, s->len, "iv", iv, 12) == 0)
@@ -263,7 +292,8 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, uint64_
             /* TLS 1.3: the nonce base's last 8 bytes. TLS 1.2: the explicit
              * nonce of the next record, which the kernel counts up from
              * here; the sequence number is unique under this key (the
-             * library's own records used a random start). */
+             * library's own records used a random start). Receiving, the
+             * kernel reads each record's explicit nonce from the record. */
             if (v13)
                 memcpy(civ, iv + 4, 8);
             else
@@ -287,8 +317,8 @@ int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)
 {
     union crypto_info ci;
     socklen_t len = 0;
-    int r = crypto_info(w, c, ssl, seq, &ci, &len);
-    tp_ktls_forget(w, c);
+    int r = crypto_info(w, c, ssl, KS_TX, seq, &ci, &len);
+    forget(w, c, KS_TX);
     if (r < 0)
         return -ENOTSUP;
     /* The ULP is attached once; a socket that has it but whose TLS_TX the
@@ -318,4 +348,67 @@ void tp_ktls_close_notify(int fd)
     h->cmsg_len = CMSG_LEN(1);
     *CMSG_DATA(h) = 21;
     sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+int tp_ktls_rx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)
+{
+    union crypto_info ci;
+    socklen_t len = 0;
+    int r = crypto_info(w, c, ssl, KS_RX, seq, &ci, &len);
+    forget(w, c, KS_RX);
+    if (r < 0)
+        return -ENOTSUP;
+    if (setsockopt(c->fd, SOL_TLS, TLS_RX, &ci, len) < 0)
+        r = -errno;
+    OPENSSL_cleanse(&ci, sizeof ci);
+    return r;
+}
+
+#ifndef TLS_GET_RECORD_TYPE
+#define TLS_GET_RECORD_TYPE 2
+#endif
+
+/* A record that is not data, after TLS_RX: the kernel failed the ring's
+ * receive with EIO and keeps the record at the head of its queue until a
+ * recvmsg that can take its type (a control message) reads it. Rare (once
+ * per connection at most: each of them ends it), so one direct, never
+ * blocking syscall. What it is:
+ *   - alert close_notify (21, description 0): the end of the stream;
+ *   - any other alert: the peer gave up, the connection ends (reset);
+ *   - a handshake message (22): in TLS 1.3 a KeyUpdate (or anything else
+ *     after the handshake: the server side receives no tickets), in TLS
+ *     1.2 a renegotiation's ClientHello. The records after a KeyUpdate
+ *     are under keys the kernel does not have, and Linux 6.1 cannot take
+ *     new TLS_RX keys on a socket (rekeying came in 6.14): the connection
+ *     ends as at the end of the stream, so what is under way finishes and
+ *     we say close_notify, counted (tls_ktls_rx_closes). A client that
+ *     updates its keys (after some 2^24.5 records, RFC 8446 5.5) opens a
+ *     new connection. */
+int tp_ktls_rx_record(struct worker *w, struct conn *c)
+{
+    uint8_t b[64];
+    union {
+        char buf[CMSG_SPACE(1)];
+        struct cmsghdr align;
+    } u;
+    struct iovec v = { b, sizeof b };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf };
+    ssize_t n = recvmsg(c->fd, &m, MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN ? -EAGAIN : -errno;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    int type = h && h->cmsg_level == SOL_TLS && h->cmsg_type == TLS_GET_RECORD_TYPE ? *CMSG_DATA(h) : 0;
+    switch (type) {
+    case 21:                                      /* alert: level, description */
+        if (n >= 2 && b[1] == 0)
+            return 0;                             /* close_notify */
+        return -ECONNRESET;
+    case 22:                                      /* handshake */
+        cnt(w, UP_C_TLS_KTLS_RX_CLOSES, 1);
+        return 0;
+    default:
+        /* Data after EIO cannot be (the record that failed the receive
+         * stays first); whatever it is, the stream is not ours to follow. */
+        return -EPROTO;
+    }
 }

@@ -3,8 +3,11 @@
  * receive into provided buffers and its own sends, straight through the
  * ring. Sends wait for all their bytes (MSG_WAITALL) and never raise
  * SIGPIPE. TLS: tls.c; once the kernel encrypts (TP_KTLS_TX, tls_ktls.c)
- * sending is the plain socket's and receiving stays the library's.
+ * sending is the plain socket's and receiving stays the library's; once
+ * it decrypts as well (TP_KTLS) receiving is the plain socket's too, but
+ * for the rare record that is not data (the kernel says EIO).
  */
+#include <errno.h>
 #include <sys/uio.h>
 #include "transport/transport.h"
 #include "transport/tls.h"
@@ -12,7 +15,13 @@
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
 {
     switch ((enum tp_kind)c->tp) {
-    case TP_PLAIN: {
+    case TP_TLS:
+    case TP_KTLS_TX:
+        if (!tp_tls_recv_arm(w, c))
+            break;
+        __attribute__((fallthrough));  /* the kernel took the receiving just now */
+    case TP_PLAIN:
+    case TP_KTLS: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
         io_uring_prep_recv(s, c->fd, NULL, max, 0);
         s->flags |= IOSQE_BUFFER_SELECT;
@@ -22,10 +31,6 @@ void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
         count_op(w, s);
         break;
     }
-    case TP_TLS:
-    case TP_KTLS_TX:
-        tp_tls_recv_arm(w, c);
-        break;
     }
 }
 
@@ -37,6 +42,12 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
     case TP_TLS:
     case TP_KTLS_TX:
         return tp_tls_received(w, c, cqe, bid);
+    case TP_KTLS:
+        if (cqe->res == -EIO) {
+            *bid = NIL;                /* a failed receive takes no buffer */
+            return tp_ktls_rx_record(w, c);
+        }
+        break;
     }
     *bid = NIL;
     if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -51,14 +62,15 @@ int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
  * short, which the protocols continue as after any short send. */
 static inline int send_flags(const struct conn *c)
 {
-    return c->tp == TP_KTLS_TX ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL;
+    return c->tp == TP_PLAIN ? MSG_NOSIGNAL | MSG_WAITALL : MSG_NOSIGNAL;
 }
 
 void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
 {
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
-    case TP_KTLS_TX: {
+    case TP_KTLS_TX:
+    case TP_KTLS: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
         io_uring_prep_send(s, c->fd, p, n, send_flags(c));
         count_op(w, s);
@@ -76,7 +88,8 @@ void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
 {
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
-    case TP_KTLS_TX: {
+    case TP_KTLS_TX:
+    case TP_KTLS: {
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
         io_uring_prep_sendmsg(s, c->fd, m, send_flags(c));
         count_op(w, s);
@@ -93,6 +106,7 @@ int tp_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
     switch ((enum tp_kind)c->tp) {
     case TP_PLAIN:
     case TP_KTLS_TX:
+    case TP_KTLS:
         break;
     case TP_TLS:
         return tp_tls_sent(w, c, cqe);
@@ -113,6 +127,7 @@ bool tp_ready(struct worker *w, const struct conn *c)
         break;
     case TP_TLS:
     case TP_KTLS_TX:
+    case TP_KTLS:
         return tp_tls_ready(w, c);
     }
     return true;
@@ -125,6 +140,7 @@ void tp_shutdown(struct worker *w, struct conn *c)
         break;
     case TP_TLS:
     case TP_KTLS_TX:
+    case TP_KTLS:
         tp_tls_shutdown(w, c);
         break;
     }
@@ -137,6 +153,7 @@ void tp_release(struct worker *w, struct conn *c)
         break;
     case TP_TLS:
     case TP_KTLS_TX:
+    case TP_KTLS:
         tp_tls_release(w, c);
         break;
     }

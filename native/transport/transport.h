@@ -3,7 +3,8 @@
  * connection has a transport kind (c->tp), and every function here is a
  * switch on it, no function pointers: plain sockets, or TLS in user space
  * (tls.c) whose records the ring moves while the protocols above see only
- * plaintext. The protocols read and write only through these calls.
+ * plaintext, or TLS whose records the kernel writes and reads (kTLS,
+ * tls_ktls.c). The protocols read and write only through these calls.
  */
 #ifndef UPROXY_TRANSPORT_H
 #define UPROXY_TRANSPORT_H
@@ -16,6 +17,9 @@ enum tp_kind {
     TP_TLS,           /* records; the library in user space */
     TP_KTLS_TX,       /* records; the kernel encrypts what we send (kTLS),
                          the library decrypts what we receive */
+    TP_KTLS,          /* records; the kernel encrypts and decrypts (kTLS TX
+                         and RX): the socket's bytes are the protocol's,
+                         but for records that are not data (EIO) */
 };
 
 /* Whether the connection speaks TLS, whoever does the crypto. */
@@ -47,21 +51,24 @@ void tp_on_cqe(struct worker *w, struct conn *c, enum op op, const struct io_uri
 bool tp_ready(struct worker *w, const struct conn *c);
 /* Whether the kernel may move this connection's bytes itself (splice):
  * only when its bytes on the wire are the protocol's, in both directions
- * (L4's pumps, sockmap). */
+ * (L4's pumps, sockmap). Not TP_KTLS yet: sockmap cannot take a kTLS
+ * socket, and L4's pumps do not read its non-data records. */
 static inline bool tp_spliceable(const struct conn *c)
 {
     return c->tp == TP_PLAIN;
 }
 /* One direction: the kernel may read the protocol's bytes out of the
- * socket (splice from it) ... */
+ * socket (splice from it: kTLS RX decrypts them; a record that is not
+ * data fails the splice, and the protocol ends the connection as after
+ * any failed splice) ... */
 static inline bool tp_splice_from(const struct conn *c)
 {
-    return c->tp == TP_PLAIN;
+    return c->tp == TP_PLAIN || c->tp == TP_KTLS;
 }
 /* ... or write them into it (splice into it: kTLS encrypts them). */
 static inline bool tp_splice_into(const struct conn *c)
 {
-    return c->tp == TP_PLAIN || c->tp == TP_KTLS_TX;
+    return c->tp == TP_PLAIN || c->tp == TP_KTLS_TX || c->tp == TP_KTLS;
 }
 /* Before shutdown(SHUT_WR): say goodbye in the transport's own terms. */
 void tp_shutdown(struct worker *w, struct conn *c);

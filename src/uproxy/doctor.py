@@ -183,9 +183,9 @@ def check_io_uring() -> list:
                           "" if not no else "a newer kernel enables the faster paths; uproxy "
                           "falls back without them", flags=flags, source=flags_source))
     if core_features is not None:
-        # kTLS and sockmap are not io_uring features and have their own
+        # kTLS (both directions) and sockmap are not io_uring features and have their own
         # checks (check_tls, check_sockmap)
-        lacking = [f for f in feat.FEATURES if f not in core_features and f not in ("ktls", "sockmap")]
+        lacking = [f for f in feat.FEATURES if f not in core_features and f not in ("ktls", "ktls_rx", "sockmap")]
         out.append(_check("uproxy_features", "ok" if not lacking else "warn",
                           "the C core will use: " + (", ".join(core_features) or "none")
                           + (f"; not here: {', '.join(lacking)}" if lacking else ""),

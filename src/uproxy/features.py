@@ -21,6 +21,9 @@ _TABLE = {
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),
+    # kTLS receiving (TLS_RX) beside sending; needs "ktls". Off: the
+    # kernel encrypts, the library still decrypts (docs/tls.md).
+    "ktls_rx": (1024, "4.17"),
     # forwarding = "sockmap": the program (bpf/sockmap.c) loaded by the
     # control plane at start; 6.4 has the sockmap fixes it relies on
     # (src/uproxy/sockmap.py says why it could not load).

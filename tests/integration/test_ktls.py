@@ -1,8 +1,9 @@
 """Kernel TLS (issue 12, docs/tls.md "Kernel TLS"): after the handshake the
-kernel encrypts what uproxy sends (TLS_TX), large response bodies go by
-splice into the kTLS socket, and the library keeps decrypting what clients
-send. Real clients (curl, openssl s_client, Python's ssl) against a real
-`uproxy run`.
+kernel encrypts what uproxy sends (TLS_TX) and decrypts what clients send
+(TLS_RX), large bodies go by splice into and out of the kTLS socket, and
+the records that are not data (close_notify, alerts, KeyUpdate) are
+answered. Real clients (curl, openssl s_client, Python's ssl) against a
+real `uproxy run`.
 
 These tests need a kernel with the tls ULP (CONFIG_TLS): they skip, saying
 so, on one without, and run in the project's VM (Debian 12, Linux 6.1):
@@ -46,6 +47,8 @@ def cert(tmp_path_factory):
 
 def upstream():
     def handler(req):
+        if req.method == "POST":
+            return Response(body=b"sha " + hashlib.sha256(req.body).hexdigest().encode())
         if req.target.startswith("/big"):
             return Response(body=BIG_BODY)
         return Response(body=b"small " + req.target.encode())
@@ -176,7 +179,8 @@ def test_ktls_python_keepalive_and_close_notify(proxy_factory, cert):
         f.close()
         s.close()
     assert p.total("tls_ktls") == 4, counters(p)
-    assert p.total("tls_ktls_fallbacks") == 0
+    assert p.total("tls_ktls_rx") == 4, counters(p)
+    assert p.total("tls_ktls_fallbacks") == 0 and p.total("tls_ktls_rx_fallbacks") == 0
 
 
 def s_client(port, steps, version="-tls1_3"):
@@ -212,13 +216,15 @@ REQ = b"GET /%s HTTP/1.1\nHost: localhost\n\n"
 
 
 def test_ktls_openssl_s_client_and_key_updates(proxy_factory, cert):
-    """openssl s_client, TLS 1.2 and 1.3. A client's key update that asks
-    nothing of us (`k`) changes only the keys the library decrypts with:
-    the connection goes on. One that asks us to update ours too (`K`):
-    our sending keys are in the kernel, which cannot change them, so the
-    proxy closes that connection (counted), never sends garbage."""
+    """openssl s_client, TLS 1.2 and 1.3, with kTLS's receiving switched
+    off (`ktls_rx`: the kernel encrypts, the library decrypts). A client's
+    key update that asks nothing of us (`k`) changes only the keys the
+    library decrypts with: the connection goes on. One that asks us to
+    update ours too (`K`): our sending keys are in the kernel, which cannot
+    change them, so the proxy closes that connection (counted), never
+    sends garbage."""
     up = upstream()
-    p = ktls_proxy(proxy_factory, cert, up)
+    p = ktls_proxy(proxy_factory, cert, up, env={"UPROXY_DISABLE": "ktls_rx"})
     out = s_client(p.port, [REQ % b"a12", 3.0], version="-tls1_2")
     assert "small /a12" in out, out
     out = s_client(p.port, [REQ % b"a", 3.0, b"k\n", 1.0, REQ % b"b", 3.0])
@@ -228,6 +234,7 @@ def test_ktls_openssl_s_client_and_key_updates(proxy_factory, cert):
     assert "small /c" in out and "small /d" not in out, out
     wait_for(lambda: p.total("tls_ktls_reply_closes") == 1, 5, what="the K connection closed")
     assert p.total("tls_ktls") == 3
+    assert p.total("tls_ktls_rx") == 0
 
 
 def test_ktls_disabled_keeps_user_space(proxy_factory, cert):
@@ -244,6 +251,7 @@ def test_ktls_disabled_keeps_user_space(proxy_factory, cert):
         assert get(s, f, "/x") == (200, b"small /x")
         f.close()
     assert p.total("tls_ktls") == 0 and p.total("tls_ktls_fallbacks") == 0
+    assert p.total("tls_ktls_rx") == 0 and p.total("tls_ktls_rx_fallbacks") == 0
     assert p.total("bodies_spliced") == 0
 
 
@@ -278,4 +286,200 @@ def test_ktls_upstream_connection_and_request_body_splice(proxy_factory, cert):
     assert p.total("tls_upstream_handshakes") >= 1
     assert p.total("tls_ktls") >= 1 and p.total("tls_ktls_fallbacks") == 0
     assert p.total("bodies_spliced") >= 1, "the request body did not go by splice into the kTLS upstream"
-    assert front.total("tls_ktls") >= 1
+    assert front.total("tls_ktls") >= 1 and front.total("tls_ktls_rx") >= 1, counters(front)
+    # the front's receiving is the kernel's: the same body went by splice
+    # out of its kTLS socket to the origin
+    assert front.total("bodies_spliced") >= 1, counters(front)
+
+
+# ---- receiving: TLS_RX ----------------------------------------------------------
+
+class MemClient:
+    """A TLS client over memory BIOs (Python's ssl): the test decides which
+    bytes go in which send, so the handshake's last flight (TLS 1.3: the
+    client's Finished; TLS 1.2 resumed: its ChangeCipherSpec and Finished)
+    and the first request can share one segment, or a record can be cut in
+    two sends."""
+
+    def __init__(self, port, ctx, session=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost", session=session)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.send(self.out.read())
+                self._more()
+        self.last_flight = self.out.read()   # not sent yet
+
+    def _more(self):
+        data = self.sock.recv(1 << 16)
+        assert data, "the proxy closed the connection"
+        self.inc.write(data)
+
+    def send(self, data):
+        if data:
+            self.sock.sendall(data)
+
+    def records(self, plain):
+        """plain's bytes as the records the library writes (not sent)."""
+        self.obj.write(plain)
+        return self.out.read()
+
+    def response(self):
+        buf = b""
+        while True:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                if len(rest) >= length:
+                    return int(head.split()[1]), rest[:length]
+            try:
+                buf += self.obj.read(1 << 16)
+            except ssl.SSLWantReadError:
+                self._more()
+
+    def request(self, raw):
+        self.send(self.records(raw))
+        return self.response()
+
+    def close(self):
+        self.sock.close()
+
+
+def post(path, body):
+    return b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body
+
+
+# How the first request follows the handshake's last flight: in the same
+# send (whole, or as two records), or with its record cut in the header or
+# in the body, the rest sent after a pause (the proxy must then read
+# exactly to the record's end before the kernel takes over).
+CUTS = ["whole", "two-records", "cut-header", "cut-body"]
+
+
+def first_request(cl, path, cut):
+    req = b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path.encode()
+    if cut == "two-records":
+        recs = cl.records(req[:7]) + cl.records(req[7:])
+    else:
+        recs = cl.records(req)
+    at = {"whole": len(recs), "two-records": len(recs), "cut-header": 3, "cut-body": len(recs) // 2}[cut]
+    cl.send(cl.last_flight + recs[:at])
+    if at < len(recs):
+        time.sleep(0.3)
+        cl.send(recs[at:])
+    return cl.response()
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ktls_rx_request_with_the_finished_then_spliced_post(proxy_factory, cert, version):
+    """The first request rides with the client's last handshake flight (TLS
+    1.2: a resumed handshake, where the client speaks last), whole or cut:
+    nothing lost or reordered when the receiving goes to the kernel. Then,
+    on the kernel's side, keep-alive requests and a 1 MiB POST, checked by
+    content at the upstream, whose body went by splice out of the kTLS
+    socket."""
+    up = upstream()
+    p = ktls_proxy(proxy_factory, cert, up)
+    ctx = ctx_for(version)
+    session = None
+    if version == "1.2":
+        cl = MemClient(p.port, ctx)
+        cl.send(cl.last_flight)
+        assert cl.request(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"small /first")
+        session = cl.obj.session
+        cl.close()
+    conns = 1 if version == "1.3" else 2
+    for cut in CUTS:
+        spliced = p.total("bodies_spliced")
+        cl = MemClient(p.port, ctx, session=session)
+        if version == "1.2":
+            assert cl.obj.session_reused, "TLS 1.2 resumption is what makes the client speak last"
+        assert cl.last_flight, "the client's last flight should still be unsent"
+        assert first_request(cl, f"/{cut}", cut) == (200, f"small /{cut}".encode()), cut
+        for i in range(3):
+            assert cl.request(b"GET /k%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i) == (200, b"small /k%d" % i)
+        assert cl.request(post("/up", BIG_BODY)) == (200, b"sha " + BIG_SHA.encode()), cut
+        assert cl.request(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n") == (200, b"small /after")
+        cl.close()
+        assert p.total("bodies_spliced") > spliced, f"{cut}: the POST body was not spliced ({counters(p)})"
+    wait_for(lambda: p.total("tls_ktls_rx") == conns - 1 + len(CUTS), 5, what=f"RX handovers: {counters(p)}")
+    assert p.total("tls_ktls_rx_fallbacks") == 0 and p.total("tls_ktls_fallbacks") == 0
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_ktls_rx_keepalive_1000_and_close_notify(proxy_factory, cert, version):
+    """1,000 keep-alive requests on one connection whose receiving is the
+    kernel's, a 1 MiB POST, then the client's close_notify: the proxy reads
+    it (a control record, EIO then recvmsg) as the end, says close_notify
+    back and closes: the client's unwrap completes."""
+    up = upstream()
+    p = ktls_proxy(proxy_factory, cert, up)
+    raw = socket.create_connection(("127.0.0.1", p.port), timeout=20)
+    s = ctx_for(version).wrap_socket(raw, server_hostname="localhost")
+    f = s.makefile("rb")
+    for i in range(1000):
+        assert get(s, f, f"/{i}") == (200, f"small /{i}".encode())
+    s.sendall(post("/up", BIG_BODY))
+    status = int(f.readline().split()[1])
+    while f.readline() != b"\r\n":
+        pass
+    assert (status, f.read(4 + 64)) == (200, b"sha " + BIG_SHA.encode())
+    assert p.total("tls_ktls_rx") == 1, counters(p)
+    f.close()
+    s.settimeout(10)
+    try:
+        s.unwrap().close()             # close_notify; the proxy's came back
+    except ssl.SSLEOFError:
+        s.close()                      # the proxy closed without one: also the end
+    # a close_notify not understood would leave the connection open: unwrap
+    # would wait for the proxy's and time out (TimeoutError fails the test)
+    assert p.total("tls_ktls_rx_closes") == 0
+    assert p.total("bodies_spliced") >= 1
+
+
+def test_ktls_rx_key_update_and_renegotiation_close(proxy_factory, cert):
+    """With the kernel decrypting, a client's KeyUpdate (s_client's `k`,
+    and `K`) is a handshake record the kernel cannot follow on Linux 6.1:
+    the proxy closes the connection (close_notify, FIN), counted, never
+    hangs; TLS 1.2's renegotiation (s_client's `R`, a ClientHello) the
+    same. s_client ends by itself (its output once it did)."""
+    up = upstream()
+    p = ktls_proxy(proxy_factory, cert, up)
+    closes = 0
+    for version, cmd in (("-tls1_3", b"k\n"), ("-tls1_3", b"K\n"), ("-tls1_2", b"R\n")):
+        t0 = time.monotonic()
+        out = s_client(p.port, [REQ % b"a", 2.0, cmd, 2.0, REQ % b"b", 2.0], version=version)
+        assert "small /a" in out and "small /b" not in out, (version, cmd, out)
+        closes += 1
+        wait_for(lambda: p.total("tls_ktls_rx_closes") == closes, 5,
+                 what=f"{version} {cmd!r}: the connection closed and counted ({counters(p)})")
+        assert time.monotonic() - t0 < 25
+    assert p.total("tls_ktls_rx") == 3 and p.total("tls_ktls_reply_closes") == 0
+
+
+def test_ktls_rx_disabled_keeps_tx(proxy_factory, cert):
+    """disable_features = ["ktls_rx"]: the kernel encrypts, the library
+    decrypts (no TLS_RX, and request bodies are not spliced out of TLS)."""
+    up = upstream()
+    p = ktls_proxy(proxy_factory, cert, up, env={"UPROXY_DISABLE": "ktls_rx"})
+    raw = socket.create_connection(("127.0.0.1", p.port), timeout=20)
+    with ctx_for().wrap_socket(raw, server_hostname="localhost") as s:
+        f = s.makefile("rb")
+        assert get(s, f, "/x") == (200, b"small /x")
+        s.sendall(post("/up", BIG_BODY))
+        status = int(f.readline().split()[1])
+        while f.readline() != b"\r\n":
+            pass
+        assert (status, f.read(4 + 64)) == (200, b"sha " + BIG_SHA.encode())
+        f.close()
+    assert p.total("tls_ktls") == 1 and p.total("tls_ktls_rx") == 0, counters(p)
+    assert p.total("bodies_spliced") == 0

@@ -572,6 +572,23 @@ def test_disable_features_knows_ktls(tmp_path):
     assert features.from_env({"UPROXY_DISABLE": "ktls"}) == ["ktls"]
 
 
+def test_disable_features_knows_ktls_rx(tmp_path):
+    """kTLS's receiving half has its own switch (kept TX, the library
+    decrypts), and uproxy check names a misspelling of it."""
+    p = tmp_path / "u.toml"
+    body = ('[[listeners]]\nname = "l"\nbind = "127.0.0.1:1"\ncluster = "c"\n'
+            '[[clusters]]\nname = "c"\nservers = ["127.0.0.1:9"]\n')
+    p.write_text('[proxy]\ndisable_features = ["ktls_rx"]\n' + body)
+    assert config.load(str(p)).proxy.disable_features == ("ktls_rx",)
+    from uproxy import features
+    from uproxy._native import lib
+    assert features.bit("ktls_rx") == lib.UP_F_KTLS_RX
+    assert features.from_env({"UPROXY_DISABLE": "ktls_rx"}) == ["ktls_rx"]
+    p.write_text('[proxy]\ndisable_features = ["ktls_rxx"]\n' + body)
+    with pytest.raises(config.ConfigError, match="ktls_rx"):
+        config.load(str(p))
+
+
 # ---- the library's contexts --------------------------------------------------------
 
 def test_one_context_per_worker_and_freed(certs, tmp_path):

@@ -551,15 +551,19 @@ static bool rx_handover(struct worker *w, struct conn *c, struct tls_conn *t)
  * in t->out); a TLS 1.3 client's last flight (its Finished) is under the
  * handshake keys; in TLS 1.2 both sides' Finished is the one record under
  * the new keys, and the library writes nothing after it. */
-static void ktls_plan(struct worker *w, struct tls_conn *t, bool server)
+static void ktls_plan(struct worker *w, struct conn *c, struct tls_conn *t, bool server)
 {
     t->krx = KR_OFF;
     if (!(w->features & UP_F_KTLS) || !w->tls_ktls)
         return;
     int v = SSL_version(t->ssl);
     uint32_t seq = v == TLS1_2_VERSION ? 1 : server ? out_records(w, t) : 0;
-    if ((v != TLS1_2_VERSION && v != TLS1_3_VERSION) || seq > 255)
+    if ((v != TLS1_2_VERSION && v != TLS1_3_VERSION) || seq > 255) {
+        tp_ktls_forget(w, c);    /* the key log kept secrets no handover will use */
+        if (server && rx_wanted(w))
+            SSL_set_read_ahead(t->ssl, 1);
         return;
+    }
     t->tx_seq = (uint8_t)seq;
     t->ktls = KT_WAIT;
     if (server && rx_wanted(w))
@@ -715,7 +719,7 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
             peer_keep(w, c, t);
         if (!server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
-        ktls_plan(w, t, server);
+        ktls_plan(w, c, t, server);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
         if (t->ktls == KT_WAIT && !(t->flags & TLSF_SENDING) && !t->nout)
             handover(w, c, t); /* nothing left to send first */

@@ -125,7 +125,7 @@ def test_ktls_curl_every_suite_keepalive_and_splice(proxy_factory, cert, tmp_pat
     up = upstream()
     p = ktls_proxy(proxy_factory, cert, up)
     for version, suite in SUITES:
-        before = {k: p.total(k) for k in ("tls_ktls", "tls_ktls_fallbacks", "bodies_spliced")}
+        before = {k: p.total(k) for k in ("tls_ktls", "tls_ktls_fallbacks", "bodies_spliced", "tls_ktls_rx")}
         args = ["--tlsv1.3", "--tls13-ciphers", suite] if version == "1.3" else \
                ["--tlsv1.2", "--tls-max", "1.2", "--ciphers", suite]
         try:
@@ -147,6 +147,8 @@ def test_ktls_curl_every_suite_keepalive_and_splice(proxy_factory, cert, tmp_pat
             assert (handed, fell) == (1, 0), suite
         if handed:
             assert after["bodies_spliced"] > before["bodies_spliced"], f"{suite}: the 1 MiB body was not spliced"
+        # the receiving went to the kernel too, with the same suite
+        assert after["tls_ktls_rx"] - before["tls_ktls_rx"] == handed, f"{suite}: {counters(p)}"
 
 
 def test_ktls_python_keepalive_and_close_notify(proxy_factory, cert):

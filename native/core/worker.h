@@ -114,6 +114,12 @@ struct worker {
     uint32_t *pool_count;
     struct h1_request *req_scratch; /* parse results, one parse at a time */
     struct h1_response *resp_scratch;
+    /* Whose head resp_scratch holds: the bytes and method of the last
+     * complete parse of an upstream's response head (h1_upstream.c), NULL
+     * once anyone else takes the scratch (w_resp). An HTTP/2 stream's
+     * HEADERS reuse that parse instead of parsing the same head again. */
+    const uint8_t *resp_parsed;
+    uint8_t resp_parsed_method;
     struct pol_worker *pol;         /* http policies: rate buckets, regex match data (h1_policy.h) */
     bool stopping;
     uint64_t drain_deadline_ms;

@@ -303,7 +303,19 @@ static inline struct h1_request *w_req(struct worker *w)
 
 static inline struct h1_response *w_resp(struct worker *w)
 {
+    w->resp_parsed = NULL;            /* the caller writes it: no longer a known head */
     return w->resp_scratch;
+}
+
+/* The scratch's parse of the response head at base (method as parsed),
+ * if it still holds it; NULL otherwise. */
+static inline const struct h1_response *w_resp_of(const struct worker *w, const uint8_t *base,
+                                                  uint32_t len, uint8_t method)
+{
+    const struct h1_response *r = w->resp_scratch;
+    if (w->resp_parsed != base || w->resp_parsed_method != method || r->head_len > len)
+        return NULL;
+    return r;
 }
 
 /* How many received bytes a connection may queue before its receive

@@ -292,6 +292,8 @@ void h1_upstream_progress(struct worker *w, struct conn *u)
         txn_abort(w, t, 502, false);
         return;
     }
+    w->resp_parsed = p;               /* (w_resp_of: an HTTP/2 stream's HEADERS reuse it) */
+    w->resp_parsed_method = method;
     txn_response_head(w, t, p, r);
 }
 

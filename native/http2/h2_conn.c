@@ -436,11 +436,9 @@ static bool request_line(struct worker *w, struct h2_slot *st)
     return ok;
 }
 
-static bool name_is(const struct h2_ev *ev, const char *n)
-{
-    size_t k = strlen(n);
-    return ev->nlen == k && !memcmp(ev->name, n, k);
-}
+/* (A literal's length is known at compile time: the length is compared
+ * first, and most fields differ there.) */
+#define name_is(ev, lit) ((ev)->nlen == sizeof(lit) - 1 && !memcmp((ev)->name, lit, sizeof(lit) - 1))
 
 /* grpc-timeout (gRPC over HTTP/2): at most 8 digits and a unit, H M S m
  * u n; in milliseconds, at least 1; 0 when malformed (then ignored). */
@@ -854,13 +852,15 @@ int h2_on_event(struct worker *w, struct h2_slot *s, struct h2_ev *ev)
 /* The response head (at the front of the round, as the upstream sent it,
  * or the proxy's own answer) as a HEADERS frame: names in lower case,
  * hop-by-hop and HTTP/1.1 framing fields left out. */
-static const char *const DROP[] = { "connection", "keep-alive", "proxy-connection",
-                                    "transfer-encoding", "upgrade", "te", NULL };
+static const struct { const char *name; uint8_t len; } DROP[] = {
+    { "connection", 10 }, { "keep-alive", 10 }, { "proxy-connection", 16 },
+    { "transfer-encoding", 17 }, { "upgrade", 7 }, { "te", 2 },
+};
 
 static bool dropped(const uint8_t *n, size_t k)
 {
-    for (int i = 0; DROP[i]; i++)
-        if (strlen(DROP[i]) == k && !strncasecmp((const char *)n, DROP[i], k))
+    for (size_t i = 0; i < sizeof DROP / sizeof DROP[0]; i++)
+        if (DROP[i].len == k && !strncasecmp((const char *)n, DROP[i].name, k))
             return true;
     return false;
 }
@@ -901,9 +901,16 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
                        uint32_t *head_len, const struct txn *t)
 {
     static const struct h1_limits lim = { 0, 0, H1_MAX_HEADERS };
-    struct h1_response *r = w_resp(w);
-    if (h1_parse_response(base, len, &lim, method, r) != H1_DONE)
-        return -1;
+    /* The transaction parsed this head a moment ago (its kick follows the
+     * upstream's receive in the same loop turn): that parse is reused
+     * when the scratch still holds it, else the head is parsed again. */
+    const struct h1_response *r = w_resp_of(w, base, len, method);
+    if (!r) {
+        struct h1_response *fresh = w_resp(w);
+        if (h1_parse_response(base, len, &lim, method, fresh) != H1_DONE)
+            return -1;
+        r = fresh;
+    }
     *head_len = r->head_len;
     struct h2_field f[260];
     uint8_t *low = w->scratch;        /* lower-cased names, one response at a time */

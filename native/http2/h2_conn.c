@@ -865,6 +865,27 @@ static bool dropped(const uint8_t *n, size_t k)
     return false;
 }
 
+/* A field name into HTTP/2's lower case, eight bytes at a time (a name
+ * byte at a time cost ten instructions; only ASCII A-Z change, so bytes
+ * of 0x80 and above pass unchanged). */
+static void lower_copy(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull;
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint64_t x;
+        memcpy(&x, src + k, 8);
+        uint64_t low7 = x & (0x7f * ones);
+        uint64_t above_z = low7 + (0x80 - 'Z' - 1) * ones;   /* high bit: byte > 'Z' */
+        uint64_t from_a = low7 + (0x80 - 'A') * ones;        /* high bit: byte >= 'A' */
+        uint64_t upper = ~x & (from_a ^ above_z) & (0x80 * ones);
+        x |= upper >> 2;                                       /* 0x80 >> 2 = 0x20 */
+        memcpy(dst + k, &x, 8);
+    }
+    for (; k < n; k++)
+        dst[k] = (uint8_t)(src[k] | ((uint8_t)(src[k] - 'A') < 26u) << 5);
+}
+
 /* The route's response_headers set/add lines ("Name: value\r\n" in the
  * tables' strings, as an HTTP/1.1 client gets them) as fields: the name
  * lower-cased into low (after *used), the value by reference. */
@@ -886,8 +907,7 @@ static size_t policy_fields(const struct txn *t, struct h2_field *f, size_t nf, 
             v++;
         if (*used + k > SCRATCH_SIZE)
             break;
-        for (size_t j = 0; j < k; j++)
-            low[*used + j] = (uint8_t)((line[j] >= 'A' && line[j] <= 'Z') ? line[j] | 0x20 : line[j]);
+        lower_copy(low + *used, line, k);
         f[nf++] = (struct h2_field){ low + *used, v, k, (size_t)(end - v) };
         *used += k;
     }
@@ -931,8 +951,7 @@ static int submit_head(struct worker *w, struct h2_slot *s, struct h2_slot *st,
             continue;                 /* Content-Length: of the uncompressed body */
         if (rm && ((rm >> (h->name_len & 63)) & 1) && pol_drop_resp(t, base, h))
             continue;                 /* response_headers remove (or set) names it */
-        for (uint32_t k = 0; k < h->name_len; k++)
-            low[used + k] = (uint8_t)((n[k] >= 'A' && n[k] <= 'Z') ? n[k] | 0x20 : n[k]);
+        lower_copy(low + used, n, h->name_len);
         f[nf++] = (struct h2_field){ low + used, base + h->value_off, h->name_len, h->value_len };
         used += h->name_len;
         if (etag) {                   /* a strong ETag made weak: W/"..." */

@@ -327,6 +327,34 @@ def test_h2_response_headers_apply_to_streams(proxy_factory):
         up.close()
 
 
+def test_each_stream_gets_its_own_head(proxy_factory):
+    """Many streams on one connection whose upstream heads differ in their
+    fields' number, names and lengths, answered in an interleaved order:
+    each stream's HEADERS carry its own head's fields, names lower-cased
+    whatever their length (the HEADERS reuse the transaction's parse of the
+    head when the worker still holds it, and lower-case names eight bytes
+    at a time: a wrong byte, or a head given to the wrong stream, shows
+    here)."""
+    def fields(i):
+        return [("X-Path", f"/p{i}")] + [
+            (f"X-Mixed-Case-Name-{'Ab' * k}-{i}", f"v{i}.{k}" * (k + 1)) for k in range(i % 5)]
+
+    def answer(req):
+        i = int(req.target[2:])
+        return Response(body=f"body{i}".encode(), headers=fields(i), delay=(i * 7 % 5) * 0.01)
+    up = HttpUpstream(answer)
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    try:
+        n = 60
+        heads = h2_heads(p.port, [f"/p{i}" for i in range(n)])
+        for i, head in enumerate(heads):
+            got = [(k, v) for k, v in head if k.startswith("x-")]
+            assert got == [(k.lower(), v) for k, v in fields(i)], (i, head)
+            assert ("content-length", str(len(f"body{i}"))) in head, (i, head)
+    finally:
+        up.close()
+
+
 def test_bodies_large_and_chunked(proxy_factory):
     """Request bodies with and without content-length (the upstream gets
     them chunked), and 4 MiB responses by content-length and chunked, whole."""

@@ -95,6 +95,8 @@ bool conn_pair_done(struct worker *w, struct conn *c, struct conn *side[2])
 
 void conn_cancel_ops(struct worker *w, struct conn *c)
 {
+    if (!c->ops)
+        return;                       /* (an HTTP/2 stream's slot, closed per request, has none) */
     uint32_t id = (uint32_t)(c - w->conns);
     for (unsigned op = OP_CONNECT; op < OP__COUNT; op++) {
         if (!(c->ops & (1u << op)) || op == OP_CANCEL || op == OP_CLOSE ||

@@ -169,7 +169,10 @@ def measure(ctx, say, seconds: float, slice_s: float = SLICE_S, settle_s: float 
         pr.suspend()
         marks = Marks(pid, worker_cpu)
         # the pairs, then one attached slice with the kernel's accounting on
-        load = _wrk(ctx, cont, len(sides) * (slice_s + settle_s) + slice_s + settle_s + 10)
+        # wrk must outlast the schedule, whose slices overrun their nominal
+        # length (each switch and read takes time; a 4-minute run overran
+        # 10 s): ask for half as long again, and stop it when the slices end.
+        load = _wrk(ctx, cont, 1.5 * (len(sides) + 1) * (slice_s + settle_s) + 30)
         ours = set(ctx.our_pids) | set(tree(load.pid))
         say(f"  one wrk run of ~{len(sides) * (slice_s + settle_s) + slice_s + settle_s:.0f} s; "
             f"{npairs} ABBA pairs of {slice_s:g} s slices, {settle_s:g} s thrown away after each switch")

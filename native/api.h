@@ -170,7 +170,8 @@ struct up_listener {
     uint32_t nroutes;
     struct up_route *routes;
     uint32_t access_log;      /* http: 1 to write access-log records */
-    uint32_t pad2;
+    uint32_t sm_send_buffer;  /* tcp, sockmap: bytes each session socket may hold
+                                 to send (its sk_sndbuf); 0: the kernel's autotuning */
     int32_t *fds;             /* [nworkers]: this listener's socket in each worker */
     void **tls;               /* [nworkers]: up_tls_server_new()'s, or NULL: plain */
     uint32_t tls_handshake_timeout_ms;

@@ -426,7 +426,7 @@ static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u)
 {
     if (listener_of(c)->forwarding != UP_FWD_SOCKMAP || !sm_on(w) || !tp_spliceable(c) ||
         !tp_spliceable(u) || c->x.head != NIL || (c->ops & (1u << OP_RECV)) ||
-        sm_start(w, c, u) < 0)
+        sm_start(w, c, u, listener_of(c)->sm_send_buffer) < 0)
         return false;
     cnt(w, UP_C_SESSIONS_SOCKMAP, 1);
     const struct up_listener *l = listener_of(c);

@@ -155,7 +155,25 @@ static void forget(struct worker *w, uint64_t ck)
     map_delete(w->o.sm_cnt_fd, &ck);
 }
 
-int sm_start(struct worker *w, struct conn *c, struct conn *u)
+/* The kernel sends redirected bytes from the psock's work item, and when
+ * the socket's send buffer is full it does not wait for room: it retries
+ * one jiffy later (sk_psock_backlog: schedule_delayed_work(.., 1)), and
+ * the wake-up that room would give is lost while that timer is pending.
+ * Each full buffer therefore leaves the direction idle for 1-2 jiffies
+ * (4-8 ms at HZ=250) plus the work item's scheduling delay, so what one
+ * stream moves is about one send buffer per retry (docs/l4.md, "One
+ * stream, profiled"): a buffer larger than the autotuned one (tcp_wmem's
+ * 4 MiB at most) raises it. SO_SNDBUF halves what it is given back and caps
+ * it at net.core.wmem_max; SO_SNDBUFFORCE (CAP_NET_ADMIN, which loading
+ * the program needed) does not cap, so it is tried first. */
+static void set_send_buffer(int fd, uint32_t bytes)
+{
+    int half = (int)(bytes / 2);
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &half, sizeof half) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &half, sizeof half);
+}
+
+int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer)
 {
     struct sm_sock *sc = sm_of(w, c), *su = sm_of(w, u);
     uint8_t tc[256], tu[256];
@@ -170,6 +188,10 @@ int sm_start(struct worker *w, struct conn *c, struct conn *u)
                             .base = ti_u64(tu, TI_BYTES_ACKED) };
     if (!sc->cookie || !su->cookie)
         return -1;
+    if (send_buffer) {
+        set_send_buffer(c->fd, send_buffer);
+        set_send_buffer(u->fd, send_buffer);
+    }
     struct sm_ctl kc = { .peer = su->cookie }, ku = { .peer = sc->cookie };
     struct sm_cnt zero = { 0 };
     uint32_t cfd = (uint32_t)c->fd, ufd = (uint32_t)u->fd;

@@ -24,8 +24,9 @@ static inline bool sm_on(const struct worker *w)
 int sm_init(struct worker *w);
 void sm_free(struct worker *w);
 /* Both sockets into the maps; 0, or -1 with nothing left behind (the
- * session is then spliced). Only for a session nothing was read from. */
-int sm_start(struct worker *w, struct conn *c, struct conn *u);
+ * session is then spliced). Only for a session nothing was read from.
+ * send_buffer: the listener's sm_send_buffer (0: leave the kernel's). */
+int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer);
 /* Right after sm_start, per socket: run the verdict on what waited in its
  * queue; true when the worker has something to read (passed bytes, a FIN,
  * an error). */

@@ -412,6 +412,9 @@ class ClusterTLS:
 # is a token the core would have to compare as a string per request).
 # CONNECT is not among them: it is allowed by allow_connect = true.
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+# forwarding = "sockmap": the send buffer each session socket gets (docs/l4.md,
+# "One stream, profiled": one stream moves about one send buffer per 4-8 ms).
+SOCKMAP_SEND_BUFFER = 0
 MAX_HEADER_FIELDS = 1024             # the parser's result arrays (H1_MAX_HEADERS)
 
 
@@ -516,6 +519,7 @@ class Listener:
     mode: str
     cluster: str
     forwarding: str = "splice"
+    sockmap_send_buffer: int = 0         # forwarding = "sockmap": each socket's send buffer; 0: autotuned
     idle_timeout_ms: int = 300000
     backlog: int = 4096
     routes: tuple = ()
@@ -1485,6 +1489,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
     lst = Listener(
         name=name, host=host, port=port, mode=mode, cluster=cluster,
         forwarding=r.str("forwarding", "splice", choices=("splice", "splice_iowq", "buffered", "sockmap")),
+        sockmap_send_buffer=r.size("sockmap_send_buffer", SOCKMAP_SEND_BUFFER, 0, 1 << 30),
         idle_timeout_ms=r.duration_ms("idle_timeout", 60000 if http else 300000),
         backlog=r.int("backlog", 4096, lo=1, hi=65535),
         routes=tuple(routes),
@@ -1531,6 +1536,10 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
                              "used: leave out the routes, or redirect_https")
     if raw_routes and tcp and "tls" not in r.t:
         _passthrough_checks(r, cluster, tls_clusters)
+    if "sockmap_send_buffer" in r.t and (not tcp or lst.forwarding != "sockmap"):
+        r.fail("sockmap_send_buffer", "sockmap_send_buffer is for mode = \"tcp\" listeners with "
+                                      "forwarding = \"sockmap\" (other forwarding waits for room "
+                                      "in the send buffer without a delay)")
     if "sni_timeout" in r.t and not tcp:
         r.fail("sni_timeout", "sni_timeout is for mode = \"tcp\" listeners with sni routes")
     if lst.access_log and tcp:

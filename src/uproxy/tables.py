@@ -690,6 +690,7 @@ class Tables:
             cl.max_target = l.max_target
             cl.max_fields = l.max_header_fields
             cl.sni_timeout_ms = l.sni_timeout_ms
+            cl.sm_send_buffer = l.sockmap_send_buffer if l.forwarding == "sockmap" else 0
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
             cl.http2 = 1 if l.http2 else 0

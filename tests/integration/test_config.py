@@ -101,6 +101,17 @@ MISTAKES = [
      "listeners[1].bind", "already bound"),
     ("admin on a listener's address", lambda t: t + '\n[admin]\nbind = "127.0.0.1:{p}"\n',
      "admin.bind", "also listener"),
+    ("sockmap send buffer on a spliced listener",
+     lambda t: t.replace('cluster = "pg"\n\n', 'cluster = "pg"\nsockmap_send_buffer = "16m"\n\n', 1),
+     "listeners[0].sockmap_send_buffer", 'forwarding = "sockmap"'),
+    ("sockmap send buffer not a size",
+     lambda t: t.replace('cluster = "pg"\n\n',
+                         'cluster = "pg"\nforwarding = "sockmap"\nsockmap_send_buffer = "lots"\n\n', 1),
+     "listeners[0].sockmap_send_buffer", "is not a size"),
+    ("sockmap send buffer too large",
+     lambda t: t.replace('cluster = "pg"\n\n',
+                         'cluster = "pg"\nforwarding = "sockmap"\nsockmap_send_buffer = "2g"\n\n', 1),
+     "listeners[0].sockmap_send_buffer", "between 0 and"),
 ]
 
 

@@ -511,3 +511,55 @@ def test_a_reload_that_adds_sockmap_splices_and_says_so(proxy_factory, servers):
     assert p.total("sessions_splice") == 1 and p.total("sessions_sockmap") == 0
     lines = [l for l in p.output().splitlines() if "sockmap:" in l]
     assert len(lines) == 1 and "loaded at start only" in lines[0], lines
+
+
+def _send_buffers(proxy_port, upstream_port):
+    """The send buffer (ss's skmem tb, the kernel's sk_sndbuf) of the
+    proxy's two sockets of the open sessions: the one its client reached
+    and the one it dialed."""
+    import re
+    import shutil
+    import subprocess
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed: the proxy's socket buffers cannot be read")
+    out = subprocess.run(["ss", "-tmnH",
+                          f"( sport = :{proxy_port} or dport = :{upstream_port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(m) for m in re.findall(r"\btb(\d+)", out)]
+
+
+def test_send_buffer_is_set_on_both_sockets(proxy_factory, servers):
+    """sockmap_send_buffer sizes both proxy sockets of a session (the
+    kernel's redirect retries a full send buffer only a jiffy or two later,
+    so one stream moves about one buffer per retry: docs/l4.md); without
+    the key the kernel autotunes them. Bytes still checked by content."""
+    size = 8 << 20
+    release = threading.Event()
+    shas = []
+
+    def upstream(c, srv):
+        shas.append(recv_all_sha(c))
+        release.wait(30)          # the session stays open while ss looks
+        c.sendall(b"done")
+
+    up = servers(upstream)
+    want = 3 << 20
+    p = sm_proxy(proxy_factory, [up.addr], listener={"sockmap_send_buffer": "3m"})
+    plain = sm_proxy(proxy_factory, [up.addr])
+    for proxy, sized in ((p, True), (plain, False)):
+        with connect(proxy.port) as s:
+            for part in pattern(5, size):
+                s.sendall(part)
+            s.shutdown(socket.SHUT_WR)
+            wait_for(lambda: len(shas) == (1 if sized else 2), 30, what="the upstream's sha")
+            tb = _send_buffers(proxy.port, int(up.addr.rsplit(":", 1)[1]))
+            release.set()
+            assert recv_until_close(s) == b"done"
+        release.clear()
+        assert len(tb) == 2, f"the proxy's two sockets, not {tb}"
+        if sized:
+            assert tb == [want, want], f"send buffers {tb}, configured {want}"
+        else:
+            assert want not in tb, f"send buffers {tb}: set without the key"
+        assert shas[-1] == (size, pattern_sha(5, size)), "client -> upstream damaged"
+        check_kernel_moved(proxy, 1)

@@ -531,8 +531,9 @@ def _send_buffers(proxy_port, upstream_port):
 def test_send_buffer_is_set_on_both_sockets(proxy_factory, servers):
     """sockmap_send_buffer sizes both proxy sockets of a session (the
     kernel's redirect retries a full send buffer only a jiffy or two later,
-    so one stream moves about one buffer per retry: docs/l4.md); without
-    the key the kernel autotunes them. Bytes still checked by content."""
+    so one stream moves about one buffer per retry: docs/l4.md); 8 MiB
+    when not set; 0 leaves them to the kernel's autotuning. Bytes still
+    checked by content."""
     size = 8 << 20
     release = threading.Event()
     shas = []
@@ -543,23 +544,23 @@ def test_send_buffer_is_set_on_both_sockets(proxy_factory, servers):
         c.sendall(b"done")
 
     up = servers(upstream)
-    want = 3 << 20
-    p = sm_proxy(proxy_factory, [up.addr], listener={"sockmap_send_buffer": "3m"})
-    plain = sm_proxy(proxy_factory, [up.addr])
-    for proxy, sized in ((p, True), (plain, False)):
+    cases = (({"sockmap_send_buffer": "3m"}, 3 << 20), ({}, 8 << 20),
+             ({"sockmap_send_buffer": 0}, None))
+    for n, (key, want) in enumerate(cases, 1):
+        proxy = sm_proxy(proxy_factory, [up.addr], listener=key)
         with connect(proxy.port) as s:
             for part in pattern(5, size):
                 s.sendall(part)
             s.shutdown(socket.SHUT_WR)
-            wait_for(lambda: len(shas) == (1 if sized else 2), 30, what="the upstream's sha")
+            wait_for(lambda: len(shas) == n, 30, what="the upstream's sha")
             tb = _send_buffers(proxy.port, int(up.addr.rsplit(":", 1)[1]))
             release.set()
             assert recv_until_close(s) == b"done"
         release.clear()
-        assert len(tb) == 2, f"the proxy's two sockets, not {tb}"
-        if sized:
-            assert tb == [want, want], f"send buffers {tb}, configured {want}"
+        assert len(tb) == 2, f"{key}: the proxy's two sockets, not {tb}"
+        if want:
+            assert tb == [want, want], f"{key}: send buffers {tb}, configured {want}"
         else:
-            assert want not in tb, f"send buffers {tb}: set without the key"
-        assert shas[-1] == (size, pattern_sha(5, size)), "client -> upstream damaged"
+            assert not {3 << 20, 8 << 20} & set(tb), f"{key}: send buffers {tb}: set anyway"
+        assert shas[-1] == (size, pattern_sha(5, size)), f"{key}: client -> upstream damaged"
         check_kernel_moved(proxy, 1)

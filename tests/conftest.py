@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -12,6 +13,15 @@ for _d in ("system", "hardening", "integration", "unit", "lib"):      # lib firs
     sys.path.insert(0, os.path.join(HERE, _d))
 
 from support import Proxy, Server, render_config  # noqa: E402
+
+# A suite started in the background by a shell without job control (`cmd &`
+# in a script, nohup, some CI runners) inherits SIGINT ignored, and every
+# process it starts would too: the tests that press Ctrl-C at `uproxy top`
+# or `uproxy reload` then test the launcher, not uproxy. Taking a handler
+# here makes the children start with SIGINT at its default (a handler, unlike
+# "ignored", is reset by exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The io_uring feature profiles every data-path test runs under: all that
 # this kernel has, and what a Linux 5.15 kernel has.

@@ -137,10 +137,15 @@ def test_max_in_flight_per_server_skips_full_servers_then_503(proxy_factory):
 
     def one():
         results.append(get(p.port)[0])
+    # One after the other, the first already at its server: the limit is
+    # counted over all workers without a lock (relaxed loads, upstream/
+    # balance.c), so two requests dispatched in the same instant by two
+    # workers may both see a server free; that slack is by design.
     ts = [threading.Thread(target=one) for _ in range(2)]
-    for t in ts:
+    for k, t in enumerate(ts):
         t.start()
-    wait_for(lambda: len(a.requests) + len(b.requests) == 2, what="both servers busy")
+        wait_for(lambda: len(a.requests) + len(b.requests) == k + 1,
+                 what="both servers busy" if k else "the first request at its server")
     assert len(a.requests) == 1 and len(b.requests) == 1
     assert get(p.port)[0] == 503
     for t in ts:

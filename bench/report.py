@@ -538,6 +538,21 @@ def anchors_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
+def _settings_table(res, workloads, what: str, key: str) -> list:
+    """Each contender's settings line for some workloads (those it runs at
+    least one of), as a table; nothing when none of them ran."""
+    if not workloads:
+        return []
+    out = [f"Contenders' {what} settings (each from its own documentation; the bench's peer modules say where):",
+           "", f"| contender | {what} settings |", "|---|---|"]
+    for name in _ordered(res["contenders"]):
+        c = res["contenders"][name]
+        if c.get("missing") or all(w in c.get("skipped", {}) for w in workloads):
+            continue
+        out.append(f"| {c['label']} | {c.get(key) or '–'} |")
+    return out + [""]
+
+
 def h2_md(res) -> str:
     """The HTTP/2 section (issue 17, gate G8): the figures per proxy, the
     gate, the gRPC call rate, each proxy's settings and the tables."""
@@ -585,24 +600,8 @@ def h2_md(res) -> str:
     out.append("**Gate G8** (DESIGN.md §3), on this run's medians:")
     out.append("")
     out.append(gates_md(res, only=("G8",)))
-    if head:
-        out += ["Contenders' HTTP/2 settings (each from its own documentation; the bench's peer modules say where):",
-                "", "| contender | HTTP/2 settings |", "|---|---|"]
-        for name in _ordered(res["contenders"]):
-            c = res["contenders"][name]
-            if c.get("missing") or all(w in c.get("skipped", {}) for w in head):
-                continue
-            out.append(f"| {c['label']} | {c.get('h2_tuning') or '–'} |")
-        out.append("")
-    if grpc:
-        out += ["Contenders' gRPC settings (each from its own documentation; the bench's peer modules say where):",
-                "", "| contender | gRPC settings |", "|---|---|"]
-        for name in _ordered(res["contenders"]):
-            c = res["contenders"][name]
-            if c.get("missing") or all(w in c.get("skipped", {}) for w in grpc):
-                continue
-            out.append(f"| {c['label']} | {c.get('grpc_tuning') or '–'} |")
-        out.append("")
+    out += _settings_table(res, head, "HTTP/2", "h2_tuning")
+    out += _settings_table(res, grpc, "gRPC", "grpc_tuning")
     out.append(tables(res, only=H2_SECTION))
     out.append(H2_END)
     return "\n".join(out) + "\n"

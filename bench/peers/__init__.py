@@ -234,15 +234,7 @@ class Contender:
         tctx.minimum_version = ssl.TLSVersion.TLSv1_3
         with socket.create_connection(("127.0.0.1", self.https_port), timeout=1) as raw:
             with tctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall(b"GET /64 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                buf = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    buf += b
-                head, _, body = buf.partition(b"\r\n\r\n")
-                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                line, body = get64_once(s, "localhost")
                 ok = line.split(" ")[1:2] == ["200"] and len(body) >= 64
                 self.tls_seen = f"{s.version()} {s.cipher()[0]}"
                 return ok, f"TLS: {line!r}, {len(body)} bytes ({s.version()}, {s.cipher()[0]})"
@@ -266,23 +258,26 @@ class Contender:
         self.proc = None
 
 
+def get64_once(s, host: str):
+    """GET /64 with Connection: close on a connected socket (plain or TLS),
+    read to the close: (the status line, the body)."""
+    s.sendall(f"GET /64 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    buf = b""
+    while b := s.recv(65536):
+        buf += b
+    head, _, body = buf.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode("latin-1"), body
+
+
 def l4s_ready(port: int):
     """One whole HTTP exchange through the short-session L4 listener, as
     the workload makes them (a new connection, GET /64, Connection: close):
     (ok, what was seen)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /64 HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            buf = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                buf += b
+            line, body = get64_once(s, "bench")
     except OSError as e:
         return False, f"short-session L4 port: {e}"
-    head, _, body = buf.partition(b"\r\n\r\n")
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
     ok = line.split(" ")[1:2] == ["200"] and len(body) == 64
     return ok, f"short-session L4 port: {line!r}, {len(body)} bytes"
 

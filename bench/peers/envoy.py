@@ -80,6 +80,20 @@ class Envoy(Contender):
               socket_address: {{address: 127.0.0.1, port_value: {port}}}
 """
 
+    def _tcp_proxy(self, port, name, cluster):
+        """A listener whose tcp_proxy filter sends every connection to cluster."""
+        return f"""  - name: {name}
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {port}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {name}
+          cluster: {cluster}
+"""
+
     def _hcm(self, port, name, tls="", codec="HTTP1", cluster="up"):
         return f"""  - name: {name}
     address:
@@ -141,31 +155,11 @@ class Envoy(Contender):
         # the HTTP origin, a cluster of its own (circuit breakers as above)
         short = short_cluster = ""
         if self.wants_l4s():
-            short = f"""  - name: tcp_short
-    address:
-      socket_address: {{address: 127.0.0.1, port_value: {self.l4s_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp_short
-          cluster: up4s
-"""
+            short = self._tcp_proxy(self.l4s_port, "tcp_short", "up4s")
             short_cluster = self._cluster("up4s", c.upstream_port)
         y = f"""static_resources:
   listeners:
-{self._hcm(self.http_port, "http")}{tls}  - name: tcp
-    address:
-      socket_address: {{address: 127.0.0.1, port_value: {self.l4_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: tcp
-          cluster: up4
-{short}  clusters:
+{self._hcm(self.http_port, "http")}{tls}{self._tcp_proxy(self.l4_port, "tcp", "up4")}{short}  clusters:
 {self._cluster("up", c.upstream_port)}{self._cluster("up4", c.iperf_port)}{grpc}{short_cluster}"""
         path = os.path.join(self.dir, "envoy.yaml")
         write(path, y)

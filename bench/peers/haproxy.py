@@ -30,6 +30,19 @@ from . import GRPC_WORKLOADS, H2_WORKLOADS, L4S_WORKLOADS, TLS_SUITE, Contender,
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
+def _tcp(name: str, port: int, server_port: int) -> str:
+    """A mode tcp frontend on port and its backend of one server."""
+    return f"""frontend fe_{name}
+  mode tcp
+  bind 127.0.0.1:{port}
+  default_backend be_{name}
+
+backend be_{name}
+  mode tcp
+  server s1 127.0.0.1:{server_port}
+"""
+
+
 class Haproxy(Contender):
     name = "haproxy"
     family = "haproxy"
@@ -129,27 +142,10 @@ frontend fe_http
 backend be_http
   server s1 127.0.0.1:{c.upstream_port}
 {tls}
-frontend fe_tcp
-  mode tcp
-  bind 127.0.0.1:{self.l4_port}
-  default_backend be_tcp
-
-backend be_tcp
-  mode tcp
-  server s1 127.0.0.1:{c.iperf_port}
-"""
+{_tcp("tcp", self.l4_port, c.iperf_port)}"""
         # short L4 sessions (l4_short): a tcp frontend in front of the HTTP origin
         if self.wants_l4s():
-            conf += f"""
-frontend fe_tcp_short
-  mode tcp
-  bind 127.0.0.1:{self.l4s_port}
-  default_backend be_tcp_short
-
-backend be_tcp_short
-  mode tcp
-  server s1 127.0.0.1:{c.upstream_port}
-"""
+            conf += "\n" + _tcp("tcp_short", self.l4s_port, c.upstream_port)
         write(os.path.join(self.dir, "haproxy.cfg"), conf)
         return [HAPROXY, "-db", "-f", os.path.join(self.dir, "haproxy.cfg")]
 

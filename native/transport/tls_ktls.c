@@ -313,21 +313,29 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int whi
     return r;
 }
 
-int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)
+/* Program one direction of c's socket with the keys of ssl's connection
+ * (TLS_TX or TLS_RX), the secrets wiped whatever happens. The ULP is
+ * attached with the sending half, the first one handed over; a socket that
+ * has it but whose TLS_TX the kernel refused (a suite it lacks) stays a
+ * plain TCP socket. */
+static int program(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq, int dir)
 {
     union crypto_info ci;
     socklen_t len = 0;
-    int r = crypto_info(w, c, ssl, KS_TX, seq, &ci, &len);
-    forget(w, c, KS_TX);
+    int r = crypto_info(w, c, ssl, dir, seq, &ci, &len);
+    forget(w, c, dir);
     if (r < 0)
         return -ENOTSUP;
-    /* The ULP is attached once; a socket that has it but whose TLS_TX the
-     * kernel refused (a suite it lacks) stays a plain TCP socket. */
-    if (setsockopt(c->fd, SOL_TCP, TCP_ULP, "tls", sizeof "tls") < 0 ||
-        setsockopt(c->fd, SOL_TLS, TLS_TX, &ci, len) < 0)
+    if ((dir == KS_TX && setsockopt(c->fd, SOL_TCP, TCP_ULP, "tls", sizeof "tls") < 0) ||
+        setsockopt(c->fd, SOL_TLS, dir == KS_TX ? TLS_TX : TLS_RX, &ci, len) < 0)
         r = -errno;
     OPENSSL_cleanse(&ci, sizeof ci);
     return r;
+}
+
+int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)
+{
+    return program(w, c, ssl, seq, KS_TX);
 }
 
 /* close_notify as the kernel writes records: an alert record (type 21),
@@ -352,16 +360,7 @@ void tp_ktls_close_notify(int fd)
 
 int tp_ktls_rx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)
 {
-    union crypto_info ci;
-    socklen_t len = 0;
-    int r = crypto_info(w, c, ssl, KS_RX, seq, &ci, &len);
-    forget(w, c, KS_RX);
-    if (r < 0)
-        return -ENOTSUP;
-    if (setsockopt(c->fd, SOL_TLS, TLS_RX, &ci, len) < 0)
-        r = -errno;
-    OPENSSL_cleanse(&ci, sizeof ci);
-    return r;
+    return program(w, c, ssl, seq, KS_RX);
 }
 
 #ifndef TLS_GET_RECORD_TYPE

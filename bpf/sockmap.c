@@ -2,7 +2,10 @@
  * L4 forwarding inside the kernel (forwarding = "sockmap", docs/l4.md).
  * Loaded once per proxy by src/uproxy/sockmap.py with bcc, which defines
  * before this file:
- *   SM_ENTRIES   sockets the maps hold: 2 per client connection of every worker
+ *   SM_SLOTS    connection slots of every worker (nworkers x
+ *               up_sm_slots_per_worker): the size of `st` and `socks`
+ *   SM_SESS     SM_SLOTS plus what the workers may hold back from `sess`
+ *               before removing it in one call (UP_SM_DEFER each)
  *
  * Both sockets of a session sit in `socks` (keyed by their socket cookie,
  * unique for the life of the kernel, so every worker uses the one map
@@ -12,31 +15,36 @@
  * direction it has not written on, in which case it passes the skb to the
  * socket's own receive queue, where the worker reads it (in order).
  *
- * The worker (native/l4/sockmap.c) writes `ctl`; the program writes `cnt`
- * and `fails`. They are separate maps so that the worker's whole-value
- * updates never overwrite the program's counters.
+ * What a socket's session is lives in `st`, an array with one entry per
+ * connection slot of every worker, which the workers map into their memory
+ * (BPF_F_MMAPABLE): the worker writes its fields (cookie, peer, forwarded)
+ * and reads the program's (passed, redirected, failed) with plain loads and
+ * stores, no syscall; each field has one writer, so neither side's write can
+ * overwrite the other's. `sess` maps a cookie to its slot: the one map entry
+ * a worker writes per socket (both of a session in one batch call). The
+ * kernel takes a socket out of `socks` when it closes (sock_map_close), so
+ * the worker never deletes it there; `sess` entries of closed sockets are
+ * removed in batches, and until then they are harmless: a cookie is never
+ * reused, and the slot's cookie no longer matches.
  */
 #include <uapi/linux/bpf.h>
 
-struct sm_ctl {
-    u64 peer;        /* the other socket's cookie: the redirect's key */
-    u64 forwarded;   /* bytes the worker took from this socket after it entered the map
+/* 48 bytes: UP_SM_STATE_SIZE in native/api.h, struct sm_state in native/l4/sockmap.c. */
+struct sm_state {
+    u64 cookie;      /* worker: the socket this slot holds in a session; 0: none */
+    u64 peer;        /* worker: the other socket's cookie, the redirect's key */
+    u64 forwarded;   /* worker: bytes it took from this socket after it entered the map
                         and has written whole into the peer */
+    u64 passed;      /* program: bytes given to the worker (this socket's own queue) */
+    u64 redirected;  /* program: bytes sent on to the peer by the kernel */
+    u64 failed;      /* program: redirects refused after the first (the peer left the map) */
 };
 
-struct sm_cnt {
-    u64 passed;      /* bytes given to the worker (this socket's own queue) */
-    u64 redirected;  /* bytes sent on to the peer by the kernel */
-    u64 failed;      /* redirects refused after the first (the peer left the map): passed instead */
-    u64 pad;
-};
-
-BPF_SOCKHASH(socks, u64, SM_ENTRIES);
-/* Not preallocated: sized for every connection every worker may hold, they
- * would otherwise take that memory at start; entries come and go with the
- * sessions (the worker's updates, never the program's, create them). */
-BPF_F_TABLE("hash", u64, struct sm_ctl, ctl, SM_ENTRIES, BPF_F_NO_PREALLOC);
-BPF_F_TABLE("hash", u64, struct sm_cnt, cnt, SM_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_SOCKHASH(socks, u64, SM_SLOTS);
+/* Not preallocated: sized for every connection slot, it would otherwise
+ * take that memory at start; entries come and go with the sessions. */
+BPF_F_TABLE("hash", u64, u32, sess, SM_SESS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("array", u32, struct sm_state, st, SM_SLOTS, BPF_F_MMAPABLE);
 /* Redirects refused, proxy-wide: what `uproxy stats` shows without waiting
  * for the sessions to end (the per-socket count goes to the worker's
  * counters when its session ends). */
@@ -52,32 +60,35 @@ int sm_verdict(struct __sk_buff *skb)
     if (skb->len == 0)
         return SK_DROP;
     u64 me = bpf_get_socket_cookie(skb);
-    struct sm_ctl *c = ctl.lookup(&me);
-    if (!c)
+    u32 *slot = sess.lookup(&me);
+    if (!slot)
         return SK_PASS;              /* not a session's socket (yet): the worker reads it */
-    struct sm_cnt zero = {};
-    struct sm_cnt *n = cnt.lookup_or_try_init(&me, &zero);
-    if (!n)
+    struct sm_state *s = st.lookup(slot);
+    /* A slot whose cookie is not this socket's: its session ended (the
+     * worker cleared it before the close that takes the socket out of the
+     * map) or the slot serves another one now. Passed to the socket's
+     * own queue, which its close discards: no count, no redirect. */
+    if (!s || *(volatile u64 *)&s->cookie != me)
         return SK_PASS;
     /* Verdicts on one socket run one at a time (under its lock, in the
      * order the bytes arrived), so `passed` needs no atomic add; `forwarded`
      * only grows up to `passed`. While they differ, the worker holds bytes
      * of this direction that are not yet in the peer's send queue: a
      * redirect now could overtake them, so this skb goes the same way. */
-    if (n->passed != c->forwarded) {
-        n->passed += skb->len;
+    if (s->passed != *(volatile u64 *)&s->forwarded) {
+        s->passed += skb->len;
         return SK_PASS;
     }
-    u64 peer = c->peer;
+    u64 peer = s->peer;
     if (socks.sk_redirect_hash(skb, &peer, 0) != SK_PASS) {
         /* The peer is not in the map: the bytes are not lost, they go to
          * the worker like any passed bytes. Before this socket's first
          * redirect that is the hand-over (the instant between the two
          * inserts), not a failure; after it, the peer left the map while
          * the session was still moving bytes, which is counted. */
-        n->passed += skb->len;
-        if (n->redirected) {
-            n->failed++;
+        s->passed += skb->len;
+        if (s->redirected) {
+            s->failed++;
             u32 k = 0;
             u64 *f = fails.lookup(&k);
             if (f)
@@ -85,6 +96,6 @@ int sm_verdict(struct __sk_buff *skb)
         }
         return SK_PASS;
     }
-    n->redirected += skb->len;
+    s->redirected += skb->len;
     return SK_PASS;
 }

@@ -52,6 +52,12 @@ struct up_probe_result {
 #define UP_FWD_SPLICE_IOWQ  3   /* IORING_OP_SPLICE, run on io-wq threads */
 #define UP_FWD_SOCKMAP      4   /* the kernel redirects (bpf/sockmap.c); else splice */
 
+/* forwarding = "sockmap": the program's per-slot array (bpf/sockmap.c `st`),
+ * which every worker maps: bytes per entry, and how many closed sockets'
+ * `sess` entries a worker holds back to remove them in one call. */
+#define UP_SM_STATE_SIZE    48
+#define UP_SM_DEFER         64
+
 #define UP_MAX_LISTENERS 64
 #define UP_REFS_STRIDE   8    /* uint64 per worker row of up_config.refs: one cache line */
 #define UP_MAX_WORKERS   256
@@ -704,8 +710,8 @@ struct up_worker_opts {
     uint32_t head_buffers;    /* http: buffers for heads that span receives */
     uint32_t splice_min;      /* http: bodies with this much left go by splice (0: never) */
     int32_t  sm_socks_fd;     /* sockmap (bpf/sockmap.c): the sockhash, or -1 */
-    int32_t  sm_ctl_fd;       /* its `ctl` map (the worker writes) */
-    int32_t  sm_cnt_fd;       /* its `cnt` map (the program writes) */
+    int32_t  sm_sess_fd;      /* its `sess` map: socket cookie -> slot in `st` */
+    int32_t  sm_st_fd;        /* its `st` array (mapped: one entry per connection slot) */
     uint32_t compress_streams;/* http: compression streams per worker (h1_compress.c) */
 };
 
@@ -725,6 +731,11 @@ uint64_t up_hash(const uint8_t *data, size_t len);
 /* Histogram bucket of a value in microseconds (for readers and tests). */
 uint32_t up_hist_bucket(uint64_t us);
 uint64_t up_hist_lower(uint32_t bucket);
+/* forwarding = "sockmap": entries of the program's `st` array (and
+ * sockhash) each worker owns, for max_conns client connections: every
+ * connection slot, rounded so that a worker's part starts on a page (each
+ * maps its own). */
+uint32_t up_sm_slots_per_worker(uint32_t max_conns);
 int up_worker_setup(struct up_worker *w);
 int up_worker_loop(struct up_worker *w);
 const char *up_worker_error(struct up_worker *w);

@@ -44,7 +44,7 @@ enum op {
 #define UD_IDX(ud) ((uint32_t)(ud))
 
 struct txn;
-struct sm_sock;
+struct sm_worker;
 struct h1_request;
 struct pol_worker;
 struct h1_response;
@@ -95,7 +95,7 @@ struct worker {
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
     uint32_t nhandup, handup_cap;
 
-    struct sm_sock *sm;             /* l4: per connection slot, sockmap sessions (l4/sockmap.c), or NULL */
+    struct sm_worker *sm;           /* l4: sockmap sessions' state (l4/sockmap.c), or NULL */
     void *tls;                      /* transport: per-connection TLS state */
     void *tls_bio;                  /* transport: the BIO method of this worker */
     void *tls_sessions;             /* transport: client sessions by server slot */
@@ -132,6 +132,13 @@ struct worker {
  * the ring is sized for the connection limit, and a second failure means a
  * bug, which aborts loudly rather than losing an operation. */
 struct io_uring_sqe *sqe_get(struct worker *w);
+
+/* Connection slots of a worker for max_conns client connections: a client
+ * and its upstream each, plus a margin of 64. */
+static inline uint32_t worker_nconns(uint32_t max_conns)
+{
+    return 2 * max_conns + 64;
+}
 
 static inline struct io_uring_sqe *
 sqe_for(struct worker *w, struct conn *c, enum op op)

@@ -9,8 +9,9 @@
  *   - at the upstream's connect the worker has read nothing from either
  *     socket (l4.c hands over only such sessions), so every byte of the
  *     session is still in a kernel queue;
- *   - the control entries go in before the sockets, so the program knows
- *     the session from the first skb it sees;
+ *   - the session's state (its slots in `st`, their `sess` entries) goes
+ *     in before the sockets, so the program knows the session from the
+ *     first skb it sees;
  *   - bytes that reached a socket before it entered the map wait in its
  *     receive queue; a recv() on a socket in the map runs the verdict on
  *     them first (tcp_bpf_recvmsg_parser, Linux 6.4+), so one peek per
@@ -23,14 +24,19 @@
  *     redirected to it (sm_flushed), since the kernel sends redirected
  *     bytes from a work queue, after the verdict.
  *
- * Every call here is a syscall on a map or a socket: a few per session,
- * none per byte.
+ * What it costs the worker per session (counted in docs/l4.md, "Short
+ * sessions"): the socket reads and one map update at the start, the
+ * sockets' two inserts, two peeks, a TCP_INFO (and at times a SIOCOUTQ)
+ * per FIN; nothing at the end but a share of one batch delete. The state
+ * the program and the worker share is a mapped array, read and written
+ * without a syscall; none per byte.
  */
 #include <errno.h>
 #include <linux/bpf.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -41,17 +47,39 @@
 #include "l4/l4.h"
 #include "l4/sockmap.h"
 
-/* The map values, as bpf/sockmap.c lays them out. */
-struct sm_ctl {
-    uint64_t peer;
-    uint64_t forwarded;
+/* One connection slot's entry in the program's `st` array, as
+ * bpf/sockmap.c lays it out. Each field has one writer: the worker the
+ * first three, the program the others; both read them with plain loads
+ * (the worker through its mapping of the array), so no update of one side
+ * can overwrite what the other wrote. */
+struct sm_state {
+    uint64_t cookie;          /* the socket in a session on this slot; 0: none */
+    uint64_t peer;            /* the other socket's cookie */
+    uint64_t forwarded;       /* bytes the worker took from this socket since it entered
+                                 the map and has written whole into the peer */
+    uint64_t passed;          /* the program's: bytes given to the worker */
+    uint64_t redirected;      /* the program's: bytes sent on to the peer by the kernel */
+    uint64_t failed;          /* the program's: redirects refused after the first */
 };
+_Static_assert(sizeof(struct sm_state) == UP_SM_STATE_SIZE, "api.h's UP_SM_STATE_SIZE");
 
-struct sm_cnt {
-    uint64_t passed;
-    uint64_t redirected;
-    uint64_t failed;
-    uint64_t pad;
+/* How long closed sockets' `sess` entries may wait to be removed together
+ * when fewer than UP_SM_DEFER have gathered. */
+#define SM_DEFER_MS 1000
+
+/* The kernel's ENOTSUPP (not in the user headers): a map without batch
+ * operations. */
+#define SM_ENOTSUPP 524
+
+struct sm_worker {
+    struct sm_sock *socks;    /* per connection slot (cold) */
+    struct sm_state *st;      /* this worker's part of `st`: one entry per connection slot */
+    size_t st_len;
+    uint32_t slot0;           /* the index in `st` of this worker's first slot */
+    uint32_t ngone;           /* closed sockets whose `sess` entries wait in gone[] */
+    uint64_t gone_since_ms;   /* when the first of them was put there */
+    bool no_batch;            /* the kernel has no batch operations on `sess`: one call per entry */
+    uint64_t gone[UP_SM_DEFER];
 };
 
 /* The part of struct tcp_info read here, at its offsets in linux/tcp.h (ABI:
@@ -75,16 +103,6 @@ static int map_update(int fd, const void *key, const void *val, uint64_t flags)
     a.value = (uint64_t)(uintptr_t)val;
     a.flags = flags;
     return bpf_call(BPF_MAP_UPDATE_ELEM, &a) < 0 ? -errno : 0;
-}
-
-static int map_lookup(int fd, const void *key, void *val)
-{
-    union bpf_attr a;
-    memset(&a, 0, sizeof a);
-    a.map_fd = (uint32_t)fd;
-    a.key = (uint64_t)(uintptr_t)key;
-    a.value = (uint64_t)(uintptr_t)val;
-    return bpf_call(BPF_MAP_LOOKUP_ELEM, &a) < 0 ? -errno : 0;
 }
 
 static void map_delete(int fd, const void *key)
@@ -119,40 +137,163 @@ static bool tcp_info_of(int fd, uint8_t ti[256])
     return getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &len) == 0 && len >= TI_NEED;
 }
 
+/* The batch form of a map operation on n keys (and values): 0, or -errno
+ * with *done set to how many the kernel completed before the failure. */
+static int map_batch(int cmd, int fd, const void *keys, const void *vals, uint32_t n,
+                     uint32_t *done)
+{
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.batch.map_fd = (uint32_t)fd;
+    a.batch.keys = (uint64_t)(uintptr_t)keys;
+    a.batch.values = (uint64_t)(uintptr_t)vals;
+    a.batch.count = n;
+    a.batch.elem_flags = BPF_ANY;
+    int r = bpf_call(cmd, &a) < 0 ? -errno : 0;
+    *done = r ? a.batch.count : n;
+    return r;
+}
+
+/* A batch refused as a whole because the kernel has none for the map (or
+ * no such command): use one call per entry from then on. */
+static bool batch_missing(int r, uint32_t done)
+{
+    return done == 0 && (r == -SM_ENOTSUPP || r == -EOPNOTSUPP || r == -EINVAL);
+}
+
+uint32_t up_sm_slots_per_worker(uint32_t max_conns)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    uint32_t unit = 1;
+    if (page <= 0)
+        page = 4096;
+    while ((unit * (uint64_t)UP_SM_STATE_SIZE) % (uint64_t)page)
+        unit++;
+    uint32_t n = worker_nconns(max_conns);
+    return (n + unit - 1) / unit * unit;
+}
+
 int sm_init(struct worker *w)
 {
     w->sm = NULL;
     if (w->o.sm_socks_fd < 0 || !(w->features & UP_F_SOCKMAP))
         return 0;
+    struct sm_worker *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    uint32_t per = up_sm_slots_per_worker(w->o.max_conns);
+    m->slot0 = w->o.index * per;
+    m->st_len = (size_t)per * UP_SM_STATE_SIZE;
     /* Cold, per connection slot, touched only by sockmap sessions: mapped
      * like the slab, so slots never used cost nothing. */
     void *p = mmap(NULL, sizeof(struct sm_sock) * w->nconns, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED)
-        return -ENOMEM;
-    w->sm = p;
+    /* This worker's part of the program's array, shared with the kernel. */
+    void *st = mmap(NULL, m->st_len, PROT_READ | PROT_WRITE, MAP_SHARED, w->o.sm_st_fd,
+                    (off_t)m->slot0 * UP_SM_STATE_SIZE);
+    if (p == MAP_FAILED || st == MAP_FAILED) {
+        int e = errno;
+        if (p != MAP_FAILED)
+            munmap(p, sizeof(struct sm_sock) * w->nconns);
+        if (st != MAP_FAILED)
+            munmap(st, m->st_len);
+        free(m);
+        return -e;
+    }
+    m->socks = p;
+    m->st = st;
+    w->sm = m;
     return 0;
-}
-
-void sm_free(struct worker *w)
-{
-    if (w->sm)
-        munmap(w->sm, sizeof(struct sm_sock) * w->nconns);
-    w->sm = NULL;
 }
 
 static struct sm_sock *sm_of(struct worker *w, const struct conn *c)
 {
-    return &w->sm[c - w->conns];
+    return &w->sm->socks[c - w->conns];
 }
 
-static void forget(struct worker *w, uint64_t ck)
+static struct sm_state *state_of(struct worker *w, const struct conn *c)
 {
-    /* The socket first: once it is out of the map no verdict runs for it,
-     * so none can find its control entry half gone. */
-    map_delete(w->o.sm_socks_fd, &ck);
-    map_delete(w->o.sm_ctl_fd, &ck);
-    map_delete(w->o.sm_cnt_fd, &ck);
+    return &w->sm->st[c - w->conns];
+}
+
+static uint64_t load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* The closed sockets' `sess` entries, in one call (a few when an entry is
+ * missing: the kernel stops at it). Their sockets are gone, so no verdict
+ * looks them up; they only take room in the map meanwhile. */
+static void sess_drop(struct worker *w)
+{
+    struct sm_worker *m = w->sm;
+    uint32_t i = 0;
+    while (i < m->ngone) {
+        if (m->no_batch) {
+            map_delete(w->o.sm_sess_fd, &m->gone[i++]);
+            continue;
+        }
+        uint32_t done;
+        int r = map_batch(BPF_MAP_DELETE_BATCH, w->o.sm_sess_fd, &m->gone[i], NULL,
+                          m->ngone - i, &done);
+        if (!r)
+            break;
+        if (batch_missing(r, done))
+            m->no_batch = true;
+        else
+            i += done + 1;    /* past the entry it stopped at */
+    }
+    m->ngone = 0;
+}
+
+void sm_flush(struct worker *w)
+{
+    struct sm_worker *m = w->sm;
+    if (m && m->ngone && w->now_ms - m->gone_since_ms >= SM_DEFER_MS)
+        sess_drop(w);
+}
+
+void sm_free(struct worker *w)
+{
+    struct sm_worker *m = w->sm;
+    if (!m)
+        return;
+    sess_drop(w);
+    munmap(m->socks, sizeof(struct sm_sock) * w->nconns);
+    munmap(m->st, m->st_len);
+    free(m);
+    w->sm = NULL;
+}
+
+/* Both sockets' `sess` entries (cookie -> slot), in one call. */
+static int sess_put(struct worker *w, const uint64_t keys[2], const uint32_t slots[2])
+{
+    struct sm_worker *m = w->sm;
+    if (!m->no_batch) {
+        uint32_t done;
+        int r = map_batch(BPF_MAP_UPDATE_BATCH, w->o.sm_sess_fd, keys, slots, 2, &done);
+        if (!batch_missing(r, done))
+            return r;
+        m->no_batch = true;
+    }
+    for (int i = 0; i < 2; i++) {
+        int r = map_update(w->o.sm_sess_fd, &keys[i], &slots[i], BPF_ANY);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+/* A slot enters a session: everything but the cookie first, the cookie last
+ * (the program trusts the entry only when it finds its own cookie there). */
+static void state_begin(struct sm_state *x, uint64_t me, uint64_t peer)
+{
+    x->peer = peer;
+    __atomic_store_n(&x->forwarded, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->passed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->redirected, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->failed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&x->cookie, me, __ATOMIC_RELEASE);
 }
 
 /* The kernel sends redirected bytes from the psock's work item, and when
@@ -176,6 +317,7 @@ static void set_send_buffer(int fd, uint32_t bytes)
 int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer)
 {
     struct sm_sock *sc = sm_of(w, c), *su = sm_of(w, u);
+    struct sm_state *xc = state_of(w, c), *xu = state_of(w, u);
     uint8_t tc[256], tu[256];
     /* What each socket's peer had acknowledged before the session's first
      * byte was written into it (its SYN, on some kernels): sm_flushed
@@ -192,27 +334,32 @@ int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buf
         set_send_buffer(c->fd, send_buffer);
         set_send_buffer(u->fd, send_buffer);
     }
-    struct sm_ctl kc = { .peer = su->cookie }, ku = { .peer = sc->cookie };
-    struct sm_cnt zero = { 0 };
     uint32_t cfd = (uint32_t)c->fd, ufd = (uint32_t)u->fd;
-    /* Control and counter entries first: the program passes whatever
-     * reaches a socket it has no entries for, and it finds them from the
-     * first skb on. */
-    if (map_update(w->o.sm_ctl_fd, &sc->cookie, &kc, BPF_ANY) ||
-        map_update(w->o.sm_ctl_fd, &su->cookie, &ku, BPF_ANY) ||
-        map_update(w->o.sm_cnt_fd, &sc->cookie, &zero, BPF_ANY) ||
-        map_update(w->o.sm_cnt_fd, &su->cookie, &zero, BPF_ANY))
+    const uint64_t keys[2] = { sc->cookie, su->cookie };
+    const uint32_t slots[2] = { w->sm->slot0 + (uint32_t)(c - w->conns),
+                                w->sm->slot0 + (uint32_t)(u - w->conns) };
+    /* The slots and their `sess` entries first: the program passes whatever
+     * reaches a socket it has no session for, and it finds the session from
+     * the first skb on. */
+    state_begin(xc, sc->cookie, su->cookie);
+    state_begin(xu, su->cookie, sc->cookie);
+    if (sess_put(w, keys, slots))
         goto undo;
     if (map_update(w->o.sm_socks_fd, &su->cookie, &ufd, BPF_NOEXIST))
         goto undo;
-    if (map_update(w->o.sm_socks_fd, &sc->cookie, &cfd, BPF_NOEXIST))
+    if (map_update(w->o.sm_socks_fd, &sc->cookie, &cfd, BPF_NOEXIST)) {
+        /* The session splices: its upstream must not stay in the map. */
+        map_delete(w->o.sm_socks_fd, &su->cookie);
         goto undo;
+    }
     c->flags |= C_SOCKMAP;
     u->flags |= C_SOCKMAP;
     return 0;
 undo:
-    forget(w, sc->cookie);
-    forget(w, su->cookie);
+    __atomic_store_n(&xc->cookie, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&xu->cookie, 0, __ATOMIC_RELEASE);
+    map_delete(w->o.sm_sess_fd, &keys[0]);
+    map_delete(w->o.sm_sess_fd, &keys[1]);
     return -1;
 }
 
@@ -232,15 +379,13 @@ bool sm_kick(struct worker *w, struct conn *c)
     return !(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
 }
 
+/* Only after the send completed: the peer's socket holds these bytes, so a
+ * redirect the program makes once it sees the new count is behind them. A
+ * store into the mapped array, no syscall. */
 void sm_forwarded(struct worker *w, struct conn *src, uint32_t n)
 {
-    struct sm_sock *s = sm_of(w, src);
-    s->forwarded += n;
-    struct sm_ctl k = { .peer = sm_of(w, &w->conns[src->peer])->cookie,
-                        .forwarded = s->forwarded };
-    /* Only after the send completed: the peer's socket holds these bytes,
-     * so a redirect the program makes once it sees them is behind them. */
-    map_update(w->o.sm_ctl_fd, &s->cookie, &k, BPF_EXIST);
+    struct sm_state *x = state_of(w, src);
+    __atomic_store_n(&x->forwarded, x->forwarded + n, __ATOMIC_RELEASE);
 }
 
 /* Has the peer's socket taken every byte the kernel redirected from src?
@@ -248,19 +393,26 @@ void sm_forwarded(struct worker *w, struct conn *src, uint32_t n)
  * before it) = acknowledged since then + still in its send queue
  * (SIOCOUTQ: write_seq - snd_una). Read in that order, an ACK between the
  * two calls can only make the sum smaller than the truth, so the FIN is
- * never passed on early, only looked at again. */
+ * never passed on early, only looked at again. The acknowledged bytes
+ * alone are already a lower bound: when they suffice, the queue is not
+ * read; when nothing went from src to the peer, neither is. */
 bool sm_flushed(struct worker *w, struct conn *src)
 {
-    struct sm_sock *s = sm_of(w, src);
+    const struct sm_state *x = state_of(w, src);
     const struct conn *dst = &w->conns[src->peer];
-    struct sm_cnt n;
+    uint64_t need = load(&x->redirected) + x->forwarded;
     uint8_t ti[256];
     int outq = 0;
-    if (map_lookup(w->o.sm_cnt_fd, &s->cookie, &n) < 0 || !tcp_info_of(dst->fd, ti) ||
-        ioctl(dst->fd, SIOCOUTQ, &outq) < 0)
+    if (!need)
+        return true;
+    if (!tcp_info_of(dst->fd, ti))
         return true;              /* nothing to wait for that can be known */
-    uint64_t written = ti_u64(ti, TI_BYTES_ACKED) - sm_of(w, dst)->base + (uint64_t)outq;
-    return written >= n.redirected + s->forwarded;
+    uint64_t acked = ti_u64(ti, TI_BYTES_ACKED) - sm_of(w, dst)->base;
+    if (acked >= need)
+        return true;
+    if (ioctl(dst->fd, SIOCOUTQ, &outq) < 0)
+        return true;
+    return acked + (uint64_t)outq >= need;
 }
 
 /* Did bytes move since the last call: arrive at either socket, or get
@@ -288,19 +440,27 @@ uint64_t sm_active_ms(struct worker *w, struct conn *c)
 }
 
 /* c's session is over: what the kernel moved from c goes to the counters,
- * and c leaves the maps (before its close, so no verdict runs on a socket
- * that is going). */
+ * and its slot leaves the session, so that from now on the program passes
+ * what still reaches c to c's own queue (which its close discards) without
+ * counting it. c stays in the sockhash until its close, which takes it out
+ * (sock_map_close, on every kernel with sockmap): no delete here. Its
+ * `sess` entry is removed later, with others in one call (sm_flush). */
 void sm_end(struct worker *w, struct conn *c, bool from_client)
 {
     if (!(c->flags & C_SOCKMAP))
         return;
+    struct sm_worker *m = w->sm;
     struct sm_sock *s = sm_of(w, c);
-    struct sm_cnt n;
+    struct sm_state *x = state_of(w, c);
     c->flags &= (uint16_t)~C_SOCKMAP;
-    if (map_lookup(w->o.sm_cnt_fd, &s->cookie, &n) == 0) {
-        cnt(w, from_client ? UP_C_BYTES_FROM_CLIENTS : UP_C_BYTES_FROM_UPSTREAMS, (int64_t)n.redirected);
-        cnt(w, from_client ? UP_C_BYTES_TO_UPSTREAMS : UP_C_BYTES_TO_CLIENTS, (int64_t)n.redirected);
-        cnt(w, UP_C_SOCKMAP_REDIRECT_FAILS, (int64_t)n.failed);
-    }
-    forget(w, s->cookie);
+    uint64_t redirected = load(&x->redirected), failed = load(&x->failed);
+    __atomic_store_n(&x->cookie, 0, __ATOMIC_RELEASE);
+    cnt(w, from_client ? UP_C_BYTES_FROM_CLIENTS : UP_C_BYTES_FROM_UPSTREAMS, (int64_t)redirected);
+    cnt(w, from_client ? UP_C_BYTES_TO_UPSTREAMS : UP_C_BYTES_TO_CLIENTS, (int64_t)redirected);
+    cnt(w, UP_C_SOCKMAP_REDIRECT_FAILS, (int64_t)failed);
+    if (!m->ngone)
+        m->gone_since_ms = w->now_ms;
+    m->gone[m->ngone++] = s->cookie;
+    if (m->ngone == UP_SM_DEFER)
+        sess_drop(w);
 }

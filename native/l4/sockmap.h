@@ -6,10 +6,10 @@
 #define UPROXY_SOCKMAP_H
 #include "core/worker.h"
 
-/* Per connection slot, apart from struct conn (cold: sockmap sessions only). */
+/* Per connection slot, apart from struct conn (cold: sockmap sessions only).
+ * What the program shares with the worker is in its `st` array (sockmap.c). */
 struct sm_sock {
     uint64_t cookie;          /* the socket's cookie: its key in the maps */
-    uint64_t forwarded;       /* bytes the worker wrote on for this socket since it entered the map */
     uint64_t seen;            /* client: bytes both sockets had received at the last look */
     uint64_t active_ms;       /* client: when seen last changed */
     uint64_t base;            /* tcpi_bytes_acked when the session entered the map */
@@ -39,5 +39,8 @@ bool sm_flushed(struct worker *w, struct conn *src);
 bool sm_moved(struct worker *w, struct conn *c);
 uint64_t sm_active_ms(struct worker *w, struct conn *c);
 void sm_end(struct worker *w, struct conn *c, bool from_client);
+/* Once per loop turn: removes the `sess` entries of closed sockets held
+ * back (UP_SM_DEFER at most) once they have waited long enough. */
+void sm_flush(struct worker *w);
 
 #endif

@@ -59,7 +59,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->log = log;
     w->features = o->features;
     w->ring.ring_fd = -1;
-    w->nconns = 2 * o->max_conns + 64;
+    w->nconns = worker_nconns(o->max_conns);
     /* Mapped, not touched: memory is only committed as connections use
      * their slots, so an idle worker costs little. */
     w->conns = mmap(NULL, sizeof(struct conn) * w->nconns, PROT_READ | PROT_WRITE,
@@ -508,6 +508,7 @@ int up_worker_loop(struct up_worker *uw)
         if (!w->tick_armed)
             arm_tick(w);
         bufpool_flush(w);
+        sm_flush(w);
         resume_starved(w);
         resume_held(w);
         w->c[UP_C_URING_ENTERS]++;

@@ -257,7 +257,7 @@ def check_sockmap() -> dict:
     from . import sockmap
     why = sockmap.unavailable()
     if why is None:
-        prog, why = sockmap.load(64)
+        prog, why = sockmap.load(1, 32)
         if prog is not None:
             prog.close()
             return _check("sockmap", "ok", "forwarding = \"sockmap\" is available: the "

@@ -110,8 +110,8 @@ class Worker:
         o.compress_streams = p.compress_streams
         sm = rt.sockmap
         o.sm_socks_fd = sm.fds["socks"] if sm else -1
-        o.sm_ctl_fd = sm.fds["ctl"] if sm else -1
-        o.sm_cnt_fd = sm.fds["cnt"] if sm else -1
+        o.sm_sess_fd = sm.fds["sess"] if sm else -1
+        o.sm_st_fd = sm.fds["st"] if sm else -1
         self.opts = o
         self.ptr = lib.up_worker_new(o, rt.control, rt.segment.workers[index],
                                      rt.segment.wservers[index], rt.segment.wlisteners[index],
@@ -256,7 +256,7 @@ class Runtime:
             why = "switched off (disable_features / UPROXY_DISABLE)"
         else:
             from . import sockmap
-            self.sockmap, why = sockmap.load(2 * self.nworkers * self.max_conns)
+            self.sockmap, why = sockmap.load(self.nworkers, self.max_conns)
         if self.sockmap is not None:
             self.features |= lib.UP_F_SOCKMAP
             log.info("sockmap: program loaded; listeners %s forward in the kernel", ", ".join(want))

@@ -34,6 +34,7 @@ enum op {
     OP_CANCEL,
     OP_PROVIDE,       /* legacy provided buffers handed back */
     OP_TP_SEND,       /* the transport's own send (a TLS handshake flight) */
+    OP_PEEK,          /* a one-byte MSG_PEEK receive that does not wait (l4 sockmap's hand-over) */
     OP__COUNT
 };
 

@@ -422,19 +422,29 @@ static void on_poll(struct worker *w, struct conn *c, enum op op, struct io_urin
 static uint64_t sockmap_check_ms(const struct up_listener *l);
 static void sockmap_watch(struct worker *w, struct conn *s, bool readable);
 
-static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u)
+static bool sockmap_start(struct worker *w, struct conn *c, struct conn *u, bool wrote_u)
 {
     if (listener_of(c)->forwarding != UP_FWD_SOCKMAP || !sm_on(w) || !tp_spliceable(c) ||
         !tp_spliceable(u) || c->x.head != NIL || (c->ops & (1u << OP_RECV)) ||
-        sm_start(w, c, u, listener_of(c)->sm_send_buffer) < 0)
+        sm_start(w, c, u, listener_of(c)->sm_send_buffer, wrote_u) < 0)
         return false;
     cnt(w, UP_C_SESSIONS_SOCKMAP, 1);
     const struct up_listener *l = listener_of(c);
     if (l->idle_timeout_ms)
         timer_set(w, c, w->now_ms + sockmap_check_ms(l));
-    sockmap_watch(w, c, sm_kick(w, c));
-    sockmap_watch(w, u, sm_kick(w, u));
+    /* Each socket's peek completes in on_peek, which arms its watch. */
+    sm_kick(w, c);
+    sm_kick(w, u);
     return true;
+}
+
+/* The hand-over's peek (sm_kick): -EAGAIN when nothing waits for the
+ * worker, else passed bytes, the EOF or an error to read. */
+static void on_peek(struct worker *w, struct conn *s, struct io_uring_cqe *cqe)
+{
+    if (s->state != CS_OPEN || cqe->res == -ECANCELED)
+        return;
+    sockmap_watch(w, s, cqe->res != -EAGAIN);
 }
 
 /* What the worker waits for on a socket the kernel forwards: a receive
@@ -556,7 +566,7 @@ static void on_connect(struct worker *w, struct conn *u, struct io_uring_cqe *cq
             abort_session(w, c, true, true);
             return;
         }
-        if (sockmap_start(w, c, u))
+        if (sockmap_start(w, c, u, cl->proxy_protocol != 0))
             return;
         bool spliced = true;
         start_direction(w, c, &spliced);
@@ -780,6 +790,9 @@ void l4_on_cqe(struct worker *w, struct conn *c, enum op op, struct io_uring_cqe
     case OP_POLL_IN:
     case OP_POLL_OUT:
         on_poll(w, c, op, cqe);
+        break;
+    case OP_PEEK:
+        on_peek(w, c, cqe);
         break;
     default:
         break;

@@ -26,8 +26,9 @@
  *
  * What it costs the worker per session (counted in docs/l4.md, "Short
  * sessions"): the socket reads and one map update at the start, the
- * sockets' two inserts, two peeks, a TCP_INFO (and at times a SIOCOUTQ)
- * per FIN; nothing at the end but a share of one batch delete. The state
+ * sockets' two inserts, a TCP_INFO (and at times a SIOCOUTQ) per FIN;
+ * nothing at the end but a share of one batch delete (the peeks ride on
+ * the ring). The state
  * the program and the worker share is a mapped array, read and written
  * without a syscall; none per byte.
  */
@@ -79,6 +80,7 @@ struct sm_worker {
     uint32_t ngone;           /* closed sockets whose `sess` entries wait in gone[] */
     uint64_t gone_since_ms;   /* when the first of them was put there */
     bool no_batch;            /* the kernel has no batch operations on `sess`: one call per entry */
+    uint8_t peek[1];          /* where sm_kick's peeks put their byte (never read) */
     uint64_t gone[UP_SM_DEFER];
 };
 
@@ -314,20 +316,25 @@ static void set_send_buffer(int fd, uint32_t bytes)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &half, sizeof half);
 }
 
-int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer)
+int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer,
+             bool wrote_u)
 {
     struct sm_sock *sc = sm_of(w, c), *su = sm_of(w, u);
     struct sm_state *xc = state_of(w, c), *xu = state_of(w, u);
     uint8_t tc[256], tu[256];
-    /* What each socket's peer had acknowledged before the session's first
-     * byte was written into it (its SYN, on some kernels): sm_flushed
-     * counts from there. */
-    if (!tcp_info_of(c->fd, tc) || !tcp_info_of(u->fd, tu))
+    int outq = 0;
+    /* Acknowledged plus still queued: what each socket held before the
+     * session's first byte was written into it (its SYN, on some kernels,
+     * and a PROXY header the worker wrote, acknowledged or not):
+     * sm_flushed counts from there. Only a socket written into before has
+     * a send queue to read. */
+    if (!tcp_info_of(c->fd, tc) || !tcp_info_of(u->fd, tu) ||
+        (wrote_u && ioctl(u->fd, SIOCOUTQ, &outq) < 0))
         return -1;
     *sc = (struct sm_sock){ .cookie = cookie_of(c->fd), .active_ms = w->now_ms,
                             .base = ti_u64(tc, TI_BYTES_ACKED) };
     *su = (struct sm_sock){ .cookie = cookie_of(u->fd), .active_ms = w->now_ms,
-                            .base = ti_u64(tu, TI_BYTES_ACKED) };
+                            .base = ti_u64(tu, TI_BYTES_ACKED) + (uint64_t)outq };
     if (!sc->cookie || !su->cookie)
         return -1;
     if (send_buffer) {
@@ -369,14 +376,16 @@ undo:
  * receive on a socket in the map runs the verdict on that queue first
  * (tcp_bpf_recvmsg_parser), so a peek sends them on; what it then sees is
  * what the program passed to the worker (a redirect refused in the instant
- * between the two inserts), or the FIN. True when the worker has something
- * to read now. */
-bool sm_kick(struct worker *w, struct conn *c)
+ * between the two inserts), or the FIN. The peek goes through the ring
+ * (no syscall of its own): it runs at the loop's next submit, after the
+ * inserts above, which is all its order needs; MSG_DONTWAIT makes it
+ * complete with -EAGAIN at once when there is nothing to read, instead of
+ * waiting (a wait would wake it for every redirected skb). */
+void sm_kick(struct worker *w, struct conn *c)
 {
-    (void)w;
-    char b;
-    ssize_t r = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return !(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    struct io_uring_sqe *s = sqe_for(w, c, OP_PEEK);
+    io_uring_prep_recv(s, c->fd, w->sm->peek, sizeof w->sm->peek, MSG_PEEK | MSG_DONTWAIT);
+    count_op(w, s);
 }
 
 /* Only after the send completed: the peer's socket holds these bytes, so a

@@ -25,12 +25,14 @@ int sm_init(struct worker *w);
 void sm_free(struct worker *w);
 /* Both sockets into the maps; 0, or -1 with nothing left behind (the
  * session is then spliced). Only for a session nothing was read from.
- * send_buffer: the listener's sm_send_buffer (0: leave the kernel's). */
-int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer);
-/* Right after sm_start, per socket: run the verdict on what waited in its
- * queue; true when the worker has something to read (passed bytes, a FIN,
- * an error). */
-bool sm_kick(struct worker *w, struct conn *c);
+ * send_buffer: the listener's sm_send_buffer (0: leave the kernel's);
+ * wrote_u: the worker wrote into u before (a PROXY header). */
+int sm_start(struct worker *w, struct conn *c, struct conn *u, uint32_t send_buffer,
+             bool wrote_u);
+/* Right after sm_start, per socket: queue the peek that runs the verdict on
+ * what waited in its queue; its completion (OP_PEEK) is -EAGAIN unless the
+ * worker has something to read (passed bytes, a FIN, an error). */
+void sm_kick(struct worker *w, struct conn *c);
 /* The worker wrote n bytes it had received from src into src's peer. */
 void sm_forwarded(struct worker *w, struct conn *src, uint32_t n);
 /* May src's FIN be passed on (the peer holds every byte redirected to it)? */

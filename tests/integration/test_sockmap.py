@@ -30,12 +30,13 @@ if WHY:
 pytestmark = pytest.mark.skipif(bool(WHY), reason=f"sockmap not available: {WHY}")
 
 
-def sm_proxy(proxy_factory, servers_, listener=None, proxy=None, env=None, forwarding="sockmap"):
+def sm_proxy(proxy_factory, servers_, listener=None, proxy=None, env=None, forwarding="sockmap",
+             cluster=None):
     port = free_port()
     lst = {"name": "t", "bind": f"127.0.0.1:{port}", "mode": "tcp", "cluster": "c",
            "forwarding": forwarding}
     lst.update(listener or {})
-    p = proxy_factory([lst], [{"name": "c", "servers": servers_}],
+    p = proxy_factory([lst], [{"name": "c", "servers": servers_, **(cluster or {})}],
                       proxy=proxy or {"workers": 2}, env=env)
     p.port = port
     return p
@@ -564,3 +565,196 @@ def test_send_buffer_is_set_on_both_sockets(proxy_factory, servers):
             assert not {3 << 20, 8 << 20} & set(tb), f"{key}: send buffers {tb}: set anyway"
         assert shas[-1] == (size, pattern_sha(5, size)), f"{key}: client -> upstream damaged"
         check_kernel_moved(proxy, 1)
+
+
+def short_session(port, i):
+    msg = b"short session %d " % i * 20
+    with connect(port, timeout=5) as s:
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            got += s.recv(65536)
+        s.shutdown(socket.SHUT_WR)
+        got += recv_until_close(s)
+        assert got == msg, f"session {i}"
+
+
+# ---- the proxy's maps, seen from outside ------------------------------------
+# The test takes a copy of each of the proxy's BPF map fds (pidfd_getfd,
+# root) and reads the maps with bpf(2): the entries a sockhash or hash
+# holds, and the slots of the mmapable state array in a session.
+
+_SYS_PIDFD_GETFD = 438
+_SYS_BPF = 321
+_BPF_MAP_GET_NEXT_KEY = 4
+_MAP_HASH, _MAP_ARRAY, _MAP_SOCKHASH = 1, 2, 18
+_BPF_F_MMAPABLE = 1 << 10
+_STATE_SIZE = 48          # native/api.h UP_SM_STATE_SIZE
+
+
+def _libc():
+    import ctypes
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _map_keys(fd, key_size, limit=1 << 20):
+    import ctypes
+    libc = _libc()
+    attr = ctypes.create_string_buffer(32)
+    key = ctypes.create_string_buffer(key_size)
+    nxt = ctypes.create_string_buffer(key_size)
+    n, first = 0, True
+    while n < limit:
+        struct.pack_into("IIQQ", attr, 0, fd, 0, 0 if first else ctypes.addressof(key),
+                         ctypes.addressof(nxt))
+        if libc.syscall(_SYS_BPF, _BPF_MAP_GET_NEXT_KEY, attr, 32) < 0:
+            break
+        ctypes.memmove(key, nxt, key_size)
+        first = False
+        n += 1
+    return n
+
+
+def proxy_map_entries(pid):
+    """{map name: entries} for the proxy's sockhash and hashes, and
+    'st slots' for the state array's slots that hold a session."""
+    import mmap
+    libc = _libc()
+    pidfd = os.pidfd_open(pid)
+    out = {}
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:bpf-map":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                    info = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+            except OSError:
+                continue
+            info = {k.strip(): v.strip() for k, v in info.items()}
+            kind = int(info["map_type"])
+            if kind not in (_MAP_HASH, _MAP_ARRAY, _MAP_SOCKHASH):
+                continue
+            fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            assert fd >= 0, f"pidfd_getfd: errno {__import__('ctypes').get_errno()}"
+            try:
+                label = f"{kind}:{info['map_id']}"
+                if kind == _MAP_ARRAY:
+                    if not int(info["map_flags"], 16) & _BPF_F_MMAPABLE:
+                        continue
+                    size = int(info["max_entries"]) * _STATE_SIZE
+                    with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+                        out["st slots"] = sum(1 for (ck,) in struct.iter_unpack(
+                            "Q40x", m[:size]) if ck)
+                else:
+                    out[label] = _map_keys(fd, int(info["key_size"]))
+            finally:
+                os.close(fd)
+    finally:
+        os.close(pidfd)
+    return out
+
+
+def test_no_map_entry_outlives_its_session(proxy_factory, servers):
+    """While a session is open its two sockets are in the sockhash, in
+    `sess` and in two slots of the state array; after 300 sessions (and
+    the second the workers may hold closed sockets' `sess` entries back),
+    nothing is left in any map: the kernel took the closed sockets out of
+    the sockhash, the workers removed their `sess` entries in batches."""
+    up = servers(echo)
+    p = sm_proxy(proxy_factory, [up.addr])
+    with connect(p.port, timeout=5) as s:
+        s.sendall(b"open")
+        assert s.recv(100) == b"open"
+        maps = proxy_map_entries(p.pid)
+        assert sorted(maps.values()) == [2, 2, 2], f"one open session: {maps}"
+    n = 300
+    for i in range(n):
+        short_session(p.port, i)
+    wait_for(lambda: p.total("closed") == n + 1, 10, what="every session to close")
+    check_kernel_moved(p, n + 1)
+    wait_for(lambda: not any(proxy_map_entries(p.pid).values()), 10,
+             what=f"the maps to be empty: {proxy_map_entries(p.pid)}")
+
+
+def test_per_session_syscalls(proxy_factory, servers):
+    """What the hand-over costs the worker, counted by strace on its thread
+    over 200 short sessions (docs/l4.md, "Short sessions"): one `sess`
+    update for both sockets and the two sockhash inserts, a share of a
+    batch delete, no delete or lookup per session; the peeks ride on the
+    ring. The send buffers are left to the kernel (two setsockopt fewer)."""
+    import shutil
+    import subprocess
+    from collections import Counter
+    import re
+    strace = shutil.which("strace")
+    if not strace:
+        pytest.skip("strace is not installed: the worker's syscalls cannot be counted")
+    up = servers(echo)
+    p = sm_proxy(proxy_factory, [up.addr], proxy={"workers": 1},
+                 listener={"sockmap_send_buffer": 0})
+    short_session(p.port, -1)
+    wait_for(lambda: p.total("closed") == 1, 10, what="the first session to close")
+    tids = [t for t in os.listdir(f"/proc/{p.pid}/task")
+            if open(f"/proc/{p.pid}/task/{t}/comm").read().startswith("uproxy-w")]
+    assert len(tids) == 1, tids
+    log = os.path.join(os.path.dirname(p.path), "strace.txt")
+    st = subprocess.Popen([strace, "-qq", "-o", log, "-p", tids[0]],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        assert st.poll() is None, st.stderr.read()
+        n = 200
+        for i in range(n):
+            short_session(p.port, i)
+        wait_for(lambda: p.total("closed") == n + 1, 10, what="every session to close")
+        time.sleep(1.5)       # the batch delete of what the worker held back
+    finally:
+        st.terminate()
+        st.wait(10)
+    check_kernel_moved(p, n + 1)
+    calls, bpf = Counter(), Counter()
+    for line in open(log):
+        m = re.match(r"^([a-z_0-9]+)\((BPF_[A-Z_]+)?", line)
+        if m:
+            calls[m.group(1)] += 1
+            if m.group(2):
+                bpf[m.group(2)] += 1
+    per = {k: v / n for k, v in calls.items()}
+    # The loop's own waits depend on timing (one session at a time here).
+    rest = sum(v for k, v in per.items() if k != "io_uring_enter")
+    assert bpf["BPF_MAP_UPDATE_BATCH"] == n, bpf
+    assert bpf["BPF_MAP_UPDATE_ELEM"] == 2 * n, bpf
+    assert not bpf["BPF_MAP_DELETE_ELEM"] and not bpf["BPF_MAP_LOOKUP_ELEM"], bpf
+    assert 1 <= bpf["BPF_MAP_DELETE_BATCH"] <= n * 2 // 64 + 2, bpf
+    assert not calls["recvfrom"], f"the peeks go through the ring: {per}"
+    assert rest <= 13.5, f"worker syscalls per session: {per}"
+
+
+def test_proxy_header_then_sockmap(proxy_factory, servers):
+    """A PROXY header the worker writes to the upstream before the
+    hand-over is no redirected byte: the client's FIN waits for every byte
+    of its own (checked by content, many sessions)."""
+    def upstream(c, srv):
+        head = b""
+        while not head.endswith(b"\r\n"):
+            b = c.recv(1)
+            assert b
+            head += b
+        got = recv_all_sha(c)
+        c.sendall(b"ok")
+        return head.startswith(b"PROXY TCP4 "), got
+    up = servers(upstream)
+    p = sm_proxy(proxy_factory, [up.addr], cluster={"proxy_protocol": "v1"})
+    size, n = 64 << 10, 40
+    for i in range(n):
+        with connect(p.port) as s:
+            time.sleep(0.02)      # handed over first: a FIN before it is spliced
+            for part in pattern(i, size):
+                s.sendall(part)
+            s.shutdown(socket.SHUT_WR)
+            assert recv_until_close(s) == b"ok", f"session {i}"
+    wait_for(lambda: len(up.results) == n, 20, what="every upstream result")
+    for i, r in enumerate(up.results):
+        assert r == (True, (size, pattern_sha(i, size))), f"session {i}: {r}"
+    check_kernel_moved(p, n)

@@ -30,6 +30,7 @@
 #define UP_F_KTLS               256  /* the kernel's tls ULP (CONFIG_TLS), not io_uring */
 #define UP_F_SOCKMAP            512  /* the sockmap program loaded (bpf/sockmap.c): L4 in the kernel */
 #define UP_F_KTLS_RX            1024 /* kTLS decrypts too (TLS_RX), with UP_F_KTLS; off: the library decrypts */
+#define UP_F_MSHOT_LIMIT        2048 /* a multishot receive that ends after N bytes (IORING_RECV_MSHOT_LIM) */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */

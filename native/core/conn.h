@@ -134,8 +134,9 @@ _Static_assert(offsetof(struct conn, x) == 64, "the byte queue starts the second
 #define C_CFG_REF    32   /* holds a reference on cfg */
 #define C_POOLED     64   /* upstream: idle in the pool */
 #define C_ONEBUF     128  /* upstream: its last transaction was an HTTP/2 stream's, so
-                             while idle it keeps one single-buffer receive armed, which
-                             the next stream can take as it is (no cancel) */
+                             while idle it keeps a buffer's worth of receive armed (a
+                             multishot one with a byte limit, or a single receive),
+                             which the next stream can take as it is (no cancel) */
 #define C_HEADRECV   256  /* upstream: receive heads alone (big bodies follow by splice) */
 /* Handed up to the loop (conn_hand_up): the core never names a protocol,
  * so what only the connection's protocol can do waits for the loop. */

@@ -129,7 +129,12 @@ out:
     return ok;
 }
 
-static bool probe_multishot_recv(struct io_uring *ring)
+/* A multishot receive whose SQE carries a byte limit (optlen): a kernel
+ * that has IORING_RECV_MSHOT_LIM ends it once that many bytes came (no
+ * IORING_CQE_F_MORE on that completion); an older one refuses the field
+ * (it shares the SQE's union with file_index: EINVAL). limit > 0 asks
+ * for the limit, 0 for a plain multishot receive. */
+static bool probe_multishot_recv_limit(struct io_uring *ring, unsigned limit)
 {
     static char bufs[2][64];
     bool ok = false;
@@ -147,15 +152,22 @@ static bool probe_multishot_recv(struct io_uring *ring)
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = 7;
     s->ioprio |= IORING_RECV_MULTISHOT;
+    s->file_index = limit;          /* optlen: the same union; liburing 2.3 names it so */
     io_uring_submit(ring);
-    if (write(sv[1], "x", 1) != 1)
+    if (write(sv[1], "xy", 2) != 2)
         goto out;
     if (wait_one(ring, &cqe) == 0)
-        ok = cqe.res == 1 && (cqe.flags & IORING_CQE_F_MORE);
+        ok = cqe.res > 0 && (limit ? !(cqe.flags & IORING_CQE_F_MORE)
+                                   : (cqe.flags & IORING_CQE_F_MORE));
 out:
     close(sv[0]);
     close(sv[1]);
     return ok;
+}
+
+static bool probe_multishot_recv(struct io_uring *ring)
+{
+    return probe_multishot_recv_limit(ring, 0);
 }
 
 /* A ring with these IORING_SETUP_* flags: 0, or -errno. doctor asks once
@@ -214,6 +226,12 @@ int up_probe(struct up_probe_result *out)
     if (probe_multishot_recv(&ring))
         out->features |= UP_F_MULTISHOT_RECV;
     io_uring_queue_exit(&ring);
+    /* On a ring of its own: the first probe's buffers and requests are gone. */
+    if ((out->features & UP_F_MULTISHOT_RECV) && try_ring(&ring, 0) == 0) {
+        if (probe_multishot_recv_limit(&ring, 1))
+            out->features |= UP_F_MSHOT_LIMIT;
+        io_uring_queue_exit(&ring);
+    }
 
     struct io_uring t;
     if (try_ring(&t, IORING_SETUP_SINGLE_ISSUER) == 0) {

@@ -65,6 +65,45 @@ void out_submit(struct worker *w, struct out *o, struct conn *to)
     }
 }
 
+/* A round of several pieces that fits in `area` becomes one piece there,
+ * so that it goes out with a plain send: a sendmsg costs the kernel the
+ * msghdr's copy and the iovecs' import besides (io_uring's
+ * io_sendmsg_setup and io_net_import_vec, ~2% of the worker's time in an
+ * h2c profile, for one upstream request per client request). The copy is
+ * of a request head's hundred or two bytes. At most one piece may lie in
+ * `area` itself (the added lines, written there): it moves to its place
+ * first, then the others are copied around it. */
+static void out_flatten(struct out *o, char *area, size_t cap)
+{
+    uint16_t n = o->n, first = o->first;
+    if (n - first < 2 || o->left > cap)
+        return;
+    int inside = -1;
+    size_t at = 0, off = 0;
+    for (uint16_t i = first; i < n; i++) {
+        const char *b = o->iov[i].iov_base;
+        if (b + o->iov[i].iov_len > area && b < area + cap) {
+            if (inside >= 0)
+                return;
+            inside = i;
+            at = off;
+        }
+        off += o->iov[i].iov_len;
+    }
+    if (inside >= 0)
+        memmove(area + at, o->iov[inside].iov_base, o->iov[inside].iov_len);
+    off = 0;
+    for (uint16_t i = first; i < n; i++) {
+        if (i != inside)
+            memcpy(area + off, o->iov[i].iov_base, o->iov[i].iov_len);
+        off += o->iov[i].iov_len;
+    }
+    o->iov[0].iov_base = area;
+    o->iov[0].iov_len = off;
+    o->first = 0;
+    o->n = 1;
+}
+
 /* After a short send: drop what went out from the front of the round. */
 void out_advance(struct out *o, uint32_t n)
 {
@@ -354,6 +393,8 @@ void txn_req_pump(struct worker *w, struct txn *t)
         conn_hand_up(w, u, C_UP_KICK);
         return;
     }
+    if (!rq_head_out(t->rq))
+        out_flatten(&t->req, t->scratch, sizeof t->scratch);
     out_submit(w, &t->req, u);
 }
 

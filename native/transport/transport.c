@@ -34,6 +34,24 @@ void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
     }
 }
 
+void tp_recv_arm_upto(struct worker *w, struct conn *c, uint32_t limit)
+{
+    /* TLS in user space receives records for the library, whose reads
+     * are its own: there the limit is the plain one-receive form. */
+    if (!(w->features & UP_F_MSHOT_LIMIT) || !(w->features & UP_F_MULTISHOT_RECV) ||
+        (c->tp != TP_PLAIN && c->tp != TP_KTLS)) {
+        tp_recv_arm(w, c, limit);
+        return;
+    }
+    struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
+    io_uring_prep_recv(s, c->fd, NULL, 0, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
+    s->buf_group = BUF_GROUP;
+    s->ioprio |= IORING_RECV_MULTISHOT;
+    s->file_index = limit;          /* optlen: the same union; liburing 2.3 names it so */
+    count_op(w, s);
+}
+
 int tp_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
 {
     switch ((enum tp_kind)c->tp) {

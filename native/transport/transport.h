@@ -33,6 +33,14 @@ static inline bool tp_is_tls(const struct conn *c)
  * transport allows). The completion comes to the connection's protocol as
  * OP_RECV, which hands it to tp_received(). */
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max);
+/* Arm receiving of about `limit` bytes at most: one multishot receive
+ * that the kernel ends once `limit` bytes came (UP_F_MSHOT_LIMIT; the last
+ * buffer may take it past by less than a buffer), so that a connection
+ * whose reader wants little at a time stays armed across many small
+ * messages without one re-arm per message; where the kernel has no limit,
+ * one receive of at most `limit` bytes (tp_recv_arm). Either way the
+ * completion without IORING_CQE_F_MORE says: arm again. */
+void tp_recv_arm_upto(struct worker *w, struct conn *c, uint32_t limit);
 /* What an OP_RECV completion brought the protocol: the byte count (> 0),
  * 0 at end of stream, or -errno; *bid is the buffer holding them (the
  * protocol's to queue or give back), NIL when the completion carried none.

@@ -18,6 +18,11 @@ _TABLE = {
     "coop_taskrun": (32, "5.19"),
     "registered_files": (64, "5.1"),
     "registered_ring": (128, "5.18"),
+    # A multishot receive with a byte limit (the SQE's optlen), after which
+    # it ends: an HTTP/2 stream's upstream keeps one armed across requests
+    # with its memory still bounded (docs/http2.md). Older kernels refuse
+    # the field (EINVAL); the worker then arms one receive per response.
+    "multishot_recv_limit": (2048, "6.17"),
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),

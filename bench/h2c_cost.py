@@ -143,10 +143,10 @@ def one(ctx, cont, n, streams, perf=None, events=False) -> dict:
     return r
 
 
-def _variant(ctx, name, disable):
+def _variant(ctx, name, extra_env):
     class Variant(Uproxy):
         def env(self):
-            return {**os.environ, "UPROXY_DISABLE": disable}
+            return {**os.environ, **extra_env}
     c = Variant(ctx)
     c.name = name
     return c
@@ -165,10 +165,11 @@ def main(argv=None) -> int:
     p.add_argument("--events", action="store_true",
                    help="count syscalls, io_uring requests, poll arms, task work and packets per "
                         "request (perf stat on tracepoints, on the proxy's thread(s))")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=FEATURES",
-                   help="one more uproxy contender, run with UPROXY_DISABLE=FEATURES (features "
-                        "switched off: the paths before a change that a feature carries), e.g. "
-                        "uproxy-old=multishot_recv_limit")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE[;VAR=VALUE]",
+                   help="one more uproxy contender, run with these environment variables: "
+                        "UPROXY_DISABLE (features switched off: the paths before a change that a "
+                        "feature carries), or PYTHONPATH (another build's src/, with its "
+                        "_native*.so), e.g. uproxy-old:UPROXY_DISABLE=multishot_recv_limit")
     p.add_argument("--proxy-cpus")
     p.add_argument("--load-cpus")
     a = p.parse_args(argv)
@@ -193,8 +194,8 @@ def main(argv=None) -> int:
             continue
         conts.append(c)
     for v in a.variant:
-        vname, disable = v.split("=", 1)
-        c = _variant(ctx, vname, disable)
+        vname, assigns = v.split(":", 1)
+        c = _variant(ctx, vname, dict(a.split("=", 1) for a in assigns.split(";")))
         c.workloads = ("http64",) + H2C_WORKLOADS
         conts.append(c)
     up = Upstream(ctx)

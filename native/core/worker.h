@@ -94,8 +94,6 @@ struct worker {
     uint8_t *scratch;               /* SCRATCH_SIZE bytes, for draining */
     uint32_t starved_head;          /* conns waiting for a free buffer */
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
-    uint32_t *late;                 /* conns whose send waits for the turn's end (C_LATE) */
-    uint32_t nlate;
     uint32_t nhandup, handup_cap;
 
     struct sm_worker *sm;           /* l4: sockmap sessions' state (l4/sockmap.c), or NULL */

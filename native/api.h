@@ -31,6 +31,7 @@
 #define UP_F_SOCKMAP            512  /* the sockmap program loaded (bpf/sockmap.c): L4 in the kernel */
 #define UP_F_KTLS_RX            1024 /* kTLS decrypts too (TLS_RX), with UP_F_KTLS; off: the library decrypts */
 #define UP_F_MSHOT_LIMIT        2048 /* a multishot receive that ends after N bytes (IORING_RECV_MSHOT_LIM) */
+#define UP_F_TLS_SEAL           4096 /* TLS 1.3 records sealed by us, not SSL_write (transport/tls_seal.c); no kernel need */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */

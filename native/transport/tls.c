@@ -149,7 +149,8 @@ int tp_tls_init(struct worker *w)
     BIO_meth_set_ctrl(bm, bio_ctrl);
     BIO_meth_set_destroy(bm, bio_destroy);
     w->tls_bio = bm;
-    return tp_ktls_init(w);
+    int r = tp_ktls_init(w);
+    return r < 0 ? r : tp_seal_init(w);
 }
 
 void tp_tls_free_all(struct worker *w)
@@ -179,6 +180,7 @@ void tp_tls_free_all(struct worker *w)
         BIO_meth_free(w->tls_bio);
     w->tls_bio = NULL;
     tp_ktls_free(w);
+    tp_seal_free(w);
 }
 
 /* ---- a connection's life ---------------------------------------------- */
@@ -314,8 +316,7 @@ void tp_tls_release(struct worker *w, struct conn *c)
     t->ssl = NULL;
     in_release(w, t);
     out_release(w, t);
-    if (t->state != TLS_OPEN || t->ktls == KT_WAIT || t->krx == KR_DRAIN)
-        tp_ktls_forget(w, c);     /* a handshake that never reached the handover */
+    tp_ktls_forget(w, c);         /* a secret no handover or sealing used */
     t->state = TLS_NONE;
     t->ktls = KT_OFF;
     t->krx = KR_OFF;
@@ -338,7 +339,7 @@ static void submit_out(struct worker *w, struct conn *c, struct tls_conn *t, enu
 
 static uint32_t out_bytes(const struct worker *w, const struct tls_conn *t)
 {
-    return t->nout ? (t->nout - 1) * w->bufs.size + t->out_len : 0;
+    return tls_out_bytes(w, t);
 }
 
 /* Our own flight (handshake records, an alert): out at once. */
@@ -355,7 +356,9 @@ void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int 
     struct tls_conn *t = tp_tls_of(w, c);
     struct bufpool *p = &w->bufs;
     uint32_t plain = 0;
-    if (t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
+    if (t->seal && t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
+        plain = tp_seal_send(w, c, t, iov, n);   /* our own records: no copy */
+    } else if (t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
         /* Room left: whole buffers not yet taken, and what the last one has
          * free, less a record's overhead per record. */
         uint32_t cap = TLS_OUT_BUFS * p->size - out_bytes(w, t);
@@ -720,6 +723,13 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
         if (!server && SSL_session_reused(t->ssl))
             cnt(w, UP_C_TLS_UPSTREAM_RESUMED, 1);
         ktls_plan(w, c, t, server);
+        /* Without the kernel, we seal the records ourselves (tls_seal.c),
+         * from the first one after what the library wrote: a server's
+         * tickets are the whole flight now in t->out (as for kTLS), unless
+         * an earlier flight is still on its way (then it is counted in
+         * t->out too: the library keeps sending). */
+        if (t->ktls == KT_OFF && (w->features & UP_F_TLS_SEAL) && !(t->flags & TLSF_SENDING))
+            tp_seal_start(w, c, t, server ? out_records(w, t) : 0);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
         if (t->ktls == KT_WAIT && !(t->flags & TLSF_SENDING) && !t->nout)
             handover(w, c, t); /* nothing left to send first */
@@ -785,6 +795,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     uint8_t *dst = buf_data(p, out);
     size_t got = 0;
     int e = SSL_ERROR_NONE;
+    uint32_t wrote = out_bytes(w, t);    /* sealing: what the library adds is a reply */
     t->flags &= ~TLSF_FULL;
     while (got < p->size) {
         size_t n = 0;
@@ -806,6 +817,13 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
          * be encrypted with stale state: the connection ends, as after an
          * alert. */
         out_release(w, t);
+        bufpool_put(w, out);
+        return failed(w, t, UP_C_TLS_KTLS_REPLY_CLOSES, -EPROTO);
+    }
+    if (t->seal && (out_bytes(w, t) != wrote || SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE)) {
+        /* The same when we seal: the library's write state is stale. Our
+         * own records (perhaps on their way) stay; its are dropped. */
+        tp_seal_truncate(w, t, wrote);
         bufpool_put(w, out);
         return failed(w, t, UP_C_TLS_KTLS_REPLY_CLOSES, -EPROTO);
     }
@@ -859,7 +877,10 @@ void tp_tls_shutdown(struct worker *w, struct conn *c)
         tp_ktls_close_notify(c->fd);   /* the library's sending keys are stale */
         return;
     }
-    SSL_shutdown(t->ssl);
+    if (t->seal)
+        tp_seal_close_notify(w, c, t);   /* the library's write state is stale */
+    else
+        SSL_shutdown(t->ssl);
     ERR_clear_error();
     for (uint32_t i = 0; i < t->nout; i++)
         send(c->fd, buf_data(&w->bufs, t->out[i]), i + 1 == t->nout ? t->out_len : w->bufs.size,

@@ -115,6 +115,9 @@ struct tls_conn {
     uint32_t rx_recs;             /* KR_DRAIN: whole records received after the handshake's last */
     int32_t err;                  /* TLS_FAILED: what to report (-errno) */
     uint32_t slot;                /* client side: the server's slot, for its session */
+    uint8_t seal;                 /* we seal its records (tls_seal.c): the library only reads */
+    uint8_t seal_iv[12];          /* sealing: the write IV (nonce base) */
+    uint64_t seal_seq;            /* sealing: the next record's sequence number */
     struct iovec iov[TLS_OUT_BUFS];
     struct msghdr msg;
 };
@@ -152,6 +155,27 @@ int tp_ktls_rx_record(struct worker *w, struct conn *c);
 /* Wipe the connection's kept secrets. */
 void tp_ktls_forget(struct worker *w, const struct conn *c);
 void tp_ktls_close_notify(int fd);
+
+/* TLS 1.3: our own sending key and nonce base, from the traffic secret
+ * the key log kept (tls_ktls.c), for sealing in user space: 0 with the
+ * cipher's index (0 AES-128-GCM, 1 AES-256-GCM, 2 ChaCha20-Poly1305), or
+ * -1. The secret is wiped either way. */
+int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which, uint8_t key[32],
+                   size_t *klen, uint8_t iv[12]);
+
+/* Sealing our own records (tls_seal.c). */
+int tp_seal_init(struct worker *w);
+void tp_seal_free(struct worker *w);
+bool tp_seal_start(struct worker *w, struct conn *c, struct tls_conn *t, uint64_t seq);
+uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, const struct iovec *iov, int n);
+bool tp_seal_close_notify(struct worker *w, struct conn *c, struct tls_conn *t);
+void tp_seal_truncate(struct worker *w, struct tls_conn *t, uint32_t bytes);
+
+/* Bytes written into a connection's send buffers (records to send). */
+static inline uint32_t tls_out_bytes(const struct worker *w, const struct tls_conn *t)
+{
+    return t->nout ? (t->nout - 1) * w->bufs.size + t->out_len : 0;
+}
 
 /* The client contexts' new-session callback (set in tls_ctx.c): keeps a
  * session for the connection's server slot. */

@@ -67,7 +67,8 @@ struct ktls_worker {
 
 int tp_ktls_init(struct worker *w)
 {
-    if (!(w->features & UP_F_KTLS))
+    /* Sealing in user space (tls_seal.c) needs the same secret and KDF. */
+    if (!(w->features & (UP_F_KTLS | UP_F_TLS_SEAL)))
         return 0;
     struct ktls_worker *k = calloc(1, sizeof *k);
     if (!k)
@@ -98,10 +99,6 @@ void tp_ktls_free(struct worker *w)
     free(k);
     w->tls_ktls = NULL;
 }
-
-/* Whether this process's kernel takes the tls ULP, asked once (by the
- * control plane's thread, which alone builds contexts). */
-static int ktls_kernel = -1;
 
 /* The key log: only the first application traffic secrets are kept, for
  * the connection the SSL belongs to: our own side's (TLS_TX), and on the
@@ -144,12 +141,10 @@ static void keylog(const SSL *ssl, const char *line)
 
 void tp_ktls_prepare_ctx(SSL_CTX *ctx)
 {
-    if (ktls_kernel < 0)
-        ktls_kernel = up_tls_ktls_available();
-    /* Without the kernel's tls ULP the library is spared formatting every
-     * secret of every handshake into a line. */
-    if (ktls_kernel)
-        SSL_CTX_set_keylog_callback(ctx, keylog);
+    /* The secrets are wanted by kTLS and by our own sealing (tls_seal.c),
+     * which every kernel allows: the library formats each secret of each
+     * handshake into a line for it (measured: docs/tls.md). */
+    SSL_CTX_set_keylog_callback(ctx, keylog);
 }
 
 static void forget(struct worker *w, const struct conn *c, int which)
@@ -331,6 +326,38 @@ static int program(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq, int
         r = -errno;
     OPENSSL_cleanse(&ci, sizeof ci);
     return r;
+}
+
+int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which, uint8_t key[32],
+                   size_t *klen, uint8_t iv[12])
+{
+    union crypto_info ci;
+    socklen_t len = 0;
+    int r = SSL_version(ssl) == TLS1_3_VERSION ? crypto_info(w, c, ssl, KS_TX, 0, &ci, &len) : -1;
+    forget(w, c, KS_TX);
+    if (r < 0)
+        return -1;
+    switch (ci.base.cipher_type) {
+    case TLS_CIPHER_AES_GCM_128:
+        *which = 0, *klen = 16;
+        memcpy(key, ci.g128.key, 16);
+        memcpy(iv, ci.g128.salt, 4);
+        memcpy(iv + 4, ci.g128.iv, 8);
+        break;
+    case TLS_CIPHER_AES_GCM_256:
+        *which = 1, *klen = 32;
+        memcpy(key, ci.g256.key, 32);
+        memcpy(iv, ci.g256.salt, 4);
+        memcpy(iv + 4, ci.g256.iv, 8);
+        break;
+    default:
+        *which = 2, *klen = 32;
+        memcpy(key, ci.chacha.key, 32);
+        memcpy(iv, ci.chacha.iv, 12);
+        break;
+    }
+    OPENSSL_cleanse(&ci, sizeof ci);
+    return 0;
 }
 
 int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)

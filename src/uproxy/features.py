@@ -33,6 +33,10 @@ _TABLE = {
     # control plane at start; 6.4 has the sockmap fixes it relies on
     # (src/uproxy/sockmap.py says why it could not load).
     "sockmap": (512, "6.4"),
+    # TLS 1.3 records sealed by uproxy itself rather than by SSL_write (no
+    # copy of the response through the library's buffers; docs/tls.md);
+    # no kernel need, on by default. Off: the library writes every record.
+    "tls_seal": (4096, "5.15"),
 }
 FEATURES = tuple(_TABLE)
 # What a 5.15 kernel lacks: disabling these exercises its code paths.

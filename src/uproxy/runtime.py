@@ -51,8 +51,10 @@ def probe() -> int:
                          f"Check kernel.io_uring_disabled (sysctl), seccomp filters "
                          f"(containers often block io_uring) and the kernel version.")
     # kTLS is the kernel's tls ULP, not an io_uring feature: the TLS layer
-    # asks for it, and it is switched off like the others ("ktls")
-    return res.features | (lib.UP_F_KTLS | lib.UP_F_KTLS_RX if lib.up_tls_ktls_available() else 0)
+    # asks for it, and it is switched off like the others ("ktls"). Sealing
+    # our own TLS records needs nothing of the kernel ("tls_seal").
+    return (res.features | lib.UP_F_TLS_SEAL
+            | (lib.UP_F_KTLS | lib.UP_F_KTLS_RX if lib.up_tls_ktls_available() else 0))
 
 
 def allowed_cpus() -> list:

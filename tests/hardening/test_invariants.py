@@ -361,13 +361,14 @@ def test_an_upstream_handler_exception_fails_its_test():
 
 # What OpenSSL 3.0 allocates per keep-alive request on an established
 # connection (measured; docs/tls.md): one 40-byte object inside each
-# SSL_read and each SSL_write call (libssl's record layer, CRYPTO_zalloc),
-# two calls each way per request here. Its allocator cannot be pointed at
-# our pools (CRYPTO_set_mem_functions must run before the library's first
-# allocation, and Python's ssl module loads it first), so law 8 applies:
-# counted and reported. Our own code allocates nothing per request: any
-# allocation of ours would push the count past the library's.
-OPENSSL_ALLOCS_PER_REQUEST = 4
+# SSL_read call (libssl's record layer, CRYPTO_zalloc), one per request
+# here. Responses are sealed by us (transport/tls_seal.c), not SSL_write,
+# whose three objects per record made it 4 before. The library's allocator
+# cannot be pointed at our pools (CRYPTO_set_mem_functions must run before
+# its first allocation, and Python's ssl module loads it first), so law 8
+# applies: counted and reported. Our own code allocates nothing per
+# request: any allocation of ours would push the count past the library's.
+OPENSSL_ALLOCS_PER_REQUEST = 1
 
 
 def test_tls_request_allocations_are_only_the_librarys(tmp_path):

@@ -68,17 +68,28 @@ def _ops(cont) -> dict:
         for k, v in w["ops"].items():
             out[k] = out.get(k, 0) + v
     out["uring_sqes"] = snap["total"].get("uring_sqes", 0)
-    out["uring_enters"] = snap["total"].get("uring_enters", 0)
+    for k in ("uring_enters", "uring_cqes", "uring_batched_waits"):
+        out[k] = snap["total"].get(k, 0)
     return out
 
 
-def h2load(ctx, url, n, streams) -> int:
-    p = subprocess.run(ctx.pinned([ctx.tools["h2load"], "-c", "16", "-t", "1", "-m", str(streams),
-                                   "-n", str(n), url]), capture_output=True, text=True, timeout=600)
+def h2load(ctx, url, n, streams, clients=16, log=None) -> int:
+    p = subprocess.run(ctx.pinned([ctx.tools["h2load"], "-c", str(clients), "-t", "1", "-m", str(streams),
+                                   "-n", str(n)] + (["--log-file", log] if log else []) + [url]),
+                       capture_output=True, text=True, timeout=600)
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", p.stdout)
     if not m or int(m.group(2)):
         raise RuntimeError(f"h2load: {p.stdout[-400:]} {p.stderr[-400:]}")
     return int(m.group(1))
+
+
+def _latency(log) -> dict:
+    """Mean and p99 of the requests' times in h2load's --log-file (one line
+    a request: start, status, duration in us), in us."""
+    with open(log) as f:
+        d = sorted(int(line.split()[2]) for line in f if line.strip())
+    os.unlink(log)
+    return {"lat_mean_us": sum(d) / len(d), "lat_p99_us": d[min(len(d) - 1, int(len(d) * 0.99))]} if d else {}
 
 
 # What the kernel is asked to do, counted by tracepoints on the proxy's
@@ -102,9 +113,9 @@ def _perf_counts(path) -> dict:
     return out
 
 
-def one(ctx, cont, n, streams, perf=None, events=False) -> dict:
+def one(ctx, cont, n, streams, perf=None, events=False, clients=16) -> dict:
     url = f"http://127.0.0.1:{cont.h2c_port}/64"
-    h2load(ctx, url, max(1000, n // 4), streams)           # warm-up: pools filled
+    h2load(ctx, url, max(1000, n // 4), streams, clients)  # warm-up: pools filled
     paths = _stat_paths(cont)
     rec = None
     if perf:
@@ -124,7 +135,8 @@ def one(ctx, cont, n, streams, perf=None, events=False) -> dict:
     ops0 = _ops(cont)
     u0, s0 = _times(paths)
     t0 = time.monotonic()
-    ok = h2load(ctx, url, n, streams)
+    log = os.path.join(ctx.run_dir, f"h2load-{cont.name}.log")
+    ok = h2load(ctx, url, n, streams, clients, log)
     secs = time.monotonic() - t0
     for proc in (rec, stat):
         if proc:
@@ -135,6 +147,7 @@ def one(ctx, cont, n, streams, perf=None, events=False) -> dict:
     r = {"requests": ok, "seconds": round(secs, 3), "user_us": (u1 - u0) * 1e6 / ok,
          "sys_us": (s1 - s0) * 1e6 / ok}
     r["cpu_us"] = r["user_us"] + r["sys_us"]
+    r.update(_latency(log))
     if stat:
         r["events_per_req"] = {k: round(v / ok, 3) for k, v in _perf_counts(stat_out).items() if v}
     if ops1:
@@ -143,10 +156,19 @@ def one(ctx, cont, n, streams, perf=None, events=False) -> dict:
     return r
 
 
-def _variant(ctx, name, extra_env):
+def _variant(ctx, name, assigns):
+    """A uproxy contender with environment variables and [proxy] keys of
+    its own: proxy.KEY=VALUE goes into its configuration (a TOML value)."""
+    extra_env = {k: v for k, v in assigns.items() if not k.startswith("proxy.")}
+    keys = [f"{k[len('proxy.'):]} = {v}" for k, v in assigns.items() if k.startswith("proxy.")]
+
     class Variant(Uproxy):
         def env(self):
             return {**os.environ, **extra_env}
+
+        def config_text(self, *args, **kw):
+            return super().config_text(*args, **kw).replace("[proxy]\n", "[proxy]\n" + "".join(
+                k + "\n" for k in keys), 1)
     c = Variant(ctx)
     c.name = name
     return c
@@ -158,6 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=60000)
     p.add_argument("--streams", type=int, default=10)
+    p.add_argument("--clients", type=int, default=16,
+                   help="h2load's connections (-c); --clients 1 --streams 1 is a lone sequential client")
     p.add_argument("--only", default="uproxy,haproxy")
     p.add_argument("--perf", metavar="PREFIX",
                    help="perf record -e cpu-clock -g on the proxy's thread(s) during the measured run, "
@@ -169,7 +193,8 @@ def main(argv=None) -> int:
                    help="one more uproxy contender, run with these environment variables: "
                         "UPROXY_DISABLE (features switched off: the paths before a change that a "
                         "feature carries), or PYTHONPATH (another build's src/, with its "
-                        "_native*.so), e.g. uproxy-old:UPROXY_DISABLE=multishot_recv_limit")
+                        "_native*.so), or proxy.KEY (a [proxy] key of its configuration), e.g. "
+                        "uproxy-old:UPROXY_DISABLE=multishot_recv_limit or nobatch:proxy.batch_wait_us=0")
     p.add_argument("--proxy-cpus")
     p.add_argument("--load-cpus")
     a = p.parse_args(argv)
@@ -206,13 +231,14 @@ def main(argv=None) -> int:
             for c in conts:
                 c.start(rnd)
                 try:
-                    r = one(ctx, c, a.requests, a.streams, a.perf, a.events)
+                    r = one(ctx, c, a.requests, a.streams, a.perf, a.events, a.clients)
                 finally:
                     c.stop()
                 r["load"] = accounting.loadavg()
                 rows[c.name].append(r)
                 print(f"round {rnd + 1} {c.name:8} user {r['user_us']:.2f} sys {r['sys_us']:.2f} "
                       f"total {r['cpu_us']:.2f} us/req  ({r['requests']} in {r['seconds']} s, "
+                      f"latency mean {r.get('lat_mean_us', 0):.0f} p99 {r.get('lat_p99_us', 0):.0f} us, "
                       f"load {r['load']:.1f}) {r.get('sqes_per_req', '')}", flush=True)
                 if "events_per_req" in r:
                     print(f"    events/req: {r['events_per_req']}", flush=True)
@@ -224,9 +250,11 @@ def main(argv=None) -> int:
     for name, rs in rows.items():
         if not rs:
             continue
-        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("user_us", "sys_us", "cpu_us")}
+        med[name] = {k: statistics.median(r.get(k, 0) for r in rs)
+                     for k in ("user_us", "sys_us", "cpu_us", "lat_mean_us", "lat_p99_us", "seconds")}
         print(f"  {name:8} user {med[name]['user_us']:.2f} sys {med[name]['sys_us']:.2f} "
-              f"total {med[name]['cpu_us']:.2f} us/req")
+              f"total {med[name]['cpu_us']:.2f} us/req; latency mean {med[name]['lat_mean_us']:.0f} "
+              f"p99 {med[name]['lat_p99_us']:.0f} us; {med[name]['seconds']:.2f} s")
     if "uproxy" in med:
         for name in med:
             if name != "uproxy":

@@ -32,6 +32,7 @@
 #define UP_F_KTLS_RX            1024 /* kTLS decrypts too (TLS_RX), with UP_F_KTLS; off: the library decrypts */
 #define UP_F_MSHOT_LIMIT        2048 /* a multishot receive that ends after N bytes (IORING_RECV_MSHOT_LIM) */
 #define UP_F_TLS_SEAL           4096 /* TLS 1.3 records sealed by us, not SSL_write (transport/tls_seal.c); no kernel need */
+#define UP_F_BATCHED_WAIT       8192 /* a busy ring's wait asks for a batch: min_wait_usec (IORING_FEAT_MIN_TIMEOUT) */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -455,6 +456,7 @@ enum up_counter {
     UP_C_TLS_KTLS_RX,         /* client connections whose receiving the kernel took (TLS_RX) */
     UP_C_TLS_KTLS_RX_FALLBACKS, /* TLS_RX refused by the kernel: the library kept decrypting */
     UP_C_TLS_KTLS_RX_CLOSES,  /* kTLS RX connections closed for a handshake message after the handshake (a KeyUpdate: Linux 6.1 cannot rekey TLS_RX) */
+    UP_C_URING_BATCHED_WAITS, /* io_uring_enter calls that asked for a batch (batched_wait, worker/wait.c) */
     UP_C__COUNT
 };
 
@@ -715,6 +717,8 @@ struct up_worker_opts {
     int32_t  sm_sess_fd;      /* its `sess` map: socket cookie -> slot in `st` */
     int32_t  sm_st_fd;        /* its `st` array (mapped: one entry per connection slot) */
     uint32_t compress_streams;/* http: compression streams per worker (h1_compress.c) */
+    uint32_t batch_wait_us;   /* a busy ring waits up to this long for a batch (0: never; UP_F_BATCHED_WAIT) */
+    uint32_t batch_wait_events;/* the batch it waits for: completions (worker/wait.c) */
 };
 
 struct up_worker;

@@ -147,5 +147,7 @@ _Static_assert(offsetof(struct conn, x) == 64, "the byte queue starts the second
 #define C_HANDED_UP  (C_UP_FINISH | C_UP_ADOPT | C_UP_KICK)
 #define C_PROXY_HDR  8192 /* tcp client: its PROXY header is awaited (l4/sni.c) */
 #define C_SOCKMAP    2048 /* tcp: in the sockmap, the kernel moves its bytes (l4/sockmap.c) */
+#define C_LATE       16384 /* on the worker's list of sends left for the end of the loop
+                              turn (w->late; an HTTP/2 client's, h2_flush_late) */
 
 #endif

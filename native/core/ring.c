@@ -12,8 +12,23 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include "core/worker.h"
+
+/* Linux 6.12's minimum wait: what this liburing (2.3) and its headers
+ * predate. The kernel's struct io_uring_getevents_arg, whose `pad` became
+ * min_wait_usec, and the feature bit that says the kernel reads it. */
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
+struct ring_getevents_arg {
+    uint64_t sigmask;
+    uint32_t sigmask_sz;
+    uint32_t min_wait_usec;
+    uint64_t ts;
+};
+_Static_assert(sizeof(struct ring_getevents_arg) == 24, "the kernel's io_uring_getevents_arg");
 
 static unsigned setup_flags(uint32_t features)
 {
@@ -45,6 +60,8 @@ int ring_init(struct worker *w)
                  "this kernel's io_uring lacks IORING_FEAT_NODROP (Linux 5.5+)");
         return -ENOSYS;
     }
+    if (!(p.features & IORING_FEAT_MIN_TIMEOUT) || !(p.features & IORING_FEAT_EXT_ARG))
+        w->features &= ~UP_F_BATCHED_WAIT;
     if ((w->features & UP_F_REGISTERED_RING) && io_uring_register_ring_fd(&w->ring) < 0)
         w->features &= ~UP_F_REGISTERED_RING;
     /* Splice runs on io-wq threads: keep their number bounded and, when
@@ -80,12 +97,68 @@ struct io_uring_sqe *sqe_get(struct worker *w)
     return s;
 }
 
+/* What liburing's own submit does before it enters: the SQEs taken since
+ * the last submission made visible to the kernel. Written out here because
+ * liburing 2.3 has no call that submits and passes min_wait_usec, and its
+ * flush is internal. The SQ array is filled as older liburings did (slot
+ * for slot: the identity map, which newer ones set once at start), so this
+ * holds whichever liburing built the ring. */
+static unsigned flush_sq(struct io_uring *ring)
+{
+    struct io_uring_sq *sq = &ring->sq;
+    unsigned tail = *sq->ktail;
+    while (sq->sqe_head != sq->sqe_tail) {
+        sq->array[tail & sq->ring_mask] = sq->sqe_head & sq->ring_mask;
+        tail++;
+        sq->sqe_head++;
+    }
+    __atomic_store_n(sq->ktail, tail, __ATOMIC_RELEASE);
+    return tail - __atomic_load_n(sq->khead, __ATOMIC_ACQUIRE);
+}
+
+int ring_submit_and_wait_batch(struct worker *w, unsigned wait_nr, unsigned min_us,
+                               unsigned max_ms)
+{
+    struct io_uring *ring = &w->ring;
+    unsigned submit = flush_sq(ring);
+    /* The general timeout only matters when nothing at all completes: the
+     * kernel returns once min_us passed if anything is there, and without
+     * one it would return empty at min_us (an idle loop spinning). The
+     * worker's tick (a timeout SQE) bounds it anyway. */
+    struct __kernel_timespec ts = { .tv_sec = max_ms / 1000,
+                                    .tv_nsec = (long)(max_ms % 1000) * 1000000L };
+    struct ring_getevents_arg arg = { .sigmask = 0, .sigmask_sz = 0,
+                                      .min_wait_usec = min_us,
+                                      .ts = (uint64_t)(uintptr_t)&ts };
+    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+    int fd = ring->ring_fd;
+    if (w->features & UP_F_REGISTERED_RING) {
+        flags |= IORING_ENTER_REGISTERED_RING;
+        fd = ring->enter_ring_fd;
+    }
+    long r = syscall(__NR_io_uring_enter, fd, submit, wait_nr, flags, &arg, sizeof arg);
+    return r < 0 ? -errno : (int)r;
+}
+
 /* ---- probe ------------------------------------------------------------ */
 
 static int try_ring(struct io_uring *ring, unsigned flags)
 {
     struct io_uring_params p = { .flags = flags };
     return io_uring_queue_init_params(8, ring, &p);
+}
+
+/* The kernel says in the ring's features whether io_uring_enter reads a
+ * minimum wait (Linux 6.12); an older one takes the field as padding, so
+ * only the feature bit tells. */
+static bool probe_min_timeout(void)
+{
+    struct io_uring ring;
+    struct io_uring_params p = { 0 };
+    if (io_uring_queue_init_params(8, &ring, &p) < 0)
+        return false;
+    io_uring_queue_exit(&ring);
+    return (p.features & IORING_FEAT_MIN_TIMEOUT) && (p.features & IORING_FEAT_EXT_ARG);
 }
 
 static int wait_one(struct io_uring *ring, struct io_uring_cqe *out)
@@ -232,6 +305,9 @@ int up_probe(struct up_probe_result *out)
             out->features |= UP_F_MSHOT_LIMIT;
         io_uring_queue_exit(&ring);
     }
+
+    if (probe_min_timeout())
+        out->features |= UP_F_BATCHED_WAIT;
 
     struct io_uring t;
     if (try_ring(&t, IORING_SETUP_SINGLE_ISSUER) == 0) {

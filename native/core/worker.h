@@ -94,6 +94,8 @@ struct worker {
     uint8_t *scratch;               /* SCRATCH_SIZE bytes, for draining */
     uint32_t starved_head;          /* conns waiting for a free buffer */
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
+    uint32_t *late;                 /* conns whose send waits for the turn's end (C_LATE) */
+    uint32_t nlate;
     uint32_t nhandup, handup_cap;
 
     struct sm_worker *sm;           /* l4: sockmap sessions' state (l4/sockmap.c), or NULL */
@@ -127,6 +129,7 @@ struct worker {
     uint64_t drain_deadline_ms;
     bool tick_armed;
     struct __kernel_timespec tick_ts;
+    uint32_t last_cqes;             /* completions the last loop turn reaped (worker/wait.c) */
     char err[256];
 };
 
@@ -217,5 +220,11 @@ struct conn *conn_next_handed_up(struct worker *w, uint16_t *why);
 
 /* ring.c */
 int ring_init(struct worker *w);
+/* Submit what is queued and wait, in one io_uring_enter, until wait_nr
+ * completions are there, or min_us passed with at least one there, or
+ * max_ms passed with none (Linux 6.12's min_wait_usec; only with
+ * UP_F_BATCHED_WAIT). The submitted count, or -errno. */
+int ring_submit_and_wait_batch(struct worker *w, unsigned wait_nr, unsigned min_us,
+                               unsigned max_ms);
 
 #endif

@@ -13,5 +13,7 @@ void on_accept(struct worker *w, uint32_t slot, struct io_uring_cqe *cqe);
 void acceptors_check(struct worker *w);
 void acceptors_stop(struct worker *w);
 bool acceptors_idle(struct worker *w);
+/* wait.c: submit and wait in one io_uring_enter, for a batch when busy. */
+int loop_submit_and_wait(struct worker *w);
 
 #endif

@@ -69,6 +69,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
      * freed and taken again within one drain may leave a stale entry. */
     w->handup_cap = 2 * w->nconns;
     w->handup = calloc(w->handup_cap, sizeof(uint32_t));
+    w->late = calloc(w->nconns, sizeof(uint32_t));
     w->scratch = malloc(SCRATCH_SIZE);
     /* HTTP: one transaction per client connection at most. */
     w->ntxns = o->max_conns;
@@ -82,7 +83,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
     w->req_scratch = malloc(sizeof(struct h1_request));
     w->resp_scratch = malloc(sizeof(struct h1_response));
     if (w->conns == MAP_FAILED || w->txns == MAP_FAILED ||
-        w->logrecs == MAP_FAILED || !w->free_ids || !w->handup || !w->scratch ||
+        w->logrecs == MAP_FAILED || !w->free_ids || !w->handup || !w->late || !w->scratch ||
         !w->txn_free || !w->pool_head || !w->pool_count || !w->req_scratch || !w->resp_scratch) {
         if (w->txns == MAP_FAILED)
             w->txns = NULL;
@@ -511,8 +512,8 @@ int up_worker_loop(struct up_worker *uw)
         sm_flush(w);
         resume_starved(w);
         resume_held(w);
-        w->c[UP_C_URING_ENTERS]++;
-        int r = io_uring_submit_and_wait(&w->ring, 1);
+        h2_flush_late(w);
+        int r = loop_submit_and_wait(w);
         if (r > 0)
             w->c[UP_C_URING_SQES] += (uint64_t)r;
         else if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
@@ -531,6 +532,7 @@ int up_worker_loop(struct up_worker *uw)
         }
         io_uring_cq_advance(&w->ring, n);
         w->c[UP_C_URING_CQES] += n;
+        w->last_cqes = n;
     }
     teardown(w);
     __atomic_store_n(&w->shm->state, UP_WS_STOPPED, __ATOMIC_RELEASE);
@@ -554,6 +556,7 @@ void up_worker_free(struct up_worker *uw)
         munmap(w->logrecs, sizeof(struct up_log_rec) * w->ntxns);
     free(w->free_ids);
     free(w->handup);
+    free(w->late);
     free(w->scratch);
     free(w->txn_free);
     free(w->pool_head);

@@ -565,6 +565,8 @@ class Proxy:
     head_buffers: int = 512
     body_splice_min: int = 32768
     compress_streams: int = 16
+    batch_wait_us: int = 50           # a busy worker waits up to this long for a batch of completions (0: never)
+    batch_wait_events: int = 32       # the batch: completions (worker/wait.c)
     user: str | None = None           # drop to this user after binding
     group: str | None = None
     watch: bool = False               # reload when the file changes (providers/watch.py)
@@ -841,6 +843,8 @@ def _proxy(errs, raw) -> Proxy:
         head_buffers=r.int("head_buffers", 512, lo=0, hi=65536),
         body_splice_min=r.size("body_splice_min", 32768, 0, 1 << 30),
         compress_streams=r.int("compress_streams", 16, lo=0, hi=4096),
+        batch_wait_us=r.int("batch_wait_us", 50, lo=0, hi=10000),
+        batch_wait_events=r.int("batch_wait_events", 32, lo=2, hi=4096),
         user=r.str("user"),
         group=r.str("group"),
         watch=r.bool("watch", False),

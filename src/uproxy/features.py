@@ -23,6 +23,11 @@ _TABLE = {
     # with its memory still bounded (docs/http2.md). Older kernels refuse
     # the field (EINVAL); the worker then arms one receive per response.
     "multishot_recv_limit": (2048, "6.17"),
+    # A busy worker's wait asks the kernel for a batch of completions
+    # (io_uring_enter's min_wait_usec, IORING_FEAT_MIN_TIMEOUT): fewer,
+    # fuller loop turns under load (docs/architecture.md, the loop).
+    # Older kernels: every wait returns at the first completion.
+    "batched_wait": (8192, "6.12"),
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),

@@ -110,6 +110,8 @@ class Worker:
         o.head_buffers = p.head_buffers
         o.splice_min = p.body_splice_min
         o.compress_streams = p.compress_streams
+        o.batch_wait_us = p.batch_wait_us
+        o.batch_wait_events = p.batch_wait_events
         sm = rt.sockmap
         o.sm_socks_fd = sm.fds["socks"] if sm else -1
         o.sm_sess_fd = sm.fds["sess"] if sm else -1

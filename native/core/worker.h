@@ -96,6 +96,7 @@ struct worker {
     uint32_t *handup;               /* conns handed up to the loop (conn_hand_up) */
     uint32_t *late;                 /* conns whose send waits for the turn's end (C_LATE) */
     uint32_t nlate;
+    uint32_t late_streams, late_last; /* streams whose responses wait for it, the last one */
     uint32_t nhandup, handup_cap;
 
     struct sm_worker *sm;           /* l4: sockmap sessions' state (l4/sockmap.c), or NULL */
@@ -130,6 +131,7 @@ struct worker {
     bool tick_armed;
     struct __kernel_timespec tick_ts;
     uint32_t last_cqes;             /* completions the last loop turn reaped (worker/wait.c) */
+    uint32_t last_shared;           /* responses that shared a send in the last turn (h2_flush_late) */
     char err[256];
 };
 

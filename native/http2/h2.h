@@ -191,8 +191,10 @@ void h2_conn_finish(struct worker *w, struct conn *c);
 void h2_conn_cut(struct worker *w, struct conn *c);
 void h2_flush(struct worker *w, struct conn *c);
 /* The sends a stream's response left for the end of the loop turn: the
- * loop calls it once per turn, before it submits. */
-void h2_flush_late(struct worker *w);
+ * loop calls it once per turn, before it submits. Returns how many streams'
+ * responses went in a send with another stream's (the sends the turn's
+ * batching saved): the loop's wait batches only while this is not 0. */
+uint32_t h2_flush_late(struct worker *w);
 bool h2_out_buf(struct worker *w, struct h2_slot *s);
 void h2_stream_kick(struct worker *w, struct conn *sc);
 void h2_stream_finish(struct worker *w, struct conn *sc);

@@ -110,6 +110,7 @@ struct up_worker *up_worker_new(const struct up_worker_opts *o, struct up_contro
         w->free_ids[i] = w->nconns - 1 - i;
     w->nfree = w->nconns;
     w->starved_head = NIL;
+    w->late_last = NIL;
     w->rng = 0x9e3779b9u ^ (o->index * 0x85ebca6bu) ^ 1u;
     for (unsigned i = 0; i < UP_MAX_LISTENERS; i++)
         w->acc[i].fd = -1;
@@ -512,7 +513,7 @@ int up_worker_loop(struct up_worker *uw)
         sm_flush(w);
         resume_starved(w);
         resume_held(w);
-        h2_flush_late(w);
+        w->last_shared = h2_flush_late(w);
         int r = loop_submit_and_wait(w);
         if (r > 0)
             w->c[UP_C_URING_SQES] += (uint64_t)r;

@@ -3,8 +3,9 @@ worker's io_uring_enter asks the kernel for a batch of completions (Linux
 6.12's min_wait_usec) instead of returning at the first one, so that the
 responses of an HTTP/2 client's streams share sends. It is counted
 (uring_batched_waits), switched off by disable_features or by
-batch_wait_us = 0, never used for a lone client's requests, and the
-worker's timers still fire on time with it on.
+batch_wait_us = 0, never used for a lone client's requests nor for
+HTTP/1.1 (nothing to share a send), and the worker's timers still fire on
+time with it on.
 
 Real `uproxy run` processes and real clients (h2load, Python's h2, raw
 sockets); the upstream is the suite's HTTP/1.1 server."""
@@ -107,6 +108,26 @@ def test_a_lone_client_never_waits_for_a_batch(proxy_factory):
                 pass
             assert f.read(64) == b"x" * 64
     assert p.total("requests") == 300
+    assert batched(p) == 0
+    up.close()
+
+
+def test_http1_load_does_not_batch(proxy_factory):
+    """64 HTTP/1.1 keep-alive connections at full speed (wrk) fill the
+    worker's turns, but one response per connection at a time has nothing
+    to share a send with: a batch would only make the worker sleep and wake
+    once more (measured ~5% more CPU per request), so no wait asks for one."""
+    need_batching()
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed")
+    up = HttpUpstream(lambda req: Response(body=b"x" * 64))
+    p = proxy(proxy_factory, up)
+    r = subprocess.run(["wrk", "-t", "1", "-c", "64", "-d", "2", f"http://127.0.0.1:{p.h1}/w"],
+                       capture_output=True, text=True, timeout=60)
+    assert "requests in" in r.stdout, r.stdout + r.stderr
+    done = p.total("requests")
+    assert done > 500, r.stdout
+    assert p.total("uring_cqes") / p.total("uring_enters") > 2, "the turns were not all single"
     assert batched(p) == 0
     up.close()
 

@@ -341,9 +341,9 @@ struct up_control {
 
 /* ---- shared-memory statistics segment (docs/stats-layout.md) ---------- */
 #define UP_SHM_MAGIC   0x48535958524f5055
-/* 2: 96 counters (1 had 64) */
-#define UP_SHM_VERSION 3
-#define UP_NCOUNTERS   96
+/* 4: 128 counters (3 had 96; 1 had 64) */
+#define UP_SHM_VERSION 4
+#define UP_NCOUNTERS   128
 #define UP_NOPS        64
 #define UP_HIST_BUCKETS 256   /* log-linear, 8 per octave of microseconds */
 #define UP_MAX_SERVERS 1024   /* server statistics slots */
@@ -457,6 +457,8 @@ enum up_counter {
     UP_C_TLS_KTLS_RX_FALLBACKS, /* TLS_RX refused by the kernel: the library kept decrypting */
     UP_C_TLS_KTLS_RX_CLOSES,  /* kTLS RX connections closed for a handshake message after the handshake (a KeyUpdate: Linux 6.1 cannot rekey TLS_RX) */
     UP_C_URING_BATCHED_WAITS, /* io_uring_enter calls that asked for a batch (batched_wait, worker/wait.c) */
+    /* TLS keys (appended) */
+    UP_C_TLS_KEYLOG_FALLBACKS, /* workers that turned the key log on: the library did not hand our BIO its TLS 1.3 sending keys */
     UP_C__COUNT
 };
 
@@ -547,7 +549,7 @@ struct up_shm_worker {
     uint64_t config_generation;
     uint64_t features;
     uint64_t pad[2];
-    uint64_t c[96];           /* enum up_counter */
+    uint64_t c[128];          /* enum up_counter */
     uint64_t ops[64];         /* SQEs submitted, by IORING_OP_* */
     uint64_t hist_request[256];  /* HTTP: request start to response end, us */
     uint64_t hist_upstream[256]; /* HTTP: request sent to response head, us */

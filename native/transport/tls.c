@@ -106,9 +106,20 @@ static int bio_write(BIO *b, const char *in, int len)
     return -1;
 }
 
+/* The library's BIO_set_ktls() (internal to OpenSSL 3.0: include/internal/
+ * bio.h), made when it installs new keys on a connection that has
+ * SSL_OP_ENABLE_KTLS: the one door OpenSSL 3.0 has to the keys short of
+ * the key log. */
+#define BIO_CTRL_SET_KTLS 72
+
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 {
-    (void)b, (void)num, (void)ptr;
+    if (cmd == BIO_CTRL_SET_KTLS) {
+        struct bio_ref *r = BIO_get_data(b);
+        if (r)
+            tp_ktls_offer(r->w, r->c, num, ptr);
+        return 0;                 /* not taken: the library keeps writing records */
+    }
     return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
@@ -224,6 +235,12 @@ static int start(struct worker *w, struct conn *c, SSL_CTX *ctx, bool server)
     BIO_set_data(b, r);
     BIO_set_init(b, 1);
     SSL_set_bio(ssl, b, b);
+    /* Sealing and kTLS want our sending keys: with this option the library
+     * hands them to our BIO (bio_ctrl), which takes nothing else from it. */
+    if (w->tls_ktls) {
+        SSL_set_options(ssl, SSL_OP_ENABLE_KTLS);
+        tp_ktls_conn_start(w, SSL_CTX_get_app_data(ctx), server);
+    }
     if (server)
         SSL_set_accept_state(ssl);
     else

@@ -48,6 +48,8 @@ struct tls_server {
     uint8_t peer_cert;        /* server side: keep the client certificate's facts */
     char sni[254];            /* client side: the name to send and verify */
     uint8_t acme_alpn;        /* server side: answers acme-tls/1 */
+    uint8_t keylog;           /* the key log is set on its contexts (tls_ktls.c) */
+    EVP_CIPHER *ticket_cipher; /* server side: AES-256-CBC for tickets, fetched once */
     uint32_t nacme;
     struct tls_acme *acme;    /* [nacme] */
 };
@@ -137,9 +139,12 @@ struct bio_ref {
 /* Kernel TLS (tls_ktls.c). */
 int tp_ktls_init(struct worker *w);
 void tp_ktls_free(struct worker *w);
-/* A context whose connections may be handed over: keeps the traffic
- * secret (the key-log callback) when the kernel has the tls ULP. */
-void tp_ktls_prepare_ctx(SSL_CTX *ctx);
+/* A connection of s starts on this worker: sets the key log on s's
+ * contexts the first time this worker needs it (tls_ktls.c says when). */
+void tp_ktls_conn_start(struct worker *w, struct tls_server *s, bool server);
+/* The library's BIO_ctrl(BIO_CTRL_SET_KTLS) on c's BIO: its new keys
+ * (a struct of linux/tls.h), kept when they are TLS 1.3 sending keys. */
+void tp_ktls_offer(struct worker *w, const struct conn *c, long is_tx, const void *info);
 /* Program TLS_TX with the connection's keys and the next record's
  * sequence number: 0, or -errno (the connection stays in user space). */
 int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq);

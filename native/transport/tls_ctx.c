@@ -36,6 +36,7 @@ static void server_put(struct tls_server *s)
     if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL))
         return;
     free(s->names);
+    EVP_CIPHER_free(s->ticket_cipher);
     for (uint32_t i = 0; i < s->nacme; i++)
         if (s->acme[i].ctx)
             SSL_CTX_free(s->acme[i].ctx);   /* a validator's SSL keeps its own reference */
@@ -63,8 +64,8 @@ static SSL_CTX *ctx_new(struct tls_server *s, const SSL_METHOD *m)
         __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
         SSL_CTX_set_ex_data(c, ref_index, s);
     }
-    if (c)
-        tp_ktls_prepare_ctx(c);   /* kTLS needs the traffic secrets */
+    /* No key log here: a worker sets it on its own contexts only if its
+     * connections need it (tp_ktls_conn_start). */
     return c;
 }
 
@@ -191,12 +192,17 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char iv[EVP_
     };
     if (!EVP_MAC_CTX_set_params(hctx, p2))
         return -1;
+    /* The cipher fetched once with the context: EVP_aes_256_cbc() would
+     * make the library fetch it by name on every ticket. (The HMAC's
+     * digest above is a name the library looks up per ticket: a MAC
+     * context takes its digest by name only.) */
+    const EVP_CIPHER *cbc = s->ticket_cipher ? s->ticket_cipher : EVP_aes_256_cbc();
     if (enc) {
-        if (!EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k + 48, iv))
+        if (!EVP_EncryptInit_ex(ectx, cbc, NULL, k + 48, iv))
             return -1;
         return 1;
     }
-    if (!EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, k + 48, iv))
+    if (!EVP_DecryptInit_ex(ectx, cbc, NULL, k + 48, iv))
         return -1;
     /* 2: accept and issue a new ticket. Always in TLS 1.3, where clients
      * use a ticket once (RFC 8446 appendix C.4): without a fresh one, every
@@ -393,6 +399,9 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
             goto bad;
         memcpy(s->keys, conf->ticket_keys, 80 * (size_t)conf->nticket_keys);
         s->nkeys = conf->nticket_keys;
+        s->ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+        ERR_clear_error();
+
     }
     return s;
 bad:

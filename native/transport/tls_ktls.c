@@ -4,22 +4,32 @@
  * Our records go through memory BIOs, so the library cannot program the
  * socket itself; this file does what it would:
  *
- *   - the traffic secrets: TLS 1.3's {SERVER,CLIENT}_TRAFFIC_SECRET_0
- *     from the key-log callback (the library's one door to them), kept
- *     per connection in a cold array until their handover and wiped then;
- *     TLS 1.2's master secret from the session;
- *   - the key and IV: HKDF-Expand-Label (RFC 8446 7.3) for TLS 1.3, the
- *     TLS 1.2 PRF's key block (RFC 5246 6.3) for TLS 1.2;
+ *   - our own sending keys in TLS 1.3: OpenSSL 3.0, built with KTLS (as
+ *     Debian builds it) and asked to with SSL_OP_ENABLE_KTLS, hands the
+ *     key, IV and sequence number of the application keys to the BIO it
+ *     writes through (BIO_ctrl(BIO_CTRL_SET_KTLS), ssl/tls13_enc.c) when
+ *     it installs them. Our BIO is that BIO (tls.c): the key is kept here
+ *     and the library told "not taken", so it goes on writing records
+ *     itself until we take over. No secret is formatted or derived;
+ *   - the peer's keys (TLS_RX) and, with a library that never makes that
+ *     call, our own: the TLS 1.3 traffic secrets
+ *     {SERVER,CLIENT}_TRAFFIC_SECRET_0 from the key-log callback, set only
+ *     on contexts whose connections need it (OpenSSL formats every secret
+ *     of every handshake into hex for it, one sprintf per byte), then
+ *     HKDF-Expand-Label (RFC 8446 7.3) with one HMAC context per digest
+ *     and worker; TLS 1.2's key block from the master secret (the TLS 1.2
+ *     PRF, RFC 5246 6.3);
  *   - the record sequence numbers: counted by tls.c (the records sent, or
  *     received, under the application keys before the handover);
  *   - setsockopt(TCP_ULP "tls"), setsockopt(SOL_TLS, TLS_TX) and TLS_RX;
  *   - after TLS_RX, the records that are not data (the kernel fails a
  *     receive with EIO): read with their type, and answered.
  *
- * Upstream connections hand over only their sending (docs/tls.md says
- * why). Nothing here runs per request: once per handshake, and
- * close_notify or a control record once per connection. No secret is
- * ever logged.
+ * Keys and secrets are kept per connection in a cold array until their
+ * handover and wiped then. Upstream connections hand over only their
+ * sending (docs/tls.md says why). Nothing here runs per request: once per
+ * handshake, and close_notify or a control record once per connection.
+ * No secret is ever logged.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -45,6 +55,15 @@
 #define TCP_ULP 31
 #endif
 
+/* The kernel's key structures (linux/tls.h), which OpenSSL's KTLS code
+ * fills too. */
+union crypto_info {
+    struct tls_crypto_info base;
+    struct tls12_crypto_info_aes_gcm_128 g128;
+    struct tls12_crypto_info_aes_gcm_256 g256;
+    struct tls12_crypto_info_chacha20_poly1305 chacha;
+};
+
 /* A TLS 1.3 traffic secret, as the key log gave it (32 or 48 bytes). */
 struct ktls_secret {
     uint8_t len;
@@ -55,14 +74,21 @@ struct ktls_secret {
 enum { KS_TX, KS_RX };
 struct ktls_secrets {
     struct ktls_secret s[2];
+    uint8_t tx_have;              /* tx holds our TLS 1.3 sending key, from the library's BIO call */
+    union crypto_info tx;
 };
 
-/* Per worker: the two KDFs, fetched once (a fetch takes the library's
- * method-store lock), and the secrets by connection. */
+/* Per worker: the TLS 1.2 PRF fetched once (a fetch takes the library's
+ * method-store lock and looks the name up), HMAC contexts for
+ * HKDF-Expand with their digest set once (SHA-256, SHA-384: re-keyed per
+ * use, nothing fetched), the keys and secrets by connection, and whether
+ * this worker's connections need the key log. */
 struct ktls_worker {
-    EVP_KDF *hkdf;
     EVP_KDF *prf;
+    EVP_MAC *hmac;
+    EVP_MAC_CTX *hkdf[2];         /* [0] HMAC-SHA256, [1] HMAC-SHA384; NULL if unavailable */
     struct ktls_secrets *sec;     /* [nconns], reserved, touched by TLS 1.3 handshakes only */
+    bool keylog;                  /* a TLS 1.3 handshake ended without the BIO call: use the key log */
 };
 
 int tp_ktls_init(struct worker *w)
@@ -80,8 +106,20 @@ int tp_ktls_init(struct worker *w)
         return -ENOMEM;
     }
     k->sec = m;
-    k->hkdf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_HKDF, NULL);
     k->prf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_TLS1_PRF, NULL);
+    k->hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+    static const char *const md[2] = { "SHA256", "SHA384" };
+    for (int i = 0; i < 2 && k->hmac; i++) {
+        OSSL_PARAM p[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)md[i], 0),
+            OSSL_PARAM_construct_end(),
+        };
+        k->hkdf[i] = EVP_MAC_CTX_new(k->hmac);
+        if (k->hkdf[i] && EVP_MAC_CTX_set_params(k->hkdf[i], p) != 1) {
+            EVP_MAC_CTX_free(k->hkdf[i]);
+            k->hkdf[i] = NULL;
+        }
+    }
     ERR_clear_error();
     w->tls_ktls = k;
     return 0;
@@ -94,8 +132,10 @@ void tp_ktls_free(struct worker *w)
         return;
     OPENSSL_cleanse(k->sec, sizeof(struct ktls_secrets) * w->nconns);
     munmap(k->sec, sizeof(struct ktls_secrets) * w->nconns);
-    EVP_KDF_free(k->hkdf);
     EVP_KDF_free(k->prf);
+    for (int i = 0; i < 2; i++)
+        EVP_MAC_CTX_free(k->hkdf[i]);     /* cleanses the last key */
+    EVP_MAC_free(k->hmac);
     free(k);
     w->tls_ktls = NULL;
 }
@@ -139,19 +179,63 @@ static void keylog(const SSL *ssl, const char *line)
     s->len = (uint8_t)n;
 }
 
-void tp_ktls_prepare_ctx(SSL_CTX *ctx)
+/* The key log, on the contexts of a listener or cluster (the SNI
+ * contexts too: the library reads the callback off the context the
+ * connection has switched to) when this worker's connections need a
+ * secret from it: the client's, for TLS_RX, or any once the library has
+ * shown it does not hand over the sending key (k->keylog). Set once per
+ * context by the worker that owns it (contexts are per worker). Never
+ * elsewhere: with a callback set, the library formats every secret of
+ * every handshake into a line (docs/tls.md measures it). */
+void tp_ktls_conn_start(struct worker *w, struct tls_server *s, bool server)
 {
-    /* The secrets are wanted by kTLS and by our own sealing (tls_seal.c),
-     * which every kernel allows: the library formats each secret of each
-     * handshake into a line for it (measured: docs/tls.md). */
-    SSL_CTX_set_keylog_callback(ctx, keylog);
+    struct ktls_worker *k = w->tls_ktls;
+    if (!k || s->keylog)
+        return;
+    bool rx = server && (w->features & (UP_F_KTLS | UP_F_KTLS_RX)) == (UP_F_KTLS | UP_F_KTLS_RX);
+    if (!rx && !k->keylog)
+        return;
+    for (uint32_t i = 0; i < s->nctx; i++)
+        if (s->ctx[i])
+            SSL_CTX_set_keylog_callback(s->ctx[i], keylog);
+    s->keylog = 1;
+}
+
+/* The library installs its TLS 1.3 application keys for writing and, with
+ * SSL_OP_ENABLE_KTLS, hands them to its write BIO, ours (tls.c's
+ * bio_ctrl). Kept for the handover (kTLS) or our own sealing; the caller
+ * answers "not taken", so the library keeps its own record layer. Other
+ * calls (TLS 1.2, which has the master secret; reading) are ignored. */
+void tp_ktls_offer(struct worker *w, const struct conn *c, long is_tx, const void *info)
+{
+    struct ktls_worker *k = w->tls_ktls;
+    const struct tls_crypto_info *ci = info;
+    if (!k || !is_tx || !ci || ci->version != TLS_1_3_VERSION)
+        return;
+    size_t n;
+    switch (ci->cipher_type) {
+    case TLS_CIPHER_AES_GCM_128: n = sizeof(struct tls12_crypto_info_aes_gcm_128); break;
+    case TLS_CIPHER_AES_GCM_256: n = sizeof(struct tls12_crypto_info_aes_gcm_256); break;
+    case TLS_CIPHER_CHACHA20_POLY1305: n = sizeof(struct tls12_crypto_info_chacha20_poly1305); break;
+    default: return;
+    }
+    struct ktls_secrets *s = &k->sec[c - w->conns];
+    memcpy(&s->tx, info, n);
+    s->tx_have = 1;
 }
 
 static void forget(struct worker *w, const struct conn *c, int which)
 {
     struct ktls_worker *k = w->tls_ktls;
-    if (k && k->sec[c - w->conns].s[which].len)
-        OPENSSL_cleanse(&k->sec[c - w->conns].s[which], sizeof(struct ktls_secret));
+    if (!k)
+        return;
+    struct ktls_secrets *s = &k->sec[c - w->conns];
+    if (s->s[which].len)
+        OPENSSL_cleanse(&s->s[which], sizeof(struct ktls_secret));
+    if (which == KS_TX && s->tx_have) {
+        OPENSSL_cleanse(&s->tx, sizeof s->tx);
+        s->tx_have = 0;
+    }
 }
 
 void tp_ktls_forget(struct worker *w, const struct conn *c)
@@ -160,12 +244,19 @@ void tp_ktls_forget(struct worker *w, const struct conn *c)
     forget(w, c, KS_RX);
 }
 
-/* HKDF-Expand-Label(secret, label, "", n) of RFC 8446 7.1. */
-static int expand_label(struct ktls_worker *k, const char *md, const uint8_t *secret, size_t slen,
+/* HKDF-Expand-Label(secret, label, "", n) of RFC 8446 7.1, for n up to
+ * the hash's length (a key or an IV): HKDF-Expand's first block alone,
+ * HMAC(secret, HkdfLabel || 0x01) (RFC 5869 2.3), with the worker's HMAC
+ * context for the digest, re-keyed. */
+static int expand_label(struct ktls_worker *k, const EVP_MD *md, const uint8_t *secret, size_t slen,
                         const char *label, uint8_t *out, size_t n)
 {
-    uint8_t info[64];
-    size_t ll = strlen(label), i = 0;
+    uint8_t info[64], t[EVP_MAX_MD_SIZE];
+    size_t ll = strlen(label), i = 0, tl = 0;
+    int hl = EVP_MD_get_size(md);
+    EVP_MAC_CTX *x = hl == 32 ? k->hkdf[0] : hl == 48 ? k->hkdf[1] : NULL;
+    if (!x || n > (size_t)hl || ll > 32)
+        return -1;
     info[i++] = (uint8_t)(n >> 8);
     info[i++] = (uint8_t)n;
     info[i++] = (uint8_t)(6 + ll);
@@ -174,17 +265,12 @@ static int expand_label(struct ktls_worker *k, const char *md, const uint8_t *se
     memcpy(info + i, label, ll);
     i += ll;
     info[i++] = 0;                                /* no context */
-    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-    OSSL_PARAM p[] = {
-        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)md, 0),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, slen),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, i),
-        OSSL_PARAM_construct_end(),
-    };
-    EVP_KDF_CTX *x = EVP_KDF_CTX_new(k->hkdf);
-    int ok = x && EVP_KDF_derive(x, out, n, p) == 1;
-    EVP_KDF_CTX_free(x);
+    info[i++] = 1;                                /* HKDF-Expand's block counter */
+    int ok = EVP_MAC_init(x, secret, slen, NULL) == 1 && EVP_MAC_update(x, info, i) == 1 &&
+             EVP_MAC_final(x, t, &tl, sizeof t) == 1 && tl == (size_t)hl;
+    if (ok)
+        memcpy(out, t, n);
+    OPENSSL_cleanse(t, sizeof t);
     return ok ? 0 : -1;
 }
 
@@ -208,13 +294,6 @@ static int key_block(struct ktls_worker *k, SSL *ssl, const char *md, uint8_t *o
     OPENSSL_cleanse(master, sizeof master);
     return ok ? 0 : -1;
 }
-
-union crypto_info {
-    struct tls_crypto_info base;
-    struct tls12_crypto_info_aes_gcm_128 g128;
-    struct tls12_crypto_info_aes_gcm_256 g256;
-    struct tls12_crypto_info_chacha20_poly1305 chacha;
-};
 
 static void put_be64(uint8_t *p, uint64_t v)
 {
@@ -255,11 +334,34 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int whi
     size_t ivlen = nid == NID_chacha20_poly1305 || v13 ? 12 : 4;
     int r = -1;
     if (v13) {
-        struct ktls_secret *s = &k->sec[c - w->conns].s[which];
-        if (s->len && s->len == (size_t)EVP_MD_get_size(md) &&
-            expand_label(k, mdn, s->b, s->len, "key", key, klen) == 0 &&
-            expand_label(k, mdn, s->b, s->len, "iv", iv, 12) == 0)
+        struct ktls_secrets *ks = &k->sec[c - w->conns];
+        struct ktls_secret *s = &ks->s[which];
+        if (which == KS_TX && ks->tx_have && ks->tx.base.cipher_type == type) {
+            /* What the library handed its BIO: key, salt (the nonce
+             * base's first 4 bytes) and the rest of the nonce base. */
+            const union crypto_info *o = &ks->tx;
+            switch (type) {
+            case TLS_CIPHER_AES_GCM_128:
+                memcpy(key, o->g128.key, klen), memcpy(iv, o->g128.salt, 4), memcpy(iv + 4, o->g128.iv, 8);
+                break;
+            case TLS_CIPHER_AES_GCM_256:
+                memcpy(key, o->g256.key, klen), memcpy(iv, o->g256.salt, 4), memcpy(iv + 4, o->g256.iv, 8);
+                break;
+            default:
+                memcpy(key, o->chacha.key, klen), memcpy(iv, o->chacha.iv, 12);
+                break;
+            }
             r = 0;
+        } else if (s->len && s->len == (size_t)EVP_MD_get_size(md) &&
+                   expand_label(k, md, s->b, s->len, "key", key, klen) == 0 &&
+                   expand_label(k, md, s->b, s->len, "iv", iv, 12) == 0) {
+            r = 0;
+        } else if (which == KS_TX && !ks->tx_have && !k->keylog) {
+            /* Neither: this library does not hand its BIO the keys (built
+             * without KTLS, or another version). The key log from now on. */
+            k->keylog = true;
+            cnt(w, UP_C_TLS_KEYLOG_FALLBACKS, 1);
+        }
     } else {
         uint8_t kb[2 * 32 + 2 * 12];
         size_t n = 2 * klen + 2 * ivlen;

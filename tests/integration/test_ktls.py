@@ -183,6 +183,8 @@ def test_ktls_python_keepalive_and_close_notify(proxy_factory, cert):
     assert p.total("tls_ktls") == 4, counters(p)
     assert p.total("tls_ktls_rx") == 4, counters(p)
     assert p.total("tls_ktls_fallbacks") == 0 and p.total("tls_ktls_rx_fallbacks") == 0
+    # the sending keys came from the library's BIO call, not the key log
+    assert p.total("tls_keylog_fallbacks") == 0
 
 
 def s_client(port, steps, version="-tls1_3"):
@@ -287,6 +289,7 @@ def test_ktls_upstream_connection_and_request_body_splice(proxy_factory, cert):
         f.close()
     assert p.total("tls_upstream_handshakes") >= 1
     assert p.total("tls_ktls") >= 1 and p.total("tls_ktls_fallbacks") == 0
+    assert p.total("tls_keylog_fallbacks") == 0      # an upstream client context too
     assert p.total("bodies_spliced") >= 1, "the request body did not go by splice into the kTLS upstream"
     assert front.total("tls_ktls") >= 1 and front.total("tls_ktls_rx") >= 1, counters(front)
     # the front's receiving is the kernel's: the same body went by splice

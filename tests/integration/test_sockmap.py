@@ -234,15 +234,7 @@ def test_many_short_sessions(proxy_factory, servers):
     p = sm_proxy(proxy_factory, [up.addr])
     n = 300
     for i in range(n):
-        msg = b"short session %d " % i * 20
-        with connect(p.port, timeout=5) as s:
-            s.sendall(msg)
-            got = b""
-            while len(got) < len(msg):
-                got += s.recv(65536)
-            s.shutdown(socket.SHUT_WR)
-            got += recv_until_close(s)
-            assert got == msg, f"session {i}"
+        short_session(p.port, i)
     wait_for(lambda: p.total("closed") == n, 10, what="every session to close")
     check_kernel_moved(p, n)
     for i in range(n):

@@ -354,11 +354,6 @@ static void submit_out(struct worker *w, struct conn *c, struct tls_conn *t, enu
     count_op(w, s);
 }
 
-static uint32_t out_bytes(const struct worker *w, const struct tls_conn *t)
-{
-    return tls_out_bytes(w, t);
-}
-
 /* Our own flight (handshake records, an alert): out at once. */
 static void flush_own(struct worker *w, struct conn *c, struct tls_conn *t)
 {
@@ -378,7 +373,7 @@ void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int 
     } else if (t->state == TLS_OPEN && !(t->flags & TLSF_SENDING)) {
         /* Room left: whole buffers not yet taken, and what the last one has
          * free, less a record's overhead per record. */
-        uint32_t cap = TLS_OUT_BUFS * p->size - out_bytes(w, t);
+        uint32_t cap = TLS_OUT_BUFS * p->size - tp_tls_out_bytes(w, t);
         int i = 0;
         size_t off = 0;
         while (i < n) {
@@ -420,7 +415,7 @@ void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int 
                 break;
             }
             plain += len;
-            uint32_t used = out_bytes(w, t);
+            uint32_t used = tp_tls_out_bytes(w, t);
             cap = TLS_OUT_BUFS * p->size > used ? TLS_OUT_BUFS * p->size - used : 0;
         }
     }
@@ -442,7 +437,7 @@ void tp_tls_send(struct worker *w, struct conn *c, const struct iovec *iov, int 
 int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe)
 {
     struct tls_conn *t = tp_tls_of(w, c);
-    uint32_t want = out_bytes(w, t);
+    uint32_t want = tp_tls_out_bytes(w, t);
     out_release(w, t);
     if (t->err)
         return t->err;
@@ -458,7 +453,7 @@ int tp_tls_sent(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe
 /* Records in what the library wrote and we have not sent yet. */
 static uint32_t out_records(const struct worker *w, const struct tls_conn *t)
 {
-    uint32_t total = out_bytes(w, t), n = 0, size = w->bufs.size;
+    uint32_t total = tp_tls_out_bytes(w, t), n = 0, size = w->bufs.size;
     for (uint32_t at = 0; at + 5 <= total; n++) {
         uint32_t hi = at + 3, lo = at + 4;
         uint32_t len = (uint32_t)buf_data(&w->bufs, t->out[hi / size])[hi % size] << 8 |
@@ -612,7 +607,7 @@ void tp_tls_own_sent(struct worker *w, struct conn *c, const struct io_uring_cqe
 {
     struct tls_conn *t = tp_tls_of(w, c);
     t->flags &= ~TLSF_SENDING;
-    uint32_t want = out_bytes(w, t);
+    uint32_t want = tp_tls_out_bytes(w, t);
     out_release(w, t);
     if (cqe->res < 0 || (uint32_t)cqe->res != want) {
         t->state = TLS_FAILED;
@@ -812,7 +807,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     uint8_t *dst = buf_data(p, out);
     size_t got = 0;
     int e = SSL_ERROR_NONE;
-    uint32_t wrote = out_bytes(w, t);    /* sealing: what the library adds is a reply */
+    uint32_t wrote = tp_tls_out_bytes(w, t);    /* sealing: what the library adds is a reply */
     t->flags &= ~TLSF_FULL;
     while (got < p->size) {
         size_t n = 0;
@@ -837,7 +832,7 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
         bufpool_put(w, out);
         return failed(w, t, UP_C_TLS_KTLS_REPLY_CLOSES, -EPROTO);
     }
-    if (t->seal && (out_bytes(w, t) != wrote || SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE)) {
+    if (t->seal && (tp_tls_out_bytes(w, t) != wrote || SSL_get_key_update_type(t->ssl) != SSL_KEY_UPDATE_NONE)) {
         /* The same when we seal: the library's write state is stale. Our
          * own records (perhaps on their way) stay; its are dropped. */
         tp_seal_truncate(w, t, wrote);

@@ -161,10 +161,10 @@ int tp_ktls_rx_record(struct worker *w, struct conn *c);
 void tp_ktls_forget(struct worker *w, const struct conn *c);
 void tp_ktls_close_notify(int fd);
 
-/* TLS 1.3: our own sending key and nonce base, from the traffic secret
- * the key log kept (tls_ktls.c), for sealing in user space: 0 with the
+/* TLS 1.3: our own sending key and nonce base (from the library's BIO
+ * call, or the key log: tls_ktls.c), for sealing in user space: 0 with the
  * cipher's index (0 AES-128-GCM, 1 AES-256-GCM, 2 ChaCha20-Poly1305), or
- * -1. The secret is wiped either way. */
+ * -1. The kept key or secret is wiped either way. */
 int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which, uint8_t key[32],
                    size_t *klen, uint8_t iv[12]);
 
@@ -177,7 +177,7 @@ bool tp_seal_close_notify(struct worker *w, struct conn *c, struct tls_conn *t);
 void tp_seal_truncate(struct worker *w, struct tls_conn *t, uint32_t bytes);
 
 /* Bytes written into a connection's send buffers (records to send). */
-static inline uint32_t tls_out_bytes(const struct worker *w, const struct tls_conn *t)
+static inline uint32_t tp_tls_out_bytes(const struct worker *w, const struct tls_conn *t)
 {
     return t->nout ? (t->nout - 1) * w->bufs.size + t->out_len : 0;
 }

@@ -401,7 +401,6 @@ void *up_tls_server_new(const struct up_tls_server *conf, char *err, size_t errl
         s->nkeys = conf->nticket_keys;
         s->ticket_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
         ERR_clear_error();
-
     }
     return s;
 bad:

@@ -301,60 +301,66 @@ static void put_be64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
-/* The socket options for this connection's sending side (KS_TX) or
- * receiving side (KS_RX): 0, or -1 when its suite is not one the kernel
- * takes or a secret is missing. */
-static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int which, uint64_t seq,
-                       union crypto_info *ci, socklen_t *len)
+/* One side's keys, as the suite uses them: its kernel cipher type, the key
+ * (klen bytes) and the 12-byte nonce base (TLS 1.3) or fixed IV (TLS 1.2:
+ * 4 bytes for GCM, 12 for ChaCha20). */
+struct side_keys {
+    uint16_t type;
+    bool v13;
+    size_t klen;
+    uint8_t key[32], iv[12];
+};
+
+/* The keys of this connection's sending side (KS_TX) or receiving side
+ * (KS_RX): 0, or -1 when its suite is not one the kernel takes or a secret
+ * is missing. The caller wipes *o. */
+static int side_keys(struct worker *w, const struct conn *c, SSL *ssl, int which,
+                     struct side_keys *o)
 {
     struct ktls_worker *k = w->tls_ktls;
     const SSL_CIPHER *cs = SSL_get_current_cipher(ssl);
     if (!k || !cs)
         return -1;
     int nid = SSL_CIPHER_get_cipher_nid(cs);
-    size_t klen;
-    uint16_t type;
     switch (nid) {
-    case NID_aes_128_gcm: klen = 16, type = TLS_CIPHER_AES_GCM_128, *len = sizeof ci->g128; break;
-    case NID_aes_256_gcm: klen = 32, type = TLS_CIPHER_AES_GCM_256, *len = sizeof ci->g256; break;
-    case NID_chacha20_poly1305: klen = 32, type = TLS_CIPHER_CHACHA20_POLY1305, *len = sizeof ci->chacha; break;
+    case NID_aes_128_gcm: o->klen = 16, o->type = TLS_CIPHER_AES_GCM_128; break;
+    case NID_aes_256_gcm: o->klen = 32, o->type = TLS_CIPHER_AES_GCM_256; break;
+    case NID_chacha20_poly1305: o->klen = 32, o->type = TLS_CIPHER_CHACHA20_POLY1305; break;
     default: return -1;
     }
     const EVP_MD *md = SSL_CIPHER_get_handshake_digest(cs);
     const char *mdn = md ? EVP_MD_get0_name(md) : NULL;
-    bool v13 = SSL_version(ssl) == TLS1_3_VERSION;
+    o->v13 = SSL_version(ssl) == TLS1_3_VERSION;
     /* Whose keys: the server's when we are the server and send, or the
      * client and receive. */
     bool server = SSL_is_server(ssl) == (which == KS_TX);
-    if (!mdn || (!v13 && SSL_version(ssl) != TLS1_2_VERSION))
+    if (!mdn || (!o->v13 && SSL_version(ssl) != TLS1_2_VERSION))
         return -1;
-    /* key and the 12-byte nonce base (TLS 1.3) or fixed IV (TLS 1.2:
-     * 4 bytes for GCM, 12 for ChaCha20) */
-    uint8_t key[32], iv[12] = { 0 };
-    size_t ivlen = nid == NID_chacha20_poly1305 || v13 ? 12 : 4;
+    size_t klen = o->klen, ivlen = nid == NID_chacha20_poly1305 || o->v13 ? 12 : 4;
+    memset(o->iv, 0, sizeof o->iv);
     int r = -1;
-    if (v13) {
+    if (o->v13) {
         struct ktls_secrets *ks = &k->sec[c - w->conns];
         struct ktls_secret *s = &ks->s[which];
-        if (which == KS_TX && ks->tx_have && ks->tx.base.cipher_type == type) {
+        if (which == KS_TX && ks->tx_have && ks->tx.base.cipher_type == o->type) {
             /* What the library handed its BIO: key, salt (the nonce
              * base's first 4 bytes) and the rest of the nonce base. */
-            const union crypto_info *o = &ks->tx;
-            switch (type) {
+            const union crypto_info *h = &ks->tx;
+            switch (o->type) {
             case TLS_CIPHER_AES_GCM_128:
-                memcpy(key, o->g128.key, klen), memcpy(iv, o->g128.salt, 4), memcpy(iv + 4, o->g128.iv, 8);
+                memcpy(o->key, h->g128.key, klen), memcpy(o->iv, h->g128.salt, 4), memcpy(o->iv + 4, h->g128.iv, 8);
                 break;
             case TLS_CIPHER_AES_GCM_256:
-                memcpy(key, o->g256.key, klen), memcpy(iv, o->g256.salt, 4), memcpy(iv + 4, o->g256.iv, 8);
+                memcpy(o->key, h->g256.key, klen), memcpy(o->iv, h->g256.salt, 4), memcpy(o->iv + 4, h->g256.iv, 8);
                 break;
             default:
-                memcpy(key, o->chacha.key, klen), memcpy(iv, o->chacha.iv, 12);
+                memcpy(o->key, h->chacha.key, klen), memcpy(o->iv, h->chacha.iv, 12);
                 break;
             }
             r = 0;
         } else if (s->len && s->len == (size_t)EVP_MD_get_size(md) &&
-                   expand_label(k, md, s->b, s->len, "key", key, klen) == 0 &&
-                   expand_label(k, md, s->b, s->len, "iv", iv, 12) == 0) {
+                   expand_label(k, md, s->b, s->len, "key", o->key, klen) == 0 &&
+                   expand_label(k, md, s->b, s->len, "iv", o->iv, 12) == 0) {
             r = 0;
         } else if (which == KS_TX && !ks->tx_have && !k->keylog) {
             /* Neither: this library does not hand its BIO the keys (built
@@ -366,48 +372,53 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int whi
         uint8_t kb[2 * 32 + 2 * 12];
         size_t n = 2 * klen + 2 * ivlen;
         if (key_block(k, ssl, mdn, kb, n) == 0) {
-            memcpy(key, kb + (server ? klen : 0), klen);
-            memcpy(iv, kb + 2 * klen + (server ? ivlen : 0), ivlen);
+            memcpy(o->key, kb + (server ? klen : 0), klen);
+            memcpy(o->iv, kb + 2 * klen + (server ? ivlen : 0), ivlen);
             r = 0;
         }
         OPENSSL_cleanse(kb, sizeof kb);
     }
     ERR_clear_error();
-    if (r == 0) {
-        memset(ci, 0, sizeof *ci);
-        ci->base.version = v13 ? TLS_1_3_VERSION : TLS_1_2_VERSION;
-        ci->base.cipher_type = type;
-        switch (type) {
-        case TLS_CIPHER_AES_GCM_128:
-        case TLS_CIPHER_AES_GCM_256: {
-            uint8_t *ck = type == TLS_CIPHER_AES_GCM_128 ? ci->g128.key : ci->g256.key;
-            uint8_t *salt = type == TLS_CIPHER_AES_GCM_128 ? ci->g128.salt : ci->g256.salt;
-            uint8_t *civ = type == TLS_CIPHER_AES_GCM_128 ? ci->g128.iv : ci->g256.iv;
-            uint8_t *rs = type == TLS_CIPHER_AES_GCM_128 ? ci->g128.rec_seq : ci->g256.rec_seq;
-            memcpy(ck, key, klen);
-            memcpy(salt, iv, 4);
-            /* TLS 1.3: the nonce base's last 8 bytes. TLS 1.2: the explicit
-             * nonce of the next record, which the kernel counts up from
-             * here; the sequence number is unique under this key (the
-             * library's own records used a random start). Receiving, the
-             * kernel reads each record's explicit nonce from the record. */
-            if (v13)
-                memcpy(civ, iv + 4, 8);
-            else
-                put_be64(civ, seq);
-            put_be64(rs, seq);
-            break;
-        }
-        default:
-            memcpy(ci->chacha.key, key, klen);
-            memcpy(ci->chacha.iv, iv, 12);
-            put_be64(ci->chacha.rec_seq, seq);
-            break;
-        }
-    }
-    OPENSSL_cleanse(key, sizeof key);
-    OPENSSL_cleanse(iv, sizeof iv);
     return r;
+}
+
+/* The socket options for one side's keys, from the record sequence
+ * number seq. */
+static void pack(const struct side_keys *o, uint64_t seq, union crypto_info *ci, socklen_t *len)
+{
+    memset(ci, 0, sizeof *ci);
+    ci->base.version = o->v13 ? TLS_1_3_VERSION : TLS_1_2_VERSION;
+    ci->base.cipher_type = o->type;
+    switch (o->type) {
+    case TLS_CIPHER_AES_GCM_128:
+    case TLS_CIPHER_AES_GCM_256: {
+        bool g128 = o->type == TLS_CIPHER_AES_GCM_128;
+        uint8_t *ck = g128 ? ci->g128.key : ci->g256.key;
+        uint8_t *salt = g128 ? ci->g128.salt : ci->g256.salt;
+        uint8_t *civ = g128 ? ci->g128.iv : ci->g256.iv;
+        uint8_t *rs = g128 ? ci->g128.rec_seq : ci->g256.rec_seq;
+        *len = g128 ? sizeof ci->g128 : sizeof ci->g256;
+        memcpy(ck, o->key, o->klen);
+        memcpy(salt, o->iv, 4);
+        /* TLS 1.3: the nonce base's last 8 bytes. TLS 1.2: the explicit
+         * nonce of the next record, which the kernel counts up from
+         * here; the sequence number is unique under this key (the
+         * library's own records used a random start). Receiving, the
+         * kernel reads each record's explicit nonce from the record. */
+        if (o->v13)
+            memcpy(civ, o->iv + 4, 8);
+        else
+            put_be64(civ, seq);
+        put_be64(rs, seq);
+        break;
+    }
+    default:
+        *len = sizeof ci->chacha;
+        memcpy(ci->chacha.key, o->key, o->klen);
+        memcpy(ci->chacha.iv, o->iv, 12);
+        put_be64(ci->chacha.rec_seq, seq);
+        break;
+    }
 }
 
 /* Program one direction of c's socket with the keys of ssl's connection
@@ -417,10 +428,14 @@ static int crypto_info(struct worker *w, const struct conn *c, SSL *ssl, int whi
  * plain TCP socket. */
 static int program(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq, int dir)
 {
+    struct side_keys o;
     union crypto_info ci;
     socklen_t len = 0;
-    int r = crypto_info(w, c, ssl, dir, seq, &ci, &len);
+    int r = side_keys(w, c, ssl, dir, &o);
     forget(w, c, dir);
+    if (r == 0)
+        pack(&o, seq, &ci, &len);
+    OPENSSL_cleanse(&o, sizeof o);
     if (r < 0)
         return -ENOTSUP;
     if ((dir == KS_TX && setsockopt(c->fd, SOL_TCP, TCP_ULP, "tls", sizeof "tls") < 0) ||
@@ -433,33 +448,17 @@ static int program(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq, int
 int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which, uint8_t key[32],
                    size_t *klen, uint8_t iv[12])
 {
-    union crypto_info ci;
-    socklen_t len = 0;
-    int r = SSL_version(ssl) == TLS1_3_VERSION ? crypto_info(w, c, ssl, KS_TX, 0, &ci, &len) : -1;
+    struct side_keys o;
+    int r = SSL_version(ssl) == TLS1_3_VERSION ? side_keys(w, c, ssl, KS_TX, &o) : -1;
     forget(w, c, KS_TX);
-    if (r < 0)
-        return -1;
-    switch (ci.base.cipher_type) {
-    case TLS_CIPHER_AES_GCM_128:
-        *which = 0, *klen = 16;
-        memcpy(key, ci.g128.key, 16);
-        memcpy(iv, ci.g128.salt, 4);
-        memcpy(iv + 4, ci.g128.iv, 8);
-        break;
-    case TLS_CIPHER_AES_GCM_256:
-        *which = 1, *klen = 32;
-        memcpy(key, ci.g256.key, 32);
-        memcpy(iv, ci.g256.salt, 4);
-        memcpy(iv + 4, ci.g256.iv, 8);
-        break;
-    default:
-        *which = 2, *klen = 32;
-        memcpy(key, ci.chacha.key, 32);
-        memcpy(iv, ci.chacha.iv, 12);
-        break;
+    if (r == 0) {
+        *which = o.type == TLS_CIPHER_AES_GCM_128 ? 0 : o.type == TLS_CIPHER_AES_GCM_256 ? 1 : 2;
+        *klen = o.klen;
+        memcpy(key, o.key, o.klen);
+        memcpy(iv, o.iv, 12);
     }
-    OPENSSL_cleanse(&ci, sizeof ci);
-    return 0;
+    OPENSSL_cleanse(&o, sizeof o);
+    return r;
 }
 
 int tp_ktls_tx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq)

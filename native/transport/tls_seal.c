@@ -12,8 +12,8 @@
  * construction is RFC 8446 5.2 and 5.3: the header (type 23, version
  * 0x0303, length) is the additional data, the nonce is the write IV XORed
  * with the record's sequence number, the content is followed by its real
- * type (one byte) and the 16-byte tag. The key and the IV come from the
- * traffic secret as for kTLS (tls_ktls.c: the key log, HKDF-Expand-Label).
+ * type (one byte) and the 16-byte tag. The key and the IV are kTLS's
+ * (tls_ktls.c: what the library hands our BIO, else the key log).
  *
  * From the handover on the library's own write state is stale, as after
  * kTLS's: the library still decrypts, but a record it wants to send (the
@@ -209,7 +209,7 @@ uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, cons
     int i = 0;
     size_t off = 0;
     while (left) {
-        uint32_t used = tls_out_bytes(w, t);
+        uint32_t used = tp_tls_out_bytes(w, t);
         uint32_t cap = cap_total > used ? cap_total - used : 0;
         if (cap <= HEADER_LEN + 1 + TAG_LEN)
             break;
@@ -218,13 +218,10 @@ uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, cons
             len = 16384;
         if (len > left)
             len = (uint32_t)left;
-        int i0 = i;
-        size_t off0 = off;
         if (!seal_record(w, t, x, 23, iov, n, &i, &off, len)) {
             /* No buffer for all of it: the record is not sent, and its
              * sequence number is the next one's. */
             tp_seal_truncate(w, t, used);
-            i = i0, off = off0;
             ERR_clear_error();
             break;
         }
@@ -243,7 +240,7 @@ bool tp_seal_close_notify(struct worker *w, struct conn *c, struct tls_conn *t)
     struct iovec v = { (void *)alert, 2 };
     int i = 0;
     size_t off = 0;
-    uint32_t used = tls_out_bytes(w, t);
+    uint32_t used = tp_tls_out_bytes(w, t);
     if (seal_record(w, t, s->ctx[c - w->conns], 21, &v, 1, &i, &off, 2))
         return true;
     tp_seal_truncate(w, t, used);

@@ -133,6 +133,18 @@ def serve_once_then(after):
     return handle
 
 
+def _first_request_then(proxy_factory, servers, after, profile):
+    """An h2c proxy (its upstream receive limited, or switched off) in
+    front of a server that does `after` to the first connection once it
+    idles in the pool; the first request answered."""
+    srv = servers(serve_once_then(after))
+    env = {"UPROXY_DISABLE": "multishot_recv_limit"} if profile == "off" else None
+    p = h2c_proxy(proxy_factory, srv.addr, env=env)
+    cl = H2Client(p.port)
+    assert cl.get("/1") == (200, b"ok")
+    return srv, p, cl
+
+
 @pytest.mark.parametrize("profile", ["limit", "off"])
 def test_idle_pooled_connection_closed_by_server_is_not_reused(proxy_factory, servers, profile):
     """The server closes an idle pooled connection that an HTTP/2 stream
@@ -141,11 +153,7 @@ def test_idle_pooled_connection_closed_by_server_is_not_reused(proxy_factory, se
     retry."""
     def close(c):
         c.shutdown(socket.SHUT_RDWR)
-    srv = servers(serve_once_then(close))
-    env = {"UPROXY_DISABLE": "multishot_recv_limit"} if profile == "off" else None
-    p = h2c_proxy(proxy_factory, srv.addr, env=env)
-    cl = H2Client(p.port)
-    assert cl.get("/1") == (200, b"ok")
+    srv, p, cl = _first_request_then(proxy_factory, servers, close, profile)
     wait_for(lambda: p.total("pool_stale") >= 1, 5, what="the closed idle connection noticed")
     assert p.total("pool_idle") == 0
     assert cl.get("/2") == (200, b"ok")
@@ -171,11 +179,7 @@ def test_unsolicited_bytes_on_idle_pooled_connection_close_it(proxy_factory, ser
         except OSError:
             pass
         closed.set()                                  # the proxy closed it
-    srv = servers(serve_once_then(stray))
-    env = {"UPROXY_DISABLE": "multishot_recv_limit"} if profile == "off" else None
-    p = h2c_proxy(proxy_factory, srv.addr, env=env)
-    cl = H2Client(p.port)
-    assert cl.get("/1") == (200, b"ok")
+    srv, p, cl = _first_request_then(proxy_factory, servers, stray, profile)
     wait_for(lambda: p.total("pool_stale") >= 1, 5, what="the stray bytes noticed")
     assert closed.wait(5), "the proxy kept the connection that spoke out of turn"
     assert cl.get("/2") == (200, b"ok")

@@ -33,6 +33,7 @@
 #define UP_F_MSHOT_LIMIT        2048 /* a multishot receive that ends after N bytes (IORING_RECV_MSHOT_LIM) */
 #define UP_F_TLS_SEAL           4096 /* TLS 1.3 records sealed by us, not SSL_write (transport/tls_seal.c); no kernel need */
 #define UP_F_BATCHED_WAIT       8192 /* a busy ring's wait asks for a batch: min_wait_usec (IORING_FEAT_MIN_TIMEOUT) */
+#define UP_F_TLS_OPEN           16384 /* TLS 1.3 records opened by us, not SSL_read (transport/tls_open.c), with UP_F_TLS_SEAL; no kernel need */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -459,6 +460,12 @@ enum up_counter {
     UP_C_URING_BATCHED_WAITS, /* io_uring_enter calls that asked for a batch (batched_wait, worker/wait.c) */
     /* TLS keys (appended) */
     UP_C_TLS_KEYLOG_FALLBACKS, /* workers that turned the key log on: the library did not hand our BIO its TLS 1.3 sending keys */
+    /* Opening our own TLS 1.3 records (tls_open.c; appended) */
+    UP_C_TLS_OPEN,            /* client connections whose records we open after the handshake (the library reads no more) */
+    UP_C_TLS_OPEN_RECORDS,    /* records we opened (data, alerts, key updates) */
+    UP_C_TLS_OPEN_ERRORS,     /* connections closed for a record that did not open: a bad tag, a malformed record */
+    UP_C_TLS_OPEN_CLOSES,     /* connections ended for a record we do not follow: a KeyUpdate that asks for ours, another handshake message */
+    UP_C_TLS_OPEN_KEY_UPDATES,/* the client's KeyUpdates followed (its new receiving key derived by us) */
     UP_C__COUNT
 };
 

@@ -107,6 +107,7 @@ struct worker {
     void *tls_names;                /* transport: the one BIO a certificate's subject is printed into */
     void *tls_ktls;                 /* transport: kTLS's KDFs and kept secrets (tls_ktls.c), or NULL */
     void *tls_seal;                 /* transport: our own record sealing's ciphers (tls_seal.c), or NULL */
+    void *tls_open;                 /* transport: our own record opening's ciphers (tls_open.c), or NULL */
     void *h2;                       /* http2: the codec's arena and per-connection state */
     /* http */
     struct txn *txns;               /* slab: one per client connection at most */

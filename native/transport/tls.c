@@ -161,7 +161,9 @@ int tp_tls_init(struct worker *w)
     BIO_meth_set_destroy(bm, bio_destroy);
     w->tls_bio = bm;
     int r = tp_ktls_init(w);
-    return r < 0 ? r : tp_seal_init(w);
+    if (r == 0)
+        r = tp_seal_init(w);
+    return r < 0 ? r : tp_open_init(w);
 }
 
 void tp_tls_free_all(struct worker *w)
@@ -192,6 +194,7 @@ void tp_tls_free_all(struct worker *w)
     w->tls_bio = NULL;
     tp_ktls_free(w);
     tp_seal_free(w);
+    tp_open_free(w);
 }
 
 /* ---- a connection's life ---------------------------------------------- */
@@ -245,11 +248,11 @@ static int start(struct worker *w, struct conn *c, SSL_CTX *ctx, bool server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
-    /* Where the kernel may take the receiving, the library reads record
-     * by record (a header, then exactly its body), never ahead: at the
-     * handshake's end, every byte after the client's Finished is still
-     * ours, in the queue (see rx_plan). */
-    if (server && rx_wanted(w))
+    /* Where the kernel or we (tls_open.c) may take the receiving, the
+     * library reads record by record (a header, then exactly its body),
+     * never ahead: at the handshake's end, every byte after the client's
+     * Finished is still ours, in the queue (see rx_plan, tp_open_start). */
+    if (server && (rx_wanted(w) || tp_open_wanted(w)))
         SSL_set_read_ahead(ssl, 0);
     t->ssl = ssl;
     t->state = TLS_HANDSHAKE;
@@ -335,6 +338,7 @@ void tp_tls_release(struct worker *w, struct conn *c)
     out_release(w, t);
     tp_ktls_forget(w, c);         /* a secret no handover or sealing used */
     t->state = TLS_NONE;
+    t->open = 0;
     t->ktls = KT_OFF;
     t->krx = KR_OFF;
     c->tp = TP_PLAIN;
@@ -631,7 +635,9 @@ static bool held(const struct tls_conn *t)
         return true;
     /* Not SSL_has_pending(): it also counts a partial record, which only
      * the peer's next bytes can complete. */
-    return t->in_head != NIL || (t->flags & TLSF_FULL) || t->state == TLS_FAILED ||
+    /* What we open ourselves may hold the start of a record, which only
+     * the peer's next bytes complete: TLSF_FULL says when more is whole. */
+    return (t->in_head != NIL && !t->open) || (t->flags & TLSF_FULL) || t->state == TLS_FAILED ||
            (t->flags & TLSF_EOF);
 }
 
@@ -723,7 +729,11 @@ static void peer_keep(struct worker *w, struct conn *c, struct tls_conn *t)
  * else the error. */
 static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
 {
+    /* The key log, for the one secret opening needs (tls_ktls.c). */
+    SSL_CTX *kl = tp_ktls_keylog_around(w, c, t->ssl);
     int r = SSL_do_handshake(t->ssl);
+    if (kl)
+        SSL_CTX_set_keylog_callback(kl, NULL);
     bool server = SSL_is_server(t->ssl);
     if (r == 1) {
         t->state = TLS_OPEN;
@@ -742,6 +752,10 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
          * t->out too: the library keeps sending). */
         if (t->ktls == KT_OFF && (w->features & UP_F_TLS_SEAL) && !(t->flags & TLSF_SENDING))
             tp_seal_start(w, c, t, server ? out_records(w, t) : 0);
+        /* And where we seal, we open what the client sends (tls_open.c);
+         * else the library reads ahead again, as everywhere. */
+        if (server && tp_open_wanted(w) && !tp_open_start(w, c, t))
+            SSL_set_read_ahead(t->ssl, 1);
         flush_own(w, c, t);    /* a TLS 1.2 Finished, TLS 1.3 tickets */
         if (t->ktls == KT_WAIT && !(t->flags & TLSF_SENDING) && !t->nout)
             handover(w, c, t); /* nothing left to send first */
@@ -771,7 +785,14 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
         if (cqe->flags & IORING_CQE_F_BUFFER) {
             uint32_t b = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
             bufpool_taken(w);
-            if (res > 0) {
+            if (res > 0 && t->open && t->in_tail != NIL && p->len[t->in_tail] + (uint32_t)res <= p->size) {
+                /* We hold the start of a record until it is whole: a
+                 * client dribbling it in small pieces fills one buffer,
+                 * not one per piece. */
+                memcpy(buf_data(p, t->in_tail) + p->len[t->in_tail], buf_data(p, b), (uint32_t)res);
+                p->len[t->in_tail] += (uint32_t)res;
+                bufpool_put(w, b);
+            } else if (res > 0) {
                 if (t->krx == KR_DRAIN)
                     rx_scan(t, buf_data(p, b), (uint32_t)res);
                 p->len[b] = (uint32_t)res;
@@ -801,6 +822,8 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     }
     if (t->flags & TLSF_SENDING)
         return -EAGAIN;
+    if (t->open)
+        return tp_open_read(w, c, t, bid);   /* our own opening: the library reads no more */
     uint32_t out = bufpool_take(w);
     if (out == NIL)
         return -ENOBUFS;                   /* the records stay held; starved, then replayed */

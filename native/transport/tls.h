@@ -120,6 +120,11 @@ struct tls_conn {
     uint8_t seal;                 /* we seal its records (tls_seal.c): the library only reads */
     uint8_t seal_iv[12];          /* sealing: the write IV (nonce base) */
     uint64_t seal_seq;            /* sealing: the next record's sequence number */
+    uint8_t open;                 /* we open its records (tls_open.c): the library reads no more */
+    uint8_t open_iv[12];          /* opening: the client's write IV (nonce base) */
+    uint32_t open_left;           /* opening: plaintext of the record opened last, still at the queue's head */
+    uint32_t open_skip;           /* opening: then that record's content type, padding and tag, to drop */
+    uint64_t open_seq;            /* opening: the next record's sequence number */
     struct iovec iov[TLS_OUT_BUFS];
     struct msghdr msg;
 };
@@ -159,6 +164,18 @@ int tp_ktls_rx(struct worker *w, struct conn *c, SSL *ssl, uint64_t seq);
 int tp_ktls_rx_record(struct worker *w, struct conn *c);
 /* Wipe the connection's kept secrets. */
 void tp_ktls_forget(struct worker *w, const struct conn *c);
+/* Opening (tls_open.c) wants the client's first application traffic
+ * secret, which OpenSSL 3.0 gives only to the key log: the context that
+ * ssl reads its callback from now, with the callback set for the library
+ * call about to be made, when this connection waits for that secret (the
+ * caller takes it off again after the call); else NULL. */
+SSL_CTX *tp_ktls_keylog_around(struct worker *w, const struct conn *c, SSL *ssl);
+/* TLS 1.3: the peer's sending key and nonce base, from its traffic secret
+ * (the key log's); with `update`, the secret is first replaced by the
+ * next one (a KeyUpdate, RFC 8446 7.2). 0 with the cipher's index, or -1.
+ * The secret is kept for the next update, until tp_ktls_forget. */
+int tp_ktls_rx_key(struct worker *w, const struct conn *c, SSL *ssl, bool update, int *which,
+                   uint8_t key[32], size_t *klen, uint8_t iv[12]);
 void tp_ktls_close_notify(int fd);
 
 /* TLS 1.3: our own sending key and nonce base (from the library's BIO
@@ -175,6 +192,18 @@ bool tp_seal_start(struct worker *w, struct conn *c, struct tls_conn *t, uint64_
 uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, const struct iovec *iov, int n);
 bool tp_seal_close_notify(struct worker *w, struct conn *c, struct tls_conn *t);
 void tp_seal_truncate(struct worker *w, struct tls_conn *t, uint32_t bytes);
+
+/* Opening the client's TLS 1.3 records ourselves (tls_open.c). */
+int tp_open_init(struct worker *w);
+void tp_open_free(struct worker *w);
+/* Whether this worker's server connections may have their records opened
+ * by us (the feature on, sealing on, the kernel not decrypting). */
+static inline bool tp_open_wanted(const struct worker *w)
+{
+    return w->tls_open && !(w->features & UP_F_KTLS);
+}
+bool tp_open_start(struct worker *w, struct conn *c, struct tls_conn *t);
+int tp_open_read(struct worker *w, struct conn *c, struct tls_conn *t, uint32_t *bid);
 
 /* Bytes written into a connection's send buffers (records to send). */
 static inline uint32_t tp_tls_out_bytes(const struct worker *w, const struct tls_conn *t)

@@ -75,6 +75,7 @@ enum { KS_TX, KS_RX };
 struct ktls_secrets {
     struct ktls_secret s[2];
     uint8_t tx_have;              /* tx holds our TLS 1.3 sending key, from the library's BIO call */
+    uint8_t rx_want;              /* opening: our application key was handed over, the client's secret not yet logged */
     union crypto_info tx;
 };
 
@@ -142,7 +143,8 @@ void tp_ktls_free(struct worker *w)
 
 /* The key log: only the first application traffic secrets are kept, for
  * the connection the SSL belongs to: our own side's (TLS_TX), and on the
- * server side with TLS_RX on, the client's. */
+ * server side with TLS_RX on, or for opening (tp_ktls_keylog_around), the
+ * client's. */
 static void keylog(const SSL *ssl, const char *line)
 {
     struct bio_ref *r = BIO_get_data(SSL_get_rbio(ssl));
@@ -154,11 +156,12 @@ static void keylog(const SSL *ssl, const char *line)
     int which;
     if (!k)
         return;
+    struct ktls_secrets *ks = &k->sec[r->c - r->w->conns];
     if (strncmp(line, tx, strlen(tx)) == 0)
         which = KS_TX;
-    else if (server && (r->w->features & UP_F_KTLS_RX) &&
+    else if (server && ((r->w->features & UP_F_KTLS_RX) || ks->rx_want) &&
              strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0)
-        which = KS_RX;
+        which = KS_RX, ks->rx_want = 0;
     else
         return;
     const char *hex = strrchr(line, ' ');          /* "<label> <client random> <secret>" */
@@ -222,6 +225,39 @@ void tp_ktls_offer(struct worker *w, const struct conn *c, long is_tx, const voi
     struct ktls_secrets *s = &k->sec[c - w->conns];
     memcpy(&s->tx, info, n);
     s->tx_have = 1;
+    /* A server's application key: the client's comes next, logged when
+     * its Finished is read (ssl/statem/statem_lib.c, tls_process_finished),
+     * and opening wants it. */
+    const struct tls_conn *t = tp_tls_of(w, c);
+    if (tp_open_wanted(w) && t->ssl && SSL_is_server(t->ssl))
+        s->rx_want = 1;
+}
+
+/* OpenSSL 3.0 reads the key-log callback off the connection's context
+ * each time it logs a secret, and formats the line only when one is set
+ * (ssl/ssl_lib.c, nss_keylog_int); it logs the client's application
+ * traffic secret when the server reads the client's Finished
+ * (tls13_change_cipher_state, SSL3_CC_APPLICATION | SERVER_READ), after
+ * the BIO call that handed over our application key at the end of our
+ * own flight (SERVER_WRITE: the exporter and server secrets are logged
+ * before that call, in the same step). A worker runs one library call at
+ * a time, so the callback is set only around the calls of a connection
+ * between those two moments, and no other secret, of it or of any other
+ * connection, is formatted: one line per handshake instead of five. The
+ * same holds for a resumed handshake (the same two steps) and after a
+ * HelloRetryRequest (which comes before both). A context whose key log is
+ * set for good (kTLS receiving, or a library that never makes the BIO
+ * call: tp_ktls_conn_start) is left as it is. */
+SSL_CTX *tp_ktls_keylog_around(struct worker *w, const struct conn *c, SSL *ssl)
+{
+    struct ktls_worker *k = w->tls_ktls;
+    if (!k || !k->sec[c - w->conns].rx_want)
+        return NULL;
+    SSL_CTX *ctx = SSL_get_SSL_CTX(ssl);
+    if (!ctx || SSL_CTX_get_keylog_callback(ctx))
+        return NULL;
+    SSL_CTX_set_keylog_callback(ctx, keylog);
+    return ctx;
 }
 
 static void forget(struct worker *w, const struct conn *c, int which)
@@ -236,6 +272,8 @@ static void forget(struct worker *w, const struct conn *c, int which)
         OPENSSL_cleanse(&s->tx, sizeof s->tx);
         s->tx_have = 0;
     }
+    if (which == KS_RX)
+        s->rx_want = 0;
 }
 
 void tp_ktls_forget(struct worker *w, const struct conn *c)
@@ -451,6 +489,38 @@ int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which,
     struct side_keys o;
     int r = SSL_version(ssl) == TLS1_3_VERSION ? side_keys(w, c, ssl, KS_TX, &o) : -1;
     forget(w, c, KS_TX);
+    if (r == 0) {
+        *which = o.type == TLS_CIPHER_AES_GCM_128 ? 0 : o.type == TLS_CIPHER_AES_GCM_256 ? 1 : 2;
+        *klen = o.klen;
+        memcpy(key, o.key, o.klen);
+        memcpy(iv, o.iv, 12);
+    }
+    OPENSSL_cleanse(&o, sizeof o);
+    return r;
+}
+
+int tp_ktls_rx_key(struct worker *w, const struct conn *c, SSL *ssl, bool update, int *which,
+                   uint8_t key[32], size_t *klen, uint8_t iv[12])
+{
+    struct ktls_worker *k = w->tls_ktls;
+    const SSL_CIPHER *cs = SSL_get_current_cipher(ssl);
+    const EVP_MD *md = cs ? SSL_CIPHER_get_handshake_digest(cs) : NULL;
+    if (!k || !md || SSL_version(ssl) != TLS1_3_VERSION)
+        return -1;
+    struct ktls_secret *s = &k->sec[c - w->conns].s[KS_RX];
+    if (update) {
+        /* application_traffic_secret_N+1 =
+         *   HKDF-Expand-Label(application_traffic_secret_N, "traffic upd", "", Hash.length) */
+        uint8_t next[48];
+        if (!s->len || expand_label(k, md, s->b, s->len, "traffic upd", next, s->len) < 0) {
+            OPENSSL_cleanse(next, sizeof next);
+            return -1;
+        }
+        memcpy(s->b, next, s->len);
+        OPENSSL_cleanse(next, sizeof next);
+    }
+    struct side_keys o;
+    int r = side_keys(w, c, ssl, KS_RX, &o);
     if (r == 0) {
         *which = o.type == TLS_CIPHER_AES_GCM_128 ? 0 : o.type == TLS_CIPHER_AES_GCM_256 ? 1 : 2;
         *klen = o.klen;

@@ -185,7 +185,7 @@ def check_io_uring() -> list:
     if core_features is not None:
         # kTLS (both directions) and sockmap are not io_uring features and have their own
         # checks (check_tls, check_sockmap)
-        lacking = [f for f in feat.FEATURES if f not in core_features and f not in ("ktls", "ktls_rx", "sockmap", "tls_seal")]
+        lacking = [f for f in feat.FEATURES if f not in core_features and f not in ("ktls", "ktls_rx", "sockmap", "tls_seal", "tls_open")]
         out.append(_check("uproxy_features", "ok" if not lacking else "warn",
                           "the C core will use: " + (", ".join(core_features) or "none")
                           + (f"; not here: {', '.join(lacking)}" if lacking else ""),

@@ -52,8 +52,9 @@ def probe() -> int:
                          f"(containers often block io_uring) and the kernel version.")
     # kTLS is the kernel's tls ULP, not an io_uring feature: the TLS layer
     # asks for it, and it is switched off like the others ("ktls"). Sealing
-    # our own TLS records needs nothing of the kernel ("tls_seal").
-    return (res.features | lib.UP_F_TLS_SEAL
+    # and opening our own TLS records need nothing of the kernel ("tls_seal",
+    # "tls_open").
+    return (res.features | lib.UP_F_TLS_SEAL | lib.UP_F_TLS_OPEN
             | (lib.UP_F_KTLS | lib.UP_F_KTLS_RX if lib.up_tls_ktls_available() else 0))
 
 

@@ -285,7 +285,9 @@ void tp_ktls_forget(struct worker *w, const struct conn *c)
 /* HKDF-Expand-Label(secret, label, "", n) of RFC 8446 7.1, for n up to
  * the hash's length (a key or an IV): HKDF-Expand's first block alone,
  * HMAC(secret, HkdfLabel || 0x01) (RFC 5869 2.3), with the worker's HMAC
- * context for the digest, re-keyed. */
+ * context for the digest, re-keyed; secret NULL: the same secret as the
+ * call just before, whose keyed state the context keeps (a key's IV:
+ * the key schedule is not computed twice). */
 static int expand_label(struct ktls_worker *k, const EVP_MD *md, const uint8_t *secret, size_t slen,
                         const char *label, uint8_t *out, size_t n)
 {
@@ -398,7 +400,7 @@ static int side_keys(struct worker *w, const struct conn *c, SSL *ssl, int which
             r = 0;
         } else if (s->len && s->len == (size_t)EVP_MD_get_size(md) &&
                    expand_label(k, md, s->b, s->len, "key", o->key, klen) == 0 &&
-                   expand_label(k, md, s->b, s->len, "iv", o->iv, 12) == 0) {
+                   expand_label(k, md, NULL, 0, "iv", o->iv, 12) == 0) {
             r = 0;
         } else if (which == KS_TX && !ks->tx_have && !k->keylog) {
             /* Neither: this library does not hand its BIO the keys (built

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import env, gates, report, tls, workloads
+from . import env, gates, report, rps, tls, workloads
 from .peers import ALL_WORKLOADS, CERT_WORKLOADS, H2_WORKLOADS, TLS_WORKLOADS, StartError, all_contenders
 from .upstream import Upstream
 
@@ -31,6 +31,14 @@ def parse_args(argv):
     p.add_argument("--workloads", help=f"comma-separated workloads ({','.join(ALL_WORKLOADS)})")
     p.add_argument("--proxy-cpus", help="CPUs for the proxy (default: the last allowed CPU)")
     p.add_argument("--load-cpus", help="CPUs for load generators and upstream (default: the others)")
+    p.add_argument("--rps", metavar="MASK",
+                   help="steer loopback's receive processing (RPS) to the CPUs of this hex mask (3 = CPUs 0 "
+                        "and 1; 'all'; default off) during each L4 stream run (l4_1, l4_64), for every "
+                        "contender alike, and put back what was set after each run: a NIC's RSS, which "
+                        "loopback lacks (docs/l4.md); root")
+    p.add_argument("--rfs", type=int, metavar="N",
+                   help="with --rps, also RFS: N flow entries (rps_sock_flow_entries and lo's rps_flow_cnt), "
+                        "so a flow's receive goes to the CPU that last read its socket")
     p.add_argument("--no-valgrind", action="store_true", help="skip callgrind and the allocation count")
     p.add_argument("--probe-cost", action="store_true",
                    help="only measure what uproxy top's eBPF probes cost (uproxy alone, one long http64 "
@@ -97,6 +105,16 @@ def main(argv=None) -> int:
     os.chmod(out, 0o755)
     os.chmod(run_dir, 0o755)
     ctx = env.Ctx(a, run_dir)
+    try:
+        ctx.rps = rps.parse(a.rps, a.rfs)
+    except ValueError as e:
+        say(f"error: {e}")
+        return 2
+    if ctx.rps:
+        why = rps.check()
+        if why:
+            say(f"error: --rps cannot be applied: {why}")
+            return 2
     nofile = env.raise_nofile()
     # This process (and the idle connections it opens) stays off the proxy CPUs.
     os.sched_setaffinity(0, ctx.load_cpus)
@@ -115,8 +133,13 @@ def main(argv=None) -> int:
         "rounds": [],
         "missing": {},
         "uproxy_build_matches_tree": os.environ.get("UPROXY_BENCH_BUILD_FRESH") == "1",
+        # lo's receive steering during the L4 stream runs (bench/rps.py)
+        "l4_steering": ctx.rps.describe() if ctx.rps else "off",
     }
     say(f"results in {out}; proxy on CPU {ctx.proxy_cpus}, load and upstream on CPU {ctx.load_cpus}")
+    if ctx.rps:
+        say(f"L4 stream runs: {ctx.rps.describe()}, set around each run and restored after "
+            f"(now: {rps.read()})")
     if len(ctx.load_cpus) == 0 or set(ctx.load_cpus) & set(ctx.proxy_cpus):
         say("warning: the proxy shares CPUs with the load generator; per-request CPU stays comparable, "
             "req/s does not")

@@ -50,6 +50,7 @@ class Ctx:
         self.grpc_upstream_port = None   # the origin's h2c gRPC listener
         self.grpc_request = None         # the calls' request body (a file, for h2load -d)
         self.loadgen = None
+        self.rps = None                  # bench/rps.py: lo's steering for the L4 stream runs
         self.our_pids = set()
         self._pip = None
 

@@ -650,8 +650,23 @@ def l4short_md(res) -> str:
     return "\n".join(out) + "\n"
 
 
+def steering_md(res) -> str:
+    """How loopback's receive was steered during the L4 stream runs
+    (scripts/bench --rps/--rfs, bench/rps.py); "" when none ran."""
+    if not any(w in ("l4_1", "l4_64") for w in res.get("workloads", [])):
+        return ""
+    st = res.get("l4_steering", "off")
+    if st == "off":
+        return ("L4 stream runs (l4_1, l4_64): loopback's receive processing ran in the sender's softirq, on "
+                "the sender's CPU (no RPS: the bench's default, `--rps` changes it).")
+    return (f"L4 stream runs (l4_1, l4_64): {st}, set for every contender's run alike (the direct "
+            "transfer's too) and put back after each run (`--rps`, bench/rps.py).")
+
+
 def console(res) -> str:
     out = ["", tables(res, with_range=True)]
+    if steering_md(res):
+        out += [steering_md(res), ""]
     if res.get("probe_cost"):
         out += ["The probes' cost: " + __import__("bench.probe_cost", fromlist=["md"]).md(res)]
     out += ["Gates (DESIGN.md §3):"]
@@ -732,6 +747,8 @@ def document(res, png_prefix="") -> str:
            f"{m['os']}{', ' + m['virtualization'] if m.get('virtualization') else ''}. Proxy on CPU "
            f"{','.join(map(str, res['cpus']['proxy']))}; load generators and upstream on CPU "
            f"{','.join(map(str, res['cpus']['load']))}.")
+    if steering_md(res):
+        run += " " + steering_md(res)
     missing = "".join(f"- **{k}**: {v}\n" for k, v in res.get("missing", {}).items()) or "None.\n"
     rep = {
         "{{RUN}}": run,

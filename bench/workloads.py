@@ -48,7 +48,7 @@ import subprocess
 import time
 from collections import Counter
 
-from . import grpc
+from . import grpc, rps
 from .accounting import Window, fd_count, rss_of
 
 WRK_LUA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_report.lua")
@@ -321,19 +321,22 @@ def _iperf(ctx, cont, streams):
     if streams > 1:
         argv += ["-P", str(streams)]
     last = ""
-    for attempt in range(2):
-        p, w = _run(ctx, cont, argv, a.duration + 30)
-        try:
-            r = json.loads(p.stdout)
-        except ValueError:
-            r = {"error": p.stdout[-300:] + p.stderr[-300:]}
-        if "error" not in r and r.get("end", {}).get("sum_received"):
-            break
-        last = r.get("error", "no result")
-        ctx.upstream.restart_iperf()
-        time.sleep(0.5)
-    else:
-        raise WorkloadError(f"iperf3: {last}")
+    # --rps: lo's receive steering for this run only, put back after it
+    # whatever ends it (bench/rps.py).
+    with rps.steered(getattr(ctx, "rps", None)):
+        for attempt in range(2):
+            p, w = _run(ctx, cont, argv, a.duration + 30)
+            try:
+                r = json.loads(p.stdout)
+            except ValueError:
+                r = {"error": p.stdout[-300:] + p.stderr[-300:]}
+            if "error" not in r and r.get("end", {}).get("sum_received"):
+                break
+            last = r.get("error", "no result")
+            ctx.upstream.restart_iperf()
+            time.sleep(0.5)
+        else:
+            raise WorkloadError(f"iperf3: {last}")
     rec = r["end"]["sum_received"]
     nbytes, secs = rec["bytes"], rec["seconds"]
     return {
@@ -345,6 +348,7 @@ def _iperf(ctx, cont, streams):
         "proxy_cpu_s": w["proxy_cpu_s"],
         "proxy_cpu_util": w["proxy_cpu_s"] / w["wall_s"],
         "retransmits": r["end"].get("sum_sent", {}).get("retransmits"),
+        "steering": ctx.rps.describe() if getattr(ctx, "rps", None) else "off",
         "noise": w,
     }
 

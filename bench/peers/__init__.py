@@ -50,10 +50,23 @@ TLS_SUITE = "TLS_AES_128_GCM_SHA256"
 TLS_NEGOTIATED = f"TLSv1.3 {TLS_SUITE} X25519"
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 not handed out before in this run.
+
+    The kernel may give the same ephemeral port to two binds in a row once
+    the first socket is closed, and a contender's ports are all picked
+    before it binds any of them: without the set, two of its listeners
+    could get one port (seen as "already bound by listener 'h2c'")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 class StartError(Exception):

@@ -246,24 +246,40 @@ def test_a_corrupted_record_closes_the_connection(proxy_factory, pki):  # noqa: 
 
 
 def _s_client(port, script):
-    """openssl s_client fed a script of (bytes, pause) steps; its output."""
+    """openssl s_client fed a script of (bytes, text, count) steps: each
+    step's bytes are written once its output holds `count` times `text`
+    after the step before (so that s_client reads a command on its own,
+    as one line, however slow the machine: it takes `k` as a command only
+    when that line is all it read); its output."""
     pr = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
                            "-servername", "localhost"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    for data, pause in script:
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: pr.stdout.read1(4096), b"")),
+                              daemon=True)
+    reader.start()
+
+    def seen(text):
+        return b"".join(chunks).decode(errors="replace").count(text)
+
+    for data, text, count in script:
+        deadline = time.monotonic() + 20
+        while seen(text) < count and pr.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)                  # s_client back in its read of stdin
         try:
             pr.stdin.write(data)
             pr.stdin.flush()
         except (OSError, ValueError):
             break                        # it has left: its output says why
-        time.sleep(pause)
+    time.sleep(1.0)                      # the last step's answer, if one comes
     try:
         pr.stdin.close()
     except (OSError, ValueError):
         pass
-    out = pr.stdout.read()
     pr.wait(timeout=20)
-    return out.decode(errors="replace")
+    reader.join(timeout=20)
+    return b"".join(chunks).decode(errors="replace")
 
 
 GET = b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -276,7 +292,9 @@ def test_key_update_not_requested_is_followed(proxy_factory, pki):  # noqa: F811
     if not shutil_which("openssl"):
         pytest.skip("no openssl command")
     p, up = _proxy(proxy_factory, pki, MODES["open"])
-    out = _s_client(p.port, [(GET, 0.5), (b"k\n", 0.5), (GET, 0.5), (b"k\n", 0.5), (GET, 0.8)])
+    ok, ku = "HTTP/1.1 200", "KEYUPDATE"
+    out = _s_client(p.port, [(GET, "Verify return code", 1), (b"k\n", ok, 1), (GET, ku, 1),
+                             (b"k\n", ok, 2), (GET, ku, 2), (b"", ok, 3)])
     up.close()
     assert out.count("KEYUPDATE") == 2, out[-2000:]
     assert out.count("HTTP/1.1 200") == 3, out[-2000:]
@@ -292,7 +310,8 @@ def test_key_update_requested_ends_the_connection(proxy_factory, pki):  # noqa: 
     if not shutil_which("openssl"):
         pytest.skip("no openssl command")
     p, up = _proxy(proxy_factory, pki, MODES["open"])
-    out = _s_client(p.port, [(GET, 0.5), (b"K\n", 0.5), (GET, 0.8)])
+    out = _s_client(p.port, [(GET, "Verify return code", 1), (b"K\n", "HTTP/1.1 200", 1),
+                             (GET, "KEYUPDATE", 1)])
     assert out.count("HTTP/1.1 200") == 1, out[-2000:]
     wait_for(lambda: p.total("tls_open_closes") == 1, 5, what="the key update counted")
     assert p.total("tls_open_errors") == 0

@@ -8,8 +8,10 @@ The bench's own origin (bench/upstream.py: an nginx returning 64 B) and
 its contenders' h2c listeners (bench/peers/), one worker each on the
 proxy CPU; h2load -c16 -mM -n N on the load CPU, after a warm-up of N/4.
 For each run: the proxy's user and system time per request, from
-/proc/PID/task/TID/stat (uproxy: its worker thread, uproxy-w0; a peer: the
-whole process), and for uproxy the SQEs per request by opcode from its
+/proc/PID/stat: the whole process, every thread, for every contender (as
+scripts/bench counts it: uproxy's Python control plane is part of its
+cost), and for uproxy also its worker thread's share (uproxy-w0, from
+/proc/PID/task/TID/stat) and the SQEs per request by opcode from its
 stats segment over the same window. A fixed number of requests, not a
 fixed time, so that runs compare request for request. Clock ticks are
 10 ms: 60,000 requests at ~8 us are ~50 ticks, so read figures to ~2%.
@@ -51,10 +53,18 @@ def _times(paths) -> tuple:
     return u / TICK, s / TICK
 
 
-def _stat_paths(cont) -> list:
+def _worker_paths(cont) -> list:
+    """The threads that carry the requests: uproxy's workers (its control
+    plane's threads left out), a peer's processes."""
     if cont.family == "uproxy":
         from .workloads import worker_threads
         return [f"/proc/{cont.proc.pid}/task/{t}/stat" for t in worker_threads(cont.pids)]
+    return [f"/proc/{p}/stat" for p in cont.pids]
+
+
+def _process_paths(cont) -> list:
+    """What the contender costs: its processes, every thread of them (a
+    process's stat sums its threads, live and exited)."""
     return [f"/proc/{p}/stat" for p in cont.pids]
 
 
@@ -116,7 +126,8 @@ def _perf_counts(path) -> dict:
 def one(ctx, cont, n, streams, perf=None, events=False, clients=16) -> dict:
     url = f"http://127.0.0.1:{cont.h2c_port}/64"
     h2load(ctx, url, max(1000, n // 4), streams, clients)  # warm-up: pools filled
-    paths = _stat_paths(cont)
+    paths = _worker_paths(cont)          # perf's threads
+    cpu_paths = _process_paths(cont)
     rec = None
     if perf:
         # The proxy's thread(s) only, kernel stacks included.
@@ -133,7 +144,8 @@ def one(ctx, cont, n, streams, perf=None, events=False, clients=16) -> dict:
                                  "-o", stat_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
     ops0 = _ops(cont)
-    u0, s0 = _times(paths)
+    u0, s0 = _times(cpu_paths)
+    wu0, ws0 = _times(paths)
     t0 = time.monotonic()
     log = os.path.join(ctx.run_dir, f"h2load-{cont.name}.log")
     ok = h2load(ctx, url, n, streams, clients, log)
@@ -142,11 +154,14 @@ def one(ctx, cont, n, streams, perf=None, events=False, clients=16) -> dict:
         if proc:
             proc.send_signal(2)
             proc.wait(30)
-    u1, s1 = _times(paths)
+    u1, s1 = _times(cpu_paths)
+    wu1, ws1 = _times(paths)
     ops1 = _ops(cont)
     r = {"requests": ok, "seconds": round(secs, 3), "user_us": (u1 - u0) * 1e6 / ok,
          "sys_us": (s1 - s0) * 1e6 / ok}
     r["cpu_us"] = r["user_us"] + r["sys_us"]
+    # uproxy: the worker thread's share (the rest is its control plane)
+    r["worker_us"] = (wu1 - wu0 + ws1 - ws0) * 1e6 / ok
     r.update(_latency(log))
     if stat:
         r["events_per_req"] = {k: round(v / ok, 3) for k, v in _perf_counts(stat_out).items() if v}
@@ -237,7 +252,9 @@ def main(argv=None) -> int:
                 r["load"] = accounting.loadavg()
                 rows[c.name].append(r)
                 print(f"round {rnd + 1} {c.name:8} user {r['user_us']:.2f} sys {r['sys_us']:.2f} "
-                      f"total {r['cpu_us']:.2f} us/req  ({r['requests']} in {r['seconds']} s, "
+                      f"total {r['cpu_us']:.2f} us/req"
+                      + (f" (worker {r['worker_us']:.2f})" if c.family == "uproxy" else "")
+                      + f"  ({r['requests']} in {r['seconds']} s, "
                       f"latency mean {r.get('lat_mean_us', 0):.0f} p99 {r.get('lat_p99_us', 0):.0f} us, "
                       f"load {r['load']:.1f}) {r.get('sqes_per_req', '')}", flush=True)
                 if "events_per_req" in r:
@@ -251,7 +268,8 @@ def main(argv=None) -> int:
         if not rs:
             continue
         med[name] = {k: statistics.median(r.get(k, 0) for r in rs)
-                     for k in ("user_us", "sys_us", "cpu_us", "lat_mean_us", "lat_p99_us", "seconds")}
+                     for k in ("user_us", "sys_us", "cpu_us", "worker_us", "lat_mean_us", "lat_p99_us",
+                              "seconds")}
         print(f"  {name:8} user {med[name]['user_us']:.2f} sys {med[name]['sys_us']:.2f} "
               f"total {med[name]['cpu_us']:.2f} us/req; latency mean {med[name]['lat_mean_us']:.0f} "
               f"p99 {med[name]['lat_p99_us']:.0f} us; {med[name]['seconds']:.2f} s")

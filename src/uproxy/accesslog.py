@@ -85,6 +85,7 @@ class AccessLog:
         self.files = {}           # path -> file object
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.wake = threading.Event()     # configure() and close() end its sleep
         self.thread = threading.Thread(target=self._run, name="uproxy-accesslog", daemon=True)
 
     def configure(self, tables):
@@ -113,6 +114,7 @@ class AccessLog:
                             continue
                     self.files[dest] = f
                 self.targets[tables.sockets[l.name].id] = (f, l.access_log_format)
+        self.wake.set()
 
     def start(self):
         seg = self.rt.segment
@@ -143,12 +145,23 @@ class AccessLog:
                 except OSError:
                     pass
 
+    # Records are drained ten times a second while some listener logs (a
+    # worker's ring holds UP_LOG_RECORDS); with none, the workers write no
+    # record (t->logging) and the thread only waits for a configuration
+    # that has one, instead of waking ten times a second for nothing on
+    # the workers' CPUs.
     def _run(self):
-        while not self.stop.wait(0.1):
-            self.drain()
+        while not self.stop.is_set():
+            self.wake.wait(self.DRAIN_S if self.targets else None)
+            self.wake.clear()
+            if not self.stop.is_set():
+                self.drain()
+
+    DRAIN_S = 0.1
 
     def close(self):
         self.stop.set()
+        self.wake.set()
         if self.thread.is_alive():
             self.thread.join(2)
         self.drain()

@@ -139,6 +139,9 @@ class HealthChecker:
                              #  h2: the cluster speaks HTTP/2)
         self.lock = threading.Lock()   # control plane only: checker thread vs reload
         self.stop = threading.Event()
+        # Ends the thread's sleep early: a new configuration (its targets
+        # are due at once) or close().
+        self.wake = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="uproxy-health")
         self.thread = threading.Thread(target=self._run, name="uproxy-health", daemon=True)
         # the control plane's detail for `uproxy top` (telemetry/detail.py)
@@ -173,6 +176,7 @@ class HealthChecker:
                     "last_latency_ms": None, "last_check_ms": None, "since_ms": now_ms,
                     "checks": 0})
             self.targets = targets
+        self.wake.set()
 
     def details(self) -> list:
         """Per checked server: the last check (result, reason, latency, time)
@@ -190,6 +194,7 @@ class HealthChecker:
 
     def close(self):
         self.stop.set()
+        self.wake.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.publisher.close()
 
@@ -208,7 +213,24 @@ class HealthChecker:
                     ok, why, took = False, repr(e), None
                 self._record(t, ok, why, took)
             self.publisher.tick()
-            self.stop.wait(0.05)
+            self.wake.wait(self._sleep_s())
+            self.wake.clear()
+
+    # The thread sleeps until the next check is due, the publisher's next
+    # write at the latest: a proxy without health checks wakes once a
+    # second, not 20 times (it shares the workers' CPUs: every wake-up is
+    # CPU the proxy spends while idle, and under load it is counted per
+    # request like the workers' own; bench/h2c_cost.py).
+    MIN_SLEEP_S = 0.005
+
+    def _sleep_s(self) -> float:
+        now = time.monotonic()
+        with self.lock:
+            due = min((self.state[(t[0], t[1])][3] for t in self.targets), default=None)
+        until = self.publisher.next_at - now
+        if due is not None:
+            until = min(until, due - now)
+        return min(detail_mod.PERIOD_S, max(self.MIN_SLEEP_S, until))
 
     def _record(self, target, ok, why, took=None):
         cname, label, _, h, *_ = target

@@ -34,6 +34,8 @@
 #define UP_F_TLS_SEAL           4096 /* TLS 1.3 records sealed by us, not SSL_write (transport/tls_seal.c); no kernel need */
 #define UP_F_BATCHED_WAIT       8192 /* a busy ring's wait asks for a batch: min_wait_usec (IORING_FEAT_MIN_TIMEOUT) */
 #define UP_F_TLS_OPEN           16384 /* TLS 1.3 records opened by us, not SSL_read (transport/tls_open.c), with UP_F_TLS_SEAL; no kernel need */
+#define UP_F_FIXED_SOCKETS      32768 /* sockets in the ring's file table (sparse registration, IORING_OP_FILES_UPDATE
+                                         with IOSQE_CQE_SKIP_SUCCESS): their ops skip fget/fput */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */

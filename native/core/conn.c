@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "core/worker.h"
+#include "core/fixed.h"
 
 struct conn *conn_alloc(struct worker *w)
 {
@@ -47,8 +48,10 @@ void conn_poll_arm(struct worker *w, struct conn *c, enum op op, unsigned events
 {
     if (c->ops & (1u << op))
         return;
+    int fd = conn_file(w, c);
     struct io_uring_sqe *s = sqe_for(w, c, op);
-    io_uring_prep_poll_add(s, c->fd, events);
+    io_uring_prep_poll_add(s, fd, events);
+    conn_file_flags(c, s);
     count_op(w, s);
 }
 
@@ -145,6 +148,7 @@ void conn_submit_close(struct worker *w, struct conn *c)
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     c->state = CS_CLOSED;
+    conn_unfix(w, c);
     struct io_uring_sqe *s = sqe_for(w, c, OP_CLOSE);
     io_uring_prep_close(s, c->fd);
     count_op(w, s);

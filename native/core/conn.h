@@ -91,7 +91,7 @@ struct conn {
     uint8_t attempts;         /* upstream connect attempts so far */
     uint8_t listener;         /* index in cfg->listeners (< UP_MAX_LISTENERS) */
     uint8_t lslot;            /* client: its listener's stat_slot */
-    uint8_t pad0;
+    uint8_t fixed;            /* its socket is at its slot of the ring's file table (core/fixed.h) */
     uint32_t starved_next;
     uint32_t listener_id;     /* client: its listener, stable across reloads
                                  (conn_listener: every request) */

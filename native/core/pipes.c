@@ -44,7 +44,10 @@ int pipes_init(struct worker *w)
     /* Splices never ask for more than the smallest pipe holds. */
     p->size = smallest == UINT32_MAX ? 65536 : smallest;
     if (w->features & UP_F_REGISTERED_FILES) {
-        int r = io_uring_register_files(&w->ring, p->fds, 2 * p->count);
+        /* the table is there already when sockets share it (ring_files_init) */
+        int r = (w->features & UP_F_FIXED_SOCKETS)
+                    ? io_uring_register_files_update(&w->ring, 0, p->fds, 2 * p->count)
+                    : io_uring_register_files(&w->ring, p->fds, 2 * p->count);
         if (r < 0) {
             snprintf(w->err, sizeof w->err, "registering %u pipe files failed: %s",
                      2 * p->count, strerror(-r));

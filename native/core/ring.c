@@ -79,6 +79,20 @@ int ring_init(struct worker *w)
     return 0;
 }
 
+/* The ring's file table: the splice pipes' ends at slots 0..2*pipes-1
+ * (pipes_init fills them), then one slot per connection slot, empty until
+ * a connection's socket is put there (core/fixed.h). Registered sparse,
+ * once: a socket's entry costs no syscall later. A kernel that refuses
+ * (RLIMIT_NOFILE below the table's size, say) leaves the sockets out. */
+int ring_files_init(struct worker *w)
+{
+    w->fixed_base = 2 * w->o.pipe_count;
+    if ((w->features & UP_F_FIXED_SOCKETS) &&
+        io_uring_register_files_sparse(&w->ring, w->fixed_base + w->nconns) < 0)
+        w->features &= ~UP_F_FIXED_SOCKETS;
+    return 0;
+}
+
 struct io_uring_sqe *sqe_get(struct worker *w)
 {
     struct io_uring_sqe *s = io_uring_get_sqe(&w->ring);
@@ -159,6 +173,45 @@ static bool probe_min_timeout(void)
         return false;
     io_uring_queue_exit(&ring);
     return (p.features & IORING_FEAT_MIN_TIMEOUT) && (p.features & IORING_FEAT_EXT_ARG);
+}
+
+/* A sparse file table (Linux 5.19) filled by an IORING_OP_FILES_UPDATE
+ * request that posts no completion when it succeeds (CQE_SKIP_SUCCESS,
+ * 5.17), then a write through the fixed slot: what sockets in the table
+ * need (core/fixed.h). */
+static bool probe_fixed_sockets(void)
+{
+    struct io_uring ring;
+    struct io_uring_params p = { 0 };
+    bool ok = false;
+    int pfd[2] = { -1, -1 };
+    if (io_uring_queue_init_params(8, &ring, &p) < 0)
+        return false;
+    if (!(p.features & IORING_FEAT_CQE_SKIP) || io_uring_register_files_sparse(&ring, 4) < 0 ||
+        pipe2(pfd, O_CLOEXEC | O_NONBLOCK) < 0)
+        goto out;
+    struct io_uring_sqe *s = io_uring_get_sqe(&ring);
+    io_uring_prep_files_update(s, &pfd[1], 1, 3);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    s = io_uring_get_sqe(&ring);
+    io_uring_prep_write(s, 3, "x", 1, 0);
+    s->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(s, 42);
+    io_uring_submit(&ring);
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = { .tv_sec = 1 };
+    if (io_uring_wait_cqe_timeout(&ring, &cqe, &ts) == 0) {
+        char c;
+        ok = io_uring_cqe_get_data64(cqe) == 42 && cqe->res == 1 && read(pfd[0], &c, 1) == 1;
+        io_uring_cqe_seen(&ring, cqe);
+    }
+out:
+    if (pfd[0] >= 0) {
+        close(pfd[0]);
+        close(pfd[1]);
+    }
+    io_uring_queue_exit(&ring);
+    return ok;
 }
 
 static int wait_one(struct io_uring *ring, struct io_uring_cqe *out)
@@ -308,6 +361,8 @@ int up_probe(struct up_probe_result *out)
 
     if (probe_min_timeout())
         out->features |= UP_F_BATCHED_WAIT;
+    if (probe_fixed_sockets())
+        out->features |= UP_F_FIXED_SOCKETS;
 
     struct io_uring t;
     if (try_ring(&t, IORING_SETUP_SINGLE_ISSUER) == 0) {

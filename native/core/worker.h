@@ -35,7 +35,10 @@ enum op {
     OP_PROVIDE,       /* legacy provided buffers handed back */
     OP_TP_SEND,       /* the transport's own send (a TLS handshake flight) */
     OP_PEEK,          /* a one-byte MSG_PEEK receive that does not wait (l4 sockmap's hand-over) */
-    OP__COUNT
+    OP__COUNT,
+    /* Not a connection's op (never in c->ops): a file-table update
+     * (core/fixed.h), which completes only when it fails. */
+    OP_FILES = OP__COUNT
 };
 
 #define SCRATCH_SIZE 65536
@@ -63,6 +66,7 @@ struct acceptor {
 struct worker {
     struct io_uring ring;
     uint32_t features;
+    uint32_t fixed_base;            /* connection slot i's socket: fixed file fixed_base + i (core/fixed.h) */
     struct up_worker_opts o;
     struct up_control *ctl;
     struct up_shm_worker *shm;
@@ -223,6 +227,7 @@ struct conn *conn_next_handed_up(struct worker *w, uint16_t *why);
 
 /* ring.c */
 int ring_init(struct worker *w);
+int ring_files_init(struct worker *w);
 /* Submit what is queued and wait, in one io_uring_enter, until wait_nr
  * completions are there, or min_us passed with at least one there, or
  * max_ms passed with none (Linux 6.12's min_wait_usec; only with

@@ -31,6 +31,7 @@
 #include <unistd.h>
 #include "http2/h2.h"
 #include "http/h1.h"
+#include "core/fixed.h"
 
 static struct h2_slot *slot_at(struct worker *w, uint32_t i)
 {
@@ -852,6 +853,7 @@ static void on_connect(struct worker *w, struct conn *pc, struct io_uring_cqe *c
         dial_failed(w, pc, cfg, cqe->res);
     } else {
         dial_gone(w, pc);
+        conn_unfix(w, pc);
         close(pc->fd);
         pc->fd = -1;
     }

@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 #include "transport/transport.h"
 #include "transport/tls.h"
+#include "core/fixed.h"
 
 void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
 {
@@ -22,8 +23,10 @@ void tp_recv_arm(struct worker *w, struct conn *c, uint32_t max)
         __attribute__((fallthrough));  /* the kernel took the receiving just now */
     case TP_PLAIN:
     case TP_KTLS: {
+        int fd = conn_file(w, c);
         struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
-        io_uring_prep_recv(s, c->fd, NULL, max, 0);
+        io_uring_prep_recv(s, fd, NULL, max, 0);
+        conn_file_flags(c, s);
         s->flags |= IOSQE_BUFFER_SELECT;
         s->buf_group = BUF_GROUP;
         if ((w->features & UP_F_MULTISHOT_RECV) && !max)
@@ -43,8 +46,10 @@ void tp_recv_arm_upto(struct worker *w, struct conn *c, uint32_t limit)
         tp_recv_arm(w, c, limit);
         return;
     }
+    int fd = conn_file(w, c);
     struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
-    io_uring_prep_recv(s, c->fd, NULL, 0, 0);
+    io_uring_prep_recv(s, fd, NULL, 0, 0);
+    conn_file_flags(c, s);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BUF_GROUP;
     s->ioprio |= IORING_RECV_MULTISHOT;
@@ -89,8 +94,10 @@ void tp_send(struct worker *w, struct conn *c, const void *p, size_t n)
     case TP_PLAIN:
     case TP_KTLS_TX:
     case TP_KTLS: {
+        int fd = conn_file(w, c);
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
-        io_uring_prep_send(s, c->fd, p, n, send_flags(c));
+        io_uring_prep_send(s, fd, p, n, send_flags(c));
+        conn_file_flags(c, s);
         count_op(w, s);
         break;
     }
@@ -108,8 +115,10 @@ void tp_sendmsg(struct worker *w, struct conn *c, struct msghdr *m)
     case TP_PLAIN:
     case TP_KTLS_TX:
     case TP_KTLS: {
+        int fd = conn_file(w, c);
         struct io_uring_sqe *s = sqe_for(w, c, OP_SEND);
-        io_uring_prep_sendmsg(s, c->fd, m, send_flags(c));
+        io_uring_prep_sendmsg(s, fd, m, send_flags(c));
+        conn_file_flags(c, s);
         count_op(w, s);
         break;
     }

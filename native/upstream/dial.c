@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "upstream/upstream.h"
+#include "core/fixed.h"
 
 int dial(struct worker *w, struct conn *u, const struct up_config *cfg, uint32_t server,
          uint32_t cluster)
@@ -89,6 +90,7 @@ void dial_failed(struct worker *w, struct conn *u, const struct up_config *cfg, 
         w->srv[u->slot].timeouts++;
     balance_result(w, cfg, u->server, false);
     dial_gone(w, u);
+    conn_unfix(w, u);
     close(u->fd);
     u->fd = -1;
 }

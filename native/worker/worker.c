@@ -184,7 +184,7 @@ int up_worker_setup(struct up_worker *uw)
         goto fail;
     if ((r = bufpool_init(w)) < 0)
         goto fail;
-    if ((r = pipes_init(w)) < 0)
+    if ((r = ring_files_init(w)) < 0 || (r = pipes_init(w)) < 0)
         goto fail;
     if ((r = tp_tls_init(w)) < 0)
         goto fail;
@@ -424,6 +424,9 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
     uint32_t idx = UD_IDX(ud);
     switch (op) {
     case OP_NONE:
+        return;
+    case OP_FILES:
+        w->c[UP_C_ERR_OTHER]++;         /* a file-table update failed (core/fixed.h) */
         return;
     case OP_TICK:
         w->tick_armed = false;

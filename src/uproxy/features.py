@@ -28,6 +28,12 @@ _TABLE = {
     # fuller loop turns under load (docs/architecture.md, the loop).
     # Older kernels: every wait returns at the first completion.
     "batched_wait": (8192, "6.12"),
+    # A connection's socket also sits in the ring's file table (a sparse
+    # table registered at start, filled and emptied by IORING_OP_FILES_UPDATE
+    # requests that post no completion when they succeed), and its receives,
+    # sends and polls name it there (IOSQE_FIXED_FILE): the kernel skips
+    # fget/fput on each (docs/http2.md). Off: every op looks its fd up.
+    "fixed_sockets": (32768, "5.19"),
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),

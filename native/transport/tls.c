@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 #include "transport/tls.h"
 #include "transport/transport.h"
+#include "core/fixed.h"
 
 /* Room a record needs beyond its plaintext: header, explicit IV, tag or
  * MAC and padding; 96 covers every suite we allow. */
@@ -353,8 +354,10 @@ static void submit_out(struct worker *w, struct conn *c, struct tls_conn *t, enu
         t->iov[i].iov_len = i + 1 == t->nout ? t->out_len : w->bufs.size;
     }
     t->msg = (struct msghdr){ .msg_iov = t->iov, .msg_iovlen = t->nout };
+    int fd = conn_file(w, c);
     struct io_uring_sqe *s = sqe_for(w, c, op);
-    io_uring_prep_sendmsg(s, c->fd, &t->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_prep_sendmsg(s, fd, &t->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    conn_file_flags(c, s);
     count_op(w, s);
 }
 
@@ -662,8 +665,10 @@ bool tp_tls_recv_arm(struct worker *w, struct conn *c)
         if (t->krx == KR_DRAIN)
             max = rx_need(t);
     }
+    int fd = conn_file(w, c);
     struct io_uring_sqe *s = sqe_for(w, c, OP_RECV);
-    io_uring_prep_recv(s, c->fd, NULL, max, 0);
+    io_uring_prep_recv(s, fd, NULL, max, 0);
+    conn_file_flags(c, s);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BUF_GROUP;
     count_op(w, s);

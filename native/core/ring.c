@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,10 +176,56 @@ static bool probe_min_timeout(void)
     return (p.features & IORING_FEAT_MIN_TIMEOUT) && (p.features & IORING_FEAT_EXT_ARG);
 }
 
+/* A file taken out of the table must be let go at once, even while other
+ * requests issued before are still pending (a worker always has some: its
+ * multishot accepts and receives). Before Linux 6.13 the kernel kept a
+ * removed file until every request issued under the table's previous
+ * generation had completed, so a closed connection's socket stayed open,
+ * its FIN unsent, for as long as any other connection had a receive
+ * armed (seen in the project's VM on 6.1). The probe: `wfd` in slot 3, a
+ * poll armed on an unrelated pipe through slot 2, slot 3 emptied, our own
+ * descriptor closed; the pipe's read end must then see the end of file. */
+static bool removed_file_let_go(struct io_uring *ring, int rfd, int wfd)
+{
+    int other[2];
+    if (pipe2(other, O_CLOEXEC | O_NONBLOCK) < 0)
+        return false;
+    /* The pending request names a file of the table, as a worker's
+     * receives do: before 6.13 only those pinned the table's generation. */
+    struct io_uring_sqe *s = io_uring_get_sqe(ring);
+    io_uring_prep_files_update(s, &other[0], 1, 2);
+    s->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    s = io_uring_get_sqe(ring);
+    io_uring_prep_poll_add(s, 2, POLLIN);                  /* pending: nothing is written */
+    s->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(s, 7);
+    int none = -1;
+    s = io_uring_get_sqe(ring);
+    io_uring_prep_files_update(s, &none, 1, 3);
+    io_uring_sqe_set_data64(s, 8);
+    io_uring_submit(ring);
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = { .tv_sec = 1 };
+    bool updated = false;
+    if (io_uring_wait_cqe_timeout(ring, &cqe, &ts) == 0) {
+        updated = io_uring_cqe_get_data64(cqe) == 8 && cqe->res == 1;
+        io_uring_cqe_seen(ring, cqe);
+    }
+    close(wfd);
+    char c;
+    bool ok = updated && read(rfd, &c, 1) == 0;            /* EAGAIN: the table still holds it */
+    close(other[1]);                                       /* the poll ends (POLLHUP) */
+    if (io_uring_wait_cqe_timeout(ring, &cqe, &ts) == 0)
+        io_uring_cqe_seen(ring, cqe);
+    close(other[0]);
+    return ok;
+}
+
 /* A sparse file table (Linux 5.19) filled by an IORING_OP_FILES_UPDATE
  * request that posts no completion when it succeeds (CQE_SKIP_SUCCESS,
- * 5.17), then a write through the fixed slot: what sockets in the table
- * need (core/fixed.h). */
+ * 5.17), then a write through the fixed slot, then the slot emptied and
+ * the file let go at once (6.13): what sockets in the table need
+ * (core/fixed.h). */
 static bool probe_fixed_sockets(void)
 {
     struct io_uring ring;
@@ -205,11 +252,15 @@ static bool probe_fixed_sockets(void)
         ok = io_uring_cqe_get_data64(cqe) == 42 && cqe->res == 1 && read(pfd[0], &c, 1) == 1;
         io_uring_cqe_seen(&ring, cqe);
     }
-out:
-    if (pfd[0] >= 0) {
-        close(pfd[0]);
-        close(pfd[1]);
+    if (ok) {
+        ok = removed_file_let_go(&ring, pfd[0], pfd[1]);
+        pfd[1] = -1;                                       /* closed by the check */
     }
+out:
+    if (pfd[0] >= 0)
+        close(pfd[0]);
+    if (pfd[1] >= 0)
+        close(pfd[1]);
     io_uring_queue_exit(&ring);
     return ok;
 }

@@ -33,7 +33,9 @@ _TABLE = {
     # requests that post no completion when they succeed), and its receives,
     # sends and polls name it there (IOSQE_FIXED_FILE): the kernel skips
     # fget/fput on each (docs/http2.md). Off: every op looks its fd up.
-    "fixed_sockets": (32768, "5.19"),
+    # 6.13: before it a file taken out of the table stayed open while any
+    # request issued earlier was pending (probed by its behaviour).
+    "fixed_sockets": (32768, "6.13"),
     # Kernel TLS: present only where the kernel is built with CONFIG_TLS
     # (the `tls` module), whatever its version; detected by the TLS layer.
     "ktls": (256, "4.17"),

@@ -35,17 +35,16 @@
  *   - a bad tag, a wrong header or length, no content type: the
  *     connection is closed, counted (tls_open_errors).
  *
- * The cipher contexts are per worker and per connection slot, made on a
+ * The cipher contexts are per worker and per connection slot (tls_aead.c), made on a
  * slot's first connection and re-keyed after (no allocation per
  * connection after warm-up, none per record).
  */
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include "transport/tls.h"
+#include "transport/tls_aead.h"
 #include "transport/transport.h"
 
 #define TAG_LEN 16
@@ -53,46 +52,16 @@
 #define CONTENT_MAX 16384             /* 2^14: a record's content at most */
 #define RECORD_MAX (16384 + 256)      /* 2^14 + 256: its encrypted body at most */
 
-struct open_worker {
-    EVP_CIPHER *cipher[3];        /* AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: fetched once */
-    EVP_CIPHER_CTX **ctx;         /* [nconns]: made on a slot's first use, re-keyed after */
-};
-
-static const char *const CIPHER_NAME[3] = { "AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305" };
-
 int tp_open_init(struct worker *w)
 {
     if ((w->features & (UP_F_TLS_OPEN | UP_F_TLS_SEAL)) != (UP_F_TLS_OPEN | UP_F_TLS_SEAL))
         return 0;
-    struct open_worker *s = calloc(1, sizeof *s);
-    if (!s)
-        return -ENOMEM;
-    void *m = mmap(NULL, sizeof(EVP_CIPHER_CTX *) * w->nconns, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) {
-        free(s);
-        return -ENOMEM;
-    }
-    s->ctx = m;
-    for (int i = 0; i < 3; i++)
-        s->cipher[i] = EVP_CIPHER_fetch(NULL, CIPHER_NAME[i], NULL);
-    ERR_clear_error();
-    w->tls_open = s;
-    return 0;
+    return (w->tls_open = tp_aead_slots_new(w->nconns)) ? 0 : -ENOMEM;
 }
 
 void tp_open_free(struct worker *w)
 {
-    struct open_worker *s = w->tls_open;
-    if (!s)
-        return;
-    for (uint32_t i = 0; i < w->nconns; i++)
-        if (s->ctx[i])
-            EVP_CIPHER_CTX_free(s->ctx[i]);   /* cleanses the key schedule */
-    munmap(s->ctx, sizeof(EVP_CIPHER_CTX *) * w->nconns);
-    for (int i = 0; i < 3; i++)
-        EVP_CIPHER_free(s->cipher[i]);
-    free(s);
+    tp_aead_slots_free(w->tls_open, w->nconns);
     w->tls_open = NULL;
 }
 
@@ -100,26 +69,13 @@ void tp_open_free(struct worker *w)
  * next one with `update`); from sequence number 0. */
 static bool rekey(struct worker *w, struct conn *c, struct tls_conn *t, bool update)
 {
-    struct open_worker *s = w->tls_open;
     int which;
     uint8_t key[32];
     size_t klen = 0;
     if (tp_ktls_rx_key(w, c, t->ssl, update, &which, key, &klen, t->open_iv) < 0)
         return false;
-    EVP_CIPHER *ci = s->cipher[which];
-    EVP_CIPHER_CTX **x = &s->ctx[c - w->conns];
-    bool ok = ci != NULL;
-    if (ok && !*x)
-        ok = (*x = EVP_CIPHER_CTX_new()) != NULL;
-    if (ok) {
-        /* The same cipher as the slot's last connection: only the key
-         * changes (passing the cipher again would remake the provider's
-         * context: an allocation). */
-        const EVP_CIPHER *had = EVP_CIPHER_CTX_get0_cipher(*x);
-        ok = EVP_DecryptInit_ex2(*x, had == ci ? NULL : ci, key, NULL, NULL) == 1;
-    }
+    bool ok = tp_aead_slot_key(w->tls_open, (uint32_t)(c - w->conns), which, key, false);
     OPENSSL_cleanse(key, sizeof key);
-    ERR_clear_error();
     t->open_seq = 0;
     return ok;
 }
@@ -229,7 +185,7 @@ static enum rec record(struct worker *w, struct conn *c, struct tls_conn *t)
         return REC_BAD;
     if (queued(w, t, HEADER_LEN + len) < HEADER_LEN + len)
         return REC_MORE;
-    EVP_CIPHER_CTX *x = ((struct open_worker *)w->tls_open)->ctx[c - w->conns];
+    EVP_CIPHER_CTX *x = ((struct tp_aead_slots *)w->tls_open)->ctx[c - w->conns];
     uint8_t nonce[12], tag[TAG_LEN];
     memcpy(nonce, t->open_iv, 12);
     for (int b = 0; b < 8; b++)

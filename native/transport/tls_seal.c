@@ -20,62 +20,31 @@
  * answer to a KeyUpdate that asks for one, an alert) ends the connection
  * (tls.c), and close_notify is sealed here.
  *
- * The cipher contexts are per worker and per connection slot, made on the
+ * The cipher contexts are per worker and per connection slot (tls_aead.c), made on the
  * slot's first sealed connection and kept: a later connection re-keys the
  * same context (no allocation per connection after warm-up).
  */
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include "transport/tls.h"
+#include "transport/tls_aead.h"
 #include "transport/transport.h"
 
 #define TAG_LEN 16
 #define HEADER_LEN 5
 
-struct seal_worker {
-    EVP_CIPHER *cipher[3];        /* AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305: fetched once */
-    EVP_CIPHER_CTX **ctx;         /* [nconns]: made on a slot's first use, re-keyed after */
-};
-
-static const char *const CIPHER_NAME[3] = { "AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305" };
-
 int tp_seal_init(struct worker *w)
 {
     if (!(w->features & UP_F_TLS_SEAL))
         return 0;
-    struct seal_worker *s = calloc(1, sizeof *s);
-    if (!s)
-        return -ENOMEM;
-    void *m = mmap(NULL, sizeof(EVP_CIPHER_CTX *) * w->nconns, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) {
-        free(s);
-        return -ENOMEM;
-    }
-    s->ctx = m;
-    for (int i = 0; i < 3; i++)
-        s->cipher[i] = EVP_CIPHER_fetch(NULL, CIPHER_NAME[i], NULL);
-    ERR_clear_error();
-    w->tls_seal = s;
-    return 0;
+    return (w->tls_seal = tp_aead_slots_new(w->nconns)) ? 0 : -ENOMEM;
 }
 
 void tp_seal_free(struct worker *w)
 {
-    struct seal_worker *s = w->tls_seal;
-    if (!s)
-        return;
-    for (uint32_t i = 0; i < w->nconns; i++)
-        if (s->ctx[i])
-            EVP_CIPHER_CTX_free(s->ctx[i]);   /* cleanses the key schedule */
-    munmap(s->ctx, sizeof(EVP_CIPHER_CTX *) * w->nconns);
-    for (int i = 0; i < 3; i++)
-        EVP_CIPHER_free(s->cipher[i]);
-    free(s);
+    tp_aead_slots_free(w->tls_seal, w->nconns);
     w->tls_seal = NULL;
 }
 
@@ -84,27 +53,15 @@ void tp_seal_free(struct worker *w)
  * connection with the library (no secret, a suite we do not seal). */
 bool tp_seal_start(struct worker *w, struct conn *c, struct tls_conn *t, uint64_t seq)
 {
-    struct seal_worker *s = w->tls_seal;
+    struct tp_aead_slots *s = w->tls_seal;
     int which;
     uint8_t key[32];
     size_t klen = 0;
     if (!s || SSL_version(t->ssl) != TLS1_3_VERSION ||
         tp_ktls_tx_key(w, c, t->ssl, &which, key, &klen, t->seal_iv) < 0)
         return false;
-    EVP_CIPHER *ci = s->cipher[which];
-    EVP_CIPHER_CTX **x = &s->ctx[c - w->conns];
-    bool ok = ci != NULL;
-    if (ok && !*x)
-        ok = (*x = EVP_CIPHER_CTX_new()) != NULL;
-    if (ok) {
-        /* The same cipher as the slot's last connection: only the key
-         * changes (passing the cipher again would free and remake the
-         * provider's context: an allocation per connection). */
-        const EVP_CIPHER *had = EVP_CIPHER_CTX_get0_cipher(*x);
-        ok = EVP_EncryptInit_ex2(*x, had == ci ? NULL : ci, key, NULL, NULL) == 1;
-    }
+    bool ok = tp_aead_slot_key(s, (uint32_t)(c - w->conns), which, key, true);
     OPENSSL_cleanse(key, sizeof key);
-    ERR_clear_error();
     if (!ok)
         return false;
     t->seal_seq = seq;
@@ -200,7 +157,7 @@ static bool seal_record(struct worker *w, struct tls_conn *t, EVP_CIPHER_CTX *x,
  * buffers of one send hold: the plaintext taken (0: nothing could go). */
 uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, const struct iovec *iov, int n)
 {
-    struct seal_worker *s = w->tls_seal;
+    struct tp_aead_slots *s = w->tls_seal;
     EVP_CIPHER_CTX *x = s->ctx[c - w->conns];
     uint32_t cap_total = TLS_OUT_BUFS * w->bufs.size, plain = 0;
     size_t left = 0;
@@ -235,7 +192,7 @@ uint32_t tp_seal_send(struct worker *w, struct conn *c, struct tls_conn *t, cons
  * send; false when it could not be. */
 bool tp_seal_close_notify(struct worker *w, struct conn *c, struct tls_conn *t)
 {
-    struct seal_worker *s = w->tls_seal;
+    struct tp_aead_slots *s = w->tls_seal;
     static const uint8_t alert[2] = { 1, 0 };
     struct iovec v = { (void *)alert, 2 };
     int i = 0;

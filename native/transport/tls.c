@@ -48,20 +48,17 @@ static inline bool rx_wanted(const struct worker *w)
 
 /* ---- the BIO: the library's view of our buffers ----------------------- */
 
-static int bio_read(BIO *b, char *out, int want)
+uint32_t tp_tls_in_take(struct worker *w, struct tls_conn *t, uint8_t *dst, uint32_t n)
 {
-    struct bio_ref *r = BIO_get_data(b);
-    struct worker *w = r->w;
-    struct tls_conn *t = tp_tls_of(w, r->c);
     struct bufpool *p = &w->bufs;
-    int got = 0;
-    BIO_clear_retry_flags(b);
-    while (got < want && t->in_head != NIL) {
-        uint32_t h = t->in_head, avail = p->len[h] - t->in_off;
-        uint32_t n = avail < (uint32_t)(want - got) ? avail : (uint32_t)(want - got);
-        memcpy(out + got, buf_data(p, h) + t->in_off, n);
-        got += (int)n;
-        t->in_off += n;
+    uint32_t got = 0;
+    while (got < n && t->in_head != NIL) {
+        uint32_t h = t->in_head, have = p->len[h] - t->in_off;
+        uint32_t k = n - got < have ? n - got : have;
+        if (dst)
+            memcpy(dst + got, buf_data(p, h) + t->in_off, k);
+        got += k;
+        t->in_off += k;
         if (t->in_off == p->len[h]) {
             t->in_head = p->next[h];
             t->in_off = 0;
@@ -70,6 +67,16 @@ static int bio_read(BIO *b, char *out, int want)
             bufpool_put(w, h);
         }
     }
+    return got;
+}
+
+static int bio_read(BIO *b, char *out, int want)
+{
+    struct bio_ref *r = BIO_get_data(b);
+    struct worker *w = r->w;
+    struct tls_conn *t = tp_tls_of(w, r->c);
+    BIO_clear_retry_flags(b);
+    int got = (int)tp_tls_in_take(w, t, (uint8_t *)out, (uint32_t)want);
     if (got)
         return got;
     if (t->flags & TLSF_EOF)

@@ -185,6 +185,11 @@ void tp_ktls_close_notify(int fd);
 int tp_ktls_tx_key(struct worker *w, const struct conn *c, SSL *ssl, int *which, uint8_t key[32],
                    size_t *klen, uint8_t iv[12]);
 
+/* Drop up to n bytes from the head of what was received and not yet read
+ * (copied into dst first, unless NULL), giving back the buffers emptied;
+ * the bytes dropped. */
+uint32_t tp_tls_in_take(struct worker *w, struct tls_conn *t, uint8_t *dst, uint32_t n);
+
 /* Sealing our own records (tls_seal.c). */
 int tp_seal_init(struct worker *w);
 void tp_seal_free(struct worker *w);

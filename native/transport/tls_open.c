@@ -135,30 +135,6 @@ static void peek(const struct worker *w, const struct tls_conn *t, uint32_t at, 
     }
 }
 
-/* Drop n bytes from the head (copied into dst first, unless NULL),
- * giving back the buffers emptied. */
-static void take(struct worker *w, struct tls_conn *t, uint8_t *dst, uint32_t n)
-{
-    struct bufpool *p = &w->bufs;
-    while (n && t->in_head != NIL) {
-        uint32_t h = t->in_head, have = p->len[h] - t->in_off;
-        uint32_t k = n < have ? n : have;
-        if (dst) {
-            memcpy(dst, buf_data(p, h) + t->in_off, k);
-            dst += k;
-        }
-        t->in_off += k;
-        n -= k;
-        if (t->in_off == p->len[h]) {
-            t->in_head = p->next[h];
-            t->in_off = 0;
-            if (t->in_head == NIL)
-                t->in_tail = NIL;
-            bufpool_put(w, h);
-        }
-    }
-}
-
 /* ---- one record ------------------------------------------------------- */
 
 enum rec {
@@ -221,7 +197,7 @@ static enum rec record(struct worker *w, struct conn *c, struct tls_conn *t)
         return REC_BAD;                       /* all padding; content too long */
     switch (type) {
     case 23:                                  /* application_data */
-        take(w, t, NULL, HEADER_LEN);
+        tp_tls_in_take(w, t, NULL, HEADER_LEN);
         t->open_left = end;
         t->open_skip = len - end;
         return end ? REC_DATA : REC_NEXT;
@@ -230,7 +206,7 @@ static enum rec record(struct worker *w, struct conn *c, struct tls_conn *t)
         if (end != 2)
             return REC_BAD;
         peek(w, t, HEADER_LEN, a, 2);
-        take(w, t, NULL, HEADER_LEN + len);
+        tp_tls_in_take(w, t, NULL, HEADER_LEN + len);
         return a[1] == 0 ? REC_EOF : a[1] == 90 ? REC_NEXT : REC_RESET;   /* close_notify, user_canceled */
     }
     case 22: {                                /* handshake */
@@ -239,14 +215,14 @@ static enum rec record(struct worker *w, struct conn *c, struct tls_conn *t)
             peek(w, t, HEADER_LEN, m, 5);
             /* KeyUpdate (24), length 1, update_not_requested (0) */
             if (m[0] == 24 && m[1] == 0 && m[2] == 0 && m[3] == 1 && m[4] == 0) {
-                take(w, t, NULL, HEADER_LEN + len);
+                tp_tls_in_take(w, t, NULL, HEADER_LEN + len);
                 if (!rekey(w, c, t, true))
                     return REC_BAD;
                 cnt(w, UP_C_TLS_OPEN_KEY_UPDATES, 1);
                 return REC_NEXT;
             }
         }
-        take(w, t, NULL, HEADER_LEN + len);
+        tp_tls_in_take(w, t, NULL, HEADER_LEN + len);
         cnt(w, UP_C_TLS_OPEN_CLOSES, 1);
         return REC_END;
     }
@@ -273,7 +249,7 @@ int tp_open_read(struct worker *w, struct conn *c, struct tls_conn *t, uint32_t 
                 return -ENOBUFS;
             }
             uint32_t k = p->size - got < t->open_left ? p->size - got : t->open_left;
-            take(w, t, buf_data(p, out) + got, k);
+            tp_tls_in_take(w, t, buf_data(p, out) + got, k);
             got += k;
             t->open_left -= k;
             if (got == p->size) {
@@ -285,7 +261,7 @@ int tp_open_read(struct worker *w, struct conn *c, struct tls_conn *t, uint32_t 
             continue;
         }
         if (t->open_skip) {
-            take(w, t, NULL, t->open_skip);
+            tp_tls_in_take(w, t, NULL, t->open_skip);
             t->open_skip = 0;
         }
         r = record(w, c, t);
@@ -323,7 +299,7 @@ int tp_open_read(struct worker *w, struct conn *c, struct tls_conn *t, uint32_t 
     if (t->flags & TLSF_EOF) {
         /* close_notify, a record we do not follow, or the socket's end
          * (a record left unfinished with it is dropped). */
-        take(w, t, NULL, UINT32_MAX);
+        tp_tls_in_take(w, t, NULL, UINT32_MAX);
         return 0;
     }
     return -EAGAIN;

@@ -13,6 +13,7 @@ import pytest
 from http_upstream import HttpUpstream, Response
 from test_tls import client_ctx, pki  # noqa: F401  (the module's PKI fixture)
 from support import free_port, pattern, pattern_sha
+from test_tls_open import _read_response
 
 BIG = 200_000            # 13 records, spread over several send rounds
 
@@ -26,20 +27,6 @@ def _origin():
             return Response(headers=[("Content-Length", str(BIG))], stream=stream)
         return Response(body=b"x" * 64)
     return HttpUpstream(handler, keep_body=False)
-
-
-def _read_response(f):
-    line = f.readline()
-    assert line.startswith(b"HTTP/1.1 200"), line
-    length = None
-    while True:
-        h = f.readline()
-        if h == b"\r\n":
-            break
-        k, _, v = h.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    return f.read(length)
 
 
 @pytest.mark.parametrize("seal", [True, False], ids=["sealed", "library"])

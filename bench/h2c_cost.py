@@ -1,8 +1,12 @@
 """The kernel's and user space's share of a proxy's CPU per HTTP/2 request
-(issue 17, G8 in cleartext), side by side and interleaved:
+(issue 17, G8), side by side and interleaved:
 
     .venv/bin/python -m bench.h2c_cost [--rounds 3] [--requests 60000]
                                        [--streams 10] [--only uproxy,haproxy]
+                                       [--tls]
+
+h2c by prior knowledge, or with --tls HTTP/2 over TLS 1.3 (ALPN h2, the
+bench's certificate and client settings: TLS_AES_128_GCM_SHA256, X25519).
 
 The bench's own origin (bench/upstream.py: an nginx returning 64 B) and
 its contenders' h2c listeners (bench/peers/), one worker each on the
@@ -28,8 +32,8 @@ import sys
 import tempfile
 import time
 
-from . import accounting, env
-from .peers import H2C_WORKLOADS
+from . import accounting, env, tls
+from .peers import H2C_WORKLOADS, H2S_WORKLOADS
 from .peers.haproxy import Haproxy
 from .peers.nginx import Nginx
 from .peers.uproxy import Uproxy
@@ -84,9 +88,11 @@ def _ops(cont) -> dict:
 
 
 def h2load(ctx, url, n, streams, clients=16, log=None) -> int:
+    # over TLS: the bench's client settings (tls.make_cert), as scripts/bench runs it
+    env = {**os.environ, "OPENSSL_CONF": ctx.tls_client_conf} if url.startswith("https:") else None
     p = subprocess.run(ctx.pinned([ctx.tools["h2load"], "-c", str(clients), "-t", "1", "-m", str(streams),
                                    "-n", str(n)] + (["--log-file", log] if log else []) + [url]),
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", p.stdout)
     if not m or int(m.group(2)):
         raise RuntimeError(f"h2load: {p.stdout[-400:]} {p.stderr[-400:]}")
@@ -123,8 +129,8 @@ def _perf_counts(path) -> dict:
     return out
 
 
-def one(ctx, cont, n, streams, perf=None, events=False, clients=16) -> dict:
-    url = f"http://127.0.0.1:{cont.h2c_port}/64"
+def one(ctx, cont, n, streams, perf=None, events=False, clients=16, tls=False) -> dict:
+    url = f"https://127.0.0.1:{cont.h2s_port}/64" if tls else f"http://127.0.0.1:{cont.h2c_port}/64"
     h2load(ctx, url, max(1000, n // 4), streams, clients)  # warm-up: pools filled
     paths = _worker_paths(cont)          # perf's threads
     cpu_paths = _process_paths(cont)
@@ -210,6 +216,8 @@ def main(argv=None) -> int:
                         "feature carries), or PYTHONPATH (another build's src/, with its "
                         "_native*.so), or proxy.KEY (a [proxy] key of its configuration), e.g. "
                         "uproxy-old:UPROXY_DISABLE=multishot_recv_limit or nobatch:proxy.batch_wait_us=0")
+    p.add_argument("--tls", action="store_true",
+                   help="HTTP/2 over TLS 1.3 (ALPN h2) instead of h2c: the h2_M workloads' listeners")
     p.add_argument("--proxy-cpus")
     p.add_argument("--load-cpus")
     a = p.parse_args(argv)
@@ -217,17 +225,24 @@ def main(argv=None) -> int:
     run_dir = tempfile.mkdtemp(prefix="h2c-cost-")
     os.chmod(run_dir, 0o755)
     ctx = env.Ctx(a, run_dir)
-    ctx.tools = {n: env.tool(n) for n in ("h2load", "nginx", "taskset", "iperf3")}
+    ctx.tools = {n: env.tool(n) for n in ("h2load", "nginx", "taskset", "iperf3", "openssl")}
     ctx.tools["iperf3"] = None                    # the L4 origin is not needed
     ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    wls = H2C_WORKLOADS
+    if a.tls:
+        if not ctx.tools["openssl"]:
+            print("error: --tls needs openssl (scripts/setup --bench)", file=sys.stderr)
+            return 2
+        tls.make_cert(ctx)
+        wls = H2S_WORKLOADS
     env.raise_nofile()
     os.sched_setaffinity(0, ctx.load_cpus)
     kinds = {"uproxy": Uproxy, "haproxy": Haproxy, "nginx": Nginx}
     conts = []
     for name in a.only.split(","):
         c = kinds[name](ctx)
-        # only the h2c listener (and the HTTP one its readiness check asks)
-        c.workloads = ("http64",) + H2C_WORKLOADS
+        # only the HTTP/2 listener (and the HTTP one its readiness check asks)
+        c.workloads = ("http64",) + wls
         why = c.missing()
         if why:
             print(f"{name}: {why}", file=sys.stderr)
@@ -236,7 +251,7 @@ def main(argv=None) -> int:
     for v in a.variant:
         vname, assigns = v.split(":", 1)
         c = _variant(ctx, vname, dict(a.split("=", 1) for a in assigns.split(";")))
-        c.workloads = ("http64",) + H2C_WORKLOADS
+        c.workloads = ("http64",) + wls
         conts.append(c)
     up = Upstream(ctx)
     up.start()
@@ -246,7 +261,7 @@ def main(argv=None) -> int:
             for c in conts:
                 c.start(rnd)
                 try:
-                    r = one(ctx, c, a.requests, a.streams, a.perf, a.events, a.clients)
+                    r = one(ctx, c, a.requests, a.streams, a.perf, a.events, a.clients, a.tls)
                 finally:
                     c.stop()
                 r["load"] = accounting.loadavg()

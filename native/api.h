@@ -36,6 +36,8 @@
 #define UP_F_TLS_OPEN           16384 /* TLS 1.3 records opened by us, not SSL_read (transport/tls_open.c), with UP_F_TLS_SEAL; no kernel need */
 #define UP_F_FIXED_SOCKETS      32768 /* sockets in the ring's file table (sparse registration, IORING_OP_FILES_UPDATE
                                          with IOSQE_CQE_SKIP_SUCCESS): their ops skip fget/fput */
+#define UP_F_TLS_MSHOT          65536 /* a TLS connection whose records we open keeps one multishot receive armed
+                                         (with UP_F_TLS_OPEN and UP_F_MULTISHOT_RECV) */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */
@@ -468,6 +470,7 @@ enum up_counter {
     UP_C_TLS_OPEN_ERRORS,     /* connections closed for a record that did not open: a bad tag, a malformed record */
     UP_C_TLS_OPEN_CLOSES,     /* connections ended for a record we do not follow: a KeyUpdate that asks for ours, another handshake message */
     UP_C_TLS_OPEN_KEY_UPDATES,/* the client's KeyUpdates followed (its new receiving key derived by us) */
+    UP_C_TLS_OPEN_MSHOT_ENDS, /* opening's multishot receives cancelled because they left something held (more plaintext than a buffer, an end) */
     UP_C__COUNT
 };
 

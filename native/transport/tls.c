@@ -678,6 +678,13 @@ bool tp_tls_recv_arm(struct worker *w, struct conn *c)
     conn_file_flags(c, s);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = BUF_GROUP;
+    /* Where we open the records ourselves the library holds nothing back,
+     * so one multishot receive stays armed as on a plain socket: no
+     * receive SQE, and no poll armed when it finds the socket empty, per
+     * request (tp_tls_received ends it whenever something is held). */
+    if (t->open && t->state == TLS_OPEN &&
+        (w->features & (UP_F_TLS_MSHOT | UP_F_MULTISHOT_RECV)) == (UP_F_TLS_MSHOT | UP_F_MULTISHOT_RECV))
+        s->ioprio |= IORING_RECV_MULTISHOT;
     count_op(w, s);
     return false;
 }
@@ -785,9 +792,9 @@ static int handshake(struct worker *w, struct conn *c, struct tls_conn *t)
     return failed(w, t, server ? UP_C_TLS_HANDSHAKE_ERRORS : UP_C_TLS_UPSTREAM_ERRORS, -EPROTO);
 }
 
-int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
+static int received(struct worker *w, struct conn *c, struct tls_conn *t,
+                    const struct io_uring_cqe *cqe, uint32_t *bid)
 {
-    struct tls_conn *t = tp_tls_of(w, c);
     struct bufpool *p = &w->bufs;
     *bid = NIL;
     if (t->flags & TLSF_REPLAY) {
@@ -903,6 +910,25 @@ int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe 
     default:
         return failed(w, t, UP_C_ERR_OTHER, -EPROTO);
     }
+}
+
+int tp_tls_received(struct worker *w, struct conn *c, const struct io_uring_cqe *cqe, uint32_t *bid)
+{
+    struct tls_conn *t = tp_tls_of(w, c);
+    int r = received(w, c, t, cqe, bid);
+    /* A multishot receive still armed (opening's, tp_tls_recv_arm) would
+     * bring nothing more until the client sends again, and the protocol
+     * arms the next receive only after a completion without F_MORE. So
+     * when this one leaves something for the next receive (a second
+     * buffer of plaintext, an end, a failure: held()) or ends the stream,
+     * it is cancelled: its last completion (-ECANCELED) has the protocol
+     * arm again, and that arm replays what is held. */
+    if ((cqe->flags & IORING_CQE_F_MORE) && c->state == CS_OPEN &&
+        (held(t) || (r <= 0 && r != -EAGAIN))) {
+        conn_cancel_ops_of(w, c, OP_RECV);
+        cnt(w, UP_C_TLS_OPEN_MSHOT_ENDS, 1);
+    }
+    return r;
 }
 
 bool tp_tls_ready(struct worker *w, const struct conn *c)

@@ -231,6 +231,24 @@ static enum rec record(struct worker *w, struct conn *c, struct tls_conn *t)
     }
 }
 
+/* Whether the queue holds more to deliver without the client's next
+ * bytes: the rest of this record's plaintext, or a whole record after it
+ * (or one whose header is already wrong). A record only partly here is
+ * not: only the client's bytes complete it, and a receive armed for them
+ * (opening's multishot one stays armed, tls.c) brings them. */
+static bool more_whole(const struct worker *w, const struct tls_conn *t)
+{
+    if (t->open_left)
+        return true;
+    uint32_t at = t->open_skip;
+    if (queued(w, t, at + HEADER_LEN) < at + HEADER_LEN)
+        return false;
+    uint8_t hdr[HEADER_LEN];
+    peek(w, t, at, hdr, HEADER_LEN);
+    uint32_t len = (uint32_t)hdr[3] << 8 | hdr[4];
+    return len > RECORD_MAX || queued(w, t, at + HEADER_LEN + len) >= at + HEADER_LEN + len;
+}
+
 /* What the protocol gets from the queue: as tp_received says (the
  * plaintext's byte count with its buffer in *bid, 0 at the end of the
  * stream, -EAGAIN for nothing yet, or -errno). At most one buffer of
@@ -253,8 +271,8 @@ int tp_open_read(struct worker *w, struct conn *c, struct tls_conn *t, uint32_t 
             got += k;
             t->open_left -= k;
             if (got == p->size) {
-                if (t->open_left || t->in_head != NIL)
-                    t->flags |= TLSF_FULL;        /* more may be whole: read it next */
+                if (more_whole(w, t))
+                    t->flags |= TLSF_FULL;        /* more is whole: read it next */
                 r = REC_DATA;
                 break;
             }

@@ -54,6 +54,11 @@ _TABLE = {
     # it seals them too (docs/tls.md); on by default. Off: the library
     # decrypts every record.
     "tls_open": (16384, "5.15"),
+    # Where uproxy opens a client's TLS records itself the library holds
+    # nothing back, so the connection keeps one multishot receive armed,
+    # as a plain one does (docs/tls.md); needs "multishot_recv" and
+    # "tls_open". Off: one receive armed per record read.
+    "tls_multishot": (65536, "6.0"),
 }
 FEATURES = tuple(_TABLE)
 # What a 5.15 kernel lacks: disabling these exercises its code paths.

@@ -26,7 +26,8 @@ from support import free_port, wait_for
 # would take the records before any of these paths, and these tests are
 # about the user-space ones (test_ktls.py is about the kernel's).
 MODES = {
-    "open": {"UPROXY_DISABLE": "ktls"},                     # we seal and open
+    "open": {"UPROXY_DISABLE": "ktls"},                     # we seal and open, one multishot receive armed
+    "open_single": {"UPROXY_DISABLE": "ktls,tls_multishot"},  # we open, one receive armed per read
     "library_reads": {"UPROXY_DISABLE": "ktls,tls_open"},   # we seal, SSL_read opens
     "library": {"UPROXY_DISABLE": "ktls,tls_seal"},         # the library does both (no opening without sealing)
 }
@@ -104,7 +105,7 @@ def test_bodies_of_every_size_and_pipelined_requests(proxy_factory, pki, mode): 
     s.close()
     up.close()
     opened = p.total("tls_open_records")
-    if mode == "open":
+    if mode.startswith("open"):
         assert p.total("tls_open") == 1
         assert opened > len(SIZES)
     else:
@@ -112,7 +113,109 @@ def test_bodies_of_every_size_and_pipelined_requests(proxy_factory, pki, mode): 
     assert p.total("tls_open_errors") == 0
 
 
-@pytest.mark.parametrize("mode", ["open", "library_reads"])
+def _recv_sqes(p):
+    return sum(w["ops"].get("recv", 0) for w in p.stats()["workers"])
+
+
+@pytest.mark.parametrize("mode", ["open", "open_single"])
+def test_one_multishot_receive_serves_many_requests(proxy_factory, pki, mode):  # noqa: F811
+    """Where we open the records, the library holds nothing back, so the
+    connection keeps one multishot receive armed as a plain one does: 300
+    keep-alive requests one after another take a handful of receive SQEs
+    (the handshake's), not one each (tls_multishot off: one each)."""
+    p, up = _proxy(proxy_factory, pki, MODES[mode])
+    s = _tls(p.port, pki)
+    f = s.makefile("rb")
+    s.sendall(_post(b"warm"))
+    assert _read_response(f) == _expect(b"warm")
+    before = _recv_sqes(p)
+    n = 300
+    for i in range(n):
+        b = str(i).encode()
+        s.sendall(_post(b))
+        assert _read_response(f) == _expect(b)
+    armed = _recv_sqes(p) - before
+    s.close()
+    up.close()
+    if mode == "open":
+        assert armed <= 3, f"{armed} receive SQEs for {n} requests: the multishot receive did not stay armed"
+    else:
+        assert armed >= n
+    assert p.total("tls_open_errors") == 0 and p.total("tls_open_mshot_ends") == 0
+
+
+class RecordClient:
+    """A TLS 1.3 client over memory BIOs (Python's ssl): its records are
+    written to the socket exactly as the test splits them."""
+
+    def __init__(self, port, pki):  # noqa: F811
+        ctx = client_ctx(pki, minimum_version=ssl.TLSVersion.TLSv1_3)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost")
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.out.read())
+                self.inc.write(self.sock.recv(65536))
+        self.sock.sendall(self.out.read())      # the client's Finished
+        self.got = b""
+
+    def record(self, data):
+        """One record's bytes on the wire (not sent)."""
+        self.obj.write(data)
+        return self.out.read()
+
+    def response(self):
+        """One HTTP/1.1 response's body (Content-Length)."""
+        while True:
+            head, sep, rest = self.got.partition(b"\r\n\r\n")
+            if sep:
+                assert head.startswith(b"HTTP/1.1 200"), head
+                n = int([h.split(b":")[1] for h in head.split(b"\r\n")
+                         if h.lower().startswith(b"content-length:")][0])
+                if len(rest) >= n:
+                    self.got = rest[n:]
+                    return rest[:n]
+            try:
+                self.got += self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                d = self.sock.recv(65536)
+                assert d, "the proxy closed the connection"
+                self.inc.write(d)
+
+
+@pytest.mark.parametrize("mode", ["open", "open_single"])
+def test_more_plaintext_than_a_buffer_at_once(proxy_factory, pki, mode):  # noqa: F811
+    """A receive that completes a full-size record and brings whole ones
+    behind it: more plaintext than one buffer (16 KiB) is ready at once.
+    The first buffer goes to the protocol; the rest must follow without
+    the client sending again (the multishot receive is ended so that the
+    next arm replays it: tls_open_mshot_ends)."""
+    p, up = _proxy(proxy_factory, pki, MODES[mode])
+    rc = RecordClient(p.port, pki)
+    wire = _post(_body(1, 20000)[:20000])
+    first = rc.record(wire[:16384])                  # a full record: 16 KiB of content
+    rest = b"".join(rc.record(wire[i:i + 100]) for i in range(16384, len(wire), 100))
+    rc.sock.sendall(first[:-100])
+    time.sleep(0.3)                                  # received, not yet whole
+    rc.sock.sendall(first[-100:] + rest)             # whole, with whole records behind it
+    assert rc.response() == _expect(_body(1, 20000)[:20000])
+    rc.sock.sendall(rc.record(_post(b"next")))
+    assert rc.response() == _expect(b"next")
+    rc.sock.close()
+    up.close()
+    assert p.total("tls_open_errors") == 0
+    if mode == "open":
+        assert p.total("tls_open_mshot_ends") >= 1
+    else:
+        assert p.total("tls_open_mshot_ends") == 0
+
+
+@pytest.mark.parametrize("mode", ["open", "open_single", "library_reads"])
 def test_one_byte_per_record(proxy_factory, pki, mode):  # noqa: F811
     """A client that writes every byte as a record of its own (each
     SSL_write is a record): two pipelined requests, 1 + 60 bytes of body,
@@ -128,7 +231,7 @@ def test_one_byte_per_record(proxy_factory, pki, mode):  # noqa: F811
     assert _read_response(f) == _expect(b"b" * 60)
     s.close()
     up.close()
-    if mode == "open":
+    if mode.startswith("open"):
         assert p.total("tls_open_records") >= len(wire)
     assert p.total("tls_open_errors") == 0
 
@@ -328,7 +431,7 @@ def shutil_which(name):
     return shutil.which(name)
 
 
-@pytest.mark.parametrize("mode", ["open", "library_reads"])
+@pytest.mark.parametrize("mode", ["open", "open_single", "library_reads"])
 def test_close_notify_ends_the_stream(proxy_factory, pki, mode):  # noqa: F811
     """The client's close_notify after a request: the proxy reads it as
     the end of the stream and closes (no error counted), either way."""
@@ -344,10 +447,10 @@ def test_close_notify_ends_the_stream(proxy_factory, pki, mode):  # noqa: F811
     except (ssl.SSLError, OSError):
         pass
     s.close()
-    if mode == "open":
+    if mode.startswith("open"):
         wait_for(lambda: p.total("tls_open_records") >= 2, 5, what="the alert opened")
     up.close()
-    if mode == "open":
+    if mode.startswith("open"):
         assert p.total("tls_open_records") >= 2       # the request and the alert
     assert p.total("tls_open_errors") == 0
     assert p.total("tls_open_closes") == 0

@@ -146,7 +146,9 @@ def check_io_uring() -> list:
         if r < 0:
             core_err = os.strerror(res.setup_errno) if res.setup_errno else "up_probe failed"
         else:
-            core_features = feat.names(res.features)
+            # tls_multishot is the TLS layer's use of multishot_recv (runtime.probe)
+            core_features = feat.names(res.features | (feat.bit("tls_multishot")
+                                                       if res.features & feat.bit("multishot_recv") else 0))
             if ops is None:
                 from .shm import _opnames
                 names = _opnames()

@@ -682,8 +682,7 @@ bool tp_tls_recv_arm(struct worker *w, struct conn *c)
      * so one multishot receive stays armed as on a plain socket: no
      * receive SQE, and no poll armed when it finds the socket empty, per
      * request (tp_tls_received ends it whenever something is held). */
-    if (t->open && t->state == TLS_OPEN &&
-        (w->features & (UP_F_TLS_MSHOT | UP_F_MULTISHOT_RECV)) == (UP_F_TLS_MSHOT | UP_F_MULTISHOT_RECV))
+    if (t->open && t->state == TLS_OPEN && (w->features & UP_F_TLS_MSHOT))
         s->ioprio |= IORING_RECV_MULTISHOT;
     count_op(w, s);
     return false;

@@ -186,6 +186,11 @@ class Runtime:
         probed = probe()
         disabled = set(p.disable_features) | set(feat.from_env())
         self.features = probed & ~feat.mask(disabled)
+        # tls_multishot is opening's use of multishot receives: without
+        # either, it is not in use (and the workers' stats do not list it)
+        if (self.features & (lib.UP_F_MULTISHOT_RECV | lib.UP_F_TLS_OPEN)) != \
+                (lib.UP_F_MULTISHOT_RECV | lib.UP_F_TLS_OPEN):
+            self.features &= ~lib.UP_F_TLS_MSHOT
         self.sockmap = None
         cpus = allowed_cpus()
         n = self.workers_override or p.workers or len(cpus)

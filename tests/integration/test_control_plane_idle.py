@@ -17,7 +17,7 @@ import socket
 import time
 
 from http_upstream import HttpUpstream, Response
-from support import free_port, render_config, wait_for
+from support import free_port, recv_until_close, render_config, wait_for
 
 
 def switches(pid) -> dict:
@@ -52,12 +52,7 @@ def control_wakeups_per_s(pid, seconds=3.0) -> tuple:
 def get(port, path="/x"):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            d = s.recv(65536)
-            if not d:
-                return data
-            data += d
+        return recv_until_close(s)
 
 
 def test_an_idle_control_plane_sleeps(proxy_factory):

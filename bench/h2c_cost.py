@@ -72,6 +72,18 @@ def _process_paths(cont) -> list:
     return [f"/proc/{p}/stat" for p in cont.pids]
 
 
+def _switches(paths) -> int:
+    """Context switches of the request-carrying threads (voluntary: each
+    sleep in a wait, and the wake-up that ends it, is one)."""
+    n = 0
+    for p in paths:
+        with open(p[:-len("stat")] + "status") as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+    return n
+
+
 def _ops(cont) -> dict:
     if cont.family != "uproxy":
         return {}
@@ -152,6 +164,7 @@ def one(ctx, cont, n, streams, perf=None, events=False, clients=16, tls=False) -
     ops0 = _ops(cont)
     u0, s0 = _times(cpu_paths)
     wu0, ws0 = _times(paths)
+    sw0 = _switches(paths)
     t0 = time.monotonic()
     log = os.path.join(ctx.run_dir, f"h2load-{cont.name}.log")
     ok = h2load(ctx, url, n, streams, clients, log)
@@ -162,10 +175,12 @@ def one(ctx, cont, n, streams, perf=None, events=False, clients=16, tls=False) -
             proc.wait(30)
     u1, s1 = _times(cpu_paths)
     wu1, ws1 = _times(paths)
+    sw1 = _switches(paths)
     ops1 = _ops(cont)
     r = {"requests": ok, "seconds": round(secs, 3), "user_us": (u1 - u0) * 1e6 / ok,
          "sys_us": (s1 - s0) * 1e6 / ok}
     r["cpu_us"] = r["user_us"] + r["sys_us"]
+    r["switches_per_req"] = (sw1 - sw0) / ok
     # uproxy: the worker thread's share (the rest is its control plane)
     r["worker_us"] = (wu1 - wu0 + ws1 - ws0) * 1e6 / ok
     r.update(_latency(log))
@@ -239,7 +254,7 @@ def main(argv=None) -> int:
     os.sched_setaffinity(0, ctx.load_cpus)
     kinds = {"uproxy": Uproxy, "haproxy": Haproxy, "nginx": Nginx}
     conts = []
-    for name in a.only.split(","):
+    for name in [n for n in a.only.split(",") if n]:
         c = kinds[name](ctx)
         # only the HTTP/2 listener (and the HTTP one its readiness check asks)
         c.workloads = ("http64",) + wls
@@ -271,7 +286,8 @@ def main(argv=None) -> int:
                       + (f" (worker {r['worker_us']:.2f})" if c.family == "uproxy" else "")
                       + f"  ({r['requests']} in {r['seconds']} s, "
                       f"latency mean {r.get('lat_mean_us', 0):.0f} p99 {r.get('lat_p99_us', 0):.0f} us, "
-                      f"load {r['load']:.1f}) {r.get('sqes_per_req', '')}", flush=True)
+                      f"load {r['load']:.1f}, switches {r['switches_per_req']:.2f}/req) "
+                      f"{r.get('sqes_per_req', '')}", flush=True)
                 if "events_per_req" in r:
                     print(f"    events/req: {r['events_per_req']}", flush=True)
     finally:

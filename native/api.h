@@ -38,6 +38,7 @@
                                          with IOSQE_CQE_SKIP_SUCCESS): their ops skip fget/fput */
 #define UP_F_TLS_MSHOT          65536 /* a TLS connection whose records we open keeps one multishot receive armed
                                          (with UP_F_TLS_OPEN and UP_F_MULTISHOT_RECV) */
+#define UP_F_H2_CODEC           131072 /* clients' HTTP/2 connections use our own codec (http2/h2_sess.h), not nghttp2 */
 
 struct up_probe_result {
     uint32_t features;        /* UP_F_* that work on this kernel */

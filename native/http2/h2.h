@@ -12,9 +12,10 @@
  * (C_UP_KICK), which calls h2_stream_kick() here; the transaction never
  * calls this layer.
  *
- * The codec (nghttp2) sits behind h2_codec.c alone: its callbacks become
- * struct h2_ev events that h2_conn.c switches on, and its memory comes from
- * the worker's arena (core/arena.c).
+ * The codec sits behind the h2c_* calls of h2_codec.c: for clients'
+ * connections our own (h2_sess.h, feature h2_codec), toward upstreams
+ * nghttp2. Either raises struct h2_ev events that h2_conn.c switches on,
+ * and takes its memory from the worker's arena (core/arena.c).
  */
 #ifndef UPROXY_H2_H
 #define UPROXY_H2_H
@@ -33,6 +34,7 @@
 #define H2_DEFLATE_TABLE   4096     /* our HPACK encoder's dynamic table, at most */
 #define H2_GLITCHES        1000     /* empty DATA / useless frames before GOAWAY */
 #define H2_HOLD_MS         2000     /* a client held for room this long is fed anyway */
+#define H2_SCRATCH         (64u << 10)  /* our codec's per-worker scratch: a decoded string, a trailers block */
 
 /* What the codec reports; h2_conn.c switches on kind. */
 enum h2_ev_kind {
@@ -94,6 +96,7 @@ struct h2_field {
 #define CF_UPSTREAM  4        /* conn: ours toward a server (h2_upstream.c) */
 #define CF_READY     8        /* upstream conn: connected, TLS (ALPN h2) done */
 #define CF_HELD      16       /* client conn: on the held list, waiting for room (h2_hold.c) */
+#define CF_OWN       32       /* conn: its session is our codec's (h2_sess.h), not nghttp2's */
 
 /* A client connection's scan of frame headers (h2_hold.c): where the next
  * frame starts, and the highest stream id a HEADERS frame has opened. */
@@ -148,6 +151,7 @@ struct h2_worker {
     void *callbacks, *option;
     struct h2_slot *slots;
     uint64_t mem[8];          /* the codec's nghttp2_mem (opaque here) */
+    uint8_t *scratch_in, *scratch_out;   /* our codec's (H2_SCRATCH each): decoding, trailers */
     uint32_t held_head, held_tail, nheld;  /* client connections waiting for room */
     uint32_t live;            /* client streams open on the worker */
 };

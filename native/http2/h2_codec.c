@@ -12,9 +12,11 @@
  * SETTINGS entries, and the queue of ACKs a client that does not read can
  * pile up (PING and SETTINGS floods); each ends the connection with GOAWAY.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 #include "http2/h2.h"
+#include "http2/h2_sess.h"
 
 _Static_assert(sizeof(nghttp2_mem) <= sizeof(((struct h2_worker *)0)->mem), "nghttp2_mem");
 
@@ -199,6 +201,10 @@ int h2c_worker_init(struct worker *w, struct h2_worker *hw)
     nghttp2_option_set_no_closed_streams(opt, 1);
     hw->callbacks = cb;
     hw->option = opt;
+    hw->scratch_in = malloc(2 * H2_SCRATCH);     /* at start, as the callbacks */
+    if (!hw->scratch_in)
+        return -1;
+    hw->scratch_out = hw->scratch_in + H2_SCRATCH;
     nghttp2_mem *m = (nghttp2_mem *)hw->mem;
     *m = (nghttp2_mem){ &hw->arena, m_malloc, m_free, m_calloc, m_realloc };
     return 0;
@@ -211,6 +217,8 @@ void h2c_worker_free(struct h2_worker *hw)
     if (hw->option)
         nghttp2_option_del(hw->option);
     hw->callbacks = hw->option = NULL;
+    free(hw->scratch_in);
+    hw->scratch_in = hw->scratch_out = NULL;
 }
 
 /* A new session (either side) sends its SETTINGS and opens the
@@ -229,7 +237,7 @@ static int session_start(struct h2_slot *s, nghttp2_session *ss, const nghttp2_s
     return 0;
 }
 
-int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+static int ng_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
 {
     struct h2_worker *hw = w->h2;
     nghttp2_session *ss;
@@ -243,7 +251,7 @@ int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
     return session_start(s, ss, iv, sizeof iv / sizeof iv[0]);
 }
 
-void h2c_close(struct worker *w, struct h2_slot *s)
+static void ng_close(struct worker *w, struct h2_slot *s)
 {
     (void)w;
     if (s->session)
@@ -251,19 +259,19 @@ void h2c_close(struct worker *w, struct h2_slot *s)
     s->session = NULL;
 }
 
-int h2c_recv(struct h2_slot *s, const uint8_t *p, size_t n)
+static int ng_recv(struct h2_slot *s, const uint8_t *p, size_t n)
 {
     ssize_t r = nghttp2_session_mem_recv(s->session, p, n);
     return r < 0 ? -1 : 0;
 }
 
-ssize_t h2c_send(struct h2_slot *s, const uint8_t **p)
+static ssize_t ng_send(struct h2_slot *s, const uint8_t **p)
 {
     ssize_t r = nghttp2_session_mem_send(s->session, p);
     return r < 0 ? -1 : r;
 }
 
-bool h2c_alive(struct h2_slot *s)
+static bool ng_alive(struct h2_slot *s)
 {
     return s->session && (nghttp2_session_want_read(s->session) ||
                           nghttp2_session_want_write(s->session));
@@ -280,7 +288,7 @@ static size_t to_nv(nghttp2_nv *nv, const struct h2_field *f, size_t nf)
     return nf;
 }
 
-int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
+static int ng_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
 {
     nghttp2_nv nv[NV_MAX];
     nf = to_nv(nv, f, nf);
@@ -289,7 +297,7 @@ int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t 
 }
 
 /* Inside an H2E_READ that set eof and no_end: the stream ends with these. */
-int h2c_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf)
+static int ng_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf)
 {
     nghttp2_nv nv[NV_MAX];
     nf = to_nv(nv, f, nf);
@@ -311,6 +319,7 @@ int32_t h2c_request(struct h2_slot *s, const struct h2_field *f, size_t nf, bool
 /* The session toward an upstream: no push, our windows as a server's. */
 int h2c_open_upstream(struct worker *w, struct h2_slot *s)
 {
+    s->flags &= ~CF_OWN;
     struct h2_worker *hw = w->h2;
     nghttp2_session *ss;
     if (nghttp2_session_client_new3(&ss, hw->callbacks, s, hw->option, (nghttp2_mem *)hw->mem))
@@ -322,17 +331,17 @@ int h2c_open_upstream(struct worker *w, struct h2_slot *s)
     return session_start(s, ss, iv, sizeof iv / sizeof iv[0]);
 }
 
-void h2c_resume(struct h2_slot *s, int32_t id)
+static void ng_resume(struct h2_slot *s, int32_t id)
 {
     nghttp2_session_resume_data(s->session, id);
 }
 
-void h2c_reset(struct h2_slot *s, int32_t id, uint32_t code)
+static void ng_reset(struct h2_slot *s, int32_t id, uint32_t code)
 {
     nghttp2_submit_rst_stream(s->session, NGHTTP2_FLAG_NONE, id, code);
 }
 
-void h2c_consume(struct h2_slot *s, int32_t id, size_t n)
+static void ng_consume(struct h2_slot *s, int32_t id, size_t n)
 {
     if (nghttp2_session_consume(s->session, id, n))
         nghttp2_session_consume_connection(s->session, n);
@@ -340,14 +349,85 @@ void h2c_consume(struct h2_slot *s, int32_t id, size_t n)
 
 /* GOAWAY naming the last stream the proxy took: the client may send the
  * ones after it again on a new connection, knowing none was processed. */
-void h2c_goaway(struct h2_slot *s, uint32_t code)
+static void ng_goaway(struct h2_slot *s, uint32_t code)
 {
     nghttp2_submit_goaway(s->session, NGHTTP2_FLAG_NONE,
                           nghttp2_session_get_last_proc_stream_id(s->session), code, NULL, 0);
 }
 
-void h2c_bind(struct h2_slot *s, int32_t id, uint32_t sc)
+static void ng_bind(struct h2_slot *s, int32_t id, uint32_t sc)
 {
     nghttp2_session_set_stream_user_data(s->session, id,
                                          sc == NIL ? NULL : (void *)(uintptr_t)(sc + 1));
+}
+
+/* ---- the calls, routed: a client's connection to our codec (feature
+ * h2_codec), a connection toward an upstream to nghttp2. One branch on the
+ * session's kind, decided when it opened. */
+
+#define OWN(s) ((s)->flags & CF_OWN)
+
+int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+{
+    if (w->features & UP_F_H2_CODEC) {
+        s->flags |= CF_OWN;
+        return hs_open(w, s, max_header_list);
+    }
+    s->flags &= ~CF_OWN;
+    return ng_open(w, s, max_header_list);
+}
+
+void h2c_close(struct worker *w, struct h2_slot *s)
+{
+    OWN(s) ? hs_close(w, s) : ng_close(w, s);
+}
+
+int h2c_recv(struct h2_slot *s, const uint8_t *p, size_t n)
+{
+    return OWN(s) ? hs_recv(s, p, n) : ng_recv(s, p, n);
+}
+
+ssize_t h2c_send(struct h2_slot *s, const uint8_t **p)
+{
+    return OWN(s) ? hs_send(s, p) : ng_send(s, p);
+}
+
+bool h2c_alive(struct h2_slot *s)
+{
+    return OWN(s) ? hs_alive(s) : ng_alive(s);
+}
+
+int h2c_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf, bool body)
+{
+    return OWN(s) ? hs_respond(s, id, f, nf, body) : ng_respond(s, id, f, nf, body);
+}
+
+int h2c_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t nf)
+{
+    return OWN(s) ? hs_trailers(s, id, f, nf) : ng_trailers(s, id, f, nf);
+}
+
+void h2c_resume(struct h2_slot *s, int32_t id)
+{
+    OWN(s) ? hs_resume(s, id) : ng_resume(s, id);
+}
+
+void h2c_reset(struct h2_slot *s, int32_t id, uint32_t code)
+{
+    OWN(s) ? hs_reset(s, id, code) : ng_reset(s, id, code);
+}
+
+void h2c_consume(struct h2_slot *s, int32_t id, size_t n)
+{
+    OWN(s) ? hs_consume(s, id, n) : ng_consume(s, id, n);
+}
+
+void h2c_goaway(struct h2_slot *s, uint32_t code)
+{
+    OWN(s) ? hs_goaway(s, code) : ng_goaway(s, code);
+}
+
+void h2c_bind(struct h2_slot *s, int32_t id, uint32_t sc)
+{
+    OWN(s) ? hs_bind(s, id, sc) : ng_bind(s, id, sc);
 }

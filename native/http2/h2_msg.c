@@ -24,22 +24,50 @@ void h2_msg_init(struct h2_msg *m)
     m->clen = H2M_NONE;
 }
 
-/* tchar (RFC 9110 5.6.2), lower case only for names. */
-static bool is_tchar(uint8_t c)
+/* Character classes, one table lookup a byte (this runs for every field
+ * of every request). */
+#define K_NAME   1                /* tchar (RFC 9110 5.6.2), lower case */
+#define K_TOKEN  2                /* tchar, either case (a method) */
+#define K_AUTH   4                /* RFC 3986 authority: reg-name, IP literal, port, userinfo */
+#define K_SCHEME 8                /* RFC 3986 scheme, after its first letter */
+#define K_PATH   16               /* a request target: visible ASCII and obs-text */
+#define K_BAD    32               /* never in a value: NUL, CR, LF */
+
+static uint8_t K[256];
+
+__attribute__((constructor)) static void classes(void)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
-        return true;
-    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    for (int c = 0; c < 256; c++) {
+        bool lower = c >= 'a' && c <= 'z', upper = c >= 'A' && c <= 'Z', digit = c >= '0' && c <= '9';
+        bool tsym = c && strchr("!#$%&'*+-.^_`|~", c);
+        uint8_t k = 0;
+        if (lower || digit || tsym)
+            k |= K_NAME | K_TOKEN;
+        if (upper)
+            k |= K_TOKEN;
+        if (lower || upper || digit || (c && strchr("-._~%!$&'()*+,;=:@[]", c)))
+            k |= K_AUTH;
+        if (lower || upper || digit || c == '+' || c == '-' || c == '.')
+            k |= K_SCHEME;
+        if (c > 0x20 && c != 0x7f)
+            k |= K_PATH;
+        if (c == 0 || c == '\r' || c == '\n')
+            k |= K_BAD;
+        K[c] = k;
+    }
+}
+
+static bool all(const uint8_t *p, size_t n, uint8_t k)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(K[p[i]] & k))
+            return false;
+    return true;
 }
 
 static bool token(const uint8_t *p, size_t n, bool lower)
 {
-    if (!n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!is_tchar(p[i]) && (lower || !(p[i] >= 'A' && p[i] <= 'Z')))
-            return false;
-    return true;
+    return n && all(p, n, lower ? K_NAME : K_TOKEN);
 }
 
 /* RFC 9113 8.2.1: no NUL, CR or LF; no whitespace at either end. */
@@ -48,51 +76,27 @@ static bool value_ok(const uint8_t *v, size_t n)
     if (n && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t'))
         return false;
     for (size_t i = 0; i < n; i++)
-        if (v[i] == 0 || v[i] == '\r' || v[i] == '\n')
+        if (K[v[i]] & K_BAD)
             return false;
     return true;
 }
 
-/* RFC 3986 authority characters (reg-name, IP literal, port, userinfo). */
 static bool authority_ok(const uint8_t *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = v[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              strchr("-._~%!$&'()*+,;=:@[]", c)) || !c)
-            return false;
-    }
-    return true;
+    return all(v, n, K_AUTH);
 }
 
 static bool scheme_ok(const uint8_t *v, size_t n)
 {
-    if (!n || !((v[0] | 0x20) >= 'a' && (v[0] | 0x20) <= 'z'))
-        return false;
-    for (size_t i = 1; i < n; i++) {
-        uint8_t c = v[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '+' || c == '-' || c == '.'))
-            return false;
-    }
-    return true;
+    return n && ((v[0] | 0x20) >= 'a' && (v[0] | 0x20) <= 'z') && all(v + 1, n - 1, K_SCHEME);
 }
 
-/* A request target's characters: visible ASCII and obs-text, no space. */
 static bool path_ok(const uint8_t *v, size_t n)
 {
-    if (!n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (v[i] <= 0x20 || v[i] == 0x7f)
-            return false;
-    return true;
+    return n && all(v, n, K_PATH);
 }
 
-static bool is(const uint8_t *n, size_t k, const char *lit)
-{
-    return strlen(lit) == k && memcmp(n, lit, k) == 0;
-}
+#define is(n, k, lit) ((k) == sizeof(lit) - 1 && memcmp((n), (lit), sizeof(lit) - 1) == 0)
 
 static int pseudo(struct h2_msg *m, const uint8_t *name, size_t nlen, const uint8_t *v, size_t vlen)
 {
@@ -154,12 +158,13 @@ int h2_msg_field(struct h2_msg *m, const uint8_t *name, size_t nlen, const uint8
 {
     if (nlen && name[0] == ':')
         return trailer ? H2M_BAD : pseudo(m, name, nlen, value, vlen);
-    for (size_t i = 0; i < nlen; i++)
-        if (name[i] >= 'A' && name[i] <= 'Z')
-            return H2M_BAD;           /* upper case is malformed, not just invalid */
     m->seen |= M_REGULAR;
-    if (!token(name, nlen, true))
+    if (!token(name, nlen, true)) {
+        for (size_t i = 0; i < nlen; i++)
+            if (name[i] >= 'A' && name[i] <= 'Z')
+                return H2M_BAD;       /* upper case is malformed, not just invalid */
         return H2M_DROP;
+    }
     switch (nlen) {
     case 2:
         if (is(name, nlen, "te") && !(vlen == 8 && strncasecmp((const char *)value, "trailers", 8) == 0))

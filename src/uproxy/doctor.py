@@ -147,7 +147,7 @@ def check_io_uring() -> list:
             core_err = os.strerror(res.setup_errno) if res.setup_errno else "up_probe failed"
         else:
             # tls_multishot is the TLS layer's use of multishot_recv (runtime.probe)
-            core_features = feat.names(res.features | (feat.bit("tls_multishot")
+            core_features = feat.names(res.features | feat.bit("h2_codec") | (feat.bit("tls_multishot")
                                                        if res.features & feat.bit("multishot_recv") else 0))
             if ops is None:
                 from .shm import _opnames

@@ -59,6 +59,11 @@ _TABLE = {
     # as a plain one does (docs/tls.md); needs "multishot_recv" and
     # "tls_open". Off: one receive armed per record read.
     "tls_multishot": (65536, "6.0"),
+    # Clients' HTTP/2 connections framed, compressed (HPACK) and
+    # flow-controlled by uproxy's own codec (native/http2/h2_sess.h,
+    # docs/http2.md); no kernel need, on by default. Off: nghttp2 for them
+    # too (it always serves the connections toward HTTP/2 upstreams).
+    "h2_codec": (131072, "5.15"),
 }
 FEATURES = tuple(_TABLE)
 # What a 5.15 kernel lacks: disabling these exercises its code paths.

@@ -54,7 +54,7 @@ def probe() -> int:
     # asks for it, and it is switched off like the others ("ktls"). Sealing
     # and opening our own TLS records need nothing of the kernel ("tls_seal",
     # "tls_open").
-    return (res.features | lib.UP_F_TLS_SEAL | lib.UP_F_TLS_OPEN
+    return (res.features | lib.UP_F_TLS_SEAL | lib.UP_F_TLS_OPEN | lib.UP_F_H2_CODEC
             | (lib.UP_F_TLS_MSHOT if res.features & lib.UP_F_MULTISHOT_RECV else 0)
             | (lib.UP_F_KTLS | lib.UP_F_KTLS_RX if lib.up_tls_ktls_available() else 0))
 

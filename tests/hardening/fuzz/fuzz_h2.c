@@ -1,9 +1,11 @@
 /*
- * libFuzzer harness: the HTTP/2 codec (native/http2/h2_codec.c, nghttp2
- * behind it, its memory from the worker's arena) fed arbitrary bytes as a
- * peer's, both ways: the first input byte chooses a session of a listener
- * (what a hostile client sends) or one toward an upstream (what a hostile
- * server sends, after the proxy submitted a request with a body).
+ * libFuzzer harness: the HTTP/2 codec (native/http2/h2_codec.c: our own
+ * session for clients, h2_sess_*.c with hpack.c, and nghttp2 toward
+ * upstreams; their memory from the worker's arena) fed arbitrary bytes as
+ * a peer's, both ways: the first input byte chooses a session of a
+ * listener (what a hostile client sends; bit 2: ours or nghttp2's) or one
+ * toward an upstream (what a hostile server sends, after the proxy
+ * submitted a request with a body).
  *
  * The input goes in pieces whose sizes come from the input; what the
  * codec writes back is drained after each. h2_on_event() is this file's:
@@ -90,6 +92,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint64_t seed = size;
     upstream_side = data[0] & 1;
+    /* A client's session: nghttp2's, or our own codec's (h2_sess.h). */
+    wk.features = (data[0] & 2) ? UP_F_H2_CODEC : 0;
     data++, size--;
     struct h2_slot s;
     memset(&s, 0, sizeof s);

@@ -171,6 +171,8 @@ static int block(struct hs *h, int32_t id, uint8_t flags, const uint8_t *p, cons
 /* Gather a fragment into the block buffer (arena), bounded. */
 static int gather(struct hs *h, const uint8_t *p, uint32_t n)
 {
+    if (!n)
+        return 0;
     if (h->blen + n > HS_BLOCK_MAX)
         return fail(h, H2W_ENHANCE_YOUR_CALM);
     if (h->blen + n > h->bcap) {
@@ -296,7 +298,9 @@ static int headers_gathered(struct hs *h)
 
 static int block_end(struct hs *h)
 {
-    int r = block_any(h, h->bid, h->bflags, h->blk, h->blk + h->blen);
+    static const uint8_t none[1];
+    const uint8_t *b = h->blk ? h->blk : none;    /* an empty block gathered nothing */
+    int r = block_any(h, h->bid, h->bflags, b, b + h->blen);
     block_done(h);
     return r;
 }

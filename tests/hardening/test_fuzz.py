@@ -1,5 +1,5 @@
-"""The libFuzzer harnesses of native/http/http1.c and native/l4/clienthello.c
-(tests/hardening/fuzz/, scripts/fuzz):
+"""The libFuzzer harnesses of native/http/http1.c, native/l4/clienthello.c,
+the HTTP/2 codec and HPACK (tests/hardening/fuzz/, scripts/fuzz):
 the corpus and every kept crash reproducer replay cleanly, and a short
 bounded fuzzing pass (about 15 s per target) finds nothing.
 
@@ -14,7 +14,7 @@ import pytest
 from support import ROOT
 
 FUZZ = os.path.join(ROOT, "scripts", "fuzz")
-TARGETS = ["request", "response", "chunked", "clienthello", "h2"]
+TARGETS = ["request", "response", "chunked", "clienthello", "h2", "hpack"]
 SECONDS = int(os.environ.get("UPROXY_FUZZ_SECONDS", "15"))
 
 

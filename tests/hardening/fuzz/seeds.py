@@ -87,6 +87,52 @@ CHUNKED = [
 ]
 
 
+# HPACK (fuzz_hpack.c). Decoding (first byte even): per block an op byte,
+# two bytes of length, the block; RFC 7541 Appendix C's sequences, C.5 and
+# C.6 after lowering the limit to 256 (op 9) and saying so in the block.
+HPACK_RFC = [
+    ["8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d", "8286 84be 5808 6e6f 2d63 6163 6865",
+     "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65"],
+    ["8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff", "8286 84be 5886 a8eb 1064 9cbf",
+     "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"],
+    ["3fe101 4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133"
+     "2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70 6c65 2e63"
+     "6f6d", "4803 3330 37c1 c0bf",
+     "88c1 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133 2032 303a 3133 3a32 3220 474d 54c0 5a04"
+     "677a 6970 7738 666f 6f3d 4153 444a 4b48 514b 425a 584f 5157 454f 5049 5541 5851 5745 4f49"
+     "553b 206d 6178 2d61 6765 3d33 3630 303b 2076 6572 7369 6f6e 3d31"],
+    ["3fe101 4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 0b81 66e0 82a6 2d1b"
+     "ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3", "4883 640e ffc1 c0bf",
+     "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a 839b d9ab 77ad 94e7"
+     "821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 72c1 ab27 0fb5 291f 9587 3160 65c0 03ed"
+     "4ee5 b106 3d50 07"],
+]
+
+
+def hpack_seeds():
+    out = []
+    for i, blocks in enumerate(HPACK_RFC):
+        for scratch in (0, 0x50):        # 0x50: a scratch of 3 bytes, too small for most strings
+            data = b"\x00"
+            for k, hexblock in enumerate(blocks):
+                block = bytes.fromhex(hexblock.replace(" ", ""))
+                op = (9 if i >= 2 and k == 0 else 0) | scratch
+                data += bytes([op]) + len(block).to_bytes(2, "big") + block
+            out.append(data)
+    # Round trips (first byte odd): per block an op byte (bits 0-1: limit
+    # changes, a byte each; bits 2-5: fields), then per field a name byte
+    # (odd: a known name), a value byte (bits 3-7: its length) and a flags
+    # byte (1: none; 0 then 1: never indexed).
+    response = (b"\x01\x18" b"200" b"\x01" b"\x0f\x60" b"nginx/1.22.1" b"\x01"
+                b"\x0d\xe8" b"Tue, 14 May 2024 10:00:00 GMT" b"\x01"
+                b"\x0b\x50" b"text/plain" b"\x01" b"\x09\x10" b"64" b"\x01")
+    out.append(b"\x01" + bytes([5 << 2 | 1, 3]) + response + bytes([5 << 2]) + response)
+    out.append(b"\x01" + bytes([3 << 2]) + b"\x11\x18a=b\x00\x01" + b"\x15\x20abcd\x01"
+               + b"\x02x\x0f\x01")
+    out.append(b"\x01" + (bytes([2 << 2 | 2, 0, 6]) + b"\x1d\x07\x01" * 2) * 2)
+    return out
+
+
 def write(target, items, prefixes):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -127,13 +173,15 @@ def clienthellos():
 
 
 if __name__ == "__main__":
-    targets = sys.argv[1:] or ["request", "response", "chunked"]
+    targets = sys.argv[1:] or ["request", "response", "chunked", "hpack"]
     if "request" in targets:
         write("request", REQUESTS, [b"\x00", b"\x01"])
     if "response" in targets:
         write("response", RESPONSES, [b"\x00", b"\x01", b"\x02", b"\x04"])
     if "chunked" in targets:
         write("chunked", CHUNKED, [b""])
+    if "hpack" in targets:
+        write("hpack", hpack_seeds(), [b""])
     if "clienthello" in targets:
         sent, bodies = clienthellos()
         write("clienthello", sent, [b"\x00"])

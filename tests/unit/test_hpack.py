@@ -608,7 +608,7 @@ def test_a_field_points_at_its_bytes_until_the_next_call_through_wraps():
             if n and rnd.random() < 0.5:
                 block += hint(61 + rnd.randint(1, n), 6, 0x40)
             else:
-                block += b"\x40" + hstr(os.urandom(rnd.randint(0, 40)), rnd.random() < 0.5)
+                block += b"\x40" + hstr(rnd.randbytes(rnd.randint(0, 40)), rnd.random() < 0.5)
             block += hstr(bytes([65 + i % 26]) * rnd.choice([0, 5, 200, 900, 2000]),
                           rnd.random() < 0.5)
         try:
@@ -923,3 +923,58 @@ def test_our_blocks_decode_the_same_with_the_reference_decoder(blocks):
         assert e.table() == list(ref.header_table.dynamic_entries) == list(model.table)
         assert ours.decode(block) == [(n, v, NEVER if nv else 0) for (n, v, _), nv in zip(fields, never)]
         assert ours.table() == e.table()
+
+
+# ---- what it costs ----------------------------------------------------------------
+
+BENCH_CASES = {
+    # case: (the brief's target or a guard against regressions, for HPACK's own
+    # instructions per block), measured at this commit in the comment
+    "decode-request-all-indexed": 300,     # 221: the target, well under 300
+    "decode-request-h2load": 520,          # 434: :path a Huffman-coded literal
+    "decode-request-ours": 380,            # 316
+    "decode-response": 360,                # 297
+    "encode-response": 640,                # 532: the target was ~400
+    "encode-request": 720,                 # 597
+}
+
+
+def callgrind_counts(exe, case, n, tmp_path):
+    """(all instructions, those inside hpack_* calls) of one run."""
+    out = tmp_path / f"cg.{case}.{n}"
+    p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", exe, case,
+                        str(n)], capture_output=True, text=True, check=True)
+    total = int(re.search(r"refs:\s*([\d,]+)", p.stderr)[1].replace(",", ""))
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=yes", str(out)], capture_output=True,
+                         text=True, check=True).stdout
+    ours = sum(int(m[1].replace(",", "")) for m in re.finditer(
+        r"^\s*([\d,]+) .*:hpack_(?:encode|decode|dec_begin|encode_begin) ", ann, re.M)
+        if "=>" not in m[0])
+    return total, ours
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("UPROXY_HPACK_BENCH") != "1",
+                    reason="set UPROXY_HPACK_BENCH=1 (needs valgrind): instructions per block")
+def test_instructions_per_block(tmp_path):
+    """bench/hpack_cost.c under callgrind: instructions per header block
+    with a warm table, all of them and HPACK's own (inclusive of the hpack_*
+    calls), as the difference of two runs (setup cancels out). For scale,
+    nghttp2 1.52 measured the same way (its deflater and inflater, the same
+    blocks): 1,466 to encode the response, 1,654 the request, 1,806 to
+    decode its own response block and 2,026 its request block."""
+    import build_hpack_harness as b
+    exe = str(tmp_path / "hpack_cost")
+    flags = [f for f in b._flags() if f.startswith(("-O", "-std", "-D", "-W", "-f"))]
+    subprocess.run(["gcc", *flags, "-I", b.NATIVE, os.path.join(ROOT, "bench", "hpack_cost.c"),
+                    os.path.join(b.NATIVE, "http2", "hpack.c"),
+                    os.path.join(b.NATIVE, "http2", "hpack_huff.c"), "-o", exe], check=True)
+    rows, over = [], []
+    for case, limit in BENCH_CASES.items():
+        (t1, o1), (t2, o2) = (callgrind_counts(exe, case, n, tmp_path) for n in (1000, 3000))
+        total, ours = (t2 - t1) / 2000, (o2 - o1) / 2000
+        rows.append(f"{case:28} {total:6.0f} {ours:6.0f}")
+        if ours > limit:
+            over.append(f"{case}: {ours:.0f} > {limit}")
+    print("\ncase                         all  hpack\n" + "\n".join(rows))
+    assert not over, over

@@ -99,7 +99,7 @@ struct hpack_enc {
     uint32_t signaled;        /* the max size the peer's decoder knows */
     uint32_t low;             /* the least max set since the last block began, or UINT32_MAX */
     uint16_t name_head[HPACK_BUCKETS];    /* by a hash of the name */
-    uint16_t field_head[HPACK_BUCKETS];   /* by a hash of name and value */
+    uint16_t field_head[HPACK_BUCKETS];   /* by a hash of the value and the name's length */
     struct hpack_link link[HPACK_ENTRIES];   /* by sequence number % HPACK_ENTRIES */
 };
 

@@ -92,6 +92,8 @@ struct hs {
     /* out */
     uint8_t *q;                   /* framed bytes (arena): [0, qout) handed out, [qout, qlen) waiting */
     uint32_t qlen, qcap, qout;
+    uint8_t *qold;                /* the queue the last hs_send handed out, when it had to grow since:
+                                     kept until the next hs_send (the caller copies from it meanwhile) */
     uint16_t ready_head, ready_tail;
     uint16_t free_head;
     uint16_t nopen;               /* streams not closed */

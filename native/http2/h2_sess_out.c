@@ -159,15 +159,30 @@ static uint8_t *reserve(struct hs *h, uint32_t n)
         return h->tq_len + n <= cap ? t + h->tq_len : NULL;
     }
     if (h->qlen + n > h->qcap) {
-        if (h->qlen + n > HS_QUEUE_MAX)
+        uint32_t keep = h->qlen - h->qout;        /* what waits; the rest was handed out */
+        if (keep + n > HS_QUEUE_MAX)
             return NULL;              /* a client that does not read */
         uint32_t cap = h->qcap ? h->qcap : 4096;
-        while (cap < h->qlen + n)
+        while (cap < keep + n)
             cap *= 2;
-        uint8_t *q = arena_realloc(arena_of(h), h->q, cap);
-        if (!q)
-            return NULL;
-        h->q = q;
+        if (h->qout) {
+            /* What hs_send handed out stays where it is until the next
+             * hs_send (h2_flush copies from it across sends): the waiting
+             * bytes move to a new queue, the old one is let go then. */
+            uint8_t *q = arena_alloc(arena_of(h), cap);
+            if (!q)
+                return NULL;
+            memcpy(q, h->q + h->qout, keep);
+            h->qold = h->q;
+            h->q = q;
+            h->qlen = keep;
+            h->qout = 0;
+        } else {
+            uint8_t *q = arena_realloc(arena_of(h), h->q, cap);
+            if (!q)
+                return NULL;
+            h->q = q;
+        }
         h->qcap = cap;
     }
     return h->q + h->qlen;
@@ -357,7 +372,11 @@ static void one_frame(struct hs *h, struct hs_stream *st)
 ssize_t hs_send(struct h2_slot *s, const uint8_t **p)
 {
     struct hs *h = s->session;
-    if (h->qout) {                    /* what the last call handed out went */
+    if (h->qold) {                    /* what the last call handed out went */
+        arena_release(arena_of(h), h->qold);
+        h->qold = NULL;
+    }
+    if (h->qout) {
         memmove(h->q, h->q + h->qout, h->qlen - h->qout);
         h->qlen -= h->qout;
         h->qout = 0;
@@ -524,6 +543,8 @@ void hs_close(struct worker *w, struct h2_slot *s)
     struct arena *a = &((struct h2_worker *)w->h2)->arena;
     if (h->q)
         arena_release(a, h->q);
+    if (h->qold)
+        arena_release(a, h->qold);
     if (h->blk)
         arena_release(a, h->blk);
     arena_release(a, h);

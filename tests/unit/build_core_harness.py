@@ -162,15 +162,16 @@ def _prune(build_root, keep, n=4):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _built(out):
-    return os.path.isdir(out) and any(f.startswith(MODULE) and f.endswith(".so")
+def _built(out, module=MODULE):
+    """A built test module named module is in out (build_hpack_harness too)."""
+    return os.path.isdir(out) and any(f.startswith(module) and f.endswith(".so")
                                       for f in os.listdir(out))
 
 
-def _load(out):
+def _load(out, module=MODULE):
     so = next(os.path.join(out, f) for f in os.listdir(out)
-              if f.startswith(MODULE) and f.endswith(".so"))
-    spec = importlib.util.spec_from_file_location(MODULE, so)
+              if f.startswith(module) and f.endswith(".so"))
+    spec = importlib.util.spec_from_file_location(module, so)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -19,6 +19,9 @@ import shutil
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_core_harness  # noqa: E402  (its module loader)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 NATIVE = os.path.abspath(os.environ.get("UPROXY_UNIT_NATIVE") or os.path.join(ROOT, "native"))
@@ -88,17 +91,11 @@ def build(build_root=None):
 
 
 def _built(out):
-    return os.path.isdir(out) and any(f.startswith(MODULE) and f.endswith(".so")
-                                      for f in os.listdir(out))
+    return build_core_harness._built(out, MODULE)
 
 
 def _load(out):
-    so = next(os.path.join(out, f) for f in os.listdir(out)
-              if f.startswith(MODULE) and f.endswith(".so"))
-    spec = importlib.util.spec_from_file_location(MODULE, so)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return build_core_harness._load(out, MODULE)
 
 
 if __name__ == "__main__":

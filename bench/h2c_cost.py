@@ -210,6 +210,20 @@ def _variant(ctx, name, assigns):
     return c
 
 
+def h2_ctx(a, prefix, tools):
+    """The bench's context for an HTTP/2 run of one of its own (this and
+    bench.h2c_instr): a run directory, the tools named, no L4 origin and,
+    until --tls makes one, no certificate."""
+    a.bench_venv = os.environ.get("UPROXY_BENCH_VENV", os.path.expanduser("~/.cache/uproxy/bench-venv"))
+    run_dir = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(run_dir, 0o755)
+    ctx = env.Ctx(a, run_dir)
+    ctx.tools = {n: env.tool(n) for n in tools}
+    ctx.tools["iperf3"] = None                    # the L4 origin is not needed
+    ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    return ctx, run_dir
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.h2c_cost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,13 +250,7 @@ def main(argv=None) -> int:
     p.add_argument("--proxy-cpus")
     p.add_argument("--load-cpus")
     a = p.parse_args(argv)
-    a.bench_venv = os.environ.get("UPROXY_BENCH_VENV", os.path.expanduser("~/.cache/uproxy/bench-venv"))
-    run_dir = tempfile.mkdtemp(prefix="h2c-cost-")
-    os.chmod(run_dir, 0o755)
-    ctx = env.Ctx(a, run_dir)
-    ctx.tools = {n: env.tool(n) for n in ("h2load", "nginx", "taskset", "iperf3", "openssl")}
-    ctx.tools["iperf3"] = None                    # the L4 origin is not needed
-    ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    ctx, run_dir = h2_ctx(a, "h2c-cost-", ("h2load", "nginx", "taskset", "openssl"))
     wls = H2C_WORKLOADS
     if a.tls:
         if not ctx.tools["openssl"]:

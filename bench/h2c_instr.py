@@ -26,11 +26,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from . import env
-from .h2c_cost import _variant, h2load
+from .h2c_cost import _variant, h2_ctx, h2load
 from .peers import H2C_WORKLOADS
 from .peers.uproxy import Uproxy
 from .upstream import Upstream
@@ -137,13 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--proxy-cpus")
     p.add_argument("--load-cpus")
     a = p.parse_args(argv)
-    a.bench_venv = os.environ.get("UPROXY_BENCH_VENV", os.path.expanduser("~/.cache/uproxy/bench-venv"))
-    run_dir = tempfile.mkdtemp(prefix="h2c-instr-")
-    os.chmod(run_dir, 0o755)
-    ctx = env.Ctx(a, run_dir)
-    ctx.tools = {n: env.tool(n) for n in ("h2load", "nginx", "taskset", "valgrind", "callgrind_control")}
-    ctx.tools["iperf3"] = None
-    ctx.tls_cert = ctx.tls_key = ctx.tls_pem = None
+    ctx, run_dir = h2_ctx(a, "h2c-instr-", ("h2load", "nginx", "taskset", "valgrind", "callgrind_control"))
     missing = [t for t in ("h2load", "nginx", "valgrind", "callgrind_control") if not ctx.tools[t]]
     if missing:
         print(f"error: needs {', '.join(missing)} (scripts/setup --bench)", file=sys.stderr)

@@ -37,8 +37,7 @@
 #define SS_DEFERRED   0x08        /* the body had nothing: waits for hs_resume */
 #define SS_READY      0x10        /* on the ready list */
 #define SS_CLOSING    0x20        /* closed: reported (H2E_CLOSED) at the end of the next hs_send */
-#define SS_IGNORED    0x40        /* the rest of its header block is decoded, not reported */
-#define SS_RESPONDED  0x80        /* our HEADERS are queued */
+#define SS_RESPONDED  0x40        /* our HEADERS are queued */
 
 struct hs_stream {
     int32_t id;                   /* 0: a free slot */
@@ -101,8 +100,7 @@ struct hs {
     uint16_t closing[HS_SLOTS];   /* reported at the end of the next hs_send */
     uint8_t goaway_sent, goaway_recv, term;   /* term: a connection error's GOAWAY: nothing more after it */
     uint8_t in_read;              /* inside H2E_READ: trailers wait in tq for the DATA frame */
-    uint32_t tq_len;
-    uint8_t *tq;                  /* (the worker's scratch) */
+    uint32_t tq_len;              /* (tq: the worker's scratch_out, hs_scratch) */
     uint16_t map[HS_MAP];         /* slot + 1, 0: empty */
     struct hs_stream st[HS_SLOTS];
 };
@@ -114,9 +112,11 @@ void hs_ready(struct hs *h, struct hs_stream *st);
 void hs_unready(struct hs *h, struct hs_stream *st);
 void hs_free_stream(struct hs *h, struct hs_stream *st);
 void hs_close_stream(struct hs *h, struct hs_stream *st, uint32_t code);
+void hs_maybe_close(struct hs *h, struct hs_stream *st);
 int hs_frame(struct hs *h, uint8_t type, uint8_t flags, int32_t id, const void *p, uint32_t n);
-int hs_rst(struct hs *h, struct hs_stream *st, int32_t id, uint32_t code);
+int hs_rst(struct hs *h, struct hs_stream *st, int32_t id, uint32_t code);   /* st may be NULL */
 void hs_fail(struct hs *h, uint32_t code);
+int hs_goaway_frame(struct hs *h, int32_t last, uint32_t code);
 void hs_window_back(struct hs *h, struct hs_stream *st, uint32_t n);
 int hs_emit(struct hs *h, struct h2_ev *ev);
 uint8_t *hs_scratch(struct hs *h, size_t *cap);

@@ -43,7 +43,7 @@ static int emit_or_reset(struct hs *h, struct hs_stream *st, struct h2_ev *ev)
 
 static bool live(const struct hs_stream *st)
 {
-    return st && !(st->flags & (SS_CLOSING | SS_IGNORED));
+    return st && !(st->flags & SS_CLOSING);
 }
 
 /* ---- header blocks ---------------------------------------------------- */
@@ -80,11 +80,8 @@ static int decode(struct hs *h, struct hs_stream *st, const uint8_t *p, const ui
             continue;                 /* a request's trailers are not passed on */
         struct h2_ev ev = { .kind = H2E_HEADER, .stream = st->id, .sc = st->sc, .name = f.name,
                             .nlen = f.nlen, .value = f.value, .vlen = f.vlen };
-        int e = hs_emit(h, &ev);
-        if (e < 0)
-            return fatal(h);
-        if (e > 0 && !(st->flags & SS_CLOSING))
-            hs_rst(h, st, st->id, H2W_INTERNAL_ERROR);
+        if (emit_or_reset(h, st, &ev) < 0)
+            return -1;
     }
 }
 
@@ -99,9 +96,7 @@ static int new_stream(struct hs *h, int32_t id, uint8_t flags, const uint8_t *p,
     if (h->nopen < H2_MAX_STREAMS)
         st = hs_new_stream(h, id);
     if (!st) {                        /* past SETTINGS_MAX_CONCURRENT_STREAMS */
-        uint8_t c[4];
-        h2w_put32(c, H2W_REFUSED_STREAM);
-        if (hs_frame(h, H2W_RST_STREAM, 0, id, c, 4) < 0)
+        if (hs_rst(h, NULL, id, H2W_REFUSED_STREAM) < 0)
             return fail(h, H2W_INTERNAL_ERROR);
         return decode(h, NULL, p, end, false);
     }
@@ -163,8 +158,8 @@ static int block(struct hs *h, int32_t id, uint8_t flags, const uint8_t *p, cons
     }
     struct h2_ev ev = { .kind = H2E_END_STREAM, .stream = id, .sc = st->sc, .end_stream = 1 };
     int r = emit_or_reset(h, st, &ev);
-    if (!r && (st->flags & SS_LOCAL_END) && !(st->flags & SS_CLOSING))
-        hs_close_stream(h, st, H2W_NO_ERROR);
+    if (!r)
+        hs_maybe_close(h, st);
     return r;
 }
 
@@ -253,12 +248,8 @@ static int self_block(struct hs *h, int32_t id, const uint8_t *p, const uint8_t 
     struct hs_stream *st = hs_find(h, id);
     if (!st && id > h->last_id)
         h->last_id = id;
-    uint8_t c[4];
-    h2w_put32(c, H2W_PROTOCOL_ERROR);
-    if (st && !(st->flags & SS_CLOSING))
+    if (!st || !(st->flags & SS_CLOSING))
         hs_rst(h, st, id, H2W_PROTOCOL_ERROR);
-    else if (!st)
-        hs_frame(h, H2W_RST_STREAM, 0, id, c, 4);
     return decode(h, NULL, p, end, false);
 }
 
@@ -393,11 +384,7 @@ static int reset_in(struct hs *h, int32_t id, uint32_t code)
         h->resets--;
         return 0;
     }
-    uint8_t g[8];
-    h2w_put32(g, (uint32_t)h->last_id);
-    h2w_put32(g + 4, H2W_INTERNAL_ERROR);
-    hs_frame(h, H2W_GOAWAY, 0, 0, g, 8);
-    h->goaway_sent = 1;
+    hs_goaway_frame(h, h->last_id, H2W_INTERNAL_ERROR);
     return 0;
 }
 
@@ -455,12 +442,8 @@ static int control(struct hs *h)
     case H2W_PRIORITY:
         if (self_dependent(p, h->f.id)) {
             struct hs_stream *st = hs_find(h, h->f.id);
-            uint8_t c[4];
-            h2w_put32(c, H2W_PROTOCOL_ERROR);
-            if (st)
+            if (!st || !(st->flags & SS_CLOSING))
                 hs_rst(h, st, h->f.id, H2W_PROTOCOL_ERROR);
-            else
-                hs_frame(h, H2W_RST_STREAM, 0, h->f.id, c, 4);
         }
         return 0;                     /* priorities are not used */
     default:
@@ -611,8 +594,8 @@ static int data_ends(struct hs *h)
     }
     struct h2_ev ev = { .kind = H2E_END_STREAM, .stream = st->id, .sc = st->sc, .end_stream = 1 };
     int r = emit_or_reset(h, st, &ev);
-    if (!r && (st->flags & SS_LOCAL_END) && !(st->flags & SS_CLOSING))
-        hs_close_stream(h, st, H2W_NO_ERROR);
+    if (!r)
+        hs_maybe_close(h, st);
     return r;
 }
 

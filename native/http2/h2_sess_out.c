@@ -129,7 +129,8 @@ void hs_close_stream(struct hs *h, struct hs_stream *st, uint32_t code)
     h->closing[h->nclosing++] = (uint16_t)(st - h->st);
 }
 
-static void maybe_close(struct hs *h, struct hs_stream *st)
+/* Both sides ended: the stream closes. */
+void hs_maybe_close(struct hs *h, struct hs_stream *st)
 {
     if ((st->flags & (SS_LOCAL_END | SS_REMOTE_END)) == (SS_LOCAL_END | SS_REMOTE_END))
         hs_close_stream(h, st, H2W_NO_ERROR);
@@ -214,12 +215,19 @@ void hs_fail(struct hs *h, uint32_t code)
 {
     if (h->term)
         return;
+    hs_goaway_frame(h, h->last_proc, code);
+    h->term = 1;
+}
+
+/* GOAWAY naming last, the last stream the proxy takes: after it no new
+ * stream is (new_stream in h2_sess_in.c). */
+int hs_goaway_frame(struct hs *h, int32_t last, uint32_t code)
+{
     uint8_t g[8];
-    h2w_put32(g, (uint32_t)h->last_proc);
+    h2w_put32(g, (uint32_t)last);
     h2w_put32(g + 4, code);
-    h->in_read = 0;
-    hs_frame(h, H2W_GOAWAY, 0, 0, g, 8);
-    h->term = h->goaway_sent = 1;
+    h->goaway_sent = 1;
+    return hs_frame(h, H2W_GOAWAY, 0, 0, g, 8);
 }
 
 int hs_rst(struct hs *h, struct hs_stream *st, int32_t id, uint32_t code)
@@ -361,7 +369,7 @@ static void one_frame(struct hs *h, struct hs_stream *st)
     if (ev.eof) {
         st->flags &= ~SS_BODY;
         st->flags |= SS_LOCAL_END;
-        maybe_close(h, st);
+        hs_maybe_close(h, st);
     } else if (ev.n) {
         hs_ready(h, st);              /* to the back: round robin */
     }
@@ -380,7 +388,6 @@ ssize_t hs_send(struct h2_slot *s, const uint8_t **p)
         memmove(h->q, h->q + h->qout, h->qlen - h->qout);
         h->qlen -= h->qout;
         h->qout = 0;
-        h->acks = 0;
     }
     while (!h->term && h->ready_head != HS_NONE && h->send_win > 0 && h->qlen < HS_CHUNK)
         one_frame(h, &h->st[h->ready_head]);
@@ -417,7 +424,7 @@ int hs_respond(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t n
         hs_ready(h, st);
     } else {
         st->flags |= SS_LOCAL_END;
-        maybe_close(h, st);
+        hs_maybe_close(h, st);
     }
     return 0;
 }
@@ -435,7 +442,7 @@ int hs_trailers(struct h2_slot *s, int32_t id, const struct h2_field *f, size_t 
     if (!h->in_read) {
         st->flags &= ~SS_BODY;
         st->flags |= SS_LOCAL_END;
-        maybe_close(h, st);
+        hs_maybe_close(h, st);
     }
     return 0;
 }
@@ -470,13 +477,8 @@ void hs_consume(struct h2_slot *s, int32_t id, size_t n)
 void hs_goaway(struct h2_slot *s, uint32_t code)
 {
     struct hs *h = s->session;
-    if (h->term)
-        return;
-    uint8_t g[8];
-    h2w_put32(g, (uint32_t)h->last_proc);
-    h2w_put32(g + 4, code);
-    hs_frame(h, H2W_GOAWAY, 0, 0, g, 8);
-    h->goaway_sent = 1;
+    if (!h->term)
+        hs_goaway_frame(h, h->last_proc, code);
 }
 
 void hs_bind(struct h2_slot *s, int32_t id, uint32_t sc)
@@ -495,8 +497,7 @@ int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
     struct hs *h = arena_alloc(&hw->arena, sizeof *h);
     if (!h)
         return -1;
-    memset(h, 0, offsetof(struct hs, map));
-    memset(h->map, 0, sizeof h->map);
+    memset(h, 0, offsetof(struct hs, st));      /* (a stream slot is set when it is taken) */
     h->slot = s;
     hpack_dec_init(&h->dec);
     hpack_enc_init(&h->enc);

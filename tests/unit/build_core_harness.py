@@ -131,21 +131,26 @@ def build(build_root=None, verbose=False):
         ffi.set_source(MODULE, '#include "core_harness.h"\n', sources=srcs,
                        include_dirs=[NATIVE, HERE], extra_compile_args=cflags,
                        extra_link_args=libs)
-        # Built aside, then renamed into place: a build cut short, or two
-        # at once, never leaves a half-written module where one is looked for.
-        os.makedirs(build_root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="tmp-", dir=build_root)
-        try:
-            ffi.compile(tmpdir=tmp, verbose=verbose)
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                if not _built(out):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        compile_aside(ffi, build_root, out, MODULE, verbose)
         _prune(build_root, keep=out)
     return _load(out)
+
+
+def compile_aside(ffi, build_root, out, module, verbose=False):
+    """Built aside, then renamed into place: a build cut short, or two at
+    once, never leaves a half-written module where one is looked for
+    (build_hpack_harness too)."""
+    os.makedirs(build_root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="tmp-", dir=build_root)
+    try:
+        ffi.compile(tmpdir=tmp, verbose=verbose)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not _built(out, module):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prune(build_root, keep, n=4):

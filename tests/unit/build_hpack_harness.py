@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import build_core_harness  # noqa: E402  (its module loader)
@@ -72,17 +71,7 @@ def build(build_root=None):
         ffi.set_source(MODULE, '#include "http2/hpack.h"\n',
                        sources=[p for p in SOURCES if p.endswith(".c")],
                        include_dirs=[NATIVE], extra_compile_args=cflags)
-        os.makedirs(build_root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="tmp-", dir=build_root)
-        try:
-            ffi.compile(tmpdir=tmp)
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                if not _built(out):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_core_harness.compile_aside(ffi, build_root, out, MODULE)
         for old in os.listdir(build_root):      # earlier builds of this module
             path = os.path.join(build_root, old)
             if old.startswith("hpack-") and path != out:

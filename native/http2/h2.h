@@ -161,7 +161,8 @@ static inline struct h2_slot *h2_slot_of(struct worker *w, const struct conn *c)
     return &((struct h2_worker *)w->h2)->slots[c - w->conns];
 }
 
-/* h2_codec.c: nghttp2, and nothing else calls it. */
+/* h2_codec.c: the codec's calls. Each session goes to our codec (h2_sess_*,
+ * clients') or to nghttp2 (upstreams'); nothing else calls either. */
 int h2c_worker_init(struct worker *w, struct h2_worker *hw);
 void h2c_worker_free(struct h2_worker *hw);
 int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list);

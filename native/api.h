@@ -472,6 +472,7 @@ enum up_counter {
     UP_C_TLS_OPEN_CLOSES,     /* connections ended for a record we do not follow: a KeyUpdate that asks for ours, another handshake message */
     UP_C_TLS_OPEN_KEY_UPDATES,/* the client's KeyUpdates followed (its new receiving key derived by us) */
     UP_C_TLS_OPEN_MSHOT_ENDS, /* opening's multishot receives cancelled because they left something held (more plaintext than a buffer, an end) */
+    UP_C_SMALL_BUFFERS_IN_USE, /* gauge: small buffers held (core/bufpool.h: HTTP/2 streams' request heads in flight; appended) */
     UP_C__COUNT
 };
 

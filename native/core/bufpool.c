@@ -28,14 +28,20 @@ int bufpool_init(struct worker *w)
     p->count = w->o.buf_count;
     p->hsize = HBUF_SIZE;
     p->hcount = w->o.head_buffers;
-    uint32_t all = p->count + p->hcount;
+    p->scount = p->count;
+    uint32_t all = p->count + p->hcount + p->scount;
     p->mem = map((size_t)p->size * p->count);
     p->hmem = p->hcount ? map((size_t)p->hsize * p->hcount) : NULL;
     p->hfree = p->hcount ? map(sizeof(uint32_t) * p->hcount) : NULL;
+    /* (Mapped, not touched: a page is only ever made by its first use,
+     * and the free stack hands out the last returned first.) */
+    p->smem = map((size_t)SBUF_SIZE * p->scount);
+    p->sfree = map(sizeof(uint32_t) * p->scount);
     p->next = map(sizeof(uint32_t) * all);
     p->len = map(sizeof(uint32_t) * all);
     p->stack = map(sizeof(uint32_t) * p->count);
-    if (!p->mem || !p->next || !p->len || !p->stack || (p->hcount && (!p->hmem || !p->hfree))) {
+    if (!p->mem || !p->next || !p->len || !p->stack || !p->smem || !p->sfree ||
+        (p->hcount && (!p->hmem || !p->hfree))) {
         snprintf(w->err, sizeof w->err, "cannot map %u receive buffers of %u bytes",
                  p->count, p->size);
         return -ENOMEM;
@@ -68,6 +74,8 @@ int bufpool_init(struct worker *w)
     bufpool_flush(w);
     for (uint32_t i = 0; i < p->hcount; i++)
         p->hfree[p->nhfree++] = p->count + p->hcount - 1 - i;
+    for (uint32_t i = 0; i < p->scount; i++)
+        p->sfree[p->nsfree++] = all - 1 - i;
     return 0;
 }
 
@@ -77,6 +85,15 @@ uint32_t hbuf_get(struct worker *w)
     if (!p->nhfree)
         return NIL;
     return p->hfree[--p->nhfree];
+}
+
+uint32_t sbuf_get(struct worker *w)
+{
+    struct bufpool *p = &w->bufs;
+    if (!p->nsfree)
+        return NIL;
+    w->c[UP_C_SMALL_BUFFERS_IN_USE]++;
+    return p->sfree[--p->nsfree];
 }
 
 /* A free buffer for the worker's own use (TLS writes its plaintext and
@@ -99,7 +116,12 @@ void bufpool_put(struct worker *w, uint32_t bid)
 {
     struct bufpool *p = &w->bufs;
     if (bid >= p->count) {
-        p->hfree[p->nhfree++] = bid;
+        if (bid - p->count < p->hcount)
+            p->hfree[p->nhfree++] = bid;
+        else {
+            p->sfree[p->nsfree++] = bid;
+            w->c[UP_C_SMALL_BUFFERS_IN_USE]--;
+        }
         return;
     }
     p->stack[p->nstack++] = bid;
@@ -164,13 +186,17 @@ void bufpool_free(struct worker *w)
         io_uring_unregister_buf_ring(&w->ring, BUF_GROUP);
         munmap(p->br, p->br_bytes);
     }
-    uint32_t all = p->count + p->hcount;
+    uint32_t all = p->count + p->hcount + p->scount;
     if (p->mem)
         munmap(p->mem, (size_t)p->size * p->count);
     if (p->hmem)
         munmap(p->hmem, (size_t)p->hsize * p->hcount);
     if (p->hfree)
         munmap(p->hfree, sizeof(uint32_t) * p->hcount);
+    if (p->smem)
+        munmap(p->smem, (size_t)SBUF_SIZE * p->scount);
+    if (p->sfree)
+        munmap(p->sfree, sizeof(uint32_t) * p->scount);
     if (p->next)
         munmap(p->next, sizeof(uint32_t) * all);
     if (p->len)

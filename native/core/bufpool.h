@@ -15,6 +15,7 @@ struct worker;
 
 #define BUF_GROUP 1
 #define HBUF_SIZE 32768     /* the largest head uproxy accepts */
+#define SBUF_SIZE 1024      /* a small buffer: an HTTP/2 request's head */
 
 struct bufpool {
     uint8_t *mem;
@@ -26,6 +27,16 @@ struct bufpool {
     uint32_t hsize, hcount;
     uint32_t *hfree;
     uint32_t nhfree;
+    /* Small buffers: ids count+hcount .. count+hcount+scount-1, one per
+     * pool buffer, SBUF_SIZE bytes each. An HTTP/2 stream's request head
+     * (about 200 bytes for gRPC) stays in its queue until the response's
+     * head arrives, for a retry: in a 16 KiB pool buffer, 1,600 streams
+     * in flight held 25 MiB, most of the pool, each head on its own
+     * pages and, at a 16 KiB stride, in the same few cache sets. */
+    uint8_t *smem;
+    uint32_t scount;
+    uint32_t *sfree;
+    uint32_t nsfree;
     uint32_t *next;           /* queue link per buffer */
     uint32_t *len;            /* bytes of data per buffer */
     struct io_uring_buf_ring *br;
@@ -57,18 +68,30 @@ void bufpool_free(struct worker *w);
 
 static inline uint8_t *buf_data(const struct bufpool *p, uint32_t bid)
 {
-    if (bid >= p->count)
+    if (bid < p->count)
+        return p->mem + (size_t)bid * p->size;
+    if (bid - p->count < p->hcount)
         return p->hmem + (size_t)(bid - p->count) * p->hsize;
-    return p->mem + (size_t)bid * p->size;
+    return p->smem + (size_t)(bid - p->count - p->hcount) * SBUF_SIZE;
 }
 
 static inline uint32_t buf_cap(const struct bufpool *p, uint32_t bid)
 {
-    return bid >= p->count ? p->hsize : p->size;
+    if (bid < p->count)
+        return p->size;
+    return bid - p->count < p->hcount ? p->hsize : SBUF_SIZE;
+}
+
+/* An assembly buffer (not a provided or a small one). */
+static inline bool buf_is_assembly(const struct bufpool *p, uint32_t bid)
+{
+    return bid >= p->count && bid - p->count < p->hcount;
 }
 
 /* An assembly buffer, or NIL when none is free. */
 uint32_t hbuf_get(struct worker *w);
+/* A small buffer, or NIL when none is free. */
+uint32_t sbuf_get(struct worker *w);
 /* A free buffer taken off the stack (not through a receive), or NIL. */
 uint32_t bufpool_take(struct worker *w);
 /* A completion brought a buffer: it left the kernel's hands. */

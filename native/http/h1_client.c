@@ -183,7 +183,7 @@ void h1_client_next(struct worker *w, struct conn *c)
     struct h1_limits lim = { l->max_head, l->max_target, l->max_fields };
     struct h1_request *r = w_req(w);
     int rc = h1_parse_request(p, n, &lim, r);
-    if (rc == H1_PARTIAL && !(c->x.head >= w->bufs.count && c->x.head == c->x.tail)) {
+    if (rc == H1_PARTIAL && !(buf_is_assembly(&w->bufs, c->x.head) && c->x.head == c->x.tail)) {
         /* Gather the pieces into one assembly buffer, which also frees the
          * receive buffers a slow client would otherwise hold. */
         int a = q_assemble(w, c, l->max_head);
@@ -232,7 +232,7 @@ static void proxy_header(struct worker *w, struct conn *c)
     struct proxy_header ph;
     uint32_t n = q_contiguous(w, c, &p);
     int rc = n ? proxy_header_parse(p, n, &ph) : PH_PARTIAL;
-    if (rc == PH_PARTIAL && n && !(c->x.head >= w->bufs.count && c->x.head == c->x.tail)) {
+    if (rc == PH_PARTIAL && n && !(buf_is_assembly(&w->bufs, c->x.head) && c->x.head == c->x.tail)) {
         if (q_assemble(w, c, PH_V2_MAX) == -1) {
             h1_client_close(w, c, false);
             return;

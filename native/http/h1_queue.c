@@ -93,12 +93,12 @@ int q_assemble(struct worker *w, struct conn *c, uint32_t limit)
 {
     struct bufpool *p = &w->bufs;
     struct xfer *x = &c->x;
-    if (x->head == NIL || (x->head >= p->count && x->head == x->tail))
+    if (x->head == NIL || (buf_is_assembly(p, x->head) && x->head == x->tail))
         return 0;
     uint32_t cap = limit < p->hsize ? limit : p->hsize;
     uint32_t a, h, off, fill;
     uint8_t *dst;
-    if (x->head >= p->count) {
+    if (buf_is_assembly(p, x->head)) {
         a = x->head;
         dst = buf_data(p, a);
         fill = p->len[a] - x->off;

@@ -558,6 +558,25 @@ static void reply_simple(struct worker *w, struct h2_slot *s, struct h2_slot *st
     h2c_respond(s, st->id, &f, 1, false);
 }
 
+/* The buffer the complete head stays in while the stream is in flight
+ * (until the response's head, for a retry): a small buffer when it fits
+ * and one is free, and the pool buffer it was written in goes back on top
+ * of the stack, warm for the next stream's head. With 100 streams on each
+ * of 16 connections the heads then take 1,600 small buffers, not most of
+ * the pool, and receives keep theirs. */
+static uint32_t keep_head(struct worker *w, struct h2_slot *st)
+{
+    uint32_t hb = st->hbid;
+    if (st->hlen > SBUF_SIZE)
+        return hb;
+    uint32_t sb = sbuf_get(w);
+    if (sb == NIL)
+        return hb;
+    memcpy(buf_data(&w->bufs, sb), buf_data(&w->bufs, hb), st->hlen);
+    bufpool_put(w, hb);
+    return sb;
+}
+
 /* The head is complete: it goes into the stream connection's queue and
  * starts a transaction like any HTTP/1.1 request. */
 static void on_request(struct worker *w, struct conn *c, struct h2_slot *s, struct conn *sc,
@@ -582,7 +601,7 @@ static void on_request(struct worker *w, struct conn *c, struct h2_slot *s, stru
         reply_simple(w, s, st, 501);   /* no tunnels over HTTP/2 (yet) */
         return;
     }
-    q_push(w, sc, st->hbid, st->hlen);
+    q_push(w, sc, keep_head(w, st), st->hlen);
     st->hbid = NIL;
     const uint8_t *p;
     uint32_t n = q_contiguous(w, sc, &p);

@@ -150,7 +150,7 @@ static int gather(struct worker *w, struct conn *c)
 {
     struct bufpool *p = &w->bufs;
     struct xfer *x = &c->x;
-    if (x->head >= p->count)
+    if (buf_is_assembly(p, x->head))
         return 0;                               /* already in one */
     uint32_t a = hbuf_get(w);
     if (a == NIL)

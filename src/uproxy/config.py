@@ -351,7 +351,7 @@ class Cluster:
     eject_ms: int = 10000
     hash_key: str = "client_ip"          # or "header:Name"
     response_timeout_ms: int = 60000
-    pool_max_idle: int = 1024
+    pool_max_idle: int = 4096
     pool_idle_timeout_ms: int = 60000
     max_requests: int = 0
     health: Health | None = None
@@ -983,7 +983,7 @@ def _cluster(errs, i, raw, dns_defaults=None) -> Cluster:
         eject_ms=r.duration_ms("eject_time", 10000),
         hash_key=hash_key,
         response_timeout_ms=r.duration_ms("response_timeout", 60000, lo=1),
-        pool_max_idle=r.int("pool_max_idle", 1024, lo=0, hi=100000),
+        pool_max_idle=r.int("pool_max_idle", 4096, lo=0, hi=100000),
         pool_idle_timeout_ms=r.duration_ms("pool_idle_timeout", 60000),
         max_requests=r.int("max_requests", 0, lo=0),
         health=_health(errs, f"clusters[{i}].health", r.get("health")),

@@ -22,7 +22,8 @@ from ._native import ffi, lib
 COUNTERS = [name[len("UP_C_"):].lower()
             for _, name in sorted(ffi.typeof("enum up_counter").elements.items())
             if name != "UP_C__COUNT"]
-GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use", "pool_idle", "h2_arena_bytes"}
+GAUGES = {"active", "upstream_active", "pipes_in_use", "buffers_in_use", "pool_idle", "h2_arena_bytes",
+          "small_buffers_in_use"}
 HISTS = ("request", "upstream", "connect")
 WSERVER_FIELDS = ("active", "in_flight", "requests", "connects", "connect_errors", "errors",
                   "idle", "reused", "resp_5xx", "timeouts", "ejections", "full")

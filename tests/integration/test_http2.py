@@ -1034,3 +1034,69 @@ def test_h2_streams_wait_for_buffers_not_refused(proxy_factory):
         assert p.rss_kib() - rss0 < 32 * 1024
     finally:
         up.close()
+
+
+def test_streams_in_flight_hold_small_buffers_and_retry_from_them(proxy_factory):
+    """100 streams in flight on one connection (their upstream answers
+    after a while): each request head waits in a 1 KiB small buffer, not
+    in a 16 KiB buffer of the pool (which receives need: 1,600 streams held
+    most of it), and a head too long for one keeps its pool buffer. Then
+    every pooled upstream connection closes instead of answering the next
+    request: each stream's GET is sent again, from its small buffer, on a
+    new connection, and all answer 200. Nothing is held afterwards."""
+    state = threading.local()
+    release = threading.Event()
+
+    def handler(req):
+        state.n = getattr(state, "n", 0) + 1
+        if state.n == 2:
+            return None                       # a stale pooled connection
+        release.wait(20)
+        return Response(body=req.target.encode())
+    up = HttpUpstream(handler)
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    raw = Raw(p.port)
+    heads = {}
+
+    def ended(t, fl, sid, pl):
+        if t == HEADERS:                      # (every block, in order: HPACK's table)
+            heads[sid] = raw.dec.decode(pl)
+        return t == DATA and (fl & END_STREAM)
+    try:
+        pool0 = p.total("buffers_in_use")
+        long_field = [("x-long", "v" * 3000)]
+        sids = [1 + 2 * i for i in range(100)]
+        raw.send(b"".join(frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                                req_block(raw.enc, f"/a{sid}", extra=long_field if sid in (1, 3) else ()))
+                          for sid in sids))
+        wait_for(lambda: len(up.requests) == 100, what="100 requests at the upstream")
+        assert p.total("small_buffers_in_use") == 98
+        # The two long heads keep their pool buffers; the other 98 hold none.
+        assert p.total("buffers_in_use") - pool0 <= 2 + 4, p.stats()["total"]
+        release.set()
+        done = set()
+        while len(done) < 100:
+            f = raw.frames(ended, timeout=20)
+            assert f is not None, sorted(set(sids) - done)
+            done.add(f[2])
+        assert all(heads[sid][0] == (":status", "200") for sid in sids)
+        wait_for(lambda: p.total("small_buffers_in_use") == 0, what="small buffers back")
+        # Every upstream connection now sits in the pool and fails its next
+        # request: the heads are sent again from the small buffers.
+        sids = [201 + 2 * i for i in range(100)]
+        raw.send(b"".join(frame(HEADERS, END_HEADERS | END_STREAM, sid, req_block(raw.enc, f"/b{sid}"))
+                          for sid in sids))
+        got = {}
+        while len(got) < 100:
+            f = raw.frames(ended, timeout=20)
+            assert f is not None, sorted(set(sids) - set(got))
+            got[f[2]] = f[3]
+        assert got == {sid: f"/b{sid}".encode() for sid in sids}
+        assert all(heads[sid][0] == (":status", "200") for sid in sids)
+        assert p.total("retries") == 100
+        wait_for(lambda: p.total("small_buffers_in_use") == 0, what="small buffers back")
+        wait_for(lambda: p.total("buffers_in_use") <= pool0 + 4, what="pool buffers back")
+    finally:
+        release.set()
+        raw.close()
+        up.close()

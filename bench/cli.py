@@ -51,6 +51,11 @@ def parse_args(argv):
     p.add_argument("--requests", type=int, help="requests measured under callgrind, and N of the allocation count (2000; --quick 1000)")
     p.add_argument("--noise-threshold", type=float, default=0.10,
                    help="flag a run when other processes used more than this many CPUs on average (0.10)")
+    p.add_argument("--interleave", action="store_true",
+                   help="within a round, run each workload on every contender in turn (each "
+                        "started for it), their order rotating from round to round, instead of "
+                        "every workload of one contender, then the next: a contender's figure is "
+                        "then taken seconds, not minutes, from its peers' (the host's speed drifts)")
     p.add_argument("--retry-noisy", type=int, default=0,
                    help="run a run flagged noisy again, up to this many times, and keep the quietest (0)")
     p.add_argument("--out", help="results directory (default bench-results/<time>)")
@@ -231,7 +236,8 @@ def main(argv=None) -> int:
     # the tools' own start-up, each contender's start, the idle runs, valgrind.
     n_timed = sum(1 for c in present for w in wls if not c.skip(w) and w != "idle")
     n_idle = sum(1 for c in present if "idle" in wls and not c.skip("idle"))
-    n_starts = sum(1 for c in present if any(not c.skip(w) for w in wls))
+    n_starts = n_timed + n_idle if a.interleave else \
+        sum(1 for c in present if any(not c.skip(w) for w in wls))
     per = max(1, round(a.duration)) + (max(1, round(a.warmup)) if a.warmup >= 1 else 0.25) + 0.2
     est = a.rounds * (n_timed * per + n_idle * 3.5 + n_starts * 1.3) + 10 + \
         (0 if a.no_valgrind else 15 + a.requests / 60) + \
@@ -248,8 +254,8 @@ def main(argv=None) -> int:
                            "nginx_workers": max(1, len(ctx.load_cpus))}
         for rnd in range(1, a.rounds + 1):
             say(f"round {rnd}/{a.rounds}")
-            rows = {}
-            for c in present:
+            rows = _interleaved(ctx, present, wls, rnd, res) if a.interleave else {}
+            for c in [] if a.interleave else present:
                 todo = [w for w in wls if not c.skip(w)]
                 if not todo:
                     continue
@@ -330,6 +336,27 @@ def _set_rate(ctx, c, rnd, res, r):
 def _other(r) -> float:
     n = r.get("noise") or {}
     return n.get("other_cpu_s", 0) / max(n.get("wall_s", 1), 1e-9)
+
+
+def _interleaved(ctx, present, wls, rnd, res) -> dict:
+    """One round, workload by workload: each contender in turn, started for
+    that workload alone, in an order that rotates with the round (so that
+    no contender always follows the same one). The rows are the same shape
+    as run_contender's."""
+    k = (rnd - 1) % max(1, len(present))
+    order = present[k:] + present[:k]
+    rows = {}
+    for w in wls:
+        for c in order:
+            if c.skip(w):
+                continue
+            r = run_contender(ctx, c, rnd, [w], res)
+            mine = rows.setdefault(c.name, {"_seconds": 0.0})
+            mine[w] = r[w]
+            mine["_seconds"] += r.get("_seconds", 0.0)
+            if r.get("_tls_seen"):
+                mine["_tls_seen"] = r["_tls_seen"]
+    return rows
 
 
 def run_contender(ctx, c, rnd, todo, res) -> dict:

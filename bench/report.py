@@ -25,6 +25,16 @@ ORDER = ["direct", "uproxy", "uproxy-buffered", "uproxy-splice-iowq", "uproxy-so
          "envoy", "traefik", "traefik-fast", "caddy"]
 
 
+def _how_run(st) -> str:
+    """The run's options that change how figures compare (cli.py)."""
+    how = []
+    if st.get("interleave"):
+        how.append("interleaved workload by workload (`--interleave`)")
+    if st.get("retry_noisy"):
+        how.append(f"a noisy run retried up to {st['retry_noisy']} time(s), the quietest kept")
+    return "".join(f", {h}" for h in how)
+
+
 def _noisy(r, threshold):
     n = r.get("noise")
     if not n or not n.get("wall_s"):
@@ -256,7 +266,7 @@ def tls_md(res) -> str:
     m = res["machine"]
     st = res["settings"]
     out.append(f"**This run:** {res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) "
-               f"of {max(1, round(st['duration']))} s per run, {st['connections']} connections; {m['cpu']}, "
+               f"of {max(1, round(st['duration']))} s per run{_how_run(st)}, {st['connections']} connections; {m['cpu']}, "
                f"{m['cpus']} CPUs, Linux {m['kernel']}. Proxy on CPU {','.join(map(str, res['cpus']['proxy']))}; "
                f"load generators and the plaintext origin on CPU {','.join(map(str, res['cpus']['load']))}.")
     out.append("")
@@ -563,7 +573,7 @@ def h2_md(res) -> str:
         return "\n".join(out) + "\n"
     m, st = res["machine"], res["settings"]
     out.append(f"**This run:** {res['started']}, {'--quick, ' if res.get('quick') else ''}{st['rounds']} round(s) "
-               f"of {max(1, round(st['duration']))} s per run; {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}. "
+               f"of {max(1, round(st['duration']))} s per run{_how_run(st)}; {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}. "
                f"Proxy on CPU {','.join(map(str, res['cpus']['proxy']))}; h2load and the HTTP/1.1 origin on CPU "
                f"{','.join(map(str, res['cpus']['load']))}.")
     out.append("")

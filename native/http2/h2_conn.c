@@ -401,7 +401,8 @@ static struct conn *stream_open(struct worker *w, struct conn *c, struct h2_slot
         return NULL;
     }
     /* The head is written into a buffer of the pool, or an assembly
-     * buffer when the pool's stack is short (the kernel holds the rest). */
+     * buffer when the pool's stack is short (the kernel holds the rest);
+     * once complete it moves to a small buffer (keep_head). */
     uint32_t hb = bufpool_take(w);
     if (hb == NIL)
         hb = hbuf_get(w);

@@ -29,10 +29,12 @@
 
 /* Streams that may open now. Each writes its request head into a buffer
  * taken at once (off the pool's stack, or an assembly buffer: the ones in
- * the kernel's hands cannot be taken), and may need another for its
- * response later: of the free buffers, a sixteenth of the pool (for TLS
- * and for receiving) and one for each stream under way are kept, the rest
- * shared out two per new stream. Half the stack's reserve stays for TLS. */
+ * the kernel's hands cannot be taken; a complete head then moves to a
+ * small buffer and this one comes back, h2_conn.c's keep_head), and may
+ * need another for its response later: of the free buffers, a sixteenth
+ * of the pool (for TLS and for receiving) and one for each stream under
+ * way are kept, the rest shared out two per new stream. Half the stack's
+ * reserve stays for TLS. */
 uint32_t h2_room(struct worker *w)
 {
     const struct h2_worker *hw = w->h2;

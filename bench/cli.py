@@ -254,12 +254,14 @@ def main(argv=None) -> int:
                            "nginx_workers": max(1, len(ctx.load_cpus))}
         for rnd in range(1, a.rounds + 1):
             say(f"round {rnd}/{a.rounds}")
-            rows = _interleaved(ctx, present, wls, rnd, res) if a.interleave else {}
-            for c in [] if a.interleave else present:
-                todo = [w for w in wls if not c.skip(w)]
-                if not todo:
-                    continue
-                rows[c.name] = run_contender(ctx, c, rnd, todo, res)
+            if a.interleave:
+                rows = _interleaved(ctx, present, wls, rnd, res)
+            else:
+                rows = {}
+                for c in present:
+                    todo = [w for w in wls if not c.skip(w)]
+                    if todo:
+                        rows[c.name] = run_contender(ctx, c, rnd, todo, res)
             res["rounds"].append(rows)
         # ---- uproxy alone: what the dashboard's eBPF probes cost ------------
         if a.probe_seconds > 0 and (not a.only or "uproxy" in a.only.split(",")):

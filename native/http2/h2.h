@@ -125,6 +125,7 @@ struct h2_slot {
     uint32_t hbid;
     uint16_t hlen, ptail;
     uint16_t m_off, m_len, p_off, p_len, a_off, a_len;
+    uint16_t ck_end;          /* stream: where its one cookie line's value ends, 0: none yet */
     /* stream: the response body (de-chunked) or the proxy's own answer */
     struct h1_chunked ck;
     const uint8_t *rbody;

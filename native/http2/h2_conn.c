@@ -480,6 +480,37 @@ static bool request_line(struct worker *w, struct h2_slot *st)
     return ok;
 }
 
+/* A cookie field. A client may split its cookies into several fields
+ * (browsers do, so that HPACK indexes each crumb); before HTTP/1.1 they
+ * become one line, joined with "; " (RFC 9113 8.2.3), since an origin
+ * may read only the first Cookie line (RFC 6265 5.4 allows only one).
+ * The first crumb writes the line; each later one is inserted at its end,
+ * moving the lines written since (a head is at most a buffer). A field's
+ * value never ends in a space (h2_msg.c refuses one), so a line whose
+ * value is empty so far ends in ": ". */
+static bool cookie(struct worker *w, struct h2_slot *st, const uint8_t *v, size_t n)
+{
+    if (!st->ck_end) {
+        if (!put(w, st, "cookie: ", 8) || !put(w, st, v, n))
+            return false;
+        st->ck_end = st->hlen;
+        return put(w, st, "\r\n", 2);
+    }
+    if (!n)
+        return true;
+    uint8_t *b = buf_data(&w->bufs, st->hbid);
+    size_t sep = b[st->ck_end - 1] == ' ' ? 0 : 2;
+    if ((size_t)st->hlen + sep + n > st->ptail)
+        return false;
+    uint8_t *at = b + st->ck_end;
+    memmove(at + sep + n, at, (size_t)(st->hlen - st->ck_end));
+    memcpy(at, "; ", sep);
+    memcpy(at + sep, v, n);
+    st->hlen = (uint16_t)(st->hlen + sep + n);
+    st->ck_end = (uint16_t)(st->ck_end + sep + n);
+    return true;
+}
+
 /* (A literal's length is known at compile time: the length is compared
  * first, and most fields differ there.) */
 #define name_is(ev, lit) ((ev)->nlen == sizeof(lit) - 1 && !memcmp((ev)->name, lit, sizeof(lit) - 1))
@@ -534,6 +565,11 @@ static void on_header(struct worker *w, struct h2_slot *st, const struct h2_ev *
             return;                   /* :authority is the Host */
         if (name_is(ev, "content-length"))
             st->flags |= ST_CLEN;
+        if (name_is(ev, "cookie")) {
+            if (!(ok && cookie(w, st, ev->value, ev->vlen)))
+                st->flags |= ST_BAD;
+            return;
+        }
         ok = ok && put(w, st, ev->name, ev->nlen) && put(w, st, ": ", 2) &&
              put(w, st, ev->value, ev->vlen) && put(w, st, "\r\n", 2);
     }

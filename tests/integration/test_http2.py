@@ -355,6 +355,59 @@ def test_each_stream_gets_its_own_head(proxy_factory):
         up.close()
 
 
+def test_cookie_crumbs_are_joined_into_one_line(proxy_factory):
+    """A browser splits its Cookie into one field per cookie so that HPACK
+    indexes each (Python's h2 does it with split_outbound_cookies); before
+    HTTP/1.1 the proxy joins them into one line with "; " (RFC 9113
+    8.2.3), in their order, whatever fields come between them, and leaves
+    the other fields as they were. An empty crumb adds nothing; a stream
+    with one cookie, or none, passes as it came."""
+    up = HttpUpstream(lambda req: Response(body=b"ok"))
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"])
+    many = "; ".join(f"k{i}=" + "v" * (i % 7 + 1) for i in range(60))
+    streams = {
+        "/split": [("cookie", "a=1; b=2"), ("x-between", "1"), ("cookie", "c=3"),
+                   ("accept", "*/*"), ("cookie", "d=4")],
+        "/empty-first": [("cookie", ""), ("cookie", "e=5"), ("cookie", ""), ("cookie", "f=6")],
+        "/one": [("cookie", "g=7")],
+        "/none": [("x-between", "2")],
+        "/many": [("cookie", many), ("x-after", "3")],
+    }
+    try:
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, split_outbound_cookies=True))
+        conn.initiate_connection()
+        for i, (path, extra) in enumerate(streams.items()):
+            conn.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "http"),
+                                          (":path", path), (":authority", "localhost"), *extra],
+                              end_stream=True)
+        s.sendall(conn.data_to_send())
+        statuses = {}
+        while len(statuses) < len(streams):
+            data = s.recv(65536)
+            assert data, statuses
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    statuses[ev.stream_id] = dict(ev.headers)[b":status"]
+            s.sendall(conn.data_to_send())
+        s.close()
+        assert set(statuses.values()) == {b"200"}, statuses
+        seen = {r.target: r for r in up.requests}
+        split = seen["/split"]
+        assert split.header_lines("cookie") == ["a=1; b=2; c=3; d=4"], split.head
+        assert [k.lower() for k, _ in split.headers if k.lower() in ("x-between", "accept")] == [
+            "x-between", "accept"], split.head
+        assert split.header("accept") == "*/*" and split.header("x-between") == "1", split.head
+        assert seen["/empty-first"].header_lines("cookie") == ["e=5; f=6"], seen["/empty-first"].head
+        assert seen["/one"].header_lines("cookie") == ["g=7"], seen["/one"].head
+        assert seen["/none"].header_lines("cookie") == [], seen["/none"].head
+        assert seen["/many"].header_lines("cookie") == [many], seen["/many"].head
+        assert seen["/many"].header("x-after") == "3", seen["/many"].head
+    finally:
+        up.close()
+
+
 def test_bodies_large_and_chunked(proxy_factory):
     """Request bodies with and without content-length (the upstream gets
     them chunked), and 4 MiB responses by content-length and chunked, whole."""

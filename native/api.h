@@ -588,7 +588,9 @@ struct up_log_rec {
     uint8_t minor;            /* HTTP/1.<minor> */
     uint8_t addr[16];
     uint16_t target_len;      /* the full length; the text is cut at 160 */
-    uint8_t method_len, host_len, ua_len, referer_len, pad[2];
+    uint8_t method_len, host_len, ua_len, referer_len;
+    uint8_t h2;               /* 1: the client asked over HTTP/2 (logged as HTTP/2.0) */
+    uint8_t pad;
     uint8_t tls_version;      /* 0: plain; 0x12 TLS 1.2, 0x13 TLS 1.3 */
     uint8_t tls_resumed;      /* 1: the session was resumed */
     uint8_t sni_len, cipher_len;

@@ -43,6 +43,7 @@ void log_begin(struct worker *w, struct txn *t, const struct conn *c, const uint
     struct up_log_rec *lr = txn_log(w, t);
     client_fields(lr, conn_addr(w, c), l);
     lr->minor = r->minor;
+    lr->h2 = t->sink == TS_STREAM;    /* the client's version, not the head's */
     lr->method_len = put(lr->method, sizeof lr->method, base + r->method_off, r->method_len);
     lr->target_len = (uint16_t)(r->target_len > 0xffff ? 0xffff : r->target_len);
     put(lr->target, sizeof lr->target, base + r->target_off, r->target_len);
@@ -109,5 +110,6 @@ void log_refused(struct worker *w, const struct conn *c, const struct up_listene
     lr.status = status;
     lr.server_slot = 0xffff;
     lr.minor = 1;
+    lr.h2 = c->kind == CK_H2_STREAM;
     emit(w, &lr);
 }

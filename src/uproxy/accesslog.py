@@ -38,7 +38,9 @@ def fields(rec, servers: dict) -> dict:
         "port": rec.port,
         "method": method or "-",
         "target": target or "-",
-        "version": f"HTTP/1.{rec.minor}",
+        # An HTTP/2 stream's head reaches the transaction as HTTP/1.1; the
+        # line names what the client spoke, as nginx's and HAProxy's do.
+        "version": "HTTP/2.0" if rec.h2 else f"HTTP/1.{rec.minor}",
         "host": _text(rec.host, rec.host_len) or None,
         "status": rec.status,
         "bytes_in": rec.bytes_in,

@@ -408,6 +408,41 @@ def test_cookie_crumbs_are_joined_into_one_line(proxy_factory):
         up.close()
 
 
+@pytest.mark.parametrize("fmt", ["json", "combined"])
+def test_access_log_names_http2(proxy_factory, tmp_path, fmt):
+    """A stream's access-log line says HTTP/2.0, as nginx's and HAProxy's do
+    (the transaction saw its head as HTTP/1.1); an HTTP/1.1 client on the
+    same port still gets HTTP/1.1."""
+    import json as _json
+    up = HttpUpstream(lambda req: Response(body=b"hello"))
+    path = tmp_path / f"access-{fmt}.log"
+    p = h2_proxy(proxy_factory, [f"127.0.0.1:{up.port}"],
+                 listener={"access_log": str(path), "access_log_format": fmt})
+    try:
+        (head,) = h2_heads(p.port, ["/two?x=1"])
+        assert (":status", "200") in head, head
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        s.sendall(b"GET /one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        s.close()
+        assert got.startswith(b"HTTP/1.1 200"), got[:100]
+        wait_for(lambda: path.exists() and len(path.read_text().splitlines()) >= 2, 5,
+                 what="log lines")
+        lines = path.read_text().splitlines()
+        if fmt == "json":
+            recs = {r["target"]: r for r in map(_json.loads, lines)}
+            assert recs["/two?x=1"]["version"] == "HTTP/2.0", recs
+            assert recs["/two?x=1"]["status"] == 200 and recs["/two?x=1"]["bytes_out"] == 5, recs
+            assert recs["/one"]["version"] == "HTTP/1.1", recs
+        else:
+            assert any('"GET /two?x=1 HTTP/2.0" 200 5 ' in l for l in lines), lines
+            assert any('"GET /one HTTP/1.1" 200 5 ' in l for l in lines), lines
+    finally:
+        up.close()
+
+
 def test_bodies_large_and_chunked(proxy_factory):
     """Request bodies with and without content-length (the upstream gets
     them chunked), and 4 MiB responses by content-length and chunked, whole."""

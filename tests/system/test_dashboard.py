@@ -874,3 +874,65 @@ def test_l4_cluster_whose_servers_are_gone(proxy_factory):
     text = _render(v, once=True)
     assert "✖ cluster c: every connect failed" in text and "failing" in text
     assert "no server 100.0%" in text
+
+
+def test_http2_line_counts_streams_and_client_resets(proxy_factory):
+    """HTTP/2's line (HAProxy's h2 stats): between two samples, one h2c
+    connection with 10 streams and another whose one stream the client
+    resets while the upstream is still answering. The view's totals agree
+    with what the clients did; the line names them, and says nothing on a
+    proxy that has seen no HTTP/2."""
+    h2conn = pytest.importorskip("h2.connection", reason="Python's h2 (pyproject test extras)")
+    import h2.config
+    import h2.events
+    up = HttpUpstream(lambda req: Response(body=b"ok", delay=2.0 if req.target == "/slow" else 0))
+    port = free_port()
+    p = proxy_factory([{"name": "web", "bind": f"127.0.0.1:{port}", "mode": "http",
+                        "cluster": "c", "http2": True}],
+                      [{"name": "c", "servers": [up.addr]}], proxy={"workers": 1})
+
+    def conn():
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c = h2conn.H2Connection(h2.config.H2Configuration(client_side=True))
+        c.initiate_connection()
+        return s, c
+
+    def head(path):
+        return [(":method", "GET"), (":scheme", "http"), (":path", path),
+                (":authority", "localhost")]
+    col = Collector(p.pid, use_bpf=False)
+    try:
+        v0 = col.sample()
+        assert v0["http2"] is None and "HTTP/2" not in _render(v0, once=True)
+        s, c = conn()
+        for i in range(10):
+            c.send_headers(1 + 2 * i, head(f"/{i}"), end_stream=True)
+        s.sendall(c.data_to_send())
+        ended = 0
+        while ended < 10:
+            data = s.recv(65536)
+            assert data
+            ended += sum(isinstance(e, h2.events.StreamEnded) for e in c.receive_data(data))
+        s.close()
+        s, c = conn()
+        c.send_headers(1, head("/slow"), end_stream=True)
+        s.sendall(c.data_to_send())
+        wait_for(lambda: up.requests and up.requests[-1].target == "/slow", 5,
+                 what="the slow request at the upstream")
+        c.reset_stream(1)
+        s.sendall(c.data_to_send())
+        wait_for(lambda: p.total("h2_resets") == 1, 5, what="the reset counted")
+        s.close()
+        time.sleep(0.2)
+        v = col.sample()
+    finally:
+        col.close()
+        up.close()
+    h = v["http2"]
+    assert (h["h2_connections"], h["h2_streams"], h["h2_resets"]) == (2, 11, 1), h
+    assert h["h2_refused"] == h["h2_floods"] == h["h2_up_connections"] == 0, h
+    assert round(h["h2_streams_s"] * v["interval_s"]) == 11, h
+    text = _render(v, once=True)
+    line = [l for l in text.splitlines() if l.startswith("HTTP/2 ")]
+    assert line and "clients: conns/s" in line[0] and "reset by clients 1" in line[0], text
+    assert "refused 0" in line[0] and "cut for floods 0" in line[0] and "upstreams" not in line[0]

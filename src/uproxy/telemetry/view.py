@@ -239,6 +239,7 @@ class Collector:
             "total": self._total(cores, snap, psnap, dt, l7),
             "upstreams": self._upstreams(snap, psnap, dt, cur.get("detail")),
             "tcp": self._tcp(cur, prev),
+            "http2": _http2(snap, psnap, dt),
             "events": merge_events(snap["events"], (cur.get("detail") or {}).get("notes", []),
                                    self.logs or ())[-40:],
             "hist": self._hists(cur, prev, snap, psnap),
@@ -523,6 +524,28 @@ class Collector:
             s = hist.summary(win(k))
             out[name] = {"count": s["count"], "p50_us": s["p50_us"], "p99_us": s["p99_us"]}
         return out
+
+
+# HTTP/2's counters, as HAProxy's stats give them per proxy: what clients
+# did (connections, streams, and the defences' events) and what upstreams
+# with protocol = "h2" did.
+H2_CLIENT = ("h2_connections", "h2_streams", "h2_refused", "h2_resets", "h2_floods", "h2_held")
+H2_UPSTREAM = ("h2_up_connections", "h2_up_streams", "h2_up_goaways", "h2_up_refused",
+               "h2_up_no_alpn")
+
+
+def _http2(snap, psnap, dt) -> dict | None:
+    """Each HTTP/2 counter's total and its rate over the interval; None
+    until a connection has spoken HTTP/2 on either side."""
+    t = snap["total"]
+    if not (t["h2_connections"] or t["h2_up_connections"]):
+        return None
+    pt = psnap["total"] if psnap else None
+    out = {}
+    for k in H2_CLIENT + H2_UPSTREAM:
+        out[k] = t[k]
+        out[k + "_s"] = _rate(t[k], pt[k] if pt else None, dt)
+    return out
 
 
 def _errors(c) -> int:

@@ -593,10 +593,9 @@ class Screen:
         v, st = self.v, self.st
         compact = (height is not None and height < 40) or width < 100
         head = _header(v, st.paused, compact=compact)
+        lines = [x for x in (_tcp(v), _http2(v)) if x is not None]
         if self.once:
-            tcp = _tcp(v)
-            return [head, cores_table(v, st.sort_key, width, st.reverse, st.filter)] + \
-                   ([tcp] if tcp is not None else []) + \
+            return [head, cores_table(v, st.sort_key, width, st.reverse, st.filter)] + lines + \
                    [upstreams_table(v, width, st.filter), listeners_table(v, width, st.filter),
                     _events(v, None, st.filter)], []
         top = [head, _tabs(st, width)]
@@ -605,8 +604,7 @@ class Screen:
         p = PANELS[st.panel]
         if p == "overview":
             body = [cores_table(v, st.sort_key, width, st.reverse, st.filter)]
-            tcp = _tcp(v)
-            more = ([tcp] if tcp is not None else []) + [
+            more = lines + [
                 _sparks(v, st.filter), upstreams_table(v, width, st.filter), _events(v, 8, st.filter)]
             return top, body + more
         if p == "upstreams":
@@ -657,6 +655,41 @@ def _tcp(v) -> Text | None:
              f"upstream {pq('srtt_upstream')}  lifetime client {pq('life_client')} "
              f"upstream {pq('life_upstream')}  retransmits client {tcp['retrans_client']} "
              f"upstream {tcp['retrans_upstream']}  connects failed {tcp['connect_failed']}")
+    return t
+
+
+def _http2(v) -> Text | None:
+    """One line of HTTP/2 (when a connection has spoken it): clients'
+    connections and streams per second and the defences' events, then the
+    same for upstreams with protocol = "h2". An event count is coloured when
+    it grew in the interval: red for what cuts or refuses, yellow for what
+    clients and servers do in the normal run of things (resets, GOAWAYs,
+    waits for room)."""
+    h = v.get("http2")
+    if not h:
+        return None
+    t = Text()
+    t.append("HTTP/2 ", style="bold")
+
+    def rate(k):
+        return _num(h[k + "_s"], 1 if (h[k + "_s"] or 0) < 10 else 0)
+
+    def event(label, k, style):
+        t.append("  ")
+        t.append(f"{label} {h[k]}", style=style if (h[k + "_s"] or 0) > 0 else None)
+    if h["h2_connections"]:
+        t.append(f"clients: conns/s {rate('h2_connections')}  streams/s {rate('h2_streams')}")
+        event("refused", "h2_refused", "bold red")
+        event("cut for floods", "h2_floods", "bold red")
+        event("reset by clients", "h2_resets", "yellow")
+        event("held for room", "h2_held", "yellow")
+    if h["h2_up_connections"]:
+        t.append("   " if h["h2_connections"] else "")
+        t.append(f"upstreams: conns/s {rate('h2_up_connections')}  "
+                 f"streams/s {rate('h2_up_streams')}")
+        event("refused", "h2_up_refused", "yellow")
+        event("GOAWAYs", "h2_up_goaways", "yellow")
+        event("no ALPN h2", "h2_up_no_alpn", "bold red")
     return t
 
 

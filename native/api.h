@@ -204,7 +204,8 @@ struct up_listener {
     uint8_t http2;            /* http: HTTP/2 from clients (ALPN h2, h2c by prior knowledge) */
     uint8_t proxy_protocol;   /* http, tcp: 1: a connection starts with a PROXY header
                                  (v1 or v2) naming the client (core/proxy_header.c) */
-    uint8_t pad6[2];
+    uint8_t h2_max_streams;   /* http2: SETTINGS_MAX_CONCURRENT_STREAMS (1..128; 0: 128) */
+    uint8_t pad6;
     uint32_t pp_trusted_first;  /* trusted_proxies: cidrs [first, first+count) may send */
     uint32_t pp_trusted_count;  /*   one; a peer in none is taken as it is (0: anyone) */
 };

@@ -166,7 +166,7 @@ static inline struct h2_slot *h2_slot_of(struct worker *w, const struct conn *c)
  * clients') or to nghttp2 (upstreams'); nothing else calls either. */
 int h2c_worker_init(struct worker *w, struct h2_worker *hw);
 void h2c_worker_free(struct h2_worker *hw);
-int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list);
+int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list, uint32_t max_streams);
 void h2c_close(struct worker *w, struct h2_slot *s);
 int h2c_recv(struct h2_slot *s, const uint8_t *p, size_t n);
 ssize_t h2c_send(struct h2_slot *s, const uint8_t **p);

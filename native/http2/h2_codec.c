@@ -237,14 +237,15 @@ static int session_start(struct h2_slot *s, nghttp2_session *ss, const nghttp2_s
     return 0;
 }
 
-static int ng_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+static int ng_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list,
+                   uint32_t max_streams)
 {
     struct h2_worker *hw = w->h2;
     nghttp2_session *ss;
     if (nghttp2_session_server_new3(&ss, hw->callbacks, s, hw->option, (nghttp2_mem *)hw->mem))
         return -1;
     nghttp2_settings_entry iv[] = {
-        { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS },
+        { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max_streams },
         { NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
         { NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_list },
     };
@@ -367,14 +368,14 @@ static void ng_bind(struct h2_slot *s, int32_t id, uint32_t sc)
 
 #define OWN(s) ((s)->flags & CF_OWN)
 
-int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+int h2c_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list, uint32_t max_streams)
 {
     if (w->features & UP_F_H2_CODEC) {
         s->flags |= CF_OWN;
-        return hs_open(w, s, max_header_list);
+        return hs_open(w, s, max_header_list, max_streams);
     }
     s->flags &= ~CF_OWN;
-    return ng_open(w, s, max_header_list);
+    return ng_open(w, s, max_header_list, max_streams);
 }
 
 void h2c_close(struct worker *w, struct h2_slot *s)

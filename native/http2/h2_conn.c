@@ -77,7 +77,7 @@ void h2_adopt(struct worker *w, struct conn *c)
     uint32_t hl = l ? l->max_head : 16384;
     if (hl > w->bufs.size - 1024)
         hl = w->bufs.size - 1024;     /* a head is written into one buffer */
-    if (!l || h2c_open(w, s, hl) < 0) {
+    if (!l || h2c_open(w, s, hl, l->h2_max_streams ? l->h2_max_streams : H2_MAX_STREAMS) < 0) {
         h1_client_close(w, c, true);
         return;
     }

@@ -96,6 +96,7 @@ struct hs {
     uint16_t ready_head, ready_tail;
     uint16_t free_head;
     uint16_t nopen;               /* streams not closed */
+    uint16_t max_streams;         /* ours: SETTINGS_MAX_CONCURRENT_STREAMS (<= H2_MAX_STREAMS) */
     uint16_t nclosing;
     uint16_t closing[HS_SLOTS];   /* reported at the end of the next hs_send */
     uint8_t goaway_sent, goaway_recv, term;   /* term: a connection error's GOAWAY: nothing more after it */
@@ -122,7 +123,7 @@ int hs_emit(struct hs *h, struct h2_ev *ev);
 uint8_t *hs_scratch(struct hs *h, size_t *cap);
 
 /* the codec's calls, server side (h2_codec.c routes h2c_* here) */
-int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list);
+int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list, uint32_t max_streams);
 void hs_close(struct worker *w, struct h2_slot *s);
 int hs_recv(struct h2_slot *s, const uint8_t *p, size_t n);
 ssize_t hs_send(struct h2_slot *s, const uint8_t **p);

@@ -93,7 +93,7 @@ static int new_stream(struct hs *h, int32_t id, uint8_t flags, const uint8_t *p,
     if (h->goaway_sent)
         return decode(h, NULL, p, end, false);   /* after our GOAWAY: not taken */
     h->last_proc = id;
-    if (h->nopen < H2_MAX_STREAMS)
+    if (h->nopen < h->max_streams)
         st = hs_new_stream(h, id);
     if (!st) {                        /* past SETTINGS_MAX_CONCURRENT_STREAMS */
         if (hs_rst(h, NULL, id, H2W_REFUSED_STREAM) < 0)

@@ -491,7 +491,7 @@ void hs_bind(struct h2_slot *s, int32_t id, uint32_t sc)
 /* Our SETTINGS, and the connection's window opened to cover every
  * stream's: one stream whose window is held back does not stall the
  * others. */
-int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
+int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list, uint32_t max_streams)
 {
     struct h2_worker *hw = w->h2;
     struct hs *h = arena_alloc(&hw->arena, sizeof *h);
@@ -506,6 +506,8 @@ int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
     h->recv_win = 65535;
     h->frame_max = H2W_FRAME_MAX;
     h->max_header_list = max_header_list;
+    h->max_streams = (uint16_t)(max_streams && max_streams < H2_MAX_STREAMS ? max_streams
+                                                                   : H2_MAX_STREAMS);
     h->resets = HS_RESET_BURST;
     h->reset_ms = w->now_ms;
     h->ready_head = h->ready_tail = HS_NONE;
@@ -516,7 +518,7 @@ int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list)
     h->free_head = 0;
     s->session = h;
     uint8_t set[18];
-    const uint32_t kv[3][2] = { { H2W_S_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS },
+    const uint32_t kv[3][2] = { { H2W_S_MAX_CONCURRENT_STREAMS, h->max_streams },
                                 { H2W_S_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW },
                                 { H2W_S_MAX_HEADER_LIST_SIZE, max_header_list } };
     for (int i = 0; i < 3; i++) {

@@ -539,6 +539,7 @@ class Listener:
     allow_connect: bool = False
     redirect: Redirect | None = None     # redirect_https: no cluster is asked
     http2: bool = False                  # HTTP/2 from clients: ALPN h2 over TLS, h2c by prior knowledge
+    http2_max_concurrent_streams: int = 128   # SETTINGS_MAX_CONCURRENT_STREAMS (nginx's name)
     policy: Policy = Policy()            # http: the default of its routes (and of no route)
     proxy_protocol: bool = False         # a PROXY header (v1/v2) before each connection's bytes
                                          # (from policy.trusted_proxies only, when it lists any)
@@ -1514,6 +1515,7 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
         allow_connect=l_connect,
         redirect=redirect,
         http2=r.bool("http2", False),
+        http2_max_concurrent_streams=r.int("http2_max_concurrent_streams", 128, lo=1, hi=128),
         policy=l_policy,
         proxy_protocol=_proxy_protocol(r),
     )
@@ -1525,6 +1527,9 @@ def _listener(errs, i, raw, cluster_names, tls_clusters=frozenset()) -> Listener
                         "HTTP/2 through untouched)")
     if lst.http2 and redirect is not None:
         r.fail("http2", "a redirect_https listener answers HTTP/1.x only; leave out http2")
+    if "http2_max_concurrent_streams" in r.t and not lst.http2:
+        r.fail("http2_max_concurrent_streams", "it limits HTTP/2 clients' streams: set "
+                                               "http2 = true on the listener, or leave it out")
     if redirect is not None and not l_policy.empty():
         r.fail("redirect_https", "redirect_https answers every request before any policy "
                                  "would run: leave out the policy keys, or redirect_https")

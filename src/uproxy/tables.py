@@ -694,6 +694,7 @@ class Tables:
             cl.max_body = l.max_body_size
             cl.keep_underscores = 1 if l.underscores_in_headers else 0
             cl.http2 = 1 if l.http2 else 0
+            cl.h2_max_streams = l.http2_max_concurrent_streams
             cl.proxy_protocol = 1 if l.proxy_protocol else 0
             if l.proxy_protocol and l.policy.trusted_proxies:
                 # who may send a PROXY header (a peer in none is taken as it is)

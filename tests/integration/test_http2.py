@@ -137,6 +137,14 @@ class Raw:
     ('mode = "tcp", http2 = true', "listeners[0].http2", 'needs mode = "http"'),
     ('mode = "http", http2 = "yes"', "listeners[0].http2", "true or false"),
     ('mode = "http", redirect_https = true, http2 = true', "listeners[0].http2", "redirect_https"),
+    ('mode = "http", http2 = true, http2_max_concurrent_streams = 0',
+     "listeners[0].http2_max_concurrent_streams", "at least 1"),
+    ('mode = "http", http2 = true, http2_max_concurrent_streams = 129',
+     "listeners[0].http2_max_concurrent_streams", "at most 128"),
+    ('mode = "http", http2 = true, http2_max_concurrent_streams = "9"',
+     "listeners[0].http2_max_concurrent_streams", "must be an integer"),
+    ('mode = "http", http2_max_concurrent_streams = 10',
+     "listeners[0].http2_max_concurrent_streams", "set http2 = true"),
 ])
 def test_config_errors_name_the_key(tmp_path, listener, key, words):
     """uproxy check names the key path and the problem."""
@@ -694,6 +702,53 @@ def test_more_streams_than_advertised_are_refused(proxy_factory):
     f = raw.frames(lambda t, fl, sid, pl: t in (RST, GOAWAY))
     assert f is not None, "the 129th stream was accepted"
     raw.close()
+
+
+@pytest.mark.parametrize("codec", ["ours", "nghttp2"])
+def test_max_concurrent_streams_is_the_listeners(proxy_factory, codec):
+    """http2_max_concurrent_streams (nginx's name) is what SETTINGS
+    advertises, with either codec for clients. Past it, our codec resets the
+    stream (REFUSED_STREAM or PROTOCOL_ERROR, RFC 9113 5.1.2) and answers
+    the ones within it; nghttp2 (disable_features = ["h2_codec"]) takes it
+    as a connection error: GOAWAY, PROTOCOL_ERROR, the last stream the 4th."""
+    up = HttpUpstream(lambda req: Response(body=b"m", delay=0.5))
+    port = free_port()
+    proxy = {"workers": 1}
+    if codec == "nghttp2":
+        proxy["disable_features"] = ["h2_codec"]
+    p = proxy_factory([{"name": "h2", "bind": f"127.0.0.1:{port}", "mode": "http",
+                        "cluster": "c", "http2": True, "http2_max_concurrent_streams": 4}],
+                      [{"name": "c", "servers": [f"127.0.0.1:{up.port}"]}], proxy=proxy)
+    raw = Raw(port)
+    try:
+        s = raw.frames(lambda t, fl, sid, pl: t == SETTINGS and not fl & ACK)
+        assert s is not None
+        vals = {int.from_bytes(s[3][i:i + 2], "big"): int.from_bytes(s[3][i + 2:i + 6], "big")
+                for i in range(0, len(s[3]), 6)}
+        assert vals[3] == 4, vals
+        raw.send(frame(SETTINGS, ACK, 0))
+        raw.send(b"".join(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i,
+                                req_block(raw.enc, f"/{i}")) for i in range(6)))
+        if codec == "nghttp2":
+            g = raw.frames(lambda t, *_: t == GOAWAY, 10)
+            assert g is not None
+            assert int.from_bytes(g[3][:4], "big") & 0x7fffffff == 7, g
+            assert int.from_bytes(g[3][4:8], "big") == 1, g          # PROTOCOL_ERROR
+            return
+        answered, reset = set(), {}
+
+        def seen(t, fl, sid, pl):
+            if t == HEADERS:
+                answered.add(sid)
+            elif t == RST:
+                reset[sid] = int.from_bytes(pl[:4], "big")
+            return len(answered) + len(reset) >= 6
+        assert raw.frames(seen, 10) is not None, (answered, reset)
+        assert answered == {1, 3, 5, 7} and set(reset) == {9, 11}, (answered, reset)
+        assert set(reset.values()) <= {1, 7}, reset     # PROTOCOL_ERROR, REFUSED_STREAM
+    finally:
+        raw.close()
+        up.close()
 
 
 def test_header_list_too_large_is_refused(proxy_factory):

@@ -134,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         };
         CHECK(h2c_request(&s, f, 4, true, 1) == 1);
     } else {
-        CHECK(h2c_open(&wk, &s, 16384) == 0);
+        CHECK(h2c_open(&wk, &s, 16384, H2_MAX_STREAMS) == 0);
         CHECK(h2c_recv(&s, PREFACE, sizeof PREFACE - 1) == 0);
     }
     drain(&s, 64);

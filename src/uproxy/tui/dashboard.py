@@ -641,12 +641,18 @@ class Screen:
             yield Segment.line()
 
 
+def _titled(title) -> Text:
+    """A line under the per-core table: its title in bold, then its figures."""
+    t = Text()
+    t.append(title + " ", style="bold")
+    return t
+
+
 def _tcp(v) -> Text | None:
     tcp = v.get("tcp")
     if not tcp:
         return None
-    t = Text()
-    t.append("TCP ", style="bold")
+    t = _titled("TCP")
 
     def pq(name):
         s = tcp[name]
@@ -668,8 +674,7 @@ def _http2(v) -> Text | None:
     h = v.get("http2")
     if not h:
         return None
-    t = Text()
-    t.append("HTTP/2 ", style="bold")
+    t = _titled("HTTP/2")
 
     def rate(k):
         return _num(h[k + "_s"], 1 if (h[k + "_s"] or 0) < 10 else 0)

@@ -77,7 +77,10 @@ void h2_adopt(struct worker *w, struct conn *c)
     uint32_t hl = l ? l->max_head : 16384;
     if (hl > w->bufs.size - 1024)
         hl = w->bufs.size - 1024;     /* a head is written into one buffer */
-    if (!l || h2c_open(w, s, hl, l->h2_max_streams ? l->h2_max_streams : H2_MAX_STREAMS) < 0) {
+    /* The listener's http2_max_concurrent_streams (config.py keeps it in
+     * 1..H2_MAX_STREAMS; 0 where no one set it). */
+    uint32_t ms = l && l->h2_max_streams ? l->h2_max_streams : H2_MAX_STREAMS;
+    if (!l || h2c_open(w, s, hl, ms) < 0) {
         h1_client_close(w, c, true);
         return;
     }

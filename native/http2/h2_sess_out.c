@@ -506,8 +506,7 @@ int hs_open(struct worker *w, struct h2_slot *s, uint32_t max_header_list, uint3
     h->recv_win = 65535;
     h->frame_max = H2W_FRAME_MAX;
     h->max_header_list = max_header_list;
-    h->max_streams = (uint16_t)(max_streams && max_streams < H2_MAX_STREAMS ? max_streams
-                                                                   : H2_MAX_STREAMS);
+    h->max_streams = (uint16_t)max_streams;     /* 1..H2_MAX_STREAMS (h2_adopt) */
     h->resets = HS_RESET_BURST;
     h->reset_ms = w->now_ms;
     h->ready_head = h->ready_tail = HS_NONE;
